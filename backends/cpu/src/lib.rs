@@ -1,0 +1,1 @@
+//! lowbit-cpu: the CPU backend (PLACEHOLDER: being written).

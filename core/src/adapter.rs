@@ -1,0 +1,210 @@
+//! The [`ModelAdapter`] trait (recognise a model file, load it onto a backend) and the
+//! [`TextModel`] it returns for text decoders.
+
+use crate::backend::{Backend, BufferId};
+use crate::error::{Error, Result};
+use crate::formats::gguf::GgufFile;
+use crate::quant::QuantSpec;
+use crate::tokenizer::Tokenizer;
+use std::path::Path;
+use std::sync::Arc;
+
+/// An opened model file, before any adapter has read its weights.
+pub enum ModelSource {
+    /// A GGUF file (metadata, tokenizer and tensors in one file).
+    Gguf(Arc<GgufFile>),
+}
+
+impl ModelSource {
+    /// Opens a model file, recognising the format from its content.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(ModelSource::Gguf(Arc::new(GgufFile::open(path)?)))
+    }
+
+    /// The architecture name (`general.architecture` for GGUF), if the file states one.
+    pub fn architecture(&self) -> Option<String> {
+        match self {
+            ModelSource::Gguf(g) => g.get_str("general.architecture").map(str::to_owned),
+        }
+    }
+}
+
+/// Storage of one weight tensor on the backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeightPrecision {
+    /// Dense f32.
+    F32,
+    /// Dense f16.
+    F16,
+    /// Packed low-bit.
+    Quant(QuantSpec),
+}
+
+impl WeightPrecision {
+    /// Short name: `fp32`, `fp16`, `int4-g128-sym`, ...
+    pub fn label(&self) -> String {
+        match self {
+            WeightPrecision::F32 => "fp32".into(),
+            WeightPrecision::F16 => "fp16".into(),
+            WeightPrecision::Quant(s) => format!(
+                "int{}-g{}-{}",
+                s.bits,
+                s.group_size,
+                match s.scheme {
+                    crate::quant::Scheme::Symmetric => "sym",
+                    crate::quant::Scheme::Asymmetric => "asym",
+                }
+            ),
+        }
+    }
+}
+
+/// The precision of every weight role of a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuantPlan {
+    /// Attention (q/k/v/o) and feed-forward matrices.
+    pub layers: WeightPrecision,
+    /// The token-embedding table.
+    pub embedding: WeightPrecision,
+    /// The output projection (the embedding table when tied).
+    pub lm_head: WeightPrecision,
+}
+
+impl QuantPlan {
+    /// Every role at `p`.
+    pub fn uniform(p: WeightPrecision) -> Self {
+        QuantPlan {
+            layers: p,
+            embedding: p,
+            lm_head: p,
+        }
+    }
+}
+
+/// Load progress reported by adapters: `(done, total, what)`.
+pub type ProgressFn<'a> = dyn FnMut(usize, usize, &str) + 'a;
+
+/// Recognises model files and loads them onto a [`Backend`].
+pub trait ModelAdapter: Send + Sync {
+    /// Registry name, e.g. `llama`.
+    fn name(&self) -> &'static str;
+    /// Whether this adapter can load `source`.
+    fn supports(&self, source: &ModelSource) -> bool;
+    /// Loads a text decoder, quantizing its weights per `plan`.
+    fn load_text(
+        &self,
+        source: &ModelSource,
+        plan: &QuantPlan,
+        backend: Arc<dyn Backend>,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<Box<dyn TextModel>>;
+}
+
+/// Hyper-parameters of a text decoder that callers need.
+#[derive(Clone, Debug)]
+pub struct TextModelConfig {
+    /// Model name from the file.
+    pub name: String,
+    /// Architecture (`llama`).
+    pub architecture: String,
+    /// Vocabulary size (logits per token).
+    pub vocab_size: usize,
+    /// Trained context length.
+    pub context_length: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+    /// Hidden size.
+    pub dim: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Feed-forward hidden size.
+    pub ffn_dim: usize,
+    /// Parameters in the weight matrices and vectors.
+    pub n_params: usize,
+}
+
+/// The attention cache of one sequence plus its scratch buffers, owned by the backend that
+/// made it and freed on drop.
+pub struct KvCache {
+    /// Tokens already in the cache (position of the next token).
+    pub pos: usize,
+    /// Capacity in tokens.
+    pub max_seq: usize,
+    /// Bytes held by keys and values.
+    pub bytes: usize,
+    /// Backend buffers (layout chosen by the model).
+    pub buffers: Vec<BufferId>,
+    backend: Arc<dyn Backend>,
+}
+
+impl KvCache {
+    /// Wraps buffers allocated on `backend`; they are freed when the cache drops.
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        buffers: Vec<BufferId>,
+        max_seq: usize,
+        bytes: usize,
+    ) -> Self {
+        KvCache {
+            pos: 0,
+            max_seq,
+            bytes,
+            buffers,
+            backend,
+        }
+    }
+
+    /// Forgets all tokens (buffers are reused).
+    pub fn clear(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Checks that `n` more tokens fit.
+    pub fn ensure_room(&self, n: usize) -> Result<()> {
+        if self.pos + n > self.max_seq {
+            return Err(Error::context_overflow(format!(
+                "{} tokens in the cache + {n} new > capacity {}",
+                self.pos, self.max_seq
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        for b in &self.buffers {
+            self.backend.free(*b);
+        }
+    }
+}
+
+/// Which rows of logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's row (generation).
+    Last,
+    /// One row per input token (perplexity).
+    All,
+}
+
+/// A loaded text decoder.
+pub trait TextModel: Send + Sync {
+    /// Hyper-parameters.
+    fn config(&self) -> &TextModelConfig;
+    /// The model's tokenizer.
+    fn tokenizer(&self) -> &Tokenizer;
+    /// A fresh cache for up to `max_seq` tokens.
+    fn new_cache(&self, max_seq: usize) -> Result<KvCache>;
+    /// Runs `tokens` at positions `cache.pos..`, appends them to the cache, returns logits
+    /// (`vocab_size` per returned row).
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>>;
+    /// Bytes of weights on the backend.
+    fn weight_bytes(&self) -> usize;
+    /// Real bits per weight over all weight matrices, scales included.
+    fn bits_per_weight(&self) -> f64;
+    /// The precision plan the weights were loaded with.
+    fn plan(&self) -> QuantPlan;
+}

@@ -1,0 +1,188 @@
+//! The [`Backend`] trait: a device that owns buffers and runs the operations models need.
+//!
+//! Model code is written once against this trait, so one LLaMA adapter runs on every backend.
+//! Buffers are opaque handles; all activations are f32 rows. Operations are *recorded* in order:
+//! the CPU backend runs them at once, a GPU backend may batch them into one submission and only
+//! runs them when [`Backend::read`] (or [`Backend::flush`]) needs the result.
+
+use crate::error::Result;
+use crate::quant::QuantizedMatrix;
+use half::f16;
+
+/// Handle of an f32 buffer owned by a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BufferId(pub u32);
+
+/// Handle of an uploaded weight matrix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WeightId(pub u32);
+
+/// A weight matrix as handed to a backend: `rows` outputs × `cols` inputs, row-major.
+#[derive(Clone, Debug)]
+pub enum WeightMatrix {
+    /// Dense f32.
+    F32 {
+        /// Output dimension.
+        rows: usize,
+        /// Reduction dimension.
+        cols: usize,
+        /// `rows * cols` values.
+        data: Vec<f32>,
+    },
+    /// Dense f16.
+    F16 {
+        /// Output dimension.
+        rows: usize,
+        /// Reduction dimension.
+        cols: usize,
+        /// `rows * cols` values.
+        data: Vec<f16>,
+    },
+    /// Packed low-bit codes with group scales.
+    Quantized(QuantizedMatrix),
+}
+
+impl WeightMatrix {
+    /// `(rows, cols)`.
+    pub fn shape(&self) -> (usize, usize) {
+        match self {
+            WeightMatrix::F32 { rows, cols, .. } | WeightMatrix::F16 { rows, cols, .. } => {
+                (*rows, *cols)
+            }
+            WeightMatrix::Quantized(q) => (q.rows, q.cols),
+        }
+    }
+
+    /// Storage in bytes (codes, scales and offsets for quantized matrices).
+    pub fn size_bytes(&self) -> usize {
+        match self {
+            WeightMatrix::F32 { data, .. } => data.len() * 4,
+            WeightMatrix::F16 { data, .. } => data.len() * 2,
+            WeightMatrix::Quantized(q) => q.size_bytes(),
+        }
+    }
+}
+
+/// How RoPE pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i+1)`: GGUF LLaMA (q/k weights permuted by the converter).
+    Adjacent,
+    /// Halves `(i, i + d/2)`: NeoX / HF layout.
+    Halves,
+}
+
+/// Shape of one attention call.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionParams {
+    /// New query rows (tokens) in this call.
+    pub n_tokens: usize,
+    /// Position of the first new token; the cache holds `pos0 + n_tokens` rows after the store.
+    pub pos0: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Score scale, usually `1/sqrt(head_dim)`.
+    pub scale: f32,
+}
+
+/// What a backend is and can do.
+#[derive(Clone, Debug, Default)]
+pub struct BackendInfo {
+    /// Registry name: `cpu`, `webgpu`.
+    pub name: String,
+    /// Human description of the device (CPU model and SIMD level, GPU adapter).
+    pub device: String,
+    /// Features in use (e.g. `avx2`, `fma`, `shader-f16`, `subgroups`).
+    pub features: Vec<String>,
+    /// Worker threads (CPU) or 0.
+    pub threads: usize,
+}
+
+/// A compute device. All methods take `&self`: backends synchronise internally, so one loaded
+/// model can serve many requests. Buffers are f32 arrays addressed by element offsets.
+pub trait Backend: Send + Sync {
+    /// Name, device and features.
+    fn info(&self) -> BackendInfo;
+
+    /// Uploads a weight matrix (already packed; never re-laid out on the device at run time).
+    fn upload_weight(&self, weight: WeightMatrix) -> Result<WeightId>;
+    /// Creates a buffer holding `data`.
+    fn upload(&self, data: &[f32]) -> Result<BufferId>;
+    /// Creates a zeroed buffer of `len` f32.
+    fn alloc(&self, len: usize) -> Result<BufferId>;
+    /// Releases a buffer (unknown ids are ignored).
+    fn free(&self, buf: BufferId);
+    /// Overwrites `data.len()` values of `buf` starting at `offset`.
+    fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()>;
+    /// Reads `len` values of `buf` starting at `offset`, after all recorded work.
+    fn read(&self, buf: BufferId, offset: usize, len: usize) -> Result<Vec<f32>>;
+    /// Runs everything recorded so far (no-op where operations run eagerly).
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    /// Bytes held by uploaded weights.
+    fn weight_bytes(&self) -> usize;
+
+    /// `out[i, :] = dequant(table)[tokens[i], :]`.
+    fn embed(&self, table: WeightId, tokens: &[u32], out: BufferId) -> Result<()>;
+    /// Row-wise RMSNorm of `rows` rows of `dim`: `out = x / rms(x) * weight`.
+    fn rms_norm(
+        &self,
+        x: BufferId,
+        weight: BufferId,
+        out: BufferId,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+    /// `out[n, rows] = x[n, cols] · Wᵀ` for `n` rows of activations.
+    fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()>;
+    /// Rotates `n_tokens` rows of `n_heads` heads in place; token `i` is at `pos0 + i`.
+    #[allow(clippy::too_many_arguments)]
+    fn rope(
+        &self,
+        x: BufferId,
+        n_tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        theta: f32,
+        style: RopeStyle,
+    ) -> Result<()>;
+    /// Copies `n_tokens` rows of `row_len` from `src` into `cache` rows `pos0..pos0+n_tokens`.
+    fn kv_store(
+        &self,
+        src: BufferId,
+        cache: BufferId,
+        pos0: usize,
+        n_tokens: usize,
+        row_len: usize,
+    ) -> Result<()>;
+    /// Causal attention of `q` (`n_tokens × n_heads × head_dim`) over cache rows
+    /// `0 ..= pos0 + i` for query `i`; writes `n_tokens × n_heads × head_dim` to `out`.
+    fn attention(
+        &self,
+        q: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        out: BufferId,
+        p: &AttentionParams,
+    ) -> Result<()>;
+    /// `out = silu(gate) * up`, elementwise over `len`.
+    fn silu_mul(&self, gate: BufferId, up: BufferId, out: BufferId, len: usize) -> Result<()>;
+    /// `dst += src`, elementwise over `len`.
+    fn add(&self, dst: BufferId, src: BufferId, len: usize) -> Result<()>;
+    /// Copies `len` values from `src[src_offset..]` to `dst[dst_offset..]`.
+    fn copy(
+        &self,
+        src: BufferId,
+        src_offset: usize,
+        dst: BufferId,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()>;
+}

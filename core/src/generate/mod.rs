@@ -1,0 +1,1 @@
+//! The generation engine: sampling and the decode loop.

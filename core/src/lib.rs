@@ -1,0 +1,23 @@
+//! lowbit-core: the traits every backend and model adapter implements ([`Backend`],
+//! [`ModelAdapter`], [`BrowserProfile`]), the low-bit quantization formats, model-file readers
+//! (GGUF, safetensors), tokenizers, the plugin registry and the generation engine.
+//!
+//! Data flows top to bottom: a model file is read ([`formats`]), its weights quantized
+//! ([`quant`]) and uploaded to a [`Backend`] by a [`ModelAdapter`]; the [`generate`] engine then
+//! drives the resulting [`TextModel`] and streams tokens out through a callback.
+
+pub mod adapter;
+pub mod backend;
+pub mod error;
+pub mod formats;
+pub mod generate;
+pub mod profile;
+pub mod quant;
+pub mod registry;
+pub mod tokenizer;
+
+pub use adapter::{KvCache, ModelAdapter, ModelSource, TextModel, TextModelConfig};
+pub use backend::{Backend, BackendInfo, BufferId, WeightId, WeightMatrix};
+pub use error::{Error, ErrorCode, Result};
+pub use profile::BrowserProfile;
+pub use quant::{QuantSpec, QuantizedMatrix, Scheme};

@@ -1,0 +1,2 @@
+//! lowbit: facade crate.
+pub use lowbit_core as core;
