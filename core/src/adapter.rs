@@ -134,8 +134,12 @@ pub struct KvCache {
     pub max_seq: usize,
     /// Bytes held by keys and values.
     pub bytes: usize,
-    /// Backend buffers (layout chosen by the model).
+    /// Backend buffers holding keys and values (layout chosen by the model).
     pub buffers: Vec<BufferId>,
+    /// Scratch activation buffers (layout chosen by the model), reused between calls.
+    pub scratch: Vec<BufferId>,
+    /// Token rows the scratch buffers were sized for (0 = none yet).
+    pub scratch_rows: usize,
     backend: Arc<dyn Backend>,
 }
 
@@ -152,8 +156,19 @@ impl KvCache {
             max_seq,
             bytes,
             buffers,
+            scratch: Vec::new(),
+            scratch_rows: 0,
             backend,
         }
+    }
+
+    /// Replaces the scratch buffers (the old ones are freed).
+    pub fn set_scratch(&mut self, scratch: Vec<BufferId>, rows: usize) {
+        for b in self.scratch.drain(..) {
+            self.backend.free(b);
+        }
+        self.scratch = scratch;
+        self.scratch_rows = rows;
     }
 
     /// Forgets all tokens (buffers are reused).
@@ -175,7 +190,7 @@ impl KvCache {
 
 impl Drop for KvCache {
     fn drop(&mut self) {
-        for b in &self.buffers {
+        for b in self.buffers.iter().chain(&self.scratch) {
             self.backend.free(*b);
         }
     }

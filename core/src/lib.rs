@@ -16,7 +16,9 @@ pub mod quant;
 pub mod registry;
 pub mod tokenizer;
 
-pub use adapter::{KvCache, ModelAdapter, ModelSource, TextModel, TextModelConfig};
+pub use adapter::{
+    KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, TextModel, TextModelConfig, WeightPrecision,
+};
 pub use backend::{Backend, BackendInfo, BufferId, WeightId, WeightMatrix};
 pub use error::{Error, ErrorCode, Result};
 pub use profile::BrowserProfile;

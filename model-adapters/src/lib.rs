@@ -1,1 +1,7 @@
-//! lowbit-models: model adapters.
+//! lowbit-models: model adapters. Each adapter recognises a model family in a file, loads and
+//! quantizes its weights per plan onto a [`lowbit_core::Backend`], and returns a model object
+//! whose forward pass is written once against the backend trait.
+
+pub mod llama;
+
+pub use llama::LlamaAdapter;

@@ -1,1 +1,12 @@
-//! The generation engine: sampling and the decode loop.
+//! The generation engine: sampling, the decode loop with stop conditions, streaming text that
+//! never splits a UTF-8 character, and timing/memory statistics.
+
+mod engine;
+mod sampler;
+mod stats;
+mod text_stream;
+
+pub use engine::{generate, FinishReason, GenerateOptions, Generation};
+pub use sampler::{Sampler, SamplingParams};
+pub use stats::{peak_rss_bytes, GenerationStats};
+pub use text_stream::TextStream;

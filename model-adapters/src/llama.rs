@@ -1,0 +1,441 @@
+//! LLaMA-family text decoders (LLaMA 2/3, SmolLM2, Mistral-style): grouped-query attention,
+//! RoPE, RMSNorm, SwiGLU feed-forward, optionally tied embeddings.
+
+use lowbit_core::adapter::ProgressFn;
+use lowbit_core::backend::{AttentionParams, RopeStyle};
+use lowbit_core::formats::gguf::GgufFile;
+use lowbit_core::quant::quantize;
+use lowbit_core::registry::AdapterRegistration;
+use lowbit_core::tokenizer::Tokenizer;
+use lowbit_core::{
+    Backend, BufferId, Error, KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, Result,
+    TextModel, TextModelConfig, WeightId, WeightMatrix, WeightPrecision,
+};
+use std::sync::Arc;
+
+/// Architectures this adapter loads (GGUF `general.architecture`).
+const ARCHITECTURES: &[&str] = &["llama", "mistral"];
+
+/// The LLaMA-family adapter.
+pub struct LlamaAdapter;
+
+inventory::submit! { AdapterRegistration(&LlamaAdapter) }
+
+/// Hyper-parameters read from the file.
+#[derive(Clone, Debug)]
+struct Hparams {
+    n_layers: usize,
+    dim: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    ffn_dim: usize,
+    vocab: usize,
+    context_length: usize,
+    eps: f32,
+    rope_theta: f32,
+}
+
+impl Hparams {
+    fn from_gguf(g: &GgufFile, arch: &str) -> Result<Self> {
+        let req = |k: &str| -> Result<usize> {
+            g.get_u64(&format!("{arch}.{k}"))
+                .map(|v| v as usize)
+                .ok_or_else(|| Error::model_loading(format!("missing metadata `{arch}.{k}`")))
+        };
+        let dim = req("embedding_length")?;
+        let n_heads = req("attention.head_count")?;
+        let n_kv_heads = g
+            .get_u64(&format!("{arch}.attention.head_count_kv"))
+            .map(|v| v as usize)
+            .unwrap_or(n_heads);
+        if n_heads == 0 || n_kv_heads == 0 || dim % n_heads != 0 || n_heads % n_kv_heads != 0 {
+            return Err(Error::model_loading(format!(
+                "inconsistent attention shape: dim {dim}, heads {n_heads}, kv heads {n_kv_heads}"
+            )));
+        }
+        let vocab = match g.tensor_dims("token_embd.weight") {
+            Some(d) if d.len() == 2 && d[0] as usize == dim => d[1] as usize,
+            Some(d) => {
+                return Err(Error::model_loading(format!(
+                    "token_embd.weight has dims {d:?}, expected [{dim}, vocab]"
+                )))
+            }
+            None => return Err(Error::model_loading("missing tensor token_embd.weight")),
+        };
+        Ok(Hparams {
+            n_layers: req("block_count")?,
+            dim,
+            n_heads,
+            n_kv_heads,
+            head_dim: dim / n_heads,
+            ffn_dim: req("feed_forward_length")?,
+            vocab,
+            context_length: req("context_length")?,
+            eps: g
+                .get_f32(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+                .unwrap_or(1e-5),
+            rope_theta: g
+                .get_f32(&format!("{arch}.rope.freq_base"))
+                .unwrap_or(10_000.0),
+        })
+    }
+
+    fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}
+
+struct Layer {
+    attn_norm: BufferId,
+    wq: WeightId,
+    wk: WeightId,
+    wv: WeightId,
+    wo: WeightId,
+    ffn_norm: BufferId,
+    w_gate: WeightId,
+    w_up: WeightId,
+    w_down: WeightId,
+}
+
+/// A loaded LLaMA-family model.
+pub struct LlamaModel {
+    hp: Hparams,
+    config: TextModelConfig,
+    tokenizer: Tokenizer,
+    backend: Arc<dyn Backend>,
+    embedding: WeightId,
+    layers: Vec<Layer>,
+    output_norm: BufferId,
+    lm_head: WeightId,
+    plan: QuantPlan,
+    weight_bytes: usize,
+    weight_bits: f64,
+    n_weights: usize,
+}
+
+/// Converts a dense f32 matrix into the backend format the plan asks for.
+fn to_weight(data: Vec<f32>, rows: usize, cols: usize, p: WeightPrecision) -> Result<WeightMatrix> {
+    Ok(match p {
+        WeightPrecision::F32 => WeightMatrix::F32 { rows, cols, data },
+        WeightPrecision::F16 => WeightMatrix::F16 {
+            rows,
+            cols,
+            data: data.iter().map(|&v| half::f16::from_f32(v)).collect(),
+        },
+        WeightPrecision::Quant(spec) => WeightMatrix::Quantized(quantize(&data, rows, cols, spec)?),
+    })
+}
+
+/// Loads tensors from a GGUF file onto the backend, keeping count of size and bits.
+struct Loader<'a, 'p> {
+    g: &'a GgufFile,
+    backend: &'a Arc<dyn Backend>,
+    progress: &'a mut ProgressFn<'p>,
+    done: usize,
+    total: usize,
+    bytes: usize,
+    bits: f64,
+    n_weights: usize,
+}
+
+impl Loader<'_, '_> {
+    fn tick(&mut self, what: &str) {
+        self.done += 1;
+        (self.progress)(self.done, self.total, what);
+    }
+
+    fn matrix(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        p: WeightPrecision,
+    ) -> Result<WeightId> {
+        let dims = self
+            .g
+            .tensor_dims(name)
+            .ok_or_else(|| Error::model_loading(format!("missing tensor {name}")))?;
+        if dims.len() != 2 || dims[0] as usize != cols || dims[1] as usize != rows {
+            return Err(Error::model_loading(format!(
+                "tensor {name} has dims {dims:?}, expected [{cols}, {rows}]"
+            )));
+        }
+        let data = self.g.dequantize(name)?;
+        let w = to_weight(data, rows, cols, p)?;
+        self.bytes += w.size_bytes();
+        self.bits += w.size_bytes() as f64 * 8.0;
+        self.n_weights += rows * cols;
+        let id = self.backend.upload_weight(w)?;
+        self.tick(name);
+        Ok(id)
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<BufferId> {
+        let data = self.g.dequantize(name)?;
+        if data.len() != len {
+            return Err(Error::model_loading(format!(
+                "tensor {name} has {} values, expected {len}",
+                data.len()
+            )));
+        }
+        let id = self.backend.upload(&data)?;
+        self.tick(name);
+        Ok(id)
+    }
+}
+
+impl ModelAdapter for LlamaAdapter {
+    fn name(&self) -> &'static str {
+        "llama"
+    }
+
+    fn supports(&self, source: &ModelSource) -> bool {
+        source
+            .architecture()
+            .is_some_and(|a| ARCHITECTURES.contains(&a.as_str()))
+    }
+
+    fn load_text(
+        &self,
+        source: &ModelSource,
+        plan: &QuantPlan,
+        backend: Arc<dyn Backend>,
+        progress: &mut ProgressFn<'_>,
+    ) -> Result<Box<dyn TextModel>> {
+        let ModelSource::Gguf(g) = source;
+        let arch = source.architecture().unwrap_or_default();
+        let hp = Hparams::from_gguf(g, &arch)?;
+        let tokenizer = Tokenizer::from_gguf(g)?;
+        let tied = g.tensor_dims("output.weight").is_none();
+        let total = 2 + hp.n_layers * 9 + usize::from(!tied) + 1;
+        let mut ld = Loader {
+            g,
+            backend: &backend,
+            progress,
+            done: 0,
+            total,
+            bytes: 0,
+            bits: 0.0,
+            n_weights: 0,
+        };
+        let (dim, kv_dim, ffn) = (hp.dim, hp.kv_dim(), hp.ffn_dim);
+        let embedding = ld.matrix("token_embd.weight", hp.vocab, dim, plan.embedding)?;
+        let mut layers = Vec::with_capacity(hp.n_layers);
+        for i in 0..hp.n_layers {
+            let n = |t: &str| format!("blk.{i}.{t}.weight");
+            let p = plan.layers;
+            layers.push(Layer {
+                attn_norm: ld.vector(&n("attn_norm"), dim)?,
+                wq: ld.matrix(&n("attn_q"), dim, dim, p)?,
+                wk: ld.matrix(&n("attn_k"), kv_dim, dim, p)?,
+                wv: ld.matrix(&n("attn_v"), kv_dim, dim, p)?,
+                wo: ld.matrix(&n("attn_output"), dim, dim, p)?,
+                ffn_norm: ld.vector(&n("ffn_norm"), dim)?,
+                w_gate: ld.matrix(&n("ffn_gate"), ffn, dim, p)?,
+                w_up: ld.matrix(&n("ffn_up"), ffn, dim, p)?,
+                w_down: ld.matrix(&n("ffn_down"), dim, ffn, p)?,
+            });
+        }
+        let output_norm = ld.vector("output_norm.weight", dim)?;
+        // A tied output projection shares the embedding's values; it is stored once per
+        // precision: reuse the embedding upload when the plan gives both the same format.
+        let lm_head = if !tied {
+            ld.matrix("output.weight", hp.vocab, dim, plan.lm_head)?
+        } else if plan.lm_head == plan.embedding {
+            ld.tick("output (tied)");
+            embedding
+        } else {
+            let data = g.dequantize("token_embd.weight")?;
+            let w = to_weight(data, hp.vocab, dim, plan.lm_head)?;
+            ld.bytes += w.size_bytes();
+            ld.bits += w.size_bytes() as f64 * 8.0;
+            ld.n_weights += hp.vocab * dim;
+            let id = backend.upload_weight(w)?;
+            ld.tick("output (tied, own precision)");
+            id
+        };
+        let (weight_bytes, weight_bits, n_weights) = (ld.bytes, ld.bits, ld.n_weights);
+        let n_params = hp.vocab * dim * (1 + usize::from(!tied))
+            + hp.n_layers * (2 * dim * dim + 2 * kv_dim * dim + 3 * ffn * dim + 2 * dim)
+            + dim;
+        let config = TextModelConfig {
+            name: g.get_str("general.name").unwrap_or("unnamed").to_owned(),
+            architecture: arch,
+            vocab_size: hp.vocab,
+            context_length: hp.context_length,
+            n_layers: hp.n_layers,
+            dim,
+            n_heads: hp.n_heads,
+            n_kv_heads: hp.n_kv_heads,
+            ffn_dim: ffn,
+            n_params,
+        };
+        Ok(Box::new(LlamaModel {
+            hp,
+            config,
+            tokenizer,
+            backend,
+            embedding,
+            layers,
+            output_norm,
+            lm_head,
+            plan: *plan,
+            weight_bytes,
+            weight_bits,
+            n_weights,
+        }))
+    }
+}
+
+/// Indices into `KvCache::scratch`.
+const S_X: usize = 0;
+const S_H: usize = 1;
+const S_Q: usize = 2;
+const S_K: usize = 3;
+const S_V: usize = 4;
+const S_ATT: usize = 5;
+const S_GATE: usize = 6;
+const S_UP: usize = 7;
+const S_LOGITS: usize = 8;
+
+impl LlamaModel {
+    /// (Re)allocates the scratch buffers for `n` token rows (logits included).
+    fn ensure_scratch(&self, cache: &mut KvCache, n: usize) -> Result<()> {
+        let hp = &self.hp;
+        let b = &self.backend;
+        let sizes = [
+            n * hp.dim,
+            n * hp.dim,
+            n * hp.dim,
+            n * hp.kv_dim(),
+            n * hp.kv_dim(),
+            n * hp.dim,
+            n * hp.ffn_dim,
+            n * hp.ffn_dim,
+            n * hp.vocab,
+        ];
+        let mut bufs = Vec::with_capacity(sizes.len());
+        for s in sizes {
+            bufs.push(b.alloc(s)?);
+        }
+        cache.set_scratch(bufs, n);
+        Ok(())
+    }
+}
+
+impl TextModel for LlamaModel {
+    fn config(&self) -> &TextModelConfig {
+        &self.config
+    }
+
+    fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    fn new_cache(&self, max_seq: usize) -> Result<KvCache> {
+        let hp = &self.hp;
+        let mut bufs = Vec::with_capacity(hp.n_layers * 2);
+        for _ in 0..hp.n_layers * 2 {
+            bufs.push(self.backend.alloc(max_seq * hp.kv_dim())?);
+        }
+        let bytes = hp.n_layers * 2 * max_seq * hp.kv_dim() * 4;
+        Ok(KvCache::new(self.backend.clone(), bufs, max_seq, bytes))
+    }
+
+    fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
+        let n = tokens.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        cache.ensure_room(n)?;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.hp.vocab) {
+            return Err(Error::invalid_config(format!(
+                "token id {t} is outside the vocabulary ({})",
+                self.hp.vocab
+            )));
+        }
+        if cache.scratch_rows < n {
+            self.ensure_scratch(cache, n)?;
+        }
+        let hp = &self.hp;
+        let b = &self.backend;
+        let s = cache.scratch.clone();
+        let (dim, kv_dim, ffn) = (hp.dim, hp.kv_dim(), hp.ffn_dim);
+        let pos0 = cache.pos;
+        let att = AttentionParams {
+            n_tokens: n,
+            pos0,
+            n_heads: hp.n_heads,
+            n_kv_heads: hp.n_kv_heads,
+            head_dim: hp.head_dim,
+            scale: 1.0 / (hp.head_dim as f32).sqrt(),
+        };
+
+        b.embed(self.embedding, tokens, s[S_X])?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (kc, vc) = (cache.buffers[2 * l], cache.buffers[2 * l + 1]);
+            b.rms_norm(s[S_X], layer.attn_norm, s[S_H], n, dim, hp.eps)?;
+            b.matmul(layer.wq, s[S_H], s[S_Q], n)?;
+            b.matmul(layer.wk, s[S_H], s[S_K], n)?;
+            b.matmul(layer.wv, s[S_H], s[S_V], n)?;
+            let rope = RopeStyle::Adjacent;
+            b.rope(
+                s[S_Q],
+                n,
+                hp.n_heads,
+                hp.head_dim,
+                pos0,
+                hp.rope_theta,
+                rope,
+            )?;
+            b.rope(
+                s[S_K],
+                n,
+                hp.n_kv_heads,
+                hp.head_dim,
+                pos0,
+                hp.rope_theta,
+                rope,
+            )?;
+            b.kv_store(s[S_K], kc, pos0, n, kv_dim)?;
+            b.kv_store(s[S_V], vc, pos0, n, kv_dim)?;
+            b.attention(s[S_Q], kc, vc, s[S_ATT], &att)?;
+            b.matmul(layer.wo, s[S_ATT], s[S_H], n)?;
+            b.add(s[S_X], s[S_H], n * dim)?;
+            b.rms_norm(s[S_X], layer.ffn_norm, s[S_H], n, dim, hp.eps)?;
+            b.matmul(layer.w_gate, s[S_H], s[S_GATE], n)?;
+            b.matmul(layer.w_up, s[S_H], s[S_UP], n)?;
+            b.silu_mul(s[S_GATE], s[S_UP], s[S_GATE], n * ffn)?;
+            b.matmul(layer.w_down, s[S_GATE], s[S_H], n)?;
+            b.add(s[S_X], s[S_H], n * dim)?;
+        }
+        let out = match logits {
+            Logits::All => {
+                b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
+                b.matmul(self.lm_head, s[S_H], s[S_LOGITS], n)?;
+                b.read(s[S_LOGITS], 0, n * hp.vocab)?
+            }
+            Logits::Last => {
+                b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
+                b.copy(s[S_H], (n - 1) * dim, s[S_Q], 0, dim)?;
+                b.matmul(self.lm_head, s[S_Q], s[S_LOGITS], 1)?;
+                b.read(s[S_LOGITS], 0, hp.vocab)?
+            }
+        };
+        cache.pos += n;
+        Ok(out)
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.weight_bytes
+    }
+
+    fn bits_per_weight(&self) -> f64 {
+        self.weight_bits / self.n_weights.max(1) as f64
+    }
+
+    fn plan(&self) -> QuantPlan {
+        self.plan
+    }
+}
