@@ -1,2 +1,28 @@
-//! lowbit: facade crate.
+//! lowbit: ultra-low-precision (2/3/4/8-bit) quantized transformer inference on WebGPU and a
+//! SIMD CPU backend, streaming output token by token.
+//!
+//! This facade re-exports the core crate and adds what applications use directly: loading a
+//! model by path with a quantization plan ([`load`]) and evaluation ([`perplexity`]).
+//!
+//! ```no_run
+//! use lowbit::load::{load_text_model, LoadOptions};
+//! use lowbit::core::generate::{generate, GenerateOptions};
+//!
+//! let model = load_text_model(&LoadOptions::default(), &mut |_, _, _| {})?;
+//! let prompt = model.tokenizer().encode("The capital of France is", true)?;
+//! let mut cache = model.new_cache(2048)?;
+//! let out = generate(model.as_ref(), &mut cache, &prompt, &GenerateOptions::default(),
+//!     &mut |text, _last| print!("{text}"))?;
+//! println!("\n{:.1} tokens/s", out.stats.decode_tokens_per_s);
+//! # Ok::<(), lowbit::core::Error>(())
+//! ```
+
+pub mod load;
+pub mod perplexity;
+
 pub use lowbit_core as core;
+pub use lowbit_core::{Error, ErrorCode, Result};
+
+// Link the built-in backends and adapters so their `inventory` registrations are present.
+pub use lowbit_cpu;
+pub use lowbit_models;

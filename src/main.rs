@@ -1,1 +1,7 @@
-fn main() {}
+//! The `lowbit` command-line tool.
+
+mod cli;
+
+fn main() {
+    std::process::exit(cli::run());
+}

@@ -1,0 +1,228 @@
+//! `lowbit bench`: prefill and decode speed, memory, and llama.cpp's llama-bench beside it.
+
+use super::common::{mb, ModelArgs};
+use clap::Args;
+use lowbit::core::adapter::{Logits, TextModel};
+use lowbit::core::generate::peak_rss_bytes;
+use lowbit::{Error, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+/// Arguments of `lowbit bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Several precisions in one run, comma-separated (overrides --quant), e.g. int8,int4.
+    #[arg(long)]
+    pub quants: Option<String>,
+    /// Prompt tokens of the prefill test (ppN); 0 skips it.
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    /// Generated tokens of the decode test (tgN); 0 skips it.
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    /// Repetitions of each test (the mean and standard deviation are reported).
+    #[arg(long, short = 'r', default_value_t = 3)]
+    pub reps: usize,
+    /// Path of llama.cpp's llama-bench, to run the peer side by side in the same run.
+    #[arg(long)]
+    pub llama_bench: Option<PathBuf>,
+    /// GGUF files for the peer (e.g. Q8_0 and Q4_0 made by llama-quantize), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub peer_models: Vec<PathBuf>,
+}
+
+/// One row of the table.
+#[derive(Serialize)]
+struct Row {
+    engine: String,
+    model: String,
+    precision: String,
+    bits_per_weight: f64,
+    size_mb: f64,
+    threads: usize,
+    test: String,
+    tokens_per_s: f64,
+    stddev: f64,
+    /// Bytes of weights read per decoded token / decode time: effective bandwidth.
+    weight_gb_per_s: Option<f64>,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let m = v.iter().sum::<f64>() / v.len() as f64;
+    let var = v.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / (v.len().max(2) - 1) as f64;
+    (m, var.sqrt())
+}
+
+/// Deterministic pseudo-random token ids (speed does not depend on them).
+fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<Vec<Row>> {
+    let vocab = model.config().vocab_size;
+    let ctx = a.prompt_tokens.max(a.gen_tokens) + 1;
+    let mut cache = model.new_cache(ctx)?;
+    let mut rows = Vec::new();
+    let base = |test: String, (tps, sd): (f64, f64), bw: Option<f64>| Row {
+        engine: "lowbit".into(),
+        model: model.config().name.clone(),
+        precision: model.plan().layers.label(),
+        bits_per_weight: model.bits_per_weight(),
+        size_mb: mb(model.weight_bytes()),
+        threads,
+        test,
+        tokens_per_s: tps,
+        stddev: sd,
+        weight_gb_per_s: bw,
+    };
+    if a.prompt_tokens > 0 {
+        let toks = random_tokens(a.prompt_tokens, vocab, 1);
+        let mut v = Vec::new();
+        for rep in 0..=a.reps {
+            cache.clear();
+            let t = Instant::now();
+            model.forward(&mut cache, &toks, Logits::Last)?;
+            if rep > 0 {
+                v.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        rows.push(base(format!("pp{}", a.prompt_tokens), mean_std(&v), None));
+    }
+    if a.gen_tokens > 0 {
+        let toks = random_tokens(a.gen_tokens, vocab, 2);
+        let mut v = Vec::new();
+        for rep in 0..=a.reps {
+            cache.clear();
+            let t = Instant::now();
+            for &tk in &toks {
+                model.forward(&mut cache, &[tk], Logits::Last)?;
+            }
+            if rep > 0 {
+                v.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64());
+            }
+        }
+        let (m, sd) = mean_std(&v);
+        let bw = m * model.weight_bytes() as f64 / 1e9;
+        rows.push(base(format!("tg{}", a.gen_tokens), (m, sd), Some(bw)));
+    }
+    Ok(rows)
+}
+
+/// Runs llama-bench on one GGUF and turns its JSON into rows.
+fn bench_peer(bin: &PathBuf, model: &PathBuf, a: &BenchArgs, threads: usize) -> Result<Vec<Row>> {
+    let out = Command::new(bin)
+        .args(["-m", &model.to_string_lossy()])
+        .args(["-p", &a.prompt_tokens.to_string(), "-n", &a.gen_tokens.to_string()])
+        .args(["-t", &threads.to_string(), "-r", &a.reps.to_string(), "-o", "json"])
+        .output()
+        .map_err(|e| Error::invalid_config(format!("cannot run {}: {e}", bin.display())))?;
+    if !out.status.success() {
+        return Err(Error::invalid_config(format!(
+            "llama-bench failed on {}: {}",
+            model.display(),
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        )));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::invalid_config(format!("llama-bench printed no JSON: {e}")))?;
+    let mut rows = Vec::new();
+    for r in v.as_array().into_iter().flatten() {
+        let n_prompt = r["n_prompt"].as_u64().unwrap_or(0);
+        let n_gen = r["n_gen"].as_u64().unwrap_or(0);
+        let size = r["model_size"].as_f64().unwrap_or(0.0);
+        let params = r["model_n_params"].as_f64().unwrap_or(1.0);
+        let tps = r["avg_ts"].as_f64().unwrap_or(0.0);
+        let decode = n_gen > 0;
+        rows.push(Row {
+            engine: "llama.cpp".into(),
+            model: model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            precision: r["model_type"].as_str().unwrap_or("?").to_owned(),
+            bits_per_weight: size * 8.0 / params,
+            size_mb: size / 1e6,
+            threads,
+            test: if decode { format!("tg{n_gen}") } else { format!("pp{n_prompt}") },
+            tokens_per_s: tps,
+            stddev: r["stddev_ts"].as_f64().unwrap_or(0.0),
+            weight_gb_per_s: decode.then(|| tps * size / 1e9),
+        });
+    }
+    Ok(rows)
+}
+
+/// Runs `lowbit bench`.
+pub fn run(a: &BenchArgs) -> Result<()> {
+    if a.reps == 0 {
+        return Err(Error::invalid_config("--reps must be at least 1"));
+    }
+    let threads = if a.model.threads == 0 {
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    } else {
+        a.model.threads
+    };
+    let quants: Vec<String> = match &a.quants {
+        Some(q) => q.split(',').map(|s| s.trim().to_owned()).collect(),
+        None => vec![a.model.quant.clone()],
+    };
+    let mut rows = Vec::new();
+    let mut kv_bytes = 0;
+    for q in &quants {
+        let model = a.model.load(q)?;
+        kv_bytes = model.config().n_layers
+            * 2
+            * (a.prompt_tokens.max(a.gen_tokens) + 1)
+            * model.config().n_kv_heads
+            * (model.config().dim / model.config().n_heads)
+            * 4;
+        rows.extend(bench_model(model.as_ref(), a, threads)?);
+    }
+    if let Some(bin) = &a.llama_bench {
+        for m in &a.peer_models {
+            rows.extend(bench_peer(bin, m, a, threads)?);
+        }
+    }
+    if a.model.json {
+        let v = serde_json::json!({
+            "rows": rows,
+            "kv_cache_bytes": kv_bytes,
+            "peak_rss_bytes": peak_rss_bytes(),
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "| engine | model | precision | bits/weight | size MB | threads | test | tokens/s | weight GB/s |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for r in &rows {
+        println!(
+            "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.2} ± {:.2} | {} |",
+            r.engine,
+            r.model,
+            r.precision,
+            r.bits_per_weight,
+            r.size_mb,
+            r.threads,
+            r.test,
+            r.tokens_per_s,
+            r.stddev,
+            r.weight_gb_per_s.map(|b| format!("{b:.2}")).unwrap_or_else(|| "-".into())
+        );
+    }
+    println!(
+        "\nKV cache (f32) for {} tokens: {:.1} MB; peak RSS {:.1} MB",
+        a.prompt_tokens.max(a.gen_tokens) + 1,
+        mb(kv_bytes),
+        mb(peak_rss_bytes())
+    );
+    Ok(())
+}

@@ -1,0 +1,117 @@
+//! `lowbit generate`.
+
+use super::common::{mb, ModelArgs};
+use clap::Args;
+use lowbit::core::generate::{generate, GenerateOptions, SamplingParams};
+use lowbit::{Error, Result};
+use std::io::Write;
+
+/// Arguments of `lowbit generate`.
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The prompt.
+    #[arg(long, short = 'p')]
+    pub prompt: String,
+    /// Wrap the prompt in the model's chat template as a user message (instruct models).
+    #[arg(long)]
+    pub chat: bool,
+    /// Most tokens to generate.
+    #[arg(long, short = 'n', default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Sampling temperature; 0 = greedy (always the most likely token).
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    /// Sample only among the K most likely tokens (0 = all).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Sample only among the most likely tokens whose probabilities sum to P.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Random seed for sampling.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Stop when this string appears (repeatable); it is not printed.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Context size (KV cache capacity) in tokens.
+    #[arg(long, default_value_t = 2048)]
+    pub ctx: usize,
+}
+
+/// Runs `lowbit generate`.
+pub fn run(a: &GenerateArgs) -> Result<()> {
+    if !(0.0..=100.0).contains(&a.temperature) || a.temperature.is_nan() {
+        return Err(Error::invalid_config("--temperature must be between 0 and 100"));
+    }
+    if !(a.top_p > 0.0 && a.top_p <= 1.0) {
+        return Err(Error::invalid_config("--top-p must be in (0, 1]"));
+    }
+    let model = a.model.load(&a.model.quant)?;
+    let tok = model.tokenizer();
+    let text = if a.chat {
+        tok.apply_chat_template(&[("user".to_string(), a.prompt.clone())], true)?
+    } else {
+        a.prompt.clone()
+    };
+    // A chat template writes its own BOS where the model wants one.
+    let prompt = tok.encode(&text, !a.chat)?;
+    let mut cache = model.new_cache(a.ctx.min(model.config().context_length.max(1)))?;
+    let opts = GenerateOptions {
+        max_tokens: a.max_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+            seed: a.seed,
+        },
+        stop: a.stop.clone(),
+        cancel: None,
+    };
+    let json = a.model.json;
+    let mut out = std::io::stdout().lock();
+    let g = generate(model.as_ref(), &mut cache, &prompt, &opts, &mut |piece, _last| {
+        if !json {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+    })?;
+    drop(out);
+    if json {
+        let v = serde_json::json!({
+            "model": model.config().name,
+            "precision": model.plan().layers.label(),
+            "bits_per_weight": model.bits_per_weight(),
+            "prompt_tokens": prompt,
+            "text": g.text,
+            "tokens": g.tokens,
+            "finish_reason": g.finish_reason,
+            "stats": g.stats,
+        });
+        println!("{v}");
+    } else {
+        let s = &g.stats;
+        println!();
+        eprintln!(
+            "\n[{} | {} {:.2} bits/weight | prompt {} tok, {:.1} tok/s | generated {} tok, \
+             {:.1} tok/s, latency p50 {:.1} ms p95 {:.1} ms | first token {:.0} ms | weights \
+             {:.1} MB, KV cache {:.1} MB, peak RSS {:.1} MB | finish: {:?}]",
+            model.config().name,
+            model.plan().layers.label(),
+            model.bits_per_weight(),
+            s.prompt_tokens,
+            s.prefill_tokens_per_s,
+            s.generated_tokens,
+            s.decode_tokens_per_s,
+            s.token_latency_p50_ms,
+            s.token_latency_p95_ms,
+            s.time_to_first_token_ms,
+            mb(s.weight_bytes),
+            mb(s.kv_cache_bytes),
+            mb(s.peak_rss_bytes),
+            g.finish_reason,
+        );
+    }
+    Ok(())
+}

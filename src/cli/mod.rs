@@ -1,0 +1,52 @@
+//! Command-line interface: argument definitions and dispatch.
+
+mod bench;
+mod common;
+mod generate;
+mod perplexity;
+
+use clap::{Parser, Subcommand};
+
+/// lowbit: run quantized (2/3/4/8-bit) transformer models on WebGPU or a SIMD CPU backend,
+/// streaming their output token by token.
+#[derive(Parser)]
+#[command(name = "lowbit", version, about, long_about = None, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate text from a prompt, streaming tokens to stdout as they are produced.
+    Generate(generate::GenerateArgs),
+    /// Measure perplexity on a text file, by the same method as llama.cpp's llama-perplexity.
+    Perplexity(perplexity::PerplexityArgs),
+    /// Measure prefill and decode speed (tokens/s) and memory, as a table; optionally run
+    /// llama.cpp's llama-bench side by side in the same run.
+    Bench(bench::BenchArgs),
+}
+
+/// Parses arguments, runs the command, returns the exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOWBIT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let (result, json) = match &cli.command {
+        Command::Generate(a) => (generate::run(a), a.model.json),
+        Command::Perplexity(a) => (perplexity::run(a), a.model.json),
+        Command::Bench(a) => (bench::run(a), a.model.json),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            common::report_error(&e, json);
+            1
+        }
+    }
+}

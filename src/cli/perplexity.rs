@@ -1,0 +1,83 @@
+//! `lowbit perplexity`.
+
+use super::common::ModelArgs;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use lowbit::perplexity::perplexity;
+use lowbit::{Error, Result};
+use std::path::PathBuf;
+
+/// Arguments of `lowbit perplexity`.
+#[derive(Args, Debug)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text file to score (e.g. models/brown.txt from scripts/fetch-models.sh).
+    #[arg(long, short = 'f')]
+    pub file: PathBuf,
+    /// Tokens per chunk; the second half of each chunk is scored.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    /// Chunks to evaluate from the start of the text (0 = all).
+    #[arg(long, default_value_t = 0)]
+    pub chunks: usize,
+    /// Evaluate several precisions in one run, comma-separated (overrides --quant), e.g.
+    /// fp32,int8,int4.
+    #[arg(long)]
+    pub quants: Option<String>,
+}
+
+/// Runs `lowbit perplexity`.
+pub fn run(a: &PerplexityArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.file).map_err(|e| {
+        Error::invalid_config(format!("cannot read text file {}: {e}", a.file.display()))
+    })?;
+    let quants: Vec<String> = match &a.quants {
+        Some(q) => q.split(',').map(|s| s.trim().to_owned()).collect(),
+        None => vec![a.model.quant.clone()],
+    };
+    let mut rows = Vec::new();
+    if !a.model.json {
+        println!(
+            "| precision | bits/weight | weights MB | perplexity | ± | chunks | tokens scored |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+    }
+    for q in &quants {
+        let model = a.model.load(q)?;
+        let bar = ProgressBar::new(a.chunks as u64);
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} perplexity [{bar:30}] {pos}/{len} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        let r = perplexity(model.as_ref(), &text, a.ctx, a.chunks, &mut |done, total, ppl| {
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+            bar.set_message(format!("ppl {ppl:.4}"));
+        })?;
+        bar.finish_and_clear();
+        let label = model.plan().layers.label();
+        if !a.model.json {
+            println!(
+                "| {label} | {:.3} | {:.1} | {:.4} | {:.4} | {} | {} |",
+                model.bits_per_weight(),
+                model.weight_bytes() as f64 / 1e6,
+                r.perplexity,
+                r.perplexity_stderr,
+                r.chunks,
+                r.scored_tokens
+            );
+        }
+        rows.push(serde_json::json!({
+            "precision": label,
+            "bits_per_weight": model.bits_per_weight(),
+            "weight_bytes": model.weight_bytes(),
+            "result": r,
+        }));
+    }
+    if a.model.json {
+        println!("{}", serde_json::json!({ "file": a.file, "runs": rows }));
+    }
+    Ok(())
+}
