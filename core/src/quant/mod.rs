@@ -19,12 +19,106 @@
 
 mod pack;
 mod search;
+#[cfg(test)]
+mod tests;
 
 pub use pack::{pack_codes, unpack_codes};
-pub use search::quantize_group;
+pub use search::{quantize_group, quantize_group_weighted};
 
 use crate::error::{Error, Result};
 use half::f16;
+use rayon::prelude::*;
+
+/// Quantizes a row-major `rows × cols` matrix (`cols`, the reduction dimension, a multiple of
+/// 32) into `spec`'s format with the error-minimising search of [`quantize_group`], rows in
+/// parallel.
+///
+/// Errors with `INVALID_CONFIG` for an invalid spec, `cols` not a positive multiple of 32, no
+/// rows, or `weights.len() != rows * cols`.
+pub fn quantize(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: QuantSpec,
+) -> Result<QuantizedMatrix> {
+    quantize_weighted(weights, rows, cols, spec, None)
+}
+
+/// Like [`quantize`], minimising the importance-weighted squared error: `importance` holds one
+/// non-negative finite weight per input column (e.g. mean squared activation from calibration
+/// text); `None` is uniform.
+///
+/// Errors as [`quantize`], and with `INVALID_CONFIG` when `importance` has a length other than
+/// `cols` or a negative or non-finite entry.
+pub fn quantize_weighted(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: QuantSpec,
+    importance: Option<&[f32]>,
+) -> Result<QuantizedMatrix> {
+    // The fields are public: re-validate whatever the caller built.
+    let spec = QuantSpec::new(spec.bits, spec.group_size, spec.scheme)?;
+    if cols == 0 || !cols.is_multiple_of(32) {
+        return Err(Error::invalid_config(format!(
+            "quantized matrices need a positive multiple of 32 columns, got {cols}"
+        )));
+    }
+    if rows == 0 || rows.checked_mul(cols) != Some(weights.len()) {
+        return Err(Error::invalid_config(format!(
+            "a {rows}×{cols} matrix needs {} weights, got {}",
+            rows.saturating_mul(cols),
+            weights.len()
+        )));
+    }
+    if let Some(imp) = importance {
+        if imp.len() != cols {
+            return Err(Error::invalid_config(format!(
+                "importance needs one weight per column ({cols}), got {}",
+                imp.len()
+            )));
+        }
+        if let Some(bad) = imp.iter().find(|v| !(v.is_finite() && **v >= 0.0)) {
+            return Err(Error::invalid_config(format!(
+                "importance weights must be finite and non-negative, got {bad}"
+            )));
+        }
+    }
+
+    let row_words = cols * spec.bits as usize / 32;
+    let groups = cols.div_ceil(spec.group_size);
+    let mut data = vec![0u32; rows * row_words];
+    let mut params = vec![(f16::ZERO, f16::ZERO); rows * groups];
+    data.par_chunks_mut(row_words)
+        .zip(params.par_chunks_mut(groups))
+        .zip(weights.par_chunks(cols))
+        .for_each_init(
+            || vec![0u8; cols],
+            |codes, ((words, params), row)| {
+                for (g, p) in params.iter_mut().enumerate() {
+                    let span = g * spec.group_size..cols.min((g + 1) * spec.group_size);
+                    let imp = importance.map(|imp| &imp[span.clone()]);
+                    let (s, o) =
+                        quantize_group_weighted(&row[span.clone()], imp, &spec, &mut codes[span]);
+                    *p = (f16::from_f32(s), f16::from_f32(o));
+                }
+                pack_codes(codes, spec.bits, words);
+            },
+        );
+    let scales = params.iter().map(|p| p.0).collect();
+    let offsets = match spec.scheme {
+        Scheme::Symmetric => Vec::new(),
+        Scheme::Asymmetric => params.iter().map(|p| p.1).collect(),
+    };
+    Ok(QuantizedMatrix {
+        rows,
+        cols,
+        spec,
+        data,
+        scales,
+        offsets,
+    })
+}
 
 /// Whether groups are centred on zero (one scale) or carry an offset too.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -54,7 +148,7 @@ impl QuantSpec {
                 "quantization bits must be 2, 3, 4 or 8, got {bits}"
             )));
         }
-        if group_size == 0 || group_size % 32 != 0 {
+        if group_size == 0 || !group_size.is_multiple_of(32) {
             return Err(Error::invalid_config(format!(
                 "quantization group size must be a positive multiple of 32, got {group_size}"
             )));
@@ -114,5 +208,58 @@ impl QuantizedMatrix {
     /// Bytes of packed codes, scales and offsets.
     pub fn size_bytes(&self) -> usize {
         self.data.len() * 4 + (self.scales.len() + self.offsets.len()) * 2
+    }
+
+    /// The kernel form of group `g` of row `r`: `(scale, bias)` with `w = scale * q + bias` for
+    /// the stored code `q`; `bias = -scale * 2^(bits-1)` (symmetric) or the offset (asymmetric).
+    /// Every kernel and [`Self::dequantize_row`] use this one definition. (In f32 the symmetric
+    /// form is exact: an f16 scale times an 8-bit code fits the mantissa.)
+    ///
+    /// # Panics
+    /// If `r >= rows` or `g >= groups_per_row()`.
+    pub fn group_params(&self, r: usize, g: usize) -> (f32, f32) {
+        let groups = self.groups_per_row();
+        assert!(r < self.rows && g < groups, "group ({r}, {g}) out of range");
+        let i = r * groups + g;
+        let scale = self.scales[i].to_f32();
+        let bias = match self.spec.scheme {
+            Scheme::Symmetric => -scale * self.spec.sym_zero() as f32,
+            Scheme::Asymmetric => self.offsets[i].to_f32(),
+        };
+        (scale, bias)
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values).
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out.len() != cols`.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert_eq!(
+            out.len(),
+            self.cols,
+            "dequantize_row needs {} outputs",
+            self.cols
+        );
+        let bits = self.spec.bits as usize;
+        let row_words = self.row_words();
+        let words = &self.data[r * row_words..(r + 1) * row_words];
+        // 32 codes fill exactly `bits` words, and groups start on such boundaries.
+        let mut codes = [0u8; 32];
+        for (b, chunk) in out.chunks_mut(32).enumerate() {
+            unpack_codes(&words[b * bits..(b + 1) * bits], self.spec.bits, &mut codes);
+            let (scale, bias) = self.group_params(r, b * 32 / self.spec.group_size);
+            for (o, &q) in chunk.iter_mut().zip(&codes) {
+                *o = scale * f32::from(q) + bias;
+            }
+        }
+    }
+
+    /// Dequantizes the whole matrix, row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        for (r, row) in out.chunks_mut(self.cols).enumerate() {
+            self.dequantize_row(r, row);
+        }
+        out
     }
 }
