@@ -1,1 +1,29 @@
-//! lowbit-cpu: the CPU backend (PLACEHOLDER: being written).
+//! lowbit-cpu: the CPU backend. Weights stay in their packed low-bit form; matmul quantizes the
+//! activations to int8 blocks of 32 and runs integer dot products on the codes with SIMD
+//! kernels (AVX2/FMA on x86-64, `simd128` on wasm32, portable scalar elsewhere), spread over a
+//! private rayon pool of `BackendOptions::threads` workers.
+//!
+//! Registered as backend `cpu` (priority 10) through [`lowbit_core::registry`].
+
+mod backend;
+mod buffers;
+mod info;
+mod kernels;
+mod matmul;
+mod ops;
+
+pub use backend::CpuBackend;
+pub use kernels::Isa;
+
+use lowbit_core::backend::Backend;
+use lowbit_core::error::Result;
+use lowbit_core::registry::{BackendOptions, BackendRegistration};
+use std::sync::Arc;
+
+fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(CpuBackend::new(opts.threads)?))
+}
+
+inventory::submit! {
+    BackendRegistration { name: "cpu", priority: 10, create }
+}

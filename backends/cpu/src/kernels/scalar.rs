@@ -1,0 +1,105 @@
+//! Portable kernels: the reference every SIMD path is tested against, and the fallback.
+
+use super::{group_bias, group_sum, offset_at, Q8Activations, Q8Row, BLOCK};
+use half::f16;
+use lowbit_core::quant::QuantizedMatrix;
+
+/// Code `c` of a row's LSB-first bit stream of `bits`-bit values (3-bit codes may straddle).
+#[inline]
+pub(crate) fn code_at(words: &[u32], bits: usize, c: usize) -> u32 {
+    let bit = c * bits;
+    let (w, s) = (bit / 32, bit % 32);
+    let mut v = words[w] >> s;
+    if s + bits > 32 {
+        v |= words[w + 1] << (32 - s);
+    }
+    v & ((1u32 << bits) - 1)
+}
+
+/// Dequantizes row `r` of `m` into `out` (`m.cols` values).
+pub(crate) fn dequantize_row(m: &QuantizedMatrix, r: usize, out: &mut [f32]) {
+    let bits = m.spec.bits as usize;
+    let rw = m.row_words();
+    let gpr = m.groups_per_row();
+    let words = &m.data[r * rw..(r + 1) * rw];
+    for (c, o) in out[..m.cols].iter_mut().enumerate() {
+        let g = c / m.spec.group_size;
+        let scale = m.scales[r * gpr + g].to_f32();
+        let bias = group_bias(
+            m.spec.scheme,
+            m.spec.bits,
+            scale,
+            offset_at(m, r * gpr + g),
+            false,
+        );
+        *o = scale * code_at(words, bits, c) as f32 + bias;
+    }
+}
+
+/// See [`super::quantized_rows`].
+pub(crate) fn quantized_rows(
+    m: &QuantizedMatrix,
+    first_row: usize,
+    act: &Q8Activations,
+    n: usize,
+    out: &mut [f32],
+) {
+    for (i, o) in out.chunks_exact_mut(n).enumerate() {
+        for (j, oj) in o.iter_mut().enumerate() {
+            *oj = row_dot(m, first_row + i, act.row(j));
+        }
+    }
+}
+
+fn row_dot(m: &QuantizedMatrix, r: usize, x: Q8Row<'_>) -> f32 {
+    let bits = m.spec.bits as usize;
+    let rw = m.row_words();
+    let gpr = m.groups_per_row();
+    let bpg = m.spec.group_size / BLOCK;
+    let nb = m.cols / BLOCK;
+    let words = &m.data[r * rw..(r + 1) * rw];
+    // 8-bit codes are multiplied as `code - 128`, like every SIMD path (see `group_bias`), so
+    // all instruction sets round the same way.
+    let signed8 = bits == 8;
+    let zero = if signed8 { 128 } else { 0 };
+    let mut total = 0.0f32;
+    for g in 0..gpr {
+        let scale = m.scales[r * gpr + g].to_f32();
+        let mut acc = 0.0f32;
+        for b in g * bpg..((g + 1) * bpg).min(nb) {
+            let isum: i32 = (0..BLOCK)
+                .map(|k| {
+                    let q = code_at(words, bits, b * BLOCK + k) as i32 - zero;
+                    q * x.qs[b * BLOCK + k] as i32
+                })
+                .sum();
+            acc += x.d[b] * isum as f32;
+        }
+        let bias = group_bias(
+            m.spec.scheme,
+            m.spec.bits,
+            scale,
+            offset_at(m, r * gpr + g),
+            signed8,
+        );
+        total += scale * acc + bias * group_sum(x.sums, g, bpg);
+    }
+    total
+}
+
+/// `Σ a·b`.
+pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `Σ a·b` with f16 `a`.
+pub(crate) fn dot_f16(a: &[f16], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| x.to_f32() * y).sum()
+}
+
+/// `y += alpha * x`.
+pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}

@@ -1,0 +1,63 @@
+//! Matrix multiplication on stored weights: splits output rows across the worker threads and
+//! hands each chunk to the kernels.
+
+use crate::kernels::{self, DenseRows, Isa, Q8Activations};
+use lowbit_core::backend::WeightMatrix;
+use lowbit_core::quant::QuantizedMatrix;
+use rayon::prelude::*;
+
+/// Output rows per task: about eight tasks per thread balances load without tiny tasks.
+fn rows_per_task(rows: usize, threads: usize) -> usize {
+    rows.div_ceil(threads.max(1) * 8).max(1)
+}
+
+/// A weight with its activations prepared for the kernels.
+enum Operands<'a> {
+    Quantized(&'a QuantizedMatrix, Q8Activations),
+    Dense(DenseRows<'a>),
+}
+
+/// `out[n, rows] = x[n, cols] · Wᵀ`; slices are already bounds-checked by the caller. Runs on
+/// the caller's rayon pool.
+pub(crate) fn matmul(
+    isa: Isa,
+    threads: usize,
+    w: &WeightMatrix,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) {
+    let (rows, cols) = w.shape();
+    let ops = match w {
+        WeightMatrix::Quantized(m) => Operands::Quantized(
+            m,
+            kernels::quantize_activations(isa, x, n, cols, m.spec.bits),
+        ),
+        WeightMatrix::F32 { data, .. } => Operands::Dense(DenseRows::F32(data)),
+        WeightMatrix::F16 { data, .. } => Operands::Dense(DenseRows::F16(data)),
+    };
+    let chunk = rows_per_task(rows, threads);
+    // Each task fills `chunk` weight rows × `n` activations, row-major by weight row, so every
+    // weight row is read (and unpacked) once for all activation rows.
+    let by_row = |dst: &mut [f32]| {
+        dst.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(t, d)| match &ops {
+                Operands::Quantized(m, act) => {
+                    kernels::quantized_rows(isa, m, t * chunk, act, n, d)
+                }
+                Operands::Dense(dw) => kernels::dense_rows(isa, *dw, cols, t * chunk, x, n, d),
+            })
+    };
+    if n == 1 {
+        by_row(&mut out[..rows]);
+    } else {
+        let mut tmp = vec![0.0f32; rows * n];
+        by_row(&mut tmp);
+        for (r, vals) in tmp.chunks_exact(n).enumerate() {
+            for (j, v) in vals.iter().enumerate() {
+                out[j * rows + r] = *v;
+            }
+        }
+    }
+}

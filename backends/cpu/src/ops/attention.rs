@@ -1,0 +1,48 @@
+//! Causal grouped-query attention over the KV cache.
+
+use crate::kernels::{self, Isa};
+use lowbit_core::backend::AttentionParams;
+use rayon::prelude::*;
+
+/// Writes `softmax(q·Kᵀ·scale)·V` per (query row, head) to `out`; query `i` sees cache rows
+/// `0 ..= pos0 + i`. Query head `h` reads kv head `h / (n_heads / n_kv_heads)`. Every
+/// (row, head) pair is one task, so decode (one row) still spreads heads across threads.
+pub(crate) fn attention(
+    isa: Isa,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &mut [f32],
+    p: &AttentionParams,
+) {
+    let hd = p.head_dim;
+    let kv_row = p.n_kv_heads * hd;
+    let group = p.n_heads / p.n_kv_heads;
+    out[..p.n_tokens * p.n_heads * hd]
+        .par_chunks_mut(hd)
+        .enumerate()
+        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, o)| {
+            let (i, h) = (idx / p.n_heads, idx % p.n_heads);
+            let kv_off = (h / group) * hd;
+            let qv = &q[idx * hd..(idx + 1) * hd];
+            let len = p.pos0 + i + 1;
+            scores.clear();
+            scores.extend((0..len).map(|t| {
+                let kt = &k[t * kv_row + kv_off..t * kv_row + kv_off + hd];
+                kernels::dot(isa, qv, kt) * p.scale
+            }));
+            // Subtracting the max keeps exp() finite for any score range.
+            let max = scores.iter().fold(f32::NEG_INFINITY, |m, s| m.max(*s));
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = 1.0 / sum;
+            o.fill(0.0);
+            for (t, s) in scores.iter().enumerate() {
+                let vt = &v[t * kv_row + kv_off..t * kv_row + kv_off + hd];
+                kernels::axpy(isa, s * inv, vt, o);
+            }
+        });
+}
