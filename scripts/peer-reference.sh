@@ -1,0 +1,390 @@
+#!/usr/bin/env bash
+# Produces every llama.cpp reference figure lowbit is compared against (the "peer"):
+#   models/peer/                         (git-ignored) the F32 / requantized GGUFs and the raw logs
+#   bench/peer/perplexity.{json,md}      perplexity + bits per weight of F32 and each quant type
+#   bench/peer/llama-bench-cpu.md        llama-bench pp128 / tg64 of Q8_0 and Q4_0 on this CPU
+#   bench/peer/README.md                 the exact commands, the llama.cpp version, the CPU
+#   tests/fixtures/llamacpp_greedy.json  greedy completions (text + token ids) of 5 plain prompts
+#
+# Usage: scripts/peer-reference.sh [--force]
+#   Idempotent: each step whose output already exists is skipped, unless --force.
+#   The parsed results (json / md) are always rebuilt from the raw logs in models/peer/logs/.
+# Environment:
+#   LLAMACPP_BIN   folder of the llama.cpp binaries (default: ../shared/tools/build-llamacpp.sh cpu)
+#   PEER_THREADS   threads for llama.cpp (default 2)     PEER_NICE   nice level (default 5)
+# Needs: models/SmolLM2-135M-Instruct.Q4_1.gguf and models/brown.txt (scripts/fetch-models.sh),
+#        python3 with numpy (for llama.cpp's gguf-py, to read exact tensor sizes), curl.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+force=0
+for a in "$@"; do
+  case $a in
+    --force) force=1 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $a (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+threads=${PEER_THREADS:-2}
+nicelvl=${PEER_NICE:-5}
+src_model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+text=models/brown.txt
+peer=models/peer
+logs=$peer/logs
+out=bench/peer
+fixtures=tests/fixtures
+f32=$peer/smollm2-f32.gguf
+quants=(Q8_0 Q4_0 Q4_K_M Q3_K_M Q2_K)
+ppl_ctx=512
+ppl_chunks=20
+ppl_chunks_quick=4
+n_predict=16
+prompts=(
+  "The capital of France is"
+  "Once upon a time, there was a little"
+  "def fibonacci(n):"
+  "The three primary colors are"
+  "In 1969, Neil Armstrong"
+)
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+info() { printf '    %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- prerequisites
+for f in "$src_model" "$text"; do
+  [ -s "$f" ] || die "$f is missing: run scripts/fetch-models.sh first"
+done
+if [ -z "${LLAMACPP_BIN:-}" ]; then
+  step "locating llama.cpp (../shared/tools/build-llamacpp.sh cpu)"
+  LLAMACPP_BIN=$(bash "$root/../shared/tools/build-llamacpp.sh" cpu)
+fi
+bin=$LLAMACPP_BIN
+for t in llama-quantize llama-perplexity llama-completion llama-bench llama-server; do
+  [ -x "$bin/$t" ] || die "$bin/$t not found"
+done
+llama_build=$(cd "$bin/.." && pwd)
+if [ ! -x "$bin/llama-tokenize" ]; then
+  step "building llama-tokenize (extra target, for prompt token ids)"
+  nice -n "$nicelvl" cmake --build "$llama_build" --target llama-tokenize -j"$threads" >&2
+fi
+gguf_py=$(cd "$llama_build/.." && pwd)/src/gguf-py
+[ -d "$gguf_py" ] || die "llama.cpp's gguf-py not found at $gguf_py"
+PYTHONPATH="$gguf_py" python3 -c 'import gguf' 2>/dev/null || die "python3 cannot import gguf-py (needs numpy)"
+command -v curl >/dev/null || die "curl is needed (greedy token ids come from llama-server)"
+
+mkdir -p "$peer" "$logs" "$out" "$fixtures"
+
+# every command that produces a result is recorded here (with $LLAMA_BIN for the binaries folder)
+cmds=()
+record() { # pretty-print a command line for README.md
+  local s="" a safe='^[-A-Za-z0-9_./=:,+$]+$'
+  for a in "$@"; do
+    a=${a/#$bin\//\$LLAMA_BIN/}
+    if [[ $a =~ $safe ]]; then s+=" $a"; else s+=" '${a//\'/\'\\\'\'}'"; fi
+  done
+  cmds+=("${s# }")
+}
+llama() { # tool args... : record, then run niced
+  local tool=$1; shift
+  record "$bin/$tool" "$@"
+  nice -n "$nicelvl" "$bin/$tool" "$@"
+}
+need() { [ "$force" = 1 ] || [ ! -s "$1" ]; }   # true when the output must be (re)made
+
+lower() { tr '[:upper:]' '[:lower:]' <<<"$1"; }
+gguf_of() { echo "$peer/smollm2-$(lower "$1").gguf"; }
+
+# ---------------------------------------------------------------- 1. F32 + requantized models
+step "1/5 models: F32 from the Q4_1 original, then ${quants[*]} from F32"
+if need "$f32"; then
+  info "dequantizing $src_model -> $f32"
+  llama llama-quantize --allow-requantize "$src_model" "$f32.part" F32 "$threads" >"$logs/quantize-f32.log" 2>&1 \
+    || { tail -20 "$logs/quantize-f32.log" >&2; die "llama-quantize F32 failed"; }
+  mv "$f32.part" "$f32"
+else
+  record "$bin/llama-quantize" --allow-requantize "$src_model" "$f32" F32 "$threads"
+  info "exists: $f32"
+fi
+for q in "${quants[@]}"; do
+  dst=$(gguf_of "$q")
+  if need "$dst"; then
+    info "quantizing $f32 -> $dst ($q)"
+    llama llama-quantize "$f32" "$dst.part" "$q" "$threads" >"$logs/quantize-$(lower "$q").log" 2>&1 \
+      || { tail -20 "$logs/quantize-$(lower "$q").log" >&2; die "llama-quantize $q failed"; }
+    mv "$dst.part" "$dst"
+  else
+    record "$bin/llama-quantize" "$f32" "$dst" "$q" "$threads"
+    info "exists: $dst"
+  fi
+done
+# README records the final paths, not the .part ones
+cmds=("${cmds[@]//.gguf.part/.gguf}")
+
+# ---------------------------------------------------------------- 2. perplexity
+step "2/5 perplexity: -c $ppl_ctx --chunks $ppl_chunks on ${text} (F32 also --chunks $ppl_chunks_quick)"
+ppl_run() { # type chunks
+  local t=$1 n=$2 m log
+  m=$(gguf_of "$t"); log=$logs/ppl-$(lower "$t")-c$n.log
+  if need "$log" || ! grep -q 'Final estimate' "$log"; then
+    info "llama-perplexity $t, $n chunks of $ppl_ctx (this takes a minute or two)..."
+    local t0=$SECONDS
+    llama llama-perplexity -m "$m" -f "$text" -c "$ppl_ctx" --chunks "$n" -t "$threads" >"$log" 2>&1 \
+      || { tail -20 "$log" >&2; die "llama-perplexity $t failed"; }
+    info "$(grep -o 'Final estimate.*' "$log")  ($((SECONDS - t0)) s)"
+  else
+    record "$bin/llama-perplexity" -m "$m" -f "$text" -c "$ppl_ctx" --chunks "$n" -t "$threads"
+    info "exists: $log: $(grep -o 'Final estimate.*' "$log")"
+  fi
+}
+ppl_run F32 "$ppl_chunks_quick"
+ppl_run F32 "$ppl_chunks"
+for q in "${quants[@]}"; do ppl_run "$q" "$ppl_chunks"; done
+
+step "writing $out/perplexity.json and $out/perplexity.md"
+PYTHONPATH="$gguf_py" python3 - "$peer" "$logs" "$out" "$ppl_ctx" "$ppl_chunks_quick" "$ppl_chunks" F32 "${quants[@]}" <<'PY'
+import json, os, re, sys
+from collections import Counter
+import gguf
+
+peer, logs, out, ctx, quick, full, *types = sys.argv[1:]
+ctx, quick, full = int(ctx), int(quick), int(full)
+
+def model_info(path):
+    r = gguf.GGUFReader(path)
+    size = sum(int(t.n_bytes) for t in r.tensors)          # = llama.cpp's "model size"
+    params = sum(int(t.n_elements) for t in r.tensors)     # = llama.cpp's "n_params"
+    kinds = Counter(t.tensor_type.name for t in r.tensors)
+    return size, params, dict(sorted(kinds.items(), key=lambda kv: -kv[1])), os.path.getsize(path)
+
+def ppl_of(log):
+    s = open(log, errors="replace").read()
+    m = re.search(r"Final estimate: PPL = ([0-9.]+) \+/- ([0-9.]+)", s)
+    if not m:
+        sys.exit(f"no 'Final estimate' in {log}")
+    by_chunk = [float(x) for x in re.findall(r"\[\d+\]([0-9.]+),", s)]
+    return float(m.group(1)), float(m.group(2)), by_chunk
+
+rows = []
+for t in types:
+    path = os.path.join(peer, f"smollm2-{t.lower()}.gguf")
+    size, params, kinds, file_bytes = model_info(path)
+    for n in ([quick, full] if t == "F32" else [full]):
+        ppl, err, by_chunk = ppl_of(os.path.join(logs, f"ppl-{t.lower()}-c{n}.log"))
+        rows.append(dict(type=t, bits_per_weight=round(size * 8 / params, 4), size_bytes=size,
+                         file_bytes=file_bytes, n_params=params, ppl=ppl, ppl_err=err,
+                         chunks=n, ctx=ctx, ppl_by_chunk=by_chunk, tensor_types=kinds,
+                         model=os.path.basename(path)))
+
+with open(os.path.join(out, "perplexity.json"), "w") as f:
+    json.dump(rows, f, indent=1)
+    f.write("\n")
+
+ref = next(r for r in rows if r["type"] == "F32" and r["chunks"] == full)
+md = [f"# llama.cpp perplexity, SmolLM2-135M-Instruct, Brown corpus",
+      "",
+      f"`llama-perplexity -c {ctx} --chunks {full}` on `models/brown.txt` ({full} x {ctx} tokens; the first half of each",
+      "window is context, the second half is scored). F32 = the original Q4_1 GGUF dequantized; every quant",
+      "type is made from that F32 file by `llama-quantize`. size = tensor data (llama.cpp's \"model size\"),",
+      "bits/weight = size x 8 / params. Generated by `scripts/peer-reference.sh`.",
+      "",
+      "| type | bits/weight | size (MiB) | PPL | ± | ΔPPL vs F32 | tensor types |",
+      "|---|---:|---:|---:|---:|---:|---|"]
+for r in rows:
+    if r["chunks"] != full:
+        continue
+    d = (r["ppl"] / ref["ppl"] - 1) * 100
+    kinds = ", ".join(f"{k} {v}" for k, v in r["tensor_types"].items())
+    md.append(f"| {r['type']} | {r['bits_per_weight']:.3f} | {r['size_bytes'] / 2**20:.2f} | {r['ppl']:.4f} | "
+              f"{r['ppl_err']:.4f} | {d:+.2f}% | {kinds} |")
+q = next(r for r in rows if r["type"] == "F32" and r["chunks"] == quick)
+md += ["", f"Quick check (CI): F32, `--chunks {quick}`: PPL = {q['ppl']:.4f} ± {q['ppl_err']:.4f}", ""]
+with open(os.path.join(out, "perplexity.md"), "w") as f:
+    f.write("\n".join(md))
+print("\n".join(md))
+PY
+
+# ---------------------------------------------------------------- 3. greedy reference
+step "3/5 greedy completions of ${#prompts[@]} prompts with the F32 model (-n $n_predict --temp 0)"
+for i in "${!prompts[@]}"; do
+  p=${prompts[$i]}
+  # (a) llama-completion: the text. stdout = the generated text + a final "\n\n" it always prints.
+  o=$logs/greedy-$i.completion.txt
+  if need "$o"; then
+    info "llama-completion: \"$p\""
+    llama llama-completion -m "$f32" -p "$p" -n "$n_predict" --temp 0 --top-k 1 -t "$threads" \
+      -no-cnv --no-display-prompt --no-escape --verbose-prompt >"$o.part" 2>"$logs/greedy-$i.completion.log" \
+      || { tail -20 "$logs/greedy-$i.completion.log" >&2; die "llama-completion failed"; }
+    mv "$o.part" "$o"
+  else
+    record "$bin/llama-completion" -m "$f32" -p "$p" -n "$n_predict" --temp 0 --top-k 1 -t "$threads" \
+      -no-cnv --no-display-prompt --no-escape --verbose-prompt
+    info "exists: $o"
+  fi
+  # (b) llama-tokenize: the prompt's token ids (BOS as the model's metadata says: add_bos_token)
+  o=$logs/greedy-$i.prompt-ids.txt
+  if need "$o"; then
+    llama llama-tokenize -m "$f32" -p "$p" --ids --log-disable >"$o.part" 2>/dev/null \
+      || die "llama-tokenize failed"
+    mv "$o.part" "$o"
+  else
+    record "$bin/llama-tokenize" -m "$f32" -p "$p" --ids --log-disable
+  fi
+done
+
+# (c) llama-server /completion with return_tokens: the generated token ids (llama-completion does
+#     not print them); its text must equal llama-completion's.
+server_needed=0
+for i in "${!prompts[@]}"; do need "$logs/greedy-$i.server.json" && server_needed=1; done
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+record "$bin/llama-server" -m "$f32" -t "$threads" -c 2048 -np 1 --host 127.0.0.1 --port PORT
+for i in "${!prompts[@]}"; do
+  cmds+=("curl -s http://127.0.0.1:PORT/completion -d '$(python3 -c 'import json,sys; print(json.dumps(dict(prompt=sys.argv[1], n_predict=int(sys.argv[2]), temperature=0, top_k=1, return_tokens=True, cache_prompt=False)))' "${prompts[$i]}" "$n_predict")'")
+done
+if [ "$server_needed" = 1 ]; then
+  info "starting llama-server on 127.0.0.1:$port for the generated token ids"
+  nice -n "$nicelvl" "$bin/llama-server" -m "$f32" -t "$threads" -c 2048 -np 1 --host 127.0.0.1 --port "$port" \
+    >"$logs/server.log" 2>&1 &
+  server_pid=$!
+  trap 'kill "$server_pid" 2>/dev/null || true' EXIT
+  for _ in $(seq 1 120); do
+    curl -sf "http://127.0.0.1:$port/health" >/dev/null 2>&1 && break
+    kill -0 "$server_pid" 2>/dev/null || { tail -20 "$logs/server.log" >&2; die "llama-server exited"; }
+    sleep 1
+  done
+  curl -sf "http://127.0.0.1:$port/health" >/dev/null || die "llama-server did not come up"
+  for i in "${!prompts[@]}"; do
+    o=$logs/greedy-$i.server.json
+    need "$o" || continue
+    info "llama-server /completion: \"${prompts[$i]}\""
+    body=$(python3 -c 'import json,sys; print(json.dumps(dict(prompt=sys.argv[1], n_predict=int(sys.argv[2]), temperature=0, top_k=1, return_tokens=True, cache_prompt=False)))' "${prompts[$i]}" "$n_predict")
+    curl -sf "http://127.0.0.1:$port/completion" -H 'Content-Type: application/json' -d "$body" >"$o.part" \
+      || die "llama-server request failed"
+    mv "$o.part" "$o"
+  done
+  kill "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  trap - EXIT
+fi
+
+step "writing $fixtures/llamacpp_greedy.json"
+python3 - "$logs" "$fixtures/llamacpp_greedy.json" "$n_predict" "${prompts[@]}" <<'PY'
+import json, sys
+logs, dst, n_predict, *prompts = sys.argv[1:]
+n_predict = int(n_predict)
+rows, bad = [], 0
+for i, p in enumerate(prompts):
+    raw = open(f"{logs}/greedy-{i}.completion.txt", "rb").read().decode("utf-8")
+    if not raw.endswith("\n\n"):
+        sys.exit(f"unexpected llama-completion output for prompt {i}: {raw!r}")
+    text = raw[:-2]                      # llama-completion always ends with LOG("\n\n")
+    ids = json.loads(open(f"{logs}/greedy-{i}.prompt-ids.txt").read())
+    srv = json.load(open(f"{logs}/greedy-{i}.server.json"))
+    row = dict(prompt=p, n_predict=n_predict, text=text, prompt_token_ids=ids,
+               token_ids=srv["tokens"], n_generated=len(srv["tokens"]),
+               stop_reason=srv.get("stop_type", "unknown"))
+    if srv["content"] != text:
+        bad += 1
+        row["server_text"] = srv["content"]
+        print(f"WARNING: llama-server text differs from llama-completion for {p!r}:\n  {srv['content']!r}\n  {text!r}",
+              file=sys.stderr)
+    rows.append(row)
+    print(f"    {p!r} -> {text!r}\n      prompt ids {ids}\n      generated ids {srv['tokens']}", file=sys.stderr)
+meta = dict(model="SmolLM2-135M-Instruct.Q4_1.gguf dequantized to F32 (models/peer/smollm2-f32.gguf)",
+            generator="llama.cpp llama-completion -n 16 --temp 0 --top-k 1 -no-cnv --no-display-prompt "
+                      "(text); llama-server /completion return_tokens (generated ids); llama-tokenize (prompt ids)",
+            bos="none: the model's tokenizer.ggml.add_bos_token is false, llama.cpp's default follows it",
+            made_by="scripts/peer-reference.sh")
+with open(dst, "w") as f:
+    json.dump(rows, f, indent=1, ensure_ascii=False)
+    f.write("\n")
+# provenance goes to a sibling file so that the fixture stays a plain list of records
+with open(dst.replace(".json", ".meta.json"), "w") as f:
+    json.dump(meta, f, indent=1)
+    f.write("\n")
+if bad:
+    sys.exit(f"{bad} prompt(s): llama-server and llama-completion disagree")
+PY
+
+# ---------------------------------------------------------------- 4. llama-bench
+bench_md=$out/llama-bench-cpu.md
+cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+step "4/5 llama-bench Q8_0, Q4_0: -p 128 -n 64 -t $threads -r 3  (CPU: $cpu)"
+q8=$(gguf_of Q8_0); q4=$(gguf_of Q4_0)
+if need "$bench_md"; then
+  info "running llama-bench (about a minute)..."
+  llama llama-bench -m "$q8,$q4" -p 128 -n 64 -t "$threads" -r 3 >"$logs/llama-bench.md" 2>"$logs/llama-bench.log" \
+    || { tail -20 "$logs/llama-bench.log" >&2; die "llama-bench failed"; }
+  {
+    echo "# llama-bench (CPU), SmolLM2-135M-Instruct Q8_0 and Q4_0"
+    echo
+    echo "CPU: $cpu ($(nproc) cores visible), $threads threads, nice -n $nicelvl (the machine was shared)."
+    echo "Date: $(date -u +%Y-%m-%dT%H:%MZ). Models requantized from the F32 dequantization (see README.md)."
+    echo
+    cat "$logs/llama-bench.md"
+  } >"$bench_md.part"
+  mv "$bench_md.part" "$bench_md"
+  cat "$logs/llama-bench.md" >&2
+else
+  record "$bin/llama-bench" -m "$q8,$q4" -p 128 -n 64 -t "$threads" -r 3
+  info "exists: $bench_md"
+fi
+
+# ---------------------------------------------------------------- 5. README
+step "5/5 writing $out/README.md"
+version=$("$bin/llama-completion" --version 2>&1 | grep -E '^(version|built with)' | tr '\n' ';' | sed 's/;$//; s/;/; /')
+bench_build=$(grep -ho 'build: .*' "$logs/llama-bench.md" "$bench_md" 2>/dev/null | head -1 || true)
+{
+  echo "# llama.cpp reference figures (the peer)"
+  echo
+  echo "Everything here is produced by \`scripts/peer-reference.sh\` (idempotent; \`--force\` redoes it)."
+  echo "The GGUFs and raw logs go to \`models/peer/\` (git-ignored); this folder and"
+  echo "\`tests/fixtures/llamacpp_greedy.json\` hold the parsed results."
+  echo
+  echo "| file | what |"
+  echo "|---|---|"
+  echo "| \`perplexity.json\` / \`perplexity.md\` | PPL ± error, size, bits/weight of F32 and ${quants[*]} (${ppl_chunks}×${ppl_ctx}), plus F32 with ${ppl_chunks_quick} chunks (CI) |"
+  echo "| \`llama-bench-cpu.md\` | llama-bench pp128 / tg64 of Q8_0 and Q4_0, ${threads} threads |"
+  echo "| \`../../tests/fixtures/llamacpp_greedy.json\` | greedy text + prompt / generated token ids, ${#prompts[@]} prompts, F32 |"
+  echo
+  echo "## Version"
+  echo
+  echo "- llama.cpp as vendored in the \`llama-cpp-python==0.3.36\` sdist (PyPI), built by"
+  echo "  \`../shared/tools/build-llamacpp.sh cpu\` (Release, AVX2/FMA/F16C, AVX-512 when present, AMX off)."
+  echo "- \`llama-completion --version\`: ${version:-unknown}"
+  echo "- llama-bench: \`${bench_build:-unknown}\` (the sdist carries no git commit)"
+  echo "- CPU: $cpu, $(nproc) cores; every run with \`-t $threads\` under \`nice -n $nicelvl\` on a shared machine"
+  echo "  (timings are indicative; perplexities and greedy outputs are deterministic)."
+  echo
+  echo "## Notes"
+  echo
+  echo "- F32 = \`SmolLM2-135M-Instruct.Q4_1.gguf\` dequantized (\`--allow-requantize ... F32\`); all quant types"
+  echo "  are made from that F32 file, so their error is relative to it. SmolLM2's dim 576 is not a multiple of"
+  echo "  256, so for the K-quants llama-quantize falls back to other types on many tensors (see \`tensor types\`"
+  echo "  in perplexity.md)."
+  echo "- size_bytes = sum of tensor data (what llama.cpp calls model size), bits_per_weight = size_bytes*8/n_params;"
+  echo "  file_bytes = the whole GGUF file."
+  echo "- BOS: SmolLM2's \`tokenizer.ggml.add_bos_token\` is false; llama.cpp's default follows it, so neither the"
+  echo "  perplexity windows nor the prompts get a BOS token."
+  echo "- Greedy: \`--temp 0\` is argmax in llama.cpp (\`--top-k 1\` only makes it explicit). llama-completion's stdout is"
+  echo "  the generated text followed by a \"\\n\\n\" it always prints at exit, which is stripped. It does not print the"
+  echo "  generated ids, so they come from llama-server's \`/completion\` with \`return_tokens\` on the same F32 model;"
+  echo "  the script checks that the server's text equals llama-completion's."
+  echo
+  echo "## Commands"
+  echo
+  echo "Run from the repository root; \`LLAMA_BIN=$bin\`; every llama.cpp command ran under \`nice -n $nicelvl\`."
+  echo
+  echo '```sh'
+  printf '%s\n' "${cmds[@]}"
+  echo '```'
+} >"$out/README.md"
+
+step "done"
+info "perplexity: $out/perplexity.md, $out/perplexity.json"
+info "greedy:     $fixtures/llamacpp_greedy.json"
+info "bench:      $bench_md"
+info "commands:   $out/README.md"
