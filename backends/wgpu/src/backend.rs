@@ -1,0 +1,897 @@
+//! [`WgpuBackend`]: the [`Backend`] operations as WGSL kernels recorded into one command
+//! encoder; only [`Backend::read`] and [`Backend::flush`] submit.
+
+use crate::device::{GpuDevice, WgpuOptions};
+use crate::pipelines::{PipelineCache, Slot};
+use crate::profiling::KernelTiming;
+use crate::recorder::{read_mapped, Dispatch, Recorder};
+use crate::shader::{Define, KernelKey, ShaderFile};
+use crate::tuning::{fold, Tuning};
+use crate::weights::{upload, GpuWeight, WeightKind};
+use lowbit_core::backend::{AttentionParams, RopeStyle};
+use lowbit_core::quant::Scheme;
+use lowbit_core::{Backend, BackendInfo, BufferId, Error, Result, WeightId, WeightMatrix};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use wgpu::util::DeviceExt;
+
+/// Which kernel variants a backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KernelPaths {
+    /// Matmul dequantizes and multiplies in f16 (`SHADER_F16`).
+    pub f16: bool,
+    /// Reductions use subgroup operations (`SUBGROUP`) instead of workgroup-memory trees.
+    pub subgroups: bool,
+}
+
+/// Largest head dimension the attention kernels hold in registers.
+const MAX_HEAD_DIM: usize = 256;
+
+struct Buf {
+    buffer: wgpu::Buffer,
+    len: usize,
+}
+
+/// Key of the cached RoPE table: (pos0, tokens, theta bits, head_dim).
+type RopeKey = (usize, usize, u32, usize);
+
+struct State {
+    buffers: HashMap<u32, Buf>,
+    next_buffer: u32,
+    weights: HashMap<u32, GpuWeight>,
+    next_weight: u32,
+    weight_bytes: usize,
+    pipelines: PipelineCache,
+    rec: Recorder,
+    /// The last RoPE table: q and k of every layer of a step share it.
+    rope: Option<(RopeKey, wgpu::Buffer)>,
+    /// Split partials of decode attention, grown as needed.
+    attn_part: Option<wgpu::Buffer>,
+    /// Bound where a kernel's binding is unused (dense weights have no group parameters).
+    dummy: wgpu::Buffer,
+}
+
+impl State {
+    fn buf(&self, id: BufferId) -> Result<&Buf> {
+        self.buffers
+            .get(&id.0)
+            .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
+    }
+}
+
+/// The WebGPU backend.
+pub struct WgpuBackend {
+    dev: GpuDevice,
+    tuning: Tuning,
+    /// Bytes one storage binding may hold (weights are split into pieces below it).
+    max_binding: u64,
+    state: Mutex<State>,
+}
+
+fn check_len(what: &str, b: &Buf, need: usize) -> Result<()> {
+    if b.len < need {
+        return Err(Error::invalid_config(format!(
+            "{what} needs {need} values, the buffer holds {}",
+            b.len
+        )));
+    }
+    Ok(())
+}
+
+fn distinct(what: &str, a: BufferId, b: BufferId) -> Result<()> {
+    if a == b {
+        return Err(Error::invalid_config(format!(
+            "{what}: input and output must be different buffers"
+        )));
+    }
+    Ok(())
+}
+
+impl WgpuBackend {
+    /// Opens a device per `opts`.
+    pub fn new(opts: &WgpuOptions) -> Result<Self> {
+        let dev = GpuDevice::open(opts)?;
+        let tuning = Tuning::new(&dev.limits);
+        let device_max = dev
+            .limits
+            .max_storage_buffer_binding_size
+            .min(dev.limits.max_buffer_size);
+        let max_binding = opts
+            .max_binding_bytes
+            .map_or(device_max, |m| m.min(device_max));
+        let dummy = dev.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("unused binding"),
+            size: 16,
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        });
+        let state = State {
+            buffers: HashMap::new(),
+            next_buffer: 0,
+            weights: HashMap::new(),
+            next_weight: 0,
+            weight_bytes: 0,
+            pipelines: PipelineCache::default(),
+            rec: Recorder::new(&dev),
+            rope: None,
+            attn_part: None,
+            dummy,
+        };
+        Ok(WgpuBackend {
+            dev,
+            tuning,
+            max_binding,
+            state: Mutex::new(state),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kernel variants in use.
+    pub fn paths(&self) -> KernelPaths {
+        KernelPaths {
+            f16: self.dev.f16,
+            subgroups: self.dev.subgroups,
+        }
+    }
+
+    /// Labels of the kernels compiled so far (e.g. `matvec[WEIGHT_KIND=0,BITS=3,...]`): tests use
+    /// them to assert which variants ran.
+    pub fn compiled_kernels(&self) -> Vec<String> {
+        self.lock().pipelines.labels()
+    }
+
+    /// Submissions so far.
+    pub fn submits(&self) -> u64 {
+        self.lock().rec.submits
+    }
+
+    /// Number of row pieces weight `w` was split into (1 unless it exceeds a binding).
+    pub fn weight_pieces(&self, w: WeightId) -> Option<usize> {
+        self.lock().weights.get(&w.0).map(|g| g.pieces.len())
+    }
+
+    /// GPU time per kernel since creation or the last [`Self::reset_timings`], longest first;
+    /// `None` unless built with [`WgpuOptions::profiling`]. Profiling waits for every submission.
+    pub fn kernel_timings(&self) -> Option<Vec<KernelTiming>> {
+        self.lock().rec.profiler().map(|p| p.timings())
+    }
+
+    /// Clears the profile totals.
+    pub fn reset_timings(&self) {
+        if let Some(p) = self.lock().rec.profiler() {
+            p.reset();
+        }
+    }
+
+    /// Constants every kernel shares.
+    fn base_defines(&self, wg: u32) -> Vec<(&'static str, Define)> {
+        vec![
+            ("WORKGROUP_SIZE", Define::U32(wg)),
+            ("USE_SUBGROUPS", Define::Bool(self.dev.subgroups)),
+        ]
+    }
+
+    fn weight_defines(kind: WeightKind, f16: bool) -> Vec<(&'static str, Define)> {
+        let (k, bits, group, asym) = match kind {
+            WeightKind::Quant(s) => (0, s.bits, s.group_size, s.scheme == Scheme::Asymmetric),
+            WeightKind::F32 => (1, 8, 32, false),
+            WeightKind::F16 => (2, 8, 32, false),
+        };
+        vec![
+            ("WEIGHT_KIND", Define::U32(k)),
+            ("BITS", Define::U32(u32::from(bits))),
+            ("GROUP_SIZE", Define::U32(group as u32)),
+            ("ASYMMETRIC", Define::Bool(asym)),
+            ("USE_F16", Define::Bool(f16)),
+        ]
+    }
+
+    fn max_groups(&self) -> u32 {
+        self.dev.limits.max_compute_workgroups_per_dimension
+    }
+
+    /// Creates a storage buffer of `len` f32, zeroed or holding `data`.
+    fn create_buffer(&self, len: usize, data: Option<&[f32]>) -> Result<BufferId> {
+        let bytes = (len.max(4) as u64 * 4).next_multiple_of(16);
+        let limit = self.dev.limits.max_storage_buffer_binding_size;
+        if bytes > limit {
+            return Err(Error::out_of_memory(format!(
+                "a buffer of {len} values ({bytes} bytes) exceeds the device's storage binding limit of {limit} bytes"
+            )));
+        }
+        self.dev.check_buffer_size(bytes, "an activation buffer")?;
+        let usage = wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_SRC
+            | wgpu::BufferUsages::COPY_DST;
+        let buffer = self.dev.scoped("allocating a buffer", || match data {
+            Some(d) => {
+                let mut padded = d.to_vec();
+                padded.resize(bytes as usize / 4, 0.0);
+                self.dev
+                    .device
+                    .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                        label: None,
+                        contents: bytemuck::cast_slice(&padded),
+                        usage,
+                    })
+            }
+            None => self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            }),
+        })?;
+        let mut st = self.lock();
+        let id = st.next_buffer;
+        st.next_buffer += 1;
+        st.buffers.insert(id, Buf { buffer, len });
+        Ok(BufferId(id))
+    }
+
+    fn storage_init(&self, label: &str, words: &[u32]) -> wgpu::Buffer {
+        let mut w = words.to_vec();
+        w.resize(w.len().max(4), 0);
+        self.dev
+            .device
+            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: bytemuck::cast_slice(&w),
+                usage: wgpu::BufferUsages::STORAGE,
+            })
+    }
+}
+
+impl Backend for WgpuBackend {
+    fn info(&self) -> BackendInfo {
+        let mut features = Vec::new();
+        if self.dev.f16 {
+            features.push("shader-f16".to_string());
+        }
+        if self.dev.subgroups {
+            features.push("subgroups".to_string());
+        }
+        if self.dev.timestamps {
+            features.push("timestamp-query".to_string());
+        }
+        BackendInfo {
+            name: "webgpu".into(),
+            device: self.dev.describe(),
+            features,
+            threads: 0,
+        }
+    }
+
+    fn upload_weight(&self, weight: WeightMatrix) -> Result<WeightId> {
+        let w = upload(&self.dev, weight, self.max_binding)?;
+        let mut st = self.lock();
+        let id = st.next_weight;
+        st.next_weight += 1;
+        st.weight_bytes += w.bytes;
+        st.weights.insert(id, w);
+        Ok(WeightId(id))
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<BufferId> {
+        self.create_buffer(data.len(), Some(data))
+    }
+
+    fn alloc(&self, len: usize) -> Result<BufferId> {
+        self.create_buffer(len, None)
+    }
+
+    fn free(&self, buf: BufferId) {
+        // Recorded work keeps the buffer alive on the device until it ran.
+        self.lock().buffers.remove(&buf.0);
+    }
+
+    fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()> {
+        let mut st = self.lock();
+        let State { buffers, rec, .. } = &mut *st;
+        let b = buffers
+            .get(&buf.0)
+            .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", buf.0)))?;
+        check_len("write", b, offset + data.len())?;
+        rec.write(
+            &self.dev,
+            &b.buffer,
+            offset as u64 * 4,
+            bytemuck::cast_slice(data),
+        );
+        Ok(())
+    }
+
+    fn read(&self, buf: BufferId, offset: usize, len: usize) -> Result<Vec<f32>> {
+        let mut st = self.lock();
+        let State { buffers, rec, .. } = &mut *st;
+        let b = buffers
+            .get(&buf.0)
+            .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", buf.0)))?;
+        check_len("read", b, offset + len)?;
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("read staging"),
+            size: len as u64 * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        rec.copy(
+            &self.dev,
+            &b.buffer,
+            offset as u64 * 4,
+            &staging,
+            0,
+            len as u64 * 4,
+        );
+        rec.submit(&self.dev)?;
+        let bytes = read_mapped(&self.dev, &staging)?;
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
+    fn flush(&self) -> Result<()> {
+        let mut st = self.lock();
+        st.rec.submit(&self.dev)?;
+        self.dev
+            .device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| {
+                Error::new(
+                    lowbit_core::ErrorCode::WebgpuNotSupported,
+                    format!("waiting for the GPU: {e}"),
+                )
+            })?;
+        self.dev.take_error()
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.lock().weight_bytes
+    }
+
+    fn embed(&self, table: WeightId, tokens: &[u32], out: BufferId) -> Result<()> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        let State {
+            buffers,
+            weights,
+            pipelines,
+            rec,
+            dummy,
+            ..
+        } = &mut *st;
+        let w = weights
+            .get(&table.0)
+            .ok_or_else(|| Error::invalid_config(format!("unknown weight {}", table.0)))?;
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= w.rows) {
+            return Err(Error::invalid_config(format!(
+                "token id {t} is outside the table ({} rows)",
+                w.rows
+            )));
+        }
+        let o = buffers
+            .get(&out.0)
+            .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", out.0)))?;
+        check_len("embed output", o, tokens.len() * w.cols)?;
+        let mut defines = self.base_defines(wg);
+        defines.extend(Self::weight_defines(w.kind, false));
+        let key = KernelKey {
+            file: ShaderFile::Embed,
+            entry: "embed",
+            defines,
+        };
+        use Slot::*;
+        let kernel = pipelines.get(&self.dev, &key, &[Uniform, Read, Read, Read, ReadWrite])?;
+        let tok_buf = self.storage_init("tokens", tokens);
+        let n = tokens.len();
+        let (gx, gy) = fold(
+            (n * w.cols / 8).div_ceil(wg as usize) as u32,
+            self.max_groups(),
+        );
+        let ds: Vec<_> = w
+            .pieces
+            .iter()
+            .map(|p| Dispatch {
+                kernel: kernel.clone(),
+                params: vec![w.cols as u32, n as u32, p.row_start as u32, p.rows as u32],
+                buffers: vec![
+                    &p.data,
+                    p.params.as_ref().unwrap_or(dummy),
+                    &tok_buf,
+                    &o.buffer,
+                ],
+                groups: [gx, gy, 1],
+            })
+            .collect();
+        rec.pass(&self.dev, "embed", &ds)
+    }
+
+    fn rms_norm(
+        &self,
+        x: BufferId,
+        weight: BufferId,
+        out: BufferId,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
+        distinct("rms_norm weight", weight, out)?;
+        let in_place = x == out;
+        let wg = self.tuning.norm_wg;
+        let mut st = self.lock();
+        let (xb, wb, ob) = (st.buf(x)?, st.buf(weight)?, st.buf(out)?);
+        check_len("rms_norm input", xb, rows * dim)?;
+        check_len("rms_norm weight", wb, dim)?;
+        check_len("rms_norm output", ob, rows * dim)?;
+        let (xb, wb, ob) = (xb.buffer.clone(), wb.buffer.clone(), ob.buffer.clone());
+        let mut defines = self.base_defines(wg);
+        defines.push(("IN_PLACE", Define::Bool(in_place)));
+        let key = KernelKey {
+            file: ShaderFile::Norm,
+            entry: "rms_norm",
+            defines,
+        };
+        use Slot::*;
+        let (slots, buffers): (&[Slot], Vec<&wgpu::Buffer>) = if in_place {
+            (&[Uniform, Read, ReadWrite], vec![&wb, &xb])
+        } else {
+            (&[Uniform, Read, Read, ReadWrite], vec![&wb, &xb, &ob])
+        };
+        let kernel = st.pipelines.get(&self.dev, &key, slots)?;
+        let (gx, gy) = fold(rows as u32, self.max_groups());
+        let d = Dispatch {
+            kernel,
+            params: vec![dim as u32, eps.to_bits()],
+            buffers,
+            groups: [gx, gy, 1],
+        };
+        st.rec.pass(&self.dev, "rms_norm", &[d])
+    }
+
+    fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        distinct("matmul", x, out)?;
+        let t = self.tuning;
+        let mut st = self.lock();
+        let State {
+            buffers,
+            weights,
+            pipelines,
+            rec,
+            dummy,
+            ..
+        } = &mut *st;
+        let gw = weights
+            .get(&w.0)
+            .ok_or_else(|| Error::invalid_config(format!("unknown weight {}", w.0)))?;
+        let get = |id: BufferId| {
+            buffers
+                .get(&id.0)
+                .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
+        };
+        let (xb, ob) = (get(x)?, get(out)?);
+        check_len("matmul input", xb, n * gw.cols)?;
+        check_len("matmul output", ob, n * gw.rows)?;
+        let tiled = n > 1;
+        let (entry, wg) = if tiled {
+            ("matmul_tiled", 256)
+        } else {
+            ("matvec", t.matvec_wg)
+        };
+        let mut defines = self.base_defines(wg);
+        defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
+        defines.extend([
+            ("ROWS_PER_WG", Define::U32(t.matvec_rows)),
+            ("TILE_T", Define::U32(t.tile_t)),
+            ("TILE_R", Define::U32(t.tile_r)),
+        ]);
+        let key = KernelKey {
+            file: ShaderFile::Matmul,
+            entry,
+            defines,
+        };
+        use Slot::*;
+        let kernel = pipelines.get(&self.dev, &key, &[Uniform, Read, Read, Read, ReadWrite])?;
+        let ds: Vec<_> = gw
+            .pieces
+            .iter()
+            .map(|p| {
+                let groups = if tiled {
+                    [
+                        p.rows.div_ceil(t.tile_r as usize) as u32,
+                        n.div_ceil(t.tile_t as usize) as u32,
+                        1,
+                    ]
+                } else {
+                    let (gx, gy) = fold(
+                        p.rows.div_ceil(t.matvec_rows as usize) as u32,
+                        self.max_groups(),
+                    );
+                    [gx, gy, n as u32]
+                };
+                Dispatch {
+                    kernel: kernel.clone(),
+                    params: vec![
+                        p.rows as u32,
+                        gw.cols as u32,
+                        n as u32,
+                        gw.rows as u32,
+                        p.row_start as u32,
+                    ],
+                    buffers: vec![
+                        &p.data,
+                        p.params.as_ref().unwrap_or(dummy),
+                        &xb.buffer,
+                        &ob.buffer,
+                    ],
+                    groups,
+                }
+            })
+            .collect();
+        rec.pass(&self.dev, "matmul", &ds)
+    }
+
+    fn rope(
+        &self,
+        x: BufferId,
+        n_tokens: usize,
+        n_heads: usize,
+        head_dim: usize,
+        pos0: usize,
+        theta: f32,
+        style: RopeStyle,
+    ) -> Result<()> {
+        if n_tokens == 0 || n_heads == 0 {
+            return Ok(());
+        }
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(Error::invalid_config(format!(
+                "rope needs an even head dimension, got {head_dim}"
+            )));
+        }
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        let xb = st.buf(x)?;
+        check_len("rope input", xb, n_tokens * n_heads * head_dim)?;
+        let xb = xb.buffer.clone();
+        let half = head_dim / 2;
+        let rkey: RopeKey = (pos0, n_tokens, theta.to_bits(), head_dim);
+        if st.rope.as_ref().is_none_or(|(k, _)| *k != rkey) {
+            let mut table = Vec::with_capacity(n_tokens * half * 2);
+            for t in 0..n_tokens {
+                let pos = (pos0 + t) as f64;
+                for i in 0..half {
+                    let f = f64::from(theta).powf(-2.0 * i as f64 / head_dim as f64);
+                    let (s, c) = (pos * f).sin_cos();
+                    table.push((c as f32).to_bits());
+                    table.push((s as f32).to_bits());
+                }
+            }
+            let b = self.storage_init("rope table", &table);
+            st.rope = Some((rkey, b));
+        }
+        let table = st
+            .rope
+            .as_ref()
+            .map(|(_, b)| b.clone())
+            .expect("table just set");
+        let key = KernelKey {
+            file: ShaderFile::Rope,
+            entry: "rope",
+            defines: self.base_defines(wg),
+        };
+        use Slot::*;
+        let kernel = st
+            .pipelines
+            .get(&self.dev, &key, &[Uniform, Read, ReadWrite])?;
+        let total = n_tokens * n_heads * half;
+        let (gx, gy) = fold(total.div_ceil(wg as usize) as u32, self.max_groups());
+        let d = Dispatch {
+            kernel,
+            params: vec![
+                n_tokens as u32,
+                n_heads as u32,
+                head_dim as u32,
+                u32::from(style == RopeStyle::Adjacent),
+            ],
+            buffers: vec![&table, &xb],
+            groups: [gx, gy, 1],
+        };
+        st.rec.pass(&self.dev, "rope", &[d])
+    }
+
+    fn kv_store(
+        &self,
+        src: BufferId,
+        cache: BufferId,
+        pos0: usize,
+        n_tokens: usize,
+        row_len: usize,
+    ) -> Result<()> {
+        distinct("kv_store", src, cache)?;
+        let mut st = self.lock();
+        let State { buffers, rec, .. } = &mut *st;
+        let get = |id: BufferId| {
+            buffers
+                .get(&id.0)
+                .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
+        };
+        let (s, c) = (get(src)?, get(cache)?);
+        check_len("kv_store source", s, n_tokens * row_len)?;
+        if c.len < (pos0 + n_tokens) * row_len {
+            return Err(Error::context_overflow(format!(
+                "the KV cache holds {} rows of {row_len}; rows up to {} were asked",
+                c.len / row_len.max(1),
+                pos0 + n_tokens
+            )));
+        }
+        let bytes = (n_tokens * row_len) as u64 * 4;
+        rec.copy(
+            &self.dev,
+            &s.buffer,
+            0,
+            &c.buffer,
+            (pos0 * row_len) as u64 * 4,
+            bytes,
+        );
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        q: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        out: BufferId,
+        p: &AttentionParams,
+    ) -> Result<()> {
+        if p.n_tokens == 0 {
+            return Ok(());
+        }
+        if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+            return Err(Error::invalid_config(format!(
+                "attention needs query heads ({}) to be a multiple of kv heads ({})",
+                p.n_heads, p.n_kv_heads
+            )));
+        }
+        if p.head_dim == 0 || p.head_dim > MAX_HEAD_DIM {
+            return Err(Error::unsupported(format!(
+                "the WebGPU attention kernels support head dimensions 1..={MAX_HEAD_DIM}, got {}",
+                p.head_dim
+            )));
+        }
+        for b in [q, k_cache, v_cache] {
+            distinct("attention", b, out)?;
+        }
+        let t = self.tuning;
+        let hd = p.head_dim;
+        let q_len = p.n_tokens * p.n_heads * hd;
+        let kv_len = (p.pos0 + p.n_tokens) * p.n_kv_heads * hd;
+        let decode = p.n_tokens == 1;
+        let n_splits = t.n_splits(p.pos0 + p.n_tokens);
+        let part_len = if decode {
+            p.n_tokens * p.n_heads * n_splits as usize * (hd + 2)
+        } else {
+            4
+        };
+        let mut st = self.lock();
+        check_len("attention query", st.buf(q)?, q_len)?;
+        check_len("attention keys", st.buf(k_cache)?, kv_len)?;
+        check_len("attention values", st.buf(v_cache)?, kv_len)?;
+        check_len("attention output", st.buf(out)?, q_len)?;
+        let part_bytes = (part_len as u64 * 4).next_multiple_of(16);
+        if st.attn_part.as_ref().is_none_or(|b| b.size() < part_bytes) {
+            self.dev
+                .check_buffer_size(part_bytes, "attention partials")?;
+            let b = self.dev.scoped("allocating attention partials", || {
+                self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some("attention partials"),
+                    size: part_bytes,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })?;
+            st.attn_part = Some(b);
+        }
+        let part = st.attn_part.clone().expect("partials just set");
+        let bufs = [q, k_cache, v_cache, out].map(|id| st.buf(id).map(|b| b.buffer.clone()));
+        let [qb, kb, vb, ob] = bufs;
+        let (qb, kb, vb, ob) = (qb?, kb?, vb?, ob?);
+        let mut defines = self.base_defines(t.attn_wg);
+        defines.extend([
+            ("HEAD_DIM", Define::U32(hd as u32)),
+            ("SPLIT_LEN", Define::U32(t.split_len)),
+        ]);
+        let (q_rows, k_tile) = t.prefill_tiles(hd);
+        use Slot::*;
+        let slots = [Uniform, Read, Read, Read, ReadWrite, ReadWrite];
+        let params = vec![
+            p.n_tokens as u32,
+            p.pos0 as u32,
+            p.n_heads as u32,
+            p.n_kv_heads as u32,
+            p.scale.to_bits(),
+            n_splits,
+        ];
+        let buffers = || vec![&qb, &kb, &vb, &ob, &part];
+        let key = |entry| {
+            let mut defines = defines.clone();
+            let prefill = entry == "attn_prefill";
+            defines.push(("PREFILL", Define::Bool(prefill)));
+            if prefill {
+                defines.push(("Q_ROWS", Define::U32(q_rows)));
+                defines.push(("K_TILE", Define::U32(k_tile)));
+            }
+            KernelKey {
+                file: ShaderFile::Attention,
+                entry,
+                defines,
+            }
+        };
+        let ds = if decode {
+            let split = st.pipelines.get(&self.dev, &key("attn_split"), &slots)?;
+            let merge = st.pipelines.get(&self.dev, &key("attn_merge"), &slots)?;
+            vec![
+                Dispatch {
+                    kernel: split,
+                    params: params.clone(),
+                    buffers: buffers(),
+                    groups: [n_splits, p.n_heads as u32, p.n_tokens as u32],
+                },
+                Dispatch {
+                    kernel: merge,
+                    params,
+                    buffers: buffers(),
+                    groups: [p.n_heads as u32, p.n_tokens as u32, 1],
+                },
+            ]
+        } else {
+            let prefill = st.pipelines.get(&self.dev, &key("attn_prefill"), &slots)?;
+            vec![Dispatch {
+                kernel: prefill,
+                params,
+                buffers: buffers(),
+                groups: [
+                    p.n_tokens.div_ceil(q_rows as usize) as u32,
+                    p.n_heads as u32,
+                    1,
+                ],
+            }]
+        };
+        st.rec.pass(&self.dev, "attention", &ds)
+    }
+
+    fn silu_mul(&self, gate: BufferId, up: BufferId, out: BufferId, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let (ag, au) = (gate == out, up == out);
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        for (what, id) in [
+            ("silu_mul gate", gate),
+            ("silu_mul up", up),
+            ("silu_mul output", out),
+        ] {
+            check_len(what, st.buf(id)?, len)?;
+        }
+        let mut ids = vec![out];
+        if !ag {
+            ids.push(gate);
+        }
+        if !au {
+            ids.push(up);
+        }
+        let bufs: Vec<wgpu::Buffer> = ids
+            .iter()
+            .map(|&i| st.buf(i).map(|b| b.buffer.clone()))
+            .collect::<Result<_>>()?;
+        let mut defines = self.base_defines(wg);
+        defines.extend([
+            ("OP_ADD", Define::Bool(false)),
+            ("OP_SILU_MUL", Define::Bool(true)),
+            ("ALIAS_SELF", Define::Bool(false)),
+            ("ALIAS_GATE", Define::Bool(ag && !au)),
+            ("ALIAS_UP", Define::Bool(au && !ag)),
+            ("ALIAS_GATE_UP", Define::Bool(ag && au)),
+        ]);
+        let key = KernelKey {
+            file: ShaderFile::Elementwise,
+            entry: "silu_mul",
+            defines,
+        };
+        let mut slots = vec![Slot::Uniform, Slot::ReadWrite];
+        slots.resize(bufs.len() + 1, Slot::Read);
+        let kernel = st.pipelines.get(&self.dev, &key, &slots)?;
+        let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
+        let d = Dispatch {
+            kernel,
+            params: vec![len as u32],
+            buffers: bufs.iter().collect(),
+            groups: [gx, gy, 1],
+        };
+        st.rec.pass(&self.dev, "silu_mul", &[d])
+    }
+
+    fn add(&self, dst: BufferId, src: BufferId, len: usize) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let same = dst == src;
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        check_len("add destination", st.buf(dst)?, len)?;
+        check_len("add source", st.buf(src)?, len)?;
+        let (db, sb) = (st.buf(dst)?.buffer.clone(), st.buf(src)?.buffer.clone());
+        let mut defines = self.base_defines(wg);
+        defines.extend([
+            ("OP_ADD", Define::Bool(true)),
+            ("OP_SILU_MUL", Define::Bool(false)),
+            ("ALIAS_SELF", Define::Bool(same)),
+        ]);
+        let key = KernelKey {
+            file: ShaderFile::Elementwise,
+            entry: "add",
+            defines,
+        };
+        use Slot::*;
+        let (slots, buffers): (&[Slot], _) = if same {
+            (&[Uniform, ReadWrite], vec![&db])
+        } else {
+            (&[Uniform, ReadWrite, Read], vec![&db, &sb])
+        };
+        let kernel = st.pipelines.get(&self.dev, &key, slots)?;
+        let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
+        let d = Dispatch {
+            kernel,
+            params: vec![len as u32],
+            buffers,
+            groups: [gx, gy, 1],
+        };
+        st.rec.pass(&self.dev, "add", &[d])
+    }
+
+    fn copy(
+        &self,
+        src: BufferId,
+        src_offset: usize,
+        dst: BufferId,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        let mut st = self.lock();
+        check_len("copy source", st.buf(src)?, src_offset + len)?;
+        check_len("copy destination", st.buf(dst)?, dst_offset + len)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let (s, d) = (st.buf(src)?.buffer.clone(), st.buf(dst)?.buffer.clone());
+        let bytes = len as u64 * 4;
+        let (so, doff) = (src_offset as u64 * 4, dst_offset as u64 * 4);
+        if src != dst {
+            st.rec.copy(&self.dev, &s, so, &d, doff, bytes);
+            return Ok(());
+        }
+        // A buffer cannot be copied onto itself: go through a temporary (memmove semantics).
+        let tmp = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("copy temporary"),
+            size: bytes,
+            usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        st.rec.copy(&self.dev, &s, so, &tmp, 0, bytes);
+        st.rec.copy(&self.dev, &tmp, 0, &s, doff, bytes);
+        Ok(())
+    }
+}

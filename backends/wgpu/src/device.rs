@@ -1,0 +1,260 @@
+//! Adapter choice, device creation and the translation of wgpu errors into typed errors.
+
+use lowbit_core::{Error, ErrorCode, Result};
+use std::sync::{Arc, Mutex};
+
+/// How to pick the adapter and which kernel paths to allow.
+#[derive(Clone, Debug, Default)]
+pub struct WgpuOptions {
+    /// Accept a CPU (software) adapter such as Mesa's lavapipe. `auto` selection only does so
+    /// when `LOWBIT_ALLOW_SOFTWARE_ADAPTER=1`, so a software rasteriser never wins over the
+    /// native CPU backend.
+    pub allow_software: bool,
+    /// Prefer a software adapter over hardware ones (tests on lavapipe).
+    pub prefer_software: bool,
+    /// f16 arithmetic kernels: `None` uses them where the adapter has `SHADER_F16`;
+    /// `Some(true)` requires them (error if unsupported); `Some(false)` keeps f32.
+    pub f16: Option<bool>,
+    /// Subgroup reductions: `None` where the adapter has `SUBGROUP`; `Some` as for `f16`.
+    pub subgroups: Option<bool>,
+    /// Caps the bytes bound per storage binding below the device limit, so weights are split
+    /// into more row pieces (tests use it to exercise splitting on small matrices).
+    pub max_binding_bytes: Option<u64>,
+    /// Records GPU timestamps around every kernel (needs `TIMESTAMP_QUERY`).
+    pub profiling: bool,
+}
+
+impl WgpuOptions {
+    /// Options for `auto` / `webgpu` selection: hardware adapters, software ones only with
+    /// `LOWBIT_ALLOW_SOFTWARE_ADAPTER=1`.
+    pub fn from_env() -> Self {
+        let allow = std::env::var("LOWBIT_ALLOW_SOFTWARE_ADAPTER").is_ok_and(|v| v == "1");
+        WgpuOptions {
+            allow_software: allow,
+            ..Default::default()
+        }
+    }
+
+    /// Options for tests: the software adapter (lavapipe) first.
+    pub fn software() -> Self {
+        WgpuOptions {
+            allow_software: true,
+            prefer_software: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// An opened device with what the kernels need to know about it.
+pub(crate) struct GpuDevice {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub f16: bool,
+    pub subgroups: bool,
+    pub timestamps: bool,
+    /// Errors reported outside error scopes, drained by [`GpuDevice::take_error`].
+    errors: Arc<Mutex<Vec<String>>>,
+    lost: Arc<Mutex<Option<String>>>,
+}
+
+fn not_supported(msg: impl Into<String>) -> Error {
+    Error::new(ErrorCode::WebgpuNotSupported, msg)
+}
+
+fn rank(t: wgpu::DeviceType, prefer_software: bool) -> u32 {
+    use wgpu::DeviceType::*;
+    match (t, prefer_software) {
+        (Cpu, true) => 5,
+        (DiscreteGpu, _) => 4,
+        (IntegratedGpu, _) => 3,
+        (VirtualGpu, _) => 2,
+        (Other, _) => 1,
+        (Cpu, false) => 0,
+    }
+}
+
+fn resolve(what: &str, want: Option<bool>, has: bool) -> Result<bool> {
+    match want {
+        Some(true) if !has => Err(not_supported(format!(
+            "{what} kernels were required but the adapter lacks the feature"
+        ))),
+        Some(w) => Ok(w),
+        None => Ok(has),
+    }
+}
+
+impl GpuDevice {
+    /// Picks an adapter and opens a device with the limits the kernels may use.
+    pub fn open(opts: &WgpuOptions) -> Result<Self> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY),
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let mut seen = Vec::new();
+        let mut best: Option<(u32, wgpu::Adapter)> = None;
+        for a in adapters {
+            let info = a.get_info();
+            seen.push(format!(
+                "{} ({:?}, {:?})",
+                info.name, info.backend, info.device_type
+            ));
+            if info.device_type == wgpu::DeviceType::Cpu && !opts.allow_software {
+                continue;
+            }
+            if !a
+                .get_downlevel_capabilities()
+                .flags
+                .contains(wgpu::DownlevelFlags::COMPUTE_SHADERS)
+            {
+                continue;
+            }
+            let r = rank(info.device_type, opts.prefer_software);
+            if best.as_ref().is_none_or(|(b, _)| r > *b) {
+                best = Some((r, a));
+            }
+        }
+        let Some((_, adapter)) = best else {
+            let found = if seen.is_empty() {
+                "no adapters at all".to_string()
+            } else {
+                seen.join(", ")
+            };
+            return Err(not_supported(format!(
+                "no usable WebGPU adapter (found: {found}); software adapters need \
+                 LOWBIT_ALLOW_SOFTWARE_ADAPTER=1"
+            )));
+        };
+        let info = adapter.get_info();
+        let features = adapter.features();
+        let f16 = resolve(
+            "f16",
+            opts.f16,
+            features.contains(wgpu::Features::SHADER_F16),
+        )?;
+        let subgroups = resolve(
+            "subgroup",
+            opts.subgroups,
+            features.contains(wgpu::Features::SUBGROUP),
+        )?;
+        let timestamps = opts.profiling && features.contains(wgpu::Features::TIMESTAMP_QUERY);
+        if opts.profiling && !timestamps {
+            return Err(not_supported(
+                "profiling needs TIMESTAMP_QUERY, which the adapter lacks",
+            ));
+        }
+        let mut required = wgpu::Features::empty();
+        if f16 {
+            required |= wgpu::Features::SHADER_F16;
+        }
+        if subgroups {
+            required |= wgpu::Features::SUBGROUP;
+        }
+        if timestamps {
+            required |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        // Everything the adapter offers: large weights need its full binding and buffer sizes.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("lowbit"),
+            required_features: required,
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| not_supported(format!("cannot open a device on {}: {e}", info.name)))?;
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let lost = Arc::new(Mutex::new(None));
+        {
+            let errors = errors.clone();
+            device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                tracing::error!("wgpu: {e}");
+                if let Ok(mut v) = errors.lock() {
+                    v.push(e.to_string());
+                }
+            }));
+            let lost = lost.clone();
+            device.set_device_lost_callback(move |reason, msg| {
+                if let Ok(mut l) = lost.lock() {
+                    *l = Some(format!("{reason:?}: {msg}"));
+                }
+            });
+        }
+        tracing::info!(
+            adapter = %info.name,
+            backend = ?info.backend,
+            f16,
+            subgroups,
+            "webgpu device opened"
+        );
+        Ok(GpuDevice {
+            device,
+            queue,
+            info,
+            limits,
+            f16,
+            subgroups,
+            timestamps,
+            errors,
+            lost,
+        })
+    }
+
+    /// The first error reported since the last call (device loss, validation, out of memory),
+    /// as a typed error.
+    pub fn take_error(&self) -> Result<()> {
+        if let Some(l) = self.lost.lock().ok().and_then(|l| l.clone()) {
+            return Err(not_supported(format!("the WebGPU device was lost ({l})")));
+        }
+        let mut errs = match self.errors.lock() {
+            Ok(e) => e,
+            Err(p) => p.into_inner(),
+        };
+        if errs.is_empty() {
+            return Ok(());
+        }
+        let all = std::mem::take(&mut *errs).join("; ");
+        if all.to_ascii_lowercase().contains("out of memory") {
+            Err(Error::out_of_memory(format!("WebGPU: {all}")))
+        } else {
+            Err(not_supported(format!("WebGPU error: {all}")))
+        }
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch into
+    /// typed errors.
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let v = f();
+        let val = pollster::block_on(val.pop());
+        let oom = pollster::block_on(oom.pop());
+        if let Some(e) = oom {
+            return Err(Error::out_of_memory(format!("{what}: {e}")));
+        }
+        if let Some(e) = val {
+            return Err(not_supported(format!("{what}: {e}")));
+        }
+        Ok(v)
+    }
+
+    /// Checks that one buffer of `bytes` fits the device limits.
+    pub fn check_buffer_size(&self, bytes: u64, what: &str) -> Result<()> {
+        if bytes > self.limits.max_buffer_size {
+            return Err(Error::out_of_memory(format!(
+                "{what} needs a buffer of {bytes} bytes; the device allows at most {}",
+                self.limits.max_buffer_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// A description such as `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+}

@@ -1,0 +1,32 @@
+//! lowbit-wgpu: the WebGPU backend. WGSL kernels (`shaders/`, specialised per bit width, group
+//! size, workgroup size, f16 and subgroup support) compute directly on the packed 2/3/4/8-bit
+//! weights uploaded once; every operation is recorded into one command encoder, so a decode step
+//! is one submission whose only readback is the logits.
+//!
+//! Registered as `webgpu` (priority 20). Selection takes hardware adapters only; a software
+//! adapter such as Mesa's lavapipe is used when `LOWBIT_ALLOW_SOFTWARE_ADAPTER=1` or when built
+//! explicitly with [`WgpuOptions::software`], so `auto` never prefers it over the CPU backend.
+
+mod backend;
+mod device;
+mod pipelines;
+mod profiling;
+mod recorder;
+mod shader;
+mod tuning;
+mod weights;
+
+pub use backend::{KernelPaths, WgpuBackend};
+pub use device::WgpuOptions;
+pub use profiling::KernelTiming;
+
+use lowbit_core::registry::{BackendOptions, BackendRegistration};
+use lowbit_core::{Backend, Result};
+use std::sync::Arc;
+
+/// The registry constructor: the best hardware adapter (see [`WgpuOptions::from_env`]).
+pub fn create(_opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    Ok(Arc::new(WgpuBackend::new(&WgpuOptions::from_env())?))
+}
+
+inventory::submit! { BackendRegistration { name: "webgpu", priority: 20, create } }

@@ -1,0 +1,73 @@
+//! The one place that decides workgroup sizes and tile shapes, from the device limits.
+
+/// Workgroup sizes and tiles of every kernel family.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tuning {
+    /// Lanes of a matvec workgroup (power of two).
+    pub matvec_wg: u32,
+    /// Output rows per matvec workgroup.
+    pub matvec_rows: u32,
+    /// Token rows per tiled-matmul workgroup (multiple of 16).
+    pub tile_t: u32,
+    /// Output rows per tiled-matmul workgroup (multiple of 16).
+    pub tile_r: u32,
+    /// Lanes of the elementwise, rope and embed kernels.
+    pub elementwise_wg: u32,
+    /// Lanes of a norm workgroup (one row each).
+    pub norm_wg: u32,
+    /// Lanes of the attention kernels.
+    pub attn_wg: u32,
+    /// Keys per decode split.
+    pub split_len: u32,
+    /// Workgroup memory available, bytes.
+    workgroup_bytes: u32,
+}
+
+impl Tuning {
+    /// Sizes for a device with these limits.
+    pub fn new(limits: &wgpu::Limits) -> Self {
+        Tuning {
+            matvec_wg: 64,
+            matvec_rows: 4,
+            tile_t: 32,
+            tile_r: 64,
+            elementwise_wg: 256,
+            norm_wg: 256.min(limits.max_compute_invocations_per_workgroup),
+            attn_wg: 64,
+            split_len: 256,
+            workgroup_bytes: limits.max_compute_workgroup_storage_size,
+        }
+    }
+
+    /// `(Q_ROWS, K_TILE)` of the prefill kernel for heads of `head_dim`: the largest tiles (query
+    /// rows 16 or 8, keys a power of two up to 32) whose query, key, value and score tiles fit
+    /// the workgroup memory.
+    pub fn prefill_tiles(&self, head_dim: usize) -> (u32, u32) {
+        let budget = self.workgroup_bytes as usize;
+        let bytes =
+            |qr: usize, kt: usize| 4 * (qr * head_dim + 2 * kt * head_dim + qr * kt + 3 * qr + 64);
+        for qr in [16, 8, 4] {
+            for kt in [32, 16, 8, 4] {
+                if bytes(qr, kt) <= budget {
+                    return (qr as u32, kt as u32);
+                }
+            }
+        }
+        (1, 1)
+    }
+
+    /// Splits of a decode attention over `len` keys.
+    pub fn n_splits(&self, len: usize) -> u32 {
+        len.div_ceil(self.split_len as usize).max(1) as u32
+    }
+}
+
+/// `(x, y)` workgroup counts covering `n` workgroups with x at most `max` (the kernels fold them
+/// back with `wg_index` and skip the excess).
+pub(crate) fn fold(n: u32, max: u32) -> (u32, u32) {
+    if n <= max {
+        (n.max(1), 1)
+    } else {
+        (max, n.div_ceil(max))
+    }
+}

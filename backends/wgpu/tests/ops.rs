@@ -1,0 +1,533 @@
+//! Every WebGPU kernel against a scalar f64-accumulating reference, on Mesa's lavapipe (CI
+//! installs mesa-vulkan-drivers; no adapter is a failure, not a skip). Sizes are deliberately
+//! not multiples of the workgroup or tile sizes. Each kernel path the adapter supports (f32 /
+//! f16 matmul, subgroup / workgroup-memory reductions) runs the same cases.
+
+mod reference;
+
+use lowbit_core::backend::{AttentionParams, RopeStyle};
+use lowbit_core::quant::quantize;
+use lowbit_core::{Backend, ErrorCode, QuantSpec, Scheme, WeightMatrix};
+use lowbit_wgpu::{KernelPaths, WgpuBackend, WgpuOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+fn backend(f16: bool, subgroups: bool) -> WgpuBackend {
+    WgpuBackend::new(&WgpuOptions {
+        f16: Some(f16),
+        subgroups: Some(subgroups),
+        ..WgpuOptions::software()
+    })
+    .expect("a software WebGPU adapter (install mesa-vulkan-drivers)")
+}
+
+/// Every kernel path the adapter supports, each as its own backend.
+fn variants() -> Vec<WgpuBackend> {
+    let auto = WgpuBackend::new(&WgpuOptions::software())
+        .expect("a software WebGPU adapter (install mesa-vulkan-drivers)")
+        .paths();
+    let mut v = Vec::new();
+    for f16 in [false, true] {
+        for sg in [false, true] {
+            if (!f16 || auto.f16) && (!sg || auto.subgroups) {
+                let b = backend(f16, sg);
+                assert_eq!(b.paths(), KernelPaths { f16, subgroups: sg });
+                v.push(b);
+            }
+        }
+    }
+    eprintln!("adapter paths: {auto:?}; testing {} variants", v.len());
+    v
+}
+
+/// Largest `|got - want| / (mag + floor)` over the outputs.
+fn max_rel(got: &[f32], want: &[f32], mag: &[f32], floor: f32) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .zip(mag)
+        .map(|((g, w), m)| {
+            assert!(g.is_finite(), "non-finite output {g}");
+            (g - w).abs() / (m + floor)
+        })
+        .fold(0.0, f32::max)
+}
+
+fn max_abs(got: &[f32], want: &[f32]) -> f32 {
+    assert_eq!(got.len(), want.len());
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            assert!(g.is_finite(), "non-finite output {g}");
+            (g - w).abs()
+        })
+        .fold(0.0, f32::max)
+}
+
+/// Matmul error bound relative to Σ|w·x| of the output. f32: summation order differs from the
+/// reference, a few ulps per term at most (1e-5 covers 1536 terms with margin). f16: weights
+/// and activations are rounded to 11-bit mantissas and 4-term dots summed in f16, so each product
+/// carries ~1e-3 relative error.
+fn matmul_tol(b: &WgpuBackend) -> f32 {
+    if b.paths().f16 {
+        4e-3
+    } else {
+        1e-5
+    }
+}
+
+fn check_matmul(
+    b: &WgpuBackend,
+    w: WeightMatrix,
+    dense: &[f32],
+    rows: usize,
+    cols: usize,
+    what: &str,
+) {
+    let mut rng = StdRng::seed_from_u64(rows as u64 * 31 + cols as u64);
+    let id = b.upload_weight(w).unwrap();
+    for n in [1usize, 3, 17, 64] {
+        let xv = rand_vec(&mut rng, n * cols);
+        let x = b.upload(&xv).unwrap();
+        let out = b.alloc(n * rows).unwrap();
+        b.matmul(id, x, out, n).unwrap();
+        let got = b.read(out, 0, n * rows).unwrap();
+        let (want, mag) = reference::matmul(dense, rows, cols, &xv, n);
+        let err = max_rel(&got, &want, &mag, 1e-3);
+        assert!(
+            err < matmul_tol(b),
+            "{what} n={n} {:?}: relative error {err}",
+            b.paths()
+        );
+        b.free(x);
+        b.free(out);
+    }
+}
+
+#[test]
+fn quantized_matmul_every_format() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let rows = 67;
+    let backends = variants();
+    for cols in [96usize, 576, 1536] {
+        let w = rand_vec(&mut rng, rows * cols);
+        for bits in [8u8, 4, 3, 2] {
+            for group in [32usize, 64, 128] {
+                for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
+                    let spec = QuantSpec::new(bits, group, scheme).unwrap();
+                    let q = quantize(&w, rows, cols, spec).unwrap();
+                    // The reference multiplies the dequantized matrix: the kernels must match
+                    // the format exactly, quantization error is not theirs.
+                    let dense = q.dequantize();
+                    for b in &backends {
+                        let what = format!("{bits}-bit g{group} {scheme:?} cols {cols}");
+                        check_matmul(
+                            b,
+                            WeightMatrix::Quantized(q.clone()),
+                            &dense,
+                            rows,
+                            cols,
+                            &what,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for b in &backends {
+        let k = b.compiled_kernels();
+        for entry in ["matvec[", "matmul_tiled["] {
+            for bits in [8, 4, 3, 2] {
+                assert!(
+                    k.iter()
+                        .any(|l| l.starts_with(entry) && l.contains(&format!(",BITS={bits},"))),
+                    "{entry} {bits}-bit never ran: {k:?}"
+                );
+            }
+        }
+        let p = b.paths();
+        let tag = format!("USE_F16={}", u8::from(p.f16));
+        assert!(k
+            .iter()
+            .filter(|l| l.starts_with("mat"))
+            .all(|l| l.contains(&tag)));
+        let tag = format!("USE_SUBGROUPS={}", u8::from(p.subgroups));
+        assert!(k.iter().all(|l| l.contains(&tag)));
+    }
+}
+
+#[test]
+fn dense_matmul_f32_and_f16() {
+    let mut rng = StdRng::seed_from_u64(2);
+    let (rows, cols) = (45, 160);
+    let w = rand_vec(&mut rng, rows * cols);
+    let w16: Vec<half::f16> = w.iter().map(|v| half::f16::from_f32(*v)).collect();
+    let w16_dense: Vec<f32> = w16.iter().map(|v| v.to_f32()).collect();
+    for b in variants() {
+        check_matmul(
+            &b,
+            WeightMatrix::F32 {
+                rows,
+                cols,
+                data: w.clone(),
+            },
+            &w,
+            rows,
+            cols,
+            "f32",
+        );
+        check_matmul(
+            &b,
+            WeightMatrix::F16 {
+                rows,
+                cols,
+                data: w16.clone(),
+            },
+            &w16_dense,
+            rows,
+            cols,
+            "f16",
+        );
+    }
+}
+
+#[test]
+fn weights_split_into_row_pieces() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let (rows, cols) = (203, 576);
+    let w = rand_vec(&mut rng, rows * cols);
+    let q = quantize(
+        &w,
+        rows,
+        cols,
+        QuantSpec::new(3, 128, Scheme::Asymmetric).unwrap(),
+    )
+    .unwrap();
+    let dense = q.dequantize();
+    // 216 bytes per 3-bit row: 4 KiB bindings hold 18 rows, so 12 pieces.
+    let b = WgpuBackend::new(&WgpuOptions {
+        max_binding_bytes: Some(4096),
+        f16: Some(false),
+        ..WgpuOptions::software()
+    })
+    .unwrap();
+    let id = b.upload_weight(WeightMatrix::Quantized(q)).unwrap();
+    assert_eq!(b.weight_pieces(id), Some(12));
+    b.free(b.upload(&[0.0]).unwrap());
+    check_matmul(
+        &b,
+        WeightMatrix::Quantized(
+            quantize(
+                &w,
+                rows,
+                cols,
+                QuantSpec::new(3, 128, Scheme::Asymmetric).unwrap(),
+            )
+            .unwrap(),
+        ),
+        &dense,
+        rows,
+        cols,
+        "pieces",
+    );
+    let tokens = [0u32, 202, 17, 18, 100];
+    let out = b.alloc(tokens.len() * cols).unwrap();
+    b.embed(id, &tokens, out).unwrap();
+    let got = b.read(out, 0, tokens.len() * cols).unwrap();
+    for (i, &t) in tokens.iter().enumerate() {
+        let want = &dense[t as usize * cols..(t as usize + 1) * cols];
+        // A lookup is the dequantization formula evaluated once in f32: exact up to fma.
+        assert!(
+            max_abs(&got[i * cols..(i + 1) * cols], want) < 1e-6,
+            "token {t}"
+        );
+    }
+}
+
+#[test]
+fn embed_every_format() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let (rows, cols) = (50, 96);
+    let w = rand_vec(&mut rng, rows * cols);
+    let tokens = [3u32, 49, 0, 3, 27];
+    let b = backend(false, false);
+    let mut cases: Vec<(WeightMatrix, Vec<f32>)> = vec![(
+        WeightMatrix::F32 {
+            rows,
+            cols,
+            data: w.clone(),
+        },
+        w.clone(),
+    )];
+    let w16: Vec<half::f16> = w.iter().map(|v| half::f16::from_f32(*v)).collect();
+    cases.push((
+        WeightMatrix::F16 {
+            rows,
+            cols,
+            data: w16.clone(),
+        },
+        w16.iter().map(|v| v.to_f32()).collect(),
+    ));
+    for bits in [8u8, 4, 3, 2] {
+        for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
+            let q = quantize(&w, rows, cols, QuantSpec::new(bits, 64, scheme).unwrap()).unwrap();
+            let d = q.dequantize();
+            cases.push((WeightMatrix::Quantized(q), d));
+        }
+    }
+    for (m, dense) in cases {
+        let id = b.upload_weight(m).unwrap();
+        let out = b.alloc(tokens.len() * cols).unwrap();
+        b.embed(id, &tokens, out).unwrap();
+        let got = b.read(out, 0, tokens.len() * cols).unwrap();
+        for (i, &t) in tokens.iter().enumerate() {
+            let want = &dense[t as usize * cols..(t as usize + 1) * cols];
+            assert!(max_abs(&got[i * cols..(i + 1) * cols], want) < 1e-6);
+        }
+    }
+    let id = b
+        .upload_weight(WeightMatrix::F32 {
+            rows,
+            cols,
+            data: w,
+        })
+        .unwrap();
+    let out = b.alloc(cols).unwrap();
+    let e = b.embed(id, &[50], out).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidConfig);
+}
+
+#[test]
+fn rms_norm_out_of_place_and_in_place() {
+    let mut rng = StdRng::seed_from_u64(5);
+    for b in variants() {
+        for (rows, dim) in [(1usize, 576usize), (5, 100), (3, 1000)] {
+            let xv: Vec<f32> = rand_vec(&mut rng, rows * dim)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect();
+            let wv = rand_vec(&mut rng, dim);
+            let want = reference::rms_norm(&xv, &wv, dim, 1e-5);
+            let (x, w, out) = (
+                b.upload(&xv).unwrap(),
+                b.upload(&wv).unwrap(),
+                b.alloc(rows * dim).unwrap(),
+            );
+            b.rms_norm(x, w, out, rows, dim, 1e-5).unwrap();
+            // Outputs are O(1); f32 sum of squares over ≤ 1000 terms and inverseSqrt: 1e-5.
+            assert!(max_abs(&b.read(out, 0, rows * dim).unwrap(), &want) < 1e-5);
+            b.rms_norm(x, w, x, rows, dim, 1e-5).unwrap();
+            assert!(max_abs(&b.read(x, 0, rows * dim).unwrap(), &want) < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn rope_both_styles() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let b = backend(false, false);
+    for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
+        for (n, heads, hd, pos0) in [
+            (1usize, 9usize, 64usize, 1234usize),
+            (7, 3, 96, 5),
+            (19, 2, 128, 0),
+        ] {
+            let xv = rand_vec(&mut rng, n * heads * hd);
+            let mut want = xv.clone();
+            reference::rope(&mut want, heads, hd, pos0, 10000.0, style);
+            let x = b.upload(&xv).unwrap();
+            b.rope(x, n, heads, hd, pos0, 10000.0, style).unwrap();
+            // The (cos, sin) table is exact f64 rounded to f32; one f32 rotation: 1e-6.
+            let err = max_abs(&b.read(x, 0, xv.len()).unwrap(), &want);
+            assert!(err < 1e-6, "{style:?} n={n} hd={hd} pos0={pos0}: {err}");
+        }
+    }
+}
+
+fn check_attention(b: &WgpuBackend, p: AttentionParams, seed: u64) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let hd = p.head_dim;
+    let kv = (p.pos0 + p.n_tokens) * p.n_kv_heads * hd;
+    // Scores of a few units: softmax neither flat nor one-hot.
+    let qv: Vec<f32> = rand_vec(&mut rng, p.n_tokens * p.n_heads * hd)
+        .iter()
+        .map(|v| v * 4.0)
+        .collect();
+    let kvv = rand_vec(&mut rng, kv);
+    let vvv = rand_vec(&mut rng, kv);
+    let want = reference::attention(&qv, &kvv, &vvv, &p);
+    let (q, k, v) = (
+        b.upload(&qv).unwrap(),
+        b.upload(&kvv).unwrap(),
+        b.upload(&vvv).unwrap(),
+    );
+    let out = b.alloc(qv.len()).unwrap();
+    b.attention(q, k, v, out, &p).unwrap();
+    // Outputs are convex combinations of values in [-1, 1]; f32 dots of ≤ 128 terms and exp:
+    // 2e-5 absolute.
+    let err = max_abs(&b.read(out, 0, qv.len()).unwrap(), &want);
+    assert!(err < 2e-5, "{p:?} {:?}: {err}", b.paths());
+}
+
+#[test]
+fn attention_decode_and_prefill_gqa() {
+    for b in variants() {
+        let mut seed = 10;
+        for (n_tokens, pos0) in [
+            (1usize, 0usize),
+            (1, 37),
+            (1, 600),
+            (19, 0),
+            (70, 5),
+            (3, 300),
+            (130, 250),
+        ] {
+            for (heads, kv_heads, hd) in [(9usize, 3usize, 64usize), (4, 4, 48), (6, 2, 128)] {
+                seed += 1;
+                let p = AttentionParams {
+                    n_tokens,
+                    pos0,
+                    n_heads: heads,
+                    n_kv_heads: kv_heads,
+                    head_dim: hd,
+                    scale: 1.0 / (hd as f32).sqrt(),
+                };
+                check_attention(&b, p, seed);
+            }
+        }
+        let k = b.compiled_kernels();
+        for e in ["attn_split[", "attn_merge[", "attn_prefill["] {
+            assert!(k.iter().any(|l| l.starts_with(e)), "{e} never ran");
+        }
+    }
+}
+
+#[test]
+fn elementwise_kv_store_copy() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let b = backend(false, false);
+    let len = 1000;
+    let (gv, uv) = (rand_vec(&mut rng, len), rand_vec(&mut rng, len));
+    let want = reference::silu_mul(&gv, &uv);
+    // exp and one division in f32: 1e-6 on O(1) values.
+    let (g, u, o) = (
+        b.upload(&gv).unwrap(),
+        b.upload(&uv).unwrap(),
+        b.alloc(len).unwrap(),
+    );
+    b.silu_mul(g, u, o, len).unwrap();
+    assert!(max_abs(&b.read(o, 0, len).unwrap(), &want) < 1e-6);
+    b.silu_mul(g, u, g, len).unwrap();
+    assert!(max_abs(&b.read(g, 0, len).unwrap(), &want) < 1e-6);
+    b.write(g, 0, &gv).unwrap();
+    b.silu_mul(g, u, u, len).unwrap();
+    assert!(max_abs(&b.read(u, 0, len).unwrap(), &want) < 1e-6);
+    b.silu_mul(g, g, g, len).unwrap();
+    let gg = reference::silu_mul(&gv, &gv);
+    assert!(max_abs(&b.read(g, 0, len).unwrap(), &gg) < 1e-6);
+
+    // add, including dst == src; sums of two f32 are exact up to rounding.
+    let (av, bv) = (rand_vec(&mut rng, len), rand_vec(&mut rng, len));
+    let (a, c) = (b.upload(&av).unwrap(), b.upload(&bv).unwrap());
+    b.add(a, c, 777).unwrap();
+    let got = b.read(a, 0, len).unwrap();
+    for i in 0..len {
+        let want = if i < 777 { av[i] + bv[i] } else { av[i] };
+        assert_eq!(got[i], want);
+    }
+    b.add(c, c, len).unwrap();
+    assert_eq!(
+        b.read(c, 0, len).unwrap(),
+        bv.iter().map(|v| v + v).collect::<Vec<_>>()
+    );
+
+    // kv_store rows 5..8 of a 10-row cache; copy within and across buffers.
+    let row = 12;
+    let src: Vec<f32> = (0..3 * row).map(|i| i as f32).collect();
+    let (s, cache) = (b.upload(&src).unwrap(), b.alloc(10 * row).unwrap());
+    b.kv_store(s, cache, 5, 3, row).unwrap();
+    let got = b.read(cache, 0, 10 * row).unwrap();
+    assert!(got[..5 * row].iter().all(|v| *v == 0.0));
+    assert_eq!(&got[5 * row..8 * row], &src[..]);
+    let e = b.kv_store(s, cache, 8, 3, row).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ContextOverflow);
+    b.copy(s, 2, s, 5, 10).unwrap();
+    let mut want = src.clone();
+    want.copy_within(2..12, 5);
+    assert_eq!(b.read(s, 0, src.len()).unwrap(), want);
+    b.copy(s, 0, cache, 1, 4).unwrap();
+    assert_eq!(b.read(cache, 1, 4).unwrap(), &want[..4]);
+}
+
+#[test]
+fn a_step_is_one_submission() {
+    let mut rng = StdRng::seed_from_u64(8);
+    let b = backend(false, false);
+    let (vocab, dim) = (70, 64);
+    let table = b
+        .upload_weight(WeightMatrix::Quantized(
+            quantize(
+                &rand_vec(&mut rng, vocab * dim),
+                vocab,
+                dim,
+                QuantSpec::new(4, 32, Scheme::Symmetric).unwrap(),
+            )
+            .unwrap(),
+        ))
+        .unwrap();
+    let wn = b.upload(&vec![1.0; dim]).unwrap();
+    let (x, h, logits) = (
+        b.alloc(dim).unwrap(),
+        b.alloc(dim).unwrap(),
+        b.alloc(vocab).unwrap(),
+    );
+    let before = b.submits();
+    b.embed(table, &[5], x).unwrap();
+    b.rms_norm(x, wn, h, 1, dim, 1e-5).unwrap();
+    b.add(x, h, dim).unwrap();
+    b.matmul(table, x, logits, 1).unwrap();
+    assert_eq!(b.submits(), before, "recording must not submit");
+    let l = b.read(logits, 0, vocab).unwrap();
+    assert_eq!(b.submits(), before + 1);
+    assert!(l.iter().all(|v| v.is_finite()));
+}
+
+#[test]
+fn errors_are_typed() {
+    let b = backend(false, false);
+    let e = b.alloc(usize::MAX / 8).unwrap_err();
+    assert_eq!(e.code, ErrorCode::OutOfMemory);
+    assert!(e.message.contains("bytes"), "{e}");
+    let x = b.alloc(4).unwrap();
+    assert_eq!(b.read(x, 2, 4).unwrap_err().code, ErrorCode::InvalidConfig);
+    b.free(x);
+    assert_eq!(b.read(x, 0, 1).unwrap_err().code, ErrorCode::InvalidConfig);
+    let e = b
+        .upload_weight(WeightMatrix::F32 {
+            rows: 2,
+            cols: 20,
+            data: vec![0.0; 40],
+        })
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnsupportedModel);
+}
+
+#[test]
+fn auto_selection_skips_software_adapters() {
+    // Without LOWBIT_ALLOW_SOFTWARE_ADAPTER, lavapipe is not eligible; this machine has no GPU.
+    if std::env::var("LOWBIT_ALLOW_SOFTWARE_ADAPTER").is_ok() {
+        return;
+    }
+    match WgpuBackend::new(&WgpuOptions::from_env()) {
+        Ok(b) => assert!(
+            !b.info().device.contains("Cpu"),
+            "picked {}",
+            b.info().device
+        ),
+        Err(e) => assert_eq!(e.code, ErrorCode::WebgpuNotSupported),
+    }
+}

@@ -1,0 +1,227 @@
+// Causal grouped-query attention over a KV cache of rows `n_kv_heads * HEAD_DIM`; query row `i`
+// (token pos0 + i) sees cache rows 0 ..= pos0 + i, and query head h reads kv head h / group.
+//
+// Decode: `attn_split` computes, per (query row, head, split of SPLIT_LEN keys), the split's
+// max score m, Σ exp(s - m) and the unnormalised Σ exp(s - m)·v; `attn_merge` rescales and
+// combines the splits. Prefill: `attn_prefill`, flash-style: a workgroup of Q_ROWS query rows
+// streams K_TILE keys at a time through workgroup memory with an online softmax, so only a
+// Q_ROWS × K_TILE block of scores ever exists. PREFILL selects the variant.
+#include common.wgsl
+
+struct Params {
+    n_tokens: u32,
+    pos0: u32,
+    n_heads: u32,
+    n_kv_heads: u32,
+    scale: f32,
+    n_splits: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+// Split partials: per (row, head, split) HEAD_DIM values, then m and l.
+@group(0) @binding(5) var<storage, read_write> part: array<f32>;
+
+const PART: u32 = HEAD_DIM + 2u;
+
+fn kv_base(t: u32, h: u32) -> u32 {
+    return t * p.n_kv_heads * HEAD_DIM + (h / (p.n_heads / p.n_kv_heads)) * HEAD_DIM;
+}
+
+// Each variant declares only its own workgroup memory: drivers may reserve every workgroup
+// variable of a module, used or not.
+#if !PREFILL
+var<workgroup> q_s: array<f32, HEAD_DIM>;
+var<workgroup> scores: array<f32, SPLIT_LEN>;
+
+// Dispatch (n_splits, n_heads, n_tokens).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn attn_split(inv: Invocation) {
+    let s = inv.wid.x;
+    let h = inv.wid.y;
+    let i = inv.wid.z;
+    let len = p.pos0 + i + 1u;
+    let start = s * SPLIT_LEN;
+    let end = min(start + SPLIT_LEN, len);
+    let qb = (i * p.n_heads + h) * HEAD_DIM;
+    for (var d = inv.lid; d < HEAD_DIM; d += WORKGROUP_SIZE) {
+        q_s[d] = q[qb + d];
+    }
+    workgroupBarrier();
+    var m = NEG_BIG;
+    for (var t = start + inv.lid; t < end; t += WORKGROUP_SIZE) {
+        let kb = kv_base(t, h);
+        var sc = 0.0;
+        for (var d = 0u; d < HEAD_DIM; d++) {
+            sc += q_s[d] * k_cache[kb + d];
+        }
+        sc *= p.scale;
+        scores[t - start] = sc;
+        m = max(m, sc);
+    }
+    m = workgroup_max(m, inv);
+    var l = 0.0;
+    for (var t = start + inv.lid; t < end; t += WORKGROUP_SIZE) {
+        let e = exp(scores[t - start] - m);
+        scores[t - start] = e;
+        l += e;
+    }
+    // The reduction's barriers also publish `scores` to the whole workgroup.
+    l = workgroup_sum(l, inv);
+    let pb = ((i * p.n_heads + h) * p.n_splits + s) * PART;
+    for (var d = inv.lid; d < HEAD_DIM; d += WORKGROUP_SIZE) {
+        var o = 0.0;
+        for (var t = start; t < end; t++) {
+            o += scores[t - start] * v_cache[kv_base(t, h) + d];
+        }
+        part[pb + d] = o;
+    }
+    if inv.lid == 0u {
+        part[pb + HEAD_DIM] = m;
+        part[pb + HEAD_DIM + 1u] = l;
+    }
+}
+
+// Dispatch (n_heads, n_tokens).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn attn_merge(inv: Invocation) {
+    let h = inv.wid.x;
+    let i = inv.wid.y;
+    let row = i * p.n_heads + h;
+    var mx = NEG_BIG;
+    for (var s = 0u; s < p.n_splits; s++) {
+        let pb = (row * p.n_splits + s) * PART;
+        if part[pb + HEAD_DIM + 1u] > 0.0 {
+            mx = max(mx, part[pb + HEAD_DIM]);
+        }
+    }
+    var l = 0.0;
+    for (var s = 0u; s < p.n_splits; s++) {
+        let pb = (row * p.n_splits + s) * PART;
+        let ls = part[pb + HEAD_DIM + 1u];
+        if ls > 0.0 {
+            l += ls * exp(part[pb + HEAD_DIM] - mx);
+        }
+    }
+    for (var d = inv.lid; d < HEAD_DIM; d += WORKGROUP_SIZE) {
+        var o = 0.0;
+        for (var s = 0u; s < p.n_splits; s++) {
+            let pb = (row * p.n_splits + s) * PART;
+            if part[pb + HEAD_DIM + 1u] > 0.0 {
+                o += part[pb + d] * exp(part[pb + HEAD_DIM] - mx);
+            }
+        }
+        out[row * HEAD_DIM + d] = o / l;
+    }
+}
+
+#else
+// Prefill: Q_ROWS query rows per workgroup. Per key tile: scores of the Q_ROWS × K_TILE block
+// into `s_tile`, a per-row online-softmax update, then the rescaled accumulation into the
+// outputs, which each lane holds for a fixed set of (row, dim) pairs.
+var<workgroup> q_tile: array<f32, Q_ROWS * HEAD_DIM>;
+var<workgroup> k_tile: array<f32, K_TILE * HEAD_DIM>;
+var<workgroup> v_tile: array<f32, K_TILE * HEAD_DIM>;
+var<workgroup> s_tile: array<f32, Q_ROWS * K_TILE>;
+var<workgroup> row_m: array<f32, Q_ROWS>;
+var<workgroup> row_l: array<f32, Q_ROWS>;
+var<workgroup> row_c: array<f32, Q_ROWS>;
+
+const O_PER: u32 = (Q_ROWS * HEAD_DIM + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
+
+// Dispatch (ceil(n_tokens / Q_ROWS), n_heads).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn attn_prefill(inv: Invocation) {
+    let h = inv.wid.y;
+    let i0 = inv.wid.x * Q_ROWS;
+    let rows = min(Q_ROWS, p.n_tokens - i0);
+    // Keys any row of this workgroup can see.
+    let kv_end = p.pos0 + i0 + rows;
+    for (var e = inv.lid; e < Q_ROWS * HEAD_DIM; e += WORKGROUP_SIZE) {
+        let r = e / HEAD_DIM;
+        var v = 0.0;
+        if r < rows {
+            v = q[((i0 + r) * p.n_heads + h) * HEAD_DIM + e % HEAD_DIM] * p.scale;
+        }
+        q_tile[e] = v;
+    }
+    if inv.lid < Q_ROWS {
+        row_m[inv.lid] = NEG_BIG;
+        row_l[inv.lid] = 0.0;
+    }
+    var o: array<f32, O_PER>;
+    for (var t0 = 0u; t0 < kv_end; t0 += K_TILE) {
+        for (var e = inv.lid; e < K_TILE * HEAD_DIM; e += WORKGROUP_SIZE) {
+            let t = t0 + e / HEAD_DIM;
+            var kv = vec2<f32>();
+            if t < kv_end {
+                let b = kv_base(t, h) + e % HEAD_DIM;
+                kv = vec2<f32>(k_cache[b], v_cache[b]);
+            }
+            k_tile[e] = kv.x;
+            v_tile[e] = kv.y;
+        }
+        workgroupBarrier();
+        for (var e = inv.lid; e < Q_ROWS * K_TILE; e += WORKGROUP_SIZE) {
+            let r = e / K_TILE;
+            let j = e % K_TILE;
+            var sc = NEG_BIG;
+            // Causal mask: row r (token pos0 + i0 + r) sees keys up to itself.
+            if r < rows && t0 + j <= p.pos0 + i0 + r {
+                sc = 0.0;
+                for (var d = 0u; d < HEAD_DIM; d++) {
+                    sc += q_tile[r * HEAD_DIM + d] * k_tile[j * HEAD_DIM + d];
+                }
+            }
+            s_tile[e] = sc;
+        }
+        workgroupBarrier();
+        if inv.lid < Q_ROWS {
+            let r = inv.lid;
+            var m = row_m[r];
+            for (var j = 0u; j < K_TILE; j++) {
+                m = max(m, s_tile[r * K_TILE + j]);
+            }
+            var l = 0.0;
+            for (var j = 0u; j < K_TILE; j++) {
+                let sc = s_tile[r * K_TILE + j];
+                // Masked keys contribute nothing, even while every score so far is masked.
+                var e = 0.0;
+                if sc > NEG_BIG {
+                    e = exp(sc - m);
+                }
+                s_tile[r * K_TILE + j] = e;
+                l += e;
+            }
+            let c = exp(row_m[r] - m);
+            row_c[r] = c;
+            row_l[r] = row_l[r] * c + l;
+            row_m[r] = m;
+        }
+        workgroupBarrier();
+        for (var k = 0u; k < O_PER; k++) {
+            let e = inv.lid + k * WORKGROUP_SIZE;
+            if e < Q_ROWS * HEAD_DIM {
+                let r = e / HEAD_DIM;
+                let d = e % HEAD_DIM;
+                var acc = o[k] * row_c[r];
+                for (var j = 0u; j < K_TILE; j++) {
+                    acc += s_tile[r * K_TILE + j] * v_tile[j * HEAD_DIM + d];
+                }
+                o[k] = acc;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var k = 0u; k < O_PER; k++) {
+        let e = inv.lid + k * WORKGROUP_SIZE;
+        let r = e / HEAD_DIM;
+        if e < Q_ROWS * HEAD_DIM && r < rows {
+            out[((i0 + r) * p.n_heads + h) * HEAD_DIM + e % HEAD_DIM] = o[k] / row_l[r];
+        }
+    }
+}
+#endif

@@ -1,0 +1,81 @@
+// Shared by every kernel: invocation builtins, linear workgroup index, workgroup reductions.
+// Needs WORKGROUP_SIZE (a power of two) and USE_SUBGROUPS from the preprocessor.
+
+struct Invocation {
+    @builtin(local_invocation_index) lid: u32,
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+#if USE_SUBGROUPS
+    @builtin(subgroup_invocation_id) sg_lane: u32,
+    @builtin(subgroup_id) sg_id: u32,
+    @builtin(num_subgroups) sg_count: u32,
+#endif
+}
+
+// Dispatches wider than 65535 workgroups are folded into x and y; z stays free for kernels.
+fn wg_index(inv: Invocation) -> u32 {
+    return inv.wid.x + inv.wid.y * inv.nwg.x;
+}
+
+var<workgroup> red_scratch: array<f32, WORKGROUP_SIZE>;
+
+const NEG_BIG: f32 = -3.0e38;
+
+#if USE_SUBGROUPS
+// One partial per subgroup, then every invocation sums the few partials.
+fn workgroup_sum(v: f32, inv: Invocation) -> f32 {
+    let s = subgroupAdd(v);
+    workgroupBarrier();
+    if inv.sg_lane == 0u {
+        red_scratch[inv.sg_id] = s;
+    }
+    workgroupBarrier();
+    var t = 0.0;
+    for (var i = 0u; i < inv.sg_count; i++) {
+        t += red_scratch[i];
+    }
+    return t;
+}
+
+fn workgroup_max(v: f32, inv: Invocation) -> f32 {
+    let s = subgroupMax(v);
+    workgroupBarrier();
+    if inv.sg_lane == 0u {
+        red_scratch[inv.sg_id] = s;
+    }
+    workgroupBarrier();
+    var t = NEG_BIG;
+    for (var i = 0u; i < inv.sg_count; i++) {
+        t = max(t, red_scratch[i]);
+    }
+    return t;
+}
+#else
+// Tree reduction in workgroup memory. The leading barrier protects the scratch from a previous
+// call whose result other invocations may still be reading.
+fn workgroup_sum(v: f32, inv: Invocation) -> f32 {
+    workgroupBarrier();
+    red_scratch[inv.lid] = v;
+    workgroupBarrier();
+    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s >>= 1u) {
+        if inv.lid < s {
+            red_scratch[inv.lid] += red_scratch[inv.lid + s];
+        }
+        workgroupBarrier();
+    }
+    return red_scratch[0];
+}
+
+fn workgroup_max(v: f32, inv: Invocation) -> f32 {
+    workgroupBarrier();
+    red_scratch[inv.lid] = v;
+    workgroupBarrier();
+    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s >>= 1u) {
+        if inv.lid < s {
+            red_scratch[inv.lid] = max(red_scratch[inv.lid], red_scratch[inv.lid + s]);
+        }
+        workgroupBarrier();
+    }
+    return red_scratch[0];
+}
+#endif

@@ -1,0 +1,74 @@
+// Elementwise kernels over `len` values, one invocation each. WebGPU forbids a writable binding
+// that aliases another, so an input that is the output buffer is read through the output
+// binding: ALIAS_SELF (add: src is dst), ALIAS_GATE / ALIAS_UP / ALIAS_GATE_UP (silu_mul: which
+// inputs are the output).
+#include common.wgsl
+
+struct Params {
+    len: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+fn index(inv: Invocation) -> u32 {
+    return wg_index(inv) * WORKGROUP_SIZE + inv.lid;
+}
+
+fn silu(v: f32) -> f32 {
+    return v / (1.0 + exp(-v));
+}
+
+#if OP_ADD
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+#if !ALIAS_SELF
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+#endif
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn add(inv: Invocation) {
+    let i = index(inv);
+    if i >= p.len {
+        return;
+    }
+#if ALIAS_SELF
+    dst[i] = dst[i] + dst[i];
+#else
+    dst[i] = dst[i] + src[i];
+#endif
+}
+#endif
+
+#if OP_SILU_MUL
+// Binding 1 is the output; bindings 2.. are the inputs that are not the output.
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+#if ALIAS_GATE
+@group(0) @binding(2) var<storage, read> up: array<f32>;
+#elif ALIAS_UP
+@group(0) @binding(2) var<storage, read> gate: array<f32>;
+#elif !ALIAS_GATE_UP
+@group(0) @binding(2) var<storage, read> gate: array<f32>;
+@group(0) @binding(3) var<storage, read> up: array<f32>;
+#endif
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn silu_mul(inv: Invocation) {
+    let i = index(inv);
+    if i >= p.len {
+        return;
+    }
+#if ALIAS_GATE_UP
+    let g = out[i];
+    let u = g;
+#elif ALIAS_GATE
+    let g = out[i];
+    let u = up[i];
+#elif ALIAS_UP
+    let g = gate[i];
+    let u = out[i];
+#else
+    let g = gate[i];
+    let u = up[i];
+#endif
+    out[i] = silu(g) * u;
+}
+#endif

@@ -1,0 +1,77 @@
+// Reading weight matrices as uploaded (see quant/mod.rs for the packed layout):
+// `w_data` holds packed codes (WEIGHT_KIND 0), f32 bits (1) or f16 pairs (2) of one row range;
+// `w_params` holds per-group f16 (scale, offset) pairs (asymmetric) or two scales per word
+// (symmetric), indexed from the first row of the range. Every row has `cols` values, a multiple
+// of 32. Needs WEIGHT_KIND, BITS, GROUP_SIZE, ASYMMETRIC, USE_F16 and binds `w_data`, `w_params`.
+
+const KIND_QUANT: u32 = 0u;
+const KIND_F32: u32 = 1u;
+const KIND_F16: u32 = 2u;
+const MASK: u32 = (1u << BITS) - 1u;
+// Shift unit of the sub-word path; 0 for 8-bit, whose path never shifts by 4 codes.
+const SUB_BITS: u32 = BITS & 7u;
+
+#if USE_F16
+alias wt = f16;
+#else
+alias wt = f32;
+#endif
+
+// `(scale, bias)` of group `g` of row `r`: `w = scale * q + bias`.
+fn group_params(r: u32, g: u32, cols: u32) -> vec2<f32> {
+    let i = r * ((cols + GROUP_SIZE - 1u) / GROUP_SIZE) + g;
+#if ASYMMETRIC
+    return unpack2x16float(w_params[i]);
+#else
+    let s = unpack2x16float(w_params[i >> 1u])[i & 1u];
+    return vec2<f32>(s, -s * f32(1u << (BITS - 1u)));
+#endif
+}
+
+// Codes of values `c0 .. c0 + 8` of row `r` (`c0` a multiple of 8). The span of 8 codes is
+// 8 * BITS bits and lies within two words; the upload pads one word so `hi` is always readable.
+fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
+    let bit0 = c0 * BITS;
+    let wi = r * (cols * BITS / 32u) + (bit0 >> 5u);
+    let lo = w_data[wi];
+    let hi = w_data[wi + 1u];
+    if BITS == 8u {
+        let m = vec4<u32>(255u);
+        return array(
+            (vec4<u32>(lo) >> vec4<u32>(0u, 8u, 16u, 24u)) & m,
+            (vec4<u32>(hi) >> vec4<u32>(0u, 8u, 16u, 24u)) & m,
+        );
+    }
+    // 2-, 3- and 4-bit: 8 codes fit one 32-bit window starting at bit0.
+    let s = bit0 & 31u;
+    var win = lo >> s;
+    if s != 0u {
+        win |= hi << (32u - s);
+    }
+    let sh = vec4<u32>(0u, 1u, 2u, 3u) * SUB_BITS;
+    let m = vec4<u32>(MASK);
+    return array((vec4<u32>(win) >> sh) & m, (vec4<u32>(win) >> (sh + 4u * SUB_BITS)) & m);
+}
+
+// Weights `c0 .. c0 + 8` of row `r`, dequantized (in f16 when USE_F16).
+fn weights8(r: u32, c0: u32, cols: u32) -> array<vec4<wt>, 2> {
+    if WEIGHT_KIND == KIND_F32 {
+        let i = r * cols + c0;
+        return array(
+            vec4<wt>(bitcast<vec4<f32>>(vec4<u32>(w_data[i], w_data[i + 1u], w_data[i + 2u], w_data[i + 3u]))),
+            vec4<wt>(bitcast<vec4<f32>>(vec4<u32>(w_data[i + 4u], w_data[i + 5u], w_data[i + 6u], w_data[i + 7u]))),
+        );
+    }
+    if WEIGHT_KIND == KIND_F16 {
+        let i = (r * cols + c0) / 2u;
+        return array(
+            vec4<wt>(vec4<f32>(unpack2x16float(w_data[i]), unpack2x16float(w_data[i + 1u]))),
+            vec4<wt>(vec4<f32>(unpack2x16float(w_data[i + 2u]), unpack2x16float(w_data[i + 3u]))),
+        );
+    }
+    let q = codes8(r, c0, cols);
+    let sb = group_params(r, c0 / GROUP_SIZE, cols);
+    let s = wt(sb.x);
+    let b = wt(sb.y);
+    return array(vec4<wt>(q[0]) * s + b, vec4<wt>(q[1]) * s + b);
+}
