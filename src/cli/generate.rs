@@ -51,7 +51,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let model = a.model.load(&a.model.quant)?;
     let tok = model.tokenizer();
     let text = if a.chat {
-        tok.apply_chat_template(&[("user".to_string(), a.prompt.clone())], true)?
+        tok.apply_chat_template(&[("user", a.prompt.as_str())], true)?
     } else {
         a.prompt.clone()
     };

@@ -1,0 +1,95 @@
+//! The `lowbit` binary: help texts, error codes and messages for missing or broken inputs.
+
+mod common;
+
+use std::process::Command;
+
+fn lowbit() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_lowbit"))
+}
+
+#[test]
+fn help_lists_every_subcommand_and_explains_flags() {
+    let out = lowbit().arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let s = String::from_utf8_lossy(&out.stdout);
+    for sub in ["generate", "perplexity", "bench"] {
+        assert!(s.contains(sub), "--help lacks {sub}: {s}");
+    }
+    let out = lowbit().args(["generate", "--help"]).output().unwrap();
+    let s = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--model", "--prompt", "--quant", "--group-size", "--max-tokens", "--temperature",
+        "--top-k", "--top-p", "--seed", "--backend", "--json", "--stop",
+    ] {
+        assert!(s.contains(flag), "generate --help lacks {flag}");
+    }
+}
+
+#[test]
+fn missing_default_model_names_the_fetch_command() {
+    let empty = std::env::temp_dir().join(format!("lowbit-empty-{}", std::process::id()));
+    std::fs::create_dir_all(&empty).unwrap();
+    let out = lowbit()
+        .env("LOWBIT_MODELS_DIR", &empty)
+        .args(["generate", "--prompt", "hi"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("MODEL_LOADING_FAILED"), "{err}");
+    assert!(err.contains("scripts/fetch-models.sh smollm2"), "{err}");
+}
+
+#[test]
+fn truncated_model_gives_model_loading_failed_as_json() {
+    let src = std::fs::read(common::smollm2()).unwrap();
+    let bad = std::env::temp_dir().join(format!("lowbit-trunc-{}.gguf", std::process::id()));
+    std::fs::write(&bad, &src[..src.len() / 3]).unwrap();
+    let out = lowbit()
+        .args(["generate", "--json", "--prompt", "hi", "--model"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&bad).ok();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "MODEL_LOADING_FAILED", "{v}");
+}
+
+#[test]
+fn bad_flag_values_are_invalid_config() {
+    for args in [
+        vec!["--quant", "int5"],
+        vec!["--group-size", "48"],
+        vec!["--temperature=-1"],
+        vec!["--top-p", "1.5"],
+        vec!["--backend", "tpu"],
+    ] {
+        let out = lowbit()
+            .args(["generate", "--json", "--prompt", "hi", "--model"])
+            .arg(common::smollm2())
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["error"]["code"], "INVALID_CONFIG", "{args:?}: {v}");
+    }
+}
+
+#[test]
+fn generate_json_streams_and_reports_stats() {
+    let out = lowbit()
+        .args(["generate", "--json", "--quant", "int8", "-n", "8", "--threads", "2"])
+        .args(["--prompt", "The capital of France is", "--model"])
+        .arg(common::smollm2())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tokens"].as_array().unwrap().len(), 8, "{v}");
+    assert!(v["stats"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["stats"]["weight_bytes"].as_u64().unwrap() > 100_000_000);
+    assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
+}

@@ -1,0 +1,30 @@
+//! Shared paths for the end-to-end tests. The models are fetched by `scripts/fetch-models.sh`
+//! (the test command runs it first); a missing file fails the test with that hint.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// The models folder (`$LOWBIT_MODELS_DIR` or `models/` at the repository root).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("LOWBIT_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"))
+}
+
+/// A file in the models folder; panics with the fetch command when it is missing.
+pub fn model_file(name: &str) -> PathBuf {
+    let p = models_dir().join(name);
+    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    p
+}
+
+/// The default model, SmolLM2-135M-Instruct (Q4_1 GGUF).
+pub fn smollm2() -> PathBuf {
+    model_file("SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+/// The Brown corpus as running text.
+pub fn brown() -> PathBuf {
+    model_file("brown.txt")
+}
