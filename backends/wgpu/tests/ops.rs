@@ -531,3 +531,25 @@ fn auto_selection_skips_software_adapters() {
         Err(e) => assert_eq!(e.code, ErrorCode::WebgpuNotSupported),
     }
 }
+
+#[test]
+fn profiling_counts_kernels_when_supported() {
+    let b = match WgpuBackend::new(&WgpuOptions {
+        profiling: true,
+        ..WgpuOptions::software()
+    }) {
+        Ok(b) => b,
+        // Lavapipe versions without timestamp queries refuse with a typed error.
+        Err(e) => {
+            eprintln!("no timestamp queries: {e}");
+            return assert_eq!(e.code, ErrorCode::WebgpuNotSupported);
+        }
+    };
+    let x = b.upload(&[1.0; 300]).unwrap();
+    b.add(x, x, 300).unwrap();
+    b.add(x, x, 300).unwrap();
+    assert_eq!(b.read(x, 0, 1).unwrap(), vec![4.0]);
+    let t = b.kernel_timings().expect("profiling on");
+    assert_eq!(t.len(), 1);
+    assert!(t[0].kernel.starts_with("add[") && t[0].count == 2, "{t:?}");
+}
