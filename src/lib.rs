@@ -26,3 +26,4 @@ pub use lowbit_core::{Error, ErrorCode, Result};
 // Link the built-in backends and adapters so their `inventory` registrations are present.
 pub use lowbit_cpu;
 pub use lowbit_models;
+pub use lowbit_wgpu;
