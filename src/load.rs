@@ -68,7 +68,11 @@ impl QuantMethod {
             Some(bits) => {
                 let layers = WeightPrecision::Quant(QuantSpec::new(bits, group_size, scheme)?);
                 let edge = WeightPrecision::Quant(QuantSpec::new(8, group_size, scheme)?);
-                QuantPlan { layers, embedding: edge, lm_head: edge }
+                QuantPlan {
+                    layers,
+                    embedding: edge,
+                    lm_head: edge,
+                }
             }
         })
     }
@@ -115,7 +119,10 @@ pub fn models_dir() -> PathBuf {
 pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
     match model {
         Some(p) if p.exists() => Ok(p.to_path_buf()),
-        Some(p) => Err(Error::model_loading(format!("model file {} does not exist", p.display()))),
+        Some(p) => Err(Error::model_loading(format!(
+            "model file {} does not exist",
+            p.display()
+        ))),
         None => {
             let p = models_dir().join(DEFAULT_MODEL_FILE);
             if p.exists() {
@@ -143,7 +150,12 @@ pub fn load_text_model(
     let path = resolve_model_path(opts.model.as_deref())?;
     let source = ModelSource::open(&path)?;
     let adapter = find_adapter(&source)?;
-    let backend = create_backend(&opts.backend, &BackendOptions { threads: opts.threads })?;
+    let backend = create_backend(
+        &opts.backend,
+        &BackendOptions {
+            threads: opts.threads,
+        },
+    )?;
     let plan = opts.quant.plan(opts.group_size, opts.scheme)?;
     adapter.load_text(&source, &plan, backend, progress)
 }

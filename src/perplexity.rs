@@ -42,7 +42,9 @@ pub fn perplexity(
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult> {
     if ctx < 4 {
-        return Err(Error::invalid_config(format!("--ctx must be at least 4, got {ctx}")));
+        return Err(Error::invalid_config(format!(
+            "--ctx must be at least 4, got {ctx}"
+        )));
     }
     let tok = model.tokenizer();
     let tokens = tok.encode(text, true)?;
@@ -54,7 +56,11 @@ pub fn perplexity(
         )));
     }
     let max_chunks = tokens.len() / ctx;
-    let n = if n_chunks == 0 { max_chunks } else { n_chunks.min(max_chunks) };
+    let n = if n_chunks == 0 {
+        max_chunks
+    } else {
+        n_chunks.min(max_chunks)
+    };
     let add_bos = tok.add_bos();
     let bos = tok.bos_id();
     let first = ctx / 2;

@@ -19,8 +19,18 @@ fn help_lists_every_subcommand_and_explains_flags() {
     let out = lowbit().args(["generate", "--help"]).output().unwrap();
     let s = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "--model", "--prompt", "--quant", "--group-size", "--max-tokens", "--temperature",
-        "--top-k", "--top-p", "--seed", "--backend", "--json", "--stop",
+        "--model",
+        "--prompt",
+        "--quant",
+        "--group-size",
+        "--max-tokens",
+        "--temperature",
+        "--top-k",
+        "--top-p",
+        "--seed",
+        "--backend",
+        "--json",
+        "--stop",
     ] {
         assert!(s.contains(flag), "generate --help lacks {flag}");
     }
@@ -81,12 +91,25 @@ fn bad_flag_values_are_invalid_config() {
 #[test]
 fn generate_json_streams_and_reports_stats() {
     let out = lowbit()
-        .args(["generate", "--json", "--quant", "int8", "-n", "8", "--threads", "2"])
+        .args([
+            "generate",
+            "--json",
+            "--quant",
+            "int8",
+            "-n",
+            "8",
+            "--threads",
+            "2",
+        ])
         .args(["--prompt", "The capital of France is", "--model"])
         .arg(common::smollm2())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tokens"].as_array().unwrap().len(), 8, "{v}");
     assert!(v["stats"]["decode_tokens_per_s"].as_f64().unwrap() > 0.0);

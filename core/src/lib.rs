@@ -17,7 +17,8 @@ pub mod registry;
 pub mod tokenizer;
 
 pub use adapter::{
-    KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, TextModel, TextModelConfig, WeightPrecision,
+    KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, TextModel, TextModelConfig,
+    WeightPrecision,
 };
 pub use backend::{Backend, BackendInfo, BufferId, WeightId, WeightMatrix};
 pub use error::{Error, ErrorCode, Result};

@@ -59,10 +59,14 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 
 /// Deterministic pseudo-random token ids (speed does not depend on them).
 fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
-    let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     (0..n)
         .map(|_| {
-            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((s >> 33) % vocab as u64) as u32
         })
         .collect()
@@ -122,15 +126,30 @@ fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<V
 fn bench_peer(bin: &PathBuf, model: &PathBuf, a: &BenchArgs, threads: usize) -> Result<Vec<Row>> {
     let out = Command::new(bin)
         .args(["-m", &model.to_string_lossy()])
-        .args(["-p", &a.prompt_tokens.to_string(), "-n", &a.gen_tokens.to_string()])
-        .args(["-t", &threads.to_string(), "-r", &a.reps.to_string(), "-o", "json"])
+        .args([
+            "-p",
+            &a.prompt_tokens.to_string(),
+            "-n",
+            &a.gen_tokens.to_string(),
+        ])
+        .args([
+            "-t",
+            &threads.to_string(),
+            "-r",
+            &a.reps.to_string(),
+            "-o",
+            "json",
+        ])
         .output()
         .map_err(|e| Error::invalid_config(format!("cannot run {}: {e}", bin.display())))?;
     if !out.status.success() {
         return Err(Error::invalid_config(format!(
             "llama-bench failed on {}: {}",
             model.display(),
-            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
         )));
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)
@@ -145,12 +164,19 @@ fn bench_peer(bin: &PathBuf, model: &PathBuf, a: &BenchArgs, threads: usize) -> 
         let decode = n_gen > 0;
         rows.push(Row {
             engine: "llama.cpp".into(),
-            model: model.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+            model: model
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             precision: r["model_type"].as_str().unwrap_or("?").to_owned(),
             bits_per_weight: size * 8.0 / params,
             size_mb: size / 1e6,
             threads,
-            test: if decode { format!("tg{n_gen}") } else { format!("pp{n_prompt}") },
+            test: if decode {
+                format!("tg{n_gen}")
+            } else {
+                format!("pp{n_prompt}")
+            },
             tokens_per_s: tps,
             stddev: r["stddev_ts"].as_f64().unwrap_or(0.0),
             weight_gb_per_s: decode.then(|| tps * size / 1e9),
@@ -165,7 +191,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         return Err(Error::invalid_config("--reps must be at least 1"));
     }
     let threads = if a.model.threads == 0 {
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
     } else {
         a.model.threads
     };
@@ -215,7 +243,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             r.test,
             r.tokens_per_s,
             r.stddev,
-            r.weight_gb_per_s.map(|b| format!("{b:.2}")).unwrap_or_else(|| "-".into())
+            r.weight_gb_per_s
+                .map(|b| format!("{b:.2}"))
+                .unwrap_or_else(|| "-".into())
         );
     }
     println!(

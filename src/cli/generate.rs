@@ -43,7 +43,9 @@ pub struct GenerateArgs {
 /// Runs `lowbit generate`.
 pub fn run(a: &GenerateArgs) -> Result<()> {
     if !(0.0..=100.0).contains(&a.temperature) || a.temperature.is_nan() {
-        return Err(Error::invalid_config("--temperature must be between 0 and 100"));
+        return Err(Error::invalid_config(
+            "--temperature must be between 0 and 100",
+        ));
     }
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(Error::invalid_config("--top-p must be in (0, 1]"));
@@ -71,12 +73,18 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     };
     let json = a.model.json;
     let mut out = std::io::stdout().lock();
-    let g = generate(model.as_ref(), &mut cache, &prompt, &opts, &mut |piece, _last| {
-        if !json {
-            let _ = out.write_all(piece.as_bytes());
-            let _ = out.flush();
-        }
-    })?;
+    let g = generate(
+        model.as_ref(),
+        &mut cache,
+        &prompt,
+        &opts,
+        &mut |piece, _last| {
+            if !json {
+                let _ = out.write_all(piece.as_bytes());
+                let _ = out.flush();
+            }
+        },
+    )?;
     drop(out);
     if json {
         let v = serde_json::json!({

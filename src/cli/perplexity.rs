@@ -51,11 +51,17 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        let r = perplexity(model.as_ref(), &text, a.ctx, a.chunks, &mut |done, total, ppl| {
-            bar.set_length(total as u64);
-            bar.set_position(done as u64);
-            bar.set_message(format!("ppl {ppl:.4}"));
-        })?;
+        let r = perplexity(
+            model.as_ref(),
+            &text,
+            a.ctx,
+            a.chunks,
+            &mut |done, total, ppl| {
+                bar.set_length(total as u64);
+                bar.set_position(done as u64);
+                bar.set_message(format!("ppl {ppl:.4}"));
+            },
+        )?;
         bar.finish_and_clear();
         let label = model.plan().layers.label();
         if !a.model.json {

@@ -15,7 +15,11 @@ pub fn models_dir() -> PathBuf {
 /// A file in the models folder; panics with the fetch command when it is missing.
 pub fn model_file(name: &str) -> PathBuf {
     let p = models_dir().join(name);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-models.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-models.sh",
+        p.display()
+    );
     p
 }
 
