@@ -3,8 +3,9 @@
 use lowbit_core::adapter::{ModelSource, QuantPlan, TextModel, WeightPrecision};
 use lowbit_core::quant::{QuantSpec, Scheme};
 use lowbit_core::registry::{create_backend, find_adapter, BackendOptions};
-use lowbit_core::{Error, ErrorCode, Result};
+use lowbit_core::{Backend, Error, ErrorCode, Result};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// File name of the default model (SmolLM2-135M-Instruct, Q4_1 GGUF).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -93,6 +94,11 @@ pub struct LoadOptions {
     pub backend: String,
     /// CPU worker threads (0 = all cores).
     pub threads: usize,
+    /// Build a synthetic model of this published shape with random weights instead of
+    /// reading `model` (speed benchmarks; see `lowbit_models::synthetic::PRESETS`).
+    pub synthetic: Option<String>,
+    /// Gather per-kernel device timings (benchmarks).
+    pub profiling: bool,
 }
 
 impl Default for LoadOptions {
@@ -104,6 +110,8 @@ impl Default for LoadOptions {
             scheme: Scheme::Symmetric,
             backend: "auto".into(),
             threads: 0,
+            synthetic: None,
+            profiling: false,
         }
     }
 }

@@ -17,7 +17,7 @@ fn load(quant: QuantMethod) -> Box<dyn TextModel> {
         group_size: 32,
         scheme: Scheme::Symmetric,
         backend: "cpu".into(),
-        threads: 0,
+        ..Default::default()
     };
     load_text_model(&opts, &mut |_, _, _| {}).expect("load SmolLM2")
 }

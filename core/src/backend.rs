@@ -89,6 +89,17 @@ pub struct AttentionParams {
     pub scale: f32,
 }
 
+/// Device time of one kernel, summed over its dispatches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KernelTiming {
+    /// Kernel label, e.g. `matvec[BITS=4,GROUP=32,...]`.
+    pub kernel: String,
+    /// Summed device time, nanoseconds.
+    pub total_ns: u64,
+    /// Dispatches timed.
+    pub count: u64,
+}
+
 /// What a backend is and can do.
 #[derive(Clone, Debug, Default)]
 pub struct BackendInfo {
@@ -126,6 +137,13 @@ pub trait Backend: Send + Sync {
     }
     /// Bytes held by uploaded weights.
     fn weight_bytes(&self) -> usize;
+    /// Per-kernel device timings gathered since the last reset, where the backend was built
+    /// with profiling on and the device can time (GPU timestamp queries); empty otherwise.
+    fn kernel_timings(&self) -> Vec<KernelTiming> {
+        Vec::new()
+    }
+    /// Clears the totals of [`Backend::kernel_timings`].
+    fn reset_kernel_timings(&self) {}
 
     /// `out[i, :] = dequant(table)[tokens[i], :]`.
     fn embed(&self, table: WeightId, tokens: &[u32], out: BufferId) -> Result<()>;

@@ -3,5 +3,6 @@
 //! whose forward pass is written once against the backend trait.
 
 pub mod llama;
+pub mod synthetic;
 
 pub use llama::LlamaAdapter;

@@ -23,17 +23,17 @@ inventory::submit! { AdapterRegistration(&LlamaAdapter) }
 
 /// Hyper-parameters read from the file.
 #[derive(Clone, Debug)]
-struct Hparams {
-    n_layers: usize,
-    dim: usize,
-    n_heads: usize,
-    n_kv_heads: usize,
-    head_dim: usize,
-    ffn_dim: usize,
-    vocab: usize,
-    context_length: usize,
-    eps: f32,
-    rope_theta: f32,
+pub(crate) struct Hparams {
+    pub(crate) n_layers: usize,
+    pub(crate) dim: usize,
+    pub(crate) n_heads: usize,
+    pub(crate) n_kv_heads: usize,
+    pub(crate) head_dim: usize,
+    pub(crate) ffn_dim: usize,
+    pub(crate) vocab: usize,
+    pub(crate) context_length: usize,
+    pub(crate) eps: f32,
+    pub(crate) rope_theta: f32,
 }
 
 impl Hparams {
@@ -127,9 +127,17 @@ fn to_weight(data: Vec<f32>, rows: usize, cols: usize, p: WeightPrecision) -> Re
     })
 }
 
-/// Loads tensors from a GGUF file onto the backend, keeping count of size and bits.
+/// Where a model's tensors come from.
+enum TensorSource<'a> {
+    /// A GGUF file.
+    Gguf(&'a GgufFile),
+    /// Random values of the right shape (speed benchmarks of published shapes).
+    Random,
+}
+
+/// Loads tensors onto the backend, keeping count of size and bits.
 struct Loader<'a, 'p> {
-    g: &'a GgufFile,
+    src: TensorSource<'a>,
     backend: &'a Arc<dyn Backend>,
     progress: &'a mut ProgressFn<'p>,
     done: usize,
@@ -152,17 +160,22 @@ impl Loader<'_, '_> {
         cols: usize,
         p: WeightPrecision,
     ) -> Result<WeightId> {
-        let dims = self
-            .g
-            .tensor_dims(name)
-            .ok_or_else(|| Error::model_loading(format!("missing tensor {name}")))?;
-        if dims.len() != 2 || dims[0] as usize != cols || dims[1] as usize != rows {
-            return Err(Error::model_loading(format!(
-                "tensor {name} has dims {dims:?}, expected [{cols}, {rows}]"
-            )));
-        }
-        let data = self.g.dequantize(name)?;
-        let w = to_weight(data, rows, cols, p)?;
+        let w = match self.src {
+            TensorSource::Gguf(g) => {
+                let dims = g
+                    .tensor_dims(name)
+                    .ok_or_else(|| Error::model_loading(format!("missing tensor {name}")))?;
+                if dims.len() != 2 || dims[0] as usize != cols || dims[1] as usize != rows {
+                    return Err(Error::model_loading(format!(
+                        "tensor {name} has dims {dims:?}, expected [{cols}, {rows}]"
+                    )));
+                }
+                to_weight(g.dequantize(name)?, rows, cols, p)?
+            }
+            TensorSource::Random => {
+                crate::synthetic::random_weight(rows, cols, p, self.done as u64)?
+            }
+        };
         self.bytes += w.size_bytes();
         self.bits += w.size_bytes() as f64 * 8.0;
         self.n_weights += rows * cols;
@@ -172,7 +185,10 @@ impl Loader<'_, '_> {
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<BufferId> {
-        let data = self.g.dequantize(name)?;
+        let data = match self.src {
+            TensorSource::Gguf(g) => g.dequantize(name)?,
+            TensorSource::Random => vec![1.0; len],
+        };
         if data.len() != len {
             return Err(Error::model_loading(format!(
                 "tensor {name} has {} values, expected {len}",
@@ -208,9 +224,59 @@ impl ModelAdapter for LlamaAdapter {
         let hp = Hparams::from_gguf(g, &arch)?;
         let tokenizer = Tokenizer::from_gguf(g)?;
         let tied = g.tensor_dims("output.weight").is_none();
+        let name = g.get_str("general.name").unwrap_or("unnamed").to_owned();
+        build(
+            TensorSource::Gguf(g),
+            hp,
+            tied,
+            tokenizer,
+            (name, arch),
+            plan,
+            backend,
+            progress,
+        )
+    }
+}
+
+/// Builds a model of shape `hp` with random weights (see [`crate::synthetic`]).
+pub(crate) fn build_random(
+    hp: Hparams,
+    tied: bool,
+    tokenizer: Tokenizer,
+    name: String,
+    plan: &QuantPlan,
+    backend: Arc<dyn Backend>,
+    progress: &mut ProgressFn<'_>,
+) -> Result<Box<dyn TextModel>> {
+    let names = (name, "llama".to_string());
+    build(
+        TensorSource::Random,
+        hp,
+        tied,
+        tokenizer,
+        names,
+        plan,
+        backend,
+        progress,
+    )
+}
+
+/// Loads (or makes, for [`TensorSource::Random`]) every tensor and assembles the model.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    src: TensorSource<'_>,
+    hp: Hparams,
+    tied: bool,
+    tokenizer: Tokenizer,
+    (name, arch): (String, String),
+    plan: &QuantPlan,
+    backend: Arc<dyn Backend>,
+    progress: &mut ProgressFn<'_>,
+) -> Result<Box<dyn TextModel>> {
+    {
         let total = 2 + hp.n_layers * 9 + usize::from(!tied) + 1;
         let mut ld = Loader {
-            g,
+            src,
             backend: &backend,
             progress,
             done: 0,
@@ -246,21 +312,15 @@ impl ModelAdapter for LlamaAdapter {
             ld.tick("output (tied)");
             embedding
         } else {
-            let data = g.dequantize("token_embd.weight")?;
-            let w = to_weight(data, hp.vocab, dim, plan.lm_head)?;
-            ld.bytes += w.size_bytes();
-            ld.bits += w.size_bytes() as f64 * 8.0;
-            ld.n_weights += hp.vocab * dim;
-            let id = backend.upload_weight(w)?;
-            ld.tick("output (tied, own precision)");
-            id
+            // Tied, but stored in its own precision: the embedding values again.
+            ld.matrix("token_embd.weight", hp.vocab, dim, plan.lm_head)?
         };
         let (weight_bytes, weight_bits, n_weights) = (ld.bytes, ld.bits, ld.n_weights);
         let n_params = hp.vocab * dim * (1 + usize::from(!tied))
             + hp.n_layers * (2 * dim * dim + 2 * kv_dim * dim + 3 * ffn * dim + 2 * dim)
             + dim;
         let config = TextModelConfig {
-            name: g.get_str("general.name").unwrap_or("unnamed").to_owned(),
+            name,
             architecture: arch,
             vocab_size: hp.vocab,
             context_length: hp.context_length,

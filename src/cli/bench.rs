@@ -27,6 +27,17 @@ pub struct BenchArgs {
     /// Repetitions of each test (the mean and standard deviation are reported).
     #[arg(long, short = 'r', default_value_t = 3)]
     pub reps: usize,
+    /// Benchmark a synthetic model of this published shape with random weights made in memory
+    /// (smollm2-135m, llama-3.2-1b, llama-3-8b) instead of reading --model.
+    #[arg(long)]
+    pub synthetic: Option<String>,
+    /// Print per-kernel device timings of the decode test (GPU timestamp queries).
+    #[arg(long)]
+    pub kernel_timings: bool,
+    /// Also measure the device's buffer-to-buffer copy bandwidth (GB/s, read + write counted),
+    /// the ceiling for decode's weight bandwidth.
+    #[arg(long)]
+    pub copy_bandwidth: bool,
     /// Path of llama.cpp's llama-bench, to run the peer side by side in the same run.
     #[arg(long)]
     pub llama_bench: Option<PathBuf>,
@@ -122,6 +133,24 @@ fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<V
     Ok(rows)
 }
 
+/// Times buffer-to-buffer copies of 256 MiB on the backend: GB/s with read and write counted.
+fn copy_bandwidth(b: &dyn lowbit::core::Backend) -> Result<f64> {
+    let len = 64 << 20; // f32 values
+    let (src, dst) = (b.alloc(len)?, b.alloc(len)?);
+    b.copy(src, 0, dst, 0, len)?;
+    b.read(dst, 0, 1)?;
+    let reps = 20;
+    let t = Instant::now();
+    for _ in 0..reps {
+        b.copy(src, 0, dst, 0, len)?;
+    }
+    b.read(dst, 0, 1)?;
+    let s = t.elapsed().as_secs_f64();
+    b.free(src);
+    b.free(dst);
+    Ok(2.0 * (len * 4 * reps) as f64 / s / 1e9)
+}
+
 /// Runs llama-bench on one GGUF and turns its JSON into rows.
 fn bench_peer(bin: &PathBuf, model: &PathBuf, a: &BenchArgs, threads: usize) -> Result<Vec<Row>> {
     let out = Command::new(bin)
@@ -203,15 +232,27 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     };
     let mut rows = Vec::new();
     let mut kv_bytes = 0;
+    let mut timings = Vec::new();
+    let mut copy_gbs = None;
     for q in &quants {
-        let model = a.model.load(q)?;
+        let mut opts = a.model.load_options(q)?;
+        opts.synthetic = a.synthetic.clone();
+        opts.profiling = a.kernel_timings;
+        let (model, backend) = a.model.load_with(&opts)?;
+        if a.copy_bandwidth && copy_gbs.is_none() {
+            copy_gbs = Some(copy_bandwidth(backend.as_ref())?);
+        }
         kv_bytes = model.config().n_layers
             * 2
             * (a.prompt_tokens.max(a.gen_tokens) + 1)
             * model.config().n_kv_heads
             * (model.config().dim / model.config().n_heads)
             * 4;
+        backend.reset_kernel_timings();
         rows.extend(bench_model(model.as_ref(), a, threads)?);
+        if a.kernel_timings {
+            timings.push((model.plan().layers.label(), backend.kernel_timings()));
+        }
     }
     if let Some(bin) = &a.llama_bench {
         for m in &a.peer_models {
@@ -221,6 +262,8 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.model.json {
         let v = serde_json::json!({
             "rows": rows,
+            "copy_bandwidth_gb_per_s": copy_gbs,
+            "kernel_timings": timings,
             "kv_cache_bytes": kv_bytes,
             "peak_rss_bytes": peak_rss_bytes(),
         });
@@ -247,6 +290,40 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 .map(|b| format!("{b:.2}"))
                 .unwrap_or_else(|| "-".into())
         );
+    }
+    if let Some(c) = copy_gbs {
+        println!("\ndevice copy bandwidth (read + write): {c:.1} GB/s");
+        for r in rows.iter().filter(|r| r.engine == "lowbit") {
+            if let Some(bw) = r.weight_gb_per_s {
+                println!(
+                    "  {} {}: decode weight bandwidth {:.1} GB/s = {:.1}% of copy",
+                    r.model,
+                    r.precision,
+                    bw,
+                    bw / c * 100.0
+                );
+            }
+        }
+    }
+    for (label, t) in &timings {
+        let total: u64 = t.iter().map(|k| k.total_ns).sum();
+        println!(
+            "\nkernel timings ({label}, all tests; {:.1} ms total):",
+            total as f64 / 1e6
+        );
+        println!("| kernel | calls | total ms | share |");
+        println!("|---|---|---|---|");
+        let mut t = t.clone();
+        t.sort_by_key(|k| std::cmp::Reverse(k.total_ns));
+        for k in t.iter().take(15) {
+            println!(
+                "| {} | {} | {:.2} | {:.1}% |",
+                k.kernel,
+                k.count,
+                k.total_ns as f64 / 1e6,
+                k.total_ns as f64 / total.max(1) as f64 * 100.0
+            );
+        }
     }
     println!(
         "\nKV cache (f32) for {} tokens: {:.1} MB; peak RSS {:.1} MB",

@@ -4,9 +4,11 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::core::adapter::TextModel;
 use lowbit::core::quant::Scheme;
-use lowbit::load::{load_text_model, LoadOptions, QuantMethod};
+use lowbit::core::Backend;
+use lowbit::load::{load_text_model_on_backend, LoadOptions, QuantMethod};
 use lowbit::{Error, Result};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Model, precision and backend selection, common to every subcommand.
@@ -52,12 +54,17 @@ impl ModelArgs {
             },
             backend: self.backend.clone(),
             threads: self.threads,
+            ..Default::default()
         })
     }
 
     /// Loads the model with a progress bar on stderr.
     pub fn load(&self, quant: &str) -> Result<Box<dyn TextModel>> {
-        let opts = self.load_options(quant)?;
+        Ok(self.load_with(&self.load_options(quant)?)?.0)
+    }
+
+    /// Loads per `opts` with a progress bar on stderr, returning the backend too.
+    pub fn load_with(&self, opts: &LoadOptions) -> Result<(Box<dyn TextModel>, Arc<dyn Backend>)> {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template(
@@ -67,7 +74,7 @@ impl ModelArgs {
             .progress_chars("=> "),
         );
         bar.enable_steady_tick(Duration::from_millis(200));
-        let model = load_text_model(&opts, &mut |done, total, what| {
+        let model = load_text_model_on_backend(opts, &mut |done, total, what| {
             bar.set_length(total as u64);
             bar.set_position(done as u64);
             bar.set_message(what.to_owned());

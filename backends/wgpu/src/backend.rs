@@ -352,6 +352,14 @@ impl Backend for WgpuBackend {
         self.lock().weight_bytes
     }
 
+    fn kernel_timings(&self) -> Vec<lowbit_core::KernelTiming> {
+        WgpuBackend::kernel_timings(self).unwrap_or_default()
+    }
+
+    fn reset_kernel_timings(&self) {
+        self.reset_timings();
+    }
+
     fn embed(&self, table: WeightId, tokens: &[u32], out: BufferId) -> Result<()> {
         if tokens.is_empty() {
             return Ok(());

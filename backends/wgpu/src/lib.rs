@@ -25,8 +25,12 @@ use lowbit_core::{Backend, Result};
 use std::sync::Arc;
 
 /// The registry constructor: the best hardware adapter (see [`WgpuOptions::from_env`]).
-pub fn create(_opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(WgpuBackend::new(&WgpuOptions::from_env())?))
+pub fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    let o = WgpuOptions {
+        profiling: opts.profiling,
+        ..WgpuOptions::from_env()
+    };
+    Ok(Arc::new(WgpuBackend::new(&o)?))
 }
 
 inventory::submit! { BackendRegistration { name: "webgpu", priority: 20, create } }

@@ -8,16 +8,7 @@ use std::collections::BTreeMap;
 /// Passes timed per submission (two timestamps each).
 const PASSES: u32 = 1024;
 
-/// Total GPU time and launch count of one kernel.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct KernelTiming {
-    /// Kernel label, e.g. `matvec[WEIGHT_KIND=0,BITS=4,...]`.
-    pub kernel: String,
-    /// Summed GPU time, nanoseconds.
-    pub total_ns: u64,
-    /// Passes timed.
-    pub count: u64,
-}
+pub use lowbit_core::backend::KernelTiming;
 
 /// Timestamp queries of the open submission and the totals so far.
 pub(crate) struct Profiler {
