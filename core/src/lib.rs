@@ -8,9 +8,12 @@
 
 pub mod adapter;
 pub mod backend;
+pub mod config;
 pub mod error;
 pub mod formats;
 pub mod generate;
+#[cfg(feature = "native")]
+pub mod plugin;
 pub mod profile;
 pub mod quant;
 pub mod registry;
@@ -20,7 +23,7 @@ pub use adapter::{
     KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, TextModel, TextModelConfig,
     WeightPrecision,
 };
-pub use backend::{Backend, BackendInfo, BufferId, WeightId, WeightMatrix};
+pub use backend::{Backend, BackendInfo, BufferId, KernelTiming, WeightId, WeightMatrix};
 pub use error::{Error, ErrorCode, Result};
 pub use profile::BrowserProfile;
 pub use quant::{QuantSpec, QuantizedMatrix, Scheme};

@@ -1,16 +1,35 @@
 //! One registry for built-in backends, model adapters and profiles. Built-ins register with
-//! `inventory::submit!` in their own crates; lookups go through the functions here.
+//! `inventory::submit!` in their own crates; plugins loaded at run time add theirs with
+//! [`register_adapter`] and [`register_profile`]. Lookups go through the functions here.
 
 use crate::adapter::{ModelAdapter, ModelSource};
 use crate::backend::Backend;
 use crate::error::{Error, ErrorCode, Result};
-use std::sync::Arc;
+use crate::profile::{BrowserProfile, ProfileData, ProfileRegistration};
+use std::sync::{Arc, RwLock};
 
 /// Options passed to backend constructors.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct BackendOptions {
     /// Worker threads for CPU work; 0 = all cores.
     pub threads: usize,
+    /// Gather per-kernel device timings (GPU timestamp queries) for benchmarks.
+    pub profiling: bool,
+    /// The profile whose constraints and tuning a GPU backend applies (`None`: the device's).
+    pub profile: Option<Arc<dyn BrowserProfile>>,
+}
+
+impl std::fmt::Debug for BackendOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendOptions")
+            .field("threads", &self.threads)
+            .field("profiling", &self.profiling)
+            .field(
+                "profile",
+                &self.profile.as_ref().map(|p| p.name().to_owned()),
+            )
+            .finish()
+    }
 }
 
 /// A backend constructor registered with `inventory`.
@@ -67,8 +86,105 @@ pub fn find_adapter(source: &ModelSource) -> Result<&'static dyn ModelAdapter> {
             return Ok(r.0);
         }
     }
+    for a in dynamic().adapters.iter() {
+        if a.supports(source) {
+            return Ok(*a);
+        }
+    }
     Err(Error::unsupported(format!(
         "no model adapter supports architecture `{}`",
         source.architecture().unwrap_or_else(|| "unknown".into())
+    )))
+}
+
+/// Adapters and profiles registered at run time (by plugins).
+struct Dynamic {
+    adapters: Vec<&'static dyn ModelAdapter>,
+    profiles: Vec<Arc<dyn BrowserProfile>>,
+}
+
+static DYNAMIC: RwLock<Dynamic> = RwLock::new(Dynamic {
+    adapters: Vec::new(),
+    profiles: Vec::new(),
+});
+
+fn dynamic() -> std::sync::RwLockReadGuard<'static, Dynamic> {
+    DYNAMIC.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Names of every adapter: built-in first, then plugins'.
+pub fn adapter_names() -> Vec<String> {
+    let mut v: Vec<String> = inventory::iter::<AdapterRegistration>
+        .into_iter()
+        .map(|r| r.0.name().to_owned())
+        .collect();
+    v.extend(dynamic().adapters.iter().map(|a| a.name().to_owned()));
+    v
+}
+
+/// Registers an adapter at run time. Its name must not clash with any registered adapter
+/// (`INVALID_CONFIG` otherwise). The adapter lives for the rest of the process.
+pub fn register_adapter(adapter: Box<dyn ModelAdapter>) -> Result<()> {
+    let name = adapter.name();
+    if adapter_names().iter().any(|n| n == name) {
+        return Err(Error::invalid_config(format!(
+            "a model adapter named `{name}` is already registered; plugin adapters need unique names"
+        )));
+    }
+    let leaked: &'static dyn ModelAdapter = Box::leak(adapter);
+    DYNAMIC
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .adapters
+        .push(leaked);
+    Ok(())
+}
+
+/// Names of every profile: built-in (sorted), then plugins'.
+pub fn profile_names() -> Vec<String> {
+    let mut v: Vec<String> = inventory::iter::<ProfileRegistration>
+        .into_iter()
+        .map(|r| r.name.to_owned())
+        .collect();
+    v.sort();
+    v.extend(dynamic().profiles.iter().map(|p| p.name().to_owned()));
+    v
+}
+
+/// Registers a profile at run time; `INVALID_CONFIG` if its name is taken (or is `auto`).
+pub fn register_profile(profile: Arc<dyn BrowserProfile>) -> Result<()> {
+    let name = profile.name().to_owned();
+    if name == "auto" || profile_names().contains(&name) {
+        return Err(Error::invalid_config(format!(
+            "a profile named `{name}` is already registered; plugin profiles need unique names"
+        )));
+    }
+    DYNAMIC
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .profiles
+        .push(profile);
+    Ok(())
+}
+
+/// The profile `name` (built-in or a plugin's); `INVALID_CONFIG` naming the nearest one if
+/// unknown.
+pub fn find_profile(name: &str) -> Result<Arc<dyn BrowserProfile>> {
+    if let Some(r) = inventory::iter::<ProfileRegistration>
+        .into_iter()
+        .find(|r| r.name == name)
+    {
+        return Ok(Arc::new(ProfileData::from_toml(r.toml)?));
+    }
+    if let Some(p) = dynamic().profiles.iter().find(|p| p.name() == name) {
+        return Ok(p.clone());
+    }
+    let names = profile_names();
+    let hint = crate::config::schema::nearest(name, names.iter().map(String::as_str))
+        .map(|n| format!("did you mean `{n}`? "))
+        .unwrap_or_default();
+    Err(Error::invalid_config(format!(
+        "unknown profile `{name}`; {hint}known: auto, {}",
+        names.join(", ")
     )))
 }

@@ -222,7 +222,10 @@ fn embed_dequantizes_looked_up_rows() {
 fn registered_and_described() {
     let b = lowbit_core::registry::create_backend(
         "cpu",
-        &lowbit_core::registry::BackendOptions { threads: 2 },
+        &lowbit_core::registry::BackendOptions {
+            threads: 2,
+            ..Default::default()
+        },
     )
     .unwrap();
     let info = b.info();

@@ -1,0 +1,257 @@
+//! Every configuration key of SPEC.md §2: its path, type, default and meaning. The validator,
+//! the environment-variable names, `lowbit config show` and the documentation all read this one
+//! table, so a key cannot exist in one place and be missing from another.
+
+/// The type (and allowed values) of one key.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Kind {
+    /// `true` / `false`.
+    Bool,
+    /// An integer in `min..=max`.
+    Int {
+        /// Smallest allowed value.
+        min: i64,
+        /// Largest allowed value.
+        max: i64,
+    },
+    /// An integer from a fixed set (bit widths).
+    IntOneOf(&'static [i64]),
+    /// A number in `min..=max` (integers are accepted).
+    Float {
+        /// Smallest allowed value.
+        min: f64,
+        /// Largest allowed value.
+        max: f64,
+    },
+    /// One of a fixed set of strings.
+    Choice(&'static [&'static str]),
+    /// Any string (paths, host names).
+    Text,
+    /// Three positive integers `[x, y, z]`.
+    Triple,
+    /// A list of strings.
+    TextList,
+}
+
+impl Kind {
+    /// The type as a user reads it in messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Bool => "a boolean (true or false)".into(),
+            Kind::Int { min, max } => format!("an integer in {min}..={max}"),
+            Kind::IntOneOf(v) => format!(
+                "one of {}",
+                v.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+            ),
+            Kind::Float { min, max } => format!("a number in {min}..={max}"),
+            Kind::Choice(v) => format!("one of {}", v.join(", ")),
+            Kind::Text => "a string".into(),
+            Kind::Triple => "three positive integers [x, y, z]".into(),
+            Kind::TextList => "a list of strings".into(),
+        }
+    }
+}
+
+/// One configuration key.
+#[derive(Clone, Copy, Debug)]
+pub struct KeySpec {
+    /// Dotted path, e.g. `quantization.group_size`.
+    pub path: &'static str,
+    /// Type and allowed values.
+    pub kind: Kind,
+    /// Default as a TOML literal.
+    pub default: &'static str,
+    /// What the key means.
+    pub doc: &'static str,
+}
+
+impl KeySpec {
+    /// The environment variable overriding this key: `LOWBIT_` + the path upper-cased with `.`
+    /// replaced by `_` (`quantization.method` → `LOWBIT_QUANTIZATION_METHOD`).
+    pub fn env_var(&self) -> String {
+        format!(
+            "LOWBIT_{}",
+            self.path.replace('.', "_").to_ascii_uppercase()
+        )
+    }
+
+    /// The default value.
+    pub fn default_value(&self) -> toml::Value {
+        parse_literal(self.default).unwrap_or_else(|| toml::Value::String(self.default.into()))
+    }
+}
+
+/// Parses one TOML literal (`4`, `"int4"`, `[128, 1, 1]`).
+pub fn parse_literal(text: &str) -> Option<toml::Value> {
+    let table: toml::Table = toml::from_str(&format!("v = {text}")).ok()?;
+    table.get("v").cloned()
+}
+
+/// Weight precisions of `quantization.method`.
+pub const METHODS: &[&str] = &["fp32", "fp16", "int8", "int4", "int3", "int2", "mixed"];
+/// Bit widths of per-role weights.
+pub const WEIGHT_BITS: &[i64] = &[2, 3, 4, 8, 16, 32];
+/// Bit widths of the KV cache.
+pub const KV_BITS: &[i64] = &[2, 3, 4, 8, 16];
+/// Backend names of `runtime.backend`.
+pub const BACKENDS: &[&str] = &["auto", "webgpu", "cpu"];
+
+macro_rules! key {
+    ($path:literal, $kind:expr, $default:literal, $doc:literal) => {
+        KeySpec {
+            path: $path,
+            kind: $kind,
+            default: $default,
+            doc: $doc,
+        }
+    };
+}
+
+/// Every key, in file order.
+pub const KEYS: &[KeySpec] = &[
+    key!("plugins", Kind::TextList, "[]", "paths of plugin libraries to load"),
+    key!("model.path", Kind::Text, "\"\"", "model file; empty = models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    key!("runtime.backend", Kind::Choice(BACKENDS), "\"auto\"", "auto | webgpu | cpu"),
+    key!("runtime.profile", Kind::Text, "\"auto\"", "auto | chrome | edge | firefox | safari | mobile | native | a plugin's profile"),
+    key!("runtime.fallback", Kind::Bool, "true", "may fall back to the next backend (webgpu → cpu) when one is unavailable"),
+    key!("runtime.f16", Kind::Choice(&["auto", "on", "off"]), "\"auto\"", "f16 shader arithmetic: auto uses it where the device and profile allow"),
+    key!("runtime.subgroups", Kind::Choice(&["auto", "on", "off"]), "\"auto\"", "subgroup reductions: auto uses them where the device and profile allow"),
+    key!("runtime.threads", Kind::Int { min: 0, max: 1024 }, "0", "CPU worker threads; 0 = all cores"),
+    key!("quantization.method", Kind::Choice(METHODS), "\"fp16\"", "weight precision; mixed takes bits per role from [quantization.layers]"),
+    key!("quantization.group_size", Kind::Int { min: 1, max: 4096 }, "128", "values per scale along the reduction dimension: a multiple of 32 dividing the model's widths"),
+    key!("quantization.scheme", Kind::Choice(&["symmetric", "asymmetric"]), "\"symmetric\"", "symmetric (scale) or asymmetric (scale and offset) groups"),
+    key!("quantization.layers.embedding", Kind::IntOneOf(WEIGHT_BITS), "8", "bits of the embedding table (method = mixed)"),
+    key!("quantization.layers.attention", Kind::IntOneOf(WEIGHT_BITS), "4", "bits of the q/k/v/o matrices (method = mixed)"),
+    key!("quantization.layers.feedforward", Kind::IntOneOf(WEIGHT_BITS), "4", "bits of the feed-forward matrices (method = mixed)"),
+    key!("quantization.layers.lm_head", Kind::IntOneOf(WEIGHT_BITS), "8", "bits of the output projection (method = mixed)"),
+    key!("quantization.adaptive.enabled", Kind::Bool, "false", "lower the bits until the model fits memory_budget_mb"),
+    key!("quantization.adaptive.memory_budget_mb", Kind::Int { min: 1, max: 1 << 24 }, "3800", "memory budget of the weights, MB"),
+    key!("quantization.adaptive.critical_layers_bits", Kind::IntOneOf(WEIGHT_BITS), "8", "bits kept for the embedding and output projection"),
+    key!("kv_cache.enabled", Kind::Bool, "true", "keep keys and values of past tokens"),
+    key!("kv_cache.bits", Kind::IntOneOf(KV_BITS), "16", "KV-cache precision: 16 | 8 | 4 | 3 | 2"),
+    key!("kv_cache.group_size", Kind::Int { min: 1, max: 4096 }, "64", "values per scale of a quantized KV cache (multiple of 32)"),
+    key!("kv_cache.max_seq_len", Kind::Int { min: 1, max: 1 << 24 }, "4096", "tokens the cache holds; at most the model's context"),
+    key!("kv_cache.progressive_precision", Kind::Bool, "true", "recent tokens kept at higher precision"),
+    key!("kv_cache.recent_window", Kind::Int { min: 0, max: 1 << 24 }, "128", "tokens kept at higher precision"),
+    key!("kv_cache.sliding_window", Kind::Int { min: 0, max: 1 << 24 }, "0", "attend to the last N tokens only; 0 = off"),
+    key!("kv_cache.pruning", Kind::Bool, "false", "drop low-attention tokens"),
+    key!("generation.max_tokens", Kind::Int { min: 1, max: 1 << 24 }, "100", "tokens to generate"),
+    key!("generation.temperature", Kind::Float { min: 0.0, max: 100.0 }, "0.7", "sampling temperature; 0 = greedy"),
+    key!("generation.top_p", Kind::Float { min: 0.0, max: 1.0 }, "0.9", "nucleus sampling mass"),
+    key!("generation.top_k", Kind::Int { min: 0, max: 1 << 20 }, "40", "sample from the k most likely tokens; 0 = all"),
+    key!("performance.optimize_for_latency", Kind::Bool, "true", "favour time per token over throughput"),
+    key!("performance.adaptive_batch_size", Kind::Bool, "true", "adapt the batch size to the load"),
+    key!("performance.max_batch_size", Kind::Int { min: 1, max: 1024 }, "4", "largest batch"),
+    key!("performance.prefetch_size", Kind::Int { min: 0, max: 64 }, "3", "draft tokens for speculative prediction"),
+    key!("performance.workgroup_size", Kind::Triple, "[128, 1, 1]", "matmul workgroup (x, y, z); the profile's unless set, within device limits"),
+    key!("server.host", Kind::Text, "\"127.0.0.1\"", "address the server listens on"),
+    key!("server.port", Kind::Int { min: 1, max: 65535 }, "8765", "port the server listens on"),
+];
+
+/// The key spec of `path`.
+pub fn key(path: &str) -> Option<&'static KeySpec> {
+    KEYS.iter().find(|k| k.path == path)
+}
+
+/// Section names (`quantization`, `kv_cache`, ...), including nested ones.
+pub fn sections() -> Vec<&'static str> {
+    let mut v: Vec<&str> = Vec::new();
+    for k in KEYS {
+        let mut end = 0;
+        while let Some(i) = k.path[end..].find('.') {
+            end += i;
+            let s = &k.path[..end];
+            if !v.contains(&s) {
+                v.push(s);
+            }
+            end += 1;
+        }
+    }
+    v
+}
+
+/// Levenshtein distance between two strings (characters).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The candidate nearest to `word` by edit distance, if it is close enough to be a likely typo
+/// (at most a third of the word's length, and at least 1 edit allowed).
+pub fn nearest<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .into_iter()
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// The valid key nearest to an unknown `path`: compares the last segment within the same
+/// section first (`quantization.group_sise` → `quantization.group_size`), then whole paths.
+pub fn nearest_key(path: &str) -> Option<&'static str> {
+    let (section, last) = path.rsplit_once('.').unwrap_or(("", path));
+    let same_section = KEYS
+        .iter()
+        .filter(|k| k.path.rsplit_once('.').map_or("", |(s, _)| s) == section);
+    let by_last = same_section
+        .clone()
+        .map(|k| k.path.rsplit_once('.').map_or(k.path, |(_, l)| l));
+    if let Some(hit) = nearest(last, by_last) {
+        return same_section
+            .map(|k| k.path)
+            .find(|p| p.rsplit_once('.').map_or(*p, |(_, l)| l) == hit);
+    }
+    nearest(path, KEYS.iter().map(|k| k.path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_match_their_kind() {
+        for k in KEYS {
+            let v = k.default_value();
+            let ok = match (k.kind, &v) {
+                (Kind::Bool, toml::Value::Boolean(_)) => true,
+                (Kind::Int { .. } | Kind::IntOneOf(_), toml::Value::Integer(_)) => true,
+                (Kind::Float { .. }, toml::Value::Float(_)) => true,
+                (Kind::Choice(_) | Kind::Text, toml::Value::String(_)) => true,
+                (Kind::Triple | Kind::TextList, toml::Value::Array(_)) => true,
+                _ => false,
+            };
+            assert!(ok, "default of {} is {v:?}", k.path);
+        }
+    }
+
+    #[test]
+    fn env_names_and_suggestions() {
+        assert_eq!(
+            key("quantization.method").unwrap().env_var(),
+            "LOWBIT_QUANTIZATION_METHOD"
+        );
+        assert_eq!(edit_distance("group_sise", "group_size"), 1);
+        assert_eq!(
+            nearest_key("quantization.group_sise"),
+            Some("quantization.group_size")
+        );
+        assert_eq!(
+            nearest_key("kv_cache.max_seqlen"),
+            Some("kv_cache.max_seq_len")
+        );
+        assert_eq!(nearest_key("runtime.backnd"), Some("runtime.backend"));
+        assert_eq!(nearest_key("quantization.zzzzzzzz"), None);
+        assert!(sections().contains(&"quantization.adaptive"));
+    }
+}
