@@ -19,6 +19,8 @@
 
 pub mod load;
 pub mod perplexity;
+pub mod server;
+pub mod streaming;
 
 pub use lowbit_core as core;
 pub use lowbit_core::{Error, ErrorCode, Result};

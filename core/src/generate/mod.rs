@@ -3,10 +3,12 @@
 
 mod engine;
 mod sampler;
+mod sequence;
 mod stats;
 mod text_stream;
 
 pub use engine::{generate, FinishReason, GenerateOptions, Generation};
 pub use sampler::{Sampler, SamplingParams};
-pub use stats::{peak_rss_bytes, GenerationStats};
+pub use sequence::{Sequence, StepOutput};
+pub use stats::{peak_rss_bytes, percentile, GenerationStats};
 pub use text_stream::TextStream;

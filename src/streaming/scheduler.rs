@@ -1,0 +1,305 @@
+//! Continuous batching: one thread owns the model; each step it runs one decode token for every
+//! running request (each with its own KV cache), admits waiting requests between steps, and
+//! adapts the batch size (running requests at once) to a per-token latency target and a
+//! KV-cache memory budget.
+
+use super::error::InferenceError;
+use super::events::{EventHandlers, MemoryPressure, TimeoutEvent};
+use super::stats::StatsAccumulator;
+use super::{Completion, InferenceConfig, TokenEvent, Usage};
+use lowbit_core::adapter::{KvCache, TextModel};
+use lowbit_core::generate::{FinishReason, GenerateOptions, Sequence, StepOutput};
+use lowbit_core::Error;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Where a request's events go; returns `false` once nobody listens (the request is then
+/// cancelled).
+pub(crate) type EventSink = Box<dyn FnMut(TokenEvent) -> bool + Send>;
+
+/// State shared between the scheduler thread and the callers.
+pub(crate) struct Shared {
+    /// Requests submitted and not yet finished (waiting + running).
+    pub in_flight: AtomicUsize,
+    /// The batch size now.
+    pub batch_size: AtomicUsize,
+    pub stats: Mutex<StatsAccumulator>,
+    pub handlers: EventHandlers,
+}
+
+/// Decrements the in-flight count when the request is gone, however it ends.
+pub(crate) struct InFlight(pub Arc<Shared>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A request handed to the scheduler.
+pub(crate) struct Job {
+    pub id: u64,
+    pub prompt: Vec<u32>,
+    pub opts: GenerateOptions,
+    pub cancel: Arc<AtomicBool>,
+    pub sink: EventSink,
+    pub submitted: Instant,
+    /// Held for its `Drop`: the in-flight count falls when the job is gone.
+    pub _in_flight: InFlight,
+}
+
+struct Running {
+    job: Job,
+    seq: Sequence,
+    cache: KvCache,
+    last_token_at: Option<Instant>,
+}
+
+fn lock(m: &Mutex<StatsAccumulator>) -> std::sync::MutexGuard<'_, StatsAccumulator> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The scheduler's loop; returns when every sender is gone and no request is left.
+pub(crate) fn run(
+    model: Arc<dyn TextModel>,
+    config: InferenceConfig,
+    shared: Arc<Shared>,
+    rx: Receiver<Job>,
+) {
+    let ctx = config
+        .max_context
+        .min(model.config().context_length.max(2))
+        .max(2);
+    // KV bytes grow linearly with capacity: measure one token's worth once.
+    let kv_per_token = model
+        .new_cache(16)
+        .map(|c| c.bytes.div_ceil(16))
+        .unwrap_or(0);
+    let mut waiting: VecDeque<Job> = VecDeque::new();
+    let mut running: Vec<Running> = Vec::new();
+    let mut batch = config
+        .initial_batch_size
+        .clamp(config.min_batch_size.max(1), config.max_batch_size.max(1));
+    set_batch(&shared, batch, "initial");
+    let mut open = true;
+    loop {
+        if running.is_empty() && waiting.is_empty() {
+            if !open {
+                return;
+            }
+            match rx.recv() {
+                Ok(j) => waiting.push_back(j),
+                Err(_) => return,
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(j) => waiting.push_back(j),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        expire_waiting(&mut waiting, &config, &shared);
+
+        // Admit waiting requests up to the batch size and the KV budget.
+        let mut kv_running: usize = running.iter().map(|r| r.cache.bytes).sum();
+        while running.len() < batch {
+            let Some(job) = waiting.front() else { break };
+            let max_seq = (job.prompt.len() + job.opts.max_tokens + 1).min(ctx);
+            let need = kv_per_token * max_seq;
+            if kv_running + need > config.kv_budget_bytes {
+                if running.is_empty() {
+                    let mut job = waiting.pop_front().expect("front exists");
+                    fail(
+                        &mut job,
+                        &shared,
+                        InferenceError::Core(Error::out_of_memory(format!(
+                            "the request needs {need} bytes of KV cache, over the budget of {} \
+                             bytes",
+                            config.kv_budget_bytes
+                        ))),
+                    );
+                    continue;
+                }
+                if config.adaptive_batch_size && batch > running.len().max(1) {
+                    batch = running.len().max(config.min_batch_size.max(1));
+                    set_batch(&shared, batch, "memory_pressure");
+                    shared.handlers.memory_pressure(&MemoryPressure {
+                        kv_cache_bytes: kv_running,
+                        budget_bytes: config.kv_budget_bytes,
+                        action: format!(
+                            "batch size reduced to {batch}; {} request(s) wait for KV memory",
+                            waiting.len()
+                        ),
+                    });
+                }
+                break;
+            }
+            let mut job = waiting.pop_front().expect("front exists");
+            let started = model.new_cache(max_seq).and_then(|cache| {
+                Sequence::new(&cache, job.prompt.clone(), job.opts.clone()).map(|s| (s, cache))
+            });
+            match started {
+                Ok((seq, cache)) => {
+                    kv_running += cache.bytes;
+                    running.push(Running {
+                        job,
+                        seq,
+                        cache,
+                        last_token_at: None,
+                    });
+                }
+                Err(e) => fail(&mut job, &shared, e.into()),
+            }
+        }
+        if running.is_empty() {
+            continue;
+        }
+
+        // One step for every running request, round-robin.
+        let step_start = Instant::now();
+        let mut decode_ms = 0.0;
+        let mut decoding = 0;
+        for r in running.iter_mut() {
+            let t = Instant::now();
+            let was_prefilled = r.seq.prefilled();
+            let out = if r.job.cancel.load(Ordering::Relaxed) {
+                Ok(r.seq.cancel())
+            } else if r.job.submitted.elapsed() > config.request_timeout {
+                let limit_ms = config.request_timeout.as_millis() as u64;
+                shared.handlers.timeout(&TimeoutEvent {
+                    request_id: r.job.id,
+                    elapsed_ms: r.job.submitted.elapsed().as_secs_f64() * 1e3,
+                    limit_ms,
+                });
+                Err(InferenceError::Timeout { limit_ms })
+            } else {
+                r.seq
+                    .step(model.as_ref(), &mut r.cache)
+                    .map_err(InferenceError::from)
+            };
+            if was_prefilled {
+                decode_ms += t.elapsed().as_secs_f64() * 1e3;
+                decoding += 1;
+            }
+            match out {
+                Ok(out) => deliver(r, out, &shared, model.as_ref()),
+                Err(e) if e.is_cancelled() => {
+                    let out = r.seq.cancel();
+                    deliver(r, out, &shared, model.as_ref());
+                }
+                Err(e) => {
+                    r.seq.cancel();
+                    fail(&mut r.job, &shared, e);
+                }
+            }
+        }
+        running.retain(|r| r.seq.finished().is_none());
+        let kv_now: usize = running.iter().map(|r| r.cache.bytes).sum();
+        lock(&shared.stats).step(step_start.elapsed().as_secs_f64() * 1e3, kv_now);
+
+        if config.adaptive_batch_size && decoding > 0 {
+            let target = config.target_token_latency.as_secs_f64() * 1e3;
+            let min = config.min_batch_size.max(1);
+            let max = config.max_batch_size.max(min);
+            if decode_ms > target && batch > min {
+                batch = (batch - 1).max(min);
+                set_batch(&shared, batch, "latency_over_target");
+            } else if decode_ms < 0.8 * target && !waiting.is_empty() && running.len() >= batch {
+                // Room under the target: admit one more request per step.
+                batch = (batch + 1).min(max);
+                set_batch(&shared, batch, "latency_headroom");
+            }
+        }
+    }
+}
+
+fn set_batch(shared: &Shared, batch: usize, reason: &'static str) {
+    shared.batch_size.store(batch, Ordering::Relaxed);
+    lock(&shared.stats).set_batch_size(batch, reason);
+}
+
+/// Ends waiting requests that were cancelled or timed out before they could start.
+fn expire_waiting(waiting: &mut VecDeque<Job>, config: &InferenceConfig, shared: &Shared) {
+    let mut i = 0;
+    while i < waiting.len() {
+        let job = &waiting[i];
+        if job.cancel.load(Ordering::Relaxed) {
+            let mut job = waiting.remove(i).expect("index in range");
+            let usage = Usage::new(job.prompt.len(), 0);
+            (job.sink)(TokenEvent::Done(Completion {
+                text: String::new(),
+                tokens: Vec::new(),
+                finish_reason: FinishReason::Cancelled,
+                usage,
+                stats: Default::default(),
+            }));
+            lock(&shared.stats).completed();
+        } else if job.submitted.elapsed() > config.request_timeout {
+            let mut job = waiting.remove(i).expect("index in range");
+            let limit_ms = config.request_timeout.as_millis() as u64;
+            shared.handlers.timeout(&TimeoutEvent {
+                request_id: job.id,
+                elapsed_ms: job.submitted.elapsed().as_secs_f64() * 1e3,
+                limit_ms,
+            });
+            fail(&mut job, shared, InferenceError::Timeout { limit_ms });
+        } else {
+            i += 1;
+        }
+    }
+}
+
+fn fail(job: &mut Job, shared: &Shared, e: InferenceError) {
+    shared.handlers.error(job.id, &e);
+    (job.sink)(TokenEvent::Error(e));
+    lock(&shared.stats).completed();
+}
+
+fn deliver(r: &mut Running, out: StepOutput, shared: &Shared, model: &dyn TextModel) {
+    let now = Instant::now();
+    let index = r.seq.tokens().len().saturating_sub(1);
+    let is_last = out.finished.is_some();
+    let mut listening = true;
+    if out.token.is_some() {
+        let mut st = lock(&shared.stats);
+        match r.last_token_at {
+            None => {
+                st.first_token(now.duration_since(r.job.submitted).as_secs_f64() * 1e3);
+                st.token(None);
+            }
+            Some(prev) => st.token(Some(now.duration_since(prev).as_secs_f64() * 1e3)),
+        }
+        r.last_token_at = Some(now);
+    }
+    if out.token.is_some() || !out.text.is_empty() {
+        listening = (r.job.sink)(TokenEvent::Token {
+            text: out.text,
+            token_id: out.token,
+            index,
+            is_last,
+        });
+    }
+    if let Some(reason) = out.finished {
+        let g = r.seq.generation(model, &r.cache);
+        (r.job.sink)(TokenEvent::Done(Completion {
+            usage: Usage::new(r.seq.prompt().len(), g.tokens.len()),
+            text: g.text,
+            tokens: g.tokens,
+            finish_reason: reason,
+            stats: g.stats,
+        }));
+        lock(&shared.stats).completed();
+    } else if !listening {
+        // Nobody reads the events any more (client gone): free the request now.
+        r.job.cancel.store(true, Ordering::Relaxed);
+        r.seq.cancel();
+        lock(&shared.stats).completed();
+    }
+}
