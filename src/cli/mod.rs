@@ -1,9 +1,11 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod bench;
+mod bench_serve;
 mod common;
 mod generate;
 mod perplexity;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +27,12 @@ enum Command {
     /// Measure prefill and decode speed (tokens/s) and memory, as a table; optionally run
     /// llama.cpp's llama-bench side by side in the same run.
     Bench(bench::BenchArgs),
+    /// Serve the model: the WebSocket protocol at /ws and an OpenAI-compatible HTTP API
+    /// (/v1/completions, /v1/chat/completions with SSE streaming), continuous batching.
+    Serve(serve::ServeArgs),
+    /// Load-test the server over loopback: N concurrent streaming clients per level,
+    /// aggregate tokens/s and per-token latency; optionally llama-server side by side.
+    BenchServe(bench_serve::BenchServeArgs),
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -41,6 +49,8 @@ pub fn run() -> i32 {
         Command::Generate(a) => (generate::run(a), a.model.json),
         Command::Perplexity(a) => (perplexity::run(a), a.model.json),
         Command::Bench(a) => (bench::run(a), a.model.json),
+        Command::Serve(a) => (serve::run(a), a.model.json),
+        Command::BenchServe(a) => (bench_serve::run(a), a.model.json),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,330 @@
+//! `lowbit bench-serve`: a bounded load test over loopback. Starts the lowbit server in-process
+//! (and optionally llama.cpp's `llama-server` as a peer), then runs N concurrent streaming
+//! clients on `POST /v1/completions` for each N, reporting aggregate tokens/s, time to first
+//! token and per-token latency percentiles.
+
+use super::common::ModelArgs;
+use clap::Args;
+use futures::StreamExt;
+use lowbit::core::generate::percentile;
+use lowbit::server::{serve, ServerConfig};
+use lowbit::streaming::{InferenceConfig, StreamingInference};
+use lowbit::{Error, Result};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Arguments of `lowbit bench-serve`.
+#[derive(Args, Debug)]
+pub struct BenchServeArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Concurrent clients per level, comma-separated.
+    #[arg(long, default_value = "1,4,16,64", value_delimiter = ',')]
+    pub clients: Vec<usize>,
+    /// Tokens each request generates (greedy).
+    #[arg(long, short = 'n', default_value_t = 32)]
+    pub max_tokens: usize,
+    /// The prompt of every request.
+    #[arg(
+        long,
+        default_value = "Once upon a time, in a small village by the sea,"
+    )]
+    pub prompt: String,
+    /// Time limit of one level, seconds (requests still running then are counted as failed).
+    #[arg(long, default_value_t = 300)]
+    pub level_timeout_s: u64,
+    /// Upper bound of lowbit's adaptive batch size.
+    #[arg(long, default_value_t = 64)]
+    pub max_batch_size: usize,
+    /// Per-token latency target of lowbit's adaptive batch size, ms.
+    #[arg(long, default_value_t = 250)]
+    pub target_latency_ms: u64,
+    /// Also run llama.cpp's llama-server (this binary) with the same clients.
+    #[arg(long)]
+    pub peer_server: Option<PathBuf>,
+    /// The GGUF llama-server loads (e.g. models/peer/smollm2-q8_0.gguf).
+    #[arg(long)]
+    pub peer_model: Option<PathBuf>,
+}
+
+/// Figures of one level.
+#[derive(Serialize, Debug)]
+struct LevelResult {
+    server: String,
+    clients: usize,
+    ok: usize,
+    failed: usize,
+    tokens: usize,
+    wall_s: f64,
+    tokens_per_s: f64,
+    ttft_p50_ms: f64,
+    ttft_p95_ms: f64,
+    token_latency_p50_ms: f64,
+    token_latency_p95_ms: f64,
+}
+
+/// What one client saw.
+struct ClientRun {
+    ok: bool,
+    ttft_ms: f64,
+    latencies: Vec<f64>,
+    tokens: usize,
+}
+
+async fn one_client(http: reqwest::Client, url: String, prompt: String, n: usize) -> ClientRun {
+    let mut run = ClientRun {
+        ok: false,
+        ttft_ms: 0.0,
+        latencies: Vec::new(),
+        tokens: 0,
+    };
+    let body = serde_json::json!({
+        "prompt": prompt, "max_tokens": n, "temperature": 0.0, "stream": true,
+        "ignore_eos": true, "cache_prompt": false,
+    });
+    let t0 = Instant::now();
+    let Ok(resp) = http.post(&url).json(&body).send().await else {
+        return run;
+    };
+    if !resp.status().is_success() {
+        return run;
+    }
+    let mut bytes = resp.bytes_stream();
+    let mut buf = Vec::new();
+    let mut last: Option<Instant> = None;
+    while let Some(Ok(chunk)) = bytes.next().await {
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=i).collect();
+            let line = String::from_utf8_lossy(&line);
+            let Some(data) = line.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
+            if data == "[DONE]" {
+                run.ok = true;
+                return run;
+            }
+            let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+            let text = v["choices"][0]["text"].as_str().unwrap_or("");
+            if text.is_empty() {
+                continue;
+            }
+            let now = Instant::now();
+            match last {
+                None => run.ttft_ms = now.duration_since(t0).as_secs_f64() * 1e3,
+                Some(p) => run
+                    .latencies
+                    .push(now.duration_since(p).as_secs_f64() * 1e3),
+            }
+            last = Some(now);
+            run.tokens += 1;
+        }
+    }
+    run
+}
+
+async fn level(server: &str, base: &str, a: &BenchServeArgs, clients: usize) -> LevelResult {
+    let http = reqwest::Client::new();
+    let url = format!("{base}/v1/completions");
+    let t0 = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            tokio::spawn(one_client(
+                http.clone(),
+                url.clone(),
+                a.prompt.clone(),
+                a.max_tokens,
+            ))
+        })
+        .collect();
+    let all = futures::future::join_all(tasks);
+    let runs: Vec<ClientRun> =
+        match tokio::time::timeout(Duration::from_secs(a.level_timeout_s), all).await {
+            Ok(r) => r.into_iter().filter_map(|r| r.ok()).collect(),
+            Err(_) => Vec::new(),
+        };
+    let wall_s = t0.elapsed().as_secs_f64();
+    let ok: Vec<&ClientRun> = runs.iter().filter(|r| r.ok).collect();
+    let tokens: usize = ok.iter().map(|r| r.tokens).sum();
+    let ttft: Vec<f64> = ok.iter().map(|r| r.ttft_ms).collect();
+    let lat: Vec<f64> = ok
+        .iter()
+        .flat_map(|r| r.latencies.iter().copied())
+        .collect();
+    LevelResult {
+        server: server.to_owned(),
+        clients,
+        ok: ok.len(),
+        failed: clients - ok.len(),
+        tokens,
+        wall_s,
+        tokens_per_s: tokens as f64 / wall_s.max(1e-9),
+        ttft_p50_ms: percentile(&ttft, 50.0),
+        ttft_p95_ms: percentile(&ttft, 95.0),
+        token_latency_p50_ms: percentile(&lat, 50.0),
+        token_latency_p95_ms: percentile(&lat, 95.0),
+    }
+}
+
+/// Kills the peer server when the benchmark ends, however it ends.
+struct PeerProcess(Child);
+
+impl Drop for PeerProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| Error::invalid_config(format!("no free loopback port: {e}")))
+}
+
+async fn wait_healthy(base: &str, limit: Duration) -> bool {
+    let http = reqwest::Client::new();
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        if let Ok(r) = http.get(format!("{base}/health")).send().await {
+            if r.status().is_success() {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+/// Runs `lowbit bench-serve`.
+pub fn run(a: &BenchServeArgs) -> Result<()> {
+    let path = lowbit::load::resolve_model_path(a.model.model.as_deref())?;
+    let l = a.model.load_options(&a.model.quant)?;
+    let max_clients = a.clients.iter().copied().max().unwrap_or(1);
+    let config = InferenceConfig {
+        quant: l.quant,
+        group_size: l.group_size,
+        scheme: l.scheme,
+        backend: l.backend,
+        threads: l.threads,
+        max_context: 512,
+        max_concurrent_requests: max_clients,
+        max_batch_size: a.max_batch_size,
+        target_token_latency: Duration::from_millis(a.target_latency_ms),
+        ..InferenceConfig::default()
+    };
+    let model = a.model.load(&a.model.quant)?;
+    let id = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let engine = Arc::new(
+        StreamingInference::from_model(Arc::from(model), id, config)
+            .map_err(|e| Error::invalid_config(e.to_string()))?,
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::invalid_config(format!("cannot start the async runtime: {e}")))?;
+    let results = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::invalid_config(format!("cannot listen on loopback: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::invalid_config(e.to_string()))?;
+        let server = ServerConfig {
+            port: addr.port(),
+            ..ServerConfig::default()
+        };
+        tokio::spawn(serve(
+            listener,
+            engine.clone(),
+            server,
+            std::future::pending(),
+        ));
+        let base = format!("http://{addr}");
+        let mut results = Vec::new();
+        for &n in &a.clients {
+            let r = level("lowbit", &base, a, n).await;
+            eprintln!("{r:?}");
+            results.push(r);
+        }
+        if let (Some(bin), Some(gguf)) = (&a.peer_server, &a.peer_model) {
+            let port = free_port()?;
+            let threads = if a.model.threads == 0 {
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            } else {
+                a.model.threads
+            };
+            let child = Command::new(bin)
+                .args(["-m", &gguf.to_string_lossy(), "--host", "127.0.0.1"])
+                .args(["--port", &port.to_string(), "-t", &threads.to_string()])
+                .args(["-np", &max_clients.to_string()])
+                .args(["-c", &(512 * max_clients).to_string(), "--no-webui"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| {
+                    Error::invalid_config(format!("cannot start {}: {e}", bin.display()))
+                })?;
+            let _peer = PeerProcess(child);
+            let base = format!("http://127.0.0.1:{port}");
+            if !wait_healthy(&base, Duration::from_secs(120)).await {
+                return Err(Error::invalid_config("llama-server did not become healthy"));
+            }
+            for &n in &a.clients {
+                let r = level("llama-server", &base, a, n).await;
+                eprintln!("{r:?}");
+                results.push(r);
+            }
+        }
+        Ok::<_, Error>(results)
+    })?;
+    let stats = engine.performance_stats();
+    if a.model.json {
+        let v = serde_json::json!({"levels": results, "lowbit_stats": stats});
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{:<13} {:>7} {:>5} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10} {:>10}",
+        "server",
+        "clients",
+        "ok",
+        "tokens",
+        "wall s",
+        "tok/s",
+        "ttft p50",
+        "ttft p95",
+        "tok p50 ms",
+        "tok p95 ms"
+    );
+    for r in &results {
+        println!(
+            "{:<13} {:>7} {:>5} {:>7} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1}",
+            r.server,
+            r.clients,
+            r.ok,
+            r.tokens,
+            r.wall_s,
+            r.tokens_per_s,
+            r.ttft_p50_ms,
+            r.ttft_p95_ms,
+            r.token_latency_p50_ms,
+            r.token_latency_p95_ms
+        );
+    }
+    let hist: Vec<String> = stats
+        .batch_size_history
+        .iter()
+        .map(|c| format!("{}@{:.0}ms({})", c.batch_size, c.at_ms, c.reason))
+        .collect();
+    println!("lowbit batch-size history: {}", hist.join(" "));
+    Ok(())
+}
