@@ -91,7 +91,7 @@ impl WgpuBackend {
     /// Opens a device per `opts`.
     pub fn new(opts: &WgpuOptions) -> Result<Self> {
         let dev = GpuDevice::open(opts)?;
-        let tuning = Tuning::new(&dev.limits);
+        let tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
         let device_max = dev
             .limits
             .max_storage_buffer_binding_size

@@ -1,5 +1,6 @@
 //! Adapter choice, device creation and the translation of wgpu errors into typed errors.
 
+use lowbit_core::profile::{BrowserProfile, KernelWorkgroups};
 use lowbit_core::{Error, ErrorCode, Result};
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +23,9 @@ pub struct WgpuOptions {
     pub max_binding_bytes: Option<u64>,
     /// Records GPU timestamps around every kernel (needs `TIMESTAMP_QUERY`).
     pub profiling: bool,
+    /// Workgroup sizes per kernel family (from a profile); the tuning fits them to the device.
+    /// `None`: the tuning's own defaults.
+    pub workgroups: Option<KernelWorkgroups>,
 }
 
 impl WgpuOptions {
@@ -33,6 +37,22 @@ impl WgpuOptions {
             allow_software: allow,
             ..Default::default()
         }
+    }
+
+    /// Applies a profile: f16 and subgroup kernels off where it forbids them (so none is built
+    /// even on an adapter that has the feature), storage bindings capped at its limit, and its
+    /// workgroup sizes handed to the tuning. Where it allows a feature, the adapter decides.
+    pub fn with_profile(mut self, profile: &dyn BrowserProfile) -> Self {
+        if !profile.allow_f16() {
+            self.f16 = Some(false);
+        }
+        if !profile.allow_subgroups() {
+            self.subgroups = Some(false);
+        }
+        let cap = profile.max_storage_binding();
+        self.max_binding_bytes = Some(self.max_binding_bytes.map_or(cap, |m| m.min(cap)));
+        self.workgroups = Some(profile.workgroups());
+        self
     }
 
     /// Options for tests: the software adapter (lavapipe) first.

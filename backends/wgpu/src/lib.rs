@@ -10,6 +10,7 @@
 mod backend;
 mod device;
 mod pipelines;
+mod probe;
 mod profiling;
 mod recorder;
 mod shader;
@@ -18,6 +19,7 @@ mod weights;
 
 pub use backend::{KernelPaths, WgpuBackend};
 pub use device::WgpuOptions;
+pub use probe::{probe_adapters, AdapterReport};
 pub use profiling::KernelTiming;
 
 use lowbit_core::registry::{BackendOptions, BackendRegistration};
@@ -26,10 +28,13 @@ use std::sync::Arc;
 
 /// The registry constructor: the best hardware adapter (see [`WgpuOptions::from_env`]).
 pub fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
-    let o = WgpuOptions {
+    let mut o = WgpuOptions {
         profiling: opts.profiling,
         ..WgpuOptions::from_env()
     };
+    if let Some(p) = &opts.profile {
+        o = o.with_profile(p.as_ref());
+    }
     Ok(Arc::new(WgpuBackend::new(&o)?))
 }
 

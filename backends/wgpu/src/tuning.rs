@@ -1,4 +1,7 @@
-//! The one place that decides workgroup sizes and tile shapes, from the device limits.
+//! The one place that decides workgroup sizes and tile shapes, from the device limits and the
+//! profile's sizes per kernel family.
+
+use lowbit_core::profile::KernelWorkgroups;
 
 /// Workgroup sizes and tiles of every kernel family.
 #[derive(Clone, Copy, Debug)]
@@ -24,6 +27,32 @@ pub(crate) struct Tuning {
 }
 
 impl Tuning {
+    /// Sizes for a device with these limits and, when given, a profile's workgroup sizes, each
+    /// rounded down to a power of two (the reductions are trees) and kept within the device's
+    /// invocation limit; tiles stay multiples of 16 (the tiled matmul's 16 × 16 lanes).
+    pub fn for_profile(limits: &wgpu::Limits, wg: Option<&KernelWorkgroups>) -> Self {
+        let base = Self::new(limits);
+        let Some(wg) = wg else {
+            return base;
+        };
+        let max = limits.max_compute_invocations_per_workgroup.max(1);
+        let lanes = |n: u32| {
+            let n = n.clamp(1, max);
+            1u32 << (31 - n.leading_zeros())
+        };
+        let tile = |n: u32| (n / 16).max(1) * 16;
+        Tuning {
+            matvec_wg: lanes(wg.matmul.0.saturating_mul(wg.matmul.1)),
+            matvec_rows: wg.matvec_rows.clamp(1, 8),
+            tile_t: tile(wg.tile.0),
+            tile_r: tile(wg.tile.1),
+            elementwise_wg: lanes(wg.elementwise),
+            norm_wg: lanes(wg.norm),
+            attn_wg: lanes(wg.attention),
+            ..base
+        }
+    }
+
     /// Sizes for a device with these limits.
     pub fn new(limits: &wgpu::Limits) -> Self {
         Tuning {
