@@ -149,7 +149,7 @@ pub(crate) fn generation(
     let max_tokens = count(
         o,
         &["max_tokens", "maxTokens", "n_predict"],
-        DEFAULT_MAX_TOKENS,
+        DEFAULT_MAX_TOKENS.min(cfg.max_new_tokens as u64),
     )?;
     if max_tokens == 0 || max_tokens > cfg.max_new_tokens as u64 {
         return Err(ApiError::invalid(format!(

@@ -78,6 +78,7 @@ impl InferenceConfig {
             scheme: self.scheme,
             backend: self.backend.clone(),
             threads: self.threads,
+            ..Default::default()
         }
     }
 }

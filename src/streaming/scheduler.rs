@@ -164,6 +164,7 @@ pub(crate) fn run(
 
         // One step for every running request, round-robin.
         let step_start = Instant::now();
+        let stepped = running.len();
         let mut decode_ms = 0.0;
         let mut decoding = 0;
         for r in running.iter_mut() {
@@ -202,7 +203,7 @@ pub(crate) fn run(
         }
         running.retain(|r| r.seq.finished().is_none());
         let kv_now: usize = running.iter().map(|r| r.cache.bytes).sum();
-        lock(&shared.stats).step(step_start.elapsed().as_secs_f64() * 1e3, kv_now);
+        lock(&shared.stats).step(step_start.elapsed().as_secs_f64() * 1e3, kv_now, stepped);
 
         if config.adaptive_batch_size && decoding > 0 {
             let target = config.target_token_latency.as_secs_f64() * 1e3;

@@ -53,6 +53,8 @@ pub struct PerformanceStats {
     pub peak_rss_bytes: usize,
     /// The batch size now.
     pub batch_size: usize,
+    /// Most requests decoded in one scheduler step so far.
+    pub max_running_requests: usize,
     /// Every change of the adaptive batch size (the most recent ones).
     pub batch_size_history: Vec<BatchSizeChange>,
     /// Speculative/prefetch hit rate; `None`: no speculative decoding runs yet.
@@ -71,6 +73,7 @@ pub(crate) struct StatsAccumulator {
     kv_bytes: usize,
     kv_peak: usize,
     batch_size: usize,
+    max_running: usize,
     history: VecDeque<BatchSizeChange>,
 }
 
@@ -102,6 +105,7 @@ impl StatsAccumulator {
             kv_bytes: 0,
             kv_peak: 0,
             batch_size: 0,
+            max_running: 0,
             history: VecDeque::new(),
         }
     }
@@ -121,8 +125,9 @@ impl StatsAccumulator {
         self.completed += 1;
     }
 
-    pub(crate) fn step(&mut self, ms: f64, kv_bytes: usize) {
+    pub(crate) fn step(&mut self, ms: f64, kv_bytes: usize, running: usize) {
         self.busy_ms += ms;
+        self.max_running = self.max_running.max(running);
         self.kv_bytes = kv_bytes;
         self.kv_peak = self.kv_peak.max(kv_bytes);
     }
@@ -163,6 +168,7 @@ impl StatsAccumulator {
             kv_cache_peak_bytes: self.kv_peak,
             peak_rss_bytes: peak_rss_bytes(),
             batch_size: self.batch_size,
+            max_running_requests: self.max_running,
             batch_size_history: self.history.iter().cloned().collect(),
             speculative_hit_rate: None,
         }
