@@ -19,6 +19,7 @@
 
 pub mod load;
 pub mod perplexity;
+pub mod selection;
 pub mod server;
 pub mod streaming;
 

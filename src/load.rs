@@ -48,6 +48,18 @@ impl QuantMethod {
         })
     }
 
+    /// The config name: `fp32`, `fp16`, `int8`, `int4`, `int3`, `int2`.
+    pub fn name(self) -> &'static str {
+        match self {
+            QuantMethod::Fp32 => "fp32",
+            QuantMethod::Fp16 => "fp16",
+            QuantMethod::Int8 => "int8",
+            QuantMethod::Int4 => "int4",
+            QuantMethod::Int3 => "int3",
+            QuantMethod::Int2 => "int2",
+        }
+    }
+
     /// Bits of the integer formats, `None` for dense ones.
     pub fn bits(self) -> Option<u8> {
         match self {
@@ -99,6 +111,11 @@ pub struct LoadOptions {
     pub synthetic: Option<String>,
     /// Gather per-kernel device timings (benchmarks).
     pub profiling: bool,
+    /// Profile applied to the WebGPU backend (`chrome`, `safari`, ... or a plugin's);
+    /// `None` = the device's own features and limits.
+    pub profile: Option<String>,
+    /// Per-role precisions replacing `quant`'s plan (`quantization.method = "mixed"`).
+    pub plan: Option<QuantPlan>,
 }
 
 impl Default for LoadOptions {
@@ -112,6 +129,8 @@ impl Default for LoadOptions {
             threads: 0,
             synthetic: None,
             profiling: false,
+            profile: None,
+            plan: None,
         }
     }
 }
@@ -155,15 +174,38 @@ pub fn load_text_model(
     opts: &LoadOptions,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Box<dyn TextModel>> {
+    Ok(load_text_model_on_backend(opts, progress)?.0)
+}
+
+/// Like [`load_text_model`], also returning the backend (for its kernel timings).
+pub fn load_text_model_on_backend(
+    opts: &LoadOptions,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<(Box<dyn TextModel>, Arc<dyn Backend>)> {
+    let plan = match opts.plan {
+        Some(p) => p,
+        None => opts.quant.plan(opts.group_size, opts.scheme)?,
+    };
+    let backend_opts = BackendOptions {
+        threads: opts.threads,
+        profiling: opts.profiling,
+        profile: opts
+            .profile
+            .as_deref()
+            .map(lowbit_core::registry::find_profile)
+            .transpose()?,
+    };
+    if let Some(name) = &opts.synthetic {
+        lowbit_models::synthetic::preset(name)?;
+        let backend = create_backend(&opts.backend, &backend_opts)?;
+        let model =
+            lowbit_models::synthetic::load_synthetic(name, &plan, backend.clone(), progress)?;
+        return Ok((model, backend));
+    }
     let path = resolve_model_path(opts.model.as_deref())?;
     let source = ModelSource::open(&path)?;
     let adapter = find_adapter(&source)?;
-    let backend = create_backend(
-        &opts.backend,
-        &BackendOptions {
-            threads: opts.threads,
-        },
-    )?;
-    let plan = opts.quant.plan(opts.group_size, opts.scheme)?;
-    adapter.load_text(&source, &plan, backend, progress)
+    let backend = create_backend(&opts.backend, &backend_opts)?;
+    let model = adapter.load_text(&source, &plan, backend.clone(), progress)?;
+    Ok((model, backend))
 }

@@ -3,9 +3,10 @@
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::core::adapter::TextModel;
-use lowbit::core::quant::Scheme;
+use lowbit::core::config::Source;
 use lowbit::core::Backend;
 use lowbit::load::{load_text_model_on_backend, LoadOptions, QuantMethod};
+use lowbit::selection::{self, load_plugins, resolve, ConfigRequest};
 use lowbit::{Error, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,24 +39,123 @@ pub struct ModelArgs {
     /// Print one machine-readable JSON result on stdout instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Config file (TOML, SPEC.md §2). Precedence: flags you pass > LOWBIT_<SECTION>_<KEY>
+    /// environment variables > this file > the profile > these flags' defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Profile applied to the WebGPU backend: auto | chrome | edge | firefox | safari | mobile
+    /// | native, or a plugin's.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Plugin library (cdylib) to load; repeatable.
+    #[arg(long = "plugin")]
+    pub plugins: Vec<PathBuf>,
+    /// Ids of the flags given on the command line (set after parsing; their defaults must not
+    /// override a config file).
+    #[arg(skip)]
+    pub explicit: Vec<String>,
+}
+
+/// Flags of [`ModelArgs`] that map onto config keys.
+const CONFIG_FLAGS: [(&str, &str); 6] = [
+    ("model", "model.path"),
+    ("quant", "quantization.method"),
+    ("group_size", "quantization.group_size"),
+    ("scheme", "quantization.scheme"),
+    ("backend", "runtime.backend"),
+    ("threads", "runtime.threads"),
+];
+
+/// Records which of the [`ModelArgs`] flags the user passed.
+pub fn mark_explicit(args: &mut ModelArgs, m: &clap::ArgMatches) {
+    args.explicit = CONFIG_FLAGS
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| {
+            m.try_get_raw(id).is_ok()
+                && m.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        })
+        .map(str::to_owned)
+        .collect();
 }
 
 impl ModelArgs {
-    /// Load options for `quant` (which may differ from `self.quant` in multi-precision runs).
-    pub fn load_options(&self, quant: &str) -> Result<LoadOptions> {
-        Ok(LoadOptions {
-            model: self.model.clone(),
-            quant: QuantMethod::parse(quant)?,
-            group_size: self.group_size,
-            scheme: if self.scheme.starts_with("asym") {
-                Scheme::Asymmetric
-            } else {
-                Scheme::Symmetric
-            },
-            backend: self.backend.clone(),
-            threads: self.threads,
+    /// The configuration request of these flags: their defaults as command defaults, the
+    /// flags the user passed (and `quant` when it differs from `self.quant`) as CLI values.
+    pub fn config_request(&self, quant: &str) -> Result<ConfigRequest> {
+        let method = QuantMethod::parse(quant)?.name();
+        let scheme = if self.scheme.starts_with("asym") {
+            "asymmetric"
+        } else {
+            "symmetric"
+        };
+        let values: [(&str, lowbit::core::config::toml::Value); 6] = [
+            (
+                "model",
+                self.model
+                    .as_ref()
+                    .map_or(String::new(), |p| p.display().to_string())
+                    .into(),
+            ),
+            ("quant", method.into()),
+            ("group_size", (self.group_size as i64).into()),
+            ("scheme", scheme.into()),
+            ("backend", self.backend.clone().into()),
+            ("threads", (self.threads as i64).into()),
+        ];
+        let mut req = ConfigRequest {
+            file: self.config.clone(),
             ..Default::default()
-        })
+        };
+        for ((id, key), (_, v)) in CONFIG_FLAGS.iter().zip(values) {
+            let explicit = self.explicit.iter().any(|e| e == id)
+                || (*id == "quant"
+                    && QuantMethod::parse(&self.quant).ok() != QuantMethod::parse(quant).ok())
+                || (*id == "model" && self.model.is_some());
+            if explicit {
+                req.cli
+                    .push(*key, v, Source::Cli(format!("--{}", id.replace('_', "-"))));
+            } else {
+                req.command_defaults.push(*key, v, Source::CommandDefault);
+            }
+        }
+        if let Some(p) = &self.profile {
+            req.cli.push(
+                "runtime.profile",
+                p.clone().into(),
+                Source::Cli("--profile".into()),
+            );
+        }
+        if !self.plugins.is_empty() {
+            let list = self
+                .plugins
+                .iter()
+                .map(|p| lowbit::core::config::toml::Value::from(p.display().to_string()))
+                .collect::<Vec<_>>();
+            req.cli.push(
+                "plugins",
+                lowbit::core::config::toml::Value::Array(list),
+                Source::Cli("--plugin".into()),
+            );
+        }
+        Ok(req)
+    }
+
+    /// Load options for `quant` (which may differ from `self.quant` in multi-precision runs),
+    /// through the configuration precedence; corrections are reported on stderr, errors
+    /// returned as `INVALID_CONFIG`.
+    pub fn load_options(&self, quant: &str) -> Result<LoadOptions> {
+        load_plugins(&self.plugins)?;
+        let r = resolve(&self.config_request(quant)?)?;
+        for c in &r.validation.corrections {
+            eprintln!("config: {} = {} → {} ({})", c.key, c.old, c.new, c.reason);
+        }
+        for w in &r.validation.warnings {
+            eprintln!("config warning: {}: {}", w.key, w.message);
+        }
+        let profile = r.profile.clone();
+        let config = r.validation.into_result()?;
+        selection::load_options(&config, profile.as_ref())
     }
 
     /// Loads the model with a progress bar on stderr.

@@ -3,11 +3,13 @@
 mod bench;
 mod bench_serve;
 mod common;
+mod config;
+mod doctor;
 mod generate;
 mod perplexity;
 mod serve;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// lowbit: run quantized (2/3/4/8-bit) transformer models on WebGPU or a SIMD CPU backend,
 /// streaming their output token by token.
@@ -33,11 +35,33 @@ enum Command {
     /// Load-test the server over loopback: N concurrent streaming clients per level,
     /// aggregate tokens/s and per-token latency; optionally llama-server side by side.
     BenchServe(bench_serve::BenchServeArgs),
+    /// Validate a config file (with auto-corrections) or show the effective configuration.
+    Config(config::ConfigArgs),
+    /// List WebGPU adapters and CPU features, and say which backend and profile `auto` picks.
+    Doctor(doctor::DoctorArgs),
+}
+
+impl Command {
+    /// The model arguments of commands that load a model.
+    fn model_args(&mut self) -> Option<&mut common::ModelArgs> {
+        match self {
+            Command::Generate(a) => Some(&mut a.model),
+            Command::Perplexity(a) => Some(&mut a.model),
+            Command::Bench(a) => Some(&mut a.model),
+            Command::Serve(a) => Some(&mut a.model),
+            Command::BenchServe(a) => Some(&mut a.model),
+            Command::Config(_) | Command::Doctor(_) => None,
+        }
+    }
 }
 
 /// Parses arguments, runs the command, returns the exit code.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Some(args), Some((_, sub))) = (cli.command.model_args(), matches.subcommand()) {
+        common::mark_explicit(args, sub);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOWBIT_LOG")
@@ -51,6 +75,8 @@ pub fn run() -> i32 {
         Command::Bench(a) => (bench::run(a), a.model.json),
         Command::Serve(a) => (serve::run(a), a.model.json),
         Command::BenchServe(a) => (bench_serve::run(a), a.model.json),
+        Command::Config(a) => return config::run(a),
+        Command::Doctor(a) => (doctor::run(a), a.json),
     };
     match result {
         Ok(()) => 0,

@@ -14,6 +14,8 @@ pub mod schema;
 pub mod validate;
 
 pub use schema::{KeySpec, Kind, KEYS};
+/// The TOML crate the config types are built on (its `Value` appears in their API).
+pub use toml;
 pub use validate::{
     validate, BackendAvailability, Capabilities, Correction, GpuCapabilities, Issue, ModelFacts,
     Validation, ValidationStatus,

@@ -1,0 +1,381 @@
+//! Selection: capability detection (WebGPU adapters, CPU SIMD), the `auto` choices of backend
+//! and profile, and the merge of command defaults, profile, config file, environment and CLI
+//! flags into one validated configuration that becomes [`LoadOptions`].
+
+use crate::load::{LoadOptions, QuantMethod};
+use lowbit_core::adapter::{ModelSource, QuantPlan, WeightPrecision};
+use lowbit_core::config::{
+    validate, BackendAvailability, Capabilities, Config, Layer, ModelFacts, Source, Validation,
+};
+use lowbit_core::profile::BrowserProfile;
+use lowbit_core::quant::{QuantSpec, Scheme};
+use lowbit_core::registry::find_profile;
+use lowbit_core::{Backend, Result};
+use lowbit_wgpu::AdapterReport;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The host CPU as the CPU backend sees it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CpuReport {
+    /// Model name and SIMD level.
+    pub device: String,
+    /// Instruction set the kernels use (`avx2`, `simd128`, `scalar`).
+    pub isa: String,
+    /// SIMD features the CPU reports.
+    pub simd: Vec<String>,
+    /// Logical cores.
+    pub cores: usize,
+}
+
+/// A choice `auto` made and why.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Choice {
+    /// What was chosen.
+    pub name: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What the machine offers and what `auto` picks on it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Detection {
+    /// Every WebGPU adapter.
+    pub adapters: Vec<AdapterReport>,
+    /// The CPU.
+    pub cpu: CpuReport,
+    /// Facts for the validator.
+    pub capabilities: Capabilities,
+    /// `runtime.backend = "auto"` resolves to this.
+    pub backend: Choice,
+    /// `runtime.profile = "auto"` resolves to this.
+    pub profile: Choice,
+}
+
+fn allow_software() -> bool {
+    std::env::var("LOWBIT_ALLOW_SOFTWARE_ADAPTER").is_ok_and(|v| v == "1")
+}
+
+fn simd_features() -> Vec<String> {
+    #[allow(unused_mut)]
+    let mut v: Vec<String> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        macro_rules! probe {
+            ($($f:tt),*) => {$(
+                if std::arch::is_x86_feature_detected!($f) {
+                    v.push($f.to_string());
+                }
+            )*};
+        }
+        probe!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vnni"
+        );
+    }
+    #[cfg(target_arch = "aarch64")]
+    v.push("neon".to_string());
+    v
+}
+
+/// Model facts from a GGUF header (no weights are read).
+pub fn model_facts(path: &Path) -> Result<ModelFacts> {
+    let ModelSource::Gguf(g) = ModelSource::open(path)?;
+    let arch = g
+        .get_str("general.architecture")
+        .unwrap_or("llama")
+        .to_owned();
+    let get = |k: &str| g.get_u64(&format!("{arch}.{k}")).unwrap_or(0) as usize;
+    Ok(ModelFacts {
+        n_params: g.tensors().iter().map(|t| t.n_elements()).sum(),
+        context_length: get("context_length"),
+        widths: [get("embedding_length"), get("feed_forward_length")]
+            .into_iter()
+            .filter(|w| *w > 0)
+            .collect(),
+    })
+}
+
+/// Probes adapters and the CPU; with `model`, reads the model's header too.
+pub fn detect(model: Option<&Path>) -> Detection {
+    let adapters = lowbit_wgpu::probe_adapters();
+    let cpu = match lowbit_cpu::CpuBackend::new(1) {
+        Ok(b) => b.info().device,
+        Err(e) => e.to_string(),
+    };
+    let cpu = CpuReport {
+        device: cpu,
+        isa: lowbit_cpu::Isa::detect().name().to_string(),
+        simd: simd_features(),
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    let software_ok = allow_software();
+    let usable: Vec<&AdapterReport> = adapters
+        .iter()
+        .filter(|a| a.compute && (!a.software || software_ok))
+        .collect();
+    // Same ranking as the backend: discrete > integrated > virtual > other > software.
+    let rank = |a: &AdapterReport| match a.device_type.as_str() {
+        "DiscreteGpu" => 4,
+        "IntegratedGpu" => 3,
+        "VirtualGpu" => 2,
+        "Cpu" => 0,
+        _ => 1,
+    };
+    let best = usable.iter().max_by_key(|a| rank(a)).copied();
+    let software: Vec<&str> = adapters
+        .iter()
+        .filter(|a| a.software)
+        .map(|a| a.name.as_str())
+        .collect();
+    let webgpu = match best {
+        Some(a) => BackendAvailability {
+            name: "webgpu".into(),
+            available: true,
+            detail: format!("{} ({}, {})", a.name, a.backend, a.device_type),
+        },
+        None if !software.is_empty() => BackendAvailability {
+            name: "webgpu".into(),
+            available: false,
+            detail: format!(
+                "only software adapters ({}); set LOWBIT_ALLOW_SOFTWARE_ADAPTER=1 to use them",
+                software.join(", ")
+            ),
+        },
+        None => BackendAvailability {
+            name: "webgpu".into(),
+            available: false,
+            detail: "no WebGPU adapter with compute shaders".into(),
+        },
+    };
+    let backend = if webgpu.available {
+        Choice {
+            name: "webgpu".into(),
+            reason: format!("a usable WebGPU adapter: {}", webgpu.detail),
+        }
+    } else {
+        Choice {
+            name: "cpu".into(),
+            reason: format!(
+                "webgpu unavailable ({}); the native {} CPU backend is faster than a software rasteriser",
+                webgpu.detail, cpu.isa
+            ),
+        }
+    };
+    let profile = Choice {
+        name: "native".into(),
+        reason: if backend.name == "webgpu" {
+            "running natively (not in a browser): the adapter's own features and limits".into()
+        } else {
+            "running natively; the profile only tunes the WebGPU backend, which is not used".into()
+        },
+    };
+    let capabilities = Capabilities {
+        backends: vec![
+            webgpu,
+            BackendAvailability {
+                name: "cpu".into(),
+                available: true,
+                detail: format!("{} ({})", cpu.device, cpu.isa),
+            },
+        ],
+        gpu: best.map(|a| a.capabilities.clone()),
+        model: model.and_then(|p| model_facts(p).ok()),
+    };
+    Detection {
+        adapters,
+        cpu,
+        capabilities,
+        backend,
+        profile,
+    }
+}
+
+/// Paths of plugins loaded so far (loading twice would clash with itself).
+static LOADED: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+
+/// Loads each plugin once per process.
+pub fn load_plugins(paths: &[PathBuf]) -> Result<Vec<lowbit_core::plugin::LoadedPlugin>> {
+    let mut out = Vec::new();
+    for p in paths {
+        let key = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+        if loaded.contains(&key) {
+            continue;
+        }
+        out.push(lowbit_core::plugin::load_plugin(p)?);
+        loaded.insert(key);
+    }
+    Ok(out)
+}
+
+/// The inputs of a configuration, lowest precedence first: command defaults, (profile),
+/// file, environment, flags.
+#[derive(Clone, Debug)]
+pub struct ConfigRequest {
+    /// The running command's defaults (below the profile).
+    pub command_defaults: Layer,
+    /// A config file.
+    pub file: Option<PathBuf>,
+    /// Whether to read `LOWBIT_<SECTION>_<KEY>` variables.
+    pub env: bool,
+    /// Flags the user passed.
+    pub cli: Layer,
+}
+
+impl Default for ConfigRequest {
+    fn default() -> Self {
+        ConfigRequest {
+            command_defaults: Layer::new(Source::CommandDefault),
+            file: None,
+            env: true,
+            cli: Layer::new(Source::Cli(String::new())),
+        }
+    }
+}
+
+/// A merged, validated configuration.
+pub struct Resolved {
+    /// The merged configuration before validation (what `config show` prints).
+    pub merged: Config,
+    /// The profile applied.
+    pub profile: Arc<dyn BrowserProfile>,
+    /// Why that profile.
+    pub profile_reason: String,
+    /// The validator's answer.
+    pub validation: Validation,
+    /// Machine facts used.
+    pub detection: Detection,
+    /// Environment variables that look like overrides but name no key (with a suggestion).
+    pub unknown_env: Vec<(String, Option<String>)>,
+}
+
+/// Merges and validates. Plugins named by the config are loaded first (they may provide the
+/// profile). Errors only for an unreadable config file or a failing plugin; everything else is
+/// in [`Resolved::validation`].
+pub fn resolve(req: &ConfigRequest) -> Result<Resolved> {
+    let file = req.file.as_deref().map(Layer::from_file).transpose()?;
+    let env = if req.env {
+        Layer::from_env(std::env::vars())
+    } else {
+        Layer::new(Source::Env(String::new()))
+    };
+    let unknown_env = if req.env {
+        Layer::unknown_env(std::env::vars())
+    } else {
+        Vec::new()
+    };
+    let mut layers: Vec<&Layer> = vec![&req.command_defaults];
+    layers.extend(file.as_ref());
+    layers.push(&env);
+    layers.push(&req.cli);
+    let first = Config::from_layers(layers.iter().copied());
+    let plugins: Vec<PathBuf> = first
+        .strings("plugins")
+        .into_iter()
+        .map(PathBuf::from)
+        .collect();
+    load_plugins(
+        &plugins
+            .iter()
+            .filter(|p| p.exists())
+            .cloned()
+            .collect::<Vec<_>>(),
+    )?;
+    let model = match first.str("model.path") {
+        p if p.is_empty() => crate::load::resolve_model_path(None).ok(),
+        p => Some(PathBuf::from(p)),
+    };
+    let detection = detect(model.as_deref());
+    let asked = first.str("runtime.profile");
+    let (profile, profile_reason) = match find_profile(&asked) {
+        Ok(p) => (p, format!("runtime.profile = \"{asked}\"")),
+        // `auto`, or a name the validator will correct: the detected profile.
+        Err(_) => (
+            find_profile(&detection.profile.name)?,
+            format!("auto: {}", detection.profile.reason),
+        ),
+    };
+    let mut profile_layer = Layer::new(Source::Profile(profile.name().to_owned()));
+    for (k, v) in profile.config_defaults() {
+        profile_layer.push(k, v, Source::Profile(profile.name().to_owned()));
+    }
+    let mut layers: Vec<&Layer> = vec![&req.command_defaults, &profile_layer];
+    layers.extend(file.as_ref());
+    layers.push(&env);
+    layers.push(&req.cli);
+    let merged = Config::from_layers(layers);
+    let validation = validate(&merged, &detection.capabilities, profile.as_ref());
+    Ok(Resolved {
+        merged,
+        profile,
+        profile_reason,
+        validation,
+        detection,
+        unknown_env,
+    })
+}
+
+fn precision(bits: i64, group: usize, scheme: Scheme) -> Result<WeightPrecision> {
+    Ok(match bits {
+        32 => WeightPrecision::F32,
+        16 => WeightPrecision::F16,
+        b => WeightPrecision::Quant(QuantSpec::new(b as u8, group, scheme)?),
+    })
+}
+
+/// Load options from a validated configuration (the profile is applied to the WebGPU backend
+/// unless the profile is `native`, which means the device's own features and limits).
+pub fn load_options(c: &Config, profile: &dyn BrowserProfile) -> Result<LoadOptions> {
+    let group = c.int("quantization.group_size") as usize;
+    let scheme = if c.str("quantization.scheme") == "asymmetric" {
+        Scheme::Asymmetric
+    } else {
+        Scheme::Symmetric
+    };
+    let method = c.str("quantization.method");
+    let (quant, plan) = if method == "mixed" {
+        // One width serves attention and feed-forward matrices: the wider of the two.
+        let layers = c
+            .int("quantization.layers.attention")
+            .max(c.int("quantization.layers.feedforward"));
+        let plan = QuantPlan {
+            layers: precision(layers, group, scheme)?,
+            embedding: precision(c.int("quantization.layers.embedding"), group, scheme)?,
+            lm_head: precision(c.int("quantization.layers.lm_head"), group, scheme)?,
+        };
+        (QuantMethod::Int4, Some(plan))
+    } else {
+        (QuantMethod::parse(&method)?, None)
+    };
+    let model = c.str("model.path");
+    Ok(LoadOptions {
+        model: (!model.is_empty()).then(|| PathBuf::from(model)),
+        quant,
+        group_size: group,
+        scheme,
+        backend: c.str("runtime.backend"),
+        threads: c.int("runtime.threads") as usize,
+        profile: (profile.name() != "native").then(|| profile.name().to_owned()),
+        plan,
+        ..Default::default()
+    })
+}
+
+/// Shorthand for a backend by name with a profile applied (tests, tools).
+pub fn backend_for_profile(name: &str, profile: &str) -> Result<Arc<dyn Backend>> {
+    lowbit_core::registry::create_backend(
+        name,
+        &lowbit_core::registry::BackendOptions {
+            profile: Some(find_profile(profile)?),
+            ..Default::default()
+        },
+    )
+}
