@@ -234,6 +234,7 @@ fn expire_waiting(waiting: &mut VecDeque<Job>, config: &InferenceConfig, shared:
         if job.cancel.load(Ordering::Relaxed) {
             let mut job = waiting.remove(i).expect("index in range");
             let usage = Usage::new(job.prompt.len(), 0);
+            lock(&shared.stats).completed();
             (job.sink)(TokenEvent::Done(Completion {
                 text: String::new(),
                 tokens: Vec::new(),
@@ -241,7 +242,6 @@ fn expire_waiting(waiting: &mut VecDeque<Job>, config: &InferenceConfig, shared:
                 usage,
                 stats: Default::default(),
             }));
-            lock(&shared.stats).completed();
         } else if job.submitted.elapsed() > config.request_timeout {
             let mut job = waiting.remove(i).expect("index in range");
             let limit_ms = config.request_timeout.as_millis() as u64;
@@ -259,8 +259,8 @@ fn expire_waiting(waiting: &mut VecDeque<Job>, config: &InferenceConfig, shared:
 
 fn fail(job: &mut Job, shared: &Shared, e: InferenceError) {
     shared.handlers.error(job.id, &e);
-    (job.sink)(TokenEvent::Error(e));
     lock(&shared.stats).completed();
+    (job.sink)(TokenEvent::Error(e));
 }
 
 fn deliver(r: &mut Running, out: StepOutput, shared: &Shared, model: &dyn TextModel) {
@@ -289,6 +289,8 @@ fn deliver(r: &mut Running, out: StepOutput, shared: &Shared, model: &dyn TextMo
     }
     if let Some(reason) = out.finished {
         let g = r.seq.generation(model, &r.cache);
+        // Stats first: a caller that wakes on `Done` sees its request counted.
+        lock(&shared.stats).completed();
         (r.job.sink)(TokenEvent::Done(Completion {
             usage: Usage::new(r.seq.prompt().len(), g.tokens.len()),
             text: g.text,
@@ -296,7 +298,6 @@ fn deliver(r: &mut Running, out: StepOutput, shared: &Shared, model: &dyn TextMo
             finish_reason: reason,
             stats: g.stats,
         }));
-        lock(&shared.stats).completed();
     } else if !listening {
         // Nobody reads the events any more (client gone): free the request now.
         r.job.cancel.store(true, Ordering::Relaxed);
