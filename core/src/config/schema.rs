@@ -223,14 +223,17 @@ mod tests {
     fn defaults_parse_and_match_their_kind() {
         for k in KEYS {
             let v = k.default_value();
-            let ok = match (k.kind, &v) {
-                (Kind::Bool, toml::Value::Boolean(_)) => true,
-                (Kind::Int { .. } | Kind::IntOneOf(_), toml::Value::Integer(_)) => true,
-                (Kind::Float { .. }, toml::Value::Float(_)) => true,
-                (Kind::Choice(_) | Kind::Text, toml::Value::String(_)) => true,
-                (Kind::Triple | Kind::TextList, toml::Value::Array(_)) => true,
-                _ => false,
-            };
+            let ok = matches!(
+                (k.kind, &v),
+                (Kind::Bool, toml::Value::Boolean(_))
+                    | (
+                        Kind::Int { .. } | Kind::IntOneOf(_),
+                        toml::Value::Integer(_)
+                    )
+                    | (Kind::Float { .. }, toml::Value::Float(_))
+                    | (Kind::Choice(_) | Kind::Text, toml::Value::String(_))
+                    | (Kind::Triple | Kind::TextList, toml::Value::Array(_))
+            );
             assert!(ok, "default of {} is {v:?}", k.path);
         }
     }

@@ -290,7 +290,7 @@ impl Checker<'_> {
                     if a.len() != 3
                         || !a
                             .iter()
-                            .all(|x| x.as_integer().is_some_and(|i| i >= 1 && i <= 1 << 16))
+                            .all(|x| x.as_integer().is_some_and(|i| (1..=1 << 16).contains(&i)))
                     {
                         bad_type(self);
                     }
@@ -634,7 +634,7 @@ impl Checker<'_> {
         let key = "runtime.profile";
         let p = self.v.corrected.str(key);
         let names = crate::registry::profile_names();
-        if p != "auto" && !names.iter().any(|n| *n == p) {
+        if p != "auto" && !names.contains(&p) {
             let (new, why) = match schema::nearest(&p, names.iter().map(String::as_str)) {
                 Some(n) => (
                     n.to_string(),
