@@ -129,7 +129,7 @@ pub fn random_weight(
                 .collect(),
         },
         WeightPrecision::Quant(spec) => {
-            if cols % 32 != 0 {
+            if !cols.is_multiple_of(32) {
                 return Err(Error::invalid_config(format!(
                     "cols {cols} is not a multiple of 32"
                 )));
