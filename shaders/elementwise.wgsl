@@ -1,4 +1,6 @@
-// Elementwise kernels over `len` values, one invocation each. WebGPU forbids a writable binding
+// Elementwise kernels over `len` values, one invocation each. `copy` moves `len` values between
+// distinct buffers (the source may be host data in the upload ring), so copies stay inside the
+// step's compute pass. WebGPU forbids a writable binding
 // that aliases another, so an input that is the output buffer is read through the output
 // binding: ALIAS_SELF (add: src is dst), ALIAS_GATE / ALIAS_UP / ALIAS_GATE_UP (silu_mul: which
 // inputs are the output).
@@ -6,6 +8,8 @@
 
 struct Params {
     len: u32,
+    src_offset: u32, // copy only
+    dst_offset: u32, // copy only
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -70,5 +74,19 @@ fn silu_mul(inv: Invocation) {
     let u = up[i];
 #endif
     out[i] = silu(g) * u;
+}
+#endif
+
+#if OP_COPY
+@group(0) @binding(1) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(2) var<storage, read> src: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn copy(inv: Invocation) {
+    let i = index(inv);
+    if i >= p.len {
+        return;
+    }
+    dst[p.dst_offset + i] = src[p.src_offset + i];
 }
 #endif

@@ -1,5 +1,6 @@
-// Rotary position embedding in place. The (cos, sin) table, one pair per (token, frequency), is
-// computed on the host in f64: GPU sin/cos of large angles is not accurate enough.
+// Rotary position embedding in place. The (cos, sin) table, one pair per (position, frequency)
+// from position 0 on, is computed on the host in f64 (GPU sin/cos of large angles is not
+// accurate enough) and kept across steps.
 #include common.wgsl
 
 struct Params {
@@ -7,6 +8,7 @@ struct Params {
     n_heads: u32,
     head_dim: u32,
     adjacent: u32, // 1: pairs (2i, 2i+1); 0: pairs (i, i + head_dim/2)
+    pos0: u32,     // position of the first token
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -23,7 +25,7 @@ fn rope(inv: Invocation) {
     let f = i % half;
     let th = i / half; // token * n_heads + head
     let t = th / p.n_heads;
-    let cs = table[t * half + f];
+    let cs = table[(p.pos0 + t) * half + f];
     let base = th * p.head_dim;
     var a = base + f;
     var b = base + f + half;

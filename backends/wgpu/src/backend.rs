@@ -4,7 +4,7 @@
 use crate::device::{GpuDevice, WgpuOptions};
 use crate::pipelines::{PipelineCache, Slot};
 use crate::profiling::KernelTiming;
-use crate::recorder::{read_mapped, Dispatch, Recorder};
+use crate::recorder::{Bind, Dispatch, Recorder};
 use crate::shader::{Define, KernelKey, ShaderFile};
 use crate::tuning::{fold, Tuning};
 use crate::weights::{upload, GpuWeight, WeightKind};
@@ -32,8 +32,16 @@ struct Buf {
     len: usize,
 }
 
-/// Key of the cached RoPE table: (pos0, tokens, theta bits, head_dim).
-type RopeKey = (usize, usize, u32, usize);
+/// (cos, sin) pairs of positions `0..positions` for one (theta, head_dim).
+struct RopeTable {
+    theta_bits: u32,
+    head_dim: usize,
+    positions: usize,
+    buffer: wgpu::Buffer,
+}
+
+/// Positions of the first RoPE table; it doubles when a step needs more.
+const ROPE_MIN_POSITIONS: usize = 1024;
 
 struct State {
     buffers: HashMap<u32, Buf>,
@@ -43,8 +51,8 @@ struct State {
     weight_bytes: usize,
     pipelines: PipelineCache,
     rec: Recorder,
-    /// The last RoPE table: q and k of every layer of a step share it.
-    rope: Option<(RopeKey, wgpu::Buffer)>,
+    /// RoPE tables per (theta, head_dim), kept across steps.
+    rope: Vec<RopeTable>,
     /// Split partials of decode attention, grown as needed.
     attn_part: Option<wgpu::Buffer>,
     /// Bound where a kernel's binding is unused (dense weights have no group parameters).
@@ -113,7 +121,7 @@ impl WgpuBackend {
             weight_bytes: 0,
             pipelines: PipelineCache::default(),
             rec: Recorder::new(&dev),
-            rope: None,
+            rope: Vec::new(),
             attn_part: None,
             dummy,
         };
@@ -146,6 +154,17 @@ impl WgpuBackend {
     /// Submissions so far.
     pub fn submits(&self) -> u64 {
         self.lock().rec.submits
+    }
+
+    /// Submits the recorded work without waiting for it (tests time recording and submission
+    /// apart from execution).
+    pub fn submit(&self) -> Result<()> {
+        self.lock().rec.submit(&self.dev)
+    }
+
+    /// Bind groups created so far: steady decode steps reuse cached ones and add none.
+    pub fn bind_groups_created(&self) -> u64 {
+        self.lock().rec.bind_groups_created
     }
 
     /// Number of row pieces weight `w` was split into (1 unless it exceeds a binding).
@@ -187,6 +206,62 @@ impl WgpuBackend {
             ("ASYMMETRIC", Define::Bool(asym)),
             ("USE_F16", Define::Bool(f16)),
         ]
+    }
+
+    /// The RoPE table of (theta, head_dim) covering positions `0..need`, grown (doubling) when
+    /// too short.
+    fn rope_table(
+        &self,
+        st: &mut State,
+        theta: f32,
+        head_dim: usize,
+        need: usize,
+    ) -> Result<wgpu::Buffer> {
+        let i = st
+            .rope
+            .iter()
+            .position(|r| r.theta_bits == theta.to_bits() && r.head_dim == head_dim);
+        if let Some(r) = i.map(|i| &st.rope[i]).filter(|r| r.positions >= need) {
+            return Ok(r.buffer.clone());
+        }
+        let positions = need.next_power_of_two().max(ROPE_MIN_POSITIONS);
+        let half = head_dim / 2;
+        let freqs: Vec<f64> = (0..half)
+            .map(|i| f64::from(theta).powf(-2.0 * i as f64 / head_dim as f64))
+            .collect();
+        let mut table = Vec::with_capacity(positions * half * 2);
+        for pos in 0..positions {
+            for f in &freqs {
+                let (s, c) = (pos as f64 * f).sin_cos();
+                table.push(c as f32);
+                table.push(s as f32);
+            }
+        }
+        self.dev
+            .check_buffer_size(table.len() as u64 * 4, "the RoPE table")?;
+        let buffer = self.dev.scoped("allocating the RoPE table", || {
+            self.dev
+                .device
+                .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+                    label: Some("rope table"),
+                    contents: bytemuck::cast_slice(&table),
+                    usage: wgpu::BufferUsages::STORAGE,
+                })
+        })?;
+        let r = RopeTable {
+            theta_bits: theta.to_bits(),
+            head_dim,
+            positions,
+            buffer: buffer.clone(),
+        };
+        match i {
+            Some(i) => {
+                let old = std::mem::replace(&mut st.rope[i], r);
+                st.rec.forget(&old.buffer);
+            }
+            None => st.rope.push(r),
+        }
+        Ok(buffer)
     }
 
     fn max_groups(&self) -> u32 {
@@ -232,16 +307,48 @@ impl WgpuBackend {
         Ok(BufferId(id))
     }
 
-    fn storage_init(&self, label: &str, words: &[u32]) -> wgpu::Buffer {
-        let mut w = words.to_vec();
-        w.resize(w.len().max(4), 0);
-        self.dev
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: bytemuck::cast_slice(&w),
-                usage: wgpu::BufferUsages::STORAGE,
-            })
+    /// Records `dst[dst_offset..][..len] = src[src_offset..][..len]` (f32 offsets) as a kernel,
+    /// so it stays in the step's compute pass; `src` is a distinct buffer or host data.
+    fn copy_values(
+        &self,
+        st: &mut State,
+        dst: &wgpu::Buffer,
+        dst_offset: usize,
+        src: Bind<'_>,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let wg = self.tuning.elementwise_wg;
+        let upload = matches!(src, Bind::Upload(_));
+        let mut defines = self.base_defines(wg);
+        defines.extend([
+            ("OP_ADD", Define::Bool(false)),
+            ("OP_SILU_MUL", Define::Bool(false)),
+            ("OP_COPY", Define::Bool(true)),
+            ("SRC_UPLOAD", Define::Bool(upload)),
+        ]);
+        let key = KernelKey {
+            file: ShaderFile::Elementwise,
+            entry: "copy",
+            defines,
+        };
+        let src_slot = if upload { Slot::Upload } else { Slot::Read };
+        let kernel =
+            st.pipelines
+                .get(&self.dev, &key, &[Slot::Uniform, Slot::ReadWrite, src_slot])?;
+        let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[len as u32, src_offset as u32, dst_offset as u32],
+                bindings: &[Bind::Buffer(dst), src],
+                groups: [gx, gy, 1],
+            },
+        )
     }
 }
 
@@ -285,23 +392,29 @@ impl Backend for WgpuBackend {
 
     fn free(&self, buf: BufferId) {
         // Recorded work keeps the buffer alive on the device until it ran.
-        self.lock().buffers.remove(&buf.0);
+        let mut st = self.lock();
+        if let Some(b) = st.buffers.remove(&buf.0) {
+            st.rec.forget(&b.buffer);
+        }
     }
 
     fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()> {
         let mut st = self.lock();
-        let State { buffers, rec, .. } = &mut *st;
-        let b = buffers
-            .get(&buf.0)
-            .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", buf.0)))?;
+        let b = st.buf(buf)?;
         check_len("write", b, offset + data.len())?;
-        rec.write(
-            &self.dev,
-            &b.buffer,
-            offset as u64 * 4,
-            bytemuck::cast_slice(data),
-        );
-        Ok(())
+        if data.is_empty() {
+            return Ok(());
+        }
+        let dst = b.buffer.clone();
+        // Through the upload ring and the copy kernel, so the write lands in program order.
+        self.copy_values(
+            &mut st,
+            &dst,
+            offset,
+            Bind::Upload(bytemuck::cast_slice(data)),
+            0,
+            data.len(),
+        )
     }
 
     fn read(&self, buf: BufferId, offset: usize, len: usize) -> Result<Vec<f32>> {
@@ -314,22 +427,7 @@ impl Backend for WgpuBackend {
         if len == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.dev.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("read staging"),
-            size: len as u64 * 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        rec.copy(
-            &self.dev,
-            &b.buffer,
-            offset as u64 * 4,
-            &staging,
-            0,
-            len as u64 * 4,
-        );
-        rec.submit(&self.dev)?;
-        let bytes = read_mapped(&self.dev, &staging)?;
+        let bytes = rec.read(&self.dev, &b.buffer, offset as u64 * 4, len as u64 * 4)?;
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
@@ -395,29 +493,29 @@ impl Backend for WgpuBackend {
             defines,
         };
         use Slot::*;
-        let kernel = pipelines.get(&self.dev, &key, &[Uniform, Read, Read, Read, ReadWrite])?;
-        let tok_buf = self.storage_init("tokens", tokens);
+        let kernel = pipelines.get(&self.dev, &key, &[Uniform, Read, Read, Upload, ReadWrite])?;
         let n = tokens.len();
         let (gx, gy) = fold(
             (n * w.cols / 8).div_ceil(wg as usize) as u32,
             self.max_groups(),
         );
-        let ds: Vec<_> = w
-            .pieces
-            .iter()
-            .map(|p| Dispatch {
-                kernel: kernel.clone(),
-                params: vec![w.cols as u32, n as u32, p.row_start as u32, p.rows as u32],
-                buffers: vec![
-                    &p.data,
-                    p.params.as_ref().unwrap_or(dummy),
-                    &tok_buf,
-                    &o.buffer,
-                ],
-                groups: [gx, gy, 1],
-            })
-            .collect();
-        rec.pass(&self.dev, "embed", &ds)
+        for p in &w.pieces {
+            rec.dispatch(
+                &self.dev,
+                &Dispatch {
+                    kernel: &kernel,
+                    params: &[w.cols as u32, n as u32, p.row_start as u32, p.rows as u32],
+                    bindings: &[
+                        Bind::Buffer(&p.data),
+                        Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
+                        Bind::Upload(tokens),
+                        Bind::Buffer(&o.buffer),
+                    ],
+                    groups: [gx, gy, 1],
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn rms_norm(
@@ -449,20 +547,23 @@ impl Backend for WgpuBackend {
             defines,
         };
         use Slot::*;
-        let (slots, buffers): (&[Slot], Vec<&wgpu::Buffer>) = if in_place {
-            (&[Uniform, Read, ReadWrite], vec![&wb, &xb])
+        let all = [Bind::Buffer(&wb), Bind::Buffer(&xb), Bind::Buffer(&ob)];
+        let (slots, bindings): (&[Slot], &[Bind]) = if in_place {
+            (&[Uniform, Read, ReadWrite], &all[..2])
         } else {
-            (&[Uniform, Read, Read, ReadWrite], vec![&wb, &xb, &ob])
+            (&[Uniform, Read, Read, ReadWrite], &all)
         };
         let kernel = st.pipelines.get(&self.dev, &key, slots)?;
         let (gx, gy) = fold(rows as u32, self.max_groups());
-        let d = Dispatch {
-            kernel,
-            params: vec![dim as u32, eps.to_bits()],
-            buffers,
-            groups: [gx, gy, 1],
-        };
-        st.rec.pass(&self.dev, "rms_norm", &[d])
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[dim as u32, eps.to_bits()],
+                bindings,
+                groups: [gx, gy, 1],
+            },
+        )
     }
 
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
@@ -511,43 +612,42 @@ impl Backend for WgpuBackend {
         };
         use Slot::*;
         let kernel = pipelines.get(&self.dev, &key, &[Uniform, Read, Read, Read, ReadWrite])?;
-        let ds: Vec<_> = gw
-            .pieces
-            .iter()
-            .map(|p| {
-                let groups = if tiled {
-                    [
-                        p.rows.div_ceil(t.tile_r as usize) as u32,
-                        n.div_ceil(t.tile_t as usize) as u32,
-                        1,
-                    ]
-                } else {
-                    let (gx, gy) = fold(
-                        p.rows.div_ceil(t.matvec_rows as usize) as u32,
-                        self.max_groups(),
-                    );
-                    [gx, gy, n as u32]
-                };
-                Dispatch {
-                    kernel: kernel.clone(),
-                    params: vec![
+        for p in &gw.pieces {
+            let groups = if tiled {
+                [
+                    p.rows.div_ceil(t.tile_r as usize) as u32,
+                    n.div_ceil(t.tile_t as usize) as u32,
+                    1,
+                ]
+            } else {
+                let (gx, gy) = fold(
+                    p.rows.div_ceil(t.matvec_rows as usize) as u32,
+                    self.max_groups(),
+                );
+                [gx, gy, n as u32]
+            };
+            rec.dispatch(
+                &self.dev,
+                &Dispatch {
+                    kernel: &kernel,
+                    params: &[
                         p.rows as u32,
                         gw.cols as u32,
                         n as u32,
                         gw.rows as u32,
                         p.row_start as u32,
                     ],
-                    buffers: vec![
-                        &p.data,
-                        p.params.as_ref().unwrap_or(dummy),
-                        &xb.buffer,
-                        &ob.buffer,
+                    bindings: &[
+                        Bind::Buffer(&p.data),
+                        Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
+                        Bind::Buffer(&xb.buffer),
+                        Bind::Buffer(&ob.buffer),
                     ],
                     groups,
-                }
-            })
-            .collect();
-        rec.pass(&self.dev, "matmul", &ds)
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn rope(
@@ -573,27 +673,7 @@ impl Backend for WgpuBackend {
         let xb = st.buf(x)?;
         check_len("rope input", xb, n_tokens * n_heads * head_dim)?;
         let xb = xb.buffer.clone();
-        let half = head_dim / 2;
-        let rkey: RopeKey = (pos0, n_tokens, theta.to_bits(), head_dim);
-        if st.rope.as_ref().is_none_or(|(k, _)| *k != rkey) {
-            let mut table = Vec::with_capacity(n_tokens * half * 2);
-            for t in 0..n_tokens {
-                let pos = (pos0 + t) as f64;
-                for i in 0..half {
-                    let f = f64::from(theta).powf(-2.0 * i as f64 / head_dim as f64);
-                    let (s, c) = (pos * f).sin_cos();
-                    table.push((c as f32).to_bits());
-                    table.push((s as f32).to_bits());
-                }
-            }
-            let b = self.storage_init("rope table", &table);
-            st.rope = Some((rkey, b));
-        }
-        let table = st
-            .rope
-            .as_ref()
-            .map(|(_, b)| b.clone())
-            .expect("table just set");
+        let table = self.rope_table(&mut st, theta, head_dim, pos0 + n_tokens)?;
         let key = KernelKey {
             file: ShaderFile::Rope,
             entry: "rope",
@@ -603,20 +683,23 @@ impl Backend for WgpuBackend {
         let kernel = st
             .pipelines
             .get(&self.dev, &key, &[Uniform, Read, ReadWrite])?;
-        let total = n_tokens * n_heads * half;
+        let total = n_tokens * n_heads * (head_dim / 2);
         let (gx, gy) = fold(total.div_ceil(wg as usize) as u32, self.max_groups());
-        let d = Dispatch {
-            kernel,
-            params: vec![
-                n_tokens as u32,
-                n_heads as u32,
-                head_dim as u32,
-                u32::from(style == RopeStyle::Adjacent),
-            ],
-            buffers: vec![&table, &xb],
-            groups: [gx, gy, 1],
-        };
-        st.rec.pass(&self.dev, "rope", &[d])
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[
+                    n_tokens as u32,
+                    n_heads as u32,
+                    head_dim as u32,
+                    u32::from(style == RopeStyle::Adjacent),
+                    pos0 as u32,
+                ],
+                bindings: &[Bind::Buffer(&table), Bind::Buffer(&xb)],
+                groups: [gx, gy, 1],
+            },
+        )
     }
 
     fn kv_store(
@@ -629,13 +712,7 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         distinct("kv_store", src, cache)?;
         let mut st = self.lock();
-        let State { buffers, rec, .. } = &mut *st;
-        let get = |id: BufferId| {
-            buffers
-                .get(&id.0)
-                .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
-        };
-        let (s, c) = (get(src)?, get(cache)?);
+        let (s, c) = (st.buf(src)?, st.buf(cache)?);
         check_len("kv_store source", s, n_tokens * row_len)?;
         if c.len < (pos0 + n_tokens) * row_len {
             return Err(Error::context_overflow(format!(
@@ -644,16 +721,15 @@ impl Backend for WgpuBackend {
                 pos0 + n_tokens
             )));
         }
-        let bytes = (n_tokens * row_len) as u64 * 4;
-        rec.copy(
-            &self.dev,
-            &s.buffer,
+        let (s, c) = (s.buffer.clone(), c.buffer.clone());
+        self.copy_values(
+            &mut st,
+            &c,
+            pos0 * row_len,
+            Bind::Buffer(&s),
             0,
-            &c.buffer,
-            (pos0 * row_len) as u64 * 4,
-            bytes,
-        );
-        Ok(())
+            n_tokens * row_len,
+        )
     }
 
     fn attention(
@@ -710,7 +786,9 @@ impl Backend for WgpuBackend {
                     mapped_at_creation: false,
                 })
             })?;
-            st.attn_part = Some(b);
+            if let Some(old) = st.attn_part.replace(b) {
+                st.rec.forget(&old);
+            }
         }
         let part = st.attn_part.clone().expect("partials just set");
         let bufs = [q, k_cache, v_cache, out].map(|id| st.buf(id).map(|b| b.buffer.clone()));
@@ -724,7 +802,7 @@ impl Backend for WgpuBackend {
         let (q_rows, k_tile) = t.prefill_tiles(hd);
         use Slot::*;
         let slots = [Uniform, Read, Read, Read, ReadWrite, ReadWrite];
-        let params = vec![
+        let params = [
             p.n_tokens as u32,
             p.pos0 as u32,
             p.n_heads as u32,
@@ -732,7 +810,7 @@ impl Backend for WgpuBackend {
             p.scale.to_bits(),
             n_splits,
         ];
-        let buffers = || vec![&qb, &kb, &vb, &ob, &part];
+        let bindings = [&qb, &kb, &vb, &ob, &part].map(Bind::Buffer);
         let key = |entry| {
             let mut defines = defines.clone();
             let prefill = entry == "attn_prefill";
@@ -747,37 +825,31 @@ impl Backend for WgpuBackend {
                 defines,
             }
         };
-        let ds = if decode {
-            let split = st.pipelines.get(&self.dev, &key("attn_split"), &slots)?;
-            let merge = st.pipelines.get(&self.dev, &key("attn_merge"), &slots)?;
+        let passes = if decode {
             vec![
-                Dispatch {
-                    kernel: split,
-                    params: params.clone(),
-                    buffers: buffers(),
-                    groups: [n_splits, p.n_heads as u32, p.n_tokens as u32],
-                },
-                Dispatch {
-                    kernel: merge,
-                    params,
-                    buffers: buffers(),
-                    groups: [p.n_heads as u32, p.n_tokens as u32, 1],
-                },
+                (
+                    "attn_split",
+                    [n_splits, p.n_heads as u32, p.n_tokens as u32],
+                ),
+                ("attn_merge", [p.n_heads as u32, p.n_tokens as u32, 1]),
             ]
         } else {
-            let prefill = st.pipelines.get(&self.dev, &key("attn_prefill"), &slots)?;
-            vec![Dispatch {
-                kernel: prefill,
-                params,
-                buffers: buffers(),
-                groups: [
-                    p.n_tokens.div_ceil(q_rows as usize) as u32,
-                    p.n_heads as u32,
-                    1,
-                ],
-            }]
+            let q_groups = p.n_tokens.div_ceil(q_rows as usize) as u32;
+            vec![("attn_prefill", [q_groups, p.n_heads as u32, 1])]
         };
-        st.rec.pass(&self.dev, "attention", &ds)
+        for (entry, groups) in passes {
+            let kernel = st.pipelines.get(&self.dev, &key(entry), &slots)?;
+            st.rec.dispatch(
+                &self.dev,
+                &Dispatch {
+                    kernel: &kernel,
+                    params: &params,
+                    bindings: &bindings,
+                    groups,
+                },
+            )?;
+        }
+        Ok(())
     }
 
     fn silu_mul(&self, gate: BufferId, up: BufferId, out: BufferId, len: usize) -> Result<()> {
@@ -809,6 +881,7 @@ impl Backend for WgpuBackend {
         defines.extend([
             ("OP_ADD", Define::Bool(false)),
             ("OP_SILU_MUL", Define::Bool(true)),
+            ("OP_COPY", Define::Bool(false)),
             ("ALIAS_SELF", Define::Bool(false)),
             ("ALIAS_GATE", Define::Bool(ag && !au)),
             ("ALIAS_UP", Define::Bool(au && !ag)),
@@ -823,13 +896,16 @@ impl Backend for WgpuBackend {
         slots.resize(bufs.len() + 1, Slot::Read);
         let kernel = st.pipelines.get(&self.dev, &key, &slots)?;
         let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
-        let d = Dispatch {
-            kernel,
-            params: vec![len as u32],
-            buffers: bufs.iter().collect(),
-            groups: [gx, gy, 1],
-        };
-        st.rec.pass(&self.dev, "silu_mul", &[d])
+        let bindings: Vec<Bind> = bufs.iter().map(Bind::Buffer).collect();
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[len as u32],
+                bindings: &bindings,
+                groups: [gx, gy, 1],
+            },
+        )
     }
 
     fn add(&self, dst: BufferId, src: BufferId, len: usize) -> Result<()> {
@@ -846,6 +922,7 @@ impl Backend for WgpuBackend {
         defines.extend([
             ("OP_ADD", Define::Bool(true)),
             ("OP_SILU_MUL", Define::Bool(false)),
+            ("OP_COPY", Define::Bool(false)),
             ("ALIAS_SELF", Define::Bool(same)),
         ]);
         let key = KernelKey {
@@ -854,20 +931,23 @@ impl Backend for WgpuBackend {
             defines,
         };
         use Slot::*;
-        let (slots, buffers): (&[Slot], _) = if same {
-            (&[Uniform, ReadWrite], vec![&db])
+        let all = [Bind::Buffer(&db), Bind::Buffer(&sb)];
+        let (slots, bindings): (&[Slot], &[Bind]) = if same {
+            (&[Uniform, ReadWrite], &all[..1])
         } else {
-            (&[Uniform, ReadWrite, Read], vec![&db, &sb])
+            (&[Uniform, ReadWrite, Read], &all)
         };
         let kernel = st.pipelines.get(&self.dev, &key, slots)?;
         let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
-        let d = Dispatch {
-            kernel,
-            params: vec![len as u32],
-            buffers,
-            groups: [gx, gy, 1],
-        };
-        st.rec.pass(&self.dev, "add", &[d])
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[len as u32],
+                bindings,
+                groups: [gx, gy, 1],
+            },
+        )
     }
 
     fn copy(
@@ -888,8 +968,7 @@ impl Backend for WgpuBackend {
         let bytes = len as u64 * 4;
         let (so, doff) = (src_offset as u64 * 4, dst_offset as u64 * 4);
         if src != dst {
-            st.rec.copy(&self.dev, &s, so, &d, doff, bytes);
-            return Ok(());
+            return self.copy_values(&mut st, &d, dst_offset, Bind::Buffer(&s), src_offset, len);
         }
         // A buffer cannot be copied onto itself: go through a temporary (memmove semantics).
         let tmp = self.dev.device.create_buffer(&wgpu::BufferDescriptor {

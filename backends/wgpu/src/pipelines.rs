@@ -9,8 +9,10 @@ use std::sync::Arc;
 /// How a kernel uses one binding. Binding 0 is always the 64-byte parameter block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Slot {
-    /// `var<uniform>`.
+    /// `var<uniform>`: the parameter block, bound in the upload ring at a dynamic offset.
     Uniform,
+    /// `var<storage, read>` of host data in the upload ring, at a dynamic offset.
+    Upload,
     /// `var<storage, read>`.
     Read,
     /// `var<storage, read_write>`.
@@ -19,6 +21,8 @@ pub(crate) enum Slot {
 
 /// A compiled kernel and the layout its bind groups are built against.
 pub(crate) struct Kernel {
+    /// Unique per cache: keys the bind groups built against `layout`.
+    pub id: u32,
     pub pipeline: wgpu::ComputePipeline,
     pub layout: wgpu::BindGroupLayout,
     /// [`KernelKey::label`], for profiles and errors.
@@ -39,6 +43,7 @@ impl PipelineCache {
             return Ok(k.clone());
         }
         let label = key.label();
+        let id = self.map.len() as u32;
         let source = key.source()?;
         let entries: Vec<_> = slots
             .iter()
@@ -49,10 +54,12 @@ impl PipelineCache {
                 ty: wgpu::BindingType::Buffer {
                     ty: match s {
                         Slot::Uniform => wgpu::BufferBindingType::Uniform,
-                        Slot::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Slot::Read | Slot::Upload => {
+                            wgpu::BufferBindingType::Storage { read_only: true }
+                        }
                         Slot::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
-                    has_dynamic_offset: false,
+                    has_dynamic_offset: matches!(s, Slot::Uniform | Slot::Upload),
                     min_binding_size: None,
                 },
                 count: None,
@@ -82,6 +89,7 @@ impl PipelineCache {
                 cache: None,
             });
             Kernel {
+                id,
                 pipeline,
                 layout,
                 label: label.clone(),

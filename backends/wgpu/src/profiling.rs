@@ -76,7 +76,7 @@ impl Profiler {
         if self.labels.is_empty() {
             return Ok(());
         }
-        let bytes = read_mapped(dev, &self.readback)?;
+        let bytes = read_mapped(dev, &self.readback, self.readback.size())?;
         let ts: &[u64] = bytemuck::cast_slice(&bytes);
         for (i, label) in self.labels.drain(..).enumerate() {
             let ns = (ts[2 * i + 1].saturating_sub(ts[2 * i]) as f64 * self.period_ns) as u64;

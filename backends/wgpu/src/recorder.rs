@@ -1,63 +1,113 @@
 //! Recording of kernels into one command encoder, submitted only when results are needed.
 //!
-//! Per-dispatch parameters go to a uniform ring: each dispatch gets its own 64-byte slot at an
-//! aligned offset, the ring is written once just before the submit, and a full ring submits
-//! early. Writes to buffers that recorded work may still read go through the encoder (a staging
-//! copy), so they stay in program order.
+//! Host data of a submission (each dispatch's 64-byte parameter block, token ids, written values)
+//! goes to one upload ring, written with a single `write_buffer` just before the submit. Kernels
+//! bind the ring at dynamic offsets, so a dispatch's bind group depends only on the kernel and
+//! the buffers it touches: bind groups are cached, and a decode step, which binds the same
+//! buffers every time, creates none after the first. Dispatches share one compute pass per
+//! submission (wgpu orders them within the pass by their buffer usages); with profiling on, each
+//! dispatch gets its own pass, timed.
 
 use crate::device::GpuDevice;
 use crate::pipelines::Kernel;
 use crate::profiling::Profiler;
 use lowbit_core::{Error, Result};
-use std::sync::Arc;
-use wgpu::util::DeviceExt;
+use std::collections::HashMap;
 
 /// Bytes of one parameter block (16 scalars).
 const PARAMS_BYTES: u64 = 64;
-/// Parameter slots in the ring, i.e. dispatches per submission before an early submit.
-const RING_SLOTS: u64 = 2048;
+/// Initial ring size: 4096 parameter slots of 256 bytes; grown when one upload needs more.
+const INITIAL_RING_BYTES: u64 = 1 << 20;
+/// Most bindings after binding 0 that a kernel has.
+pub(crate) const MAX_BINDINGS: usize = 6;
+/// Cached bind groups beyond which the cache starts over (a bound on what an unforeseen
+/// allocation pattern could keep alive).
+const MAX_CACHED_BIND_GROUPS: usize = 8192;
+
+/// What one binding after binding 0 holds.
+#[derive(Clone, Copy)]
+pub(crate) enum Bind<'a> {
+    /// A whole buffer.
+    Buffer(&'a wgpu::Buffer),
+    /// Host data for this dispatch, placed in the upload ring (a [`crate::pipelines::Slot::Upload`]
+    /// binding; at most one per dispatch).
+    Upload(&'a [u32]),
+}
 
 /// One kernel launch.
 pub(crate) struct Dispatch<'a> {
-    pub kernel: Arc<Kernel>,
+    pub kernel: &'a Kernel,
     /// Up to 16 scalars (f32 as bits), in the order of the shader's `Params` struct.
-    pub params: Vec<u32>,
+    pub params: &'a [u32],
     /// Bindings 1.. (binding 0 is the parameter block).
-    pub buffers: Vec<&'a wgpu::Buffer>,
+    pub bindings: &'a [Bind<'a>],
     pub groups: [u32; 3],
 }
 
-/// The open encoder and its parameter ring.
+/// A bind group's identity: the kernel, the buffers of bindings 1.. (the ring for an upload),
+/// and the size of the upload binding.
+#[derive(PartialEq, Eq, Hash)]
+struct BindKey {
+    kernel: u32,
+    buffers: [Option<wgpu::Buffer>; MAX_BINDINGS],
+    upload_bytes: u64,
+}
+
+/// The open encoder, its compute pass, the upload ring and the bind-group cache.
 pub(crate) struct Recorder {
     encoder: Option<wgpu::CommandEncoder>,
-    params: Vec<u8>,
+    /// The shared pass of the open submission (never open while profiling).
+    pass: Option<wgpu::ComputePass<'static>>,
+    /// Kernel whose pipeline the open pass has set.
+    pass_kernel: Option<u32>,
+    /// Ring contents of the open submission.
+    staged: Vec<u8>,
     ring: wgpu::Buffer,
-    slot: u64,
+    /// Offset alignment of both uniform and storage dynamic offsets.
+    align: u64,
+    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+    /// Bind groups created so far (tests check that steady decode steps create none).
+    pub bind_groups_created: u64,
+    /// Buffer that [`Recorder::read`] maps, reused while large enough.
+    readback: Option<wgpu::Buffer>,
     profiler: Option<Profiler>,
     /// Submissions so far (tests check that a step is one submit).
     pub submits: u64,
 }
 
+fn ring_buffer(dev: &GpuDevice, size: u64) -> wgpu::Buffer {
+    dev.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("upload ring"),
+        size,
+        usage: wgpu::BufferUsages::UNIFORM
+            | wgpu::BufferUsages::STORAGE
+            | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    })
+}
+
 impl Recorder {
     pub fn new(dev: &GpuDevice) -> Self {
-        let slot = PARAMS_BYTES.max(u64::from(dev.limits.min_uniform_buffer_offset_alignment));
-        let ring = dev.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("params ring"),
-            size: slot * RING_SLOTS,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let align = PARAMS_BYTES
+            .max(u64::from(dev.limits.min_uniform_buffer_offset_alignment))
+            .max(u64::from(dev.limits.min_storage_buffer_offset_alignment));
         Recorder {
             encoder: None,
-            params: Vec::new(),
-            ring,
-            slot,
+            pass: None,
+            pass_kernel: None,
+            staged: Vec::new(),
+            ring: ring_buffer(dev, INITIAL_RING_BYTES),
+            align,
+            bind_groups: HashMap::new(),
+            bind_groups_created: 0,
+            readback: None,
             profiler: dev.timestamps.then(|| Profiler::new(dev)),
             submits: 0,
         }
     }
 
     fn encoder(&mut self, dev: &GpuDevice) -> &mut wgpu::CommandEncoder {
+        self.end_pass();
         self.encoder.get_or_insert_with(|| {
             dev.device
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
@@ -66,71 +116,172 @@ impl Recorder {
         })
     }
 
-    /// Records `dispatches` as one compute pass named `name`.
-    pub fn pass(&mut self, dev: &GpuDevice, name: &str, dispatches: &[Dispatch<'_>]) -> Result<()> {
-        let need = dispatches.len() as u64 * self.slot;
-        let full_ring = self.params.len() as u64 + need > self.ring.size();
+    fn end_pass(&mut self) {
+        self.pass = None;
+        self.pass_kernel = None;
+    }
+
+    /// Appends `bytes` to the staged ring contents at an aligned offset, reserving `reserve`
+    /// bytes; returns the offset.
+    fn stage(&mut self, bytes: &[u8], reserve: u64) -> u32 {
+        let offset = self.staged.len();
+        self.staged.extend_from_slice(bytes);
+        let end = offset + reserve.next_multiple_of(self.align) as usize;
+        self.staged.resize(end, 0);
+        offset as u32
+    }
+
+    /// Records one dispatch (skipped when a group count is 0).
+    pub fn dispatch(&mut self, dev: &GpuDevice, d: &Dispatch<'_>) -> Result<()> {
+        let [x, y, z] = d.groups;
+        if x == 0 || y == 0 || z == 0 {
+            return Ok(());
+        }
+        if d.params.len() * 4 > PARAMS_BYTES as usize || d.bindings.len() > MAX_BINDINGS {
+            return Err(Error::invalid_config(format!(
+                "{}: too many parameters or bindings",
+                d.kernel.label
+            )));
+        }
+        let upload = d.bindings.iter().find_map(|b| match b {
+            Bind::Upload(words) => Some(*words),
+            Bind::Buffer(_) => None,
+        });
+        // Power-of-two binding sizes keep the number of distinct bind groups small.
+        let upload_bytes = upload.map_or(0, |w| (w.len() as u64 * 4).max(16).next_power_of_two());
+        let need = self.align + upload_bytes.next_multiple_of(self.align);
         let full_queries = self.profiler.as_ref().is_some_and(|p| p.full());
-        if full_ring || full_queries {
+        if self.staged.len() as u64 + need > self.ring.size() || full_queries {
             self.submit(dev)?;
         }
-        let mut groups = Vec::with_capacity(dispatches.len());
-        for d in dispatches {
-            if d.params.len() * 4 > PARAMS_BYTES as usize {
-                return Err(Error::invalid_config(format!(
-                    "{}: too many parameters",
-                    d.kernel.label
-                )));
-            }
-            let offset = self.params.len() as u64;
-            self.params.extend(bytemuck::cast_slice(&d.params));
-            self.params.resize((offset + self.slot) as usize, 0);
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &self.ring,
-                    offset,
-                    size: wgpu::BufferSize::new(PARAMS_BYTES),
-                }),
-            }];
-            for (i, b) in d.buffers.iter().enumerate() {
-                entries.push(wgpu::BindGroupEntry {
-                    binding: i as u32 + 1,
-                    resource: b.as_entire_binding(),
-                });
-            }
-            groups.push(dev.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &d.kernel.layout,
-                entries: &entries,
-            }));
+        if need > self.ring.size() {
+            let size = need.next_power_of_two().min(dev.limits.max_buffer_size);
+            dev.check_buffer_size(need, "the upload ring")?;
+            self.ring = ring_buffer(dev, size);
+            // Every cached bind group binds the old ring.
+            self.bind_groups.clear();
         }
-        let label = dispatches
-            .first()
-            .map_or(name.to_string(), |d| d.kernel.label.clone());
-        self.encoder(dev);
-        let mut enc = self.encoder.take().expect("encoder just opened");
-        {
-            let timestamps = self.profiler.as_mut().map(|p| p.begin_pass(&label));
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some(name),
-                timestamp_writes: timestamps,
+        let mut offsets = [0u32; 2];
+        offsets[0] = self.stage(bytemuck::cast_slice(d.params), PARAMS_BYTES);
+        let mut n_offsets = 1;
+        if let Some(words) = upload {
+            offsets[1] = self.stage(bytemuck::cast_slice(words), upload_bytes);
+            n_offsets = 2;
+        }
+
+        let mut buffers: [Option<wgpu::Buffer>; MAX_BINDINGS] = Default::default();
+        for (slot, b) in buffers.iter_mut().zip(d.bindings) {
+            *slot = Some(match b {
+                Bind::Buffer(buf) => (*buf).clone(),
+                Bind::Upload(_) => self.ring.clone(),
             });
-            for (d, bg) in dispatches.iter().zip(&groups) {
-                let [x, y, z] = d.groups;
-                if x == 0 || y == 0 || z == 0 {
-                    continue;
-                }
-                pass.set_pipeline(&d.kernel.pipeline);
-                pass.set_bind_group(0, bg, &[]);
-                pass.dispatch_workgroups(x, y, z);
-            }
         }
-        self.encoder = Some(enc);
+        let key = BindKey {
+            kernel: d.kernel.id,
+            buffers,
+            upload_bytes,
+        };
+        if !self.bind_groups.contains_key(&key) {
+            if self.bind_groups.len() >= MAX_CACHED_BIND_GROUPS {
+                self.bind_groups.clear();
+            }
+            let bg = self.create_bind_group(dev, d, upload_bytes);
+            self.bind_groups.insert(
+                BindKey {
+                    kernel: key.kernel,
+                    buffers: key.buffers.clone(),
+                    upload_bytes,
+                },
+                bg,
+            );
+        }
+        let bg = &self.bind_groups[&key];
+
+        if let Some(p) = self.profiler.as_mut() {
+            let enc = self.encoder.get_or_insert_with(|| {
+                dev.device
+                    .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                        label: Some("step"),
+                    })
+            });
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(&d.kernel.label),
+                timestamp_writes: Some(p.begin_pass(&d.kernel.label)),
+            });
+            pass.set_pipeline(&d.kernel.pipeline);
+            pass.set_bind_group(0, bg, &offsets[..n_offsets]);
+            pass.dispatch_workgroups(x, y, z);
+            return Ok(());
+        }
+        let encoder = &mut self.encoder;
+        let pass = self.pass.get_or_insert_with(|| {
+            encoder
+                .get_or_insert_with(|| {
+                    dev.device
+                        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                            label: Some("step"),
+                        })
+                })
+                .begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("step"),
+                    timestamp_writes: None,
+                })
+                .forget_lifetime()
+        });
+        if self.pass_kernel != Some(d.kernel.id) {
+            pass.set_pipeline(&d.kernel.pipeline);
+            self.pass_kernel = Some(d.kernel.id);
+        }
+        pass.set_bind_group(0, bg, &offsets[..n_offsets]);
+        pass.dispatch_workgroups(x, y, z);
         Ok(())
     }
 
+    fn create_bind_group(
+        &mut self,
+        dev: &GpuDevice,
+        d: &Dispatch<'_>,
+        upload_bytes: u64,
+    ) -> wgpu::BindGroup {
+        self.bind_groups_created += 1;
+        let mut entries = Vec::with_capacity(d.bindings.len() + 1);
+        entries.push(wgpu::BindGroupEntry {
+            binding: 0,
+            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &self.ring,
+                offset: 0,
+                size: wgpu::BufferSize::new(PARAMS_BYTES),
+            }),
+        });
+        for (i, b) in d.bindings.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: i as u32 + 1,
+                resource: match b {
+                    Bind::Buffer(buf) => buf.as_entire_binding(),
+                    Bind::Upload(_) => wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                        buffer: &self.ring,
+                        offset: 0,
+                        size: wgpu::BufferSize::new(upload_bytes),
+                    }),
+                },
+            });
+        }
+        dev.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &d.kernel.layout,
+            entries: &entries,
+        })
+    }
+
+    /// Drops the cached bind groups that bind `buf` (called when it is freed or replaced, so the
+    /// cache does not keep it alive).
+    pub fn forget(&mut self, buf: &wgpu::Buffer) {
+        self.bind_groups
+            .retain(|k, _| !k.buffers.iter().any(|b| b.as_ref() == Some(buf)));
+    }
+
     /// Records a buffer-to-buffer copy (distinct buffers, byte offsets and size multiples of 4).
+    /// It ends the shared compute pass: kernels should prefer the copy kernel.
     pub fn copy(
         &mut self,
         dev: &GpuDevice,
@@ -146,34 +297,38 @@ impl Recorder {
         }
     }
 
-    /// Writes `data` at `offset` bytes of `dst` in program order: directly when nothing is
-    /// recorded, else through a staging buffer copied inside the encoder.
-    pub fn write(&mut self, dev: &GpuDevice, dst: &wgpu::Buffer, offset: u64, data: &[u8]) {
-        if data.is_empty() {
-            return;
+    /// Copies `bytes` from `src` at `offset` into the reusable readback buffer, submits, waits
+    /// and returns them.
+    pub fn read(
+        &mut self,
+        dev: &GpuDevice,
+        src: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<Vec<u8>> {
+        if self.readback.as_ref().is_none_or(|b| b.size() < bytes) {
+            self.readback = Some(dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("readback"),
+                size: bytes.next_power_of_two().max(256),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }));
         }
-        if self.encoder.is_none() {
-            dev.queue.write_buffer(dst, offset, data);
-            return;
-        }
-        let staging = dev
-            .device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some("write staging"),
-                contents: data,
-                usage: wgpu::BufferUsages::COPY_SRC,
-            });
-        self.copy(dev, &staging, 0, dst, offset, data.len() as u64);
+        let readback = self.readback.clone().expect("readback just ensured");
+        self.copy(dev, src, offset, &readback, 0, bytes);
+        self.submit(dev)?;
+        read_mapped(dev, &readback, bytes)
     }
 
     /// Submits everything recorded; returns after the queue accepted it (not after it ran).
     pub fn submit(&mut self, dev: &GpuDevice) -> Result<()> {
+        self.end_pass();
         let Some(mut enc) = self.encoder.take() else {
             return Ok(());
         };
-        if !self.params.is_empty() {
-            dev.queue.write_buffer(&self.ring, 0, &self.params);
-            self.params.clear();
+        if !self.staged.is_empty() {
+            dev.queue.write_buffer(&self.ring, 0, &self.staged);
+            self.staged.clear();
         }
         if let Some(p) = self.profiler.as_mut() {
             p.resolve(&mut enc);
@@ -192,9 +347,9 @@ impl Recorder {
     }
 }
 
-/// Maps `buf` for reading, waits, and returns its bytes.
-pub(crate) fn read_mapped(dev: &GpuDevice, buf: &wgpu::Buffer) -> Result<Vec<u8>> {
-    let slice = buf.slice(..);
+/// Maps the first `bytes` of `buf` for reading, waits, and returns them.
+pub(crate) fn read_mapped(dev: &GpuDevice, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    let slice = buf.slice(..bytes);
     let (tx, rx) = std::sync::mpsc::channel();
     slice.map_async(wgpu::MapMode::Read, move |r| {
         let _ = tx.send(r);
@@ -223,7 +378,7 @@ pub(crate) fn read_mapped(dev: &GpuDevice, buf: &wgpu::Buffer) -> Result<Vec<u8>
             ))
         }
     }
-    let bytes = slice
+    let out = slice
         .get_mapped_range()
         .map_err(|e| {
             Error::new(
@@ -233,5 +388,5 @@ pub(crate) fn read_mapped(dev: &GpuDevice, buf: &wgpu::Buffer) -> Result<Vec<u8>
         })?
         .to_vec();
     buf.unmap();
-    Ok(bytes)
+    Ok(out)
 }
