@@ -8,8 +8,9 @@ root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 chunks=${1:-20}; threads=${2:-2}
 out=bench/quality; mkdir -p "$out"
 # A private copy of the binary, so a rebuild during the (long) run cannot mix versions.
-[ -x target/release/lowbit ] || cargo build --release --bin lowbit
-bin=$(mktemp -d)/lowbit; cp target/release/lowbit "$bin"
+src=${LOWBIT_BIN:-target/release/lowbit}
+[ -x "$src" ] || cargo build --release --bin lowbit
+bin=$(mktemp -d)/lowbit; cp "$src" "$bin"
 run() { # name args...
   local f=$out/$1.json; shift
   if [ ! -s "$f" ]; then
