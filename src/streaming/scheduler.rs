@@ -209,8 +209,10 @@ pub(crate) fn run(
             let target = config.target_token_latency.as_secs_f64() * 1e3;
             let min = config.min_batch_size.max(1);
             let max = config.max_batch_size.max(min);
-            if decode_ms > target && batch > min {
-                batch = (batch - 1).max(min);
+            // Shrinking acts on the running count: requests already running are never
+            // evicted, so one over-target step lowers the batch below them once, not per step.
+            if decode_ms > target && batch > min && batch >= stepped {
+                batch = stepped.saturating_sub(1).max(min);
                 set_batch(&shared, batch, "latency_over_target");
             } else if decode_ms < 0.8 * target && !waiting.is_empty() && running.len() >= batch {
                 // Room under the target: admit one more request per step.
