@@ -598,12 +598,16 @@ impl Backend for WgpuBackend {
         } else {
             ("matvec", t.matvec_wg)
         };
+        // Rows of at least 32 values per lane take the wide matvec (whole-word code reads).
+        let wide = !tiled && gw.cols >= 32 * t.matvec_wg as usize;
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
         defines.extend([
             ("ROWS_PER_WG", Define::U32(t.matvec_rows)),
             ("TILE_T", Define::U32(t.tile_t)),
             ("TILE_R", Define::U32(t.tile_r)),
+            ("TILE_K", Define::U32(t.tile_k())),
+            ("WIDE", Define::Bool(wide)),
         ]);
         let key = KernelKey {
             file: ShaderFile::Matmul,

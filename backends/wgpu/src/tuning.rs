@@ -58,8 +58,9 @@ impl Tuning {
         Tuning {
             matvec_wg: 64,
             matvec_rows: 4,
-            tile_t: 32,
-            tile_r: 64,
+            // 4 × 8 outputs per lane of the 16 × 16 tiled-matmul lanes.
+            tile_t: 64,
+            tile_r: 128,
             elementwise_wg: 256,
             norm_wg: 256.min(limits.max_compute_invocations_per_workgroup),
             attn_wg: 64,
@@ -83,6 +84,17 @@ impl Tuning {
             }
         }
         (1, 1)
+    }
+
+    /// Columns per step of the tiled matmul: 32 where both f32 tiles of that depth fit the
+    /// workgroup memory, else 16.
+    pub fn tile_k(&self) -> u32 {
+        let bytes = |k: u32| k * (self.tile_t + self.tile_r) * 4;
+        if bytes(32) <= self.workgroup_bytes {
+            32
+        } else {
+            16
+        }
     }
 
     /// Splits of a decode attention over `len` keys.

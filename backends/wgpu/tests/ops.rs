@@ -160,6 +160,52 @@ fn quantized_matmul_every_format() {
     }
 }
 
+/// The wide matvec (rows of at least 32 values per lane: 2080 = 32 · 65 columns, one block past
+/// a multiple of the 64 lanes), every bit width, a group that a block fills and one spanning
+/// four blocks (plus a partial last group), both schemes. Same bound as `check_matmul`.
+#[test]
+fn wide_matvec_every_format() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let (rows, cols) = (13usize, 2080usize);
+    let backends = variants();
+    let w = rand_vec(&mut rng, rows * cols);
+    let xv = rand_vec(&mut rng, cols);
+    for bits in [8u8, 4, 3, 2] {
+        for group in [32usize, 128] {
+            for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
+                let q =
+                    quantize(&w, rows, cols, QuantSpec::new(bits, group, scheme).unwrap()).unwrap();
+                let dense = q.dequantize();
+                let (want, mag) = reference::matmul(&dense, rows, cols, &xv, 1);
+                for b in &backends {
+                    let id = b.upload_weight(WeightMatrix::Quantized(q.clone())).unwrap();
+                    let (x, out) = (b.upload(&xv).unwrap(), b.alloc(rows).unwrap());
+                    b.matmul(id, x, out, 1).unwrap();
+                    let err = max_rel(&b.read(out, 0, rows).unwrap(), &want, &mag, 1e-3);
+                    assert!(
+                        err < matmul_tol(b),
+                        "{bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
+                        b.paths()
+                    );
+                    b.free(x);
+                    b.free(out);
+                }
+            }
+        }
+    }
+    for b in &backends {
+        let k = b.compiled_kernels();
+        for bits in [8, 4, 3, 2] {
+            assert!(
+                k.iter().any(|l| l.starts_with("matvec[")
+                    && l.contains(&format!(",BITS={bits},"))
+                    && l.contains("WIDE=1")),
+                "wide {bits}-bit matvec never ran: {k:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn dense_matmul_f32_and_f16() {
     let mut rng = StdRng::seed_from_u64(2);
