@@ -4,7 +4,58 @@ use crate::device::GpuDevice;
 use crate::shader::KernelKey;
 use lowbit_core::Result;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
+
+/// The multiply-rotate hash of rustc (FxHash): the recording hot path hashes a pipeline key and
+/// a bind-group key per dispatch, and these are not attacker-controlled, so SipHash's cost buys
+/// nothing.
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.add(u64::from_le_bytes(c.try_into().expect("8-byte chunk")));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            self.add(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u32(&mut self, i: u32) {
+        self.add(u64::from(i));
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.add(i);
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.add(i as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` with [`FxHasher`].
+pub(crate) type FastMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
 /// How a kernel uses one binding. Binding 0 is always the 64-byte parameter block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +83,7 @@ pub(crate) struct Kernel {
 /// Pipelines by key.
 #[derive(Default)]
 pub(crate) struct PipelineCache {
-    map: HashMap<KernelKey, Arc<Kernel>>,
+    map: FastMap<KernelKey, Arc<Kernel>>,
 }
 
 impl PipelineCache {

@@ -9,10 +9,9 @@
 //! dispatch gets its own pass, timed.
 
 use crate::device::GpuDevice;
-use crate::pipelines::Kernel;
+use crate::pipelines::{FastMap, Kernel};
 use crate::profiling::Profiler;
 use lowbit_core::{Error, Result};
-use std::collections::HashMap;
 
 /// Bytes of one parameter block (16 scalars).
 const PARAMS_BYTES: u64 = 64;
@@ -65,7 +64,7 @@ pub(crate) struct Recorder {
     ring: wgpu::Buffer,
     /// Offset alignment of both uniform and storage dynamic offsets.
     align: u64,
-    bind_groups: HashMap<BindKey, wgpu::BindGroup>,
+    bind_groups: FastMap<BindKey, wgpu::BindGroup>,
     /// Bind groups created so far (tests check that steady decode steps create none).
     pub bind_groups_created: u64,
     /// Buffer that [`Recorder::read`] maps, reused while large enough.
@@ -98,7 +97,7 @@ impl Recorder {
             staged: Vec::new(),
             ring: ring_buffer(dev, INITIAL_RING_BYTES),
             align,
-            bind_groups: HashMap::new(),
+            bind_groups: FastMap::default(),
             bind_groups_created: 0,
             readback: None,
             profiler: dev.timestamps.then(|| Profiler::new(dev)),
