@@ -24,7 +24,7 @@ scripts/fetch-models.sh all
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --release --all-targets -- -D warnings
+cargo clippy --release --workspace --all-targets -- -D warnings
 echo "== wasm32 build of core + cpu (scalar and simd128)"
 cargo build --release --target wasm32-unknown-unknown -p lowbit-core --no-default-features
 cargo build --release --target wasm32-unknown-unknown -p lowbit-cpu

@@ -6,7 +6,7 @@ use lowbit::core::adapter::{Logits, TextModel};
 use lowbit::core::generate::peak_rss_bytes;
 use lowbit::{Error, Result};
 use serde::Serialize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
@@ -153,7 +153,7 @@ fn copy_bandwidth(b: &dyn lowbit::core::Backend) -> Result<f64> {
 }
 
 /// Runs llama-bench on one GGUF and turns its JSON into rows.
-fn bench_peer(bin: &PathBuf, model: &PathBuf, a: &BenchArgs, threads: usize) -> Result<Vec<Row>> {
+fn bench_peer(bin: &Path, model: &Path, a: &BenchArgs, threads: usize) -> Result<Vec<Row>> {
     let out = Command::new(bin)
         .args(["-m", &model.to_string_lossy()])
         .args([
