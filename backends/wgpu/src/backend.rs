@@ -99,7 +99,8 @@ impl WgpuBackend {
     /// Opens a device per `opts`.
     pub fn new(opts: &WgpuOptions) -> Result<Self> {
         let dev = GpuDevice::open(opts)?;
-        let tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
+        let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
+        tuning.wide_matvec = opts.wide_matvec;
         let device_max = dev
             .limits
             .max_storage_buffer_binding_size
@@ -598,8 +599,8 @@ impl Backend for WgpuBackend {
         } else {
             ("matvec", t.matvec_wg)
         };
-        // Rows of at least 32 values per lane take the wide matvec (whole-word code reads).
-        let wide = !tiled && gw.cols >= 32 * t.matvec_wg as usize;
+        // Rows of at least 32 values per lane may take the wide matvec (whole-word code reads).
+        let wide = !tiled && t.wide_matvec && gw.cols >= 32 * t.matvec_wg as usize;
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
         defines.extend([

@@ -26,6 +26,10 @@ pub struct WgpuOptions {
     /// Workgroup sizes per kernel family (from a profile); the tuning fits them to the device.
     /// `None`: the tuning's own defaults.
     pub workgroups: Option<KernelWorkgroups>,
+    /// Use the wide matvec (32 columns per lane step) on long rows. Off by default: on the
+    /// H100 it measured slower than the narrow kernel (8B int4: 12.8 against 8.5 ms of matvec
+    /// per token). `from_env` turns it on with `LOWBIT_WGPU_WIDE_MATVEC=1`.
+    pub wide_matvec: bool,
 }
 
 impl WgpuOptions {
@@ -35,6 +39,7 @@ impl WgpuOptions {
         let allow = std::env::var("LOWBIT_ALLOW_SOFTWARE_ADAPTER").is_ok_and(|v| v == "1");
         WgpuOptions {
             allow_software: allow,
+            wide_matvec: std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "1"),
             ..Default::default()
         }
     }

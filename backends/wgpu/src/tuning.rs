@@ -22,6 +22,8 @@ pub(crate) struct Tuning {
     pub attn_wg: u32,
     /// Keys per decode split.
     pub split_len: u32,
+    /// Use the wide matvec variant on long rows (see `WgpuOptions::wide_matvec`).
+    pub wide_matvec: bool,
     /// Workgroup memory available, bytes.
     workgroup_bytes: u32,
 }
@@ -56,6 +58,7 @@ impl Tuning {
     /// Sizes for a device with these limits.
     pub fn new(limits: &wgpu::Limits) -> Self {
         Tuning {
+            wide_matvec: false,
             matvec_wg: 64,
             matvec_rows: 4,
             // 4 × 8 outputs per lane of the 16 × 16 tiled-matmul lanes.

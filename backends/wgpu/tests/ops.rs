@@ -17,9 +17,14 @@ fn rand_vec(rng: &mut StdRng, n: usize) -> Vec<f32> {
 }
 
 fn backend(f16: bool, subgroups: bool) -> WgpuBackend {
+    backend_with(f16, subgroups, false)
+}
+
+fn backend_with(f16: bool, subgroups: bool, wide_matvec: bool) -> WgpuBackend {
     WgpuBackend::new(&WgpuOptions {
         f16: Some(f16),
         subgroups: Some(subgroups),
+        wide_matvec,
         ..WgpuOptions::software()
     })
     .expect("a software WebGPU adapter (install mesa-vulkan-drivers)")
@@ -27,6 +32,10 @@ fn backend(f16: bool, subgroups: bool) -> WgpuBackend {
 
 /// Every kernel path the adapter supports, each as its own backend.
 fn variants() -> Vec<WgpuBackend> {
+    variants_with(false)
+}
+
+fn variants_with(wide_matvec: bool) -> Vec<WgpuBackend> {
     let auto = WgpuBackend::new(&WgpuOptions::software())
         .expect("a software WebGPU adapter (install mesa-vulkan-drivers)")
         .paths();
@@ -34,7 +43,7 @@ fn variants() -> Vec<WgpuBackend> {
     for f16 in [false, true] {
         for sg in [false, true] {
             if (!f16 || auto.f16) && (!sg || auto.subgroups) {
-                let b = backend(f16, sg);
+                let b = backend_with(f16, sg, wide_matvec);
                 assert_eq!(b.paths(), KernelPaths { f16, subgroups: sg });
                 v.push(b);
             }
@@ -167,7 +176,7 @@ fn quantized_matmul_every_format() {
 fn wide_matvec_every_format() {
     let mut rng = StdRng::seed_from_u64(9);
     let (rows, cols) = (13usize, 2080usize);
-    let backends = variants();
+    let backends = variants_with(true);
     let w = rand_vec(&mut rng, rows * cols);
     let xv = rand_vec(&mut rng, cols);
     for bits in [8u8, 4, 3, 2] {
