@@ -14,6 +14,9 @@ fn main() {
         .unwrap_or_else(|| "rustc unknown".into());
     let mut features: Vec<String> = std::env::vars()
         .filter_map(|(k, _)| k.strip_prefix("CARGO_FEATURE_").map(str::to_lowercase))
+        // `default` only names other features; which of those are on is what matters, and
+        // whether `default` itself shows depends on how cargo unified the build.
+        .filter(|f| f != "default")
         .collect();
     features.sort();
     let profile_layout = std::env::var("TARGET").unwrap_or_default();

@@ -71,10 +71,8 @@ fn truncated_model_gives_model_loading_failed_as_json() {
 fn bad_flag_values_are_invalid_config() {
     for args in [
         vec!["--quant", "int5"],
-        vec!["--group-size", "48"],
         vec!["--temperature=-1"],
         vec!["--top-p", "1.5"],
-        vec!["--backend", "tpu"],
     ] {
         let out = lowbit()
             .args(["generate", "--json", "--prompt", "hi", "--model"])
@@ -86,6 +84,34 @@ fn bad_flag_values_are_invalid_config() {
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["error"]["code"], "INVALID_CONFIG", "{args:?}: {v}");
     }
+}
+
+/// A group size the kernels cannot use is auto-corrected by the config validator (not an
+/// error), and the correction is reported on stderr with the reason.
+#[test]
+fn invalid_group_size_is_corrected_and_reported() {
+    let out = lowbit()
+        .args([
+            "generate",
+            "--json",
+            "-n",
+            "2",
+            "--prompt",
+            "hi",
+            "--group-size",
+            "48",
+            "--model",
+        ])
+        .arg(common::smollm2())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("quantization.group_size = 48 → 32"), "{err}");
 }
 
 #[test]
