@@ -420,7 +420,9 @@ impl TextModel for LlamaModel {
         }
         let hp = &self.hp;
         let b = &self.backend;
-        let s = cache.scratch.clone();
+        let s: [BufferId; 9] = cache.scratch[..]
+            .try_into()
+            .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))?;
         let (dim, kv_dim, ffn) = (hp.dim, hp.kv_dim(), hp.ffn_dim);
         let pos0 = cache.pos;
         let att = AttentionParams {

@@ -83,7 +83,8 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<Vec<Row>> {
+/// Runs the tests on one model; returns the rows and the bytes of the KV cache they used.
+fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<(Vec<Row>, usize)> {
     let vocab = model.config().vocab_size;
     let ctx = a.prompt_tokens.max(a.gen_tokens) + 1;
     let mut cache = model.new_cache(ctx)?;
@@ -130,7 +131,7 @@ fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<V
         let bw = m * model.weight_bytes() as f64 / 1e9;
         rows.push(base(format!("tg{}", a.gen_tokens), (m, sd), Some(bw)));
     }
-    Ok(rows)
+    Ok((rows, cache.bytes))
 }
 
 /// Times buffer-to-buffer copies of 64 MiB (fits every storage-binding limit) on the backend:
@@ -227,10 +228,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     } else {
         a.model.threads
     };
-    let quants: Vec<String> = match &a.quants {
-        Some(q) => q.split(',').map(|s| s.trim().to_owned()).collect(),
-        None => vec![a.model.quant.clone()],
-    };
+    let quants = super::common::quant_list(a.quants.as_deref(), &a.model.quant);
     let mut rows = Vec::new();
     let mut kv_bytes = 0;
     let mut timings = Vec::new();
@@ -243,14 +241,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         if a.copy_bandwidth && copy_gbs.is_none() {
             copy_gbs = Some(copy_bandwidth(backend.as_ref())?);
         }
-        kv_bytes = model.config().n_layers
-            * 2
-            * (a.prompt_tokens.max(a.gen_tokens) + 1)
-            * model.config().n_kv_heads
-            * (model.config().dim / model.config().n_heads)
-            * 4;
         backend.reset_kernel_timings();
-        rows.extend(bench_model(model.as_ref(), a, threads)?);
+        let (r, kv) = bench_model(model.as_ref(), a, threads)?;
+        rows.extend(r);
+        kv_bytes = kv;
         if a.kernel_timings {
             timings.push((model.plan().layers.label(), backend.kernel_timings()));
         }

@@ -184,6 +184,14 @@ impl ModelArgs {
     }
 }
 
+/// The precisions of a run: `--quants a,b,c` when given, else `--quant`.
+pub fn quant_list(quants: Option<&str>, quant: &str) -> Vec<String> {
+    match quants {
+        Some(q) => q.split(',').map(|s| s.trim().to_owned()).collect(),
+        None => vec![quant.to_owned()],
+    }
+}
+
 /// Prints an error: as JSON on stdout with `--json`, else on stderr.
 pub fn report_error(e: &Error, json: bool) {
     if json {

@@ -32,10 +32,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file).map_err(|e| {
         Error::invalid_config(format!("cannot read text file {}: {e}", a.file.display()))
     })?;
-    let quants: Vec<String> = match &a.quants {
-        Some(q) => q.split(',').map(|s| s.trim().to_owned()).collect(),
-        None => vec![a.model.quant.clone()],
-    };
+    let quants = super::common::quant_list(a.quants.as_deref(), &a.model.quant);
     let mut rows = Vec::new();
     if !a.model.json {
         println!(

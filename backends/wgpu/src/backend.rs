@@ -86,6 +86,13 @@ fn check_len(what: &str, b: &Buf, need: usize) -> Result<()> {
     Ok(())
 }
 
+/// The uploaded weight `id`, or an error naming it.
+fn weight(weights: &HashMap<u32, GpuWeight>, id: WeightId) -> Result<&GpuWeight> {
+    weights
+        .get(&id.0)
+        .ok_or_else(|| Error::invalid_config(format!("unknown weight {}", id.0)))
+}
+
 fn distinct(what: &str, a: BufferId, b: BufferId) -> Result<()> {
     if a == b {
         return Err(Error::invalid_config(format!(
@@ -473,9 +480,7 @@ impl Backend for WgpuBackend {
             dummy,
             ..
         } = &mut *st;
-        let w = weights
-            .get(&table.0)
-            .ok_or_else(|| Error::invalid_config(format!("unknown weight {}", table.0)))?;
+        let w = weight(weights, table)?;
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= w.rows) {
             return Err(Error::invalid_config(format!(
                 "token id {t} is outside the table ({} rows)",
@@ -582,9 +587,7 @@ impl Backend for WgpuBackend {
             dummy,
             ..
         } = &mut *st;
-        let gw = weights
-            .get(&w.0)
-            .ok_or_else(|| Error::invalid_config(format!("unknown weight {}", w.0)))?;
+        let gw = weight(weights, w)?;
         let get = |id: BufferId| {
             buffers
                 .get(&id.0)

@@ -17,6 +17,16 @@ impl FileBytes {
     /// Maps `path` read-only (feature `native`), falling back to reading it whole when mapping
     /// fails (empty files, file systems without mmap) or the feature is off.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_inner(path)
+    }
+
+    /// Opens `path` and hands its bytes to `parse`; errors of either step name the file.
+    pub fn parse_file<T>(path: &Path, parse: impl FnOnce(FileBytes) -> Result<T>) -> Result<T> {
+        parse(Self::open_inner(path)?)
+            .map_err(|e| Error::new(e.code, format!("{}: {}", path.display(), e.message)))
+    }
+
+    fn open_inner(path: &Path) -> Result<Self> {
         let file_error =
             |e: std::io::Error| Error::model_loading(format!("{}: {e}", path.display()));
         #[cfg(feature = "native")]

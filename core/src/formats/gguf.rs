@@ -95,9 +95,7 @@ pub struct GgufFile {
 impl GgufFile {
     /// Opens and parses a GGUF file (memory-mapped under feature `native`, read otherwise).
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = FileBytes::open(path)?;
-        Self::parse(bytes)
-            .map_err(|e| Error::new(e.code, format!("{}: {}", path.display(), e.message)))
+        FileBytes::parse_file(path, Self::parse)
     }
 
     /// Parses a GGUF file held in memory.

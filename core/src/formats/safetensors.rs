@@ -123,9 +123,7 @@ pub struct SafeTensors {
 impl SafeTensors {
     /// Opens and parses a safetensors file (memory-mapped under feature `native`).
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = FileBytes::open(path)?;
-        Self::parse(bytes)
-            .map_err(|e| Error::new(e.code, format!("{}: {}", path.display(), e.message)))
+        FileBytes::parse_file(path, Self::parse)
     }
 
     /// Parses a safetensors file held in memory.
