@@ -1,7 +1,9 @@
-//! [`CpuBackend`]: buffers in host memory, operations run eagerly on a private rayon pool.
+//! [`CpuBackend`]: buffers in host memory, operations run eagerly on a private spinning pool
+//! ([`crate::pool`]).
 
 use crate::buffers::BufferSlab;
 use crate::kernels::{scalar, Isa};
+use crate::pool::SpinPool;
 use crate::{info, matmul, ops};
 use half::f16;
 use lowbit_core::backend::{
@@ -17,7 +19,7 @@ use std::sync::{Arc, RwLock};
 pub struct CpuBackend {
     isa: Isa,
     threads: usize,
-    pool: Option<rayon::ThreadPool>,
+    pool: SpinPool,
     buffers: BufferSlab,
     weights: RwLock<Vec<Arc<WeightMatrix>>>,
     weight_bytes: AtomicUsize,
@@ -125,15 +127,9 @@ impl CpuBackend {
         } else {
             threads
         };
-        // Without thread support (wasm32) building a pool fails: run on the calling thread.
-        let pool = match rayon::ThreadPoolBuilder::new().num_threads(threads).build() {
-            Ok(p) => Some(p),
-            Err(e) => {
-                tracing::debug!("no rayon pool ({e}); running CPU ops on the calling thread");
-                None
-            }
-        };
-        let threads = if pool.is_some() { threads } else { 1 };
+        // Without thread support (wasm32) no helper starts and ops run on the calling thread.
+        let pool = SpinPool::new(threads);
+        let threads = pool.threads();
         Ok(CpuBackend {
             isa,
             threads,
@@ -147,13 +143,6 @@ impl CpuBackend {
     /// The kernels in use.
     pub fn isa(&self) -> Isa {
         self.isa
-    }
-
-    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        match &self.pool {
-            Some(p) => p.install(f),
-            None => f(),
-        }
     }
 
     fn weight(&self, id: WeightId) -> Result<Arc<WeightMatrix>> {
@@ -266,14 +255,13 @@ impl Backend for CpuBackend {
         if dim == 0 {
             return Err(Error::invalid_config("rms_norm: dim must be positive"));
         }
-        self.install(|| {
-            self.buffers.with(&[x, weight], out, |ins, o| {
-                ensure("rms_norm", "x", ins[0].len(), need)?;
-                ensure("rms_norm", "weight", ins[1].len(), dim)?;
-                ensure("rms_norm", "output buffer", o.len(), need)?;
-                ops::norm::rms_norm(self.isa, &ins[0][..need], ins[1], &mut o[..need], dim, eps);
-                Ok(())
-            })
+        self.buffers.with(&[x, weight], out, |ins, o| {
+            ensure("rms_norm", "x", ins[0].len(), need)?;
+            ensure("rms_norm", "weight", ins[1].len(), dim)?;
+            ensure("rms_norm", "output buffer", o.len(), need)?;
+            let (x, o) = (&ins[0][..need], &mut o[..need]);
+            ops::norm::rms_norm(&self.pool, self.isa, x, ins[1], o, dim, eps);
+            Ok(())
         })
     }
 
@@ -285,20 +273,12 @@ impl Backend for CpuBackend {
         if n == 0 || rows == 0 {
             return Ok(());
         }
-        self.install(|| {
-            self.buffers.with(&[x], out, |ins, o| {
-                ensure("matmul", "x", ins[0].len(), need_x)?;
-                ensure("matmul", "output buffer", o.len(), need_out)?;
-                matmul::matmul(
-                    self.isa,
-                    self.threads,
-                    &wm,
-                    &ins[0][..need_x],
-                    n,
-                    &mut o[..need_out],
-                );
-                Ok(())
-            })
+        self.buffers.with(&[x], out, |ins, o| {
+            ensure("matmul", "x", ins[0].len(), need_x)?;
+            ensure("matmul", "output buffer", o.len(), need_out)?;
+            let (x, o) = (&ins[0][..need_x], &mut o[..need_out]);
+            matmul::matmul(&self.pool, self.isa, &wm, x, n, o);
+            Ok(())
         })
     }
 
@@ -361,15 +341,14 @@ impl Backend for CpuBackend {
         let need_q = span("attention", &[p.n_tokens, p.n_heads, p.head_dim])?;
         let ctx = p.pos0.saturating_add(p.n_tokens);
         let need_kv = span("attention", &[ctx, p.n_kv_heads, p.head_dim])?;
-        self.install(|| {
-            self.buffers.with(&[q, k_cache, v_cache], out, |ins, o| {
-                ensure("attention", "q", ins[0].len(), need_q)?;
-                ensure("attention", "k cache", ins[1].len(), need_kv)?;
-                ensure("attention", "v cache", ins[2].len(), need_kv)?;
-                ensure("attention", "output buffer", o.len(), need_q)?;
-                ops::attention::attention(self.isa, ins[0], ins[1], ins[2], o, p);
-                Ok(())
-            })
+        self.buffers.with(&[q, k_cache, v_cache], out, |ins, o| {
+            ensure("attention", "q", ins[0].len(), need_q)?;
+            ensure("attention", "k cache", ins[1].len(), need_kv)?;
+            ensure("attention", "v cache", ins[2].len(), need_kv)?;
+            ensure("attention", "output buffer", o.len(), need_q)?;
+            let pool = &self.pool;
+            ops::attention::attention(pool, self.isa, ins[0], ins[1], ins[2], o, p);
+            Ok(())
         })
     }
 

@@ -1,7 +1,7 @@
 //! lowbit-cpu: the CPU backend. Weights stay in their packed low-bit form; matmul quantizes the
 //! activations to int8 blocks of 32 and runs integer dot products on the codes with SIMD
 //! kernels (AVX2/FMA on x86-64, `simd128` on wasm32, portable scalar elsewhere), spread over a
-//! private rayon pool of `BackendOptions::threads` workers.
+//! private pool of `BackendOptions::threads` workers that spin between operations (`pool.rs`).
 //!
 //! Registered as backend `cpu` (priority 10) through [`lowbit_core::registry`].
 
@@ -11,6 +11,7 @@ mod info;
 mod kernels;
 mod matmul;
 mod ops;
+mod pool;
 
 pub use backend::CpuBackend;
 pub use kernels::Isa;

@@ -2,13 +2,13 @@
 //! hands each chunk to the kernels.
 
 use crate::kernels::{self, DenseRows, Isa, Q8Activations};
+use crate::pool::{SharedMut, SpinPool};
 use lowbit_core::backend::WeightMatrix;
 use lowbit_core::quant::QuantizedMatrix;
-use rayon::prelude::*;
 
-/// Output rows per task: about eight tasks per thread balances load without tiny tasks.
+/// Output rows per task: about four tasks per thread balances load without tiny tasks.
 fn rows_per_task(rows: usize, threads: usize) -> usize {
-    rows.div_ceil(threads.max(1) * 8).max(1)
+    rows.div_ceil(threads.max(1) * 4).max(1)
 }
 
 /// A weight with its activations prepared for the kernels.
@@ -18,10 +18,10 @@ enum Operands<'a> {
 }
 
 /// `out[n, rows] = x[n, cols] · Wᵀ`; slices are already bounds-checked by the caller. Runs on
-/// the caller's rayon pool.
+/// `pool`.
 pub(crate) fn matmul(
+    pool: &SpinPool,
     isa: Isa,
-    threads: usize,
     w: &WeightMatrix,
     x: &[f32],
     n: usize,
@@ -29,25 +29,30 @@ pub(crate) fn matmul(
 ) {
     let (rows, cols) = w.shape();
     let ops = match w {
-        WeightMatrix::Quantized(m) => Operands::Quantized(
-            m,
-            kernels::quantize_activations(isa, x, n, cols, m.spec.bits),
-        ),
+        WeightMatrix::Quantized(m) => {
+            Operands::Quantized(m, kernels::quantize_activations(isa, x, n, cols, m.spec))
+        }
         WeightMatrix::F32 { data, .. } => Operands::Dense(DenseRows::F32(data)),
         WeightMatrix::F16 { data, .. } => Operands::Dense(DenseRows::F16(data)),
     };
-    let chunk = rows_per_task(rows, threads);
+    let chunk = rows_per_task(rows, pool.threads());
     // Each task fills `chunk` weight rows × `n` activations, row-major by weight row, so every
     // weight row is read (and unpacked) once for all activation rows.
     let by_row = |dst: &mut [f32]| {
-        dst.par_chunks_mut(chunk * n)
-            .enumerate()
-            .for_each(|(t, d)| match &ops {
+        let total = dst.len();
+        let shared = SharedMut::new(dst);
+        pool.run(total.div_ceil(chunk * n), &|t| {
+            let start = t * chunk * n;
+            // SAFETY: task `t` owns elements `start .. start + chunk * n` (clipped to the end)
+            // of `dst`, which outlives `run`.
+            let d = unsafe { shared.slice(start, (chunk * n).min(total - start)) };
+            match &ops {
                 Operands::Quantized(m, act) => {
                     kernels::quantized_rows(isa, m, t * chunk, act, n, d)
                 }
                 Operands::Dense(dw) => kernels::dense_rows(isa, *dw, cols, t * chunk, x, n, d),
-            })
+            }
+        })
     };
     if n == 1 {
         by_row(&mut out[..rows]);

@@ -7,9 +7,9 @@
 //! sums per block. 8-bit codes go through the sign trick instead (`code - 128` as i8), because
 //! u8 × i8 pairs of 255 × 127 would saturate `maddubs`.
 
-use super::{group_bias, group_sum, offset_at, Q8Activations, Q8Row, BLOCK};
+use super::{code_zero, Q8Activations, Q8Row, BLOCK};
 use half::f16;
-use lowbit_core::quant::QuantizedMatrix;
+use lowbit_core::quant::{QuantizedMatrix, Scheme};
 use std::arch::x86_64::*;
 
 /// Whether the CPU has everything the kernels here use.
@@ -140,17 +140,90 @@ unsafe fn decode_block<const BITS: usize>(p: *const u32) -> __m256i {
     }
 }
 
-/// Eight i32 partial sums of `codes · x` for one block.
+/// Scale · d of blocks `b0 .. b0 + 8` of one row (`d` is zero-padded to a multiple of 8).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_dot<const BITS: usize>(codes: __m256i, x: *const i8) -> __m256i {
-    let x = _mm256_loadu_si256(x as *const __m256i);
-    let p16 = if BITS == 8 {
-        _mm256_maddubs_epi16(_mm256_abs_epi8(codes), _mm256_sign_epi8(x, codes))
+unsafe fn block_scales(scales: &Scales, f: RowFormat, b0: usize, d: __m256) -> __m256 {
+    let s = if f.bpg == 1 {
+        scales.load8(b0)
     } else {
-        _mm256_maddubs_epi16(codes, x)
+        let mut t = [0f32; 8];
+        for (k, tk) in t.iter_mut().enumerate().take(f.nb - b0) {
+            *tk = f16_to_f32(*scales.ptr.add((b0 + k) / f.bpg));
+        }
+        _mm256_loadu_ps(t.as_ptr())
     };
-    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+    _mm256_mul_ps(s, d)
+}
+
+/// Integer dot of one block (codes already unpacked) with the activations at `xv`, as eight
+/// f32 partial sums; see [`dot_row`] for `CORR`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_product<const BITS: usize, const CORR: bool>(
+    c: __m256i,
+    xv: __m256i,
+    corr: *const i16,
+) -> __m256 {
+    let mut p16 = if BITS == 8 {
+        _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xv, c))
+    } else {
+        _mm256_maddubs_epi16(c, xv)
+    };
+    if CORR {
+        p16 = _mm256_sub_epi16(p16, _mm256_loadu_si256(corr as *const __m256i));
+    }
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+}
+
+/// [`dot_row`] of two packed rows against the same activations: every activation load and
+/// correction is shared, and each row keeps its own accumulator.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows2<const BITS: usize, const CORR: bool>(
+    words: [*const u32; 2],
+    scales: [&Scales; 2],
+    f: RowFormat,
+    x: Q8Row<'_>,
+) -> [f32; 2] {
+    let qs = x.qs.as_ptr();
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let mut b0 = 0;
+    while b0 < f.nb {
+        let d = _mm256_loadu_ps(x.d.as_ptr().add(b0));
+        let sd = [
+            block_scales(scales[0], f, b0, d),
+            block_scales(scales[1], f, b0, d),
+        ];
+        let mut step = |k: usize| {
+            let b = b0 + k;
+            let xv = _mm256_loadu_si256(qs.add(b * BLOCK) as *const __m256i);
+            let corr = x.corr.as_ptr().wrapping_add(b * BLOCK / 2);
+            let idx = _mm256_set1_epi32(k as i32);
+            for r in 0..2 {
+                let c = decode_block::<BITS>(words[r].add(b * BITS));
+                let p = block_product::<BITS, CORR>(c, xv, corr);
+                let s = _mm256_permutevar8x32_ps(sd[r], idx);
+                acc[r] = _mm256_fmadd_ps(p, s, acc[r]);
+            }
+        };
+        if b0 + 8 <= f.nb {
+            step(0);
+            step(1);
+            step(2);
+            step(3);
+            step(4);
+            step(5);
+            step(6);
+            step(7);
+        } else {
+            for k in 0..f.nb - b0 {
+                step(k);
+            }
+        }
+        b0 += 8;
+    }
+    [hsum(acc[0]), hsum(acc[1])]
 }
 
 #[inline]
@@ -198,114 +271,226 @@ unsafe fn rows<const BITS: usize>(
     let count = out.len() / n;
     let rw = m.row_words();
     let gpr = m.groups_per_row();
-    let bpg = m.spec.group_size / BLOCK;
     let nb = m.cols / BLOCK;
     assert!((first_row + count) * rw <= m.data.len());
     assert!((first_row + count) * gpr <= m.scales.len());
-    assert!(act.qs.len() >= n * m.cols && act.d.len() >= n * nb);
-    // Σx per group of every activation row, for the bias term.
-    let gsums: Vec<f32> = (0..n * gpr)
-        .map(|i| group_sum(act.row(i / gpr).sums, i % gpr, bpg))
-        .collect();
-    let mut gscale = vec![0f32; gpr];
-    let mut gbias = vec![0f32; gpr];
-    let mut bscale = vec![0f32; nb];
+    assert!(act.qs.len() >= n * m.cols && act.d.len() >= n * act.d_stride);
+    let asym = m.spec.scheme == Scheme::Asymmetric;
+    assert!(!asym || (m.offsets.len() == m.scales.len() && act.gsums.len() >= n * gpr));
+    let corr = !asym && BITS < 8;
+    assert!(!corr || act.corr.len() >= n * m.cols / 2);
+    let zero = code_zero(m.spec.scheme, m.spec.bits) as f32;
+    let row = RowFormat {
+        nb,
+        bpg: m.spec.group_size / BLOCK,
+    };
     // Prefill unpacks each weight row once and reuses it for all `n` activation rows; decode
     // unpacks each block in registers, straight into the dot product.
     let mut codes = vec![0u8; if n > 1 { m.cols } else { 0 }];
+    if n == 1 {
+        // Decode: two rows at a time share every activation load.
+        let x = act.row(0);
+        let mut i = 0;
+        let end = m.data.as_ptr().add((first_row + count) * rw) as usize;
+        while i < count {
+            let r = first_row + i;
+            let words = m.data.as_ptr().add(r * rw);
+            // Weights stream from memory once per token: ask for the rows PREFETCH_ROWS ahead
+            // now, so the loads below find them in cache.
+            let ahead = words.add(PREFETCH_ROWS * rw) as usize;
+            let mut p = ahead;
+            while p < (ahead + 2 * rw * 4).min(end) {
+                _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                p += 64;
+            }
+            let scales = Scales::new(&m.scales, r * gpr);
+            let mut v = if i + 1 < count {
+                let w2 = [words, words.add(rw)];
+                let s2 = [&scales, &Scales::new(&m.scales, (r + 1) * gpr)];
+                let v = if corr {
+                    dot_rows2::<BITS, true>(w2, s2, row, x)
+                } else {
+                    dot_rows2::<BITS, false>(w2, s2, row, x)
+                };
+                out[i + 1] = v[1];
+                if asym {
+                    out[i + 1] += offset_term(m, (r + 1) * gpr, gpr, zero, x.gsums);
+                }
+                v[0]
+            } else if corr {
+                dot_row::<BITS, true, true>(words, &codes, &scales, row, x)
+            } else {
+                dot_row::<BITS, true, false>(words, &codes, &scales, row, x)
+            };
+            if asym {
+                v += offset_term(m, r * gpr, gpr, zero, x.gsums);
+            }
+            out[i] = v;
+            i += 2;
+        }
+        return;
+    }
     for i in 0..count {
         let r = first_row + i;
         let words = m.data.as_ptr().add(r * rw);
-        cvt_f16(&m.scales[r * gpr..(r + 1) * gpr], &mut gscale);
-        for (g, (b, s)) in gbias.iter_mut().zip(&gscale).enumerate() {
-            *b = group_bias(
-                m.spec.scheme,
-                m.spec.bits,
-                *s,
-                offset_at(m, r * gpr + g),
-                BITS == 8,
-            );
-        }
-        for (b, bs) in bscale.iter_mut().enumerate() {
-            *bs = gscale[b / bpg];
-        }
-        if n > 1 {
-            for b in 0..nb {
-                let c = decode_block::<BITS>(words.add(b * BITS));
-                _mm256_storeu_si256(codes.as_mut_ptr().add(b * BLOCK) as *mut __m256i, c);
-            }
+        let scales = Scales::new(&m.scales, r * gpr);
+        for b in 0..nb {
+            let c = decode_block::<BITS>(words.add(b * BITS));
+            _mm256_storeu_si256(codes.as_mut_ptr().add(b * BLOCK) as *mut __m256i, c);
         }
         for j in 0..n {
             let x = act.row(j);
-            let main = if n == 1 {
-                dot_blocks::<BITS, true>(words, &[], &bscale, x)
+            let mut v = if corr {
+                dot_row::<BITS, false, true>(words, &codes, &scales, row, x)
             } else {
-                dot_blocks::<BITS, false>(words, &codes, &bscale, x)
+                dot_row::<BITS, false, false>(words, &codes, &scales, row, x)
             };
-            let bias: f32 = gbias
-                .iter()
-                .zip(&gsums[j * gpr..(j + 1) * gpr])
-                .map(|(b, s)| b * s)
-                .sum();
-            out[i * n + j] = main + bias;
+            if asym {
+                v += offset_term(m, r * gpr, gpr, zero, x.gsums);
+            }
+            out[i * n + j] = v;
         }
     }
 }
 
-/// `Σ_blocks scale_b · d_b · Σ code·x_q` over a row, blocks taken from the packed `words`
-/// (`FUSED`) or from already unpacked `codes`. Two accumulators hide the FMA latency.
+/// How many rows ahead decode prefetches weights.
+const PREFETCH_ROWS: usize = 6;
+
+/// Blocks per row and per group.
+#[derive(Clone, Copy)]
+struct RowFormat {
+    nb: usize,
+    bpg: usize,
+}
+
+/// One row's f16 scales, readable eight at a time without running off the matrix's array.
+struct Scales {
+    ptr: *const f16,
+    /// Scales readable from `ptr` (the rest of the matrix's array, not just this row's).
+    avail: usize,
+}
+
+impl Scales {
+    fn new(all: &[f16], start: usize) -> Self {
+        Scales {
+            ptr: all[start..].as_ptr(),
+            avail: all.len() - start,
+        }
+    }
+
+    /// Eight scales from index `g` as f32 (lanes past the array are zero).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8(&self, g: usize) -> __m256 {
+        if g + 8 <= self.avail {
+            _mm256_cvtph_ps(_mm_loadu_si128(self.ptr.add(g) as *const __m128i))
+        } else {
+            let mut t = [f16::ZERO; 8];
+            for (k, tk) in t.iter_mut().enumerate().take(self.avail.saturating_sub(g)) {
+                *tk = *self.ptr.add(g + k);
+            }
+            _mm256_cvtph_ps(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+        }
+    }
+}
+
+/// `Σ_g (offset_g + zero · scale_g) · Σx_g` over a row's groups: the additive term of
+/// asymmetric weights (see `kernel_bias`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_blocks<const BITS: usize, const FUSED: bool>(
+unsafe fn offset_term(
+    m: &QuantizedMatrix,
+    start: usize,
+    gpr: usize,
+    zero: f32,
+    gsums: &[f32],
+) -> f32 {
+    let scales = Scales::new(&m.scales, start);
+    let offsets = Scales::new(&m.offsets, start);
+    let z = _mm256_set1_ps(zero);
+    let mut acc = _mm256_setzero_ps();
+    let mut g = 0;
+    while g + 8 <= gpr {
+        let bias = _mm256_fmadd_ps(z, scales.load8(g), offsets.load8(g));
+        acc = _mm256_fmadd_ps(bias, _mm256_loadu_ps(gsums.as_ptr().add(g)), acc);
+        g += 8;
+    }
+    let mut s = hsum(acc);
+    while g < gpr {
+        let bias = (*offsets.ptr.add(g)).to_f32() + zero * (*scales.ptr.add(g)).to_f32();
+        s += bias * gsums[g];
+        g += 1;
+    }
+    s
+}
+
+/// `Σ_blocks scale_b · d_b · Σ (code - zero)·x_q` over a row, blocks taken from the packed
+/// `words` (`FUSED`) or from already unpacked `codes`. The products `scale_b · d_b` are formed
+/// eight blocks at a time and broadcast per block with a lane permute; two accumulators hide
+/// the FMA latency. `CORR` subtracts the precomputed `zero · x_q` pair sums (symmetric weights
+/// under 8 bits; 8-bit codes are already signed).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_row<const BITS: usize, const FUSED: bool, const CORR: bool>(
     words: *const u32,
     codes: &[u8],
-    bscale: &[f32],
+    scales: &Scales,
+    f: RowFormat,
     x: Q8Row<'_>,
 ) -> f32 {
-    let nb = bscale.len();
     let qs = x.qs.as_ptr();
+    let ones = _mm256_set1_epi16(1);
     let block = |b: usize| {
         let c = if FUSED {
             decode_block::<BITS>(words.add(b * BITS))
         } else {
             _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK) as *const __m256i)
         };
-        let i = block_dot::<BITS>(c, qs.add(b * BLOCK));
-        let sd = _mm256_set1_ps(*bscale.get_unchecked(b) * *x.d.get_unchecked(b));
-        (_mm256_cvtepi32_ps(i), sd)
+        let xv = _mm256_loadu_si256(qs.add(b * BLOCK) as *const __m256i);
+        let mut p16 = if BITS == 8 {
+            _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xv, c))
+        } else {
+            _mm256_maddubs_epi16(c, xv)
+        };
+        if CORR {
+            let k = _mm256_loadu_si256(x.corr.as_ptr().add(b * BLOCK / 2) as *const __m256i);
+            p16 = _mm256_sub_epi16(p16, k);
+        }
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones))
     };
     let mut acc0 = _mm256_setzero_ps();
     let mut acc1 = _mm256_setzero_ps();
-    let mut b = 0;
-    while b + 2 <= nb {
-        let (v0, s0) = block(b);
-        let (v1, s1) = block(b + 1);
-        acc0 = _mm256_fmadd_ps(v0, s0, acc0);
-        acc1 = _mm256_fmadd_ps(v1, s1, acc1);
-        b += 2;
-    }
-    if b < nb {
-        let (v0, s0) = block(b);
-        acc0 = _mm256_fmadd_ps(v0, s0, acc0);
+    let mut b0 = 0;
+    while b0 < f.nb {
+        // scale · d of blocks b0 .. b0 + 8 (`d` is zero-padded to a multiple of 8 per row).
+        let s = if f.bpg == 1 {
+            scales.load8(b0)
+        } else {
+            let mut t = [0f32; 8];
+            for (k, tk) in t.iter_mut().enumerate().take(f.nb - b0) {
+                *tk = f16_to_f32(*scales.ptr.add((b0 + k) / f.bpg));
+            }
+            _mm256_loadu_ps(t.as_ptr())
+        };
+        let sd = _mm256_mul_ps(s, _mm256_loadu_ps(x.d.as_ptr().add(b0)));
+        let lane = |k: i32| _mm256_permutevar8x32_ps(sd, _mm256_set1_epi32(k));
+        if b0 + 8 <= f.nb {
+            acc0 = _mm256_fmadd_ps(block(b0), lane(0), acc0);
+            acc1 = _mm256_fmadd_ps(block(b0 + 1), lane(1), acc1);
+            acc0 = _mm256_fmadd_ps(block(b0 + 2), lane(2), acc0);
+            acc1 = _mm256_fmadd_ps(block(b0 + 3), lane(3), acc1);
+            acc0 = _mm256_fmadd_ps(block(b0 + 4), lane(4), acc0);
+            acc1 = _mm256_fmadd_ps(block(b0 + 5), lane(5), acc1);
+            acc0 = _mm256_fmadd_ps(block(b0 + 6), lane(6), acc0);
+            acc1 = _mm256_fmadd_ps(block(b0 + 7), lane(7), acc1);
+        } else {
+            for k in 0..f.nb - b0 {
+                acc0 = _mm256_fmadd_ps(block(b0 + k), lane(k as i32), acc0);
+            }
+        }
+        b0 += 8;
     }
     hsum(_mm256_add_ps(acc0, acc1))
-}
-
-/// f16 → f32, eight at a time with F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn cvt_f16(src: &[f16], dst: &mut [f32]) {
-    let len = src.len().min(dst.len());
-    let mut i = 0;
-    while i + 8 <= len {
-        let v = _mm256_cvtph_ps(_mm_loadu_si128(src.as_ptr().add(i) as *const __m128i));
-        _mm256_storeu_ps(dst.as_mut_ptr().add(i), v);
-        i += 8;
-    }
-    while i < len {
-        dst[i] = f16_to_f32(src[i]);
-        i += 1;
-    }
 }
 
 /// `Σ a·b` over `min(a.len(), b.len())`.

@@ -13,7 +13,7 @@ pub(crate) mod scalar;
 pub(crate) mod simd128;
 
 use half::f16;
-use lowbit_core::quant::{QuantizedMatrix, Scheme};
+use lowbit_core::quant::{QuantSpec, QuantizedMatrix, Scheme};
 
 /// Values per activation block (one int8 scale each); every weight group is a whole number of
 /// blocks because group sizes are multiples of 32.
@@ -79,10 +79,18 @@ pub(crate) struct Q8Activations {
     pub cols: usize,
     /// `n * cols` quantized values.
     pub qs: Vec<i8>,
-    /// One scale per block, `n * cols / 32`.
+    /// One scale per block; each row's scales start at a multiple of 8 (`d_stride`) and the
+    /// padding is zero, so SIMD kernels can load eight at a time.
     pub d: Vec<f32>,
-    /// Σ x of each block (unquantized, for the bias term).
-    pub sums: Vec<f32>,
+    /// Row stride of `d`: blocks per row rounded up to 8.
+    pub d_stride: usize,
+    /// Σ x per weight group (asymmetric weights only, for the offset term), `n * groups`.
+    pub gsums: Vec<f32>,
+    /// Weight groups per row (`gsums` stride).
+    pub groups: usize,
+    /// AVX2 only, symmetric weights of fewer than 8 bits: per block, the 16 pairwise sums
+    /// `zero · (x_q[2i] + x_q[2i+1])` that turn `Σ code·x_q` into `Σ (code - zero)·x_q`.
+    pub corr: Vec<i16>,
 }
 
 /// One row of [`Q8Activations`].
@@ -90,37 +98,52 @@ pub(crate) struct Q8Activations {
 pub(crate) struct Q8Row<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
-    pub sums: &'a [f32],
+    pub gsums: &'a [f32],
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub corr: &'a [i16],
 }
 
 impl Q8Activations {
     /// Row `j`.
     pub fn row(&self, j: usize) -> Q8Row<'_> {
-        let nb = self.cols / BLOCK;
         Q8Row {
             qs: &self.qs[j * self.cols..(j + 1) * self.cols],
-            d: &self.d[j * nb..(j + 1) * nb],
-            sums: &self.sums[j * nb..(j + 1) * nb],
+            d: &self.d[j * self.d_stride..(j + 1) * self.d_stride],
+            gsums: self
+                .gsums
+                .get(j * self.groups..(j + 1) * self.groups)
+                .unwrap_or(&[]),
+            corr: self
+                .corr
+                .get(j * self.cols / 2..(j + 1) * self.cols / 2)
+                .unwrap_or(&[]),
         }
     }
 }
 
-/// Quantizes `n` rows of `cols` (a multiple of 32) for a weight of `bits`.
+/// Quantizes `n` rows of `cols` (a multiple of 32) for a weight of format `spec`.
 pub(crate) fn quantize_activations(
     isa: Isa,
     x: &[f32],
     n: usize,
     cols: usize,
-    bits: u8,
+    spec: QuantSpec,
 ) -> Q8Activations {
     let nb = cols / BLOCK;
+    let d_stride = nb.div_ceil(8) * 8;
+    let bpg = spec.group_size / BLOCK;
+    let groups = nb.div_ceil(bpg);
+    let asym = spec.scheme == Scheme::Asymmetric;
     let mut a = Q8Activations {
         cols,
         qs: vec![0; n * cols],
-        d: vec![0.0; n * nb],
-        sums: vec![0.0; n * nb],
+        d: vec![0.0; n * d_stride],
+        d_stride,
+        gsums: vec![0.0; if asym { n * groups } else { 0 }],
+        groups,
+        corr: Vec::new(),
     };
-    let order = block_order(isa, bits);
+    let order = block_order(isa, spec.bits);
     for (b, xb) in x[..n * cols].chunks_exact(BLOCK).enumerate() {
         let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -129,8 +152,18 @@ pub(crate) fn quantize_activations(
         for (p, &src) in order.iter().enumerate() {
             q[p] = (xb[src as usize] * id).round() as i8;
         }
-        a.d[b] = d;
-        a.sums[b] = xb.iter().sum();
+        let (row, rb) = (b / nb, b % nb);
+        a.d[row * d_stride + rb] = d;
+        if asym {
+            a.gsums[row * groups + rb / bpg] += xb.iter().sum::<f32>();
+        }
+    }
+    if isa == Isa::Avx2 && !asym && spec.bits < 8 {
+        let zero = code_zero(spec.scheme, spec.bits) as i16;
+        a.corr =
+            a.qs.chunks_exact(2)
+                .map(|p| zero * (p[0] as i16 + p[1] as i16))
+                .collect();
     }
     a
 }
@@ -158,30 +191,37 @@ fn block_order(isa: Isa, bits: u8) -> &'static [u8; 32] {
     }
 }
 
-/// The additive term of one group: `w = scale * code + bias`. When `signed8`, the kernel
-/// multiplies 8-bit codes as `code - 128` (AVX2 `maddubs` would saturate on u8 × i8 products of
-/// 255 × 127; every instruction set does the same so they agree), so the bias absorbs
-/// `128 * scale`.
+/// What the kernels subtract from every code before multiplying: `2^(bits-1)` for symmetric
+/// weights (so the signed value `code - zero` times the scale is the weight, and no bias term
+/// is needed), 128 for asymmetric 8-bit codes (AVX2 `maddubs` would saturate on u8 × i8
+/// products of 255 × 127, so 8-bit codes are always multiplied signed), 0 otherwise. Every
+/// instruction set uses the same convention, so they round the same way.
 #[inline]
-pub(crate) fn group_bias(scheme: Scheme, bits: u8, scale: f32, offset: f32, signed8: bool) -> f32 {
-    let base = match scheme {
-        Scheme::Symmetric => -scale * (1u32 << (bits - 1)) as f32,
-        Scheme::Asymmetric => offset,
-    };
-    if signed8 {
-        base + 128.0 * scale
-    } else {
-        base
+pub(crate) fn code_zero(scheme: Scheme, bits: u8) -> i32 {
+    match scheme {
+        Scheme::Symmetric => 1 << (bits - 1),
+        Scheme::Asymmetric if bits == 8 => 128,
+        Scheme::Asymmetric => 0,
     }
 }
 
-/// Σ x over the blocks of group `g`.
+/// The additive term of one group when weights are `scale * code + dequant_bias`.
 #[inline]
-pub(crate) fn group_sum(sums: &[f32], g: usize, blocks_per_group: usize) -> f32 {
-    let b0 = g * blocks_per_group;
-    sums[b0..(b0 + blocks_per_group).min(sums.len())]
-        .iter()
-        .sum()
+pub(crate) fn dequant_bias(scheme: Scheme, bits: u8, scale: f32, offset: f32) -> f32 {
+    match scheme {
+        Scheme::Symmetric => -scale * (1u32 << (bits - 1)) as f32,
+        Scheme::Asymmetric => offset,
+    }
+}
+
+/// The additive term of one group when the kernel multiplies `code - code_zero` (see
+/// [`code_zero`]): `w = scale * (code - zero) + kernel_bias`; zero for symmetric weights.
+#[inline]
+pub(crate) fn kernel_bias(scheme: Scheme, bits: u8, scale: f32, offset: f32) -> f32 {
+    match scheme {
+        Scheme::Symmetric => 0.0,
+        Scheme::Asymmetric => offset + code_zero(scheme, bits) as f32 * scale,
+    }
 }
 
 /// Offset of group `(r, g)`, 0 when symmetric.

@@ -1,6 +1,6 @@
 //! Portable kernels: the reference every SIMD path is tested against, and the fallback.
 
-use super::{group_bias, group_sum, offset_at, Q8Activations, Q8Row, BLOCK};
+use super::{code_zero, dequant_bias, kernel_bias, offset_at, Q8Activations, Q8Row, BLOCK};
 use half::f16;
 use lowbit_core::quant::QuantizedMatrix;
 
@@ -25,13 +25,7 @@ pub(crate) fn dequantize_row(m: &QuantizedMatrix, r: usize, out: &mut [f32]) {
     for (c, o) in out[..m.cols].iter_mut().enumerate() {
         let g = c / m.spec.group_size;
         let scale = m.scales[r * gpr + g].to_f32();
-        let bias = group_bias(
-            m.spec.scheme,
-            m.spec.bits,
-            scale,
-            offset_at(m, r * gpr + g),
-            false,
-        );
+        let bias = dequant_bias(m.spec.scheme, m.spec.bits, scale, offset_at(m, r * gpr + g));
         *o = scale * code_at(words, bits, c) as f32 + bias;
     }
 }
@@ -58,10 +52,9 @@ fn row_dot(m: &QuantizedMatrix, r: usize, x: Q8Row<'_>) -> f32 {
     let bpg = m.spec.group_size / BLOCK;
     let nb = m.cols / BLOCK;
     let words = &m.data[r * rw..(r + 1) * rw];
-    // 8-bit codes are multiplied as `code - 128`, like every SIMD path (see `group_bias`), so
-    // all instruction sets round the same way.
-    let signed8 = bits == 8;
-    let zero = if signed8 { 128 } else { 0 };
+    // Codes are multiplied as `code - zero` like every SIMD path (see `code_zero`), so all
+    // instruction sets round the same way.
+    let zero = code_zero(m.spec.scheme, m.spec.bits);
     let mut total = 0.0f32;
     for g in 0..gpr {
         let scale = m.scales[r * gpr + g].to_f32();
@@ -75,14 +68,11 @@ fn row_dot(m: &QuantizedMatrix, r: usize, x: Q8Row<'_>) -> f32 {
                 .sum();
             acc += x.d[b] * isum as f32;
         }
-        let bias = group_bias(
-            m.spec.scheme,
-            m.spec.bits,
-            scale,
-            offset_at(m, r * gpr + g),
-            signed8,
-        );
-        total += scale * acc + bias * group_sum(x.sums, g, bpg);
+        total += scale * acc;
+        if !x.gsums.is_empty() {
+            let bias = kernel_bias(m.spec.scheme, m.spec.bits, scale, offset_at(m, r * gpr + g));
+            total += bias * x.gsums[g];
+        }
     }
     total
 }

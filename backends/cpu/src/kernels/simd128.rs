@@ -5,7 +5,7 @@
 //! activations through `i32x4_dot_i16x8`.
 
 use super::scalar::code_at;
-use super::{group_bias, group_sum, offset_at, Q8Activations, Q8Row, BLOCK};
+use super::{code_zero, kernel_bias, offset_at, Q8Activations, Q8Row, BLOCK};
 use core::arch::wasm32::*;
 use lowbit_core::quant::QuantizedMatrix;
 
@@ -21,6 +21,7 @@ pub(crate) fn quantized_rows(
     let gpr = m.groups_per_row();
     let bpg = m.spec.group_size / BLOCK;
     let nb = m.cols / BLOCK;
+    let zero = code_zero(m.spec.scheme, m.spec.bits) as i16;
     let mut codes = vec![0u8; m.cols];
     for (i, o) in out.chunks_exact_mut(n).enumerate() {
         let r = first_row + i;
@@ -37,16 +38,13 @@ pub(crate) fn quantized_rows(
                 for b in g * bpg..((g + 1) * bpg).min(nb) {
                     let c = &codes[b * BLOCK..(b + 1) * BLOCK];
                     let q = &x.qs[b * BLOCK..(b + 1) * BLOCK];
-                    acc += x.d[b] * block_dot(c, q, m.spec.bits == 8) as f32;
+                    acc += x.d[b] * block_dot(c, q, zero) as f32;
                 }
-                let bias = group_bias(
-                    m.spec.scheme,
-                    m.spec.bits,
-                    scale,
-                    offset_at(m, r * gpr + g),
-                    m.spec.bits == 8,
-                );
-                total += scale * acc + bias * group_sum(x.sums, g, bpg);
+                total += scale * acc;
+                if !x.gsums.is_empty() {
+                    let off = offset_at(m, r * gpr + g);
+                    total += kernel_bias(m.spec.scheme, m.spec.bits, scale, off) * x.gsums[g];
+                }
             }
             *oj = total;
         }
@@ -89,13 +87,13 @@ fn unpack_block(words: &[u32], bits: usize, b: usize, out: &mut [u8]) {
     }
 }
 
-/// Σ codes · x over one block of 32; with `signed8` codes count as `code - 128` (the 8-bit
-/// convention of every instruction set, see `group_bias`).
-fn block_dot(c: &[u8], x: &[i8], signed8: bool) -> i32 {
+/// Σ (codes - zero) · x over one block of 32 (the convention of every instruction set, see
+/// `code_zero`).
+fn block_dot(c: &[u8], x: &[i8], zero: i16) -> i32 {
     // SAFETY: both slices hold 32 bytes.
     unsafe {
         let mut acc = i32x4_splat(0);
-        let zero = i16x8_splat(if signed8 { 128 } else { 0 });
+        let zero = i16x8_splat(zero);
         for h in 0..2 {
             let cv = v128_load(c.as_ptr().add(16 * h) as *const v128);
             let xv = v128_load(x.as_ptr().add(16 * h) as *const v128);

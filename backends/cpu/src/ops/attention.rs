@@ -1,13 +1,14 @@
 //! Causal grouped-query attention over the KV cache.
 
 use crate::kernels::{self, Isa};
+use crate::pool::{SharedMut, SpinPool};
 use lowbit_core::backend::AttentionParams;
-use rayon::prelude::*;
 
 /// Writes `softmax(q·Kᵀ·scale)·V` per (query row, head) to `out`; query `i` sees cache rows
 /// `0 ..= pos0 + i`. Query head `h` reads kv head `h / (n_heads / n_kv_heads)`. Every
 /// (row, head) pair is one task, so decode (one row) still spreads heads across threads.
 pub(crate) fn attention(
+    pool: &SpinPool,
     isa: Isa,
     q: &[f32],
     k: &[f32],
@@ -18,10 +19,15 @@ pub(crate) fn attention(
     let hd = p.head_dim;
     let kv_row = p.n_kv_heads * hd;
     let group = p.n_heads / p.n_kv_heads;
-    out[..p.n_tokens * p.n_heads * hd]
-        .par_chunks_mut(hd)
-        .enumerate()
-        .for_each_init(Vec::new, |scores: &mut Vec<f32>, (idx, o)| {
+    let pairs = p.n_tokens * p.n_heads;
+    let shared = SharedMut::new(&mut out[..pairs * hd]);
+    // A few (row, head) pairs per task, each task with its own score buffer.
+    let per_task = pairs.div_ceil(pool.threads() * 4).max(1);
+    pool.run(pairs.div_ceil(per_task), &|t| {
+        let mut scores: Vec<f32> = Vec::with_capacity(p.pos0 + p.n_tokens);
+        for idx in t * per_task..((t + 1) * per_task).min(pairs) {
+            // SAFETY: pair `idx` owns `out[idx * hd ..][..hd]`; `out` outlives `run`.
+            let o = unsafe { shared.slice(idx * hd, hd) };
             let (i, h) = (idx / p.n_heads, idx % p.n_heads);
             let kv_off = (h / group) * hd;
             let qv = &q[idx * hd..(idx + 1) * hd];
@@ -44,5 +50,6 @@ pub(crate) fn attention(
                 let vt = &v[t * kv_row + kv_off..t * kv_row + kv_off + hd];
                 kernels::axpy(isa, s * inv, vt, o);
             }
-        });
+        }
+    });
 }
