@@ -493,6 +493,51 @@ unsafe fn dot_row<const BITS: usize, const FUSED: bool, const CORR: bool>(
     hsum(_mm256_add_ps(acc0, acc1))
 }
 
+/// See `super::quantize_block`: the same scale and rounding (`cvtps_epi32` rounds to nearest
+/// even under the default MXCSR), eight lanes at a time.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C ([`available`]); `xb` and `q` hold 32 values.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn quantize_block(xb: &[f32], order: &[u8; 32], q: &mut [i8]) -> f32 {
+    assert!(xb.len() >= BLOCK && q.len() >= BLOCK);
+    let p = xb.as_ptr();
+    let v = [
+        _mm256_loadu_ps(p),
+        _mm256_loadu_ps(p.add(8)),
+        _mm256_loadu_ps(p.add(16)),
+        _mm256_loadu_ps(p.add(24)),
+    ];
+    let sign = _mm256_set1_ps(-0.0);
+    let m = _mm256_max_ps(
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+        _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])),
+    );
+    let m = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    let m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    let amax = _mm_cvtss_f32(m);
+    let d = amax / 127.0;
+    let id = _mm256_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+    let i = |k: usize| _mm256_cvtps_epi32(_mm256_mul_ps(v[k], id));
+    // packs interleaves 128-bit lanes: (0-3, 8-11, 4-7, 12-15) then (0-3,8-11,16-19,24-27,...).
+    let w = _mm256_packs_epi16(
+        _mm256_packs_epi32(i(0), i(1)),
+        _mm256_packs_epi32(i(2), i(3)),
+    );
+    let natural = _mm256_permutevar8x32_epi32(w, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    if order == &ORDER8 {
+        _mm256_storeu_si256(q.as_mut_ptr() as *mut __m256i, natural);
+    } else {
+        let mut t = [0i8; 32];
+        _mm256_storeu_si256(t.as_mut_ptr() as *mut __m256i, natural);
+        for (qp, &src) in q.iter_mut().zip(order) {
+            *qp = t[src as usize];
+        }
+    }
+    d
+}
+
 /// `Σ a·b` over `min(a.len(), b.len())`.
 ///
 /// # Safety

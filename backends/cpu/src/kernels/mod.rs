@@ -145,15 +145,9 @@ pub(crate) fn quantize_activations(
     };
     let order = block_order(isa, spec.bits);
     for (b, xb) in x[..n * cols].chunks_exact(BLOCK).enumerate() {
-        let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if d > 0.0 { 1.0 / d } else { 0.0 };
-        let q = &mut a.qs[b * BLOCK..(b + 1) * BLOCK];
-        for (p, &src) in order.iter().enumerate() {
-            q[p] = (xb[src as usize] * id).round() as i8;
-        }
         let (row, rb) = (b / nb, b % nb);
-        a.d[row * d_stride + rb] = d;
+        let q = &mut a.qs[b * BLOCK..(b + 1) * BLOCK];
+        a.d[row * d_stride + rb] = quantize_block(isa, xb, order, q);
         if asym {
             a.gsums[row * groups + rb / bpg] += xb.iter().sum::<f32>();
         }
@@ -166,6 +160,29 @@ pub(crate) fn quantize_activations(
                 .collect();
     }
     a
+}
+
+/// Quantizes one block of 32 values to int8 with scale `max|x| / 127`, rounding to nearest
+/// (ties to even), and stores value `order[p]` at position `p` of `q`; returns the scale.
+/// Every instruction set rounds the same way, so their activations are bit-identical.
+#[inline]
+fn quantize_block(isa: Isa, xb: &[f32], order: &[u8; 32], q: &mut [i8]) -> f32 {
+    match isa {
+        // SAFETY: see `quantized_rows`.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { avx2::quantize_block(xb, order, q) },
+        _ => {
+            let amax = xb.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d > 0.0 { 1.0 / d } else { 0.0 };
+            // 1.5 · 2^23: adding and subtracting it rounds |v| < 2^22 to nearest, ties to even.
+            const MAGIC: f32 = 12_582_912.0;
+            for (p, &src) in order.iter().enumerate() {
+                q[p] = ((xb[src as usize] * id + MAGIC) - MAGIC) as i8;
+            }
+            d
+        }
+    }
 }
 
 /// Identity order of a block (the scalar and simd128 kernels unpack codes in natural order).
