@@ -1,6 +1,6 @@
 // out[t, row_offset + r] = Σ_c W[r, c] · x[t, c] over one row range ("piece") of a weight matrix.
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
-// (WIDE: 32 columns per lane step, for rows of at least 32 · WORKGROUP_SIZE values).
+// (WIDE: whole 32-value blocks per lane step, 4- and 8-bit codes read as 16-byte vectors).
 // `matmul_tiled`: prefill; a workgroup computes a TILE_T × TILE_R block of outputs, and each
 // dequantized TILE_K-column weight tile is reused by TILE_T token rows from workgroup memory.
 #include common.wgsl
@@ -86,9 +86,24 @@ fn matvec(inv: Invocation) {
     reduce_rows(acc, row0, t, inv);
 }
 #else
-// Wide rows: each lane takes 32 columns at a time, reading their BITS words of codes whole
-// (16 bytes for 4-bit) and the group parameters once; the 32 activations are reused by every
-// row of the workgroup.
+// Wide rows, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as 16-byte vectors
+// through a second view of the same buffer (`w_vec`; 4-bit rows are cols / 2 bytes and 8-bit
+// rows cols bytes, both multiples of 16). The block's eight activation vectors and their sum
+// are loaded once and reused by every row of the workgroup; the scale multiplies the block's
+// integer-weighted sum once, and the bias multiplies Σx.
+@group(0) @binding(5) var<storage, read> w_vec: array<vec4<u32>>;
+
+fn nib_dot(wd: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    let v = vec4<u32>(wd);
+    let lo = vec4<f32>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+    let hi = vec4<f32>((v >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+    return dot(lo, xa) + dot(hi, xb);
+}
+
+fn byte_dot(wd: u32, xa: vec4<f32>) -> f32 {
+    return dot(vec4<f32>((vec4<u32>(wd) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u)), xa);
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matvec(inv: Invocation) {
     let row0 = wg_index(inv) * ROWS_PER_WG;
@@ -97,15 +112,34 @@ fn matvec(inv: Invocation) {
         return;
     }
     var acc: array<f32, ROWS_PER_WG>;
+    let nb = p.cols / 32u;
     let x_row = t * p.cols / 4u;
-    for (var j = inv.lid; j < p.cols / 32u; j += WORKGROUP_SIZE) {
-        var xv: array<vec4<f32>, 8>;
-        for (var i = 0u; i < 8u; i++) {
-            xv[i] = x[x_row + 8u * j + i];
-        }
+    for (var b = inv.lid; b < nb; b += WORKGROUP_SIZE) {
+        let xo = x_row + 8u * b;
+        let x0 = x[xo];
+        let x1 = x[xo + 1u];
+        let x2 = x[xo + 2u];
+        let x3 = x[xo + 3u];
+        let x4 = x[xo + 4u];
+        let x5 = x[xo + 5u];
+        let x6 = x[xo + 6u];
+        let x7 = x[xo + 7u];
+        let sx = dot((x0 + x1) + (x2 + x3) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
         for (var k = 0u; k < ROWS_PER_WG; k++) {
             let r = min(row0 + k, p.rows - 1u);
-            acc[k] += dot32(r, 32u * j, p.cols, xv);
+            let sb = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
+            var q = 0.0;
+            if BITS == 4u {
+                let w = w_vec[r * nb + b];
+                q = (nib_dot(w.x, x0, x1) + nib_dot(w.y, x2, x3))
+                    + (nib_dot(w.z, x4, x5) + nib_dot(w.w, x6, x7));
+            } else {
+                let wa = w_vec[2u * (r * nb + b)];
+                let wb = w_vec[2u * (r * nb + b) + 1u];
+                q = ((byte_dot(wa.x, x0) + byte_dot(wa.y, x1)) + (byte_dot(wa.z, x2) + byte_dot(wa.w, x3)))
+                    + ((byte_dot(wb.x, x4) + byte_dot(wb.y, x5)) + (byte_dot(wb.z, x6) + byte_dot(wb.w, x7)));
+            }
+            acc[k] += sb.x * q + sb.y * sx;
         }
     }
     reduce_rows(acc, row0, t, inv);

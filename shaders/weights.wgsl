@@ -34,7 +34,11 @@ fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
     let bit0 = c0 * BITS;
     let wi = r * (cols * BITS / 32u) + (bit0 >> 5u);
     let lo = w_data[wi];
-    let hi = w_data[wi + 1u];
+    // Only 8-bit spans (two words) and 3-bit ones (which may straddle) need the next word.
+    var hi = 0u;
+    if BITS == 8u || BITS == 3u {
+        hi = w_data[wi + 1u];
+    }
     if BITS == 8u {
         let m = vec4<u32>(255u);
         return array(
@@ -45,7 +49,7 @@ fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
     // 2-, 3- and 4-bit: 8 codes fit one 32-bit window starting at bit0.
     let s = bit0 & 31u;
     var win = lo >> s;
-    if s != 0u {
+    if BITS == 3u && s != 0u {
         win |= hi << (32u - s);
     }
     let sh = vec4<u32>(0u, 1u, 2u, 3u) * SUB_BITS;
@@ -74,50 +78,4 @@ fn weights8(r: u32, c0: u32, cols: u32) -> array<vec4<wt>, 2> {
     let s = wt(sb.x);
     let b = wt(sb.y);
     return array(vec4<wt>(q[0]) * s + b, vec4<wt>(q[1]) * s + b);
-}
-
-// Σ_c W[r, c0 + c] · xv[c] over the 32 values `c0 .. c0 + 32` of row `r` (`c0` a multiple of 32,
-// so the span starts on a word and its BITS words are read whole, once). The group parameters
-// are loaded once: a group holds at least 32 values.
-fn dot32(r: u32, c0: u32, cols: u32, xv: array<vec4<f32>, 8>) -> f32 {
-    var acc = 0.0;
-    if WEIGHT_KIND != KIND_QUANT {
-        for (var k = 0u; k < 4u; k++) {
-            let w = weights8(r, c0 + 8u * k, cols);
-            acc += f32(dot(w[0], vec4<wt>(xv[2u * k])) + dot(w[1], vec4<wt>(xv[2u * k + 1u])));
-        }
-        return acc;
-    }
-    let base = r * (cols * BITS / 32u) + c0 * BITS / 32u;
-    var words: array<u32, BITS>;
-    for (var i = 0u; i < BITS; i++) {
-        words[i] = w_data[base + i];
-    }
-    let sb = group_params(r, c0 / GROUP_SIZE, cols);
-    let s = wt(sb.x);
-    let b = wt(sb.y);
-    for (var k = 0u; k < 4u; k++) {
-        var q: array<vec4<u32>, 2>;
-        if BITS == 8u {
-            let sh = vec4<u32>(0u, 8u, 16u, 24u);
-            let m = vec4<u32>(255u);
-            q = array((vec4<u32>(words[2u * k]) >> sh) & m, (vec4<u32>(words[2u * k + 1u]) >> sh) & m);
-        } else {
-            // 8 codes of 2, 3 or 4 bits: one 32-bit window, straddling two words for 3 bits.
-            let bit0 = k * 8u * BITS;
-            let wi = bit0 >> 5u;
-            let sft = bit0 & 31u;
-            var win = words[wi] >> sft;
-            if sft + 8u * BITS > 32u {
-                win |= words[wi + 1u] << (32u - sft);
-            }
-            let sh = vec4<u32>(0u, 1u, 2u, 3u) * SUB_BITS;
-            let m = vec4<u32>(MASK);
-            q = array((vec4<u32>(win) >> sh) & m, (vec4<u32>(win) >> (sh + 4u * SUB_BITS)) & m);
-        }
-        let w0 = vec4<wt>(q[0]) * s + b;
-        let w1 = vec4<wt>(q[1]) * s + b;
-        acc += f32(dot(w0, vec4<wt>(xv[2u * k])) + dot(w1, vec4<wt>(xv[2u * k + 1u])));
-    }
-    return acc;
 }

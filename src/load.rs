@@ -1,6 +1,6 @@
 //! Loading a text model from a path with a precision plan, on a chosen backend.
 
-use lowbit_core::adapter::{ModelSource, QuantPlan, TextModel, WeightPrecision};
+use lowbit_core::adapter::{Logits, ModelSource, QuantPlan, TextModel, WeightPrecision};
 use lowbit_core::quant::{QuantSpec, Scheme};
 use lowbit_core::registry::{create_backend, find_adapter, BackendOptions};
 use lowbit_core::{Backend, Error, ErrorCode, Result};
@@ -116,6 +116,9 @@ pub struct LoadOptions {
     pub profile: Option<String>,
     /// Per-role precisions replacing `quant`'s plan (`quantization.method = "mixed"`).
     pub plan: Option<QuantPlan>,
+    /// Run [`warm_up`] at the end of loading, so every kernel is compiled (and the backend's
+    /// pipeline cache saved) before the first request instead of during it.
+    pub warm_up: bool,
 }
 
 impl Default for LoadOptions {
@@ -131,8 +134,35 @@ impl Default for LoadOptions {
             profiling: false,
             profile: None,
             plan: None,
+            warm_up: true,
         }
     }
+}
+
+/// What [`warm_up`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct WarmUp {
+    /// Wall time of the warm-up forward passes (kernel compilation included), ms.
+    pub ms: f64,
+    /// Whether the backend's pipeline cache held the kernels at start (`None`: no cache).
+    pub pipeline_cache_warm: Option<bool>,
+}
+
+/// Precompiles every kernel the model runs: a two-token prefill and a one-token decode step on
+/// a scratch cache (the tiled and the vector paths, attention in both modes), then saves the
+/// backend's pipeline cache.
+pub fn warm_up(model: &dyn TextModel, backend: &dyn Backend) -> Result<WarmUp> {
+    let t = std::time::Instant::now();
+    let tok = model.tokenizer().bos_id().unwrap_or(0);
+    let mut cache = model.new_cache(4)?;
+    model.forward(&mut cache, &[tok, tok], Logits::Last)?;
+    model.forward(&mut cache, &[tok], Logits::Last)?;
+    drop(cache);
+    let pipeline_cache_warm = backend.save_compiled()?;
+    Ok(WarmUp {
+        ms: t.elapsed().as_secs_f64() * 1e3,
+        pipeline_cache_warm,
+    })
 }
 
 /// The models folder: `$LOWBIT_MODELS_DIR`, else `models/` under the current directory.
@@ -200,6 +230,9 @@ pub fn load_text_model_on_backend(
         let backend = create_backend(&opts.backend, &backend_opts)?;
         let model =
             lowbit_models::synthetic::load_synthetic(name, &plan, backend.clone(), progress)?;
+        if opts.warm_up {
+            warm_up(model.as_ref(), backend.as_ref())?;
+        }
         return Ok((model, backend));
     }
     let path = resolve_model_path(opts.model.as_deref())?;
@@ -207,5 +240,9 @@ pub fn load_text_model_on_backend(
     let adapter = find_adapter(&source)?;
     let backend = create_backend(&opts.backend, &backend_opts)?;
     let model = adapter.load_text(&source, &plan, backend.clone(), progress)?;
+    if opts.warm_up {
+        progress(1, 1, "compiling kernels");
+        warm_up(model.as_ref(), backend.as_ref())?;
+    }
     Ok((model, backend))
 }

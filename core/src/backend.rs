@@ -144,6 +144,12 @@ pub trait Backend: Send + Sync {
     }
     /// Clears the totals of [`Backend::kernel_timings`].
     fn reset_kernel_timings(&self) {}
+    /// Persists what the backend compiled so far (a GPU pipeline cache) so the next start can
+    /// skip it; called after the load-time warm-up. Returns whether the compiled kernels came
+    /// from such a cache at start (`Some(true)`: warm), `None` where there is no cache.
+    fn save_compiled(&self) -> Result<Option<bool>> {
+        Ok(None)
+    }
 
     /// `out[i, :] = dequant(table)[tokens[i], :]`.
     fn embed(&self, table: WeightId, tokens: &[u32], out: BufferId) -> Result<()>;

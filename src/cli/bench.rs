@@ -38,6 +38,11 @@ pub struct BenchArgs {
     /// the ceiling for decode's weight bandwidth.
     #[arg(long)]
     pub copy_bandwidth: bool,
+    /// Also time a cold start: loading, compiling every kernel (the warm-up, through the
+    /// on-disk pipeline cache where the backend has one) and the first token of a
+    /// --prompt-tokens prompt. Run twice to compare a cold and a warm pipeline cache.
+    #[arg(long)]
+    pub ttft: bool,
     /// Path of llama.cpp's llama-bench, to run the peer side by side in the same run.
     #[arg(long)]
     pub llama_bench: Option<PathBuf>,
@@ -233,11 +238,39 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut kv_bytes = 0;
     let mut timings = Vec::new();
     let mut copy_gbs = None;
+    let mut starts = Vec::new();
     for q in &quants {
         let mut opts = a.model.load_options(q)?;
         opts.synthetic = a.synthetic.clone();
         opts.profiling = a.kernel_timings;
+        opts.warm_up = !a.ttft;
+        let t = Instant::now();
         let (model, backend) = a.model.load_with(&opts)?;
+        if a.ttft {
+            let load_ms = t.elapsed().as_secs_f64() * 1e3;
+            let w = lowbit::load::warm_up(model.as_ref(), backend.as_ref())?;
+            let n = a.prompt_tokens.max(1);
+            let toks = random_tokens(n, model.config().vocab_size, 3);
+            let mut cache = model.new_cache(n + 1)?;
+            let t = Instant::now();
+            let logits = model.forward(&mut cache, &toks, Logits::Last)?;
+            let _first = lowbit::core::generate::argmax(&logits);
+            let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
+            starts.push(serde_json::json!({
+                "precision": model.plan().layers.label(),
+                "backend": backend.info().device,
+                "pipeline_cache": match w.pipeline_cache_warm {
+                    Some(true) => "warm",
+                    Some(false) => "cold",
+                    None => "none",
+                },
+                "load_ms": load_ms,
+                "compile_ms": w.ms,
+                "prompt_tokens": n,
+                "ttft_ms": ttft_ms,
+                "start_to_first_token_ms": load_ms + w.ms + ttft_ms,
+            }));
+        }
         if a.copy_bandwidth && copy_gbs.is_none() {
             copy_gbs = Some(copy_bandwidth(backend.as_ref())?);
         }
@@ -259,6 +292,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "rows": rows,
             "copy_bandwidth_gb_per_s": copy_gbs,
             "kernel_timings": timings,
+            "startup": starts,
             "kv_cache_bytes": kv_bytes,
             "peak_rss_bytes": peak_rss_bytes(),
         });
@@ -285,6 +319,24 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 .map(|b| format!("{b:.2}"))
                 .unwrap_or_else(|| "-".into())
         );
+    }
+    if !starts.is_empty() {
+        println!("\nstart-up (load = weights read and uploaded; compile = warm-up forward passes that build every kernel):");
+        println!("| precision | backend | pipeline cache | load ms | compile ms | TTFT ms (prompt) | start → first token ms |");
+        println!("|---|---|---|---|---|---|---|");
+        for s in &starts {
+            println!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.1} ({}) | {:.0} |",
+                s["precision"].as_str().unwrap_or(""),
+                s["backend"].as_str().unwrap_or(""),
+                s["pipeline_cache"].as_str().unwrap_or(""),
+                s["load_ms"].as_f64().unwrap_or(0.0),
+                s["compile_ms"].as_f64().unwrap_or(0.0),
+                s["ttft_ms"].as_f64().unwrap_or(0.0),
+                s["prompt_tokens"],
+                s["start_to_first_token_ms"].as_f64().unwrap_or(0.0),
+            );
+        }
     }
     if let Some(c) = copy_gbs {
         println!("\ndevice copy bandwidth (read + write): {c:.1} GB/s");

@@ -466,6 +466,18 @@ impl Backend for WgpuBackend {
         self.reset_timings();
     }
 
+    fn save_compiled(&self) -> Result<Option<bool>> {
+        let Some(cache) = &self.dev.pipeline_cache else {
+            return Ok(None);
+        };
+        let mut st = self.lock();
+        if st.pipelines.unsaved > 0 {
+            cache.save()?;
+            st.pipelines.unsaved = 0;
+        }
+        Ok(Some(cache.warm))
+    }
+
     fn embed(&self, table: WeightId, tokens: &[u32], out: BufferId) -> Result<()> {
         if tokens.is_empty() {
             return Ok(());
@@ -602,8 +614,10 @@ impl Backend for WgpuBackend {
         } else {
             ("matvec", t.matvec_wg)
         };
-        // Rows of at least 32 values per lane may take the wide matvec (whole-word code reads).
-        let wide = !tiled && t.wide_matvec && gw.cols >= 32 * t.matvec_wg as usize;
+        // Rows of at least 32 values per lane of 4- or 8-bit codes may take the wide matvec
+        // (whole blocks per lane, 16-byte code reads).
+        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if s.bits == 4 || s.bits == 8);
+        let wide = !tiled && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize;
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
         defines.extend([
@@ -619,7 +633,13 @@ impl Backend for WgpuBackend {
             defines,
         };
         use Slot::*;
-        let kernel = pipelines.get(&self.dev, &key, &[Uniform, Read, Read, Read, ReadWrite])?;
+        // The wide kernel also reads the codes through a vector view (binding 5).
+        let slots: &[Slot] = if wide {
+            &[Uniform, Read, Read, Read, ReadWrite, Read]
+        } else {
+            &[Uniform, Read, Read, Read, ReadWrite]
+        };
+        let kernel = pipelines.get(&self.dev, &key, slots)?;
         for p in &gw.pieces {
             let groups = if tiled {
                 [
@@ -650,7 +670,8 @@ impl Backend for WgpuBackend {
                         Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
                         Bind::Buffer(&xb.buffer),
                         Bind::Buffer(&ob.buffer),
-                    ],
+                        Bind::Buffer(&p.data),
+                    ][..slots.len() - 1],
                     groups,
                 },
             )?;

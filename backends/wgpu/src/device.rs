@@ -30,6 +30,26 @@ pub struct WgpuOptions {
     /// H100 it measured slower than the narrow kernel (8B int4: 12.8 against 8.5 ms of matvec
     /// per token). `from_env` turns it on with `LOWBIT_WGPU_WIDE_MATVEC=1`.
     pub wide_matvec: bool,
+    /// Folder of the on-disk pipeline cache (wgpu `PipelineCache`, Vulkan only): compiled
+    /// kernels are loaded from `<dir>/<adapter key>.bin` at start and written back after the
+    /// load-time warm-up, so a second start compiles nothing in the driver. `None`: no cache.
+    /// `from_env` uses `LOWBIT_PIPELINE_CACHE_DIR`, else `$XDG_CACHE_HOME/lowbit/pipelines` or
+    /// `~/.cache/lowbit/pipelines`; `LOWBIT_PIPELINE_CACHE=0` turns it off.
+    pub pipeline_cache_dir: Option<std::path::PathBuf>,
+}
+
+/// The default pipeline cache folder (see [`WgpuOptions::pipeline_cache_dir`]).
+pub fn default_pipeline_cache_dir() -> Option<std::path::PathBuf> {
+    if std::env::var("LOWBIT_PIPELINE_CACHE").is_ok_and(|v| v == "0" || v == "off") {
+        return None;
+    }
+    if let Some(d) = std::env::var_os("LOWBIT_PIPELINE_CACHE_DIR") {
+        return Some(d.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cache")))?;
+    Some(base.join("lowbit").join("pipelines"))
 }
 
 impl WgpuOptions {
@@ -40,6 +60,7 @@ impl WgpuOptions {
         WgpuOptions {
             allow_software: allow,
             wide_matvec: std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "1"),
+            pipeline_cache_dir: default_pipeline_cache_dir(),
             ..Default::default()
         }
     }
@@ -70,6 +91,58 @@ impl WgpuOptions {
     }
 }
 
+/// A wgpu `PipelineCache` backed by one file.
+pub(crate) struct DiskPipelineCache {
+    pub cache: wgpu::PipelineCache,
+    pub file: std::path::PathBuf,
+    /// Whether the file held data when the device opened (a warm start).
+    pub warm: bool,
+}
+
+impl DiskPipelineCache {
+    fn open(device: &wgpu::Device, file: std::path::PathBuf) -> Self {
+        let data = std::fs::read(&file).ok();
+        // SAFETY: the data was written by `save` from `PipelineCache::get_data` of a device with
+        // the same `pipeline_cache_key`; wgpu and the driver validate the header (and fall back
+        // to an empty cache when it does not match, `fallback: true`).
+        let cache = unsafe {
+            device.create_pipeline_cache(&wgpu::PipelineCacheDescriptor {
+                label: Some("lowbit pipelines"),
+                data: data.as_deref(),
+                fallback: true,
+            })
+        };
+        DiskPipelineCache {
+            cache,
+            warm: data.is_some_and(|d| !d.is_empty()),
+            file,
+        }
+    }
+
+    /// Writes the cache's current contents (atomically: a temporary file, then a rename).
+    pub fn save(&self) -> Result<()> {
+        let Some(data) = self.cache.get_data() else {
+            return Ok(());
+        };
+        let fail = |e: std::io::Error| {
+            Error::invalid_config(format!(
+                "cannot write the pipeline cache {}: {e}",
+                self.file.display()
+            ))
+        };
+        if let Some(dir) = self.file.parent() {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let tmp = self
+            .file
+            .with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, &data).map_err(fail)?;
+        std::fs::rename(&tmp, &self.file).map_err(fail)?;
+        tracing::debug!(file = %self.file.display(), bytes = data.len(), "pipeline cache saved");
+        Ok(())
+    }
+}
+
 /// An opened device with what the kernels need to know about it.
 pub(crate) struct GpuDevice {
     pub device: wgpu::Device,
@@ -79,6 +152,9 @@ pub(crate) struct GpuDevice {
     pub f16: bool,
     pub subgroups: bool,
     pub timestamps: bool,
+    /// The driver-level pipeline cache every kernel is compiled through, when the adapter
+    /// supports one and a folder was given.
+    pub pipeline_cache: Option<DiskPipelineCache>,
     /// Errors reported outside error scopes, drained by [`GpuDevice::take_error`].
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -180,6 +256,16 @@ impl GpuDevice {
         if timestamps {
             required |= wgpu::Features::TIMESTAMP_QUERY;
         }
+        let cache_file = match (
+            &opts.pipeline_cache_dir,
+            wgpu::util::pipeline_cache_key(&info),
+        ) {
+            (Some(dir), Some(key)) if features.contains(wgpu::Features::PIPELINE_CACHE) => {
+                required |= wgpu::Features::PIPELINE_CACHE;
+                Some(dir.join(format!("{key}.bin")))
+            }
+            _ => None,
+        };
         // Everything the adapter offers: large weights need its full binding and buffer sizes.
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
@@ -206,6 +292,7 @@ impl GpuDevice {
                 }
             });
         }
+        let pipeline_cache = cache_file.map(|file| DiskPipelineCache::open(&device, file));
         tracing::info!(
             adapter = %info.name,
             backend = ?info.backend,
@@ -221,6 +308,7 @@ impl GpuDevice {
             f16,
             subgroups,
             timestamps,
+            pipeline_cache,
             errors,
             lost,
         })

@@ -84,6 +84,8 @@ pub(crate) struct Kernel {
 #[derive(Default)]
 pub(crate) struct PipelineCache {
     map: FastMap<KernelKey, Arc<Kernel>>,
+    /// Kernels compiled since the disk cache was last saved.
+    pub unsaved: usize,
 }
 
 impl PipelineCache {
@@ -137,7 +139,7 @@ impl PipelineCache {
                 module: &module,
                 entry_point: Some(key.entry),
                 compilation_options: Default::default(),
-                cache: None,
+                cache: dev.pipeline_cache.as_ref().map(|c| &c.cache),
             });
             Kernel {
                 id,
@@ -148,6 +150,7 @@ impl PipelineCache {
         })?;
         tracing::debug!(kernel = %label, "compiled");
         let kernel = Arc::new(kernel);
+        self.unsaved += 1;
         self.map.insert(key.clone(), kernel.clone());
         Ok(kernel)
     }

@@ -8,7 +8,7 @@ mod stats;
 mod text_stream;
 
 pub use engine::{generate, FinishReason, GenerateOptions, Generation};
-pub use sampler::{Sampler, SamplingParams};
+pub use sampler::{argmax, Sampler, SamplingParams};
 pub use sequence::{Sequence, StepOutput};
 pub use stats::{peak_rss_bytes, percentile, GenerationStats};
 pub use text_stream::TextStream;
