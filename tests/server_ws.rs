@@ -305,9 +305,11 @@ async fn six_concurrent_clients_get_the_single_client_greedy_outputs() {
     for (t, want) in tasks.into_iter().zip(&reference) {
         assert_eq!(&t.await.unwrap(), want);
     }
-    // They ran together: the scheduler kept more than one request per step.
+    // They ran together: the scheduler kept more than one request per step, and decoded them
+    // in one batched forward pass (each weight read once for all of them).
     let st = s.engine.performance_stats();
     assert!(st.max_running_requests >= 2, "{st:?}");
+    assert!(st.max_decode_batch >= 2, "{st:?}");
 }
 
 #[tokio::test]

@@ -1,21 +1,26 @@
 //! SmolLM2 end to end on the WebGPU backend (lavapipe in CI: `scripts/test.sh` installs
 //! mesa-vulkan-drivers) against the CPU backend: the same weights (int8, group 32) must give the
-//! same greedy tokens.
+//! same greedy tokens, and perplexity at fp32, int8 and int4 must agree within 0.5%.
 
 mod common;
 
 use lowbit::core::generate::{generate, GenerateOptions};
 use lowbit::load::{load_text_model, LoadOptions, QuantMethod};
+use lowbit::perplexity::perplexity;
 
-fn greedy(backend: &str, prompt: &str) -> Vec<u32> {
+fn load(backend: &str, quant: QuantMethod) -> Box<dyn lowbit::core::adapter::TextModel> {
     let opts = LoadOptions {
         model: Some(common::smollm2()),
-        quant: QuantMethod::Int8,
+        quant,
         backend: backend.into(),
         ..Default::default()
     };
-    let model = load_text_model(&opts, &mut |_, _, _| {})
-        .unwrap_or_else(|e| panic!("load on {backend}: {e}"));
+    load_text_model(&opts, &mut |_, _, _| {})
+        .unwrap_or_else(|e| panic!("load {quant:?} on {backend}: {e}"))
+}
+
+fn greedy(backend: &str, prompt: &str) -> Vec<u32> {
+    let model = load(backend, QuantMethod::Int8);
     let ids = model.tokenizer().encode(prompt, true).unwrap();
     let mut cache = model.new_cache(64).unwrap();
     let opts = GenerateOptions {
@@ -27,11 +32,43 @@ fn greedy(backend: &str, prompt: &str) -> Vec<u32> {
         .tokens
 }
 
+/// Perplexity of SmolLM2 on the first two 64-token chunks of the Brown corpus (32 scored
+/// tokens each; small because lavapipe runs every kernel on the CPU).
+fn ppl(backend: &str, quant: QuantMethod, text: &str) -> f64 {
+    let model = load(backend, quant);
+    perplexity(model.as_ref(), text, 64, 2, &mut |_, _, _| {})
+        .unwrap_or_else(|e| panic!("perplexity {quant:?} on {backend}: {e}"))
+        .perplexity
+}
+
+// One test in this binary: setting the variable cannot race another test. It lets the
+// registry use a software adapter (CI has no GPU).
 #[test]
-fn greedy_tokens_on_webgpu_equal_the_cpu_backend() {
-    // The only test in this binary: setting the variable cannot race another test. It lets the
-    // registry use a software adapter (CI has no GPU).
+fn webgpu_matches_the_cpu_backend_end_to_end() {
     std::env::set_var("LOWBIT_ALLOW_SOFTWARE_ADAPTER", "1");
+    let text: String = std::fs::read_to_string(common::brown())
+        .expect("brown.txt")
+        .chars()
+        .take(4000)
+        .collect();
+    for quant in [QuantMethod::Fp32, QuantMethod::Int8, QuantMethod::Int4] {
+        let cpu = ppl("cpu", quant, &text);
+        let gpu = ppl("webgpu", quant, &text);
+        let rel = (gpu - cpu).abs() / cpu;
+        eprintln!(
+            "{quant:?}: perplexity cpu {cpu:.4}, webgpu {gpu:.4} ({:.3}%)",
+            rel * 100.0
+        );
+        assert!(
+            cpu.is_finite() && cpu > 1.0,
+            "{quant:?}: cpu perplexity {cpu}"
+        );
+        assert!(
+            rel < 0.005,
+            "{quant:?}: webgpu perplexity {gpu} differs from the CPU backend's {cpu} by {:.3}%",
+            rel * 100.0
+        );
+    }
     let prompt = "The capital of France is";
     let cpu = greedy("cpu", prompt);
     let gpu = greedy("webgpu", prompt);

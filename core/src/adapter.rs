@@ -216,6 +216,24 @@ pub trait TextModel: Send + Sync {
     /// Runs `tokens` at positions `cache.pos..`, appends them to the cache, returns logits
     /// (`vocab_size` per returned row).
     fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>>;
+    /// One decode step for several sequences at once: `tokens[i]` runs at position
+    /// `caches[i].pos` of its own cache. Returns one row of logits per sequence. Adapters
+    /// override it to share every weight read across the batch (continuous batching); this
+    /// default runs the sequences one after another.
+    fn forward_batch(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        if caches.len() != tokens.len() {
+            return Err(Error::invalid_config(format!(
+                "forward_batch: {} caches for {} tokens",
+                caches.len(),
+                tokens.len()
+            )));
+        }
+        caches
+            .iter_mut()
+            .zip(tokens)
+            .map(|(c, t)| self.forward(c, &[*t], Logits::Last))
+            .collect()
+    }
     /// Bytes of weights on the backend.
     fn weight_bytes(&self) -> usize;
     /// Real bits per weight over all weight matrices, scales included.

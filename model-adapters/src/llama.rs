@@ -11,7 +11,7 @@ use lowbit_core::{
     Backend, BufferId, Error, KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, Result,
     TextModel, TextModelConfig, WeightId, WeightMatrix, WeightPrecision,
 };
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Architectures this adapter loads (GGUF `general.architecture`).
 const ARCHITECTURES: &[&str] = &["llama", "mistral"];
@@ -112,6 +112,8 @@ pub struct LlamaModel {
     weight_bytes: usize,
     weight_bits: f64,
     n_weights: usize,
+    /// One-row buffers of batched decoding (query, key, attention output), made on first use.
+    batch_tmp: Mutex<Option<[BufferId; 3]>>,
 }
 
 /// Converts a dense f32 matrix into the backend format the plan asks for.
@@ -344,6 +346,7 @@ fn build(
             weight_bytes,
             weight_bits,
             n_weights,
+            batch_tmp: Mutex::new(None),
         }))
     }
 }
@@ -487,6 +490,101 @@ impl TextModel for LlamaModel {
         };
         cache.pos += n;
         Ok(out)
+    }
+
+    fn forward_batch(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
+        let n = tokens.len();
+        if caches.len() != n {
+            return Err(Error::invalid_config(format!(
+                "forward_batch: {} caches for {n} tokens",
+                caches.len()
+            )));
+        }
+        if n <= 1 {
+            return caches
+                .iter_mut()
+                .zip(tokens)
+                .map(|(c, t)| self.forward(c, &[*t], Logits::Last))
+                .collect();
+        }
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.hp.vocab) {
+            return Err(Error::invalid_config(format!(
+                "token id {t} is outside the vocabulary ({})",
+                self.hp.vocab
+            )));
+        }
+        for c in caches.iter_mut() {
+            c.ensure_room(1)?;
+        }
+        let hp = &self.hp;
+        let b = &self.backend;
+        // The first cache's scratch serves the whole batch: n rows of every activation.
+        if caches[0].scratch_rows < n {
+            self.ensure_scratch(caches[0], n)?;
+        }
+        let s: [BufferId; 9] = caches[0].scratch[..]
+            .try_into()
+            .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))?;
+        let mut tmp_slot = self.batch_tmp.lock().unwrap_or_else(|e| e.into_inner());
+        let [t_q, t_k, t_att] = match *tmp_slot {
+            Some(t) => t,
+            None => {
+                let t = [
+                    b.alloc(hp.n_heads * hp.head_dim)?,
+                    b.alloc(hp.kv_dim())?,
+                    b.alloc(hp.n_heads * hp.head_dim)?,
+                ];
+                *tmp_slot = Some(t);
+                t
+            }
+        };
+        let (dim, kv_dim, ffn) = (hp.dim, hp.kv_dim(), hp.ffn_dim);
+        let q_dim = hp.n_heads * hp.head_dim;
+        let rope = RopeStyle::Adjacent;
+        b.embed(self.embedding, tokens, s[S_X])?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            // Every matrix is read once for the whole batch (n activation rows).
+            b.rms_norm(s[S_X], layer.attn_norm, s[S_H], n, dim, hp.eps)?;
+            b.matmul(layer.wq, s[S_H], s[S_Q], n)?;
+            b.matmul(layer.wk, s[S_H], s[S_K], n)?;
+            b.matmul(layer.wv, s[S_H], s[S_V], n)?;
+            // RoPE, the cache write and attention per sequence, at its own position.
+            for (i, c) in caches.iter().enumerate() {
+                let pos = c.pos;
+                let (kc, vc) = (c.buffers[2 * l], c.buffers[2 * l + 1]);
+                b.copy(s[S_Q], i * q_dim, t_q, 0, q_dim)?;
+                b.rope(t_q, 1, hp.n_heads, hp.head_dim, pos, hp.rope_theta, rope)?;
+                b.copy(s[S_K], i * kv_dim, t_k, 0, kv_dim)?;
+                b.rope(t_k, 1, hp.n_kv_heads, hp.head_dim, pos, hp.rope_theta, rope)?;
+                b.kv_store(t_k, kc, pos, 1, kv_dim)?;
+                b.copy(s[S_V], i * kv_dim, vc, pos * kv_dim, kv_dim)?;
+                let att = AttentionParams {
+                    n_tokens: 1,
+                    pos0: pos,
+                    n_heads: hp.n_heads,
+                    n_kv_heads: hp.n_kv_heads,
+                    head_dim: hp.head_dim,
+                    scale: 1.0 / (hp.head_dim as f32).sqrt(),
+                };
+                b.attention(t_q, kc, vc, t_att, &att)?;
+                b.copy(t_att, 0, s[S_ATT], i * q_dim, q_dim)?;
+            }
+            b.matmul(layer.wo, s[S_ATT], s[S_H], n)?;
+            b.add(s[S_X], s[S_H], n * dim)?;
+            b.rms_norm(s[S_X], layer.ffn_norm, s[S_H], n, dim, hp.eps)?;
+            b.matmul(layer.w_gate, s[S_H], s[S_GATE], n)?;
+            b.matmul(layer.w_up, s[S_H], s[S_UP], n)?;
+            b.silu_mul(s[S_GATE], s[S_UP], s[S_GATE], n * ffn)?;
+            b.matmul(layer.w_down, s[S_GATE], s[S_H], n)?;
+            b.add(s[S_X], s[S_H], n * dim)?;
+        }
+        b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
+        b.matmul(self.lm_head, s[S_H], s[S_LOGITS], n)?;
+        let all = b.read(s[S_LOGITS], 0, n * hp.vocab)?;
+        for c in caches.iter_mut() {
+            c.pos += 1;
+        }
+        Ok(all.chunks_exact(hp.vocab).map(|r| r.to_vec()).collect())
     }
 
     fn weight_bytes(&self) -> usize {

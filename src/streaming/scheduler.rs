@@ -162,14 +162,13 @@ pub(crate) fn run(
             continue;
         }
 
-        // One step for every running request, round-robin.
+        // One step for every running request: prefills (and cancellations, timeouts) one by
+        // one, then a single batched forward pass for every request that is decoding, so each
+        // weight matrix is read once per step for all of them.
         let step_start = Instant::now();
         let stepped = running.len();
-        let mut decode_ms = 0.0;
-        let mut decoding = 0;
-        for r in running.iter_mut() {
-            let t = Instant::now();
-            let was_prefilled = r.seq.prefilled();
+        let mut in_batch = vec![false; running.len()];
+        for (i, r) in running.iter_mut().enumerate() {
             let out = if r.job.cancel.load(Ordering::Relaxed) {
                 Ok(r.seq.cancel())
             } else if r.job.submitted.elapsed() > config.request_timeout {
@@ -180,24 +179,52 @@ pub(crate) fn run(
                     limit_ms,
                 });
                 Err(InferenceError::Timeout { limit_ms })
+            } else if r.seq.decode_input().is_some() {
+                in_batch[i] = true;
+                continue;
             } else {
                 r.seq
                     .step(model.as_ref(), &mut r.cache)
                     .map_err(InferenceError::from)
             };
-            if was_prefilled {
-                decode_ms += t.elapsed().as_secs_f64() * 1e3;
-                decoding += 1;
-            }
-            match out {
-                Ok(out) => deliver(r, out, &shared, model.as_ref()),
-                Err(e) if e.is_cancelled() => {
-                    let out = r.seq.cancel();
-                    deliver(r, out, &shared, model.as_ref());
+            settle(r, out, &shared, model.as_ref());
+        }
+        let decoding = in_batch.iter().filter(|b| **b).count();
+        let mut decode_ms = 0.0;
+        if decoding > 0 {
+            let t = Instant::now();
+            let tokens: Vec<u32> = running
+                .iter()
+                .zip(&in_batch)
+                .filter(|(_, b)| **b)
+                .filter_map(|(r, _)| r.seq.decode_input())
+                .collect();
+            let mut caches: Vec<&mut KvCache> = running
+                .iter_mut()
+                .zip(&in_batch)
+                .filter(|(_, b)| **b)
+                .map(|(r, _)| &mut r.cache)
+                .collect();
+            let result = model.forward_batch(&mut caches, &tokens);
+            drop(caches);
+            decode_ms = t.elapsed().as_secs_f64() * 1e3;
+            lock(&shared.stats).decode_batch(decoding);
+            let batch = running.iter_mut().zip(&in_batch).filter(|(_, b)| **b);
+            match result {
+                Ok(rows) => {
+                    for ((r, _), logits) in batch.zip(rows) {
+                        let out = r
+                            .seq
+                            .step_with_logits(model.as_ref(), &r.cache, logits, t)
+                            .map_err(InferenceError::from);
+                        settle(r, out, &shared, model.as_ref());
+                    }
                 }
                 Err(e) => {
-                    r.seq.cancel();
-                    fail(&mut r.job, &shared, e);
+                    for (r, _) in batch {
+                        r.seq.cancel();
+                        fail(&mut r.job, &shared, InferenceError::from(e.clone()));
+                    }
                 }
             }
         }
@@ -219,6 +246,26 @@ pub(crate) fn run(
                 batch = (batch + 1).min(max);
                 set_batch(&shared, batch, "latency_headroom");
             }
+        }
+    }
+}
+
+/// Delivers a step's outcome (or ends the request on an error).
+fn settle(
+    r: &mut Running,
+    out: Result<StepOutput, InferenceError>,
+    shared: &Shared,
+    model: &dyn TextModel,
+) {
+    match out {
+        Ok(out) => deliver(r, out, shared, model),
+        Err(e) if e.is_cancelled() => {
+            let out = r.seq.cancel();
+            deliver(r, out, shared, model);
+        }
+        Err(e) => {
+            r.seq.cancel();
+            fail(&mut r.job, shared, e);
         }
     }
 }

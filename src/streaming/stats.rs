@@ -55,6 +55,9 @@ pub struct PerformanceStats {
     pub batch_size: usize,
     /// Most requests decoded in one scheduler step so far.
     pub max_running_requests: usize,
+    /// Most sequences decoded by one batched forward pass so far (continuous batching: every
+    /// weight matrix read once for all of them).
+    pub max_decode_batch: usize,
     /// Every change of the adaptive batch size (the most recent ones).
     pub batch_size_history: Vec<BatchSizeChange>,
     /// Speculative/prefetch hit rate; `None`: no speculative decoding runs yet.
@@ -74,6 +77,7 @@ pub(crate) struct StatsAccumulator {
     kv_peak: usize,
     batch_size: usize,
     max_running: usize,
+    max_decode_batch: usize,
     history: VecDeque<BatchSizeChange>,
 }
 
@@ -106,6 +110,7 @@ impl StatsAccumulator {
             kv_peak: 0,
             batch_size: 0,
             max_running: 0,
+            max_decode_batch: 0,
             history: VecDeque::new(),
         }
     }
@@ -130,6 +135,10 @@ impl StatsAccumulator {
         self.max_running = self.max_running.max(running);
         self.kv_bytes = kv_bytes;
         self.kv_peak = self.kv_peak.max(kv_bytes);
+    }
+
+    pub(crate) fn decode_batch(&mut self, sequences: usize) {
+        self.max_decode_batch = self.max_decode_batch.max(sequences);
     }
 
     pub(crate) fn set_batch_size(&mut self, batch_size: usize, reason: &'static str) {
@@ -168,6 +177,7 @@ impl StatsAccumulator {
             kv_cache_peak_bytes: self.kv_peak,
             peak_rss_bytes: peak_rss_bytes(),
             batch_size: self.batch_size,
+            max_decode_batch: self.max_decode_batch,
             max_running_requests: self.max_running,
             batch_size_history: self.history.iter().cloned().collect(),
             speculative_hit_rate: None,

@@ -264,3 +264,36 @@ fn matmul_rejects_bad_shapes_and_ids() {
     m.offsets.pop();
     assert!(b.upload_weight(WeightMatrix::Quantized(m)).is_err());
 }
+
+/// A batch of activation rows gives, row for row, exactly the single-row (decode) results:
+/// batched decoding must not change greedy outputs.
+#[test]
+fn batched_rows_equal_single_rows_bit_for_bit() {
+    let mut rng = rng(4);
+    for b in backends() {
+        for bits in [8u8, 4, 3, 2] {
+            for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
+                for (rows, cols, group) in [(37usize, 576usize, 32usize), (9, 1536, 128)] {
+                    let (m, _) = random_matrix(&mut rng, rows, cols, bits, group, scheme);
+                    let n = 5;
+                    let x = random_vec(&mut rng, n * cols, 1.5);
+                    let batched = run(&b, WeightMatrix::Quantized(m.clone()), &x, n);
+                    for j in 0..n {
+                        let single = run(
+                            &b,
+                            WeightMatrix::Quantized(m.clone()),
+                            &x[j * cols..(j + 1) * cols],
+                            1,
+                        );
+                        assert_eq!(
+                            &batched[j * rows..(j + 1) * rows],
+                            &single[..],
+                            "{:?} int{bits} {scheme:?} {rows}x{cols} g{group} row {j}",
+                            b.isa()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -26,9 +26,9 @@ pub struct WgpuOptions {
     /// Workgroup sizes per kernel family (from a profile); the tuning fits them to the device.
     /// `None`: the tuning's own defaults.
     pub workgroups: Option<KernelWorkgroups>,
-    /// Use the wide matvec (32 columns per lane step) on long rows. Off by default: on the
-    /// H100 it measured slower than the narrow kernel (8B int4: 12.8 against 8.5 ms of matvec
-    /// per token). `from_env` turns it on with `LOWBIT_WGPU_WIDE_MATVEC=1`.
+    /// Use the wide matvec (whole 32-value blocks per lane, 16-byte code loads) on long rows of
+    /// 4- and 8-bit codes. On the H100 it beat the narrow kernel (8B int4 decode 89 vs 82 tok/s,
+    /// 1B 257 vs 208). `from_env` turns it on unless `LOWBIT_WGPU_WIDE_MATVEC=0`.
     pub wide_matvec: bool,
     /// Folder of the on-disk pipeline cache (wgpu `PipelineCache`, Vulkan only): compiled
     /// kernels are loaded from `<dir>/<adapter key>.bin` at start and written back after the
@@ -36,6 +36,11 @@ pub struct WgpuOptions {
     /// `from_env` uses `LOWBIT_PIPELINE_CACHE_DIR`, else `$XDG_CACHE_HOME/lowbit/pipelines` or
     /// `~/.cache/lowbit/pipelines`; `LOWBIT_PIPELINE_CACHE=0` turns it off.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
+    /// Compile kernels with naga's runtime checks (index clamping, loop bounding, guarded
+    /// integer division), as a browser's WebGPU always does. Off by default: the kernels are
+    /// lowbit's own, tested on every path, and buffer accesses stay protected by the driver's
+    /// robust buffer access. `from_env` turns them on with `LOWBIT_WGPU_CHECKED_SHADERS=1`.
+    pub checked_shaders: bool,
 }
 
 /// The default pipeline cache folder (see [`WgpuOptions::pipeline_cache_dir`]).
@@ -59,8 +64,9 @@ impl WgpuOptions {
         let allow = std::env::var("LOWBIT_ALLOW_SOFTWARE_ADAPTER").is_ok_and(|v| v == "1");
         WgpuOptions {
             allow_software: allow,
-            wide_matvec: std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "1"),
+            wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
             pipeline_cache_dir: default_pipeline_cache_dir(),
+            checked_shaders: std::env::var("LOWBIT_WGPU_CHECKED_SHADERS").is_ok_and(|v| v == "1"),
             ..Default::default()
         }
     }
@@ -155,6 +161,8 @@ pub(crate) struct GpuDevice {
     /// The driver-level pipeline cache every kernel is compiled through, when the adapter
     /// supports one and a folder was given.
     pub pipeline_cache: Option<DiskPipelineCache>,
+    /// Kernels keep naga's runtime checks ([`WgpuOptions::checked_shaders`]).
+    pub checked_shaders: bool,
     /// Errors reported outside error scopes, drained by [`GpuDevice::take_error`].
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -309,6 +317,7 @@ impl GpuDevice {
             subgroups,
             timestamps,
             pipeline_cache,
+            checked_shaders: opts.checked_shaders,
             errors,
             lost,
         })

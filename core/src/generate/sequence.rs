@@ -162,6 +162,45 @@ impl Sequence {
             let last = self.tokens.last().copied().unwrap_or_default();
             self.logits = model.forward(cache, &[last], Logits::Last)?;
         }
+        self.sample_next(model, cache, t0)
+    }
+
+    /// The token the next decode step feeds, when the sequence is prefilled, running and not
+    /// cancelled: a scheduler batches these through [`TextModel::forward_batch`] and hands each
+    /// sequence its row of logits with [`Sequence::step_with_logits`].
+    pub fn decode_input(&self) -> Option<u32> {
+        if !self.prefilled || self.finished.is_some() || self.cancelled() {
+            return None;
+        }
+        Some(self.tokens.last().copied().unwrap_or_default())
+    }
+
+    /// Completes a decode step whose forward pass ran elsewhere (batched): `logits` are this
+    /// sequence's row for [`Sequence::decode_input`], and `t0` is when the step began.
+    pub fn step_with_logits(
+        &mut self,
+        model: &dyn TextModel,
+        cache: &KvCache,
+        logits: Vec<f32>,
+        t0: Instant,
+    ) -> Result<StepOutput> {
+        if self.finished.is_some() {
+            return Ok(StepOutput {
+                finished: self.finished,
+                ..Default::default()
+            });
+        }
+        self.logits = logits;
+        self.sample_next(model, cache, t0)
+    }
+
+    /// Samples from `self.logits`, updates the text stream and decides whether to stop.
+    fn sample_next(
+        &mut self,
+        model: &dyn TextModel,
+        cache: &KvCache,
+        t0: Instant,
+    ) -> Result<StepOutput> {
         if self.opts.max_tokens == 0 {
             return Ok(self.finish_with(FinishReason::Length, String::new(), None));
         }

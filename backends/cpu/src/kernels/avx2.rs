@@ -187,7 +187,10 @@ unsafe fn dot_rows2<const BITS: usize, const CORR: bool>(
     x: Q8Row<'_>,
 ) -> [f32; 2] {
     let qs = x.qs.as_ptr();
-    let mut acc = [_mm256_setzero_ps(); 2];
+    // Per row two accumulators, filled exactly as [`dot_row`] fills its own (even blocks of a
+    // full chunk of eight in the first, odd ones in the second, a partial chunk in the first),
+    // so batched and single-row results are bit-identical.
+    let mut acc = [[_mm256_setzero_ps(); 2]; 2];
     let mut b0 = 0;
     while b0 < f.nb {
         let d = _mm256_loadu_ps(x.d.as_ptr().add(b0));
@@ -195,7 +198,7 @@ unsafe fn dot_rows2<const BITS: usize, const CORR: bool>(
             block_scales(scales[0], f, b0, d),
             block_scales(scales[1], f, b0, d),
         ];
-        let mut step = |k: usize| {
+        let mut step = |k: usize, a: usize| {
             let b = b0 + k;
             let xv = _mm256_loadu_si256(qs.add(b * BLOCK) as *const __m256i);
             let corr = x.corr.as_ptr().wrapping_add(b * BLOCK / 2);
@@ -204,26 +207,29 @@ unsafe fn dot_rows2<const BITS: usize, const CORR: bool>(
                 let c = decode_block::<BITS>(words[r].add(b * BITS));
                 let p = block_product::<BITS, CORR>(c, xv, corr);
                 let s = _mm256_permutevar8x32_ps(sd[r], idx);
-                acc[r] = _mm256_fmadd_ps(p, s, acc[r]);
+                acc[r][a] = _mm256_fmadd_ps(p, s, acc[r][a]);
             }
         };
         if b0 + 8 <= f.nb {
-            step(0);
-            step(1);
-            step(2);
-            step(3);
-            step(4);
-            step(5);
-            step(6);
-            step(7);
+            step(0, 0);
+            step(1, 1);
+            step(2, 0);
+            step(3, 1);
+            step(4, 0);
+            step(5, 1);
+            step(6, 0);
+            step(7, 1);
         } else {
             for k in 0..f.nb - b0 {
-                step(k);
+                step(k, 0);
             }
         }
         b0 += 8;
     }
-    [hsum(acc[0]), hsum(acc[1])]
+    [
+        hsum(_mm256_add_ps(acc[0][0], acc[0][1])),
+        hsum(_mm256_add_ps(acc[1][0], acc[1][1])),
+    ]
 }
 
 #[inline]
