@@ -1,6 +1,7 @@
 //! SmolLM2 end to end on the WebGPU backend (lavapipe in CI: `scripts/test.sh` installs
 //! mesa-vulkan-drivers) against the CPU backend: the same weights (int8, group 32) must give the
-//! same greedy tokens, and perplexity at fp32, int8 and int4 must agree within 0.5%.
+//! same greedy tokens, and perplexity at fp32, int8 and int4 must agree within 0.5% with the
+//! CPU backend's reference mode (f32 activations on the same quantized weights).
 
 mod common;
 
@@ -51,6 +52,10 @@ fn webgpu_matches_the_cpu_backend_end_to_end() {
         .chars()
         .take(4000)
         .collect();
+    // The CPU reference multiplies the same quantized weights with f32 activations (its
+    // default kernels quantize activations to int8 blocks, which alone moves perplexity by
+    // ~3% on chunks this short; the WebGPU kernels keep activations in f16/f32).
+    std::env::set_var("LOWBIT_CPU_EXACT_ACTIVATIONS", "1");
     for quant in [QuantMethod::Fp32, QuantMethod::Int8, QuantMethod::Int4] {
         let cpu = ppl("cpu", quant, &text);
         let gpu = ppl("webgpu", quant, &text);
@@ -69,6 +74,8 @@ fn webgpu_matches_the_cpu_backend_end_to_end() {
             rel * 100.0
         );
     }
+    // Greedy tokens against the CPU backend's default (int8-activation) kernels.
+    std::env::remove_var("LOWBIT_CPU_EXACT_ACTIVATIONS");
     let prompt = "The capital of France is";
     let cpu = greedy("cpu", prompt);
     let gpu = greedy("webgpu", prompt);

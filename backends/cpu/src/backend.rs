@@ -18,6 +18,8 @@ use std::sync::{Arc, RwLock};
 /// codes with SIMD kernels chosen at construction ([`Isa`]).
 pub struct CpuBackend {
     isa: Isa,
+    /// Quantized matmul on f32 activations (see [`CpuBackend::exact_activations`]).
+    exact: bool,
     threads: usize,
     pool: SpinPool,
     buffers: BufferSlab,
@@ -132,6 +134,7 @@ impl CpuBackend {
         let threads = pool.threads();
         Ok(CpuBackend {
             isa,
+            exact: std::env::var("LOWBIT_CPU_EXACT_ACTIVATIONS").is_ok_and(|v| v == "1"),
             threads,
             pool,
             buffers: BufferSlab::default(),
@@ -143,6 +146,15 @@ impl CpuBackend {
     /// The kernels in use.
     pub fn isa(&self) -> Isa {
         self.isa
+    }
+
+    /// Reference mode: quantized matmul dequantizes each weight row and multiplies it with the
+    /// f32 activations instead of quantizing the activations to int8 blocks (several times
+    /// slower). It isolates the weight format's own error, e.g. to check another backend
+    /// against this one. Also on with `LOWBIT_CPU_EXACT_ACTIVATIONS=1` at construction.
+    pub fn exact_activations(mut self, on: bool) -> Self {
+        self.exact = on;
+        self
     }
 
     fn weight(&self, id: WeightId) -> Result<Arc<WeightMatrix>> {
@@ -277,7 +289,7 @@ impl Backend for CpuBackend {
             ensure("matmul", "x", ins[0].len(), need_x)?;
             ensure("matmul", "output buffer", o.len(), need_out)?;
             let (x, o) = (&ins[0][..need_x], &mut o[..need_out]);
-            matmul::matmul(&self.pool, self.isa, &wm, x, n, o);
+            matmul::matmul(&self.pool, self.isa, self.exact, &wm, x, n, o);
             Ok(())
         })
     }

@@ -14,6 +14,8 @@ fn rows_per_task(rows: usize, threads: usize) -> usize {
 /// A weight with its activations prepared for the kernels.
 enum Operands<'a> {
     Quantized(&'a QuantizedMatrix, Q8Activations),
+    /// Dequantized row by row, against f32 activations.
+    Exact(&'a QuantizedMatrix),
     Dense(DenseRows<'a>),
 }
 
@@ -22,6 +24,7 @@ enum Operands<'a> {
 pub(crate) fn matmul(
     pool: &SpinPool,
     isa: Isa,
+    exact: bool,
     w: &WeightMatrix,
     x: &[f32],
     n: usize,
@@ -29,6 +32,7 @@ pub(crate) fn matmul(
 ) {
     let (rows, cols) = w.shape();
     let ops = match w {
+        WeightMatrix::Quantized(m) if exact => Operands::Exact(m),
         WeightMatrix::Quantized(m) => {
             Operands::Quantized(m, kernels::quantize_activations(isa, x, n, cols, m.spec))
         }
@@ -51,6 +55,15 @@ pub(crate) fn matmul(
                     kernels::quantized_rows(isa, m, t * chunk, act, n, d)
                 }
                 Operands::Dense(dw) => kernels::dense_rows(isa, *dw, cols, t * chunk, x, n, d),
+                Operands::Exact(m) => {
+                    let mut row = vec![0.0f32; cols];
+                    for (i, o) in d.chunks_exact_mut(n).enumerate() {
+                        kernels::scalar::dequantize_row(m, t * chunk + i, &mut row);
+                        for (j, oj) in o.iter_mut().enumerate() {
+                            *oj = kernels::dot(isa, &row, &x[j * cols..(j + 1) * cols]);
+                        }
+                    }
+                }
             }
         })
     };
