@@ -364,6 +364,21 @@ const S_LOGITS: usize = 8;
 
 impl LlamaModel {
     /// (Re)allocates the scratch buffers for `n` token rows (logits included).
+    /// The second half of a layer over `n` rows: the attention output projection and residual,
+    /// then RMSNorm, SwiGLU feed-forward and residual.
+    fn output_and_ffn(&self, layer: &Layer, s: &[BufferId; 9], n: usize) -> Result<()> {
+        let (b, hp) = (&self.backend, &self.hp);
+        let (dim, ffn) = (hp.dim, hp.ffn_dim);
+        b.matmul(layer.wo, s[S_ATT], s[S_H], n)?;
+        b.add(s[S_X], s[S_H], n * dim)?;
+        b.rms_norm(s[S_X], layer.ffn_norm, s[S_H], n, dim, hp.eps)?;
+        b.matmul(layer.w_gate, s[S_H], s[S_GATE], n)?;
+        b.matmul(layer.w_up, s[S_H], s[S_UP], n)?;
+        b.silu_mul(s[S_GATE], s[S_UP], s[S_GATE], n * ffn)?;
+        b.matmul(layer.w_down, s[S_GATE], s[S_H], n)?;
+        b.add(s[S_X], s[S_H], n * dim)
+    }
+
     fn ensure_scratch(&self, cache: &mut KvCache, n: usize) -> Result<()> {
         let hp = &self.hp;
         let b = &self.backend;
@@ -426,7 +441,7 @@ impl TextModel for LlamaModel {
         let s: [BufferId; 9] = cache.scratch[..]
             .try_into()
             .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))?;
-        let (dim, kv_dim, ffn) = (hp.dim, hp.kv_dim(), hp.ffn_dim);
+        let (dim, kv_dim) = (hp.dim, hp.kv_dim());
         let pos0 = cache.pos;
         let att = AttentionParams {
             n_tokens: n,
@@ -466,14 +481,7 @@ impl TextModel for LlamaModel {
             b.kv_store(s[S_K], kc, pos0, n, kv_dim)?;
             b.kv_store(s[S_V], vc, pos0, n, kv_dim)?;
             b.attention(s[S_Q], kc, vc, s[S_ATT], &att)?;
-            b.matmul(layer.wo, s[S_ATT], s[S_H], n)?;
-            b.add(s[S_X], s[S_H], n * dim)?;
-            b.rms_norm(s[S_X], layer.ffn_norm, s[S_H], n, dim, hp.eps)?;
-            b.matmul(layer.w_gate, s[S_H], s[S_GATE], n)?;
-            b.matmul(layer.w_up, s[S_H], s[S_UP], n)?;
-            b.silu_mul(s[S_GATE], s[S_UP], s[S_GATE], n * ffn)?;
-            b.matmul(layer.w_down, s[S_GATE], s[S_H], n)?;
-            b.add(s[S_X], s[S_H], n * dim)?;
+            self.output_and_ffn(layer, &s, n)?;
         }
         let out = match logits {
             Logits::All => {
@@ -538,7 +546,7 @@ impl TextModel for LlamaModel {
                 t
             }
         };
-        let (dim, kv_dim, ffn) = (hp.dim, hp.kv_dim(), hp.ffn_dim);
+        let (dim, kv_dim) = (hp.dim, hp.kv_dim());
         let q_dim = hp.n_heads * hp.head_dim;
         let rope = RopeStyle::Adjacent;
         b.embed(self.embedding, tokens, s[S_X])?;
@@ -569,14 +577,7 @@ impl TextModel for LlamaModel {
                 b.attention(t_q, kc, vc, t_att, &att)?;
                 b.copy(t_att, 0, s[S_ATT], i * q_dim, q_dim)?;
             }
-            b.matmul(layer.wo, s[S_ATT], s[S_H], n)?;
-            b.add(s[S_X], s[S_H], n * dim)?;
-            b.rms_norm(s[S_X], layer.ffn_norm, s[S_H], n, dim, hp.eps)?;
-            b.matmul(layer.w_gate, s[S_H], s[S_GATE], n)?;
-            b.matmul(layer.w_up, s[S_H], s[S_UP], n)?;
-            b.silu_mul(s[S_GATE], s[S_UP], s[S_GATE], n * ffn)?;
-            b.matmul(layer.w_down, s[S_GATE], s[S_H], n)?;
-            b.add(s[S_X], s[S_H], n * dim)?;
+            self.output_and_ffn(layer, &s, n)?;
         }
         b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
         b.matmul(self.lm_head, s[S_H], s[S_LOGITS], n)?;

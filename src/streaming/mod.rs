@@ -367,7 +367,7 @@ impl StreamingInference {
             cancel: cancel.clone(),
             sink,
             submitted: Instant::now(),
-            _in_flight: guard,
+            in_flight: Some(guard),
         };
         let tx = self.tx.as_ref().ok_or(InferenceError::ShutDown)?;
         tx.lock()

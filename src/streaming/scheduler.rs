@@ -48,7 +48,10 @@ pub(crate) struct Job {
     pub sink: EventSink,
     pub submitted: Instant,
     /// Held for its `Drop`: the in-flight count falls when the job is gone.
-    pub _in_flight: InFlight,
+    /// Holds the request's slot in the concurrency limit; released (set to `None`) just
+    /// before the final event, so a client that sends its next request as soon as it reads
+    /// the completion is never told `busy` by its own finished request.
+    pub in_flight: Option<InFlight>,
 }
 
 struct Running {
@@ -284,6 +287,7 @@ fn expire_waiting(waiting: &mut VecDeque<Job>, config: &InferenceConfig, shared:
             let mut job = waiting.remove(i).expect("index in range");
             let usage = Usage::new(job.prompt.len(), 0);
             lock(&shared.stats).completed();
+            job.in_flight = None;
             (job.sink)(TokenEvent::Done(Completion {
                 text: String::new(),
                 tokens: Vec::new(),
@@ -309,6 +313,7 @@ fn expire_waiting(waiting: &mut VecDeque<Job>, config: &InferenceConfig, shared:
 fn fail(job: &mut Job, shared: &Shared, e: InferenceError) {
     shared.handlers.error(job.id, &e);
     lock(&shared.stats).completed();
+    job.in_flight = None;
     (job.sink)(TokenEvent::Error(e));
 }
 
@@ -340,6 +345,7 @@ fn deliver(r: &mut Running, out: StepOutput, shared: &Shared, model: &dyn TextMo
         let g = r.seq.generation(model, &r.cache);
         // Stats first: a caller that wakes on `Done` sees its request counted.
         lock(&shared.stats).completed();
+        r.job.in_flight = None;
         (r.job.sink)(TokenEvent::Done(Completion {
             usage: Usage::new(r.seq.prompt().len(), g.tokens.len()),
             text: g.text,

@@ -445,7 +445,6 @@ unsafe fn dot_row<const BITS: usize, const FUSED: bool, const CORR: bool>(
     x: Q8Row<'_>,
 ) -> f32 {
     let qs = x.qs.as_ptr();
-    let ones = _mm256_set1_epi16(1);
     let block = |b: usize| {
         let c = if FUSED {
             decode_block::<BITS>(words.add(b * BITS))
@@ -453,32 +452,13 @@ unsafe fn dot_row<const BITS: usize, const FUSED: bool, const CORR: bool>(
             _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK) as *const __m256i)
         };
         let xv = _mm256_loadu_si256(qs.add(b * BLOCK) as *const __m256i);
-        let mut p16 = if BITS == 8 {
-            _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xv, c))
-        } else {
-            _mm256_maddubs_epi16(c, xv)
-        };
-        if CORR {
-            let k = _mm256_loadu_si256(x.corr.as_ptr().add(b * BLOCK / 2) as *const __m256i);
-            p16 = _mm256_sub_epi16(p16, k);
-        }
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones))
+        block_product::<BITS, CORR>(c, xv, x.corr.as_ptr().wrapping_add(b * BLOCK / 2))
     };
     let mut acc0 = _mm256_setzero_ps();
     let mut acc1 = _mm256_setzero_ps();
     let mut b0 = 0;
     while b0 < f.nb {
-        // scale · d of blocks b0 .. b0 + 8 (`d` is zero-padded to a multiple of 8 per row).
-        let s = if f.bpg == 1 {
-            scales.load8(b0)
-        } else {
-            let mut t = [0f32; 8];
-            for (k, tk) in t.iter_mut().enumerate().take(f.nb - b0) {
-                *tk = f16_to_f32(*scales.ptr.add((b0 + k) / f.bpg));
-            }
-            _mm256_loadu_ps(t.as_ptr())
-        };
-        let sd = _mm256_mul_ps(s, _mm256_loadu_ps(x.d.as_ptr().add(b0)));
+        let sd = block_scales(scales, f, b0, _mm256_loadu_ps(x.d.as_ptr().add(b0)));
         let lane = |k: i32| _mm256_permutevar8x32_ps(sd, _mm256_set1_epi32(k));
         if b0 + 8 <= f.nb {
             acc0 = _mm256_fmadd_ps(block(b0), lane(0), acc0);
