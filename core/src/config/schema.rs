@@ -118,7 +118,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("runtime.subgroups", Kind::Choice(&["auto", "on", "off"]), "\"auto\"", "subgroup reductions: auto uses them where the device and profile allow"),
     key!("runtime.threads", Kind::Int { min: 0, max: 1024 }, "0", "CPU worker threads; 0 = all cores"),
     key!("quantization.method", Kind::Choice(METHODS), "\"fp16\"", "weight precision; mixed takes bits per role from [quantization.layers]"),
-    key!("quantization.group_size", Kind::Int { min: 1, max: 4096 }, "128", "values per scale along the reduction dimension: a multiple of 32 dividing the model's widths"),
+    key!("quantization.group_size", Kind::Int { min: 1, max: 4096 }, "128", "values per scale along the reduction dimension: a multiple of 32 (a row whose width it does not divide ends in a shorter group)"),
     key!("quantization.scheme", Kind::Choice(&["symmetric", "asymmetric"]), "\"symmetric\"", "symmetric (scale) or asymmetric (scale and offset) groups"),
     key!("quantization.layers.embedding", Kind::IntOneOf(WEIGHT_BITS), "8", "bits of the embedding table (method = mixed)"),
     key!("quantization.layers.attention", Kind::IntOneOf(WEIGHT_BITS), "4", "bits of the q/k/v/o matrices (method = mixed)"),

@@ -182,10 +182,9 @@ fn workgroup_beyond_limits_becomes_the_profiles() {
 }
 
 #[test]
-fn group_sizes_snap_to_valid_divisors() {
-    // Multiples of 32 dividing both 576 and 1536: 32, 64, 96, 192. 100 → 96; 128 → 96
-    // (576 / 128 = 4.5); 50 → 64; 160 → 192 (96 and 192 are 64 and 32 away).
-    for (given, want) in [(100, 96), (128, 96), (50, 64), (160, 192)] {
+fn group_sizes_snap_to_multiples_of_32_and_uneven_ones_warn() {
+    // Not a multiple of 32: the nearest one. 100 → 96; 50 → 64; 16 → 32.
+    for (given, want) in [(100, 96), (50, 64), (16, 32)] {
         let v = check(
             &format!("[quantization]\ngroup_size = {given}"),
             "chrome",
@@ -195,6 +194,22 @@ fn group_sizes_snap_to_valid_divisors() {
             corrected_to(&v, "quantization.group_size"),
             Some(want.to_string()),
             "{given}"
+        );
+    }
+    // 128 and 160 do not divide 576: kept, with a warning about the short last group.
+    for given in [128, 160] {
+        let v = check(
+            &format!("[quantization]\ngroup_size = {given}"),
+            "chrome",
+            &model_caps(),
+        );
+        assert_eq!(corrected_to(&v, "quantization.group_size"), None, "{given}");
+        assert!(
+            v.warnings
+                .iter()
+                .any(|w| w.key == "quantization.group_size" && w.message.contains("shorter")),
+            "{given}: {:?}",
+            v.warnings
         );
     }
 }
