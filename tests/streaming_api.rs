@@ -212,3 +212,94 @@ fn performance_stats_report_latency_throughput_memory_and_batch_history() {
     assert!(s.weight_bytes > 100_000_000 && s.kv_cache_peak_bytes > 0);
     assert_eq!(s.batch_size_history[0].reason, "initial");
 }
+
+#[test]
+fn a_toml_config_file_sets_up_the_engine() {
+    let dir = std::env::temp_dir().join(format!("lowbit-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("engine.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[model]\npath = {:?}\n\n[quantization]\nmethod = \"int8\"\ngroup_size = 32\n\n\
+             [runtime]\nbackend = \"cpu\"\n\n[kv_cache]\nmax_seq_len = 300\n\n\
+             [performance]\nmax_batch_size = 3\nadaptive_batch_size = false\n\
+             optimize_for_latency = true\n",
+            smollm2_path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let (cfg, path) = InferenceConfig::from_file(&file).unwrap();
+    assert_eq!(path.as_deref(), Some(smollm2_path().as_path()));
+    assert_eq!(cfg.quant, lowbit::load::QuantMethod::Int8);
+    assert_eq!((cfg.group_size, cfg.backend.as_str()), (32, "cpu"));
+    assert_eq!((cfg.max_context, cfg.max_batch_size), (300, 3));
+    assert!(!cfg.adaptive_batch_size && cfg.optimize_for_latency);
+    // A value the validator rejects is an INVALID_CONFIG error, not a silent default.
+    std::fs::write(&file, "[runtime]\nbackend = \"webgpu\"\nfallback = 7\n").unwrap();
+    let e = InferenceConfig::from_file(&file).unwrap_err();
+    assert_eq!(e.code.as_str(), "INVALID_CONFIG", "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn optimize_for_browser_reloads_the_model_under_the_profile() {
+    let cfg = InferenceConfig {
+        quant: lowbit::load::QuantMethod::Int2,
+        ..test_config()
+    };
+    let e = lowbit::streaming::StreamingInference::new(smollm2_path(), cfg).unwrap();
+    assert!(e.generate("Hi", greedy(2), |_, _| {}).is_ok());
+    // Safari has no 2-bit kernels: the profile's validation moves the weights to 4 bits.
+    let e = e.optimize_for_browser("safari").unwrap();
+    assert_eq!(e.config().quant, lowbit::load::QuantMethod::Int4);
+    assert_eq!(e.config().profile.as_deref(), Some("safari"));
+    assert!(!e.generate("Hi", greedy(4), |_, _| {}).unwrap().is_empty());
+    let err = e.optimize_for_browser("netscape").map(|_| ()).unwrap_err();
+    assert_eq!(err.code(), "INVALID_CONFIG", "{err}");
+    // An engine over an already loaded model has no file to reload.
+    let e = lowbit::streaming::StreamingInference::from_model(model(), "m".into(), test_config())
+        .unwrap();
+    let err = e.optimize_for_browser("chrome").map(|_| ()).unwrap_err();
+    assert_eq!(err.code(), "INVALID_CONFIG", "{err}");
+}
+
+#[test]
+fn latency_mode_shrinks_the_batch_that_normal_mode_keeps() {
+    let run = |latency: bool| {
+        // A target no step reaches: only latency mode can shrink the batch.
+        let e = engine(InferenceConfig {
+            target_token_latency: Duration::from_secs(60),
+            initial_batch_size: 4,
+            ..test_config()
+        });
+        if latency {
+            e.optimize_for_latency();
+        }
+        // One request alone first: the yardstick of latency mode.
+        e.generate("Hello", greedy(4), |_, _| {}).unwrap();
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let e = e.clone();
+                std::thread::spawn(move || {
+                    e.generate(format!("Story number {i}:"), greedy(12), |_, _| {})
+                        .unwrap()
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        e.performance_stats().batch_size_history
+    };
+    let normal = run(false);
+    assert!(
+        normal.iter().all(|c| c.reason != "latency_over_target"),
+        "{normal:?}"
+    );
+    let fast = run(true);
+    assert!(
+        fast.iter().any(|c| c.reason == "latency_over_target"),
+        "{fast:?}"
+    );
+}

@@ -2,7 +2,9 @@
 //! configuration (or CLI flags) can fill it in.
 
 use crate::load::{LoadOptions, QuantMethod};
+use crate::selection::{load_options, resolve, ConfigRequest};
 use lowbit_core::quant::Scheme;
+use lowbit_core::Result;
 use std::time::Duration;
 
 /// How a model is loaded and how requests on it are scheduled and bounded.
@@ -43,6 +45,14 @@ pub struct InferenceConfig {
     pub target_token_latency: Duration,
     /// A request running longer than this ends with a `timeout` error.
     pub request_timeout: Duration,
+    /// Latency mode (`performance.optimize_for_latency`, or
+    /// [`super::StreamingInference::optimize_for_latency`]): the adaptive batch grows only while
+    /// a step costs each request at most 1.5× the fastest single-request step seen, instead of
+    /// up to `target_token_latency`.
+    pub optimize_for_latency: bool,
+    /// Browser profile applied to the WebGPU backend (`chrome`, `safari`, ...); `None`: the
+    /// device's own features and limits.
+    pub profile: Option<String>,
 }
 
 impl Default for InferenceConfig {
@@ -64,6 +74,8 @@ impl Default for InferenceConfig {
             adaptive_batch_size: true,
             target_token_latency: Duration::from_millis(250),
             request_timeout: Duration::from_secs(600),
+            optimize_for_latency: false,
+            profile: None,
         }
     }
 }
@@ -78,7 +90,55 @@ impl InferenceConfig {
             scheme: self.scheme,
             backend: self.backend.clone(),
             threads: self.threads,
+            profile: self.profile.clone(),
             ..Default::default()
         }
+    }
+
+    /// Settings from a TOML configuration file (the keys of SPEC.md §2), merged and validated
+    /// exactly as the CLI does (defaults < profile < file < `LOWBIT_*` variables), with the
+    /// validator's corrections applied. Returns the settings and the model path the file names
+    /// (if any). Keys: `quantization.*`, `runtime.backend`/`threads`/`profile`,
+    /// `kv_cache.max_seq_len` (per-request context), `performance.adaptive_batch_size`,
+    /// `performance.max_batch_size`, `performance.optimize_for_latency`.
+    ///
+    /// Errors: `INVALID_CONFIG` for an unreadable file or a value the validator rejects.
+    pub fn from_file(path: &std::path::Path) -> Result<(Self, Option<std::path::PathBuf>)> {
+        let req = ConfigRequest {
+            file: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        Self::resolve(&req, &InferenceConfig::default())
+    }
+
+    /// Resolves `req` on top of `base` (whose scheduling limits the configuration does not
+    /// name stay as they are).
+    pub(crate) fn resolve(
+        req: &ConfigRequest,
+        base: &InferenceConfig,
+    ) -> Result<(Self, Option<std::path::PathBuf>)> {
+        let r = resolve(req)?;
+        let profile = r.profile.clone();
+        let config = r.validation.into_result()?;
+        let l = load_options(&config, profile.as_ref())?;
+        let c = InferenceConfig {
+            quant: l.quant,
+            group_size: l.group_size,
+            scheme: l.scheme,
+            backend: l.backend,
+            threads: l.threads,
+            profile: l.profile,
+            max_context: config.int("kv_cache.max_seq_len").max(2) as usize,
+            adaptive_batch_size: config.bool("performance.adaptive_batch_size"),
+            max_batch_size: config.int("performance.max_batch_size").max(1) as usize,
+            optimize_for_latency: config.bool("performance.optimize_for_latency"),
+            ..base.clone()
+        };
+        let c = InferenceConfig {
+            initial_batch_size: c.initial_batch_size.clamp(1, c.max_batch_size),
+            min_batch_size: c.min_batch_size.clamp(1, c.max_batch_size),
+            ..c
+        };
+        Ok((c, l.model))
     }
 }

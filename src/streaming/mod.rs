@@ -184,6 +184,8 @@ pub struct StreamingInference {
     model: Arc<dyn TextModel>,
     config: InferenceConfig,
     model_id: String,
+    /// Where the model was loaded from (engines made by [`StreamingInference::new`]).
+    model_path: Option<std::path::PathBuf>,
     shared: Arc<Shared>,
     tx: Option<Mutex<mpsc::Sender<Job>>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -204,7 +206,77 @@ impl StreamingInference {
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| model.config().name.clone());
-        Self::from_model(Arc::from(model), id, config)
+        let mut engine = Self::from_model(Arc::from(model), id, config)?;
+        engine.model_path = Some(path.to_path_buf());
+        Ok(engine)
+    }
+
+    /// Latency mode: from now on the adaptive batch grows only while a step costs each request
+    /// at most 1.5× the fastest single-request step seen (see
+    /// [`InferenceConfig::optimize_for_latency`]); running requests are never evicted.
+    pub fn optimize_for_latency(&self) {
+        self.shared.latency_mode.store(true, Ordering::Relaxed);
+    }
+
+    /// Applies a browser profile (`chrome`, `edge`, `firefox`, `safari`, `mobile`, or a plugin's):
+    /// the configuration is re-validated under it (e.g. Safari has no 2-bit kernels, so int2
+    /// becomes int4; its memory budget may force fewer bits) and the model is reloaded on a
+    /// backend built for the profile (its workgroup sizes, binding limits and f16/subgroup
+    /// rules). Waits for running requests to finish. Returns the new engine.
+    ///
+    /// Errors: `INVALID_CONFIG` for an unknown profile, an engine not made by
+    /// [`StreamingInference::new`] (there is no file to reload), or a configuration the profile
+    /// cannot run; loading errors.
+    pub fn optimize_for_browser(self, browser: &str) -> Result<Self, InferenceError> {
+        lowbit_core::registry::find_profile(browser)?;
+        let Some(path) = self.model_path.clone() else {
+            return Err(lowbit_core::Error::invalid_config(
+                "optimize_for_browser reloads the model from its file: create the engine with \
+                 StreamingInference::new",
+            )
+            .into());
+        };
+        let mut req = crate::selection::ConfigRequest {
+            env: false,
+            ..Default::default()
+        };
+        let c = &self.config;
+        let cli = lowbit_core::config::Source::Cli("optimize_for_browser".into());
+        let scheme = match c.scheme {
+            lowbit_core::quant::Scheme::Symmetric => "symmetric",
+            lowbit_core::quant::Scheme::Asymmetric => "asymmetric",
+        };
+        for (k, v) in [
+            ("model.path", path.display().to_string().into()),
+            ("quantization.method", c.quant.name().into()),
+            ("quantization.group_size", (c.group_size as i64).into()),
+            ("quantization.scheme", scheme.into()),
+            ("runtime.backend", c.backend.clone().into()),
+            ("runtime.threads", (c.threads as i64).into()),
+            ("runtime.profile", browser.into()),
+            ("kv_cache.max_seq_len", (c.max_context as i64).into()),
+            (
+                "performance.adaptive_batch_size",
+                c.adaptive_batch_size.into(),
+            ),
+            (
+                "performance.max_batch_size",
+                (c.max_batch_size as i64).into(),
+            ),
+            (
+                "performance.optimize_for_latency",
+                c.optimize_for_latency.into(),
+            ),
+        ] {
+            req.cli.push(k, v, cli.clone());
+        }
+        let (config, _) = InferenceConfig::resolve(&req, c)?;
+        let config = InferenceConfig {
+            profile: Some(browser.to_owned()),
+            ..config
+        };
+        drop(self);
+        Self::new(&path, config)
     }
 
     /// Serves an already loaded model under the name `model_id`.
@@ -214,6 +286,7 @@ impl StreamingInference {
         config: InferenceConfig,
     ) -> Result<Self, InferenceError> {
         let shared = Arc::new(Shared {
+            latency_mode: std::sync::atomic::AtomicBool::new(config.optimize_for_latency),
             in_flight: AtomicUsize::new(0),
             batch_size: AtomicUsize::new(0),
             stats: Mutex::new(stats::StatsAccumulator::new(model.weight_bytes())),
@@ -237,6 +310,7 @@ impl StreamingInference {
             model,
             config,
             model_id,
+            model_path: None,
             shared,
             tx: Some(Mutex::new(tx)),
             thread: Some(thread),

@@ -22,6 +22,8 @@ pub(crate) type EventSink = Box<dyn FnMut(TokenEvent) -> bool + Send>;
 
 /// State shared between the scheduler thread and the callers.
 pub(crate) struct Shared {
+    /// Latency mode (see `InferenceConfig::optimize_for_latency`), switchable at run time.
+    pub latency_mode: AtomicBool,
     /// Requests submitted and not yet finished (waiting + running).
     pub in_flight: AtomicUsize,
     /// The batch size now.
@@ -88,6 +90,8 @@ pub(crate) fn run(
         .clamp(config.min_batch_size.max(1), config.max_batch_size.max(1));
     set_batch(&shared, batch, "initial");
     let mut open = true;
+    // The fastest decode step with one request so far: latency mode's yardstick.
+    let mut fastest_solo_ms = f64::INFINITY;
     loop {
         if running.is_empty() && waiting.is_empty() {
             if !open {
@@ -235,8 +239,14 @@ pub(crate) fn run(
         let kv_now: usize = running.iter().map(|r| r.cache.bytes).sum();
         lock(&shared.stats).step(step_start.elapsed().as_secs_f64() * 1e3, kv_now, stepped);
 
+        if decoding == 1 {
+            fastest_solo_ms = fastest_solo_ms.min(decode_ms);
+        }
         if config.adaptive_batch_size && decoding > 0 {
-            let target = config.target_token_latency.as_secs_f64() * 1e3;
+            let mut target = config.target_token_latency.as_secs_f64() * 1e3;
+            if shared.latency_mode.load(Ordering::Relaxed) && fastest_solo_ms.is_finite() {
+                target = target.min(1.5 * fastest_solo_ms);
+            }
             let min = config.min_batch_size.max(1);
             let max = config.max_batch_size.max(min);
             // Shrinking acts on the running count: requests already running are never

@@ -140,3 +140,8 @@ pub fn greedy_reference(engine: &StreamingInference, prompt: &str, n: usize) -> 
     };
     engine.generate(prompt, opts, |_, _| {}).unwrap()
 }
+
+/// The SmolLM2 file (for engines that load it themselves).
+pub fn smollm2_path() -> std::path::PathBuf {
+    common::smollm2()
+}
