@@ -79,4 +79,34 @@ fn main() {
             }
         }
     }
+    // Batched decode (n activation rows share each weight read): µs per activation row.
+    println!("\n| shape | bits | threads | rows n | µs per call | µs per row |");
+    println!("|---|---|---|---|---|---|");
+    for threads in [1usize, 2] {
+        let be = CpuBackend::new(threads).expect("cpu backend");
+        for (name, rows, cols, bits) in [shapes[1], shapes[4]] {
+            let m = matrix(rows, cols, bits);
+            let bytes = m.data.len() * 4 + m.scales.len() * 2;
+            let w = be
+                .upload_weight(WeightMatrix::Quantized(m))
+                .expect("upload");
+            for n in [1usize, 4, 16] {
+                let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
+                let xb = be.upload(&x).expect("upload x");
+                let out = be.alloc(n * rows).expect("alloc");
+                let reps = (1e8 / bytes as f64 / n as f64).clamp(5.0, 5000.0) as usize;
+                be.matmul(w, xb, out, n).expect("matmul");
+                let t = Instant::now();
+                for _ in 0..reps {
+                    be.matmul(w, xb, out, n).expect("matmul");
+                }
+                let s = t.elapsed().as_secs_f64() / reps as f64;
+                println!(
+                    "| {name} | {bits} | {threads} | {n} | {:.1} | {:.1} |",
+                    s * 1e6,
+                    s * 1e6 / n as f64
+                );
+            }
+        }
+    }
 }

@@ -344,19 +344,86 @@ unsafe fn rows<const BITS: usize>(
             let c = decode_block::<BITS>(words.add(b * BITS));
             _mm256_storeu_si256(codes.as_mut_ptr().add(b * BLOCK) as *mut __m256i, c);
         }
-        for j in 0..n {
-            let x = act.row(j);
-            let mut v = if corr {
-                dot_row::<BITS, false, true>(words, &codes, &scales, row, x)
-            } else {
-                dot_row::<BITS, false, false>(words, &codes, &scales, row, x)
-            };
-            if asym {
-                v += offset_term(m, r * gpr, gpr, zero, x.gsums);
+        // Four activation rows per pass share every code load and scale conversion.
+        let mut j = 0;
+        while j < n {
+            let take = (n - j).min(4);
+            let mut v = [0f32; 4];
+            macro_rules! pass {
+                ($k:literal) => {{
+                    let xs: [Q8Row<'_>; $k] = std::array::from_fn(|q| act.row(j + q));
+                    let r = if corr {
+                        dot_rows_multi::<BITS, true, $k>(&codes, &scales, row, xs)
+                    } else {
+                        dot_rows_multi::<BITS, false, $k>(&codes, &scales, row, xs)
+                    };
+                    v[..$k].copy_from_slice(&r);
+                }};
             }
-            out[i * n + j] = v;
+            match take {
+                4 => pass!(4),
+                3 => pass!(3),
+                2 => pass!(2),
+                _ => pass!(1),
+            }
+            for (q, vq) in v.iter().enumerate().take(take) {
+                let mut val = *vq;
+                if asym {
+                    val += offset_term(m, r * gpr, gpr, zero, act.row(j + q).gsums);
+                }
+                out[i * n + j + q] = val;
+            }
+            j += take;
         }
     }
+}
+
+/// [`dot_row`] of one unpacked weight row against `J` activation rows: each code block is
+/// loaded once for all of them, and every (row, activation) pair accumulates exactly as
+/// `dot_row` does (same operations, same order), so results are bit-identical.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_multi<const BITS: usize, const CORR: bool, const J: usize>(
+    codes: &[u8],
+    scales: &Scales,
+    f: RowFormat,
+    xs: [Q8Row<'_>; J],
+) -> [f32; J] {
+    let mut acc = [[_mm256_setzero_ps(); 2]; J];
+    let mut b0 = 0;
+    while b0 < f.nb {
+        let s = block_scales(scales, f, b0, _mm256_set1_ps(1.0));
+        let sd: [__m256; J] =
+            std::array::from_fn(|q| _mm256_mul_ps(s, _mm256_loadu_ps(xs[q].d.as_ptr().add(b0))));
+        let mut step = |k: usize, a: usize| {
+            let b = b0 + k;
+            let c = _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK) as *const __m256i);
+            let idx = _mm256_set1_epi32(k as i32);
+            for q in 0..J {
+                let xv = _mm256_loadu_si256(xs[q].qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                let corr = xs[q].corr.as_ptr().wrapping_add(b * BLOCK / 2);
+                let p = block_product::<BITS, CORR>(c, xv, corr);
+                let sq = _mm256_permutevar8x32_ps(sd[q], idx);
+                acc[q][a] = _mm256_fmadd_ps(p, sq, acc[q][a]);
+            }
+        };
+        if b0 + 8 <= f.nb {
+            step(0, 0);
+            step(1, 1);
+            step(2, 0);
+            step(3, 1);
+            step(4, 0);
+            step(5, 1);
+            step(6, 0);
+            step(7, 1);
+        } else {
+            for k in 0..f.nb - b0 {
+                step(k, 0);
+            }
+        }
+        b0 += 8;
+    }
+    std::array::from_fn(|q| hsum(_mm256_add_ps(acc[q][0], acc[q][1])))
 }
 
 /// How many rows ahead decode prefetches weights.
