@@ -142,8 +142,13 @@ pub trait Backend: Send + Sync {
     fn kernel_timings(&self) -> Vec<KernelTiming> {
         Vec::new()
     }
-    /// Clears the totals of [`Backend::kernel_timings`].
+    /// Clears the totals of [`Backend::kernel_timings`] and [`Backend::host_timings`].
     fn reset_kernel_timings(&self) {}
+    /// Host-side time around the device since the last reset (recording, submitting,
+    /// waiting), as rows named `host: …`; empty where operations run eagerly on the host.
+    fn host_timings(&self) -> Vec<KernelTiming> {
+        Vec::new()
+    }
     /// Persists what the backend compiled so far (a GPU pipeline cache) so the next start can
     /// skip it; called after the load-time warm-up. Returns whether the compiled kernels came
     /// from such a cache at start (`Some(true)`: warm), `None` where there is no cache.

@@ -34,6 +34,10 @@ pub struct BenchArgs {
     /// Print per-kernel device timings of the decode test (GPU timestamp queries).
     #[arg(long)]
     pub kernel_timings: bool,
+    /// Print where the host's time goes around the device during the tests (recording
+    /// dispatches, submitting, waiting on read-backs), without GPU profiling.
+    #[arg(long)]
+    pub host_timings: bool,
     /// Also measure the device's buffer-to-buffer copy bandwidth (GB/s, read + write counted),
     /// the ceiling for decode's weight bandwidth.
     #[arg(long)]
@@ -278,8 +282,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let (r, kv) = bench_model(model.as_ref(), a, threads)?;
         rows.extend(r);
         kv_bytes = kv;
-        if a.kernel_timings {
-            timings.push((model.plan().layers.label(), backend.kernel_timings()));
+        if a.kernel_timings || a.host_timings {
+            let mut t = if a.kernel_timings {
+                backend.kernel_timings()
+            } else {
+                Vec::new()
+            };
+            if a.host_timings {
+                t.extend(backend.host_timings());
+            }
+            timings.push((model.plan().layers.label(), t));
         }
     }
     if let Some(bin) = &a.llama_bench {

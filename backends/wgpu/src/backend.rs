@@ -186,9 +186,29 @@ impl WgpuBackend {
         self.lock().rec.profiler().map(|p| p.timings())
     }
 
+    /// Host-side time around the GPU since the last reset, as timing rows named `host: …`
+    /// (recording dispatches, submitting, waiting on read-backs).
+    pub fn host_timings(&self) -> Vec<KernelTiming> {
+        let h = self.lock().rec.host;
+        [
+            ("host: record dispatches", h.record_ns, h.dispatches),
+            ("host: finish + submit", h.submit_ns, h.submits),
+            ("host: wait for read-back", h.wait_ns, h.reads),
+        ]
+        .into_iter()
+        .map(|(k, ns, n)| KernelTiming {
+            kernel: k.into(),
+            total_ns: ns,
+            count: n,
+        })
+        .collect()
+    }
+
     /// Clears the profile totals.
     pub fn reset_timings(&self) {
-        if let Some(p) = self.lock().rec.profiler() {
+        let mut st = self.lock();
+        st.rec.host = Default::default();
+        if let Some(p) = st.rec.profiler() {
             p.reset();
         }
     }
@@ -460,6 +480,10 @@ impl Backend for WgpuBackend {
 
     fn kernel_timings(&self) -> Vec<lowbit_core::KernelTiming> {
         WgpuBackend::kernel_timings(self).unwrap_or_default()
+    }
+
+    fn host_timings(&self) -> Vec<lowbit_core::KernelTiming> {
+        WgpuBackend::host_timings(self)
     }
 
     fn reset_kernel_timings(&self) {

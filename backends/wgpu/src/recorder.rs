@@ -72,6 +72,28 @@ pub(crate) struct Recorder {
     profiler: Option<Profiler>,
     /// Submissions so far (tests check that a step is one submit).
     pub submits: u64,
+    /// Host-side time: recording dispatches, submitting, and waiting for read-backs.
+    pub host: HostTimes,
+    /// When the first dispatch of the open submission was recorded.
+    open_since: Option<std::time::Instant>,
+}
+
+/// CPU time the backend spends around the GPU, summed since the last reset: where a decode
+/// step's wall time goes besides the kernels (`lowbit bench --host-timings`).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct HostTimes {
+    /// From the first dispatch of a submission to its submit (recording, binding, encoding).
+    pub record_ns: u64,
+    /// Finishing the encoder and `queue.submit`.
+    pub submit_ns: u64,
+    /// Blocked on read-backs (the GPU running, then mapping).
+    pub wait_ns: u64,
+    /// Dispatches recorded.
+    pub dispatches: u64,
+    /// Submissions.
+    pub submits: u64,
+    /// Read-backs.
+    pub reads: u64,
 }
 
 fn ring_buffer(dev: &GpuDevice, size: u64) -> wgpu::Buffer {
@@ -102,6 +124,8 @@ impl Recorder {
             readback: None,
             profiler: dev.timestamps.then(|| Profiler::new(dev)),
             submits: 0,
+            host: HostTimes::default(),
+            open_since: None,
         }
     }
 
@@ -136,6 +160,8 @@ impl Recorder {
         if x == 0 || y == 0 || z == 0 {
             return Ok(());
         }
+        self.open_since.get_or_insert_with(std::time::Instant::now);
+        self.host.dispatches += 1;
         if d.params.len() * 4 > PARAMS_BYTES as usize || d.bindings.len() > MAX_BINDINGS {
             return Err(Error::invalid_config(format!(
                 "{}: too many parameters or bindings",
@@ -316,7 +342,11 @@ impl Recorder {
         let readback = self.readback.clone().expect("readback just ensured");
         self.copy(dev, src, offset, &readback, 0, bytes);
         self.submit(dev)?;
-        read_mapped(dev, &readback, bytes)
+        let t = std::time::Instant::now();
+        let out = read_mapped(dev, &readback, bytes);
+        self.host.wait_ns += t.elapsed().as_nanos() as u64;
+        self.host.reads += 1;
+        out
     }
 
     /// Submits everything recorded; returns after the queue accepted it (not after it ran).
@@ -332,7 +362,13 @@ impl Recorder {
         if let Some(p) = self.profiler.as_mut() {
             p.resolve(&mut enc);
         }
+        let t = std::time::Instant::now();
+        if let Some(s) = self.open_since.take() {
+            self.host.record_ns += t.duration_since(s).as_nanos() as u64;
+        }
         dev.queue.submit([enc.finish()]);
+        self.host.submit_ns += t.elapsed().as_nanos() as u64;
+        self.host.submits += 1;
         self.submits += 1;
         if let Some(p) = self.profiler.as_mut() {
             p.collect(dev)?;

@@ -440,8 +440,8 @@ impl Checker<'_> {
         ] {
             let g = self.v.corrected.int(key);
             if g % 32 != 0 || g <= 0 {
-                // Kernels read 32-value blocks: the nearest multiple of 32 (ties go up).
-                let b = ((g + 16) / 32 * 32).max(32);
+                // Kernels read 32-value blocks: the nearest multiple of 32 (ties go down).
+                let b = ((g + 15) / 32 * 32).max(32);
                 self.correct(
                     key,
                     toml::Value::Integer(b),
