@@ -41,6 +41,11 @@ pub struct WgpuOptions {
     /// lowbit's own, tested on every path, and buffer accesses stay protected by the driver's
     /// robust buffer access. `from_env` turns them on with `LOWBIT_WGPU_CHECKED_SHADERS=1`.
     pub checked_shaders: bool,
+    /// Split a step's work into submissions of at most this many dispatches, so the GPU starts
+    /// on the first layers while the host still records (and wgpu finishes) the rest. `None`
+    /// (the default): one submission per step. `from_env` reads
+    /// `LOWBIT_WGPU_DISPATCHES_PER_SUBMIT`.
+    pub dispatches_per_submit: Option<usize>,
 }
 
 /// The default pipeline cache folder (see [`WgpuOptions::pipeline_cache_dir`]).
@@ -67,6 +72,10 @@ impl WgpuOptions {
             wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
             pipeline_cache_dir: default_pipeline_cache_dir(),
             checked_shaders: std::env::var("LOWBIT_WGPU_CHECKED_SHADERS").is_ok_and(|v| v == "1"),
+            dispatches_per_submit: std::env::var("LOWBIT_WGPU_DISPATCHES_PER_SUBMIT")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .filter(|n: &usize| *n > 0),
             ..Default::default()
         }
     }
@@ -163,6 +172,8 @@ pub(crate) struct GpuDevice {
     pub pipeline_cache: Option<DiskPipelineCache>,
     /// Kernels keep naga's runtime checks ([`WgpuOptions::checked_shaders`]).
     pub checked_shaders: bool,
+    /// [`WgpuOptions::dispatches_per_submit`].
+    pub dispatches_per_submit: Option<usize>,
     /// Errors reported outside error scopes, drained by [`GpuDevice::take_error`].
     errors: Arc<Mutex<Vec<String>>>,
     lost: Arc<Mutex<Option<String>>>,
@@ -318,6 +329,7 @@ impl GpuDevice {
             timestamps,
             pipeline_cache,
             checked_shaders: opts.checked_shaders,
+            dispatches_per_submit: opts.dispatches_per_submit,
             errors,
             lost,
         })

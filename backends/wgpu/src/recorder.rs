@@ -76,6 +76,8 @@ pub(crate) struct Recorder {
     pub host: HostTimes,
     /// When the first dispatch of the open submission was recorded.
     open_since: Option<std::time::Instant>,
+    /// Dispatches in the open submission.
+    open_dispatches: usize,
 }
 
 /// CPU time the backend spends around the GPU, summed since the last reset: where a decode
@@ -126,6 +128,7 @@ impl Recorder {
             submits: 0,
             host: HostTimes::default(),
             open_since: None,
+            open_dispatches: 0,
         }
     }
 
@@ -176,9 +179,13 @@ impl Recorder {
         let upload_bytes = upload.map_or(0, |w| (w.len() as u64 * 4).max(16).next_power_of_two());
         let need = self.align + upload_bytes.next_multiple_of(self.align);
         let full_queries = self.profiler.as_ref().is_some_and(|p| p.full());
-        if self.staged.len() as u64 + need > self.ring.size() || full_queries {
+        let chunk_done = dev
+            .dispatches_per_submit
+            .is_some_and(|n| self.open_dispatches >= n);
+        if self.staged.len() as u64 + need > self.ring.size() || full_queries || chunk_done {
             self.submit(dev)?;
         }
+        self.open_dispatches += 1;
         if need > self.ring.size() {
             let size = need.next_power_of_two().min(dev.limits.max_buffer_size);
             dev.check_buffer_size(need, "the upload ring")?;
@@ -367,6 +374,7 @@ impl Recorder {
             self.host.record_ns += t.duration_since(s).as_nanos() as u64;
         }
         dev.queue.submit([enc.finish()]);
+        self.open_dispatches = 0;
         self.host.submit_ns += t.elapsed().as_nanos() as u64;
         self.host.submits += 1;
         self.submits += 1;

@@ -609,3 +609,48 @@ fn profiling_counts_kernels_when_supported() {
     assert_eq!(t.len(), 1);
     assert!(t[0].kernel.starts_with("add[") && t[0].count == 2, "{t:?}");
 }
+
+/// A step split into submissions of at most two dispatches (`dispatches_per_submit`) computes
+/// the same values as one submission, and does submit several times.
+#[test]
+fn split_submissions_compute_the_same_step() {
+    let run = |per_submit: Option<usize>| {
+        let mut rng = StdRng::seed_from_u64(11);
+        let b = WgpuBackend::new(&WgpuOptions {
+            dispatches_per_submit: per_submit,
+            ..WgpuOptions::software()
+        })
+        .unwrap();
+        let (vocab, dim) = (70, 64);
+        let table = b
+            .upload_weight(WeightMatrix::Quantized(
+                quantize(
+                    &rand_vec(&mut rng, vocab * dim),
+                    vocab,
+                    dim,
+                    QuantSpec::new(4, 32, Scheme::Symmetric).unwrap(),
+                )
+                .unwrap(),
+            ))
+            .unwrap();
+        let wn = b.upload(&vec![1.0; dim]).unwrap();
+        let (x, h, logits) = (
+            b.alloc(dim).unwrap(),
+            b.alloc(dim).unwrap(),
+            b.alloc(vocab).unwrap(),
+        );
+        let before = b.submits();
+        b.embed(table, &[5], x).unwrap();
+        b.rms_norm(x, wn, h, 1, dim, 1e-5).unwrap();
+        b.add(x, h, dim).unwrap();
+        b.rms_norm(x, wn, h, 1, dim, 1e-5).unwrap();
+        b.matmul(table, h, logits, 1).unwrap();
+        let l = b.read(logits, 0, vocab).unwrap();
+        (l, b.submits() - before)
+    };
+    let (one, n1) = run(None);
+    let (split, n2) = run(Some(2));
+    assert_eq!(n1, 1);
+    assert!(n2 >= 3, "{n2} submissions");
+    assert_eq!(one, split);
+}
