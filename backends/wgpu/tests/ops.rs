@@ -519,10 +519,10 @@ fn elementwise_kv_store_copy() {
     assert_eq!(b.read(cache, 1, 4).unwrap(), &want[..4]);
 }
 
-#[test]
-fn a_step_is_one_submission() {
+/// A tiny decode-like step (embed, norm, residual, norm, output matmul) on `b`: the logits,
+/// the submissions made while recording, and the submissions in all.
+fn tiny_step(b: &WgpuBackend) -> (Vec<f32>, u64, u64) {
     let mut rng = StdRng::seed_from_u64(8);
-    let b = backend(false, false);
     let (vocab, dim) = (70, 64);
     let table = b
         .upload_weight(WeightMatrix::Quantized(
@@ -545,10 +545,18 @@ fn a_step_is_one_submission() {
     b.embed(table, &[5], x).unwrap();
     b.rms_norm(x, wn, h, 1, dim, 1e-5).unwrap();
     b.add(x, h, dim).unwrap();
-    b.matmul(table, x, logits, 1).unwrap();
-    assert_eq!(b.submits(), before, "recording must not submit");
+    b.rms_norm(x, wn, h, 1, dim, 1e-5).unwrap();
+    b.matmul(table, h, logits, 1).unwrap();
+    let recording = b.submits() - before;
     let l = b.read(logits, 0, vocab).unwrap();
-    assert_eq!(b.submits(), before + 1);
+    (l, recording, b.submits() - before)
+}
+
+#[test]
+fn a_step_is_one_submission() {
+    let (l, recording, submits) = tiny_step(&backend(false, false));
+    assert_eq!(recording, 0, "recording must not submit");
+    assert_eq!(submits, 1);
     assert!(l.iter().all(|v| v.is_finite()));
 }
 
@@ -614,43 +622,14 @@ fn profiling_counts_kernels_when_supported() {
 /// the same values as one submission, and does submit several times.
 #[test]
 fn split_submissions_compute_the_same_step() {
-    let run = |per_submit: Option<usize>| {
-        let mut rng = StdRng::seed_from_u64(11);
-        let b = WgpuBackend::new(&WgpuOptions {
-            dispatches_per_submit: per_submit,
-            ..WgpuOptions::software()
-        })
-        .unwrap();
-        let (vocab, dim) = (70, 64);
-        let table = b
-            .upload_weight(WeightMatrix::Quantized(
-                quantize(
-                    &rand_vec(&mut rng, vocab * dim),
-                    vocab,
-                    dim,
-                    QuantSpec::new(4, 32, Scheme::Symmetric).unwrap(),
-                )
-                .unwrap(),
-            ))
-            .unwrap();
-        let wn = b.upload(&vec![1.0; dim]).unwrap();
-        let (x, h, logits) = (
-            b.alloc(dim).unwrap(),
-            b.alloc(dim).unwrap(),
-            b.alloc(vocab).unwrap(),
-        );
-        let before = b.submits();
-        b.embed(table, &[5], x).unwrap();
-        b.rms_norm(x, wn, h, 1, dim, 1e-5).unwrap();
-        b.add(x, h, dim).unwrap();
-        b.rms_norm(x, wn, h, 1, dim, 1e-5).unwrap();
-        b.matmul(table, h, logits, 1).unwrap();
-        let l = b.read(logits, 0, vocab).unwrap();
-        (l, b.submits() - before)
-    };
-    let (one, n1) = run(None);
-    let (split, n2) = run(Some(2));
+    let split = WgpuBackend::new(&WgpuOptions {
+        dispatches_per_submit: Some(2),
+        ..WgpuOptions::software()
+    })
+    .unwrap();
+    let (one, _, n1) = tiny_step(&WgpuBackend::new(&WgpuOptions::software()).unwrap());
+    let (many, _, n2) = tiny_step(&split);
     assert_eq!(n1, 1);
     assert!(n2 >= 3, "{n2} submissions");
-    assert_eq!(one, split);
+    assert_eq!(one, many);
 }

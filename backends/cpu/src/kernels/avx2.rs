@@ -140,6 +140,28 @@ unsafe fn decode_block<const BITS: usize>(p: *const u32) -> __m256i {
     }
 }
 
+/// Runs `step(k, accumulator)` over the blocks `k` of one chunk of up to eight (`left` blocks
+/// remain in the row): in a full chunk even blocks go to accumulator 0 and odd ones to 1 (two
+/// FMA chains hide the latency), in a partial one all go to 0. Every kernel walks its blocks
+/// this way, which keeps batched and single-row results bit-identical.
+#[inline(always)]
+fn chunk_steps(left: usize, step: &mut impl FnMut(usize, usize)) {
+    if left >= 8 {
+        step(0, 0);
+        step(1, 1);
+        step(2, 0);
+        step(3, 1);
+        step(4, 0);
+        step(5, 1);
+        step(6, 0);
+        step(7, 1);
+    } else {
+        for k in 0..left {
+            step(k, 0);
+        }
+    }
+}
+
 /// Scale · d of blocks `b0 .. b0 + 8` of one row (`d` is zero-padded to a multiple of 8).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -210,20 +232,7 @@ unsafe fn dot_rows2<const BITS: usize, const CORR: bool>(
                 acc[r][a] = _mm256_fmadd_ps(p, s, acc[r][a]);
             }
         };
-        if b0 + 8 <= f.nb {
-            step(0, 0);
-            step(1, 1);
-            step(2, 0);
-            step(3, 1);
-            step(4, 0);
-            step(5, 1);
-            step(6, 0);
-            step(7, 1);
-        } else {
-            for k in 0..f.nb - b0 {
-                step(k, 0);
-            }
-        }
+        chunk_steps(f.nb - b0, &mut step);
         b0 += 8;
     }
     [
@@ -407,20 +416,7 @@ unsafe fn dot_rows_multi<const BITS: usize, const CORR: bool, const J: usize>(
                 acc[q][a] = _mm256_fmadd_ps(p, sq, acc[q][a]);
             }
         };
-        if b0 + 8 <= f.nb {
-            step(0, 0);
-            step(1, 1);
-            step(2, 0);
-            step(3, 1);
-            step(4, 0);
-            step(5, 1);
-            step(6, 0);
-            step(7, 1);
-        } else {
-            for k in 0..f.nb - b0 {
-                step(k, 0);
-            }
-        }
+        chunk_steps(f.nb - b0, &mut step);
         b0 += 8;
     }
     std::array::from_fn(|q| hsum(_mm256_add_ps(acc[q][0], acc[q][1])))
@@ -521,29 +517,18 @@ unsafe fn dot_row<const BITS: usize, const FUSED: bool, const CORR: bool>(
         let xv = _mm256_loadu_si256(qs.add(b * BLOCK) as *const __m256i);
         block_product::<BITS, CORR>(c, xv, x.corr.as_ptr().wrapping_add(b * BLOCK / 2))
     };
-    let mut acc0 = _mm256_setzero_ps();
-    let mut acc1 = _mm256_setzero_ps();
+    let mut acc = [_mm256_setzero_ps(); 2];
     let mut b0 = 0;
     while b0 < f.nb {
         let sd = block_scales(scales, f, b0, _mm256_loadu_ps(x.d.as_ptr().add(b0)));
-        let lane = |k: i32| _mm256_permutevar8x32_ps(sd, _mm256_set1_epi32(k));
-        if b0 + 8 <= f.nb {
-            acc0 = _mm256_fmadd_ps(block(b0), lane(0), acc0);
-            acc1 = _mm256_fmadd_ps(block(b0 + 1), lane(1), acc1);
-            acc0 = _mm256_fmadd_ps(block(b0 + 2), lane(2), acc0);
-            acc1 = _mm256_fmadd_ps(block(b0 + 3), lane(3), acc1);
-            acc0 = _mm256_fmadd_ps(block(b0 + 4), lane(4), acc0);
-            acc1 = _mm256_fmadd_ps(block(b0 + 5), lane(5), acc1);
-            acc0 = _mm256_fmadd_ps(block(b0 + 6), lane(6), acc0);
-            acc1 = _mm256_fmadd_ps(block(b0 + 7), lane(7), acc1);
-        } else {
-            for k in 0..f.nb - b0 {
-                acc0 = _mm256_fmadd_ps(block(b0 + k), lane(k as i32), acc0);
-            }
-        }
+        let mut step = |k: usize, a: usize| {
+            let lane = _mm256_permutevar8x32_ps(sd, _mm256_set1_epi32(k as i32));
+            acc[a] = _mm256_fmadd_ps(block(b0 + k), lane, acc[a]);
+        };
+        chunk_steps(f.nb - b0, &mut step);
         b0 += 8;
     }
-    hsum(_mm256_add_ps(acc0, acc1))
+    hsum(_mm256_add_ps(acc[0], acc[1]))
 }
 
 /// See `super::quantize_block`: the same scale and rounding (`cvtps_epi32` rounds to nearest
