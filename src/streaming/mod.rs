@@ -222,7 +222,9 @@ impl StreamingInference {
     /// the configuration is re-validated under it (e.g. Safari has no 2-bit kernels, so int2
     /// becomes int4; its memory budget may force fewer bits) and the model is reloaded on a
     /// backend built for the profile (its workgroup sizes, binding limits and f16/subgroup
-    /// rules). Waits for running requests to finish. Returns the new engine.
+    /// rules). Waits for running requests to finish, then frees the old model before loading
+    /// the new one (so both never need memory at once). Returns the new engine; on an error
+    /// the old engine is already gone, so build a fresh one with [`StreamingInference::new`].
     ///
     /// Errors: `INVALID_CONFIG` for an unknown profile, an engine not made by
     /// [`StreamingInference::new`] (there is no file to reload), or a configuration the profile
