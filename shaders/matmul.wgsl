@@ -63,29 +63,7 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
 #endif
 }
 
-#if !WIDE
-// Narrow rows (fewer than 32 · WORKGROUP_SIZE columns): each lane takes 8 columns at a time.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn matvec(inv: Invocation) {
-    let row0 = wg_index(inv) * ROWS_PER_WG;
-    let t = inv.wid.z;
-    if row0 >= p.rows {
-        return;
-    }
-    var acc: array<f32, ROWS_PER_WG>;
-    let x_row = t * p.cols / 4u;
-    for (var j = inv.lid; j < p.cols / 8u; j += WORKGROUP_SIZE) {
-        let x0 = x[x_row + 2u * j];
-        let x1 = x[x_row + 2u * j + 1u];
-        for (var k = 0u; k < ROWS_PER_WG; k++) {
-            // Rows past the end repeat the last one; their sums are never written.
-            let r = min(row0 + k, p.rows - 1u);
-            acc[k] += dot8(weights8(r, 8u * j, p.cols), x0, x1);
-        }
-    }
-    reduce_rows(acc, row0, t, inv);
-}
-#else
+#if WIDE
 // Wide rows, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as 16-byte vectors
 // through a second view of the same buffer (`w_vec`; 4-bit rows are cols / 2 bytes and 8-bit
 // rows cols bytes, both multiples of 16). The block's eight activation vectors and their sum
@@ -103,6 +81,7 @@ fn nib_dot(wd: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
 fn byte_dot(wd: u32, xa: vec4<f32>) -> f32 {
     return dot(vec4<f32>((vec4<u32>(wd) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u)), xa);
 }
+#endif
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matvec(inv: Invocation) {
@@ -112,8 +91,9 @@ fn matvec(inv: Invocation) {
         return;
     }
     var acc: array<f32, ROWS_PER_WG>;
-    let nb = p.cols / 32u;
     let x_row = t * p.cols / 4u;
+#if WIDE
+    let nb = p.cols / 32u;
     for (var b = inv.lid; b < nb; b += WORKGROUP_SIZE) {
         let xo = x_row + 8u * b;
         let x0 = x[xo];
@@ -126,6 +106,7 @@ fn matvec(inv: Invocation) {
         let x7 = x[xo + 7u];
         let sx = dot((x0 + x1) + (x2 + x3) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
         for (var k = 0u; k < ROWS_PER_WG; k++) {
+            // Rows past the end repeat the last one; their sums are never written.
             let r = min(row0 + k, p.rows - 1u);
             let sb = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
             var q = 0.0;
@@ -142,9 +123,20 @@ fn matvec(inv: Invocation) {
             acc[k] += sb.x * q + sb.y * sx;
         }
     }
+#else
+    // Narrow rows: each lane takes 8 columns at a time.
+    for (var j = inv.lid; j < p.cols / 8u; j += WORKGROUP_SIZE) {
+        let x0 = x[x_row + 2u * j];
+        let x1 = x[x_row + 2u * j + 1u];
+        for (var k = 0u; k < ROWS_PER_WG; k++) {
+            // Rows past the end repeat the last one; their sums are never written.
+            let r = min(row0 + k, p.rows - 1u);
+            acc[k] += dot8(weights8(r, 8u * j, p.cols), x0, x1);
+        }
+    }
+#endif
     reduce_rows(acc, row0, t, inv);
 }
-#endif
 
 // TILE_K (16 or 32, from the host: the tiles must fit the workgroup memory) columns per step.
 // Tiles are stored k-major, so lanes with consecutive tx read consecutive words (no bank

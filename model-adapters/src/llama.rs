@@ -364,6 +364,19 @@ const S_LOGITS: usize = 8;
 
 impl LlamaModel {
     /// (Re)allocates the scratch buffers for `n` token rows (logits included).
+    /// Attention over the cache for `n` query rows starting at position `pos0`.
+    fn attention_params(&self, n: usize, pos0: usize) -> AttentionParams {
+        let hp = &self.hp;
+        AttentionParams {
+            n_tokens: n,
+            pos0,
+            n_heads: hp.n_heads,
+            n_kv_heads: hp.n_kv_heads,
+            head_dim: hp.head_dim,
+            scale: 1.0 / (hp.head_dim as f32).sqrt(),
+        }
+    }
+
     /// The second half of a layer over `n` rows: the attention output projection and residual,
     /// then RMSNorm, SwiGLU feed-forward and residual.
     fn output_and_ffn(&self, layer: &Layer, s: &[BufferId; 9], n: usize) -> Result<()> {
@@ -443,14 +456,7 @@ impl TextModel for LlamaModel {
             .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))?;
         let (dim, kv_dim) = (hp.dim, hp.kv_dim());
         let pos0 = cache.pos;
-        let att = AttentionParams {
-            n_tokens: n,
-            pos0,
-            n_heads: hp.n_heads,
-            n_kv_heads: hp.n_kv_heads,
-            head_dim: hp.head_dim,
-            scale: 1.0 / (hp.head_dim as f32).sqrt(),
-        };
+        let att = self.attention_params(n, pos0);
 
         b.embed(self.embedding, tokens, s[S_X])?;
         for (l, layer) in self.layers.iter().enumerate() {
@@ -566,14 +572,7 @@ impl TextModel for LlamaModel {
                 b.rope(t_k, 1, hp.n_kv_heads, hp.head_dim, pos, hp.rope_theta, rope)?;
                 b.kv_store(t_k, kc, pos, 1, kv_dim)?;
                 b.copy(s[S_V], i * kv_dim, vc, pos * kv_dim, kv_dim)?;
-                let att = AttentionParams {
-                    n_tokens: 1,
-                    pos0: pos,
-                    n_heads: hp.n_heads,
-                    n_kv_heads: hp.n_kv_heads,
-                    head_dim: hp.head_dim,
-                    scale: 1.0 / (hp.head_dim as f32).sqrt(),
-                };
+                let att = self.attention_params(1, pos);
                 b.attention(t_q, kc, vc, t_att, &att)?;
                 b.copy(t_att, 0, s[S_ATT], i * q_dim, q_dim)?;
             }

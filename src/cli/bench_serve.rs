@@ -206,18 +206,13 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
     let l = a.model.load_options(&a.model.quant)?;
     let max_clients = a.clients.iter().copied().max().unwrap_or(1);
     let config = InferenceConfig {
-        quant: l.quant,
-        group_size: l.group_size,
-        scheme: l.scheme,
-        backend: l.backend,
-        threads: l.threads,
         max_context: 512,
         max_concurrent_requests: max_clients,
         max_batch_size: a.max_batch_size,
         target_token_latency: Duration::from_millis(a.target_latency_ms),
-        ..InferenceConfig::default()
+        ..InferenceConfig::default().with_load_options(&l)
     };
-    let model = a.model.load(&a.model.quant)?;
+    let model = a.model.load_with(&l)?.0;
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

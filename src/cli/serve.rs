@@ -2,6 +2,7 @@
 
 use super::common::ModelArgs;
 use clap::Args;
+use lowbit::load::LoadOptions;
 use lowbit::server::{serve, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use lowbit::{Error, Result};
@@ -56,15 +57,9 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The inference settings these flags describe.
-    pub fn inference_config(&self) -> Result<InferenceConfig> {
-        let l = self.model.load_options(&self.model.quant)?;
-        Ok(InferenceConfig {
-            quant: l.quant,
-            group_size: l.group_size,
-            scheme: l.scheme,
-            backend: l.backend,
-            threads: l.threads,
+    /// The inference settings these flags describe, for a model loaded per `l`.
+    pub fn inference_config(&self, l: &LoadOptions) -> InferenceConfig {
+        InferenceConfig {
             max_context: self.ctx,
             max_prompt_tokens: self.max_prompt_tokens,
             max_new_tokens: self.max_new_tokens,
@@ -73,16 +68,18 @@ impl ServeArgs {
             max_batch_size: self.max_batch_size,
             target_token_latency: Duration::from_millis(self.target_latency_ms),
             request_timeout: Duration::from_secs(self.timeout_s),
-            ..InferenceConfig::default()
-        })
+            ..InferenceConfig::default().with_load_options(l)
+        }
     }
 }
 
 /// Runs `lowbit serve` until Ctrl-C.
 pub fn run(a: &ServeArgs) -> Result<()> {
-    let config = a.inference_config()?;
+    // One configuration resolution (its corrections print once) serves both.
+    let l = a.model.load_options(&a.model.quant)?;
+    let config = a.inference_config(&l);
     let path = lowbit::load::resolve_model_path(a.model.model.as_deref())?;
-    let model = a.model.load(&a.model.quant)?;
+    let model = a.model.load_with(&l)?.0;
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())

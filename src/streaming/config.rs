@@ -95,6 +95,20 @@ impl InferenceConfig {
         }
     }
 
+    /// These settings with the model-loading part (precision, backend, threads, profile) taken
+    /// from `l`.
+    pub fn with_load_options(self, l: &LoadOptions) -> Self {
+        InferenceConfig {
+            quant: l.quant,
+            group_size: l.group_size,
+            scheme: l.scheme,
+            backend: l.backend.clone(),
+            threads: l.threads,
+            profile: l.profile.clone(),
+            ..self
+        }
+    }
+
     /// Settings from a TOML configuration file (the keys of SPEC.md §2), merged and validated
     /// exactly as the CLI does (defaults < profile < file < `LOWBIT_*` variables), with the
     /// validator's corrections applied. Returns the settings and the model path the file names
@@ -122,17 +136,11 @@ impl InferenceConfig {
         let config = r.validation.into_result()?;
         let l = load_options(&config, profile.as_ref())?;
         let c = InferenceConfig {
-            quant: l.quant,
-            group_size: l.group_size,
-            scheme: l.scheme,
-            backend: l.backend,
-            threads: l.threads,
-            profile: l.profile,
             max_context: config.int("kv_cache.max_seq_len").max(2) as usize,
             adaptive_batch_size: config.bool("performance.adaptive_batch_size"),
             max_batch_size: config.int("performance.max_batch_size").max(1) as usize,
             optimize_for_latency: config.bool("performance.optimize_for_latency"),
-            ..base.clone()
+            ..base.clone().with_load_options(&l)
         };
         let c = InferenceConfig {
             initial_batch_size: c.initial_batch_size.clamp(1, c.max_batch_size),

@@ -333,9 +333,9 @@ unsafe fn rows<const BITS: usize>(
                 }
                 v[0]
             } else if corr {
-                dot_row::<BITS, true, true>(words, &codes, &scales, row, x)
+                dot_row::<BITS, true>(words, &scales, row, x)
             } else {
-                dot_row::<BITS, true, false>(words, &codes, &scales, row, x)
+                dot_row::<BITS, false>(words, &scales, row, x)
             };
             if asym {
                 v += offset_term(m, r * gpr, gpr, zero, x.gsums);
@@ -493,27 +493,22 @@ unsafe fn offset_term(
     s
 }
 
-/// `Σ_blocks scale_b · d_b · Σ (code - zero)·x_q` over a row, blocks taken from the packed
-/// `words` (`FUSED`) or from already unpacked `codes`. The products `scale_b · d_b` are formed
+/// `Σ_blocks scale_b · d_b · Σ (code - zero)·x_q` over a row, each block unpacked from the
+/// packed `words` in registers (decode; batches use [`dot_rows_multi`]). The products `scale_b · d_b` are formed
 /// eight blocks at a time and broadcast per block with a lane permute; two accumulators hide
 /// the FMA latency. `CORR` subtracts the precomputed `zero · x_q` pair sums (symmetric weights
 /// under 8 bits; 8-bit codes are already signed).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row<const BITS: usize, const FUSED: bool, const CORR: bool>(
+unsafe fn dot_row<const BITS: usize, const CORR: bool>(
     words: *const u32,
-    codes: &[u8],
     scales: &Scales,
     f: RowFormat,
     x: Q8Row<'_>,
 ) -> f32 {
     let qs = x.qs.as_ptr();
     let block = |b: usize| {
-        let c = if FUSED {
-            decode_block::<BITS>(words.add(b * BITS))
-        } else {
-            _mm256_loadu_si256(codes.as_ptr().add(b * BLOCK) as *const __m256i)
-        };
+        let c = decode_block::<BITS>(words.add(b * BITS));
         let xv = _mm256_loadu_si256(qs.add(b * BLOCK) as *const __m256i);
         block_product::<BITS, CORR>(c, xv, x.corr.as_ptr().wrapping_add(b * BLOCK / 2))
     };
