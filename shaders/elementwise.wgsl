@@ -1,4 +1,4 @@
-// Elementwise kernels over `len` values, one invocation each. `copy` moves `len` values between
+// Elementwise kernels over `len` values, one invocation each (`swiglu`: over a fused gate|up). `copy` moves `len` values between
 // distinct buffers (the source may be host data in the upload ring), so copies stay inside the
 // step's compute pass. WebGPU forbids a writable binding
 // that aliases another, so an input that is the output buffer is read through the output
@@ -10,6 +10,7 @@ struct Params {
     len: u32,
     src_offset: u32, // copy only
     dst_offset: u32, // copy only
+    width: u32,      // swiglu only: values of one gate (or up) half-row
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -74,6 +75,22 @@ fn silu_mul(inv: Invocation) {
     let u = up[i];
 #endif
     out[i] = silu(g) * u;
+}
+#endif
+
+#if OP_SWIGLU
+// out[t, j] = silu(gate_up[t, j]) * gate_up[t, width + j]; `len` is rows × width.
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+@group(0) @binding(2) var<storage, read> gate_up: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn swiglu(inv: Invocation) {
+    let i = index(inv);
+    if i >= p.len {
+        return;
+    }
+    let g = i + (i / p.width) * p.width; // row t starts at 2 * t * width
+    out[i] = silu(gate_up[g]) * gate_up[g + p.width];
 }
 #endif
 

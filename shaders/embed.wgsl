@@ -1,5 +1,6 @@
 // out[i, :] = dequant(W)[tokens[i], :] for the tokens whose row lies in this piece of the table.
-// One invocation per (token, span of 8 columns).
+// One invocation per (token, span of 8 columns). INDIRECT: token ids are f32 values in a device
+// buffer (written by the previous step's argmax), from `ids[id_offset]` on.
 #include common.wgsl
 
 struct Params {
@@ -7,12 +8,17 @@ struct Params {
     n: u32,         // tokens
     row_start: u32, // first table row held by this piece
     rows: u32,      // rows in this piece
+    id_offset: u32, // INDIRECT: first id in `ids`
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w_data: array<u32>;
 @group(0) @binding(2) var<storage, read> w_params: array<u32>;
+#if INDIRECT
+@group(0) @binding(3) var<storage, read> ids: array<f32>;
+#else
 @group(0) @binding(3) var<storage, read> tokens: array<u32>;
+#endif
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>;
 
 #include weights.wgsl
@@ -26,7 +32,11 @@ fn embed(inv: Invocation) {
     }
     let t = i / spans;
     let c0 = (i % spans) * 8u;
+#if INDIRECT
+    let tok = u32(ids[p.id_offset + t]);
+#else
     let tok = tokens[t];
+#endif
     if tok < p.row_start || tok >= p.row_start + p.rows {
         return;
     }

@@ -1,4 +1,5 @@
-// out[t, row_offset + r] = Σ_c W[r, c] · x[t, c] over one row range ("piece") of a weight matrix.
+// out[t, row_offset + r] = Σ_c W[r, c] · x[t, c] over one row range ("piece") of a weight matrix
+// (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
 // (WIDE: whole 32-value blocks per lane step, 4- and 8-bit codes read as 16-byte vectors).
 // `matmul_tiled`: prefill; a workgroup computes a TILE_T × TILE_R block of outputs, and each
@@ -25,6 +26,16 @@ fn dot8(w: array<vec4<wt>, 2>, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
     return f32(dot(w[0], vec4<wt>(x0)) + dot(w[1], vec4<wt>(x1)));
 }
 
+// Writes (or, ACCUMULATE, adds) output `t` of row `r` of this piece.
+fn store(t: u32, r: u32, v: f32) {
+    let i = t * p.out_stride + p.row_offset + r;
+#if ACCUMULATE
+    out[i] = out[i] + v;
+#else
+    out[i] = v;
+#endif
+}
+
 var<workgroup> row_sums: array<f32, ROWS_PER_WG * WORKGROUP_SIZE>;
 
 // Sums `acc[k]` over the workgroup for every k at once and writes the rows' outputs.
@@ -42,7 +53,7 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
         for (var i = 0u; i < inv.sg_count; i++) {
             total += row_sums[inv.lid * WORKGROUP_SIZE + i];
         }
-        out[t * p.out_stride + p.row_offset + row0 + inv.lid] = total;
+        store(t, row0 + inv.lid, total);
     }
 #else
     for (var k = 0u; k < ROWS_PER_WG; k++) {
@@ -58,7 +69,7 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
         workgroupBarrier();
     }
     if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
-        out[t * p.out_stride + p.row_offset + row0 + inv.lid] = row_sums[inv.lid * WORKGROUP_SIZE];
+        store(t, row0 + inv.lid, row_sums[inv.lid * WORKGROUP_SIZE]);
     }
 #endif
 }
@@ -203,7 +214,7 @@ fn matmul_tiled(inv: Invocation) {
         for (var i = 0u; i < PER_R; i++) {
             let r = r_base + tx + 16u * i;
             if t < p.n && r < p.rows {
-                out[t * p.out_stride + p.row_offset + r] = acc[j * PER_R + i];
+                store(t, r, acc[j * PER_R + i]);
             }
         }
     }

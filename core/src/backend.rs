@@ -5,7 +5,7 @@
 //! the CPU backend runs them at once, a GPU backend may batch them into one submission and only
 //! runs them when [`Backend::read`] (or [`Backend::flush`]) needs the result.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::quant::QuantizedMatrix;
 use half::f16;
 
@@ -53,6 +53,60 @@ impl WeightMatrix {
         }
     }
 
+    /// Stacks matrices of one format and column count into one, rows in the order given (e.g.
+    /// the q, k and v projections, so one matmul computes all three). Row-wise formats make
+    /// this exact: each row keeps its own codes and group scales.
+    ///
+    /// Errors with `INVALID_CONFIG` when `parts` is empty or the parts differ in column count
+    /// or format.
+    pub fn concat_rows(parts: Vec<WeightMatrix>) -> Result<WeightMatrix> {
+        let mut it = parts.into_iter();
+        let Some(mut acc) = it.next() else {
+            return Err(Error::invalid_config(
+                "concat_rows needs at least one matrix",
+            ));
+        };
+        for part in it {
+            let cols = acc.shape().1;
+            let mismatch = |what: &str| {
+                Err(Error::invalid_config(format!(
+                    "concat_rows: matrices differ in {what}"
+                )))
+            };
+            if part.shape().1 != cols {
+                return mismatch("column count");
+            }
+            match (&mut acc, part) {
+                (
+                    WeightMatrix::F32 { rows, data, .. },
+                    WeightMatrix::F32 {
+                        rows: r, data: d, ..
+                    },
+                ) => {
+                    *rows += r;
+                    data.extend(d);
+                }
+                (
+                    WeightMatrix::F16 { rows, data, .. },
+                    WeightMatrix::F16 {
+                        rows: r, data: d, ..
+                    },
+                ) => {
+                    *rows += r;
+                    data.extend(d);
+                }
+                (WeightMatrix::Quantized(a), WeightMatrix::Quantized(b)) if a.spec == b.spec => {
+                    a.rows += b.rows;
+                    a.data.extend(b.data);
+                    a.scales.extend(b.scales);
+                    a.offsets.extend(b.offsets);
+                }
+                _ => return mismatch("format"),
+            }
+        }
+        Ok(acc)
+    }
+
     /// Storage in bytes (codes, scales and offsets for quantized matrices).
     pub fn size_bytes(&self) -> usize {
         match self {
@@ -87,6 +141,51 @@ pub struct AttentionParams {
     pub head_dim: usize,
     /// Score scale, usually `1/sqrt(head_dim)`.
     pub scale: f32,
+}
+
+/// Shape of one [`Backend::rope_store_qkv`] call: `n_tokens` rows of a fused q|k|v projection.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvParams {
+    /// Token rows in `qkv`; token `i` is at position `pos0 + i`.
+    pub n_tokens: usize,
+    /// Position of the first token (the cache row it is stored at).
+    pub pos0: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// Key/value heads.
+    pub n_kv_heads: usize,
+    /// Dimension of one head (even).
+    pub head_dim: usize,
+    /// RoPE base.
+    pub theta: f32,
+    /// RoPE pairing.
+    pub style: RopeStyle,
+}
+
+impl QkvParams {
+    /// Values of one query row (`n_heads × head_dim`).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Values of one key (or value) row (`n_kv_heads × head_dim`).
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Values of one fused row: `q_dim + 2 × kv_dim`.
+    pub fn row_len(&self) -> usize {
+        self.q_dim() + 2 * self.kv_dim()
+    }
+}
+
+/// A read begun with [`Backend::read_start`]: its values, or the backend's ticket for them.
+#[derive(Debug)]
+pub enum PendingRead {
+    /// Already read (backends that run eagerly).
+    Ready(Vec<f32>),
+    /// In flight on the device; redeem with [`Backend::read_finish`] on the same backend.
+    Ticket(u64),
 }
 
 /// Device time of one kernel, summed over its dispatches.
@@ -131,6 +230,21 @@ pub trait Backend: Send + Sync {
     fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()>;
     /// Reads `len` values of `buf` starting at `offset`, after all recorded work.
     fn read(&self, buf: BufferId, offset: usize, len: usize) -> Result<Vec<f32>>;
+    /// Starts reading `len` values of `buf` from `offset`, after all recorded work, without
+    /// waiting: a GPU backend submits the work and returns at once, so the host can record the
+    /// next step while the device runs this one. Redeem with [`Backend::read_finish`].
+    fn read_start(&self, buf: BufferId, offset: usize, len: usize) -> Result<PendingRead> {
+        self.read(buf, offset, len).map(PendingRead::Ready)
+    }
+    /// Waits for a read begun with [`Backend::read_start`] and returns its values.
+    fn read_finish(&self, read: PendingRead) -> Result<Vec<f32>> {
+        match read {
+            PendingRead::Ready(v) => Ok(v),
+            PendingRead::Ticket(t) => Err(Error::invalid_config(format!(
+                "read ticket {t} does not belong to this backend"
+            ))),
+        }
+    }
     /// Runs everything recorded so far (no-op where operations run eagerly).
     fn flush(&self) -> Result<()> {
         Ok(())
@@ -158,6 +272,29 @@ pub trait Backend: Send + Sync {
 
     /// `out[i, :] = dequant(table)[tokens[i], :]`.
     fn embed(&self, table: WeightId, tokens: &[u32], out: BufferId) -> Result<()>;
+    /// Like [`Backend::embed`] for `n` tokens whose ids are read on the device from
+    /// `ids[offset ..]` (f32 values, as [`Backend::argmax`] writes them), so a decode step can
+    /// take the previous step's token without a round trip to the host. Ids outside the table
+    /// leave their output rows unwritten.
+    fn embed_indirect(
+        &self,
+        table: WeightId,
+        ids: BufferId,
+        offset: usize,
+        n: usize,
+        out: BufferId,
+    ) -> Result<()> {
+        let ids = self.read(ids, offset, n)?;
+        let tokens: Vec<u32> = ids.iter().map(|&v| v as u32).collect();
+        self.embed(table, &tokens, out)
+    }
+    /// Writes the index of the largest of `x[0 .. len]` as an f32 value to `out[out_offset]`:
+    /// the first index on ties, NaN never wins, 0 when nothing does (the rule of
+    /// [`crate::generate::argmax`]). Greedy token selection on the device.
+    fn argmax(&self, x: BufferId, len: usize, out: BufferId, out_offset: usize) -> Result<()> {
+        let v = self.read(x, 0, len)?;
+        self.write(out, out_offset, &[crate::generate::argmax(&v) as f32])
+    }
     /// Row-wise RMSNorm of `rows` rows of `dim`: `out = x / rms(x) * weight`.
     fn rms_norm(
         &self,
@@ -170,6 +307,24 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// `out[n, rows] = x[n, cols] · Wᵀ` for `n` rows of activations.
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()>;
+    /// `out[n, rows] += x[n, cols] · Wᵀ`: a matmul whose result is added to `out` (a residual
+    /// connection), so the sum needs no separate pass. `x` and `out` are distinct buffers.
+    fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()>;
+    /// The attention inputs of `p.n_tokens` rows of a fused projection `qkv` (each row `q | k | v`,
+    /// [`QkvParams::row_len`] values): writes RoPE(q) to `q_out` (`n_tokens × q_dim`), and
+    /// RoPE(k) and v to rows `pos0 ..` of `k_cache` and `v_cache`. One pass replaces two
+    /// [`Backend::rope`] and two [`Backend::kv_store`] calls and computes the same values.
+    fn rope_store_qkv(
+        &self,
+        qkv: BufferId,
+        q_out: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        p: &QkvParams,
+    ) -> Result<()>;
+    /// SwiGLU over a fused gate|up projection: `out[t, j] = silu(gate_up[t, j]) ·
+    /// gate_up[t, width + j]` for `n` rows of `2 × width` values; `out` holds `n × width`.
+    fn swiglu(&self, gate_up: BufferId, out: BufferId, n: usize, width: usize) -> Result<()>;
     /// Rotates `n_tokens` rows of `n_heads` heads in place; token `i` is at `pos0 + i`.
     #[allow(clippy::too_many_arguments)]
     fn rope(

@@ -2,7 +2,7 @@
 //! RoPE, RMSNorm, SwiGLU feed-forward, optionally tied embeddings.
 
 use lowbit_core::adapter::ProgressFn;
-use lowbit_core::backend::{AttentionParams, RopeStyle};
+use lowbit_core::backend::{AttentionParams, QkvParams, RopeStyle};
 use lowbit_core::formats::gguf::GgufFile;
 use lowbit_core::quant::quantize;
 use lowbit_core::registry::AdapterRegistration;
@@ -86,15 +86,17 @@ impl Hparams {
     }
 }
 
+/// One decoder block. The q, k and v projections are stored stacked as one matrix (and gate
+/// and up likewise), so each pair of norms is followed by one matmul instead of three (two):
+/// the plan gives every projection of a layer the same format, so stacking is exact.
 struct Layer {
     attn_norm: BufferId,
-    wq: WeightId,
-    wk: WeightId,
-    wv: WeightId,
+    /// Rows `q (dim) | k (kv_dim) | v (kv_dim)`.
+    wqkv: WeightId,
     wo: WeightId,
     ffn_norm: BufferId,
-    w_gate: WeightId,
-    w_up: WeightId,
+    /// Rows `gate (ffn) | up (ffn)`.
+    w_gate_up: WeightId,
     w_down: WeightId,
 }
 
@@ -112,7 +114,8 @@ pub struct LlamaModel {
     weight_bytes: usize,
     weight_bits: f64,
     n_weights: usize,
-    /// One-row buffers of batched decoding (query, key, attention output), made on first use.
+    /// One-row buffers of batched decoding (fused q|k|v, query, attention output), made on first
+    /// use.
     batch_tmp: Mutex<Option<[BufferId; 3]>>,
 }
 
@@ -162,6 +165,36 @@ impl Loader<'_, '_> {
         cols: usize,
         p: WeightPrecision,
     ) -> Result<WeightId> {
+        let w = self.make(name, rows, cols, p)?;
+        let id = self.backend.upload_weight(w)?;
+        self.tick(name);
+        Ok(id)
+    }
+
+    /// Several matrices of `cols` columns stacked by rows into one upload, in order.
+    fn stacked(
+        &mut self,
+        parts: &[(String, usize)],
+        cols: usize,
+        p: WeightPrecision,
+    ) -> Result<WeightId> {
+        let mut mats = Vec::with_capacity(parts.len());
+        for (name, rows) in parts {
+            let (name, rows) = (name.as_str(), *rows);
+            mats.push(self.make(name, rows, cols, p)?);
+            self.tick(name);
+        }
+        self.backend.upload_weight(WeightMatrix::concat_rows(mats)?)
+    }
+
+    /// One matrix in precision `p`, read from the file (or made up), counted in the totals.
+    fn make(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        p: WeightPrecision,
+    ) -> Result<WeightMatrix> {
         let w = match self.src {
             TensorSource::Gguf(g) => {
                 let dims = g
@@ -181,9 +214,7 @@ impl Loader<'_, '_> {
         self.bytes += w.size_bytes();
         self.bits += w.size_bytes() as f64 * 8.0;
         self.n_weights += rows * cols;
-        let id = self.backend.upload_weight(w)?;
-        self.tick(name);
-        Ok(id)
+        Ok(w)
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<BufferId> {
@@ -293,15 +324,18 @@ fn build(
         for i in 0..hp.n_layers {
             let n = |t: &str| format!("blk.{i}.{t}.weight");
             let p = plan.layers;
+            let qkv = [
+                (n("attn_q"), dim),
+                (n("attn_k"), kv_dim),
+                (n("attn_v"), kv_dim),
+            ];
+            let gate_up = [(n("ffn_gate"), ffn), (n("ffn_up"), ffn)];
             layers.push(Layer {
                 attn_norm: ld.vector(&n("attn_norm"), dim)?,
-                wq: ld.matrix(&n("attn_q"), dim, dim, p)?,
-                wk: ld.matrix(&n("attn_k"), kv_dim, dim, p)?,
-                wv: ld.matrix(&n("attn_v"), kv_dim, dim, p)?,
+                wqkv: ld.stacked(&qkv, dim, p)?,
                 wo: ld.matrix(&n("attn_output"), dim, dim, p)?,
                 ffn_norm: ld.vector(&n("ffn_norm"), dim)?,
-                w_gate: ld.matrix(&n("ffn_gate"), ffn, dim, p)?,
-                w_up: ld.matrix(&n("ffn_up"), ffn, dim, p)?,
+                w_gate_up: ld.stacked(&gate_up, dim, p)?,
                 w_down: ld.matrix(&n("ffn_down"), dim, ffn, p)?,
             });
         }
@@ -354,13 +388,18 @@ fn build(
 /// Indices into `KvCache::scratch`.
 const S_X: usize = 0;
 const S_H: usize = 1;
+/// Rotated queries.
 const S_Q: usize = 2;
-const S_K: usize = 3;
-const S_V: usize = 4;
-const S_ATT: usize = 5;
-const S_GATE: usize = 6;
-const S_UP: usize = 7;
-const S_LOGITS: usize = 8;
+/// Fused q|k|v projection.
+const S_QKV: usize = 3;
+const S_ATT: usize = 4;
+/// Fused gate|up projection.
+const S_GATE_UP: usize = 5;
+/// SwiGLU output.
+const S_FF: usize = 6;
+const S_LOGITS: usize = 7;
+/// Scratch buffers per cache.
+const N_SCRATCH: usize = 8;
 
 impl LlamaModel {
     /// (Re)allocates the scratch buffers for `n` token rows (logits included).
@@ -379,30 +418,39 @@ impl LlamaModel {
 
     /// The second half of a layer over `n` rows: the attention output projection and residual,
     /// then RMSNorm, SwiGLU feed-forward and residual.
-    fn output_and_ffn(&self, layer: &Layer, s: &[BufferId; 9], n: usize) -> Result<()> {
+    fn output_and_ffn(&self, layer: &Layer, s: &[BufferId; N_SCRATCH], n: usize) -> Result<()> {
         let (b, hp) = (&self.backend, &self.hp);
-        let (dim, ffn) = (hp.dim, hp.ffn_dim);
-        b.matmul(layer.wo, s[S_ATT], s[S_H], n)?;
-        b.add(s[S_X], s[S_H], n * dim)?;
-        b.rms_norm(s[S_X], layer.ffn_norm, s[S_H], n, dim, hp.eps)?;
-        b.matmul(layer.w_gate, s[S_H], s[S_GATE], n)?;
-        b.matmul(layer.w_up, s[S_H], s[S_UP], n)?;
-        b.silu_mul(s[S_GATE], s[S_UP], s[S_GATE], n * ffn)?;
-        b.matmul(layer.w_down, s[S_GATE], s[S_H], n)?;
-        b.add(s[S_X], s[S_H], n * dim)
+        b.matmul_add(layer.wo, s[S_ATT], s[S_X], n)?;
+        b.rms_norm(s[S_X], layer.ffn_norm, s[S_H], n, hp.dim, hp.eps)?;
+        b.matmul(layer.w_gate_up, s[S_H], s[S_GATE_UP], n)?;
+        b.swiglu(s[S_GATE_UP], s[S_FF], n, hp.ffn_dim)?;
+        b.matmul_add(layer.w_down, s[S_FF], s[S_X], n)
+    }
+
+    /// RoPE and cache layout of `n` fused q|k|v rows at positions `pos0 ..`.
+    fn qkv_params(&self, n: usize, pos0: usize) -> QkvParams {
+        let hp = &self.hp;
+        QkvParams {
+            n_tokens: n,
+            pos0,
+            n_heads: hp.n_heads,
+            n_kv_heads: hp.n_kv_heads,
+            head_dim: hp.head_dim,
+            theta: hp.rope_theta,
+            style: RopeStyle::Adjacent,
+        }
     }
 
     fn ensure_scratch(&self, cache: &mut KvCache, n: usize) -> Result<()> {
         let hp = &self.hp;
         let b = &self.backend;
-        let sizes = [
+        let sizes: [usize; N_SCRATCH] = [
             n * hp.dim,
             n * hp.dim,
             n * hp.dim,
-            n * hp.kv_dim(),
-            n * hp.kv_dim(),
+            n * (hp.dim + 2 * hp.kv_dim()),
             n * hp.dim,
-            n * hp.ffn_dim,
+            n * 2 * hp.ffn_dim,
             n * hp.ffn_dim,
             n * hp.vocab,
         ];
@@ -451,41 +499,20 @@ impl TextModel for LlamaModel {
         }
         let hp = &self.hp;
         let b = &self.backend;
-        let s: [BufferId; 9] = cache.scratch[..]
+        let s: [BufferId; N_SCRATCH] = cache.scratch[..]
             .try_into()
             .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))?;
-        let (dim, kv_dim) = (hp.dim, hp.kv_dim());
+        let dim = hp.dim;
         let pos0 = cache.pos;
         let att = self.attention_params(n, pos0);
+        let qkv = self.qkv_params(n, pos0);
 
         b.embed(self.embedding, tokens, s[S_X])?;
         for (l, layer) in self.layers.iter().enumerate() {
             let (kc, vc) = (cache.buffers[2 * l], cache.buffers[2 * l + 1]);
             b.rms_norm(s[S_X], layer.attn_norm, s[S_H], n, dim, hp.eps)?;
-            b.matmul(layer.wq, s[S_H], s[S_Q], n)?;
-            b.matmul(layer.wk, s[S_H], s[S_K], n)?;
-            b.matmul(layer.wv, s[S_H], s[S_V], n)?;
-            let rope = RopeStyle::Adjacent;
-            b.rope(
-                s[S_Q],
-                n,
-                hp.n_heads,
-                hp.head_dim,
-                pos0,
-                hp.rope_theta,
-                rope,
-            )?;
-            b.rope(
-                s[S_K],
-                n,
-                hp.n_kv_heads,
-                hp.head_dim,
-                pos0,
-                hp.rope_theta,
-                rope,
-            )?;
-            b.kv_store(s[S_K], kc, pos0, n, kv_dim)?;
-            b.kv_store(s[S_V], vc, pos0, n, kv_dim)?;
+            b.matmul(layer.wqkv, s[S_H], s[S_QKV], n)?;
+            b.rope_store_qkv(s[S_QKV], s[S_Q], kc, vc, &qkv)?;
             b.attention(s[S_Q], kc, vc, s[S_ATT], &att)?;
             self.output_and_ffn(layer, &s, n)?;
         }
@@ -536,42 +563,36 @@ impl TextModel for LlamaModel {
         if caches[0].scratch_rows < n {
             self.ensure_scratch(caches[0], n)?;
         }
-        let s: [BufferId; 9] = caches[0].scratch[..]
+        let s: [BufferId; N_SCRATCH] = caches[0].scratch[..]
             .try_into()
             .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))?;
         let mut tmp_slot = self.batch_tmp.lock().unwrap_or_else(|e| e.into_inner());
-        let [t_q, t_k, t_att] = match *tmp_slot {
+        let row = hp.dim + 2 * hp.kv_dim();
+        let [t_qkv, t_q, t_att] = match *tmp_slot {
             Some(t) => t,
             None => {
                 let t = [
+                    b.alloc(row)?,
                     b.alloc(hp.n_heads * hp.head_dim)?,
-                    b.alloc(hp.kv_dim())?,
                     b.alloc(hp.n_heads * hp.head_dim)?,
                 ];
                 *tmp_slot = Some(t);
                 t
             }
         };
-        let (dim, kv_dim) = (hp.dim, hp.kv_dim());
+        let dim = hp.dim;
         let q_dim = hp.n_heads * hp.head_dim;
-        let rope = RopeStyle::Adjacent;
         b.embed(self.embedding, tokens, s[S_X])?;
         for (l, layer) in self.layers.iter().enumerate() {
             // Every matrix is read once for the whole batch (n activation rows).
             b.rms_norm(s[S_X], layer.attn_norm, s[S_H], n, dim, hp.eps)?;
-            b.matmul(layer.wq, s[S_H], s[S_Q], n)?;
-            b.matmul(layer.wk, s[S_H], s[S_K], n)?;
-            b.matmul(layer.wv, s[S_H], s[S_V], n)?;
+            b.matmul(layer.wqkv, s[S_H], s[S_QKV], n)?;
             // RoPE, the cache write and attention per sequence, at its own position.
             for (i, c) in caches.iter().enumerate() {
                 let pos = c.pos;
                 let (kc, vc) = (c.buffers[2 * l], c.buffers[2 * l + 1]);
-                b.copy(s[S_Q], i * q_dim, t_q, 0, q_dim)?;
-                b.rope(t_q, 1, hp.n_heads, hp.head_dim, pos, hp.rope_theta, rope)?;
-                b.copy(s[S_K], i * kv_dim, t_k, 0, kv_dim)?;
-                b.rope(t_k, 1, hp.n_kv_heads, hp.head_dim, pos, hp.rope_theta, rope)?;
-                b.kv_store(t_k, kc, pos, 1, kv_dim)?;
-                b.copy(s[S_V], i * kv_dim, vc, pos * kv_dim, kv_dim)?;
+                b.copy(s[S_QKV], i * row, t_qkv, 0, row)?;
+                b.rope_store_qkv(t_qkv, t_q, kc, vc, &self.qkv_params(1, pos))?;
                 let att = self.attention_params(1, pos);
                 b.attention(t_q, kc, vc, t_att, &att)?;
                 b.copy(t_att, 0, s[S_ATT], i * q_dim, q_dim)?;

@@ -7,7 +7,7 @@ use crate::pool::SpinPool;
 use crate::{info, matmul, ops};
 use half::f16;
 use lowbit_core::backend::{
-    AttentionParams, Backend, BackendInfo, BufferId, RopeStyle, WeightId, WeightMatrix,
+    AttentionParams, Backend, BackendInfo, BufferId, QkvParams, RopeStyle, WeightId, WeightMatrix,
 };
 use lowbit_core::error::{Error, Result};
 use lowbit_core::quant::{QuantizedMatrix, Scheme};
@@ -290,6 +290,126 @@ impl Backend for CpuBackend {
             ensure("matmul", "output buffer", o.len(), need_out)?;
             let (x, o) = (&ins[0][..need_x], &mut o[..need_out]);
             matmul::matmul(&self.pool, self.isa, self.exact, &wm, x, n, o);
+            Ok(())
+        })
+    }
+
+    fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
+        if x == out {
+            return Err(Error::invalid_config(
+                "matmul_add: x and out must be distinct buffers",
+            ));
+        }
+        let wm = self.weight(w)?;
+        let (rows, cols) = wm.shape();
+        let need_x = span("matmul_add", &[n, cols])?;
+        let need_out = span("matmul_add", &[n, rows])?;
+        if n == 0 || rows == 0 {
+            return Ok(());
+        }
+        self.buffers.with(&[x], out, |ins, o| {
+            ensure("matmul_add", "x", ins[0].len(), need_x)?;
+            ensure("matmul_add", "output buffer", o.len(), need_out)?;
+            // The product, then one add per value: the same rounding as a matmul and an add.
+            let mut prod = vec![0.0f32; need_out];
+            matmul::matmul(
+                &self.pool,
+                self.isa,
+                self.exact,
+                &wm,
+                &ins[0][..need_x],
+                n,
+                &mut prod,
+            );
+            ops::elementwise::add(&mut o[..need_out], &prod);
+            Ok(())
+        })
+    }
+
+    fn rope_store_qkv(
+        &self,
+        qkv: BufferId,
+        q_out: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        p: &QkvParams,
+    ) -> Result<()> {
+        const OP: &str = "rope_store_qkv";
+        if p.head_dim == 0 || !p.head_dim.is_multiple_of(2) {
+            return Err(Error::invalid_config(format!(
+                "{OP}: head_dim must be even and positive, got {}",
+                p.head_dim
+            )));
+        }
+        if qkv == q_out || qkv == k_cache || qkv == v_cache || k_cache == v_cache {
+            return Err(Error::invalid_config(format!(
+                "{OP}: buffers must be distinct"
+            )));
+        }
+        let (q_dim, kv_dim, row) = (p.q_dim(), p.kv_dim(), p.row_len());
+        let need_src = span(OP, &[p.n_tokens, row])?;
+        let need_q = span(OP, &[p.n_tokens, q_dim])?;
+        let start = span(OP, &[p.pos0, kv_dim])?;
+        let end = span(OP, &[p.pos0.saturating_add(p.n_tokens), kv_dim])?;
+        if p.n_tokens == 0 {
+            return Ok(());
+        }
+        // Destination, and source column range within a fused row, of q, k and v.
+        let parts = [
+            (q_out, 0, q_dim),
+            (k_cache, q_dim, kv_dim),
+            (v_cache, q_dim + kv_dim, kv_dim),
+        ];
+        for (i, (dst, off, len)) in parts.into_iter().enumerate() {
+            self.buffers.with(&[qkv], dst, |ins, d| {
+                ensure(OP, "qkv", ins[0].len(), need_src)?;
+                let d = if i == 0 {
+                    ensure(OP, "q output", d.len(), need_q)?;
+                    &mut d[..need_q]
+                } else {
+                    if d.len() < end {
+                        return Err(Error::context_overflow(format!(
+                            "{OP}: the KV cache holds {} rows of {kv_dim}; rows up to {} were asked",
+                            d.len() / kv_dim.max(1),
+                            p.pos0 + p.n_tokens
+                        )));
+                    }
+                    &mut d[start..end]
+                };
+                for (dr, sr) in d.chunks_exact_mut(len).zip(ins[0].chunks_exact(row)) {
+                    dr.copy_from_slice(&sr[off..off + len]);
+                }
+                if i < 2 {
+                    let heads = if i == 0 { p.n_heads } else { p.n_kv_heads };
+                    ops::rope::rope(d, heads, p.head_dim, p.pos0, p.theta, p.style);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+
+    fn swiglu(&self, gate_up: BufferId, out: BufferId, n: usize, width: usize) -> Result<()> {
+        if gate_up == out {
+            return Err(Error::invalid_config(
+                "swiglu: gate_up and out must be distinct buffers",
+            ));
+        }
+        let need_in = span("swiglu", &[n, 2, width])?;
+        let need_out = span("swiglu", &[n, width])?;
+        if need_out == 0 {
+            return Ok(());
+        }
+        self.buffers.with(&[gate_up], out, |ins, o| {
+            ensure("swiglu", "gate_up", ins[0].len(), need_in)?;
+            ensure("swiglu", "output buffer", o.len(), need_out)?;
+            for (or, gu) in o[..need_out]
+                .chunks_exact_mut(width)
+                .zip(ins[0].chunks_exact(2 * width))
+            {
+                let (g, u) = gu.split_at(width);
+                ops::elementwise::silu_mul(g, u, or);
+            }
             Ok(())
         })
     }

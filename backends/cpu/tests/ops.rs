@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use lowbit_core::backend::{AttentionParams, Backend, RopeStyle, WeightMatrix};
+use lowbit_core::backend::{AttentionParams, Backend, QkvParams, RopeStyle, WeightMatrix};
 use lowbit_core::quant::Scheme;
 use lowbit_core::ErrorCode;
 
@@ -232,4 +232,110 @@ fn registered_and_described() {
     assert_eq!(info.name, "cpu");
     assert_eq!(info.threads, 2);
     assert!(!info.device.is_empty());
+}
+
+/// The fused operations the LLaMA adapter uses compute exactly what the unfused sequences they
+/// replace compute, bit for bit.
+#[test]
+fn fused_ops_equal_their_unfused_sequences() {
+    let mut rng = rng(20);
+    for b in backends() {
+        // rope_store_qkv == copy q/k/v out, rope q and k, kv_store k and v.
+        for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
+            let p = QkvParams {
+                n_tokens: 3,
+                pos0: 4,
+                n_heads: 4,
+                n_kv_heads: 2,
+                head_dim: 8,
+                theta: 10000.0,
+                style,
+            };
+            let (q_dim, kv_dim, row) = (p.q_dim(), p.kv_dim(), p.row_len());
+            let src = random_vec(&mut rng, p.n_tokens * row, 2.0);
+            let cache_len = (p.pos0 + p.n_tokens + 1) * kv_dim;
+            let qkv = b.upload(&src).unwrap();
+            let (q, kc, vc) = (
+                b.alloc(p.n_tokens * q_dim).unwrap(),
+                b.alloc(cache_len).unwrap(),
+                b.alloc(cache_len).unwrap(),
+            );
+            b.rope_store_qkv(qkv, q, kc, vc, &p).unwrap();
+            let (uq, uk, uv, ukc, uvc) = (
+                b.alloc(p.n_tokens * q_dim).unwrap(),
+                b.alloc(p.n_tokens * kv_dim).unwrap(),
+                b.alloc(p.n_tokens * kv_dim).unwrap(),
+                b.alloc(cache_len).unwrap(),
+                b.alloc(cache_len).unwrap(),
+            );
+            for t in 0..p.n_tokens {
+                b.copy(qkv, t * row, uq, t * q_dim, q_dim).unwrap();
+                b.copy(qkv, t * row + q_dim, uk, t * kv_dim, kv_dim)
+                    .unwrap();
+                b.copy(qkv, t * row + q_dim + kv_dim, uv, t * kv_dim, kv_dim)
+                    .unwrap();
+            }
+            let (n, hd, pos0) = (p.n_tokens, p.head_dim, p.pos0);
+            b.rope(uq, n, p.n_heads, hd, pos0, p.theta, style).unwrap();
+            b.rope(uk, n, p.n_kv_heads, hd, pos0, p.theta, style)
+                .unwrap();
+            b.kv_store(uk, ukc, pos0, n, kv_dim).unwrap();
+            b.kv_store(uv, uvc, pos0, n, kv_dim).unwrap();
+            for (fused, plain) in [(q, uq), (kc, ukc), (vc, uvc)] {
+                let len = if fused == q { n * q_dim } else { cache_len };
+                assert_eq!(
+                    b.read(fused, 0, len).unwrap(),
+                    b.read(plain, 0, len).unwrap(),
+                    "{style:?}"
+                );
+            }
+            let late = QkvParams { pos0: p.pos0 + 2, ..p };
+            let e = b.rope_store_qkv(qkv, q, kc, vc, &late).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ContextOverflow);
+            assert!(b.rope_store_qkv(qkv, q, kc, kc, &p).is_err());
+        }
+
+        // matmul_add == matmul into a temporary, then add.
+        let (rows, cols) = (37, 64);
+        let (m, _) = random_matrix(&mut rng, rows, cols, 4, 32, Scheme::Symmetric);
+        let w = b.upload_weight(WeightMatrix::Quantized(m)).unwrap();
+        for n in [1usize, 3] {
+            let x = b.upload(&random_vec(&mut rng, n * cols, 1.0)).unwrap();
+            let base = random_vec(&mut rng, n * rows, 1.0);
+            let (acc, tmp, plain) = (
+                b.upload(&base).unwrap(),
+                b.alloc(n * rows).unwrap(),
+                b.upload(&base).unwrap(),
+            );
+            b.matmul_add(w, x, acc, n).unwrap();
+            b.matmul(w, x, tmp, n).unwrap();
+            b.add(plain, tmp, n * rows).unwrap();
+            assert_eq!(
+                b.read(acc, 0, n * rows).unwrap(),
+                b.read(plain, 0, n * rows).unwrap()
+            );
+            assert!(b.matmul_add(w, x, x, n).is_err());
+        }
+
+        // swiglu == silu_mul of each row's halves.
+        let (n, width) = (3, 40);
+        let gu = random_vec(&mut rng, n * 2 * width, 3.0);
+        let (gub, out) = (b.upload(&gu).unwrap(), b.alloc(n * width).unwrap());
+        b.swiglu(gub, out, n, width).unwrap();
+        let got = b.read(out, 0, n * width).unwrap();
+        for t in 0..n {
+            let r = &gu[t * 2 * width..(t + 1) * 2 * width];
+            let (g, u, o) = (
+                b.upload(&r[..width]).unwrap(),
+                b.upload(&r[width..]).unwrap(),
+                b.alloc(width).unwrap(),
+            );
+            b.silu_mul(g, u, o, width).unwrap();
+            assert_eq!(
+                &got[t * width..(t + 1) * width],
+                &b.read(o, 0, width).unwrap()[..]
+            );
+        }
+        assert!(b.swiglu(gub, out, n + 1, width).is_err());
+    }
 }

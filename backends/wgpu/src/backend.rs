@@ -8,7 +8,7 @@ use crate::recorder::{Bind, Dispatch, Recorder};
 use crate::shader::{Define, KernelKey, ShaderFile};
 use crate::tuning::{fold, Tuning};
 use crate::weights::{upload, GpuWeight, WeightKind};
-use lowbit_core::backend::{AttentionParams, RopeStyle};
+use lowbit_core::backend::{AttentionParams, QkvParams, RopeStyle};
 use lowbit_core::quant::Scheme;
 use lowbit_core::{Backend, BackendInfo, BufferId, Error, Result, WeightId, WeightMatrix};
 use std::collections::HashMap;
@@ -337,6 +337,118 @@ impl WgpuBackend {
 
     /// Records `dst[dst_offset..][..len] = src[src_offset..][..len]` (f32 offsets) as a kernel,
     /// so it stays in the step's compute pass; `src` is a distinct buffer or host data.
+    /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`.
+    fn matmul_into(
+        &self,
+        w: WeightId,
+        x: BufferId,
+        out: BufferId,
+        n: usize,
+        accumulate: bool,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let t = self.tuning;
+        let mut st = self.lock();
+        let State {
+            buffers,
+            weights,
+            pipelines,
+            rec,
+            dummy,
+            ..
+        } = &mut *st;
+        let gw = weight(weights, w)?;
+        let get = |id: BufferId| {
+            buffers
+                .get(&id.0)
+                .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
+        };
+        let (xb, ob) = (get(x)?, get(out)?);
+        check_len("matmul input", xb, n * gw.cols)?;
+        check_len("matmul output", ob, n * gw.rows)?;
+        let tiled = n > 1;
+        let (entry, wg) = if tiled {
+            ("matmul_tiled", 256)
+        } else {
+            ("matvec", t.matvec_wg)
+        };
+        // Rows of at least 32 values per lane of 4- or 8-bit codes may take the wide matvec
+        // (whole blocks per lane, 16-byte code reads).
+        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if s.bits == 4 || s.bits == 8);
+        let wide = !tiled && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize;
+        let mut defines = self.base_defines(wg);
+        defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
+        defines.extend([
+            ("ROWS_PER_WG", Define::U32(t.matvec_rows)),
+            ("TILE_T", Define::U32(t.tile_t)),
+            ("TILE_R", Define::U32(t.tile_r)),
+            ("TILE_K", Define::U32(t.tile_k())),
+            ("WIDE", Define::Bool(wide)),
+            ("ACCUMULATE", Define::Bool(accumulate)),
+        ]);
+        let key = KernelKey {
+            file: ShaderFile::Matmul,
+            entry,
+            defines,
+        };
+        use Slot::*;
+        // The wide kernel also reads the codes through a vector view (binding 5).
+        let slots: &[Slot] = if wide {
+            &[Uniform, Read, Read, Read, ReadWrite, Read]
+        } else {
+            &[Uniform, Read, Read, Read, ReadWrite]
+        };
+        let kernel = pipelines.get(&self.dev, &key, slots)?;
+        for p in &gw.pieces {
+            let groups = if tiled {
+                [
+                    p.rows.div_ceil(t.tile_r as usize) as u32,
+                    n.div_ceil(t.tile_t as usize) as u32,
+                    1,
+                ]
+            } else {
+                let (gx, gy) = fold(
+                    p.rows.div_ceil(t.matvec_rows as usize) as u32,
+                    self.max_groups(),
+                );
+                [gx, gy, n as u32]
+            };
+            rec.dispatch(
+                &self.dev,
+                &Dispatch {
+                    kernel: &kernel,
+                    params: &[
+                        p.rows as u32,
+                        gw.cols as u32,
+                        n as u32,
+                        gw.rows as u32,
+                        p.row_start as u32,
+                    ],
+                    bindings: &[
+                        Bind::Buffer(&p.data),
+                        Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
+                        Bind::Buffer(&xb.buffer),
+                        Bind::Buffer(&ob.buffer),
+                        Bind::Buffer(&p.data),
+                    ][..slots.len() - 1],
+                    groups,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Base defines of `elementwise.wgsl` with exactly the operation `op` (`OP_ADD`, …) on.
+    fn elementwise_defines(&self, wg: u32, op: &str) -> Vec<(&'static str, Define)> {
+        let mut defines = self.base_defines(wg);
+        for name in ["OP_ADD", "OP_SILU_MUL", "OP_COPY", "OP_SWIGLU"] {
+            defines.push((name, Define::Bool(name == op)));
+        }
+        defines
+    }
+
     fn copy_values(
         &self,
         st: &mut State,
@@ -351,13 +463,8 @@ impl WgpuBackend {
         }
         let wg = self.tuning.elementwise_wg;
         let upload = matches!(src, Bind::Upload(_));
-        let mut defines = self.base_defines(wg);
-        defines.extend([
-            ("OP_ADD", Define::Bool(false)),
-            ("OP_SILU_MUL", Define::Bool(false)),
-            ("OP_COPY", Define::Bool(true)),
-            ("SRC_UPLOAD", Define::Bool(upload)),
-        ]);
+        let mut defines = self.elementwise_defines(wg, "OP_COPY");
+        defines.push(("SRC_UPLOAD", Define::Bool(upload)));
         let key = KernelKey {
             file: ShaderFile::Elementwise,
             entry: "copy",
@@ -529,6 +636,7 @@ impl Backend for WgpuBackend {
         check_len("embed output", o, tokens.len() * w.cols)?;
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(w.kind, false));
+        defines.push(("INDIRECT", Define::Bool(false)));
         let key = KernelKey {
             file: ShaderFile::Embed,
             entry: "embed",
@@ -546,7 +654,7 @@ impl Backend for WgpuBackend {
                 &self.dev,
                 &Dispatch {
                     kernel: &kernel,
-                    params: &[w.cols as u32, n as u32, p.row_start as u32, p.rows as u32],
+                    params: &[w.cols as u32, n as u32, p.row_start as u32, p.rows as u32, 0],
                     bindings: &[
                         Bind::Buffer(&p.data),
                         Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
@@ -609,98 +717,131 @@ impl Backend for WgpuBackend {
     }
 
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        if n == 0 {
+        self.matmul_into(w, x, out, n, false)
+    }
+
+    fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
+        self.matmul_into(w, x, out, n, true)
+    }
+
+    fn rope_store_qkv(
+        &self,
+        qkv: BufferId,
+        q_out: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        p: &QkvParams,
+    ) -> Result<()> {
+        if p.n_tokens == 0 {
             return Ok(());
         }
-        distinct("matmul", x, out)?;
-        let t = self.tuning;
+        if p.head_dim == 0 || !p.head_dim.is_multiple_of(2) {
+            return Err(Error::invalid_config(format!(
+                "rope_store_qkv needs an even head dimension, got {}",
+                p.head_dim
+            )));
+        }
+        for (a, b) in [
+            (qkv, q_out),
+            (qkv, k_cache),
+            (qkv, v_cache),
+            (q_out, k_cache),
+            (q_out, v_cache),
+            (k_cache, v_cache),
+        ] {
+            distinct("rope_store_qkv", a, b)?;
+        }
+        let wg = self.tuning.elementwise_wg;
+        let kv_dim = p.kv_dim();
         let mut st = self.lock();
-        let State {
-            buffers,
-            weights,
-            pipelines,
-            rec,
-            dummy,
-            ..
-        } = &mut *st;
-        let gw = weight(weights, w)?;
-        let get = |id: BufferId| {
-            buffers
-                .get(&id.0)
-                .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
-        };
-        let (xb, ob) = (get(x)?, get(out)?);
-        check_len("matmul input", xb, n * gw.cols)?;
-        check_len("matmul output", ob, n * gw.rows)?;
-        let tiled = n > 1;
-        let (entry, wg) = if tiled {
-            ("matmul_tiled", 256)
-        } else {
-            ("matvec", t.matvec_wg)
-        };
-        // Rows of at least 32 values per lane of 4- or 8-bit codes may take the wide matvec
-        // (whole blocks per lane, 16-byte code reads).
-        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if s.bits == 4 || s.bits == 8);
-        let wide = !tiled && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize;
+        check_len(
+            "rope_store_qkv input",
+            st.buf(qkv)?,
+            p.n_tokens * p.row_len(),
+        )?;
+        check_len(
+            "rope_store_qkv q output",
+            st.buf(q_out)?,
+            p.n_tokens * p.q_dim(),
+        )?;
+        for c in [k_cache, v_cache] {
+            let len = st.buf(c)?.len;
+            if len < (p.pos0 + p.n_tokens) * kv_dim {
+                return Err(Error::context_overflow(format!(
+                    "the KV cache holds {} rows of {kv_dim}; rows up to {} were asked",
+                    len / kv_dim.max(1),
+                    p.pos0 + p.n_tokens
+                )));
+            }
+        }
+        let bufs = [qkv, q_out, k_cache, v_cache].map(|id| st.buf(id).map(|b| b.buffer.clone()));
+        let [a, b, c, d] = bufs;
+        let bufs = [a?, b?, c?, d?];
+        let table = self.rope_table(&mut st, p.theta, p.head_dim, p.pos0 + p.n_tokens)?;
         let mut defines = self.base_defines(wg);
-        defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
-        defines.extend([
-            ("ROWS_PER_WG", Define::U32(t.matvec_rows)),
-            ("TILE_T", Define::U32(t.tile_t)),
-            ("TILE_R", Define::U32(t.tile_r)),
-            ("TILE_K", Define::U32(t.tile_k())),
-            ("WIDE", Define::Bool(wide)),
-        ]);
+        defines.push(("QKV", Define::Bool(true)));
         let key = KernelKey {
-            file: ShaderFile::Matmul,
-            entry,
+            file: ShaderFile::Rope,
+            entry: "rope_qkv",
             defines,
         };
         use Slot::*;
-        // The wide kernel also reads the codes through a vector view (binding 5).
-        let slots: &[Slot] = if wide {
-            &[Uniform, Read, Read, Read, ReadWrite, Read]
-        } else {
-            &[Uniform, Read, Read, Read, ReadWrite]
-        };
-        let kernel = pipelines.get(&self.dev, &key, slots)?;
-        for p in &gw.pieces {
-            let groups = if tiled {
-                [
-                    p.rows.div_ceil(t.tile_r as usize) as u32,
-                    n.div_ceil(t.tile_t as usize) as u32,
-                    1,
-                ]
-            } else {
-                let (gx, gy) = fold(
-                    p.rows.div_ceil(t.matvec_rows as usize) as u32,
-                    self.max_groups(),
-                );
-                [gx, gy, n as u32]
-            };
-            rec.dispatch(
-                &self.dev,
-                &Dispatch {
-                    kernel: &kernel,
-                    params: &[
-                        p.rows as u32,
-                        gw.cols as u32,
-                        n as u32,
-                        gw.rows as u32,
-                        p.row_start as u32,
-                    ],
-                    bindings: &[
-                        Bind::Buffer(&p.data),
-                        Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
-                        Bind::Buffer(&xb.buffer),
-                        Bind::Buffer(&ob.buffer),
-                        Bind::Buffer(&p.data),
-                    ][..slots.len() - 1],
-                    groups,
-                },
-            )?;
+        let kernel = st.pipelines.get(
+            &self.dev,
+            &key,
+            &[Uniform, Read, Read, ReadWrite, ReadWrite, ReadWrite],
+        )?;
+        let total = p.n_tokens * (p.n_heads + 2 * p.n_kv_heads) * (p.head_dim / 2);
+        let (gx, gy) = fold(total.div_ceil(wg as usize) as u32, self.max_groups());
+        let [b_qkv, b_q, b_k, b_v] = &bufs;
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[
+                    p.n_tokens as u32,
+                    p.n_heads as u32,
+                    p.n_kv_heads as u32,
+                    p.head_dim as u32,
+                    u32::from(p.style == RopeStyle::Adjacent),
+                    p.pos0 as u32,
+                ],
+                bindings: &[&table, b_qkv, b_q, b_k, b_v].map(Bind::Buffer),
+                groups: [gx, gy, 1],
+            },
+        )
+    }
+
+    fn swiglu(&self, gate_up: BufferId, out: BufferId, n: usize, width: usize) -> Result<()> {
+        let len = n * width;
+        if len == 0 {
+            return Ok(());
         }
-        Ok(())
+        distinct("swiglu", gate_up, out)?;
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        check_len("swiglu input", st.buf(gate_up)?, 2 * len)?;
+        check_len("swiglu output", st.buf(out)?, len)?;
+        let (ob, gb) = (st.buf(out)?.buffer.clone(), st.buf(gate_up)?.buffer.clone());
+        let key = KernelKey {
+            file: ShaderFile::Elementwise,
+            entry: "swiglu",
+            defines: self.elementwise_defines(wg, "OP_SWIGLU"),
+        };
+        use Slot::*;
+        let kernel = st
+            .pipelines
+            .get(&self.dev, &key, &[Uniform, ReadWrite, Read])?;
+        let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[len as u32, 0, 0, width as u32],
+                bindings: &[Bind::Buffer(&ob), Bind::Buffer(&gb)],
+                groups: [gx, gy, 1],
+            },
+        )
     }
 
     fn rope(
@@ -730,7 +871,11 @@ impl Backend for WgpuBackend {
         let key = KernelKey {
             file: ShaderFile::Rope,
             entry: "rope",
-            defines: self.base_defines(wg),
+            defines: {
+                let mut d = self.base_defines(wg);
+                d.push(("QKV", Define::Bool(false)));
+                d
+            },
         };
         use Slot::*;
         let kernel = st
@@ -930,11 +1075,8 @@ impl Backend for WgpuBackend {
             .iter()
             .map(|&i| st.buf(i).map(|b| b.buffer.clone()))
             .collect::<Result<_>>()?;
-        let mut defines = self.base_defines(wg);
+        let mut defines = self.elementwise_defines(wg, "OP_SILU_MUL");
         defines.extend([
-            ("OP_ADD", Define::Bool(false)),
-            ("OP_SILU_MUL", Define::Bool(true)),
-            ("OP_COPY", Define::Bool(false)),
             ("ALIAS_SELF", Define::Bool(false)),
             ("ALIAS_GATE", Define::Bool(ag && !au)),
             ("ALIAS_UP", Define::Bool(au && !ag)),
@@ -971,13 +1113,8 @@ impl Backend for WgpuBackend {
         check_len("add destination", st.buf(dst)?, len)?;
         check_len("add source", st.buf(src)?, len)?;
         let (db, sb) = (st.buf(dst)?.buffer.clone(), st.buf(src)?.buffer.clone());
-        let mut defines = self.base_defines(wg);
-        defines.extend([
-            ("OP_ADD", Define::Bool(true)),
-            ("OP_SILU_MUL", Define::Bool(false)),
-            ("OP_COPY", Define::Bool(false)),
-            ("ALIAS_SELF", Define::Bool(same)),
-        ]);
+        let mut defines = self.elementwise_defines(wg, "OP_ADD");
+        defines.push(("ALIAS_SELF", Define::Bool(same)));
         let key = KernelKey {
             file: ShaderFile::Elementwise,
             entry: "add",

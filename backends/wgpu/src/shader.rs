@@ -19,8 +19,10 @@ pub enum ShaderFile {
     Rope,
     /// Decode and prefill attention.
     Attention,
-    /// add, silu_mul.
+    /// add, silu_mul, swiglu, copy.
     Elementwise,
+    /// Token selection (argmax).
+    Sample,
 }
 
 impl ShaderFile {
@@ -32,6 +34,7 @@ impl ShaderFile {
             ShaderFile::Rope => include_str!("../../../shaders/rope.wgsl"),
             ShaderFile::Attention => include_str!("../../../shaders/attention.wgsl"),
             ShaderFile::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
+            ShaderFile::Sample => include_str!("../../../shaders/sample.wgsl"),
         }
     }
 }

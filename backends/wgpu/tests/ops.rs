@@ -5,7 +5,7 @@
 
 mod reference;
 
-use lowbit_core::backend::{AttentionParams, RopeStyle};
+use lowbit_core::backend::{AttentionParams, QkvParams, RopeStyle};
 use lowbit_core::quant::quantize;
 use lowbit_core::{Backend, ErrorCode, QuantSpec, Scheme, WeightMatrix};
 use lowbit_wgpu::{KernelPaths, WgpuBackend, WgpuOptions};
@@ -112,6 +112,17 @@ fn check_matmul(
             "{what} n={n} {:?}: relative error {err}",
             b.paths()
         );
+        // matmul_add: the same sums added to what `out` held (the fused residual epilogue).
+        let base = rand_vec(&mut rng, n * rows);
+        b.write(out, 0, &base).unwrap();
+        b.matmul_add(id, x, out, n).unwrap();
+        let summed = b.read(out, 0, n * rows).unwrap();
+        for ((s, g), r) in summed.iter().zip(&got).zip(&base) {
+            assert!(
+                (s - (g + r)).abs() <= 1e-6 * (1.0 + g.abs() + r.abs()),
+                "{what} n={n} matmul_add: {s} vs {g} + {r}"
+            );
+        }
         b.free(x);
         b.free(out);
     }
@@ -404,6 +415,80 @@ fn rope_both_styles() {
     }
 }
 
+#[test]
+fn rope_store_qkv_equals_rope_and_kv_store() {
+    let mut rng = StdRng::seed_from_u64(16);
+    let b = backend(false, false);
+    for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
+        for (n, heads, kv_heads, hd, pos0) in [
+            (1usize, 9usize, 3usize, 64usize, 1234usize),
+            (7, 4, 4, 96, 5),
+            (19, 6, 2, 128, 0),
+        ] {
+            let p = QkvParams {
+                n_tokens: n,
+                pos0,
+                n_heads: heads,
+                n_kv_heads: kv_heads,
+                head_dim: hd,
+                theta: 10000.0,
+                style,
+            };
+            let (q_dim, kv_dim, row) = (p.q_dim(), p.kv_dim(), p.row_len());
+            let src = rand_vec(&mut rng, n * row);
+            let part = |off: usize, len: usize| -> Vec<f32> {
+                src.chunks_exact(row)
+                    .flat_map(|r| r[off..off + len].to_vec())
+                    .collect()
+            };
+            let (mut want_q, mut want_k, want_v) = (
+                part(0, q_dim),
+                part(q_dim, kv_dim),
+                part(q_dim + kv_dim, kv_dim),
+            );
+            reference::rope(&mut want_q, heads, hd, pos0, 10000.0, style);
+            reference::rope(&mut want_k, kv_heads, hd, pos0, 10000.0, style);
+            let cache_rows = pos0 + n + 2;
+            let sentinel = vec![7.0f32; cache_rows * kv_dim];
+            let (qkv, q, kc, vc) = (
+                b.upload(&src).unwrap(),
+                b.alloc(n * q_dim).unwrap(),
+                b.upload(&sentinel).unwrap(),
+                b.upload(&sentinel).unwrap(),
+            );
+            b.rope_store_qkv(qkv, q, kc, vc, &p).unwrap();
+            let what = format!("{style:?} n={n} heads={heads}/{kv_heads} hd={hd} pos0={pos0}");
+            // One f32 rotation with exact table values: 1e-6.
+            let err = max_abs(&b.read(q, 0, n * q_dim).unwrap(), &want_q);
+            assert!(err < 1e-6, "{what}: q {err}");
+            let (k_all, v_all) = (
+                b.read(kc, 0, cache_rows * kv_dim).unwrap(),
+                b.read(vc, 0, cache_rows * kv_dim).unwrap(),
+            );
+            let rows = pos0 * kv_dim..(pos0 + n) * kv_dim;
+            let err = max_abs(&k_all[rows.clone()], &want_k);
+            assert!(err < 1e-6, "{what}: k {err}");
+            assert_eq!(&v_all[rows.clone()], &want_v[..], "{what}: v");
+            for all in [&k_all, &v_all] {
+                assert!(
+                    all[..rows.start].iter().all(|v| *v == 7.0),
+                    "{what}: rows before"
+                );
+                assert!(
+                    all[rows.end..].iter().all(|v| *v == 7.0),
+                    "{what}: rows after"
+                );
+            }
+            let late = QkvParams {
+                pos0: pos0 + 3,
+                ..p
+            };
+            let e = b.rope_store_qkv(qkv, q, kc, vc, &late).unwrap_err();
+            assert_eq!(e.code, ErrorCode::ContextOverflow, "{what}");
+        }
+    }
+}
+
 fn check_attention(b: &WgpuBackend, p: AttentionParams, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let hd = p.head_dim;
@@ -485,6 +570,23 @@ fn elementwise_kv_store_copy() {
     b.silu_mul(g, g, g, len).unwrap();
     let gg = reference::silu_mul(&gv, &gv);
     assert!(max_abs(&b.read(g, 0, len).unwrap(), &gg) < 1e-6);
+
+    // swiglu over 3 rows of a fused gate|up (width not a multiple of the workgroup).
+    let (rows, width) = (3, 333);
+    let gu = rand_vec(&mut rng, rows * 2 * width);
+    let (gates, ups): (Vec<f32>, Vec<f32>) = (
+        gu.chunks_exact(2 * width)
+            .flat_map(|r| r[..width].to_vec())
+            .collect(),
+        gu.chunks_exact(2 * width)
+            .flat_map(|r| r[width..].to_vec())
+            .collect(),
+    );
+    let (gub, o) = (b.upload(&gu).unwrap(), b.alloc(rows * width).unwrap());
+    b.swiglu(gub, o, rows, width).unwrap();
+    let want = reference::silu_mul(&gates, &ups);
+    assert!(max_abs(&b.read(o, 0, rows * width).unwrap(), &want) < 1e-6);
+    assert!(b.swiglu(gub, gub, rows, width).is_err());
 
     // add, including dst == src; sums of two f32 are exact up to rounding.
     let (av, bv) = (rand_vec(&mut rng, len), rand_vec(&mut rng, len));

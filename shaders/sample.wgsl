@@ -1,0 +1,54 @@
+// Token selection on the GPU, so a decode step can feed the next one without a round trip:
+// `argmax` writes f32(index of the largest of x[0 .. len]) to out[out_offset] (the first index
+// on ties, NaN never wins: the host sampler's rule). One workgroup: each lane scans a strided
+// slice, then (value, index) pairs are reduced in workgroup memory.
+#include common.wgsl
+
+struct Params {
+    len: u32,
+    out_offset: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+
+var<workgroup> best_v: array<f32, WORKGROUP_SIZE>;
+var<workgroup> best_i: array<u32, WORKGROUP_SIZE>;
+
+// Whether (v, i) beats (bv, bi): larger, or equal and earlier. NaN compares false.
+fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
+    return v > bv || (v == bv && i < bi);
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn argmax(inv: Invocation) {
+    // No candidate yet: the lowest finite value with no index, so -inf and NaN never win.
+    var bv = -3.40282347e38f;
+    var bi = 0xffffffffu;
+    for (var i = inv.lid; i < p.len; i += WORKGROUP_SIZE) {
+        let v = x[i];
+        if better(v, i, bv, bi) {
+            bv = v;
+            bi = i;
+        }
+    }
+    best_v[inv.lid] = bv;
+    best_i[inv.lid] = bi;
+    workgroupBarrier();
+    for (var s = WORKGROUP_SIZE / 2u; s > 0u; s >>= 1u) {
+        if inv.lid < s {
+            let v = best_v[inv.lid + s];
+            let i = best_i[inv.lid + s];
+            if better(v, i, best_v[inv.lid], best_i[inv.lid]) {
+                best_v[inv.lid] = v;
+                best_i[inv.lid] = i;
+            }
+        }
+        workgroupBarrier();
+    }
+    if inv.lid == 0u {
+        // All NaN (or empty): index 0, as on the host.
+        out[p.out_offset] = f32(select(best_i[0], 0u, best_i[0] == 0xffffffffu));
+    }
+}
