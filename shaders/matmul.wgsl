@@ -1,5 +1,6 @@
 // out[t, row_offset + r] = Σ_c W[r, c] · x[t, c] over one row range ("piece") of a weight matrix
-// (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue).
+// (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue; NORM, wide matvec
+// only: x is RMS-normalised on the fly, x·g scaled by 1/rms(x), the norm fused into the load).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
 // (WIDE: whole 32-value blocks per lane step, 4- and 8-bit codes read as 16-byte vectors).
 // `matmul_tiled`: prefill; a workgroup computes a TILE_T × TILE_R block of outputs, and each
@@ -12,6 +13,7 @@ struct Params {
     n: u32,          // token rows of x
     out_stride: u32, // rows of the whole matrix: the stride of an output token row
     row_offset: u32, // first row of this piece within the matrix
+    eps: f32,        // NORM: RMSNorm epsilon
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -81,6 +83,9 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
 // are loaded once and reused by every row of the workgroup; the scale multiplies the block's
 // integer-weighted sum once, and the bias multiplies Σx.
 @group(0) @binding(5) var<storage, read> w_vec: array<vec4<u32>>;
+#if NORM
+@group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
+#endif
 
 fn nib_dot(wd: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
     let v = vec4<u32>(wd);
@@ -105,16 +110,27 @@ fn matvec(inv: Invocation) {
     let x_row = t * p.cols / 4u;
 #if WIDE
     let nb = p.cols / 32u;
+    var sq = 0.0; // NORM: this lane's share of Σx²
     for (var b = inv.lid; b < nb; b += WORKGROUP_SIZE) {
         let xo = x_row + 8u * b;
-        let x0 = x[xo];
-        let x1 = x[xo + 1u];
-        let x2 = x[xo + 2u];
-        let x3 = x[xo + 3u];
-        let x4 = x[xo + 4u];
-        let x5 = x[xo + 5u];
-        let x6 = x[xo + 6u];
-        let x7 = x[xo + 7u];
+        var xs: array<vec4<f32>, 8>;
+        for (var i = 0u; i < 8u; i++) {
+            let v = x[xo + i];
+#if NORM
+            sq += dot(v, v);
+            xs[i] = v * norm_w[8u * b + i];
+#else
+            xs[i] = v;
+#endif
+        }
+        let x0 = xs[0];
+        let x1 = xs[1];
+        let x2 = xs[2];
+        let x3 = xs[3];
+        let x4 = xs[4];
+        let x5 = xs[5];
+        let x6 = xs[6];
+        let x7 = xs[7];
         let sx = dot((x0 + x1) + (x2 + x3) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
         for (var k = 0u; k < ROWS_PER_WG; k++) {
             // Rows past the end repeat the last one; their sums are never written.
@@ -134,6 +150,14 @@ fn matvec(inv: Invocation) {
             acc[k] += sb.x * q + sb.y * sx;
         }
     }
+#if NORM
+    // Every lane's sums scale by the same 1/rms, so scaling before the row reduction is exact
+    // up to rounding.
+    let inv_rms = inverseSqrt(workgroup_sum(sq, inv) / f32(p.cols) + p.eps);
+    for (var k = 0u; k < ROWS_PER_WG; k++) {
+        acc[k] *= inv_rms;
+    }
+#endif
 #else
     // Narrow rows: each lane takes 8 columns at a time.
     for (var j = inv.lid; j < p.cols / 8u; j += WORKGROUP_SIZE) {

@@ -5,7 +5,8 @@
 
 mod common;
 
-use lowbit::core::generate::{generate, GenerateOptions};
+use lowbit::core::adapter::Logits;
+use lowbit::core::generate::{argmax, generate, GenerateOptions};
 use lowbit::load::{load_text_model, LoadOptions, QuantMethod};
 use lowbit::perplexity::perplexity;
 
@@ -28,9 +29,40 @@ fn greedy(backend: &str, prompt: &str) -> Vec<u32> {
         max_tokens: 16,
         ..Default::default()
     };
-    generate(model.as_ref(), &mut cache, &ids, &opts, &mut |_, _| {})
+    let tokens = generate(model.as_ref(), &mut cache, &ids, &opts, &mut |_, _| {})
         .unwrap()
-        .tokens
+        .tokens;
+    // `generate` selects greedy tokens on the device with the next step queued ahead
+    // (`decode_greedy`); step by step with host argmax must give the same tokens.
+    let mut cache = model.new_cache(64).unwrap();
+    let mut logits = model.forward(&mut cache, &ids, Logits::Last).unwrap();
+    let mut stepwise = Vec::new();
+    for _ in 0..16 {
+        let t = argmax(&logits);
+        stepwise.push(t);
+        logits = model.forward(&mut cache, &[t], Logits::Last).unwrap();
+    }
+    assert_eq!(
+        tokens, stepwise,
+        "{backend}: decode_greedy differs from forward + argmax"
+    );
+    // Refusing a token stops decoding with only the accepted tokens fed to the cache.
+    let mut cache = model.new_cache(64).unwrap();
+    model.forward(&mut cache, &ids, Logits::Last).unwrap();
+    let mut got = Vec::new();
+    model
+        .decode_greedy(&mut cache, stepwise[0], 16, &mut |t| {
+            got.push(t);
+            got.len() < 5
+        })
+        .unwrap();
+    assert_eq!(got, stepwise[1..6], "{backend}: early stop");
+    assert_eq!(
+        cache.pos,
+        ids.len() + 5,
+        "{backend}: cache position after the stop"
+    );
+    tokens
 }
 
 /// Perplexity of SmolLM2 on the first two 64-token chunks of the Brown corpus (32 scored

@@ -234,6 +234,30 @@ pub trait TextModel: Send + Sync {
             .map(|(c, t)| self.forward(c, &[*t], Logits::Last))
             .collect()
     }
+    /// Greedy decoding: feeds `first` at position `cache.pos`, then each step's most likely
+    /// token to the next step, and hands every selected token to `on_token` until it returns
+    /// `false` or `max_steps` tokens were selected. The cache advances by one position per
+    /// token fed (a token `on_token` refused is not fed). Selects exactly the tokens that
+    /// [`TextModel::forward`] plus [`crate::generate::argmax`] would; adapters override it to
+    /// select on the device and record step `k + 1` while the device runs step `k`. This
+    /// default runs the steps one after another.
+    fn decode_greedy(
+        &self,
+        cache: &mut KvCache,
+        first: u32,
+        max_steps: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<()> {
+        let mut tok = first;
+        for _ in 0..max_steps {
+            let logits = self.forward(cache, &[tok], Logits::Last)?;
+            tok = crate::generate::argmax(&logits);
+            if !on_token(tok) {
+                break;
+            }
+        }
+        Ok(())
+    }
     /// Bytes of weights on the backend.
     fn weight_bytes(&self) -> usize;
     /// Real bits per weight over all weight matrices, scales included.

@@ -143,6 +143,17 @@ pub struct AttentionParams {
     pub scale: f32,
 }
 
+/// An RMSNorm: per-column weights, row length and epsilon.
+#[derive(Clone, Copy, Debug)]
+pub struct RmsNorm {
+    /// The `dim` per-column weights.
+    pub weight: BufferId,
+    /// Values per row.
+    pub dim: usize,
+    /// Added to the mean square.
+    pub eps: f32,
+}
+
 /// Shape of one [`Backend::rope_store_qkv`] call: `n_tokens` rows of a fused q|k|v projection.
 #[derive(Clone, Copy, Debug)]
 pub struct QkvParams {
@@ -230,6 +241,11 @@ pub trait Backend: Send + Sync {
     fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()>;
     /// Reads `len` values of `buf` starting at `offset`, after all recorded work.
     fn read(&self, buf: BufferId, offset: usize, len: usize) -> Result<Vec<f32>>;
+    /// Whether operations are queued and run later on a device (a GPU backend): callers may
+    /// then record the next step before waiting for this one. `false` where they run at once.
+    fn queues_work(&self) -> bool {
+        false
+    }
     /// Starts reading `len` values of `buf` from `offset`, after all recorded work, without
     /// waiting: a GPU backend submits the work and returns at once, so the host can record the
     /// next step while the device runs this one. Redeem with [`Backend::read_finish`].
@@ -307,6 +323,22 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// `out[n, rows] = x[n, cols] · Wᵀ` for `n` rows of activations.
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()>;
+    /// `out[n, rows] = rms_norm(x) · Wᵀ` for `n` rows of `norm.dim` values: the RMSNorm that
+    /// precedes a projection, fused into it where the backend can (the decode matvec then
+    /// normalises the activation vector it loads anyway). `scratch` (`n × dim` values) may
+    /// receive the normalised rows; backends that fuse leave it untouched.
+    fn rms_norm_matmul(
+        &self,
+        x: BufferId,
+        norm: &RmsNorm,
+        scratch: BufferId,
+        w: WeightId,
+        out: BufferId,
+        n: usize,
+    ) -> Result<()> {
+        self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
+        self.matmul(w, scratch, out, n)
+    }
     /// `out[n, rows] += x[n, cols] · Wᵀ`: a matmul whose result is added to `out` (a residual
     /// connection), so the sum needs no separate pass. `x` and `out` are distinct buffers.
     fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()>;

@@ -2,7 +2,7 @@
 //! RoPE, RMSNorm, SwiGLU feed-forward, optionally tied embeddings.
 
 use lowbit_core::adapter::ProgressFn;
-use lowbit_core::backend::{AttentionParams, QkvParams, RopeStyle};
+use lowbit_core::backend::{AttentionParams, PendingRead, QkvParams, RopeStyle};
 use lowbit_core::formats::gguf::GgufFile;
 use lowbit_core::quant::quantize;
 use lowbit_core::registry::AdapterRegistration;
@@ -398,8 +398,10 @@ const S_GATE_UP: usize = 5;
 /// SwiGLU output.
 const S_FF: usize = 6;
 const S_LOGITS: usize = 7;
+/// Two token-id slots of device-side greedy decoding (f32 values).
+const S_TOK: usize = 8;
 /// Scratch buffers per cache.
-const N_SCRATCH: usize = 8;
+const N_SCRATCH: usize = 9;
 
 impl LlamaModel {
     /// (Re)allocates the scratch buffers for `n` token rows (logits included).
@@ -425,6 +427,59 @@ impl LlamaModel {
         b.matmul(layer.w_gate_up, s[S_H], s[S_GATE_UP], n)?;
         b.swiglu(s[S_GATE_UP], s[S_FF], n, hp.ffn_dim)?;
         b.matmul_add(layer.w_down, s[S_FF], s[S_X], n)
+    }
+
+    /// Every decoder block over the `n` embedded rows in `s[S_X]`, at positions `pos0 ..` of
+    /// `cache` (the caller advances `cache.pos`).
+    fn layers_at(
+        &self,
+        cache: &KvCache,
+        s: &[BufferId; N_SCRATCH],
+        n: usize,
+        pos0: usize,
+    ) -> Result<()> {
+        let (b, hp) = (&self.backend, &self.hp);
+        let att = self.attention_params(n, pos0);
+        let qkv = self.qkv_params(n, pos0);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let (kc, vc) = (cache.buffers[2 * l], cache.buffers[2 * l + 1]);
+            b.rms_norm(s[S_X], layer.attn_norm, s[S_H], n, hp.dim, hp.eps)?;
+            b.matmul(layer.wqkv, s[S_H], s[S_QKV], n)?;
+            b.rope_store_qkv(s[S_QKV], s[S_Q], kc, vc, &qkv)?;
+            b.attention(s[S_Q], kc, vc, s[S_ATT], &att)?;
+            self.output_and_ffn(layer, s, n)?;
+        }
+        Ok(())
+    }
+
+    /// Records greedy decode step `k` of [`TextModel::decode_greedy`] at position `pos`: the
+    /// token id comes from slot `k % 2` of `s[S_TOK]`, the selected one goes to the other slot,
+    /// and its read-back starts (one submission per step).
+    fn greedy_step(
+        &self,
+        cache: &KvCache,
+        s: &[BufferId; N_SCRATCH],
+        k: usize,
+        pos: usize,
+    ) -> Result<PendingRead> {
+        let (b, hp) = (&self.backend, &self.hp);
+        let (src, dst) = (k % 2, (k + 1) % 2);
+        b.embed_indirect(self.embedding, s[S_TOK], src, 1, s[S_X])?;
+        self.layers_at(cache, s, 1, pos)?;
+        b.rms_norm(s[S_X], self.output_norm, s[S_H], 1, hp.dim, hp.eps)?;
+        b.matmul(self.lm_head, s[S_H], s[S_LOGITS], 1)?;
+        b.argmax(s[S_LOGITS], hp.vocab, s[S_TOK], dst)?;
+        b.read_start(s[S_TOK], dst, 1)
+    }
+
+    /// The scratch buffers of `cache`, allocated for at least `n` rows.
+    fn scratch(&self, cache: &mut KvCache, n: usize) -> Result<[BufferId; N_SCRATCH]> {
+        if cache.scratch_rows < n || cache.scratch.len() != N_SCRATCH {
+            self.ensure_scratch(cache, n.max(cache.scratch_rows))?;
+        }
+        cache.scratch[..]
+            .try_into()
+            .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))
     }
 
     /// RoPE and cache layout of `n` fused q|k|v rows at positions `pos0 ..`.
@@ -453,6 +508,7 @@ impl LlamaModel {
             n * 2 * hp.ffn_dim,
             n * hp.ffn_dim,
             n * hp.vocab,
+            2,
         ];
         let mut bufs = Vec::with_capacity(sizes.len());
         for s in sizes {
@@ -494,28 +550,12 @@ impl TextModel for LlamaModel {
                 self.hp.vocab
             )));
         }
-        if cache.scratch_rows < n {
-            self.ensure_scratch(cache, n)?;
-        }
+        let s = self.scratch(cache, n)?;
         let hp = &self.hp;
         let b = &self.backend;
-        let s: [BufferId; N_SCRATCH] = cache.scratch[..]
-            .try_into()
-            .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))?;
         let dim = hp.dim;
-        let pos0 = cache.pos;
-        let att = self.attention_params(n, pos0);
-        let qkv = self.qkv_params(n, pos0);
-
         b.embed(self.embedding, tokens, s[S_X])?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            let (kc, vc) = (cache.buffers[2 * l], cache.buffers[2 * l + 1]);
-            b.rms_norm(s[S_X], layer.attn_norm, s[S_H], n, dim, hp.eps)?;
-            b.matmul(layer.wqkv, s[S_H], s[S_QKV], n)?;
-            b.rope_store_qkv(s[S_QKV], s[S_Q], kc, vc, &qkv)?;
-            b.attention(s[S_Q], kc, vc, s[S_ATT], &att)?;
-            self.output_and_ffn(layer, &s, n)?;
-        }
+        self.layers_at(cache, &s, n, cache.pos)?;
         let out = match logits {
             Logits::All => {
                 b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
@@ -560,12 +600,7 @@ impl TextModel for LlamaModel {
         let hp = &self.hp;
         let b = &self.backend;
         // The first cache's scratch serves the whole batch: n rows of every activation.
-        if caches[0].scratch_rows < n {
-            self.ensure_scratch(caches[0], n)?;
-        }
-        let s: [BufferId; N_SCRATCH] = caches[0].scratch[..]
-            .try_into()
-            .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))?;
+        let s = self.scratch(caches[0], n)?;
         let mut tmp_slot = self.batch_tmp.lock().unwrap_or_else(|e| e.into_inner());
         let row = hp.dim + 2 * hp.kv_dim();
         let [t_qkv, t_q, t_att] = match *tmp_slot {
@@ -606,6 +641,61 @@ impl TextModel for LlamaModel {
             c.pos += 1;
         }
         Ok(all.chunks_exact(hp.vocab).map(|r| r.to_vec()).collect())
+    }
+
+    fn decode_greedy(
+        &self,
+        cache: &mut KvCache,
+        first: u32,
+        max_steps: usize,
+        on_token: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<()> {
+        if max_steps == 0 {
+            return Ok(());
+        }
+        if first as usize >= self.hp.vocab {
+            return Err(Error::invalid_config(format!(
+                "token id {first} is outside the vocabulary ({})",
+                self.hp.vocab
+            )));
+        }
+        cache.ensure_room(1)?;
+        let s = self.scratch(cache, 1)?;
+        let b = &self.backend;
+        b.write(s[S_TOK], 0, &[first as f32])?;
+        // On a device that queues work, step k + 1 is recorded and submitted before step k's
+        // token is read, so the device always has the next step while the host waits and
+        // records. A step recorded past the end only wrote cache rows beyond `cache.pos`,
+        // which later steps overwrite. Where operations run at once there is nothing to gain.
+        let ahead = b.queues_work();
+        let mut pending = std::collections::VecDeque::new();
+        let result = (|| -> Result<()> {
+            pending.push_back(self.greedy_step(cache, &s, 0, cache.pos)?);
+            for k in 0..max_steps {
+                let next_pos = cache.pos + 1;
+                if ahead && k + 1 < max_steps && next_pos < cache.max_seq {
+                    pending.push_back(self.greedy_step(cache, &s, k + 1, next_pos)?);
+                }
+                let read = pending
+                    .pop_front()
+                    .ok_or_else(|| Error::context_overflow("no room left for the next step"))?;
+                let tok = b.read_finish(read)?.first().copied().unwrap_or_default() as u32;
+                cache.pos += 1;
+                if !on_token(tok) || k + 1 == max_steps {
+                    return Ok(());
+                }
+                cache.ensure_room(1)?;
+                if !ahead {
+                    pending.push_back(self.greedy_step(cache, &s, k + 1, cache.pos)?);
+                }
+            }
+            Ok(())
+        })();
+        // Redeem reads still in flight (a refused token, an error) so none is left behind.
+        for read in pending {
+            let _ = b.read_finish(read);
+        }
+        result
     }
 
     fn weight_bytes(&self) -> usize {

@@ -21,7 +21,8 @@ pub struct BenchArgs {
     /// Prompt tokens of the prefill test (ppN); 0 skips it.
     #[arg(long, default_value_t = 128)]
     pub prompt_tokens: usize,
-    /// Generated tokens of the decode test (tgN); 0 skips it.
+    /// Generated tokens of the decode test (tgN): greedy decoding from an empty context, each
+    /// token selected on the device and fed to the next step, as `generate` does; 0 skips it.
     #[arg(long, default_value_t = 64)]
     pub gen_tokens: usize,
     /// Repetitions of each test (the mean and standard deviation are reported).
@@ -124,16 +125,21 @@ fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<(
         rows.push(base(format!("pp{}", a.prompt_tokens), mean_std(&v), None));
     }
     if a.gen_tokens > 0 {
-        let toks = random_tokens(a.gen_tokens, vocab, 2);
+        // Greedy decoding as `generate` runs it: each step's token is selected on the device
+        // and fed to the next step (llama-bench's tg also times single-token steps from an
+        // empty context).
+        let first = random_tokens(1, vocab, 2)[0];
         let mut v = Vec::new();
         for rep in 0..=a.reps {
             cache.clear();
             let t = Instant::now();
-            for &tk in &toks {
-                model.forward(&mut cache, &[tk], Logits::Last)?;
-            }
+            let mut produced = 0usize;
+            model.decode_greedy(&mut cache, first, a.gen_tokens, &mut |_| {
+                produced += 1;
+                true
+            })?;
             if rep > 0 {
-                v.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64());
+                v.push(produced as f64 / t.elapsed().as_secs_f64());
             }
         }
         let (m, sd) = mean_std(&v);

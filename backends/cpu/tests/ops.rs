@@ -289,7 +289,10 @@ fn fused_ops_equal_their_unfused_sequences() {
                     "{style:?}"
                 );
             }
-            let late = QkvParams { pos0: p.pos0 + 2, ..p };
+            let late = QkvParams {
+                pos0: p.pos0 + 2,
+                ..p
+            };
             let e = b.rope_store_qkv(qkv, q, kc, vc, &late).unwrap_err();
             assert_eq!(e.code, ErrorCode::ContextOverflow);
             assert!(b.rope_store_qkv(qkv, q, kc, kc, &p).is_err());

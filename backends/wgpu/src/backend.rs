@@ -4,11 +4,11 @@
 use crate::device::{GpuDevice, WgpuOptions};
 use crate::pipelines::{PipelineCache, Slot};
 use crate::profiling::KernelTiming;
-use crate::recorder::{Bind, Dispatch, Recorder};
+use crate::recorder::{wait_read, Bind, Dispatch, Recorder};
 use crate::shader::{Define, KernelKey, ShaderFile};
 use crate::tuning::{fold, Tuning};
 use crate::weights::{upload, GpuWeight, WeightKind};
-use lowbit_core::backend::{AttentionParams, QkvParams, RopeStyle};
+use lowbit_core::backend::{AttentionParams, PendingRead, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::quant::Scheme;
 use lowbit_core::{Backend, BackendInfo, BufferId, Error, Result, WeightId, WeightMatrix};
 use std::collections::HashMap;
@@ -67,6 +67,24 @@ impl State {
     }
 }
 
+/// Where an embedding lookup takes its token ids.
+#[derive(Clone, Copy)]
+enum EmbedIds<'a> {
+    Host(&'a [u32]),
+    /// `n` f32 ids from `ids[offset ..]`.
+    Device {
+        ids: BufferId,
+        offset: usize,
+        n: usize,
+    },
+}
+
+/// Copies from this size on use the transfer path instead of the copy kernel.
+const LARGE_COPY_BYTES: u64 = 1 << 20;
+
+/// Workgroup size of the argmax kernel (one workgroup scans the whole row).
+const ARGMAX_WG: u32 = 256;
+
 /// The WebGPU backend.
 pub struct WgpuBackend {
     dev: GpuDevice,
@@ -108,6 +126,7 @@ impl WgpuBackend {
         let dev = GpuDevice::open(opts)?;
         let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
         tuning.wide_matvec = opts.wide_matvec;
+        tuning.fused_norm = !opts.unfused_norm;
         let device_max = dev
             .limits
             .max_storage_buffer_binding_size
@@ -167,7 +186,7 @@ impl WgpuBackend {
     /// Submits the recorded work without waiting for it (tests time recording and submission
     /// apart from execution).
     pub fn submit(&self) -> Result<()> {
-        self.lock().rec.submit(&self.dev)
+        self.lock().rec.submit(&self.dev).map(|_| ())
     }
 
     /// Bind groups created so far: steady decode steps reuse cached ones and add none.
@@ -338,6 +357,17 @@ impl WgpuBackend {
     /// Records `dst[dst_offset..][..len] = src[src_offset..][..len]` (f32 offsets) as a kernel,
     /// so it stays in the step's compute pass; `src` is a distinct buffer or host data.
     /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`.
+    /// Whether `n` activation rows times `gw` take the wide matvec.
+    fn wide_matvec(&self, gw: &GpuWeight, n: usize) -> bool {
+        let t = self.tuning;
+        // Rows of at least 32 values per lane of 4- or 8-bit codes (whole blocks per lane,
+        // 16-byte code reads).
+        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if s.bits == 4 || s.bits == 8);
+        n == 1 && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize
+    }
+
+    /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`; with `norm` (wide matvec only),
+    /// `x` is RMS-normalised on the fly.
     fn matmul_into(
         &self,
         w: WeightId,
@@ -345,9 +375,13 @@ impl WgpuBackend {
         out: BufferId,
         n: usize,
         accumulate: bool,
+        norm: Option<&RmsNorm>,
     ) -> Result<()> {
         if n == 0 {
             return Ok(());
+        }
+        if let Some(nm) = norm {
+            distinct("rms_norm_matmul", nm.weight, out)?;
         }
         let t = self.tuning;
         let mut st = self.lock();
@@ -374,10 +408,20 @@ impl WgpuBackend {
         } else {
             ("matvec", t.matvec_wg)
         };
-        // Rows of at least 32 values per lane of 4- or 8-bit codes may take the wide matvec
-        // (whole blocks per lane, 16-byte code reads).
-        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if s.bits == 4 || s.bits == 8);
-        let wide = !tiled && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize;
+        let wide = self.wide_matvec(gw, n);
+        let norm_w = match norm {
+            Some(nm) if wide && nm.dim == gw.cols => {
+                let b = get(nm.weight)?;
+                check_len("rms_norm weight", b, nm.dim)?;
+                Some((b.buffer.clone(), nm.eps))
+            }
+            Some(_) => {
+                return Err(Error::invalid_config(
+                    "a fused RMSNorm needs the wide matvec and a norm as long as the rows",
+                ))
+            }
+            None => None,
+        };
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
         defines.extend([
@@ -387,6 +431,7 @@ impl WgpuBackend {
             ("TILE_K", Define::U32(t.tile_k())),
             ("WIDE", Define::Bool(wide)),
             ("ACCUMULATE", Define::Bool(accumulate)),
+            ("NORM", Define::Bool(norm_w.is_some())),
         ]);
         let key = KernelKey {
             file: ShaderFile::Matmul,
@@ -394,11 +439,12 @@ impl WgpuBackend {
             defines,
         };
         use Slot::*;
-        // The wide kernel also reads the codes through a vector view (binding 5).
-        let slots: &[Slot] = if wide {
-            &[Uniform, Read, Read, Read, ReadWrite, Read]
-        } else {
-            &[Uniform, Read, Read, Read, ReadWrite]
+        // The wide kernel also reads the codes through a vector view (binding 5), and a fused
+        // norm its weights (binding 6).
+        let slots: &[Slot] = match (wide, norm_w.is_some()) {
+            (true, true) => &[Uniform, Read, Read, Read, ReadWrite, Read, Read],
+            (true, false) => &[Uniform, Read, Read, Read, ReadWrite, Read],
+            _ => &[Uniform, Read, Read, Read, ReadWrite],
         };
         let kernel = pipelines.get(&self.dev, &key, slots)?;
         for p in &gw.pieces {
@@ -425,6 +471,7 @@ impl WgpuBackend {
                         n as u32,
                         gw.rows as u32,
                         p.row_start as u32,
+                        norm_w.as_ref().map_or(0.0f32, |nw| nw.1).to_bits(),
                     ],
                     bindings: &[
                         Bind::Buffer(&p.data),
@@ -432,8 +479,93 @@ impl WgpuBackend {
                         Bind::Buffer(&xb.buffer),
                         Bind::Buffer(&ob.buffer),
                         Bind::Buffer(&p.data),
+                        Bind::Buffer(norm_w.as_ref().map_or(&*dummy, |nw| &nw.0)),
                     ][..slots.len() - 1],
                     groups,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Embedding lookup of token ids from the host or from a device buffer.
+    fn embed_from(&self, table: WeightId, ids: EmbedIds<'_>, out: BufferId) -> Result<()> {
+        let n = match ids {
+            EmbedIds::Host(t) => t.len(),
+            EmbedIds::Device { n, .. } => n,
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        let State {
+            buffers,
+            weights,
+            pipelines,
+            rec,
+            dummy,
+            ..
+        } = &mut *st;
+        let w = weight(weights, table)?;
+        // Host ids go through the upload ring; device ids are bound where they are.
+        let (id_bind, id_offset) = match ids {
+            EmbedIds::Host(tokens) => {
+                if let Some(&t) = tokens.iter().find(|&&t| t as usize >= w.rows) {
+                    return Err(Error::invalid_config(format!(
+                        "token id {t} is outside the table ({} rows)",
+                        w.rows
+                    )));
+                }
+                (Bind::Upload(tokens), 0)
+            }
+            EmbedIds::Device { ids, offset, n } => {
+                let b = buffers
+                    .get(&ids.0)
+                    .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", ids.0)))?;
+                check_len("embed ids", b, offset + n)?;
+                (Bind::Buffer(&b.buffer), offset)
+            }
+        };
+        let indirect = matches!(id_bind, Bind::Buffer(_));
+        let o = buffers
+            .get(&out.0)
+            .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", out.0)))?;
+        check_len("embed output", o, n * w.cols)?;
+        let mut defines = self.base_defines(wg);
+        defines.extend(Self::weight_defines(w.kind, false));
+        defines.push(("INDIRECT", Define::Bool(indirect)));
+        let key = KernelKey {
+            file: ShaderFile::Embed,
+            entry: "embed",
+            defines,
+        };
+        use Slot::*;
+        let id_slot = if indirect { Read } else { Upload };
+        let kernel = pipelines.get(&self.dev, &key, &[Uniform, Read, Read, id_slot, ReadWrite])?;
+        let (gx, gy) = fold(
+            (n * w.cols / 8).div_ceil(wg as usize) as u32,
+            self.max_groups(),
+        );
+        for p in &w.pieces {
+            rec.dispatch(
+                &self.dev,
+                &Dispatch {
+                    kernel: &kernel,
+                    params: &[
+                        w.cols as u32,
+                        n as u32,
+                        p.row_start as u32,
+                        p.rows as u32,
+                        id_offset as u32,
+                    ],
+                    bindings: &[
+                        Bind::Buffer(&p.data),
+                        Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
+                        id_bind,
+                        Bind::Buffer(&o.buffer),
+                    ],
+                    groups: [gx, gy, 1],
                 },
             )?;
         }
@@ -566,6 +698,40 @@ impl Backend for WgpuBackend {
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
+    fn queues_work(&self) -> bool {
+        true
+    }
+
+    fn read_start(&self, buf: BufferId, offset: usize, len: usize) -> Result<PendingRead> {
+        if len == 0 {
+            return Ok(PendingRead::Ready(Vec::new()));
+        }
+        let mut st = self.lock();
+        let State { buffers, rec, .. } = &mut *st;
+        let b = buffers
+            .get(&buf.0)
+            .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", buf.0)))?;
+        check_len("read", b, offset + len)?;
+        let t = rec.read_start(&self.dev, &b.buffer, offset as u64 * 4, len as u64 * 4)?;
+        Ok(PendingRead::Ticket(t))
+    }
+
+    fn read_finish(&self, read: PendingRead) -> Result<Vec<f32>> {
+        let ticket = match read {
+            PendingRead::Ready(v) => return Ok(v),
+            PendingRead::Ticket(t) => t,
+        };
+        let in_flight = self.lock().rec.take_read(ticket)?;
+        // Wait without the lock: other requests keep recording meanwhile.
+        let t0 = std::time::Instant::now();
+        let (bytes, buffer) = wait_read(&self.dev, in_flight)?;
+        let mut st = self.lock();
+        st.rec.host.wait_ns += t0.elapsed().as_nanos() as u64;
+        st.rec.host.reads += 1;
+        st.rec.recycle(buffer);
+        Ok(bytemuck::cast_slice(&bytes).to_vec())
+    }
+
     fn flush(&self) -> Result<()> {
         let mut st = self.lock();
         st.rec.submit(&self.dev)?;
@@ -610,62 +776,45 @@ impl Backend for WgpuBackend {
     }
 
     fn embed(&self, table: WeightId, tokens: &[u32], out: BufferId) -> Result<()> {
-        if tokens.is_empty() {
-            return Ok(());
-        }
-        let wg = self.tuning.elementwise_wg;
+        self.embed_from(table, EmbedIds::Host(tokens), out)
+    }
+
+    fn embed_indirect(
+        &self,
+        table: WeightId,
+        ids: BufferId,
+        offset: usize,
+        n: usize,
+        out: BufferId,
+    ) -> Result<()> {
+        self.embed_from(table, EmbedIds::Device { ids, offset, n }, out)
+    }
+
+    fn argmax(&self, x: BufferId, len: usize, out: BufferId, out_offset: usize) -> Result<()> {
+        distinct("argmax", x, out)?;
+        let wg = ARGMAX_WG;
         let mut st = self.lock();
-        let State {
-            buffers,
-            weights,
-            pipelines,
-            rec,
-            dummy,
-            ..
-        } = &mut *st;
-        let w = weight(weights, table)?;
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= w.rows) {
-            return Err(Error::invalid_config(format!(
-                "token id {t} is outside the table ({} rows)",
-                w.rows
-            )));
-        }
-        let o = buffers
-            .get(&out.0)
-            .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", out.0)))?;
-        check_len("embed output", o, tokens.len() * w.cols)?;
-        let mut defines = self.base_defines(wg);
-        defines.extend(Self::weight_defines(w.kind, false));
-        defines.push(("INDIRECT", Define::Bool(false)));
+        check_len("argmax input", st.buf(x)?, len)?;
+        check_len("argmax output", st.buf(out)?, out_offset + 1)?;
+        let (xb, ob) = (st.buf(x)?.buffer.clone(), st.buf(out)?.buffer.clone());
         let key = KernelKey {
-            file: ShaderFile::Embed,
-            entry: "embed",
-            defines,
+            file: ShaderFile::Sample,
+            entry: "argmax",
+            defines: self.base_defines(wg),
         };
         use Slot::*;
-        let kernel = pipelines.get(&self.dev, &key, &[Uniform, Read, Read, Upload, ReadWrite])?;
-        let n = tokens.len();
-        let (gx, gy) = fold(
-            (n * w.cols / 8).div_ceil(wg as usize) as u32,
-            self.max_groups(),
-        );
-        for p in &w.pieces {
-            rec.dispatch(
-                &self.dev,
-                &Dispatch {
-                    kernel: &kernel,
-                    params: &[w.cols as u32, n as u32, p.row_start as u32, p.rows as u32, 0],
-                    bindings: &[
-                        Bind::Buffer(&p.data),
-                        Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
-                        Bind::Upload(tokens),
-                        Bind::Buffer(&o.buffer),
-                    ],
-                    groups: [gx, gy, 1],
-                },
-            )?;
-        }
-        Ok(())
+        let kernel = st
+            .pipelines
+            .get(&self.dev, &key, &[Uniform, Read, ReadWrite])?;
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[len as u32, out_offset as u32],
+                bindings: &[Bind::Buffer(&xb), Bind::Buffer(&ob)],
+                groups: [1, 1, 1],
+            },
+        )
     }
 
     fn rms_norm(
@@ -717,11 +866,32 @@ impl Backend for WgpuBackend {
     }
 
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        self.matmul_into(w, x, out, n, false)
+        self.matmul_into(w, x, out, n, false, None)
     }
 
     fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        self.matmul_into(w, x, out, n, true)
+        self.matmul_into(w, x, out, n, true, None)
+    }
+
+    fn rms_norm_matmul(
+        &self,
+        x: BufferId,
+        norm: &RmsNorm,
+        scratch: BufferId,
+        w: WeightId,
+        out: BufferId,
+        n: usize,
+    ) -> Result<()> {
+        let fuse = {
+            let st = self.lock();
+            let gw = weight(&st.weights, w)?;
+            self.tuning.fused_norm && self.wide_matvec(gw, n) && gw.cols == norm.dim
+        };
+        if fuse {
+            return self.matmul_into(w, x, out, n, false, Some(norm));
+        }
+        self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
+        self.matmul(w, scratch, out, n)
     }
 
     fn rope_store_qkv(
@@ -1158,6 +1328,12 @@ impl Backend for WgpuBackend {
         let bytes = len as u64 * 4;
         let (so, doff) = (src_offset as u64 * 4, dst_offset as u64 * 4);
         if src != dst {
+            // Large copies go to the device's copy path (vkCmdCopyBuffer: the fastest device-
+            // to-device copy there is); small ones stay in the step's compute pass as a kernel.
+            if bytes >= LARGE_COPY_BYTES {
+                st.rec.copy(&self.dev, &s, so, &d, doff, bytes);
+                return Ok(());
+            }
             return self.copy_values(&mut st, &d, dst_offset, Bind::Buffer(&s), src_offset, len);
         }
         // A buffer cannot be copied onto itself: go through a temporary (memmove semantics).

@@ -76,9 +76,26 @@ pub(crate) struct Recorder {
     pub host: HostTimes,
     /// When the first dispatch of the open submission was recorded.
     open_since: Option<std::time::Instant>,
+    /// Reads begun with [`Recorder::read_start`] and not yet redeemed, by ticket.
+    pending: FastMap<u64, InFlight>,
+    /// Readback buffers of redeemed reads, for reuse.
+    spare_readbacks: Vec<wgpu::Buffer>,
+    next_ticket: u64,
     /// Dispatches in the open submission.
     open_dispatches: usize,
 }
+
+/// A read in flight: the readback buffer being mapped, its size, the submission that fills it,
+/// and where the map callback reports.
+pub(crate) struct InFlight {
+    buffer: wgpu::Buffer,
+    bytes: u64,
+    submission: wgpu::SubmissionIndex,
+    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+/// Readback buffers kept for reuse (two reads in flight is the decode pipeline's depth).
+const MAX_SPARE_READBACKS: usize = 4;
 
 /// CPU time the backend spends around the GPU, summed since the last reset: where a decode
 /// step's wall time goes besides the kernels (`lowbit bench --host-timings`).
@@ -129,6 +146,9 @@ impl Recorder {
             host: HostTimes::default(),
             open_since: None,
             open_dispatches: 0,
+            pending: FastMap::default(),
+            spare_readbacks: Vec::new(),
+            next_ticket: 0,
         }
     }
 
@@ -356,11 +376,70 @@ impl Recorder {
         out
     }
 
-    /// Submits everything recorded; returns after the queue accepted it (not after it ran).
-    pub fn submit(&mut self, dev: &GpuDevice) -> Result<()> {
+    /// Copies `bytes` of `src` at `offset` into a readback buffer, submits, and starts mapping
+    /// it without waiting; returns a ticket for [`Recorder::take_read`].
+    pub fn read_start(
+        &mut self,
+        dev: &GpuDevice,
+        src: &wgpu::Buffer,
+        offset: u64,
+        bytes: u64,
+    ) -> Result<u64> {
+        let buffer = match self.spare_readbacks.iter().position(|b| b.size() >= bytes) {
+            Some(i) => self.spare_readbacks.swap_remove(i),
+            None => dev.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("pipelined readback"),
+                size: bytes.next_power_of_two().max(256),
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
+        self.copy(dev, src, offset, &buffer, 0, bytes);
+        let submission = self
+            .submit(dev)?
+            .expect("a copy was just recorded, so there is a submission");
+        let (tx, mapped) = std::sync::mpsc::channel();
+        buffer
+            .slice(..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        self.pending.insert(
+            ticket,
+            InFlight {
+                buffer,
+                bytes,
+                submission,
+                mapped,
+            },
+        );
+        Ok(ticket)
+    }
+
+    /// Removes the read of `ticket` for [`wait_read`] (which runs without the backend's lock).
+    pub fn take_read(&mut self, ticket: u64) -> Result<InFlight> {
+        self.pending.remove(&ticket).ok_or_else(|| {
+            Error::invalid_config(format!(
+                "read ticket {ticket} is unknown or already redeemed"
+            ))
+        })
+    }
+
+    /// Keeps a redeemed read's buffer for reuse.
+    pub fn recycle(&mut self, buffer: wgpu::Buffer) {
+        if self.spare_readbacks.len() < MAX_SPARE_READBACKS {
+            self.spare_readbacks.push(buffer);
+        }
+    }
+
+    /// Submits everything recorded; returns after the queue accepted it (not after it ran),
+    /// with the submission's index (`None` when nothing was recorded).
+    pub fn submit(&mut self, dev: &GpuDevice) -> Result<Option<wgpu::SubmissionIndex>> {
         self.end_pass();
         let Some(mut enc) = self.encoder.take() else {
-            return Ok(());
+            return Ok(None);
         };
         if !self.staged.is_empty() {
             dev.queue.write_buffer(&self.ring, 0, &self.staged);
@@ -373,7 +452,7 @@ impl Recorder {
         if let Some(s) = self.open_since.take() {
             self.host.record_ns += t.duration_since(s).as_nanos() as u64;
         }
-        dev.queue.submit([enc.finish()]);
+        let index = dev.queue.submit([enc.finish()]);
         self.open_dispatches = 0;
         self.host.submit_ns += t.elapsed().as_nanos() as u64;
         self.host.submits += 1;
@@ -381,13 +460,45 @@ impl Recorder {
         if let Some(p) = self.profiler.as_mut() {
             p.collect(dev)?;
         }
-        dev.take_error()
+        dev.take_error()?;
+        Ok(Some(index))
     }
 
     /// Profiler, when enabled.
     pub fn profiler(&mut self) -> Option<&mut Profiler> {
         self.profiler.as_mut()
     }
+}
+
+/// Waits (without the backend's lock) for a read begun with [`Recorder::read_start`]: only for
+/// its own submission, not for later ones, which keep the GPU busy meanwhile. Returns the bytes
+/// and the buffer, for [`Recorder::recycle`].
+pub(crate) fn wait_read(dev: &GpuDevice, r: InFlight) -> Result<(Vec<u8>, wgpu::Buffer)> {
+    let gpu_err = |what: &str, e: &dyn std::fmt::Display| {
+        Error::new(
+            lowbit_core::ErrorCode::WebgpuNotSupported,
+            format!("{what}: {e}"),
+        )
+    };
+    dev.device
+        .poll(wgpu::PollType::Wait {
+            submission_index: Some(r.submission),
+            timeout: None,
+        })
+        .map_err(|e| gpu_err("waiting for the GPU", &e))?;
+    dev.take_error()?;
+    match r.mapped.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(gpu_err("mapping a result buffer", &e)),
+        Err(_) => return Err(gpu_err("reading a result", &"the GPU never answered")),
+    }
+    let slice = r.buffer.slice(..r.bytes);
+    let out = slice
+        .get_mapped_range()
+        .map_err(|e| gpu_err("reading a result buffer", &e))?
+        .to_vec();
+    r.buffer.unmap();
+    Ok((out, r.buffer))
 }
 
 /// Maps the first `bytes` of `buf` for reading, waits, and returns them.

@@ -24,6 +24,8 @@ pub(crate) struct Tuning {
     pub split_len: u32,
     /// Use the wide matvec variant on long rows (see `WgpuOptions::wide_matvec`).
     pub wide_matvec: bool,
+    /// Fuse an RMSNorm into the wide matvec that follows it (see `WgpuOptions::unfused_norm`).
+    pub fused_norm: bool,
     /// Workgroup memory available, bytes.
     workgroup_bytes: u32,
 }
@@ -59,6 +61,7 @@ impl Tuning {
     pub fn new(limits: &wgpu::Limits) -> Self {
         Tuning {
             wide_matvec: false,
+            fused_norm: true,
             matvec_wg: 64,
             matvec_rows: 4,
             // 4 × 8 outputs per lane of the 16 × 16 tiled-matmul lanes.

@@ -489,6 +489,65 @@ fn rope_store_qkv_equals_rope_and_kv_store() {
     }
 }
 
+#[test]
+fn argmax_and_indirect_embedding() {
+    let mut rng = StdRng::seed_from_u64(17);
+    let b = backend(false, false);
+    // Ties go to the first index; NaN and -inf never win; all -inf/NaN gives 0 (the host rule).
+    let big = rand_vec(&mut rng, 50_001);
+    let mut cases: Vec<Vec<f32>> = vec![
+        big.clone(),
+        vec![0.1, 3.0, 3.0, -1.0],
+        vec![f32::NAN, -5.0, f32::NAN, -4.0, -4.0],
+        vec![f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY],
+        vec![-f32::MAX, f32::NEG_INFINITY],
+        vec![2.0; 777],
+    ];
+    let mut tied = big;
+    tied[40_000] = 5.0;
+    tied[45_000] = 5.0;
+    cases.push(tied);
+    let out = b.upload(&[9.0, 9.0, 9.0]).unwrap();
+    for (i, v) in cases.iter().enumerate() {
+        let x = b.upload(v).unwrap();
+        b.argmax(x, v.len(), out, 1).unwrap();
+        let got = b.read(out, 0, 3).unwrap();
+        assert_eq!(got[1], lowbit_core::generate::argmax(v) as f32, "case {i}");
+        assert_eq!(
+            (got[0], got[2]),
+            (9.0, 9.0),
+            "case {i}: neighbours untouched"
+        );
+    }
+    assert!(b.argmax(out, 3, out, 0).is_err());
+
+    // embed_indirect reads ids from a device buffer and equals embed of the same ids.
+    let (rows, cols) = (300, 96);
+    let dense = rand_vec(&mut rng, rows * cols);
+    let spec = QuantSpec::new(4, 32, Scheme::Symmetric).unwrap();
+    let table = b
+        .upload_weight(WeightMatrix::Quantized(
+            quantize(&dense, rows, cols, spec).unwrap(),
+        ))
+        .unwrap();
+    let toks = [7u32, 299, 0];
+    let ids = b.upload(&[5.0, 7.0, 299.0, 0.0]).unwrap();
+    let (direct, indirect) = (b.alloc(3 * cols).unwrap(), b.alloc(3 * cols).unwrap());
+    b.embed(table, &toks, direct).unwrap();
+    b.embed_indirect(table, ids, 1, 3, indirect).unwrap();
+    assert_eq!(
+        b.read(indirect, 0, 3 * cols).unwrap(),
+        b.read(direct, 0, 3 * cols).unwrap()
+    );
+    assert!(b.embed_indirect(table, ids, 2, 3, indirect).is_err());
+
+    // A pipelined read: started, more work recorded, then redeemed.
+    let pending = b.read_start(ids, 1, 2).unwrap();
+    b.argmax(ids, 4, out, 0).unwrap();
+    assert_eq!(b.read_finish(pending).unwrap(), vec![7.0, 299.0]);
+    assert_eq!(b.read(out, 0, 1).unwrap(), vec![2.0]);
+}
+
 fn check_attention(b: &WgpuBackend, p: AttentionParams, seed: u64) {
     let mut rng = StdRng::seed_from_u64(seed);
     let hd = p.head_dim;

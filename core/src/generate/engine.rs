@@ -72,6 +72,16 @@ pub fn generate(
 ) -> Result<Generation> {
     let mut seq = Sequence::new(cache, prompt.to_vec(), opts.clone())?;
     loop {
+        // After the prompt, greedy decoding selects tokens on the device and keeps the next
+        // step queued while this one's token is handled.
+        if seq.prefilled() && seq.is_greedy() {
+            seq.decode_rest_greedy(model, cache, &mut |out| {
+                callback(&out.text, out.finished.is_some());
+            })?;
+            if seq.finished().is_some() {
+                return Ok(seq.generation(model, cache));
+            }
+        }
         let out = match seq.step(model, cache) {
             Ok(out) => out,
             Err(e) => {

@@ -57,10 +57,16 @@ impl Sampler {
         }
     }
 
+    /// Whether this sampler always takes the most likely token ([`argmax`]), so selection can
+    /// run on the device ([`crate::TextModel::decode_greedy`]).
+    pub fn is_greedy(&self) -> bool {
+        self.params.temperature <= 0.0 || self.params.top_k == 1
+    }
+
     /// Picks the next token from one row of logits.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
         let p = self.params;
-        if p.temperature <= 0.0 || p.top_k == 1 {
+        if self.is_greedy() {
             return argmax(logits);
         }
         let c = &mut self.candidates;

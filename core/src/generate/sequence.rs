@@ -205,6 +205,62 @@ impl Sequence {
             return Ok(self.finish_with(FinishReason::Length, String::new(), None));
         }
         let id = self.sampler.sample(&self.logits);
+        Ok(self.accept(model, id, cache.pos, cache.max_seq, t0))
+    }
+
+    /// Whether the rest of this sequence can run through [`Sequence::decode_rest_greedy`].
+    pub fn is_greedy(&self) -> bool {
+        self.sampler.is_greedy()
+    }
+
+    /// Runs every remaining decode step of a prefilled greedy sequence through
+    /// [`TextModel::decode_greedy`] (device-side selection, the next step queued while the host
+    /// handles this one), handing each step's output to `emit`; the last one has `finished` set.
+    /// Produces exactly the outputs repeated [`Sequence::step`] calls would.
+    ///
+    /// Errors: `INVALID_CONFIG` for a sequence that samples; backend errors.
+    pub fn decode_rest_greedy(
+        &mut self,
+        model: &dyn TextModel,
+        cache: &mut KvCache,
+        emit: &mut dyn FnMut(&StepOutput),
+    ) -> Result<()> {
+        if !self.is_greedy() {
+            return Err(Error::invalid_config(
+                "decode_rest_greedy needs greedy sampling (temperature 0 or top_k 1)",
+            ));
+        }
+        let Some(first) = self.decode_input() else {
+            return Ok(());
+        };
+        if self.opts.max_tokens == 0 {
+            emit(&self.finish_with(FinishReason::Length, String::new(), None));
+            return Ok(());
+        }
+        let budget = self.opts.max_tokens.saturating_sub(self.tokens.len());
+        let room = cache.max_seq.saturating_sub(cache.pos);
+        let (pos0, max_seq) = (cache.pos, cache.max_seq);
+        let mut fed = 0;
+        let mut t0 = Instant::now();
+        model.decode_greedy(cache, first, budget.min(room), &mut |id| {
+            fed += 1;
+            let out = self.accept(model, id, pos0 + fed, max_seq, t0);
+            t0 = Instant::now();
+            emit(&out);
+            out.finished.is_none()
+        })
+    }
+
+    /// Takes `id` as the sampled token when the cache holds `pos` of `max_seq` positions:
+    /// updates the text stream and decides whether to stop.
+    fn accept(
+        &mut self,
+        model: &dyn TextModel,
+        id: u32,
+        pos: usize,
+        max_seq: usize,
+        t0: Instant,
+    ) -> StepOutput {
         if self.tokens.is_empty() {
             self.ttft_ms = ms(self.start);
             self.first_token_at = Some(Instant::now());
@@ -214,7 +270,7 @@ impl Sequence {
         let tok = model.tokenizer();
         if tok.is_end_of_generation(id) {
             let text = self.stream.finish();
-            return Ok(self.finish_with(FinishReason::Stop, text, None));
+            return self.finish_with(FinishReason::Stop, text, None);
         }
         self.tokens.push(id);
         let pushed = self.stream.push(&tok.token_bytes(id));
@@ -222,19 +278,19 @@ impl Sequence {
             Some(FinishReason::Stop)
         } else if self.cancelled() {
             Some(FinishReason::Cancelled)
-        } else if self.tokens.len() >= self.opts.max_tokens || cache.pos + 1 >= cache.max_seq {
+        } else if self.tokens.len() >= self.opts.max_tokens || pos + 1 >= max_seq {
             Some(FinishReason::Length)
         } else {
             None
         };
-        Ok(match reason {
+        match reason {
             Some(r) => self.finish_with(r, pushed.text, Some(id)),
             None => StepOutput {
                 text: pushed.text,
                 token: Some(id),
                 finished: None,
             },
-        })
+        }
     }
 
     /// The result so far (text, tokens, timings, memory).
