@@ -77,7 +77,12 @@ fn attn_split(inv: Invocation) {
         for (var t = start; t < end; t++) {
             o += scores[t - start] * v_cache[kv_base(t, h) + d];
         }
-        part[pb + d] = o;
+        if p.n_splits == 1u {
+            // One split holds every key: the result is final and attn_merge is not run.
+            out[(i * p.n_heads + h) * HEAD_DIM + d] = o / l;
+        } else {
+            part[pb + d] = o;
+        }
     }
     if inv.lid == 0u {
         part[pb + HEAD_DIM] = m;

@@ -2,7 +2,7 @@
 //! RoPE, RMSNorm, SwiGLU feed-forward, optionally tied embeddings.
 
 use lowbit_core::adapter::ProgressFn;
-use lowbit_core::backend::{AttentionParams, PendingRead, QkvParams, RopeStyle};
+use lowbit_core::backend::{AttentionParams, PendingRead, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::formats::gguf::GgufFile;
 use lowbit_core::quant::quantize;
 use lowbit_core::registry::AdapterRegistration;
@@ -423,8 +423,8 @@ impl LlamaModel {
     fn output_and_ffn(&self, layer: &Layer, s: &[BufferId; N_SCRATCH], n: usize) -> Result<()> {
         let (b, hp) = (&self.backend, &self.hp);
         b.matmul_add(layer.wo, s[S_ATT], s[S_X], n)?;
-        b.rms_norm(s[S_X], layer.ffn_norm, s[S_H], n, hp.dim, hp.eps)?;
-        b.matmul(layer.w_gate_up, s[S_H], s[S_GATE_UP], n)?;
+        let norm = self.norm(layer.ffn_norm);
+        b.rms_norm_matmul(s[S_X], &norm, s[S_H], layer.w_gate_up, s[S_GATE_UP], n)?;
         b.swiglu(s[S_GATE_UP], s[S_FF], n, hp.ffn_dim)?;
         b.matmul_add(layer.w_down, s[S_FF], s[S_X], n)
     }
@@ -438,13 +438,13 @@ impl LlamaModel {
         n: usize,
         pos0: usize,
     ) -> Result<()> {
-        let (b, hp) = (&self.backend, &self.hp);
+        let b = &self.backend;
         let att = self.attention_params(n, pos0);
         let qkv = self.qkv_params(n, pos0);
         for (l, layer) in self.layers.iter().enumerate() {
             let (kc, vc) = (cache.buffers[2 * l], cache.buffers[2 * l + 1]);
-            b.rms_norm(s[S_X], layer.attn_norm, s[S_H], n, hp.dim, hp.eps)?;
-            b.matmul(layer.wqkv, s[S_H], s[S_QKV], n)?;
+            let norm = self.norm(layer.attn_norm);
+            b.rms_norm_matmul(s[S_X], &norm, s[S_H], layer.wqkv, s[S_QKV], n)?;
             b.rope_store_qkv(s[S_QKV], s[S_Q], kc, vc, &qkv)?;
             b.attention(s[S_Q], kc, vc, s[S_ATT], &att)?;
             self.output_and_ffn(layer, s, n)?;
@@ -466,8 +466,8 @@ impl LlamaModel {
         let (src, dst) = (k % 2, (k + 1) % 2);
         b.embed_indirect(self.embedding, s[S_TOK], src, 1, s[S_X])?;
         self.layers_at(cache, s, 1, pos)?;
-        b.rms_norm(s[S_X], self.output_norm, s[S_H], 1, hp.dim, hp.eps)?;
-        b.matmul(self.lm_head, s[S_H], s[S_LOGITS], 1)?;
+        let norm = self.norm(self.output_norm);
+        b.rms_norm_matmul(s[S_X], &norm, s[S_H], self.lm_head, s[S_LOGITS], 1)?;
         b.argmax(s[S_LOGITS], hp.vocab, s[S_TOK], dst)?;
         b.read_start(s[S_TOK], dst, 1)
     }
@@ -480,6 +480,15 @@ impl LlamaModel {
         cache.scratch[..]
             .try_into()
             .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))
+    }
+
+    /// The model's RMSNorm with per-column weights `weight`.
+    fn norm(&self, weight: BufferId) -> RmsNorm {
+        RmsNorm {
+            weight,
+            dim: self.hp.dim,
+            eps: self.hp.eps,
+        }
     }
 
     /// RoPE and cache layout of `n` fused q|k|v rows at positions `pos0 ..`.
@@ -563,9 +572,15 @@ impl TextModel for LlamaModel {
                 b.read(s[S_LOGITS], 0, n * hp.vocab)?
             }
             Logits::Last => {
-                b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
-                b.copy(s[S_H], (n - 1) * dim, s[S_Q], 0, dim)?;
-                b.matmul(self.lm_head, s[S_Q], s[S_LOGITS], 1)?;
+                // Only the last row is normalised and projected.
+                let last = if n == 1 {
+                    s[S_X]
+                } else {
+                    b.copy(s[S_X], (n - 1) * dim, s[S_Q], 0, dim)?;
+                    s[S_Q]
+                };
+                let norm = self.norm(self.output_norm);
+                b.rms_norm_matmul(last, &norm, s[S_H], self.lm_head, s[S_LOGITS], 1)?;
                 b.read(s[S_LOGITS], 0, hp.vocab)?
             }
         };

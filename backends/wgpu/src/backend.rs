@@ -1194,13 +1194,17 @@ impl Backend for WgpuBackend {
             }
         };
         let passes = if decode {
-            vec![
-                (
-                    "attn_split",
-                    [n_splits, p.n_heads as u32, p.n_tokens as u32],
-                ),
-                ("attn_merge", [p.n_heads as u32, p.n_tokens as u32, 1]),
-            ]
+            let split = (
+                "attn_split",
+                [n_splits, p.n_heads as u32, p.n_tokens as u32],
+            );
+            let merge = ("attn_merge", [p.n_heads as u32, p.n_tokens as u32, 1]);
+            // A single split writes the final output itself.
+            if n_splits == 1 {
+                vec![split]
+            } else {
+                vec![split, merge]
+            }
         } else {
             let q_groups = p.n_tokens.div_ceil(q_rows as usize) as u32;
             vec![("attn_prefill", [q_groups, p.n_heads as u32, 1])]

@@ -5,7 +5,7 @@
 
 mod reference;
 
-use lowbit_core::backend::{AttentionParams, QkvParams, RopeStyle};
+use lowbit_core::backend::{AttentionParams, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::quant::quantize;
 use lowbit_core::{Backend, ErrorCode, QuantSpec, Scheme, WeightMatrix};
 use lowbit_wgpu::{KernelPaths, WgpuBackend, WgpuOptions};
@@ -191,6 +191,7 @@ fn wide_matvec_every_format() {
     let backends = variants_with(true);
     let w = rand_vec(&mut rng, rows * cols);
     let xv = rand_vec(&mut rng, cols);
+    let gv: Vec<f32> = rand_vec(&mut rng, cols).iter().map(|v| 1.0 + v).collect();
     for bits in [8u8, 4, 3, 2] {
         for group in [32usize, 128] {
             for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
@@ -208,8 +209,26 @@ fn wide_matvec_every_format() {
                         "{bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
                         b.paths()
                     );
-                    b.free(x);
-                    b.free(out);
+                    // RMSNorm fused into the matvec (4/8-bit, wide) or run before it (others)
+                    // against the reference norm followed by the reference matmul.
+                    let normed = reference::rms_norm(&xv, &gv, cols, 1e-5);
+                    let (want_n, mag_n) = reference::matmul(&dense, rows, cols, &normed, 1);
+                    let (g, scratch) = (b.upload(&gv).unwrap(), b.alloc(cols).unwrap());
+                    let norm = RmsNorm {
+                        weight: g,
+                        dim: cols,
+                        eps: 1e-5,
+                    };
+                    b.rms_norm_matmul(x, &norm, scratch, id, out, 1).unwrap();
+                    let err = max_rel(&b.read(out, 0, rows).unwrap(), &want_n, &mag_n, 1e-3);
+                    assert!(
+                        err < matmul_tol(b),
+                        "norm + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
+                        b.paths()
+                    );
+                    for buf in [x, out, g, scratch] {
+                        b.free(buf);
+                    }
                 }
             }
         }
@@ -223,6 +242,12 @@ fn wide_matvec_every_format() {
                     && l.contains("WIDE=1")
             });
             assert_eq!(wide, bits >= 4, "wide {bits}-bit matvec: {k:?}");
+            let fused = k.iter().any(|l| {
+                l.starts_with("matvec[")
+                    && l.contains(&format!(",BITS={bits},"))
+                    && l.contains("NORM=1")
+            });
+            assert_eq!(fused, bits >= 4, "fused-norm {bits}-bit matvec: {k:?}");
         }
     }
 }
