@@ -126,7 +126,10 @@ impl WgpuBackend {
         let dev = GpuDevice::open(opts)?;
         let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
         tuning.wide_matvec = opts.wide_matvec;
-        tuning.fused_norm = !opts.unfused_norm;
+        tuning.fused_norm = opts.fused_norm;
+        if let Some((lanes, rows)) = opts.matvec_shape {
+            tuning.set_matvec(&dev.limits, lanes, rows);
+        }
         let device_max = dev
             .limits
             .max_storage_buffer_binding_size

@@ -30,10 +30,16 @@ pub struct WgpuOptions {
     /// 4- and 8-bit codes. On the H100 it beat the narrow kernel (8B int4 decode 89 vs 82 tok/s,
     /// 1B 257 vs 208). `from_env` turns it on unless `LOWBIT_WGPU_WIDE_MATVEC=0`.
     pub wide_matvec: bool,
-    /// Keep each RMSNorm a kernel of its own instead of fusing it into the wide matvec that
-    /// follows (the fused kernel normalises the activation vector it loads anyway, saving a
-    /// dispatch and a pass over the vector). `from_env` sets it with `LOWBIT_WGPU_FUSED_NORM=0`.
-    pub unfused_norm: bool,
+    /// Fuse each decode RMSNorm into the wide matvec that follows it: the matvec normalises
+    /// the activation vector as it loads it, saving a dispatch. Off by default: on the H100 it
+    /// was slower at 64 and 128 lanes (8B int4 156 vs 175 tok/s), since every workgroup then
+    /// also reads the norm weights, and even at 256 (179 vs 180). `from_env` turns it on with
+    /// `LOWBIT_WGPU_FUSED_NORM=1`.
+    pub fused_norm: bool,
+    /// Overrides the decode matvec's `(lanes, rows per workgroup)` that the profile and tuning
+    /// pick (lanes a power of two, rows 1..=16). `from_env` reads `LOWBIT_WGPU_MATVEC=LANESxROWS`
+    /// (e.g. `128x8`), for tuning sweeps.
+    pub matvec_shape: Option<(u32, u32)>,
     /// Folder of the on-disk pipeline cache (wgpu `PipelineCache`, Vulkan only): compiled
     /// kernels are loaded from `<dir>/<adapter key>.bin` at start and written back after the
     /// load-time warm-up, so a second start compiles nothing in the driver. `None`: no cache.
@@ -74,7 +80,11 @@ impl WgpuOptions {
         WgpuOptions {
             allow_software: allow,
             wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
-            unfused_norm: std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "0"),
+            fused_norm: std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "1"),
+            matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC").ok().and_then(|v| {
+                let (l, r) = v.split_once('x')?;
+                Some((l.trim().parse().ok()?, r.trim().parse().ok()?))
+            }),
             pipeline_cache_dir: default_pipeline_cache_dir(),
             checked_shaders: std::env::var("LOWBIT_WGPU_CHECKED_SHADERS").is_ok_and(|v| v == "1"),
             dispatches_per_submit: std::env::var("LOWBIT_WGPU_DISPATCHES_PER_SUBMIT")

@@ -57,6 +57,14 @@ impl Tuning {
         }
     }
 
+    /// Sets the decode matvec's lanes (rounded down to a power of two within the device's
+    /// limit) and rows per workgroup (1..=16).
+    pub fn set_matvec(&mut self, limits: &wgpu::Limits, lanes: u32, rows: u32) {
+        let lanes = lanes.clamp(1, limits.max_compute_invocations_per_workgroup.max(1));
+        self.matvec_wg = 1u32 << (31 - lanes.leading_zeros());
+        self.matvec_rows = rows.clamp(1, 16);
+    }
+
     /// Sizes for a device with these limits.
     pub fn new(limits: &wgpu::Limits) -> Self {
         Tuning {

@@ -25,6 +25,8 @@ fn backend_with(f16: bool, subgroups: bool, wide_matvec: bool) -> WgpuBackend {
         f16: Some(f16),
         subgroups: Some(subgroups),
         wide_matvec,
+        // The wide variants also exercise the RMSNorm fused into the matvec.
+        fused_norm: wide_matvec,
         ..WgpuOptions::software()
     })
     .expect("a software WebGPU adapter (install mesa-vulkan-drivers)")
