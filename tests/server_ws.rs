@@ -137,10 +137,11 @@ async fn stop_mid_stream_cancels_and_the_connection_stays_usable() {
     let (more, done) = until_done(&mut ws).await;
     assert_eq!(done["type"], "completion", "{done}");
     assert_eq!(done["finish_reason"], "cancelled");
-    // Stops within a token or two of the request (frames already in flight still arrive).
+    // Stops long before the limit. Frames already in flight still arrive: how many depends on
+    // how fast this machine decodes while the stop travels, so that bound is loose.
     let n = done["usage"]["completion_tokens"].as_u64().unwrap();
     assert!(
-        n < 48 && more.len() <= 4,
+        n < 48 && more.len() <= 32,
         "{n} tokens, {} after stop",
         more.len()
     );
