@@ -188,6 +188,32 @@ impl QkvParams {
     pub fn row_len(&self) -> usize {
         self.q_dim() + 2 * self.kv_dim()
     }
+
+    /// Errors with `INVALID_CONFIG` unless the head dimension is even and positive (RoPE
+    /// rotates pairs).
+    pub fn check_head_dim(&self) -> Result<()> {
+        if self.head_dim == 0 || !self.head_dim.is_multiple_of(2) {
+            return Err(Error::invalid_config(format!(
+                "rope_store_qkv needs an even, positive head dimension, got {}",
+                self.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// Errors with `CONTEXT_OVERFLOW` unless a cache of `cache_len` values holds rows
+    /// `pos0 .. pos0 + n_tokens`.
+    pub fn check_cache(&self, cache_len: usize) -> Result<()> {
+        let kv_dim = self.kv_dim();
+        let rows = self.pos0.saturating_add(self.n_tokens);
+        if cache_len < rows.saturating_mul(kv_dim) {
+            return Err(Error::context_overflow(format!(
+                "the KV cache holds {} rows of {kv_dim}; rows up to {rows} were asked",
+                cache_len / kv_dim.max(1)
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A read begun with [`Backend::read_start`]: its values, or the backend's ticket for them.

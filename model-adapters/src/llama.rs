@@ -404,7 +404,6 @@ const S_TOK: usize = 8;
 const N_SCRATCH: usize = 9;
 
 impl LlamaModel {
-    /// (Re)allocates the scratch buffers for `n` token rows (logits included).
     /// Attention over the cache for `n` query rows starting at position `pos0`.
     fn attention_params(&self, n: usize, pos0: usize) -> AttentionParams {
         let hp = &self.hp;
@@ -474,8 +473,8 @@ impl LlamaModel {
 
     /// The scratch buffers of `cache`, allocated for at least `n` rows.
     fn scratch(&self, cache: &mut KvCache, n: usize) -> Result<[BufferId; N_SCRATCH]> {
-        if cache.scratch_rows < n || cache.scratch.len() != N_SCRATCH {
-            self.ensure_scratch(cache, n.max(cache.scratch_rows))?;
+        if cache.scratch_rows < n {
+            self.ensure_scratch(cache, n)?;
         }
         cache.scratch[..]
             .try_into()
@@ -505,6 +504,7 @@ impl LlamaModel {
         }
     }
 
+    /// (Re)allocates the scratch buffers for `n` token rows (logits included).
     fn ensure_scratch(&self, cache: &mut KvCache, n: usize) -> Result<()> {
         let hp = &self.hp;
         let b = &self.backend;

@@ -335,13 +335,9 @@ impl Backend for CpuBackend {
         p: &QkvParams,
     ) -> Result<()> {
         const OP: &str = "rope_store_qkv";
-        if p.head_dim == 0 || !p.head_dim.is_multiple_of(2) {
-            return Err(Error::invalid_config(format!(
-                "{OP}: head_dim must be even and positive, got {}",
-                p.head_dim
-            )));
-        }
-        if qkv == q_out || qkv == k_cache || qkv == v_cache || k_cache == v_cache {
+        p.check_head_dim()?;
+        let all = [qkv, q_out, k_cache, v_cache];
+        if (1..4).any(|i| all[..i].contains(&all[i])) {
             return Err(Error::invalid_config(format!(
                 "{OP}: buffers must be distinct"
             )));
@@ -354,33 +350,27 @@ impl Backend for CpuBackend {
         if p.n_tokens == 0 {
             return Ok(());
         }
-        // Destination, and source column range within a fused row, of q, k and v.
+        // Destination, source column range within a fused row, and heads to rotate (none for
+        // v) of q, k and v.
         let parts = [
-            (q_out, 0, q_dim),
-            (k_cache, q_dim, kv_dim),
-            (v_cache, q_dim + kv_dim, kv_dim),
+            (q_out, 0, q_dim, Some(p.n_heads)),
+            (k_cache, q_dim, kv_dim, Some(p.n_kv_heads)),
+            (v_cache, q_dim + kv_dim, kv_dim, None),
         ];
-        for (i, (dst, off, len)) in parts.into_iter().enumerate() {
+        for (dst, off, len, rope_heads) in parts {
             self.buffers.with(&[qkv], dst, |ins, d| {
                 ensure(OP, "qkv", ins[0].len(), need_src)?;
-                let d = if i == 0 {
+                let d = if dst == q_out {
                     ensure(OP, "q output", d.len(), need_q)?;
                     &mut d[..need_q]
                 } else {
-                    if d.len() < end {
-                        return Err(Error::context_overflow(format!(
-                            "{OP}: the KV cache holds {} rows of {kv_dim}; rows up to {} were asked",
-                            d.len() / kv_dim.max(1),
-                            p.pos0 + p.n_tokens
-                        )));
-                    }
+                    p.check_cache(d.len())?;
                     &mut d[start..end]
                 };
                 for (dr, sr) in d.chunks_exact_mut(len).zip(ins[0].chunks_exact(row)) {
                     dr.copy_from_slice(&sr[off..off + len]);
                 }
-                if i < 2 {
-                    let heads = if i == 0 { p.n_heads } else { p.n_kv_heads };
+                if let Some(heads) = rope_heads {
                     ops::rope::rope(d, heads, p.head_dim, p.pos0, p.theta, p.style);
                 }
                 Ok(())

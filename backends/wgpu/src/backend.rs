@@ -728,10 +728,7 @@ impl Backend for WgpuBackend {
         // Wait without the lock: other requests keep recording meanwhile.
         let t0 = std::time::Instant::now();
         let (bytes, buffer) = wait_read(&self.dev, in_flight)?;
-        let mut st = self.lock();
-        st.rec.host.wait_ns += t0.elapsed().as_nanos() as u64;
-        st.rec.host.reads += 1;
-        st.rec.recycle(buffer);
+        self.lock().rec.finish_read(t0.elapsed(), buffer);
         Ok(bytemuck::cast_slice(&bytes).to_vec())
     }
 
@@ -885,10 +882,10 @@ impl Backend for WgpuBackend {
         out: BufferId,
         n: usize,
     ) -> Result<()> {
-        let fuse = {
+        let fuse = self.tuning.fused_norm && {
             let st = self.lock();
             let gw = weight(&st.weights, w)?;
-            self.tuning.fused_norm && self.wide_matvec(gw, n) && gw.cols == norm.dim
+            self.wide_matvec(gw, n) && gw.cols == norm.dim
         };
         if fuse {
             return self.matmul_into(w, x, out, n, false, Some(norm));
@@ -908,12 +905,7 @@ impl Backend for WgpuBackend {
         if p.n_tokens == 0 {
             return Ok(());
         }
-        if p.head_dim == 0 || !p.head_dim.is_multiple_of(2) {
-            return Err(Error::invalid_config(format!(
-                "rope_store_qkv needs an even head dimension, got {}",
-                p.head_dim
-            )));
-        }
+        p.check_head_dim()?;
         for (a, b) in [
             (qkv, q_out),
             (qkv, k_cache),
@@ -925,7 +917,6 @@ impl Backend for WgpuBackend {
             distinct("rope_store_qkv", a, b)?;
         }
         let wg = self.tuning.elementwise_wg;
-        let kv_dim = p.kv_dim();
         let mut st = self.lock();
         check_len(
             "rope_store_qkv input",
@@ -938,14 +929,7 @@ impl Backend for WgpuBackend {
             p.n_tokens * p.q_dim(),
         )?;
         for c in [k_cache, v_cache] {
-            let len = st.buf(c)?.len;
-            if len < (p.pos0 + p.n_tokens) * kv_dim {
-                return Err(Error::context_overflow(format!(
-                    "the KV cache holds {} rows of {kv_dim}; rows up to {} were asked",
-                    len / kv_dim.max(1),
-                    p.pos0 + p.n_tokens
-                )));
-            }
+            p.check_cache(st.buf(c)?.len)?;
         }
         let bufs = [qkv, q_out, k_cache, v_cache].map(|id| st.buf(id).map(|b| b.buffer.clone()));
         let [a, b, c, d] = bufs;

@@ -67,8 +67,6 @@ pub(crate) struct Recorder {
     bind_groups: FastMap<BindKey, wgpu::BindGroup>,
     /// Bind groups created so far (tests check that steady decode steps create none).
     pub bind_groups_created: u64,
-    /// Buffer that [`Recorder::read`] maps, reused while large enough.
-    readback: Option<wgpu::Buffer>,
     profiler: Option<Profiler>,
     /// Submissions so far (tests check that a step is one submit).
     pub submits: u64,
@@ -91,7 +89,7 @@ pub(crate) struct InFlight {
     buffer: wgpu::Buffer,
     bytes: u64,
     submission: wgpu::SubmissionIndex,
-    mapped: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+    mapped: std::sync::mpsc::Receiver<MapResult>,
 }
 
 /// Readback buffers kept for reuse (two reads in flight is the decode pipeline's depth).
@@ -140,7 +138,6 @@ impl Recorder {
             align,
             bind_groups: FastMap::default(),
             bind_groups_created: 0,
-            readback: None,
             profiler: dev.timestamps.then(|| Profiler::new(dev)),
             submits: 0,
             host: HostTimes::default(),
@@ -349,8 +346,8 @@ impl Recorder {
         }
     }
 
-    /// Copies `bytes` from `src` at `offset` into the reusable readback buffer, submits, waits
-    /// and returns them.
+    /// Copies `bytes` from `src` at `offset` into a readback buffer (kept for reuse), submits,
+    /// waits and returns them: [`Recorder::read_start`] redeemed at once.
     pub fn read(
         &mut self,
         dev: &GpuDevice,
@@ -358,22 +355,19 @@ impl Recorder {
         offset: u64,
         bytes: u64,
     ) -> Result<Vec<u8>> {
-        if self.readback.as_ref().is_none_or(|b| b.size() < bytes) {
-            self.readback = Some(dev.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("readback"),
-                size: bytes.next_power_of_two().max(256),
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            }));
-        }
-        let readback = self.readback.clone().expect("readback just ensured");
-        self.copy(dev, src, offset, &readback, 0, bytes);
-        self.submit(dev)?;
+        let ticket = self.read_start(dev, src, offset, bytes)?;
+        let in_flight = self.take_read(ticket)?;
         let t = std::time::Instant::now();
-        let out = read_mapped(dev, &readback, bytes);
-        self.host.wait_ns += t.elapsed().as_nanos() as u64;
+        let (out, buffer) = wait_read(dev, in_flight)?;
+        self.finish_read(t.elapsed(), buffer);
+        Ok(out)
+    }
+
+    /// Books a redeemed read: its wait in the host timings, its buffer kept for reuse.
+    pub fn finish_read(&mut self, waited: std::time::Duration, buffer: wgpu::Buffer) {
+        self.host.wait_ns += waited.as_nanos() as u64;
         self.host.reads += 1;
-        out
+        self.recycle(buffer);
     }
 
     /// Copies `bytes` of `src` at `offset` into a readback buffer, submits, and starts mapping
@@ -397,13 +391,8 @@ impl Recorder {
         self.copy(dev, src, offset, &buffer, 0, bytes);
         let submission = self
             .submit(dev)?
-            .expect("a copy was just recorded, so there is a submission");
-        let (tx, mapped) = std::sync::mpsc::channel();
-        buffer
-            .slice(..bytes)
-            .map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send(r);
-            });
+            .ok_or_else(|| Error::invalid_config("a read of zero bytes has nothing to submit"))?;
+        let mapped = start_map(&buffer, bytes);
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         self.pending.insert(
@@ -428,7 +417,7 @@ impl Recorder {
     }
 
     /// Keeps a redeemed read's buffer for reuse.
-    pub fn recycle(&mut self, buffer: wgpu::Buffer) {
+    fn recycle(&mut self, buffer: wgpu::Buffer) {
         if self.spare_readbacks.len() < MAX_SPARE_READBACKS {
             self.spare_readbacks.push(buffer);
         }
@@ -472,8 +461,37 @@ impl Recorder {
 
 /// Waits (without the backend's lock) for a read begun with [`Recorder::read_start`]: only for
 /// its own submission, not for later ones, which keep the GPU busy meanwhile. Returns the bytes
-/// and the buffer, for [`Recorder::recycle`].
+/// and the buffer, for [`Recorder::finish_read`].
 pub(crate) fn wait_read(dev: &GpuDevice, r: InFlight) -> Result<(Vec<u8>, wgpu::Buffer)> {
+    let out = finish_map(dev, &r.buffer, r.bytes, &r.mapped, Some(r.submission))?;
+    Ok((out, r.buffer))
+}
+
+/// Maps the first `bytes` of `buf` for reading, waits for all submitted work, and returns them.
+pub(crate) fn read_mapped(dev: &GpuDevice, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+    finish_map(dev, buf, bytes, &start_map(buf, bytes), None)
+}
+
+type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
+
+/// Starts mapping the first `bytes` of `buf`; the receiver hears when the map is done.
+fn start_map(buf: &wgpu::Buffer, bytes: u64) -> std::sync::mpsc::Receiver<MapResult> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    buf.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
+        let _ = tx.send(r);
+    });
+    rx
+}
+
+/// Waits for `submission` (the latest one when `None`) and the map begun by [`start_map`],
+/// then copies the bytes out and unmaps.
+fn finish_map(
+    dev: &GpuDevice,
+    buf: &wgpu::Buffer,
+    bytes: u64,
+    mapped: &std::sync::mpsc::Receiver<MapResult>,
+    submission: Option<wgpu::SubmissionIndex>,
+) -> Result<Vec<u8>> {
     let gpu_err = |what: &str, e: &dyn std::fmt::Display| {
         Error::new(
             lowbit_core::ErrorCode::WebgpuNotSupported,
@@ -482,64 +500,20 @@ pub(crate) fn wait_read(dev: &GpuDevice, r: InFlight) -> Result<(Vec<u8>, wgpu::
     };
     dev.device
         .poll(wgpu::PollType::Wait {
-            submission_index: Some(r.submission),
+            submission_index: submission,
             timeout: None,
         })
         .map_err(|e| gpu_err("waiting for the GPU", &e))?;
     dev.take_error()?;
-    match r.mapped.recv() {
+    match mapped.recv() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(gpu_err("mapping a result buffer", &e)),
         Err(_) => return Err(gpu_err("reading a result", &"the GPU never answered")),
     }
-    let slice = r.buffer.slice(..r.bytes);
-    let out = slice
+    let out = buf
+        .slice(..bytes)
         .get_mapped_range()
         .map_err(|e| gpu_err("reading a result buffer", &e))?
-        .to_vec();
-    r.buffer.unmap();
-    Ok((out, r.buffer))
-}
-
-/// Maps the first `bytes` of `buf` for reading, waits, and returns them.
-pub(crate) fn read_mapped(dev: &GpuDevice, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-    let slice = buf.slice(..bytes);
-    let (tx, rx) = std::sync::mpsc::channel();
-    slice.map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    dev.device
-        .poll(wgpu::PollType::wait_indefinitely())
-        .map_err(|e| {
-            Error::new(
-                lowbit_core::ErrorCode::WebgpuNotSupported,
-                format!("waiting for the GPU: {e}"),
-            )
-        })?;
-    dev.take_error()?;
-    match rx.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            return Err(Error::new(
-                lowbit_core::ErrorCode::WebgpuNotSupported,
-                format!("mapping a result buffer: {e}"),
-            ))
-        }
-        Err(_) => {
-            return Err(Error::new(
-                lowbit_core::ErrorCode::WebgpuNotSupported,
-                "the GPU never answered a read",
-            ))
-        }
-    }
-    let out = slice
-        .get_mapped_range()
-        .map_err(|e| {
-            Error::new(
-                lowbit_core::ErrorCode::WebgpuNotSupported,
-                format!("reading a result buffer: {e}"),
-            )
-        })?
         .to_vec();
     buf.unmap();
     Ok(out)

@@ -30,6 +30,12 @@ pub(crate) struct Tuning {
     workgroup_bytes: u32,
 }
 
+/// `n` lanes kept within the device's invocation limit and rounded down to a power of two.
+fn pow2_lanes(limits: &wgpu::Limits, n: u32) -> u32 {
+    let n = n.clamp(1, limits.max_compute_invocations_per_workgroup.max(1));
+    1u32 << (31 - n.leading_zeros())
+}
+
 impl Tuning {
     /// Sizes for a device with these limits and, when given, a profile's workgroup sizes, each
     /// rounded down to a power of two (the reductions are trees) and kept within the device's
@@ -39,11 +45,7 @@ impl Tuning {
         let Some(wg) = wg else {
             return base;
         };
-        let max = limits.max_compute_invocations_per_workgroup.max(1);
-        let lanes = |n: u32| {
-            let n = n.clamp(1, max);
-            1u32 << (31 - n.leading_zeros())
-        };
+        let lanes = |n: u32| pow2_lanes(limits, n);
         let tile = |n: u32| (n / 16).max(1) * 16;
         Tuning {
             matvec_wg: lanes(wg.matmul.0.saturating_mul(wg.matmul.1)),
@@ -60,8 +62,7 @@ impl Tuning {
     /// Sets the decode matvec's lanes (rounded down to a power of two within the device's
     /// limit) and rows per workgroup (1..=16).
     pub fn set_matvec(&mut self, limits: &wgpu::Limits, lanes: u32, rows: u32) {
-        let lanes = lanes.clamp(1, limits.max_compute_invocations_per_workgroup.max(1));
-        self.matvec_wg = 1u32 << (31 - lanes.leading_zeros());
+        self.matvec_wg = pow2_lanes(limits, lanes);
         self.matvec_rows = rows.clamp(1, 16);
     }
 

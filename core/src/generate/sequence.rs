@@ -230,13 +230,10 @@ impl Sequence {
                 "decode_rest_greedy needs greedy sampling (temperature 0 or top_k 1)",
             ));
         }
+        // A finished sequence (including one with `max_tokens == 0`) has no decode input.
         let Some(first) = self.decode_input() else {
             return Ok(());
         };
-        if self.opts.max_tokens == 0 {
-            emit(&self.finish_with(FinishReason::Length, String::new(), None));
-            return Ok(());
-        }
         let budget = self.opts.max_tokens.saturating_sub(self.tokens.len());
         let room = cache.max_seq.saturating_sub(cache.pos);
         let (pos0, max_seq) = (cache.pos, cache.max_seq);
