@@ -79,26 +79,102 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
 #if WIDE
 // Wide rows, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as 16-byte vectors
 // through a second view of the same buffer (`w_vec`; 4-bit rows are cols / 2 bytes and 8-bit
-// rows cols bytes, both multiples of 16). The block's eight activation vectors and their sum
-// are loaded once and reused by every row of the workgroup; the scale multiplies the block's
-// integer-weighted sum once, and the bias multiplies Σx.
+// rows cols bytes, both multiples of 16). The block's activations are quantized once per
+// workgroup to 8-bit integers with one scale `d = max|x| / 127` (round half to even), as the
+// CPU backend's kernels and llama.cpp's q8 activations do, and every row of the workgroup
+// then takes integer dot products of four codes at a time (`dot4I8Packed`: one instruction
+// where the device has integer dot products). The result is exactly the dequantized row times the quantized activations; the
+// group scale multiplies the block's integer sum once, the bias `d · Σ xq`.
 @group(0) @binding(5) var<storage, read> w_vec: array<vec4<u32>>;
 #if NORM
 @group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
 
-fn nib_dot(wd: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
-    let v = vec4<u32>(wd);
-    let lo = vec4<f32>((v >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-    let hi = vec4<f32>((v >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
-    return dot(lo, xa) + dot(hi, xb);
+const LO_NIBBLES: u32 = 0x0f0f0f0fu;
+const SIGN_BYTES: u32 = 0x80808080u;
+// 16-byte code vectors per row and block (4-bit: 1, 8-bit: 2).
+const CODE_VECS: u32 = BITS / 4u;
+// UNROLL (from the host: 2 for 4-bit rows longer than the lanes, else 1): blocks per lane
+// whose codes are all requested before any is used. A decode step chains its matvecs, so a
+// kernel's time is mostly memory latency unless each lane has its loads in flight at once.
+
+// Four activations, already divided by `d`, as packed signed bytes.
+fn q8(v: vec4<f32>) -> u32 {
+    return pack4xI8(vec4<i32>(round(v)));
 }
 
-fn byte_dot(wd: u32, xa: vec4<f32>) -> f32 {
-    return dot(vec4<f32>((vec4<u32>(wd) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u)), xa);
+// Block `b` of activation row `x_row` (vec4 index) quantized to bytes in the order the codes
+// pack them; `sq` gathers Σx² for a fused norm.
+struct BlockX {
+    q: array<u32, 8>,
+    d: f32,  // scale: x ≈ d · q
+    sx: f32, // d · Σq
+}
+
+fn quantize_block(x_row: u32, b: u32, sq: ptr<function, f32>) -> BlockX {
+    var xs: array<vec4<f32>, 8>;
+    var amax = vec4<f32>(0.0);
+    for (var i = 0u; i < 8u; i++) {
+        var v = x[x_row + 8u * b + i];
+#if NORM
+        *sq += dot(v, v);
+        v *= norm_w[8u * b + i];
+#endif
+        xs[i] = v;
+        amax = max(amax, abs(v));
+    }
+    let m = max(max(amax.x, amax.y), max(amax.z, amax.w));
+    // As the CPU backend's kernels quantize (d = max / 127, codes x · (1 / d)).
+    let d = m / 127.0;
+    let inv_d = select(0.0, 1.0 / d, d > 0.0);
+    var out: BlockX;
+    // 4-bit words hold values 8k..8k+7 with the even ones in the low nibbles, so their
+    // activations pack as (even, odd) byte quadruples; 8-bit words hold four in order.
+    if BITS == 4u {
+        for (var k = 0u; k < 4u; k++) {
+            let a = xs[2u * k] * inv_d;
+            let c = xs[2u * k + 1u] * inv_d;
+            out.q[2u * k] = q8(vec4<f32>(a.x, a.z, c.x, c.z));
+            out.q[2u * k + 1u] = q8(vec4<f32>(a.y, a.w, c.y, c.w));
+        }
+    } else {
+        for (var k = 0u; k < 8u; k++) {
+            out.q[k] = q8(xs[k] * inv_d);
+        }
+    }
+    var qsum = 0;
+    for (var k = 0u; k < 8u; k++) {
+        qsum += dot4I8Packed(out.q[k], 0x01010101u);
+    }
+    out.d = d;
+    out.sx = out.d * f32(qsum);
+    return out;
+}
+
+// Σ code · q over one block: 4-bit codes are 0..15 as they are; 8-bit codes go in as signed
+// bytes code - 128 (`block_bias` adds the 128 back).
+fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
+    if BITS == 4u {
+        let w = c[0];
+        return (dot4I8Packed(w.x & LO_NIBBLES, q[0]) + dot4I8Packed((w.x >> 4u) & LO_NIBBLES, q[1]))
+            + (dot4I8Packed(w.y & LO_NIBBLES, q[2]) + dot4I8Packed((w.y >> 4u) & LO_NIBBLES, q[3]))
+            + (dot4I8Packed(w.z & LO_NIBBLES, q[4]) + dot4I8Packed((w.z >> 4u) & LO_NIBBLES, q[5]))
+            + (dot4I8Packed(w.w & LO_NIBBLES, q[6]) + dot4I8Packed((w.w >> 4u) & LO_NIBBLES, q[7]));
+    }
+    let wa = c[0] ^ vec4<u32>(SIGN_BYTES);
+    let wb = c[CODE_VECS - 1u] ^ vec4<u32>(SIGN_BYTES);
+    return ((dot4I8Packed(wa.x, q[0]) + dot4I8Packed(wa.y, q[1])) + (dot4I8Packed(wa.z, q[2]) + dot4I8Packed(wa.w, q[3])))
+        + ((dot4I8Packed(wb.x, q[4]) + dot4I8Packed(wb.y, q[5])) + (dot4I8Packed(wb.z, q[6]) + dot4I8Packed(wb.w, q[7])));
+}
+
+// The bias that pairs with `block_dot`'s codes.
+fn block_bias(sb: vec2<f32>) -> f32 {
+    if BITS == 4u {
+        return sb.y;
+    }
+    return sb.y + 128.0 * sb.x;
 }
 #endif
-
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matvec(inv: Invocation) {
     let row0 = wg_index(inv) * ROWS_PER_WG;
@@ -111,43 +187,32 @@ fn matvec(inv: Invocation) {
 #if WIDE
     let nb = p.cols / 32u;
     var sq = 0.0; // NORM: this lane's share of Σx²
-    for (var b = inv.lid; b < nb; b += WORKGROUP_SIZE) {
-        let xo = x_row + 8u * b;
-        var xs: array<vec4<f32>, 8>;
-        for (var i = 0u; i < 8u; i++) {
-            let v = x[xo + i];
-#if NORM
-            sq += dot(v, v);
-            xs[i] = v * norm_w[8u * b + i];
-#else
-            xs[i] = v;
-#endif
-        }
-        let x0 = xs[0];
-        let x1 = xs[1];
-        let x2 = xs[2];
-        let x3 = xs[3];
-        let x4 = xs[4];
-        let x5 = xs[5];
-        let x6 = xs[6];
-        let x7 = xs[7];
-        let sx = dot((x0 + x1) + (x2 + x3) + ((x4 + x5) + (x6 + x7)), vec4<f32>(1.0));
-        for (var k = 0u; k < ROWS_PER_WG; k++) {
-            // Rows past the end repeat the last one; their sums are never written.
-            let r = min(row0 + k, p.rows - 1u);
-            let sb = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
-            var q = 0.0;
-            if BITS == 4u {
-                let w = w_vec[r * nb + b];
-                q = (nib_dot(w.x, x0, x1) + nib_dot(w.y, x2, x3))
-                    + (nib_dot(w.z, x4, x5) + nib_dot(w.w, x6, x7));
-            } else {
-                let wa = w_vec[2u * (r * nb + b)];
-                let wb = w_vec[2u * (r * nb + b) + 1u];
-                q = ((byte_dot(wa.x, x0) + byte_dot(wa.y, x1)) + (byte_dot(wa.z, x2) + byte_dot(wa.w, x3)))
-                    + ((byte_dot(wb.x, x4) + byte_dot(wb.y, x5)) + (byte_dot(wb.z, x6) + byte_dot(wb.w, x7)));
+    for (var b0 = inv.lid; b0 < nb; b0 += UNROLL * WORKGROUP_SIZE) {
+        // Every code and scale of this step first (past the end: block b0 again, unused).
+        var codes: array<array<vec4<u32>, CODE_VECS>, UNROLL * ROWS_PER_WG>;
+        var sbs: array<vec2<f32>, UNROLL * ROWS_PER_WG>;
+        for (var u = 0u; u < UNROLL; u++) {
+            var b = b0 + u * WORKGROUP_SIZE;
+            b = select(b0, b, b < nb);
+            for (var k = 0u; k < ROWS_PER_WG; k++) {
+                // Rows past the end repeat the last one; their sums are never written.
+                let r = min(row0 + k, p.rows - 1u);
+                for (var v = 0u; v < CODE_VECS; v++) {
+                    codes[u * ROWS_PER_WG + k][v] = w_vec[CODE_VECS * (r * nb + b) + v];
+                }
+                sbs[u * ROWS_PER_WG + k] = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
             }
-            acc[k] += sb.x * q + sb.y * sx;
+        }
+        for (var u = 0u; u < UNROLL; u++) {
+            let b = b0 + u * WORKGROUP_SIZE;
+            if b < nb {
+                let bx = quantize_block(x_row, b, &sq);
+                for (var k = 0u; k < ROWS_PER_WG; k++) {
+                    let i = u * ROWS_PER_WG + k;
+                    let q = block_dot(codes[i], bx.q);
+                    acc[k] += sbs[i].x * bx.d * f32(q) + block_bias(sbs[i]) * bx.sx;
+                }
+            }
         }
     }
 #if NORM

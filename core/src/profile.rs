@@ -30,7 +30,7 @@ impl Default for KernelWorkgroups {
     fn default() -> Self {
         KernelWorkgroups {
             matmul: (8, 8),
-            matvec_rows: 4,
+            matvec_rows: 8,
             tile: (32, 64),
             norm: 256,
             elementwise: 256,

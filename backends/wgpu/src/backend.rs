@@ -406,12 +406,14 @@ impl WgpuBackend {
         check_len("matmul input", xb, n * gw.cols)?;
         check_len("matmul output", ob, n * gw.rows)?;
         let tiled = n > 1;
-        let (entry, wg) = if tiled {
-            ("matmul_tiled", 256)
-        } else {
-            ("matvec", t.matvec_wg)
-        };
         let wide = self.wide_matvec(gw, n);
+        let (entry, (wg, unroll)) = if tiled {
+            ("matmul_tiled", (256, 1))
+        } else if wide {
+            ("matvec", t.wide_shape(&self.dev.limits, gw.cols, gw.kind))
+        } else {
+            ("matvec", (t.matvec_wg, 1))
+        };
         let norm_w = match norm {
             Some(nm) if wide && nm.dim == gw.cols => {
                 let b = get(nm.weight)?;
@@ -433,6 +435,7 @@ impl WgpuBackend {
             ("TILE_R", Define::U32(t.tile_r)),
             ("TILE_K", Define::U32(t.tile_k())),
             ("WIDE", Define::Bool(wide)),
+            ("UNROLL", Define::U32(unroll)),
             ("ACCUMULATE", Define::Bool(accumulate)),
             ("NORM", Define::Bool(norm_w.is_some())),
         ]);

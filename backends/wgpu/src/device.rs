@@ -31,10 +31,10 @@ pub struct WgpuOptions {
     /// 1B 257 vs 208). `from_env` turns it on unless `LOWBIT_WGPU_WIDE_MATVEC=0`.
     pub wide_matvec: bool,
     /// Fuse each decode RMSNorm into the wide matvec that follows it: the matvec normalises
-    /// the activation vector as it loads it, saving a dispatch. Off by default: on the H100 it
-    /// was slower at 64 and 128 lanes (8B int4 156 vs 175 tok/s), since every workgroup then
-    /// also reads the norm weights, and even at 256 (179 vs 180). `from_env` turns it on with
-    /// `LOWBIT_WGPU_FUSED_NORM=1`.
+    /// the activation vector as it loads it, saving a dispatch. With the integer-dot matvec
+    /// (8 rows per workgroup) it measured equal on the H100 for the 8B shape (228 vs 229 tok/s)
+    /// and faster for 1B (816 vs 755), so `from_env` turns it on unless
+    /// `LOWBIT_WGPU_FUSED_NORM=0`.
     pub fused_norm: bool,
     /// Overrides the decode matvec's `(lanes, rows per workgroup)` that the profile and tuning
     /// pick (lanes a power of two, rows 1..=16). `from_env` reads `LOWBIT_WGPU_MATVEC=LANESxROWS`
@@ -80,7 +80,7 @@ impl WgpuOptions {
         WgpuOptions {
             allow_software: allow,
             wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
-            fused_norm: std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "1"),
+            fused_norm: !std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "0"),
             matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC").ok().and_then(|v| {
                 let (l, r) = v.split_once('x')?;
                 Some((l.trim().parse().ok()?, r.trim().parse().ok()?))

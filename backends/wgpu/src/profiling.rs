@@ -5,6 +5,9 @@ use crate::recorder::read_mapped;
 use lowbit_core::Result;
 use std::collections::BTreeMap;
 
+/// The pseudo-kernel under which the time between consecutive kernels is summed.
+pub const GAP: &str = "(between kernels: barrier and launch)";
+
 /// Passes timed per submission (two timestamps each).
 const PASSES: u32 = 1024;
 
@@ -78,11 +81,18 @@ impl Profiler {
         }
         let bytes = read_mapped(dev, &self.readback, self.readback.size())?;
         let ts: &[u64] = bytemuck::cast_slice(&bytes);
+        let to_ns = |ticks: u64| (ticks as f64 * self.period_ns) as u64;
         for (i, label) in self.labels.drain(..).enumerate() {
-            let ns = (ts[2 * i + 1].saturating_sub(ts[2 * i]) as f64 * self.period_ns) as u64;
             let e = self.totals.entry(label).or_default();
-            e.0 += ns;
+            e.0 += to_ns(ts[2 * i + 1].saturating_sub(ts[2 * i]));
             e.1 += 1;
+            // The device's time between one kernel's end and the next one's start (barriers,
+            // launch): part of a step's time that no kernel accounts for.
+            if i > 0 {
+                let e = self.totals.entry(GAP.to_string()).or_default();
+                e.0 += to_ns(ts[2 * i].saturating_sub(ts[2 * i - 1]));
+                e.1 += 1;
+            }
         }
         Ok(())
     }

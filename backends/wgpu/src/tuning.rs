@@ -1,6 +1,7 @@
 //! The one place that decides workgroup sizes and tile shapes, from the device limits and the
 //! profile's sizes per kernel family.
 
+use crate::weights::WeightKind;
 use lowbit_core::profile::KernelWorkgroups;
 
 /// Workgroup sizes and tiles of every kernel family.
@@ -66,13 +67,29 @@ impl Tuning {
         self.matvec_rows = rows.clamp(1, 16);
     }
 
+    /// `(lanes, unroll)` of the wide matvec over rows of `cols` values: 4-bit lanes take two
+    /// blocks at once (32 bytes of codes per row, as an 8-bit block) where the row has more
+    /// blocks than lanes, and there are enough lanes that every block is read in that one
+    /// step (the kernel then waits for memory once), never fewer than `matvec_wg` nor more
+    /// than 256 (or the device's limit).
+    pub fn wide_shape(&self, limits: &wgpu::Limits, cols: usize, kind: WeightKind) -> (u32, u32) {
+        let blocks = (cols / 32) as u32;
+        let per_lane = match kind {
+            WeightKind::Quant(s) if s.bits == 4 => 2,
+            _ => 1,
+        };
+        let want = blocks.div_ceil(per_lane).next_power_of_two();
+        let lanes = pow2_lanes(limits, want.clamp(self.matvec_wg, 256.max(self.matvec_wg)));
+        (lanes, if blocks > lanes { per_lane } else { 1 })
+    }
+
     /// Sizes for a device with these limits.
     pub fn new(limits: &wgpu::Limits) -> Self {
         Tuning {
             wide_matvec: false,
             fused_norm: true,
             matvec_wg: 64,
-            matvec_rows: 4,
+            matvec_rows: 8,
             // 4 × 8 outputs per lane of the 16 × 16 tiled-matmul lanes.
             tile_t: 64,
             tile_r: 128,

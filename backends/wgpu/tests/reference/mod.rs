@@ -22,6 +22,19 @@ pub fn matmul(w: &[f32], rows: usize, cols: usize, x: &[f32], n: usize) -> (Vec<
     (out, mag)
 }
 
+/// `x` through the wide matvec's activation quantization: per block of 32, `d = max|x| / 127`,
+/// codes `round_half_even(x · (1 / d))`, values `d · code`.
+pub fn q8_blocks(x: &[f32]) -> Vec<f32> {
+    x.chunks(32)
+        .flat_map(|b| {
+            let m = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = m / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            b.iter().map(move |v| d * (v * inv).round_ties_even())
+        })
+        .collect()
+}
+
 pub fn rms_norm(x: &[f32], w: &[f32], dim: usize, eps: f32) -> Vec<f32> {
     x.chunks(dim)
         .flat_map(|row| {

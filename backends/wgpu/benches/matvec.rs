@@ -1,0 +1,124 @@
+//! Decode matvec bandwidth on the selected WebGPU adapter: the Llama-3-8B projection shapes at
+//! int8/int4/int3/int2 (g32, symmetric), each run `CALLS` times back to back in one submission
+//! (out = W·x, as a decode step chains them), reported as weight bytes read per second.
+//!
+//! `cargo bench -p lowbit-wgpu --bench matvec` (the adapter is picked as `--backend webgpu`
+//! picks it; `LOWBIT_WGPU_MATVEC=LANESxROWS` sets the matvec shape). A table, no assertions:
+//! speed is measured here, never in tests.
+
+use half::f16;
+use lowbit_core::quant::QuantizedMatrix;
+use lowbit_core::{Backend, QuantSpec, Scheme, WeightMatrix};
+use lowbit_wgpu::{WgpuBackend, WgpuOptions};
+
+const CALLS: usize = 200;
+
+/// A matrix of random codes with small scales (the values do not change the speed).
+fn random_matrix(rows: usize, cols: usize, bits: u8, seed: u64) -> WeightMatrix {
+    let spec = QuantSpec::new(bits, 32, Scheme::Symmetric).expect("a valid format");
+    let mut s = seed | 1;
+    let words = rows * cols * bits as usize / 32;
+    let data = (0..words)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s as u32
+        })
+        .collect();
+    WeightMatrix::Quantized(QuantizedMatrix {
+        rows,
+        cols,
+        spec,
+        data,
+        scales: vec![f16::from_f32(1e-3); rows * cols / 32],
+        offsets: Vec::new(),
+    })
+}
+
+/// Device seconds per call of `call(i)` for i in 0..CALLS, recorded back to back and submitted
+/// together after a warm-up round (compiling, binding): the host's wait for the read-back of
+/// `probe` after the one submission, which the device starts only then.
+fn time_calls(b: &WgpuBackend, probe: lowbit_core::BufferId, call: impl Fn(usize)) -> f64 {
+    for i in 0..CALLS {
+        call(i);
+    }
+    b.read(probe, 0, 1).expect("read");
+    for i in 0..CALLS {
+        call(i);
+    }
+    b.reset_timings();
+    b.read(probe, 0, 1).expect("read");
+    let wait = b
+        .host_timings()
+        .into_iter()
+        .find(|t| t.kernel.contains("wait"))
+        .map_or(0, |t| t.total_ns);
+    wait as f64 * 1e-9 / CALLS as f64
+}
+
+fn main() {
+    let b = WgpuBackend::new(&WgpuOptions::from_env()).expect("a WebGPU adapter");
+    let info = b.info();
+    println!("adapter: {} ({})", info.device, info.features.join(", "));
+    println!("Chained: each call writes the same output, so each waits for the one before (a");
+    println!("barrier between them, as in a decode step); independent: distinct outputs.");
+    println!("Device time per call: the wait for the one submission's result.");
+    println!("| matrix | rows × cols | format | MB | chained µs / call | GB/s | independent µs / call | GB/s |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let shapes = [
+        ("q|k|v", 6144, 4096),
+        ("o", 4096, 4096),
+        ("gate|up", 28672, 4096),
+        ("down", 4096, 14336),
+        ("lm_head", 128256, 4096),
+    ];
+    // The fixed cost of a dependent dispatch: a 64-value add chained CALLS times (each waits
+    // for the one before: a barrier between them, as in a decode step) and into distinct
+    // outputs (no dependence, no barrier).
+    {
+        let src = b.upload(&[1.0; 64]).expect("upload");
+        let outs: Vec<_> = (0..CALLS).map(|_| b.alloc(64).expect("alloc")).collect();
+        for (label, distinct) in [("chained", false), ("independent", true)] {
+            let s = time_calls(&b, outs[0], |i| {
+                let dst = if distinct { outs[i] } else { outs[0] };
+                b.add(dst, src, 64).expect("add");
+            });
+            println!("| 64-value add, {label} | | | | {:.1} | |", s * 1e6);
+        }
+    }
+    for bits in [8u8, 4, 3, 2] {
+        for (name, rows, cols) in shapes {
+            let bytes = rows * cols * bits as usize / 8 + rows * cols / 32 * 2;
+            // Copies enough to overflow the GPU's L2 (H100: 50 MB), read in turn, so every
+            // call streams its weights from memory as a decode step does.
+            let copies = 128_000_000usize.div_ceil(bytes).min(16);
+            let ids: Vec<_> = (0..copies)
+                .map(|c| {
+                    let w = random_matrix(rows, cols, bits, (rows * cols + c) as u64);
+                    b.upload_weight(w).expect("upload")
+                })
+                .collect();
+            let x: Vec<f32> = (0..cols).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+            let x = b.upload(&x).expect("upload");
+            let outs: Vec<_> = (0..CALLS).map(|_| b.alloc(rows).expect("alloc")).collect();
+            let mut cells = Vec::new();
+            for distinct in [false, true] {
+                let s = time_calls(&b, outs[0], |i| {
+                    let out = if distinct { outs[i] } else { outs[0] };
+                    b.matmul(ids[i % copies], x, out, 1).expect("matmul");
+                });
+                cells.push(format!("{:.1} | {:.0}", s * 1e6, bytes as f64 / s / 1e9));
+            }
+            println!(
+                "| {name} | {rows} × {cols} | int{bits} | {:.1} | {} |",
+                bytes as f64 / 1e6,
+                cells.join(" | ")
+            );
+            for o in outs {
+                b.free(o);
+            }
+            b.free(x);
+        }
+    }
+}
