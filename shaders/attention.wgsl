@@ -19,8 +19,19 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
+// VEC4 (head dimensions that are multiples of 4, decode only): the caches read as vectors.
+#if PREFILL
 @group(0) @binding(2) var<storage, read> k_cache: array<f32>;
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+#else
+#if VEC4
+@group(0) @binding(2) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>;
+#else
+@group(0) @binding(2) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(3) var<storage, read> v_cache: array<f32>;
+#endif
+#endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 // Split partials: per (row, head, split) HEAD_DIM values, then m and l.
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
@@ -34,7 +45,16 @@ fn kv_base(t: u32, h: u32) -> u32 {
 // Each variant declares only its own workgroup memory: drivers may reserve every workgroup
 // variable of a module, used or not.
 #if !PREFILL
+#if VEC4
+const D4: u32 = HEAD_DIM / 4u;
+// The value pass: lane (slot, j) sums value vector j of every SLOTS-th key, so all lanes work
+// even when a head has fewer vectors than the workgroup has lanes.
+const SLOTS: u32 = max(1u, WORKGROUP_SIZE / D4);
+var<workgroup> q_s: array<vec4<f32>, D4>;
+var<workgroup> o_part: array<vec4<f32>, SLOTS * D4>;
+#else
 var<workgroup> q_s: array<f32, HEAD_DIM>;
+#endif
 var<workgroup> scores: array<f32, SPLIT_LEN>;
 
 // Dispatch (n_splits, n_heads, n_tokens).
@@ -47,17 +67,33 @@ fn attn_split(inv: Invocation) {
     let start = s * SPLIT_LEN;
     let end = min(start + SPLIT_LEN, len);
     let qb = (i * p.n_heads + h) * HEAD_DIM;
+#if VEC4
+    for (var j = inv.lid; j < D4; j += WORKGROUP_SIZE) {
+        let b = qb + 4u * j;
+        q_s[j] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+    }
+#else
     for (var d = inv.lid; d < HEAD_DIM; d += WORKGROUP_SIZE) {
         q_s[d] = q[qb + d];
     }
+#endif
     workgroupBarrier();
     var m = NEG_BIG;
     for (var t = start + inv.lid; t < end; t += WORKGROUP_SIZE) {
+#if VEC4
+        let kb = kv_base(t, h) / 4u;
+        var s4 = vec4<f32>(0.0);
+        for (var j = 0u; j < D4; j++) {
+            s4 += q_s[j] * k_cache[kb + j];
+        }
+        var sc = (s4.x + s4.y) + (s4.z + s4.w);
+#else
         let kb = kv_base(t, h);
         var sc = 0.0;
         for (var d = 0u; d < HEAD_DIM; d++) {
             sc += q_s[d] * k_cache[kb + d];
         }
+#endif
         sc *= p.scale;
         scores[t - start] = sc;
         m = max(m, sc);
@@ -72,6 +108,37 @@ fn attn_split(inv: Invocation) {
     // The reduction's barriers also publish `scores` to the whole workgroup.
     l = workgroup_sum(l, inv);
     let pb = ((i * p.n_heads + h) * p.n_splits + s) * PART;
+#if VEC4
+    for (var e = inv.lid; e < SLOTS * D4; e += WORKGROUP_SIZE) {
+        let j = e % D4;
+        var o = vec4<f32>(0.0);
+        for (var t = start + e / D4; t < end; t += SLOTS) {
+            o += scores[t - start] * v_cache[kv_base(t, h) / 4u + j];
+        }
+        o_part[e] = o;
+    }
+    workgroupBarrier();
+    for (var j = inv.lid; j < D4; j += WORKGROUP_SIZE) {
+        var o = vec4<f32>(0.0);
+        for (var k = 0u; k < SLOTS; k++) {
+            o += o_part[k * D4 + j];
+        }
+        if p.n_splits == 1u {
+            // One split holds every key: the result is final and attn_merge is not run.
+            o /= l;
+            let ob = (i * p.n_heads + h) * HEAD_DIM + 4u * j;
+            out[ob] = o.x;
+            out[ob + 1u] = o.y;
+            out[ob + 2u] = o.z;
+            out[ob + 3u] = o.w;
+        } else {
+            part[pb + 4u * j] = o.x;
+            part[pb + 4u * j + 1u] = o.y;
+            part[pb + 4u * j + 2u] = o.z;
+            part[pb + 4u * j + 3u] = o.w;
+        }
+    }
+#else
     for (var d = inv.lid; d < HEAD_DIM; d += WORKGROUP_SIZE) {
         var o = 0.0;
         for (var t = start; t < end; t++) {
@@ -84,6 +151,7 @@ fn attn_split(inv: Invocation) {
             part[pb + d] = o;
         }
     }
+#endif
     if inv.lid == 0u {
         part[pb + HEAD_DIM] = m;
         part[pb + HEAD_DIM + 1u] = l;

@@ -7,6 +7,7 @@
 //! speed is measured here, never in tests.
 
 use half::f16;
+use lowbit_core::backend::{AttentionParams, QkvParams, RopeStyle};
 use lowbit_core::quant::QuantizedMatrix;
 use lowbit_core::{Backend, QuantSpec, Scheme, WeightMatrix};
 use lowbit_wgpu::{WgpuBackend, WgpuOptions};
@@ -39,7 +40,7 @@ fn random_matrix(rows: usize, cols: usize, bits: u8, seed: u64) -> WeightMatrix 
 /// Device seconds per call of `call(i)` for i in 0..CALLS, recorded back to back and submitted
 /// together after a warm-up round (compiling, binding): the host's wait for the read-back of
 /// `probe` after the one submission, which the device starts only then.
-fn time_calls(b: &WgpuBackend, probe: lowbit_core::BufferId, call: impl Fn(usize)) -> f64 {
+fn time_calls(b: &WgpuBackend, probe: lowbit_core::BufferId, call: &dyn Fn(usize)) -> f64 {
     for i in 0..CALLS {
         call(i);
     }
@@ -80,11 +81,65 @@ fn main() {
         let src = b.upload(&[1.0; 64]).expect("upload");
         let outs: Vec<_> = (0..CALLS).map(|_| b.alloc(64).expect("alloc")).collect();
         for (label, distinct) in [("chained", false), ("independent", true)] {
-            let s = time_calls(&b, outs[0], |i| {
+            let s = time_calls(&b, outs[0], &|i| {
                 let dst = if distinct { outs[i] } else { outs[0] };
                 b.add(dst, src, 64).expect("add");
             });
             println!("| 64-value add, {label} | | | | {:.1} | |", s * 1e6);
+        }
+    }
+    // The other kernels of a Llama-3-8B decode step, each chained CALLS times (device µs).
+    {
+        let (heads, kv_heads, hd, ff, vocab) = (32usize, 8usize, 128usize, 14336usize, 128256);
+        let dim = heads * hd;
+        let row = dim + 2 * kv_heads * hd;
+        let ctx = 512;
+        let buf = |n: usize| b.upload(&vec![0.01; n]).expect("upload");
+        let (x, g, normed) = (buf(dim), buf(dim), buf(dim));
+        let (qkv, q, att) = (buf(row), buf(dim), buf(dim));
+        let (kc, vc) = (buf(ctx * kv_heads * hd), buf(ctx * kv_heads * hd));
+        let (gu, ffo, logits, tok) = (buf(2 * ff), buf(ff), buf(vocab), buf(4));
+        let qp = |pos0| QkvParams {
+            n_tokens: 1,
+            pos0,
+            n_heads: heads,
+            n_kv_heads: kv_heads,
+            head_dim: hd,
+            theta: 500_000.0,
+            style: RopeStyle::Adjacent,
+        };
+        let ap = |pos0| AttentionParams {
+            n_tokens: 1,
+            pos0,
+            n_heads: heads,
+            n_kv_heads: kv_heads,
+            head_dim: hd,
+            scale: 1.0 / (hd as f32).sqrt(),
+        };
+        let rows: [(&str, &dyn Fn(usize)); 6] = [
+            ("rms_norm 4096", &|_| {
+                b.rms_norm(x, g, normed, 1, dim, 1e-5).expect("norm")
+            }),
+            ("rope + kv store", &|i| {
+                b.rope_store_qkv(qkv, q, kc, vc, &qp(i % ctx))
+                    .expect("rope")
+            }),
+            ("attention, 64 keys", &|_| {
+                b.attention(q, kc, vc, att, &ap(63)).expect("attn")
+            }),
+            ("attention, 500 keys", &|_| {
+                b.attention(q, kc, vc, att, &ap(499)).expect("attn")
+            }),
+            ("swiglu 14336", &|_| {
+                b.swiglu(gu, ffo, 1, ff).expect("swiglu")
+            }),
+            ("argmax 128256", &|_| {
+                b.argmax(logits, vocab, tok, 0).expect("argmax")
+            }),
+        ];
+        for (label, call) in rows {
+            let s = time_calls(&b, tok, call);
+            println!("| {label} | | | | {:.1} | |", s * 1e6);
         }
     }
     for bits in [8u8, 4, 3, 2] {
@@ -104,7 +159,7 @@ fn main() {
             let outs: Vec<_> = (0..CALLS).map(|_| b.alloc(rows).expect("alloc")).collect();
             let mut cells = Vec::new();
             for distinct in [false, true] {
-                let s = time_calls(&b, outs[0], |i| {
+                let s = time_calls(&b, outs[0], &|i| {
                     let out = if distinct { outs[i] } else { outs[0] };
                     b.matmul(ids[i % copies], x, out, 1).expect("matmul");
                 });

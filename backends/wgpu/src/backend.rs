@@ -1155,6 +1155,7 @@ impl Backend for WgpuBackend {
         let mut defines = self.base_defines(t.attn_wg);
         defines.extend([
             ("HEAD_DIM", Define::U32(hd as u32)),
+            ("VEC4", Define::Bool(hd.is_multiple_of(4))),
             ("SPLIT_LEN", Define::U32(t.split_len)),
         ]);
         let (q_rows, k_tile) = t.prefill_tiles(hd);

@@ -664,7 +664,13 @@ fn attention_decode_and_prefill_gqa() {
             (3, 300),
             (130, 250),
         ] {
-            for (heads, kv_heads, hd) in [(9usize, 3usize, 64usize), (4, 4, 48), (6, 2, 128)] {
+            // 18: not a multiple of 4, the caches read as scalars.
+            for (heads, kv_heads, hd) in [
+                (9usize, 3usize, 64usize),
+                (4, 4, 48),
+                (6, 2, 128),
+                (4, 2, 18),
+            ] {
                 seed += 1;
                 let p = AttentionParams {
                     n_tokens,
@@ -680,6 +686,13 @@ fn attention_decode_and_prefill_gqa() {
         let k = b.compiled_kernels();
         for e in ["attn_split[", "attn_merge[", "attn_prefill["] {
             assert!(k.iter().any(|l| l.starts_with(e)), "{e} never ran");
+        }
+        for v in ["VEC4=1", "VEC4=0"] {
+            assert!(
+                k.iter()
+                    .any(|l| l.starts_with("attn_split[") && l.contains(v)),
+                "attn_split with {v} never ran: {k:?}"
+            );
         }
     }
 }
