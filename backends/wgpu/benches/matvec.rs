@@ -7,7 +7,7 @@
 //! speed is measured here, never in tests.
 
 use half::f16;
-use lowbit_core::backend::{AttentionParams, QkvParams, RopeStyle};
+use lowbit_core::backend::{AttentionParams, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::quant::QuantizedMatrix;
 use lowbit_core::{Backend, QuantSpec, Scheme, WeightMatrix};
 use lowbit_wgpu::{WgpuBackend, WgpuOptions};
@@ -138,6 +138,54 @@ fn main() {
             }),
         ];
         for (label, call) in rows {
+            let s = time_calls(&b, tok, call);
+            println!("| {label} | | | | {:.1} | |", s * 1e6);
+        }
+        // The int4 projections as a decode step runs them (RMSNorm fused, residual added),
+        // then one whole layer in the adapter's order.
+        let w = |rows, cols, seed| {
+            b.upload_weight(random_matrix(rows, cols, 4, seed))
+                .expect("upload")
+        };
+        let (wqkv, wo, wgu, wd) = (
+            w(row, dim, 1),
+            w(dim, dim, 2),
+            w(2 * ff, dim, 3),
+            w(dim, ff, 4),
+        );
+        let norm = RmsNorm {
+            weight: g,
+            dim,
+            eps: 1e-5,
+        };
+        let layer: [(&str, &dyn Fn(usize)); 5] = [
+            ("norm + q|k|v, int4", &|_| {
+                b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
+                    .expect("qkv")
+            }),
+            ("o + residual, int4", &|_| {
+                b.matmul_add(wo, att, x, 1).expect("o")
+            }),
+            ("norm + gate|up, int4", &|_| {
+                b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
+                    .expect("gate_up")
+            }),
+            ("down + residual, int4", &|_| {
+                b.matmul_add(wd, ffo, x, 1).expect("down")
+            }),
+            ("whole layer, int4, 64 keys", &|i| {
+                b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
+                    .expect("qkv");
+                b.rope_store_qkv(qkv, q, kc, vc, &qp(i % 64)).expect("rope");
+                b.attention(q, kc, vc, att, &ap(63)).expect("attn");
+                b.matmul_add(wo, att, x, 1).expect("o");
+                b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
+                    .expect("gate_up");
+                b.swiglu(gu, ffo, 1, ff).expect("swiglu");
+                b.matmul_add(wd, ffo, x, 1).expect("down");
+            }),
+        ];
+        for (label, call) in layer {
             let s = time_calls(&b, tok, call);
             println!("| {label} | | | | {:.1} | |", s * 1e6);
         }

@@ -407,12 +407,14 @@ impl WgpuBackend {
         check_len("matmul output", ob, n * gw.rows)?;
         let tiled = n > 1;
         let wide = self.wide_matvec(gw, n);
-        let (entry, (wg, unroll)) = if tiled {
-            ("matmul_tiled", (256, 1))
+        let (entry, (wg, unroll), rows_per_wg) = if tiled {
+            ("matmul_tiled", (256, 1), t.matvec_rows)
         } else if wide {
-            ("matvec", t.wide_shape(&self.dev.limits, gw.cols, gw.kind))
+            let shape = t.wide_shape(&self.dev.limits, gw.cols, gw.kind);
+            ("matvec", shape, t.matvec_rows)
         } else {
-            ("matvec", (t.matvec_wg, 1))
+            let (lanes, rows) = t.narrow_shape(&self.dev.limits);
+            ("matvec", (lanes, 1), rows)
         };
         let norm_w = match norm {
             Some(nm) if wide && nm.dim == gw.cols => {
@@ -430,7 +432,7 @@ impl WgpuBackend {
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
         defines.extend([
-            ("ROWS_PER_WG", Define::U32(t.matvec_rows)),
+            ("ROWS_PER_WG", Define::U32(rows_per_wg)),
             ("TILE_T", Define::U32(t.tile_t)),
             ("TILE_R", Define::U32(t.tile_r)),
             ("TILE_K", Define::U32(t.tile_k())),
@@ -462,7 +464,7 @@ impl WgpuBackend {
                 ]
             } else {
                 let (gx, gy) = fold(
-                    p.rows.div_ceil(t.matvec_rows as usize) as u32,
+                    p.rows.div_ceil(rows_per_wg as usize) as u32,
                     self.max_groups(),
                 );
                 [gx, gy, n as u32]
@@ -888,7 +890,9 @@ impl Backend for WgpuBackend {
         let fuse = self.tuning.fused_norm && {
             let st = self.lock();
             let gw = weight(&st.weights, w)?;
-            self.wide_matvec(gw, n) && gw.cols == norm.dim
+            self.wide_matvec(gw, n)
+                && gw.cols == norm.dim
+                && self.tuning.fuse_norm_into(gw.rows, gw.cols)
         };
         if fuse {
             return self.matmul_into(w, x, out, n, false, Some(norm));

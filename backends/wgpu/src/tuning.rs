@@ -83,6 +83,29 @@ impl Tuning {
         (lanes, if blocks > lanes { per_lane } else { 1 })
     }
 
+    /// `(lanes, rows)` of the narrow matvec (short rows, 2- and 3-bit codes, dense weights):
+    /// at most 4 rows per workgroup, and at least 128 lanes unless the profile asks for fewer
+    /// than 64 (small devices). On the H100, SmolLM2's decode (576-value rows, all narrow) ran
+    /// 676-701 tok/s at 128 × 4 against 594-650 at 64 × 4 and 507-564 at 64 × 8.
+    pub fn narrow_shape(&self, limits: &wgpu::Limits) -> (u32, u32) {
+        let lanes = if self.matvec_wg >= 64 {
+            self.matvec_wg.max(128)
+        } else {
+            self.matvec_wg
+        };
+        (pow2_lanes(limits, lanes), self.matvec_rows.min(4))
+    }
+
+    /// Whether an RMSNorm before a wide matvec of `rows × cols` is fused into it. Fusing saves
+    /// the norm's own dispatch (H100: ~7 µs chained), but every workgroup then also reads the
+    /// norm weights and sums squares, a cost that grows with workgroups × columns: on the
+    /// H100 the 8B q|k|v matvec (768 workgroups × 4096) was faster fused (13.7 vs 16.8 µs
+    /// with the norm), gate|up (3,584 × 4096) slower (52.5 vs 47.6). Fused up to 4 Mi
+    /// workgroup-columns.
+    pub fn fuse_norm_into(&self, rows: usize, cols: usize) -> bool {
+        rows.div_ceil(self.matvec_rows as usize) * cols <= 4 << 20
+    }
+
     /// Sizes for a device with these limits.
     pub fn new(limits: &wgpu::Limits) -> Self {
         Tuning {
