@@ -80,8 +80,36 @@ fn silu_mul(inv: Invocation) {
 
 #if OP_SWIGLU
 // out[t, j] = silu(gate_up[t, j]) * gate_up[t, width + j]; `len` is rows × width.
-@group(0) @binding(1) var<storage, read_write> out: array<f32>;
+// Q8_OUT: one invocation per 32 values, written as an 8-bit activation block for the decode
+// matvec (q8.wgsl; EVEN_ODD: 4-bit code order; width a multiple of 32).
 @group(0) @binding(2) var<storage, read> gate_up: array<f32>;
+#if Q8_OUT
+@group(0) @binding(1) var<storage, read_write> q8_out: array<vec4<u32>>;
+#include q8_out.wgsl
+
+// Eight invocations per 32-value block (the dispatch covers len / 4 invocations in whole
+// workgroups: no invocation returns before the block's barriers).
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn swiglu(inv: Invocation) {
+    let i = index(inv);
+    let b = i / 8u;
+    let w = i % 8u;
+    let blocks = p.width / 32u;
+    let valid = b < p.len / 32u;
+    var v = vec4<f32>(0.0);
+    if valid {
+        let g = vec4<u32>(2u * (b / blocks) * p.width + 32u * (b % blocks)) + word_values(w, EVEN_ODD);
+        let up = g + vec4<u32>(p.width);
+        v = vec4<f32>(silu(gate_up[g.x]), silu(gate_up[g.y]), silu(gate_up[g.z]), silu(gate_up[g.w]))
+            * vec4<f32>(gate_up[up.x], gate_up[up.y], gate_up[up.z], gate_up[up.w]);
+    }
+    let word = quantize_word(v, inv.lid);
+    if valid {
+        store_word(b, w, word);
+    }
+}
+#else
+@group(0) @binding(1) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn swiglu(inv: Invocation) {
@@ -92,6 +120,7 @@ fn swiglu(inv: Invocation) {
     let g = i + (i / p.width) * p.width; // row t starts at 2 * t * width
     out[i] = silu(gate_up[g]) * gate_up[g + p.width];
 }
+#endif
 #endif
 
 #if OP_COPY

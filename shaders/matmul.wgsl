@@ -79,12 +79,12 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
 #if WIDE
 // Wide rows, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as 16-byte vectors
 // through a second view of the same buffer (`w_vec`; 4-bit rows are cols / 2 bytes and 8-bit
-// rows cols bytes, both multiples of 16). The block's activations are quantized once per
-// workgroup to 8-bit integers with one scale `d = max|x| / 127` (round half to even), as the
-// CPU backend's kernels and llama.cpp's q8 activations do, and every row of the workgroup
-// then takes integer dot products of four codes at a time (`dot4I8Packed`: one instruction
-// where the device has integer dot products). The result is exactly the dequantized row times the quantized activations; the
-// group scale multiplies the block's integer sum once, the bias `d · Σ xq`.
+// rows cols bytes, both multiples of 16). The block's activations are 8-bit quantized (see
+// q8.wgsl: once per workgroup here, or with XQ8 once by their producer), and every row of the
+// workgroup takes integer dot products of four codes at a time (`dot4I8Packed`: one
+// instruction where the device has integer dot products). The result is exactly the
+// dequantized row times the quantized activations; the group scale multiplies the block's
+// integer sum once, the bias `d · Σ xq`.
 @group(0) @binding(5) var<storage, read> w_vec: array<vec4<u32>>;
 #if NORM
 @group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
@@ -98,22 +98,20 @@ const CODE_VECS: u32 = BITS / 4u;
 // whose codes are all requested before any is used. A decode step chains its matvecs, so a
 // kernel's time is mostly memory latency unless each lane has its loads in flight at once.
 
-// Four activations, already divided by `d`, as packed signed bytes.
-fn q8(v: vec4<f32>) -> u32 {
-    return pack4xI8(vec4<i32>(round(v)));
-}
+#include q8.wgsl
 
-// Block `b` of activation row `x_row` (vec4 index) quantized to bytes in the order the codes
-// pack them; `sq` gathers Σx² for a fused norm.
-struct BlockX {
-    q: array<u32, 8>,
-    d: f32,  // scale: x ≈ d · q
-    sx: f32, // d · Σq
-}
+#if XQ8
+// The activations already quantized by their producer (see q8.wgsl), in this format's order.
+@group(0) @binding(6) var<storage, read> xq8: array<vec4<u32>>;
 
-fn quantize_block(x_row: u32, b: u32, sq: ptr<function, f32>) -> BlockX {
+fn load_block(b: u32) -> BlockX {
+    return unpack_block(xq8[3u * b], xq8[3u * b + 1u], xq8[3u * b + 2u]);
+}
+#else
+// Block `b` of activation row `x_row` (vec4 index), quantized; `sq` gathers Σx² for a fused
+// norm, whose weights scale x before it is quantized.
+fn load_block(x_row: u32, b: u32, sq: ptr<function, f32>) -> BlockX {
     var xs: array<vec4<f32>, 8>;
-    var amax = vec4<f32>(0.0);
     for (var i = 0u; i < 8u; i++) {
         var v = x[x_row + 8u * b + i];
 #if NORM
@@ -121,35 +119,10 @@ fn quantize_block(x_row: u32, b: u32, sq: ptr<function, f32>) -> BlockX {
         v *= norm_w[8u * b + i];
 #endif
         xs[i] = v;
-        amax = max(amax, abs(v));
     }
-    let m = max(max(amax.x, amax.y), max(amax.z, amax.w));
-    // As the CPU backend's kernels quantize (d = max / 127, codes x · (1 / d)).
-    let d = m / 127.0;
-    let inv_d = select(0.0, 1.0 / d, d > 0.0);
-    var out: BlockX;
-    // 4-bit words hold values 8k..8k+7 with the even ones in the low nibbles, so their
-    // activations pack as (even, odd) byte quadruples; 8-bit words hold four in order.
-    if BITS == 4u {
-        for (var k = 0u; k < 4u; k++) {
-            let a = xs[2u * k] * inv_d;
-            let c = xs[2u * k + 1u] * inv_d;
-            out.q[2u * k] = q8(vec4<f32>(a.x, a.z, c.x, c.z));
-            out.q[2u * k + 1u] = q8(vec4<f32>(a.y, a.w, c.y, c.w));
-        }
-    } else {
-        for (var k = 0u; k < 8u; k++) {
-            out.q[k] = q8(xs[k] * inv_d);
-        }
-    }
-    var qsum = 0;
-    for (var k = 0u; k < 8u; k++) {
-        qsum += dot4I8Packed(out.q[k], 0x01010101u);
-    }
-    out.d = d;
-    out.sx = out.d * f32(qsum);
-    return out;
+    return quantize_block(xs, BITS == 4u);
 }
+#endif
 
 // Σ code · q over one block: 4-bit codes are 0..15 as they are; 8-bit codes go in as signed
 // bytes code - 128 (`block_bias` adds the 128 back).
@@ -206,7 +179,11 @@ fn matvec(inv: Invocation) {
         for (var u = 0u; u < UNROLL; u++) {
             let b = b0 + u * WORKGROUP_SIZE;
             if b < nb {
-                let bx = quantize_block(x_row, b, &sq);
+#if XQ8
+                let bx = load_block(b);
+#else
+                let bx = load_block(x_row, b, &sq);
+#endif
                 for (var k = 0u; k < ROWS_PER_WG; k++) {
                     let i = u * ROWS_PER_WG + k;
                     let q = block_dot(codes[i], bx.q);

@@ -1,6 +1,7 @@
 // RMSNorm, one workgroup per row: out = x / sqrt(mean(x²) + eps) * weight.
 // IN_PLACE binds x once and writes the result over it (x == out), since WebGPU forbids a
-// writable binding that aliases another.
+// writable binding that aliases another. Q8_OUT writes the row as 8-bit activation blocks
+// for the decode matvec instead (q8.wgsl; EVEN_ODD: in 4-bit code order; dim a multiple of 32).
 #include common.wgsl
 
 struct Params {
@@ -14,9 +15,42 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 #else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
+#if Q8_OUT
+@group(0) @binding(3) var<storage, read_write> q8_out: array<vec4<u32>>;
+#include q8_out.wgsl
+#else
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #endif
+#endif
 
+#if Q8_OUT
+// Dispatch (ceil(8 · dim / 32 / WORKGROUP_SIZE), rows): every workgroup sums the squares of its
+// whole row, then its lanes quantize eight words per block.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn rms_norm(inv: Invocation) {
+    let row = inv.wid.y;
+    let base = row * p.dim;
+    var ss = 0.0;
+    for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
+        let v = x[base + i];
+        ss += v * v;
+    }
+    let r = inverseSqrt(workgroup_sum(ss, inv) / f32(p.dim) + p.eps);
+    let nb = p.dim / 32u;
+    let b = inv.wid.x * (WORKGROUP_SIZE / 8u) + inv.lid / 8u;
+    let w = inv.lid % 8u;
+    var v = vec4<f32>(0.0);
+    if b < nb {
+        let c = vec4<u32>(32u * b) + word_values(w, EVEN_ODD);
+        v = vec4<f32>(x[base + c.x], x[base + c.y], x[base + c.z], x[base + c.w]) * r
+            * vec4<f32>(weight[c.x], weight[c.y], weight[c.z], weight[c.w]);
+    }
+    let word = quantize_word(v, inv.lid);
+    if b < nb {
+        store_word(row * nb + b, w, word);
+    }
+}
+#else
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rms_norm(inv: Invocation) {
     let base = wg_index(inv) * p.dim;
@@ -34,3 +68,4 @@ fn rms_norm(inv: Invocation) {
 #endif
     }
 }
+#endif

@@ -383,6 +383,22 @@ pub trait Backend: Send + Sync {
     /// SwiGLU over a fused gate|up projection: `out[t, j] = silu(gate_up[t, j]) ·
     /// gate_up[t, width + j]` for `n` rows of `2 × width` values; `out` holds `n × width`.
     fn swiglu(&self, gate_up: BufferId, out: BufferId, n: usize, width: usize) -> Result<()>;
+    /// `out[n, rows] += swiglu(gate_up) · Wᵀ`: the SwiGLU of `n` rows of `2 × width` values
+    /// (see [`Backend::swiglu`]) fed to a residual-adding matmul. `scratch` (`n × width`
+    /// values) takes the SwiGLU output in whatever form the backend's matmul reads best (the
+    /// WebGPU decode matvec: 8-bit activation blocks).
+    fn swiglu_matmul_add(
+        &self,
+        gate_up: BufferId,
+        scratch: BufferId,
+        w: WeightId,
+        out: BufferId,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        self.swiglu(gate_up, scratch, n, width)?;
+        self.matmul_add(w, scratch, out, n)
+    }
     /// Rotates `n_tokens` rows of `n_heads` heads in place; token `i` is at `pos0 + i`.
     #[allow(clippy::too_many_arguments)]
     fn rope(

@@ -424,8 +424,7 @@ impl LlamaModel {
         b.matmul_add(layer.wo, s[S_ATT], s[S_X], n)?;
         let norm = self.norm(layer.ffn_norm);
         b.rms_norm_matmul(s[S_X], &norm, s[S_H], layer.w_gate_up, s[S_GATE_UP], n)?;
-        b.swiglu(s[S_GATE_UP], s[S_FF], n, hp.ffn_dim)?;
-        b.matmul_add(layer.w_down, s[S_FF], s[S_X], n)
+        b.swiglu_matmul_add(s[S_GATE_UP], s[S_FF], layer.w_down, s[S_X], n, hp.ffn_dim)
     }
 
     /// Every decoder block over the `n` embedded rows in `s[S_X]`, at positions `pos0 ..` of

@@ -158,7 +158,7 @@ fn main() {
             dim,
             eps: 1e-5,
         };
-        let layer: [(&str, &dyn Fn(usize)); 5] = [
+        let layer: [(&str, &dyn Fn(usize)); 6] = [
             ("norm + q|k|v, int4", &|_| {
                 b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
                     .expect("qkv")
@@ -173,6 +173,9 @@ fn main() {
             ("down + residual, int4", &|_| {
                 b.matmul_add(wd, ffo, x, 1).expect("down")
             }),
+            ("swiglu + down + residual, int4", &|_| {
+                b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down")
+            }),
             ("whole layer, int4, 64 keys", &|i| {
                 b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
                     .expect("qkv");
@@ -181,8 +184,7 @@ fn main() {
                 b.matmul_add(wo, att, x, 1).expect("o");
                 b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
                     .expect("gate_up");
-                b.swiglu(gu, ffo, 1, ff).expect("swiglu");
-                b.matmul_add(wd, ffo, x, 1).expect("down");
+                b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down");
             }),
         ];
         for (label, call) in layer {

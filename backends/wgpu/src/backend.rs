@@ -94,6 +94,16 @@ pub struct WgpuBackend {
     state: Mutex<State>,
 }
 
+/// Values (f32 slots) a row of `len` activations takes: `len`, or as 8-bit activation blocks
+/// (12 words per 32 values, see q8.wgsl).
+fn q8_len(len: usize, q8: bool) -> usize {
+    if q8 {
+        len / 32 * 12
+    } else {
+        len
+    }
+}
+
 fn check_len(what: &str, b: &Buf, need: usize) -> Result<()> {
     if b.len < need {
         return Err(Error::invalid_config(format!(
@@ -360,6 +370,136 @@ impl WgpuBackend {
     /// Records `dst[dst_offset..][..len] = src[src_offset..][..len]` (f32 offsets) as a kernel,
     /// so it stays in the step's compute pass; `src` is a distinct buffer or host data.
     /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`.
+    /// RMSNorm of `rows` rows; with `q8` (`Some(even_odd)`, decode rows of a multiple of 32
+    /// values) `out` receives 8-bit activation blocks for a wide matvec (`q8.wgsl`) instead.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_into(
+        &self,
+        x: BufferId,
+        weight: BufferId,
+        out: BufferId,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        q8: Option<bool>,
+    ) -> Result<()> {
+        if rows == 0 || dim == 0 {
+            return Ok(());
+        }
+        distinct("rms_norm weight", weight, out)?;
+        let in_place = x == out;
+        if q8.is_some() && (in_place || !dim.is_multiple_of(32) || self.tuning.norm_wg < 8) {
+            return Err(Error::invalid_config(
+                "8-bit norm output needs a distinct output, rows of a multiple of 32 and 8 lanes",
+            ));
+        }
+        let wg = self.tuning.norm_wg;
+        let mut st = self.lock();
+        let (xb, wb, ob) = (st.buf(x)?, st.buf(weight)?, st.buf(out)?);
+        check_len("rms_norm input", xb, rows * dim)?;
+        check_len("rms_norm weight", wb, dim)?;
+        check_len("rms_norm output", ob, rows * q8_len(dim, q8.is_some()))?;
+        let (xb, wb, ob) = (xb.buffer.clone(), wb.buffer.clone(), ob.buffer.clone());
+        let mut defines = self.base_defines(wg);
+        defines.extend([
+            ("IN_PLACE", Define::Bool(in_place)),
+            ("Q8_OUT", Define::Bool(q8.is_some())),
+            ("EVEN_ODD", Define::Bool(q8 == Some(true))),
+        ]);
+        let key = KernelKey {
+            file: ShaderFile::Norm,
+            entry: "rms_norm",
+            defines,
+        };
+        use Slot::*;
+        let all = [Bind::Buffer(&wb), Bind::Buffer(&xb), Bind::Buffer(&ob)];
+        let (slots, bindings): (&[Slot], &[Bind]) = if in_place {
+            (&[Uniform, Read, ReadWrite], &all[..2])
+        } else {
+            (&[Uniform, Read, Read, ReadWrite], &all)
+        };
+        let kernel = st.pipelines.get(&self.dev, &key, slots)?;
+        // One workgroup per row, or with 8-bit output (ceil(8 lanes × blocks / lanes), rows).
+        let groups = if q8.is_some() {
+            [
+                ((dim / 32) * 8).div_ceil(wg as usize) as u32,
+                rows as u32,
+                1,
+            ]
+        } else {
+            let (gx, gy) = fold(rows as u32, self.max_groups());
+            [gx, gy, 1]
+        };
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[dim as u32, eps.to_bits()],
+                bindings,
+                groups,
+            },
+        )
+    }
+
+    /// SwiGLU; with `q8` (`Some(even_odd)`, widths of a multiple of 32) `out` receives 8-bit
+    /// activation blocks for a wide matvec (`q8.wgsl`) instead.
+    fn swiglu_into(
+        &self,
+        gate_up: BufferId,
+        out: BufferId,
+        n: usize,
+        width: usize,
+        q8: Option<bool>,
+    ) -> Result<()> {
+        let len = n * width;
+        if len == 0 {
+            return Ok(());
+        }
+        distinct("swiglu", gate_up, out)?;
+        if q8.is_some() && (!width.is_multiple_of(32) || self.tuning.elementwise_wg < 8) {
+            return Err(Error::invalid_config(
+                "8-bit swiglu output needs a width of a multiple of 32 and 8 lanes",
+            ));
+        }
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        check_len("swiglu input", st.buf(gate_up)?, 2 * len)?;
+        check_len(
+            "swiglu output",
+            st.buf(out)?,
+            n * q8_len(width, q8.is_some()),
+        )?;
+        let (ob, gb) = (st.buf(out)?.buffer.clone(), st.buf(gate_up)?.buffer.clone());
+        let key = KernelKey {
+            file: ShaderFile::Elementwise,
+            entry: "swiglu",
+            defines: {
+                let mut d = self.elementwise_defines(wg, "OP_SWIGLU");
+                d.extend([
+                    ("Q8_OUT", Define::Bool(q8.is_some())),
+                    ("EVEN_ODD", Define::Bool(q8 == Some(true))),
+                ]);
+                d
+            },
+        };
+        use Slot::*;
+        let kernel = st
+            .pipelines
+            .get(&self.dev, &key, &[Uniform, ReadWrite, Read])?;
+        // One invocation per value, or eight per 32-value block with 8-bit output.
+        let items = if q8.is_some() { len / 4 } else { len };
+        let (gx, gy) = fold(items.div_ceil(wg as usize) as u32, self.max_groups());
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[len as u32, 0, 0, width as u32],
+                bindings: &[Bind::Buffer(&ob), Bind::Buffer(&gb)],
+                groups: [gx, gy, 1],
+            },
+        )
+    }
+
     /// Whether `n` activation rows times `gw` take the wide matvec.
     fn wide_matvec(&self, gw: &GpuWeight, n: usize) -> bool {
         let t = self.tuning;
@@ -379,6 +519,7 @@ impl WgpuBackend {
         n: usize,
         accumulate: bool,
         norm: Option<&RmsNorm>,
+        xq8: bool,
     ) -> Result<()> {
         if n == 0 {
             return Ok(());
@@ -403,10 +544,15 @@ impl WgpuBackend {
                 .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
         };
         let (xb, ob) = (get(x)?, get(out)?);
-        check_len("matmul input", xb, n * gw.cols)?;
+        check_len("matmul input", xb, n * q8_len(gw.cols, xq8))?;
         check_len("matmul output", ob, n * gw.rows)?;
         let tiled = n > 1;
         let wide = self.wide_matvec(gw, n);
+        if xq8 && (!wide || norm.is_some()) {
+            return Err(Error::invalid_config(
+                "8-bit activations feed only the wide decode matvec, without a fused norm",
+            ));
+        }
         let (entry, (wg, unroll), rows_per_wg) = if tiled {
             ("matmul_tiled", (256, 1), t.matvec_rows)
         } else if wide {
@@ -440,6 +586,7 @@ impl WgpuBackend {
             ("UNROLL", Define::U32(unroll)),
             ("ACCUMULATE", Define::Bool(accumulate)),
             ("NORM", Define::Bool(norm_w.is_some())),
+            ("XQ8", Define::Bool(xq8)),
         ]);
         let key = KernelKey {
             file: ShaderFile::Matmul,
@@ -449,7 +596,7 @@ impl WgpuBackend {
         use Slot::*;
         // The wide kernel also reads the codes through a vector view (binding 5), and a fused
         // norm its weights (binding 6).
-        let slots: &[Slot] = match (wide, norm_w.is_some()) {
+        let slots: &[Slot] = match (wide, norm_w.is_some() || xq8) {
             (true, true) => &[Uniform, Read, Read, Read, ReadWrite, Read, Read],
             (true, false) => &[Uniform, Read, Read, Read, ReadWrite, Read],
             _ => &[Uniform, Read, Read, Read, ReadWrite],
@@ -487,7 +634,11 @@ impl WgpuBackend {
                         Bind::Buffer(&xb.buffer),
                         Bind::Buffer(&ob.buffer),
                         Bind::Buffer(&p.data),
-                        Bind::Buffer(norm_w.as_ref().map_or(&*dummy, |nw| &nw.0)),
+                        Bind::Buffer(if xq8 {
+                            &xb.buffer
+                        } else {
+                            norm_w.as_ref().map_or(&*dummy, |nw| &nw.0)
+                        }),
                     ][..slots.len() - 1],
                     groups,
                 },
@@ -831,51 +982,15 @@ impl Backend for WgpuBackend {
         dim: usize,
         eps: f32,
     ) -> Result<()> {
-        if rows == 0 || dim == 0 {
-            return Ok(());
-        }
-        distinct("rms_norm weight", weight, out)?;
-        let in_place = x == out;
-        let wg = self.tuning.norm_wg;
-        let mut st = self.lock();
-        let (xb, wb, ob) = (st.buf(x)?, st.buf(weight)?, st.buf(out)?);
-        check_len("rms_norm input", xb, rows * dim)?;
-        check_len("rms_norm weight", wb, dim)?;
-        check_len("rms_norm output", ob, rows * dim)?;
-        let (xb, wb, ob) = (xb.buffer.clone(), wb.buffer.clone(), ob.buffer.clone());
-        let mut defines = self.base_defines(wg);
-        defines.push(("IN_PLACE", Define::Bool(in_place)));
-        let key = KernelKey {
-            file: ShaderFile::Norm,
-            entry: "rms_norm",
-            defines,
-        };
-        use Slot::*;
-        let all = [Bind::Buffer(&wb), Bind::Buffer(&xb), Bind::Buffer(&ob)];
-        let (slots, bindings): (&[Slot], &[Bind]) = if in_place {
-            (&[Uniform, Read, ReadWrite], &all[..2])
-        } else {
-            (&[Uniform, Read, Read, ReadWrite], &all)
-        };
-        let kernel = st.pipelines.get(&self.dev, &key, slots)?;
-        let (gx, gy) = fold(rows as u32, self.max_groups());
-        st.rec.dispatch(
-            &self.dev,
-            &Dispatch {
-                kernel: &kernel,
-                params: &[dim as u32, eps.to_bits()],
-                bindings,
-                groups: [gx, gy, 1],
-            },
-        )
+        self.norm_into(x, weight, out, rows, dim, eps, None)
     }
 
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        self.matmul_into(w, x, out, n, false, None)
+        self.matmul_into(w, x, out, n, false, None, false)
     }
 
     fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        self.matmul_into(w, x, out, n, true, None)
+        self.matmul_into(w, x, out, n, true, None, false)
     }
 
     fn rms_norm_matmul(
@@ -887,15 +1002,31 @@ impl Backend for WgpuBackend {
         out: BufferId,
         n: usize,
     ) -> Result<()> {
-        let fuse = self.tuning.fused_norm && {
+        // A wide decode matvec either normalises as it loads (few workgroup-columns, see
+        // `Tuning::fuse_norm_into`) or reads 8-bit activation blocks that the norm writes.
+        let (wide, fuse, four_bit) = {
             let st = self.lock();
             let gw = weight(&st.weights, w)?;
-            self.wide_matvec(gw, n)
-                && gw.cols == norm.dim
-                && self.tuning.fuse_norm_into(gw.rows, gw.cols)
+            let wide = self.wide_matvec(gw, n) && gw.cols == norm.dim && self.tuning.norm_wg >= 8;
+            let fuse =
+                wide && self.tuning.fused_norm && self.tuning.fuse_norm_into(gw.rows, gw.cols);
+            let four_bit = matches!(gw.kind, WeightKind::Quant(s) if s.bits == 4);
+            (wide, fuse, four_bit)
         };
         if fuse {
-            return self.matmul_into(w, x, out, n, false, Some(norm));
+            return self.matmul_into(w, x, out, n, false, Some(norm), false);
+        }
+        if wide {
+            self.norm_into(
+                x,
+                norm.weight,
+                scratch,
+                n,
+                norm.dim,
+                norm.eps,
+                Some(four_bit),
+            )?;
+            return self.matmul_into(w, scratch, out, n, false, None, true);
         }
         self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
         self.matmul(w, scratch, out, n)
@@ -977,35 +1108,36 @@ impl Backend for WgpuBackend {
     }
 
     fn swiglu(&self, gate_up: BufferId, out: BufferId, n: usize, width: usize) -> Result<()> {
-        let len = n * width;
-        if len == 0 {
-            return Ok(());
-        }
-        distinct("swiglu", gate_up, out)?;
-        let wg = self.tuning.elementwise_wg;
-        let mut st = self.lock();
-        check_len("swiglu input", st.buf(gate_up)?, 2 * len)?;
-        check_len("swiglu output", st.buf(out)?, len)?;
-        let (ob, gb) = (st.buf(out)?.buffer.clone(), st.buf(gate_up)?.buffer.clone());
-        let key = KernelKey {
-            file: ShaderFile::Elementwise,
-            entry: "swiglu",
-            defines: self.elementwise_defines(wg, "OP_SWIGLU"),
+        self.swiglu_into(gate_up, out, n, width, None)
+    }
+
+    fn swiglu_matmul_add(
+        &self,
+        gate_up: BufferId,
+        scratch: BufferId,
+        w: WeightId,
+        out: BufferId,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        // Decode rows for a wide matvec: SwiGLU writes 8-bit activation blocks that the
+        // matvec reads as they are (no per-workgroup quantization).
+        let q8 = {
+            let st = self.lock();
+            let gw = weight(&st.weights, w)?;
+            (self.wide_matvec(gw, n) && gw.cols == width && self.tuning.elementwise_wg >= 8)
+                .then_some(gw.kind)
         };
-        use Slot::*;
-        let kernel = st
-            .pipelines
-            .get(&self.dev, &key, &[Uniform, ReadWrite, Read])?;
-        let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
-        st.rec.dispatch(
-            &self.dev,
-            &Dispatch {
-                kernel: &kernel,
-                params: &[len as u32, 0, 0, width as u32],
-                bindings: &[Bind::Buffer(&ob), Bind::Buffer(&gb)],
-                groups: [gx, gy, 1],
-            },
-        )
+        match q8 {
+            Some(WeightKind::Quant(spec)) => {
+                self.swiglu_into(gate_up, scratch, n, width, Some(spec.bits == 4))?;
+                self.matmul_into(w, scratch, out, n, true, None, true)
+            }
+            _ => {
+                self.swiglu(gate_up, scratch, n, width)?;
+                self.matmul_add(w, scratch, out, n)
+            }
+        }
     }
 
     fn rope(

@@ -44,6 +44,8 @@ fn include_source(name: &str) -> Option<&'static str> {
     match name {
         "common.wgsl" => Some(include_str!("../../../shaders/common.wgsl")),
         "weights.wgsl" => Some(include_str!("../../../shaders/weights.wgsl")),
+        "q8.wgsl" => Some(include_str!("../../../shaders/q8.wgsl")),
+        "q8_out.wgsl" => Some(include_str!("../../../shaders/q8_out.wgsl")),
         _ => None,
     }
 }

@@ -194,7 +194,17 @@ fn quantized_matmul_every_format() {
 fn wide_matvec_every_format() {
     let mut rng = StdRng::seed_from_u64(9);
     let rows = 13usize;
-    let backends = variants_with(true);
+    // Every path with the norm fused into the matvec, and one where the norm (and SwiGLU)
+    // write 8-bit activation blocks that the matvec reads (XQ8).
+    let mut backends: Vec<(WgpuBackend, bool)> =
+        variants_with(true).into_iter().map(|b| (b, true)).collect();
+    let unfused = WgpuBackend::new(&WgpuOptions {
+        wide_matvec: true,
+        fused_norm: false,
+        ..WgpuOptions::software()
+    })
+    .expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
+    backends.push((unfused, false));
     // 2080: 65 blocks, more than the 64 lanes, so 4-bit lanes take two blocks at once (the
     // second only on lane 0); 2048: 64 blocks, one per lane.
     for cols in [2080usize, 2048] {
@@ -218,7 +228,7 @@ fn wide_matvec_every_format() {
                     };
                     let (want, mag) = reference::matmul(&dense, rows, cols, &act(&xv), 1);
                     let (exact, _) = reference::matmul(&dense, rows, cols, &xv, 1);
-                    for b in &backends {
+                    for (b, fused) in &backends {
                         let id = b.upload_weight(WeightMatrix::Quantized(q.clone())).unwrap();
                         let (x, out) = (b.upload(&xv).unwrap(), b.alloc(rows).unwrap());
                         b.matmul(id, x, out, 1).unwrap();
@@ -239,7 +249,7 @@ fn wide_matvec_every_format() {
                         // against the reference norm followed by the reference matmul.
                         let normed = reference::rms_norm(&xv, &gv, cols, 1e-5);
                         // The fused kernel quantizes x·g and applies 1/rms after the dot product.
-                        let want_n = if wide {
+                        let want_n = if wide && *fused {
                             let xg: Vec<f32> = xv.iter().zip(&gv).map(|(a, g)| a * g).collect();
                             let (s, _) = reference::matmul(
                                 &dense,
@@ -268,7 +278,26 @@ fn wide_matvec_every_format() {
                             "norm + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
                             b.paths()
                         );
-                        for buf in [x, out, g, scratch] {
+                        // SwiGLU into a residual-adding matmul: 8-bit blocks from the SwiGLU
+                        // kernel for a wide matvec, the f32 output otherwise.
+                        let guv = rand_vec(&mut rng, 2 * cols);
+                        let o0 = rand_vec(&mut rng, rows);
+                        let h = reference::silu_mul(&guv[..cols], &guv[cols..]);
+                        let (mut want_s, mag_s) =
+                            reference::matmul(&dense, rows, cols, &act(&h), 1);
+                        for (w, o) in want_s.iter_mut().zip(&o0) {
+                            *w += o;
+                        }
+                        let gu = b.upload(&guv).unwrap();
+                        b.write(out, 0, &o0).unwrap();
+                        b.swiglu_matmul_add(gu, scratch, id, out, 1, cols).unwrap();
+                        let err = max_rel(&b.read(out, 0, rows).unwrap(), &want_s, &mag_s, 1e-3);
+                        assert!(
+                            err < matmul_tol(b),
+                            "swiglu + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
+                            b.paths()
+                        );
+                        for buf in [x, out, g, scratch, gu] {
                             b.free(buf);
                         }
                     }
@@ -276,7 +305,7 @@ fn wide_matvec_every_format() {
             }
         }
     }
-    for b in &backends {
+    for (b, fused) in &backends {
         let k = b.compiled_kernels();
         for bits in [8, 4, 3, 2] {
             let wide = k.iter().any(|l| {
@@ -295,12 +324,29 @@ fn wide_matvec_every_format() {
                     );
                 }
             }
-            let fused = k.iter().any(|l| {
+            let norm_fused = k.iter().any(|l| {
                 l.starts_with("matvec[")
                     && l.contains(&format!(",BITS={bits},"))
                     && l.contains("NORM=1")
             });
-            assert_eq!(fused, bits >= 4, "fused-norm {bits}-bit matvec: {k:?}");
+            assert_eq!(
+                norm_fused,
+                *fused && bits >= 4,
+                "fused-norm {bits}-bit matvec: {k:?}"
+            );
+            let xq8 = k.iter().any(|l| {
+                l.starts_with("matvec[")
+                    && l.contains(&format!(",BITS={bits},"))
+                    && l.contains("XQ8=1")
+            });
+            // SwiGLU always feeds a wide matvec 8-bit blocks; the norm only when not fused.
+            assert_eq!(xq8, bits >= 4, "{bits}-bit matvec on 8-bit blocks: {k:?}");
+        }
+        for (kernel, on) in [("rms_norm[", !*fused), ("swiglu[", true)] {
+            let q8 = k
+                .iter()
+                .any(|l| l.starts_with(kernel) && l.contains("Q8_OUT=1"));
+            assert_eq!(q8, on, "{kernel} with 8-bit output: {k:?}");
         }
     }
 }
