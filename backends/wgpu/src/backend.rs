@@ -94,6 +94,17 @@ pub struct WgpuBackend {
     state: Mutex<State>,
 }
 
+/// What a matmul's `x` holds.
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    /// f32 activations.
+    F32,
+    /// f32 activations to RMS-normalise on the fly (wide matvec only).
+    Norm(&'a RmsNorm),
+    /// 8-bit activation blocks in the weight format's order (wide matvec only, `q8.wgsl`).
+    Q8,
+}
+
 /// Values (f32 slots) a row of `len` activations takes: `len`, or as 8-bit activation blocks
 /// (12 words per 32 values, see q8.wgsl).
 fn q8_len(len: usize, q8: bool) -> usize {
@@ -509,8 +520,7 @@ impl WgpuBackend {
         n == 1 && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize
     }
 
-    /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`; with `norm` (wide matvec only),
-    /// `x` is RMS-normalised on the fly.
+    /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`; `input` says what `x` holds.
     fn matmul_into(
         &self,
         w: WeightId,
@@ -518,12 +528,16 @@ impl WgpuBackend {
         out: BufferId,
         n: usize,
         accumulate: bool,
-        norm: Option<&RmsNorm>,
-        xq8: bool,
+        input: Input<'_>,
     ) -> Result<()> {
         if n == 0 {
             return Ok(());
         }
+        let (norm, xq8) = match input {
+            Input::F32 => (None, false),
+            Input::Norm(nm) => (Some(nm), false),
+            Input::Q8 => (None, true),
+        };
         if let Some(nm) = norm {
             distinct("rms_norm_matmul", nm.weight, out)?;
         }
@@ -986,11 +1000,11 @@ impl Backend for WgpuBackend {
     }
 
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        self.matmul_into(w, x, out, n, false, None, false)
+        self.matmul_into(w, x, out, n, false, Input::F32)
     }
 
     fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        self.matmul_into(w, x, out, n, true, None, false)
+        self.matmul_into(w, x, out, n, true, Input::F32)
     }
 
     fn rms_norm_matmul(
@@ -1014,7 +1028,7 @@ impl Backend for WgpuBackend {
             (wide, fuse, four_bit)
         };
         if fuse {
-            return self.matmul_into(w, x, out, n, false, Some(norm), false);
+            return self.matmul_into(w, x, out, n, false, Input::Norm(norm));
         }
         if wide {
             self.norm_into(
@@ -1026,7 +1040,7 @@ impl Backend for WgpuBackend {
                 norm.eps,
                 Some(four_bit),
             )?;
-            return self.matmul_into(w, scratch, out, n, false, None, true);
+            return self.matmul_into(w, scratch, out, n, false, Input::Q8);
         }
         self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
         self.matmul(w, scratch, out, n)
@@ -1131,7 +1145,7 @@ impl Backend for WgpuBackend {
         match q8 {
             Some(WeightKind::Quant(spec)) => {
                 self.swiglu_into(gate_up, scratch, n, width, Some(spec.bits == 4))?;
-                self.matmul_into(w, scratch, out, n, true, None, true)
+                self.matmul_into(w, scratch, out, n, true, Input::Q8)
             }
             _ => {
                 self.swiglu(gate_up, scratch, n, width)?;
