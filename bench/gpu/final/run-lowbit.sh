@@ -1,18 +1,21 @@
 #!/bin/bash
 # Kept as run on the device (through the `device` tool, from the repository root): it expects
-# .peer/ to hold the lowbit release binary, llamacpp-src.tgz (llama.cpp from the llama-cpp-python
-# sdist), make-synthetic-gguf.py, ggml-vocab-llama-bpe.gguf and d2d.cu, and .gl/ the Vulkan loader debs.
-# Device run M (final, part 1): reference copy bandwidth (CUDA D2D), every lowbit shape and
-# width (pp512, tg128), TTFT cold/warm, 8B kernel timings.
+# .peer/ to hold the lowbit release binary, the matvec bench binary (cargo bench -p lowbit-wgpu
+# --bench matvec --no-run), llamacpp-src.tgz (llama.cpp from the llama-cpp-python sdist),
+# make-synthetic-gguf.py, ggml-vocab-llama-bpe.gguf and d2d.cu, and .gl/ the Vulkan loader debs.
+# Every lowbit figure of the README's WebGPU section: reference copy bandwidth (CUDA D2D), every
+# shape and width (pp512, tg128), TTFT with a cold and a warm pipeline cache, the decode kernel
+# table (chained device timings) and the 8B kernel profile.
 T0=$(date +%s)
 for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 B=.peer/lowbit
-nvidia-smi --query-gpu=name,clocks.max.memory,memory.total --format=csv,noheader | tee $OUT/gpu.txt
+nvidia-smi --query-gpu=name,clocks.max.memory,memory.total --format=csv,noheader | tee $OUT/copy.txt
 NVCC=$(command -v nvcc || ls /usr/local/cuda*/bin/nvcc 2>/dev/null | head -1)
-$NVCC -O2 -o /tmp/d2d .peer/d2d.cu && /tmp/d2d | tee $OUT/cuda-d2d.txt
-timeout 240 $B bench --backend webgpu --profile chrome --synthetic llama-3-8b --quants int8,int4,int3,int2 --prompt-tokens 512 --gen-tokens 128 --reps 2 --copy-bandwidth --host-timings > $OUT/8b.md 2>&1
-grep -E "lowbit|% of copy|copy bandwidth" $OUT/8b.md
+$NVCC -O2 -o /tmp/d2d .peer/d2d.cu && /tmp/d2d | tee -a $OUT/copy.txt
+REF=$(grep -o "[0-9.]* GB/s" $OUT/copy.txt | head -1 | awk '{print $1}')
+timeout 240 $B bench --backend webgpu --profile chrome --synthetic llama-3-8b --quants int8,int4,int3,int2 --prompt-tokens 512 --gen-tokens 128 --reps 2 --copy-bandwidth --reference-copy-gbs ${REF:-3013} --host-timings > $OUT/8b.md 2>&1
+grep -E "lowbit|% of|copy bandwidth" $OUT/8b.md
 timeout 100 $B bench --backend webgpu --synthetic llama-3.2-1b --quants int8,int4,int3,int2 --prompt-tokens 512 --gen-tokens 128 --reps 2 > $OUT/1b.md 2>&1
 grep lowbit $OUT/1b.md
 timeout 80 $B bench --backend webgpu --synthetic smollm2-135m --quants int8,int4,int3,int2 --prompt-tokens 512 --gen-tokens 128 --reps 2 > $OUT/smollm2.md 2>&1
@@ -20,12 +23,13 @@ grep lowbit $OUT/smollm2.md
 echo "elapsed $(( $(date +%s) - T0 )) s"
 export __GL_SHADER_DISK_CACHE=0
 for i in cold warm; do
-  LOWBIT_PIPELINE_CACHE_DIR=/tmp/pc1 timeout 60 $B bench --backend webgpu --synthetic llama-3.2-1b --quants int4 --ttft --prompt-tokens 128 --gen-tokens 0 --reps 1 > $OUT/ttft-1b-$i.md 2>&1
-  LOWBIT_PIPELINE_CACHE_DIR=/tmp/pc8 timeout 80 $B bench --backend webgpu --profile chrome --synthetic llama-3-8b --quants int4 --ttft --prompt-tokens 128 --gen-tokens 0 --reps 1 > $OUT/ttft-8b-$i.md 2>&1
+  LOWBIT_PIPELINE_CACHE_DIR=/tmp/pc1 timeout 60 $B bench --backend webgpu --synthetic llama-3.2-1b --quants int4 --ttft --prompt-tokens 128 --gen-tokens 0 --reps 1 > /tmp/ttft-1b-$i.md 2>&1
+  LOWBIT_PIPELINE_CACHE_DIR=/tmp/pc8 timeout 80 $B bench --backend webgpu --profile chrome --synthetic llama-3-8b --quants int4 --ttft --prompt-tokens 128 --gen-tokens 0 --reps 1 > /tmp/ttft-8b-$i.md 2>&1
 done
-grep -h -A4 "start-up" $OUT/ttft-*.md | grep -v "^--"
 unset __GL_SHADER_DISK_CACHE
+for f in /tmp/ttft-*.md; do echo "== $(basename $f .md)"; cat $f; done > $OUT/ttft.md
+grep -h -A4 "start-up" /tmp/ttft-*.md | grep -v "^--"
+timeout 100 .peer/matvec-bench > $OUT/decode-kernels.md 2>&1
+head -22 $OUT/decode-kernels.md
 timeout 90 $B bench --backend webgpu --profile chrome --synthetic llama-3-8b --quants int4 --prompt-tokens 0 --gen-tokens 32 --reps 1 --kernel-timings > $OUT/8b-kt.md 2>&1
-timeout 60 $B bench --backend webgpu --profile .peer/mv-16-16-8.toml --synthetic llama-3-8b --quants int4 --prompt-tokens 0 --gen-tokens 8 --reps 1 --kernel-timings > $OUT/8b-kt-sweep.md 2>&1
-grep -o "matvec\[WORKGROUP_SIZE=[0-9]*[^|]*ROWS_PER_WG=[0-9]*" $OUT/8b-kt-sweep.md | sort -u | head -3
 echo "elapsed $(( $(date +%s) - T0 )) s"
