@@ -30,10 +30,10 @@ pub struct WgpuOptions {
     /// 4- and 8-bit codes. On the H100 it beat the narrow kernel (8B int4 decode 89 vs 82 tok/s,
     /// 1B 257 vs 208). `from_env` turns it on unless `LOWBIT_WGPU_WIDE_MATVEC=0`.
     pub wide_matvec: bool,
-    /// Fuse each decode RMSNorm into the wide matvec that follows it: the matvec normalises
-    /// the activation vector as it loads it, saving a dispatch. With the integer-dot matvec
-    /// (8 rows per workgroup) it measured equal on the H100 for the 8B shape (228 vs 229 tok/s)
-    /// and faster for 1B (816 vs 755), so `from_env` turns it on unless
+    /// Fuse a decode RMSNorm into the wide matvec that follows it where that pays (few
+    /// workgroup-columns, see `Tuning::fuse_norm_into`: on the H100 the 8B q|k|v, not gate|up):
+    /// the matvec normalises the activation vector as it loads it, saving a dispatch. Otherwise
+    /// the norm writes 8-bit activation blocks for the matvec. `from_env` turns fusion on unless
     /// `LOWBIT_WGPU_FUSED_NORM=0`.
     pub fused_norm: bool,
     /// Overrides the decode matvec's `(lanes, rows per workgroup)` that the profile and tuning
