@@ -81,7 +81,7 @@ fn silu_mul(inv: Invocation) {
 #if OP_SWIGLU
 // out[t, j] = silu(gate_up[t, j]) * gate_up[t, width + j]; `len` is rows × width.
 // Q8_OUT: one invocation per 32 values, written as an 8-bit activation block for the decode
-// matvec (q8.wgsl; EVEN_ODD: 4-bit code order; width a multiple of 32).
+// matvec (q8.wgsl; ORDER: the codes' order; width a multiple of 32).
 @group(0) @binding(2) var<storage, read> gate_up: array<f32>;
 #if Q8_OUT
 @group(0) @binding(1) var<storage, read_write> q8_out: array<vec4<u32>>;
@@ -98,7 +98,7 @@ fn swiglu(inv: Invocation) {
     let valid = b < p.len / 32u;
     var v = vec4<f32>(0.0);
     if valid {
-        let g = vec4<u32>(2u * (b / blocks) * p.width + 32u * (b % blocks)) + word_values(w, EVEN_ODD);
+        let g = vec4<u32>(2u * (b / blocks) * p.width + 32u * (b % blocks)) + word_values(w, ORDER);
         let up = g + vec4<u32>(p.width);
         v = vec4<f32>(silu(gate_up[g.x]), silu(gate_up[g.y]), silu(gate_up[g.z]), silu(gate_up[g.w]))
             * vec4<f32>(gate_up[up.x], gate_up[up.y], gate_up[up.z], gate_up[up.w]);

@@ -77,26 +77,53 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
 }
 
 #if WIDE
-// Wide rows, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as 16-byte vectors
-// through a second view of the same buffer (`w_vec`; 4-bit rows are cols / 2 bytes and 8-bit
-// rows cols bytes, both multiples of 16). The block's activations are 8-bit quantized (see
+// Wide rows, 2-, 4- and 8-bit codes: each lane takes whole 32-value blocks, read through a
+// second view of the same buffer (`w_vec`; a block is 8, 16 or 32 bytes: one 8-byte vector
+// (VEC2, 2-bit), one or two 16-byte vectors). The block's activations are 8-bit quantized (see
 // q8.wgsl: once per workgroup here, or with XQ8 once by their producer), and every row of the
 // workgroup takes integer dot products of four codes at a time (`dot4I8Packed`: one
 // instruction where the device has integer dot products). The result is exactly the
 // dequantized row times the quantized activations; the group scale multiplies the block's
 // integer sum once, the bias `d · Σ xq`.
+#if VEC2
+@group(0) @binding(5) var<storage, read> w_vec: array<vec2<u32>>;
+#else
 @group(0) @binding(5) var<storage, read> w_vec: array<vec4<u32>>;
+#endif
 #if NORM
 @group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
 
 const LO_NIBBLES: u32 = 0x0f0f0f0fu;
+const LO_PAIRS: u32 = 0x03030303u;
 const SIGN_BYTES: u32 = 0x80808080u;
-// 16-byte code vectors per row and block (4-bit: 1, 8-bit: 2).
-const CODE_VECS: u32 = BITS / 4u;
-// UNROLL (from the host: 2 for 4-bit rows longer than the lanes, else 1): blocks per lane
-// whose codes are all requested before any is used. A decode step chains its matvecs, so a
-// kernel's time is mostly memory latency unless each lane has its loads in flight at once.
+// Code vectors per row and block (2-bit: one 8-byte vector, held in .xy; 4-bit: one 16-byte
+// vector; 8-bit: two).
+const CODE_VECS: u32 = max(1u, BITS / 4u);
+// UNROLL (from the host: 32 bytes of codes per row, 2 blocks for 4-bit and 4 for 2-bit rows
+// longer than the lanes, else 1): blocks per lane whose codes are all requested before any is
+// used. A decode step chains its matvecs, so a kernel's time is mostly memory latency unless
+// each lane has its loads in flight at once.
+
+// The order in which the codes unpack, which the activations must follow.
+fn code_order() -> u32 {
+    if BITS == 4u {
+        return ORDER_EVEN_ODD;
+    }
+    if BITS == 2u {
+        return ORDER_STRIDE4;
+    }
+    return ORDER_NATURAL;
+}
+
+// Code vector `v` of block `b` of row `r` (`nb` blocks per row).
+fn code_vec(r: u32, nb: u32, b: u32, v: u32) -> vec4<u32> {
+#if VEC2
+    return vec4<u32>(w_vec[r * nb + b], 0u, 0u);
+#else
+    return w_vec[CODE_VECS * (r * nb + b) + v];
+#endif
+}
 
 #include q8.wgsl
 
@@ -120,13 +147,23 @@ fn load_block(x_row: u32, b: u32, sq: ptr<function, f32>) -> BlockX {
 #endif
         xs[i] = v;
     }
-    return quantize_block(xs, BITS == 4u);
+    return quantize_block(xs, code_order());
 }
 #endif
 
-// Σ code · q over one block: 4-bit codes are 0..15 as they are; 8-bit codes go in as signed
+// Σ code · q over one block: 2- and 4-bit codes go in as they are; 8-bit codes go in as signed
 // bytes code - 128 (`block_bias` adds the 128 back).
 fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
+    if BITS == 2u {
+        // Bit pair k of both words: values k, k+4, k+8, k+12 of each word's 16.
+        let w = c[0].xy;
+        var s = 0;
+        for (var k = 0u; k < 4u; k++) {
+            s += dot4I8Packed((w.x >> (2u * k)) & LO_PAIRS, q[k])
+                + dot4I8Packed((w.y >> (2u * k)) & LO_PAIRS, q[4u + k]);
+        }
+        return s;
+    }
     if BITS == 4u {
         let w = c[0];
         return (dot4I8Packed(w.x & LO_NIBBLES, q[0]) + dot4I8Packed((w.x >> 4u) & LO_NIBBLES, q[1]))
@@ -142,7 +179,7 @@ fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
 
 // The bias that pairs with `block_dot`'s codes.
 fn block_bias(sb: vec2<f32>) -> f32 {
-    if BITS == 4u {
+    if BITS < 8u {
         return sb.y;
     }
     return sb.y + 128.0 * sb.x;
@@ -171,7 +208,7 @@ fn matvec(inv: Invocation) {
                 // Rows past the end repeat the last one; their sums are never written.
                 let r = min(row0 + k, p.rows - 1u);
                 for (var v = 0u; v < CODE_VECS; v++) {
-                    codes[u * ROWS_PER_WG + k][v] = w_vec[CODE_VECS * (r * nb + b) + v];
+                    codes[u * ROWS_PER_WG + k][v] = code_vec(r, nb, b, v);
                 }
                 sbs[u * ROWS_PER_WG + k] = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
             }

@@ -1,7 +1,7 @@
 // RMSNorm, one workgroup per row: out = x / sqrt(mean(x²) + eps) * weight.
 // IN_PLACE binds x once and writes the result over it (x == out), since WebGPU forbids a
 // writable binding that aliases another. Q8_OUT writes the row as 8-bit activation blocks
-// for the decode matvec instead (q8.wgsl; EVEN_ODD: in 4-bit code order; dim a multiple of 32).
+// for the decode matvec instead (q8.wgsl; ORDER: the codes' order; dim a multiple of 32).
 #include common.wgsl
 
 struct Params {
@@ -41,7 +41,7 @@ fn rms_norm(inv: Invocation) {
     let w = inv.lid % 8u;
     var v = vec4<f32>(0.0);
     if b < nb {
-        let c = vec4<u32>(32u * b) + word_values(w, EVEN_ODD);
+        let c = vec4<u32>(32u * b) + word_values(w, ORDER);
         v = vec4<f32>(x[base + c.x], x[base + c.y], x[base + c.z], x[base + c.w]) * r
             * vec4<f32>(weight[c.x], weight[c.y], weight[c.z], weight[c.w]);
     }

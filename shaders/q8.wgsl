@@ -1,12 +1,18 @@
 // 8-bit activation blocks for the decode matvec's integer dot products: 32 values quantized
 // with one scale d = max|x| / 127, codes round_half_even(x · (1 / d)) (as the CPU backend's
-// kernels do), packed four to a word. 4-bit codes hold values 8k..8k+7 of a block with the
-// even ones in the low nibbles, so for them (`even_odd`) each 8 values pack as the even four,
-// then the odd four; 8-bit codes take them in order.
+// kernels do), packed four to a word in the order the weight codes unpack (`order`):
+// ORDER_NATURAL (8-bit codes: values in order), ORDER_EVEN_ODD (4-bit: a code word holds values
+// 8k..8k+7 with the even ones in the low nibbles, so each 8 values pack as the even four, then
+// the odd four), ORDER_STRIDE4 (2-bit: masking a code word's bit pair k leaves values k, k+4,
+// k+8, k+12 of its 16, so each 16 values pack as four such quadruples).
 //
 // Stored (a producer writes a row of blocks for the matvec to read, `array<vec4<u32>>`):
 // block b is vectors 3b, 3b + 1 (the codes) and 3b + 2 (d, d · Σq as f32 bits, then two
 // unused words): 12 words per 32 values.
+
+const ORDER_NATURAL: u32 = 0u;
+const ORDER_EVEN_ODD: u32 = 1u;
+const ORDER_STRIDE4: u32 = 2u;
 
 struct BlockX {
     q: array<u32, 8>,
@@ -18,7 +24,7 @@ fn q8(v: vec4<f32>) -> u32 {
     return pack4xI8(vec4<i32>(round(v)));
 }
 
-fn quantize_block(xs: array<vec4<f32>, 8>, even_odd: bool) -> BlockX {
+fn quantize_block(xs: array<vec4<f32>, 8>, order: u32) -> BlockX {
     var amax = vec4<f32>(0.0);
     for (var i = 0u; i < 8u; i++) {
         amax = max(amax, abs(xs[i]));
@@ -27,12 +33,19 @@ fn quantize_block(xs: array<vec4<f32>, 8>, even_odd: bool) -> BlockX {
     let d = m / 127.0;
     let inv_d = select(0.0, 1.0 / d, d > 0.0);
     var out: BlockX;
-    if even_odd {
+    if order == ORDER_EVEN_ODD {
         for (var k = 0u; k < 4u; k++) {
             let a = xs[2u * k] * inv_d;
             let c = xs[2u * k + 1u] * inv_d;
             out.q[2u * k] = q8(vec4<f32>(a.x, a.z, c.x, c.z));
             out.q[2u * k + 1u] = q8(vec4<f32>(a.y, a.w, c.y, c.w));
+        }
+    } else if order == ORDER_STRIDE4 {
+        for (var j = 0u; j < 2u; j++) {
+            for (var k = 0u; k < 4u; k++) {
+                let v = vec4<f32>(xs[4u * j][k], xs[4u * j + 1u][k], xs[4u * j + 2u][k], xs[4u * j + 3u][k]);
+                out.q[4u * j + k] = q8(v * inv_d);
+            }
         }
     } else {
         for (var k = 0u; k < 8u; k++) {

@@ -94,6 +94,16 @@ pub struct WgpuBackend {
     state: Mutex<State>,
 }
 
+/// The order in which a wide matvec unpacks `bits`-bit codes, which 8-bit activation blocks
+/// must follow (`ORDER_*` in q8.wgsl: 2-bit stride-4, 4-bit even/odd, 8-bit natural).
+fn code_order(bits: u8) -> u32 {
+    match bits {
+        2 => 2,
+        4 => 1,
+        _ => 0,
+    }
+}
+
 /// What a matmul's `x` holds.
 #[derive(Clone, Copy)]
 enum Input<'a> {
@@ -381,7 +391,7 @@ impl WgpuBackend {
     /// Records `dst[dst_offset..][..len] = src[src_offset..][..len]` (f32 offsets) as a kernel,
     /// so it stays in the step's compute pass; `src` is a distinct buffer or host data.
     /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`.
-    /// RMSNorm of `rows` rows; with `q8` (`Some(even_odd)`, decode rows of a multiple of 32
+    /// RMSNorm of `rows` rows; with `q8` (`Some(order)`, see [`code_order`]; decode rows of a multiple of 32
     /// values) `out` receives 8-bit activation blocks for a wide matvec (`q8.wgsl`) instead.
     #[allow(clippy::too_many_arguments)]
     fn norm_into(
@@ -392,7 +402,7 @@ impl WgpuBackend {
         rows: usize,
         dim: usize,
         eps: f32,
-        q8: Option<bool>,
+        q8: Option<u32>,
     ) -> Result<()> {
         if rows == 0 || dim == 0 {
             return Ok(());
@@ -415,7 +425,7 @@ impl WgpuBackend {
         defines.extend([
             ("IN_PLACE", Define::Bool(in_place)),
             ("Q8_OUT", Define::Bool(q8.is_some())),
-            ("EVEN_ODD", Define::Bool(q8 == Some(true))),
+            ("ORDER", Define::U32(q8.unwrap_or(0))),
         ]);
         let key = KernelKey {
             file: ShaderFile::Norm,
@@ -452,7 +462,7 @@ impl WgpuBackend {
         )
     }
 
-    /// SwiGLU; with `q8` (`Some(even_odd)`, widths of a multiple of 32) `out` receives 8-bit
+    /// SwiGLU; with `q8` (`Some(order)`, see [`code_order`]; widths of a multiple of 32) `out` receives 8-bit
     /// activation blocks for a wide matvec (`q8.wgsl`) instead.
     fn swiglu_into(
         &self,
@@ -460,7 +470,7 @@ impl WgpuBackend {
         out: BufferId,
         n: usize,
         width: usize,
-        q8: Option<bool>,
+        q8: Option<u32>,
     ) -> Result<()> {
         let len = n * width;
         if len == 0 {
@@ -488,7 +498,7 @@ impl WgpuBackend {
                 let mut d = self.elementwise_defines(wg, "OP_SWIGLU");
                 d.extend([
                     ("Q8_OUT", Define::Bool(q8.is_some())),
-                    ("EVEN_ODD", Define::Bool(q8 == Some(true))),
+                    ("ORDER", Define::U32(q8.unwrap_or(0))),
                 ]);
                 d
             },
@@ -516,7 +526,7 @@ impl WgpuBackend {
         let t = self.tuning;
         // Rows of at least 32 values per lane of 4- or 8-bit codes (whole blocks per lane,
         // 16-byte code reads).
-        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if s.bits == 4 || s.bits == 8);
+        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if matches!(s.bits, 2 | 4 | 8));
         n == 1 && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize
     }
 
@@ -593,6 +603,10 @@ impl WgpuBackend {
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
         defines.extend([
             ("ROWS_PER_WG", Define::U32(rows_per_wg)),
+            (
+                "VEC2",
+                Define::Bool(matches!(gw.kind, WeightKind::Quant(s) if s.bits == 2)),
+            ),
             ("TILE_T", Define::U32(t.tile_t)),
             ("TILE_R", Define::U32(t.tile_r)),
             ("TILE_K", Define::U32(t.tile_k())),
@@ -1018,28 +1032,23 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         // A wide decode matvec either normalises as it loads (few workgroup-columns, see
         // `Tuning::fuse_norm_into`) or reads 8-bit activation blocks that the norm writes.
-        let (wide, fuse, four_bit) = {
+        let (wide, fuse, order) = {
             let st = self.lock();
             let gw = weight(&st.weights, w)?;
             let wide = self.wide_matvec(gw, n) && gw.cols == norm.dim && self.tuning.norm_wg >= 8;
             let fuse =
                 wide && self.tuning.fused_norm && self.tuning.fuse_norm_into(gw.rows, gw.cols);
-            let four_bit = matches!(gw.kind, WeightKind::Quant(s) if s.bits == 4);
-            (wide, fuse, four_bit)
+            let order = match gw.kind {
+                WeightKind::Quant(s) => code_order(s.bits),
+                _ => 0,
+            };
+            (wide, fuse, order)
         };
         if fuse {
             return self.matmul_into(w, x, out, n, false, Input::Norm(norm));
         }
         if wide {
-            self.norm_into(
-                x,
-                norm.weight,
-                scratch,
-                n,
-                norm.dim,
-                norm.eps,
-                Some(four_bit),
-            )?;
+            self.norm_into(x, norm.weight, scratch, n, norm.dim, norm.eps, Some(order))?;
             return self.matmul_into(w, scratch, out, n, false, Input::Q8);
         }
         self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
@@ -1144,7 +1153,7 @@ impl Backend for WgpuBackend {
         };
         match q8 {
             Some(WeightKind::Quant(spec)) => {
-                self.swiglu_into(gate_up, scratch, n, width, Some(spec.bits == 4))?;
+                self.swiglu_into(gate_up, scratch, n, width, Some(code_order(spec.bits)))?;
                 self.matmul_into(w, scratch, out, n, true, Input::Q8)
             }
             _ => {

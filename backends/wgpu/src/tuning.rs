@@ -68,7 +68,8 @@ impl Tuning {
     }
 
     /// `(lanes, unroll)` of the wide matvec over rows of `cols` values: 4-bit lanes take two
-    /// blocks at once (32 bytes of codes per row, as an 8-bit block) where the row has more
+    /// blocks at once and 2-bit lanes four (32 bytes of codes per row, as an 8-bit block)
+    /// where the row has more
     /// blocks than lanes, and there are enough lanes that every block is read in that one
     /// step (the kernel then waits for memory once), never fewer than `matvec_wg` nor more
     /// than 256 (or the device's limit).
@@ -76,6 +77,7 @@ impl Tuning {
         let blocks = (cols / 32) as u32;
         let per_lane = match kind {
             WeightKind::Quant(s) if s.bits == 4 => 2,
+            WeightKind::Quant(s) if s.bits == 2 => 4,
             _ => 1,
         };
         let want = blocks.div_ceil(per_lane).next_power_of_two();
