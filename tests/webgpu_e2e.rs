@@ -86,7 +86,8 @@ fn webgpu_matches_the_cpu_backend_end_to_end() {
         .collect();
     // The CPU reference multiplies the same quantized weights with f32 activations (its
     // default kernels quantize activations to int8 blocks, which alone moves perplexity by
-    // ~3% on chunks this short; the WebGPU kernels keep activations in f16/f32).
+    // ~3% on chunks this short; the WebGPU prefill this perplexity runs through keeps
+    // activations in f16/f32 — its decode matvec quantizes them as the CPU kernels do).
     std::env::set_var("LOWBIT_CPU_EXACT_ACTIVATIONS", "1");
     for quant in [QuantMethod::Fp32, QuantMethod::Int8, QuantMethod::Int4] {
         let cpu = ppl("cpu", quant, &text);
