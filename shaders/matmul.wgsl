@@ -2,7 +2,8 @@
 // (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue; NORM, wide matvec
 // only: x is RMS-normalised on the fly, x·g scaled by 1/rms(x), the norm fused into the load).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
-// (WIDE: whole 32-value blocks per lane step, 4- and 8-bit codes read as 16-byte vectors).
+// (WIDE: whole 32-value blocks per lane step, 2-, 4- and 8-bit codes against 8-bit activations
+// in the codes' order ORDER, see q8.wgsl).
 // `matmul_tiled`: prefill; a workgroup computes a TILE_T × TILE_R block of outputs, and each
 // dequantized TILE_K-column weight tile is reused by TILE_T token rows from workgroup memory.
 #include common.wgsl
@@ -105,17 +106,6 @@ const CODE_VECS: u32 = max(1u, BITS / 4u);
 // used. A decode step chains its matvecs, so a kernel's time is mostly memory latency unless
 // each lane has its loads in flight at once.
 
-// The order in which the codes unpack, which the activations must follow.
-fn code_order() -> u32 {
-    if BITS == 4u {
-        return ORDER_EVEN_ODD;
-    }
-    if BITS == 2u {
-        return ORDER_STRIDE4;
-    }
-    return ORDER_NATURAL;
-}
-
 // Code vector `v` of block `b` of row `r` (`nb` blocks per row).
 fn code_vec(r: u32, nb: u32, b: u32, v: u32) -> vec4<u32> {
 #if VEC2
@@ -147,7 +137,7 @@ fn load_block(x_row: u32, b: u32, sq: ptr<function, f32>) -> BlockX {
 #endif
         xs[i] = v;
     }
-    return quantize_block(xs, code_order());
+    return quantize_block(xs, ORDER);
 }
 #endif
 

@@ -23,6 +23,16 @@ struct Params {
 #endif
 #endif
 
+// 1 / sqrt(mean(x²) + eps) of the row at `base`, summed by the whole workgroup.
+fn inv_rms(base: u32, inv: Invocation) -> f32 {
+    var ss = 0.0;
+    for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
+        let v = x[base + i];
+        ss += v * v;
+    }
+    return inverseSqrt(workgroup_sum(ss, inv) / f32(p.dim) + p.eps);
+}
+
 #if Q8_OUT
 // Dispatch (ceil(8 · dim / 32 / WORKGROUP_SIZE), rows): every workgroup sums the squares of its
 // whole row, then its lanes quantize eight words per block.
@@ -30,12 +40,7 @@ struct Params {
 fn rms_norm(inv: Invocation) {
     let row = inv.wid.y;
     let base = row * p.dim;
-    var ss = 0.0;
-    for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
-        let v = x[base + i];
-        ss += v * v;
-    }
-    let r = inverseSqrt(workgroup_sum(ss, inv) / f32(p.dim) + p.eps);
+    let r = inv_rms(base, inv);
     let nb = p.dim / 32u;
     let b = inv.wid.x * (WORKGROUP_SIZE / 8u) + inv.lid / 8u;
     let w = inv.lid % 8u;
@@ -54,12 +59,7 @@ fn rms_norm(inv: Invocation) {
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rms_norm(inv: Invocation) {
     let base = wg_index(inv) * p.dim;
-    var ss = 0.0;
-    for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
-        let v = x[base + i];
-        ss += v * v;
-    }
-    let r = inverseSqrt(workgroup_sum(ss, inv) / f32(p.dim) + p.eps);
+    let r = inv_rms(base, inv);
     for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
 #if IN_PLACE
         x[base + i] = x[base + i] * r * weight[i];

@@ -524,10 +524,29 @@ impl WgpuBackend {
     /// Whether `n` activation rows times `gw` take the wide matvec.
     fn wide_matvec(&self, gw: &GpuWeight, n: usize) -> bool {
         let t = self.tuning;
-        // Rows of at least 32 values per lane of 4- or 8-bit codes (whole blocks per lane,
-        // 16-byte code reads).
+        // Rows of at least 32 values per lane of 2-, 4- or 8-bit codes (whole blocks per
+        // lane, 8- or 16-byte code reads).
         let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if matches!(s.bits, 2 | 4 | 8));
         n == 1 && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize
+    }
+
+    /// Whether `n` rows of `cols` activations made by a producer of `producer_lanes` lanes may
+    /// reach `w` as 8-bit blocks (the wide matvec; eight lanes per block): the blocks' code
+    /// order, and whether `Tuning::fuse_norm_into` would rather fuse a norm into the matvec.
+    fn q8_input(
+        &self,
+        w: WeightId,
+        n: usize,
+        cols: usize,
+        producer_lanes: u32,
+    ) -> Result<Option<(u32, bool)>> {
+        let st = self.lock();
+        let gw = weight(&st.weights, w)?;
+        let (WeightKind::Quant(spec), true) = (gw.kind, self.wide_matvec(gw, n)) else {
+            return Ok(None);
+        };
+        let fuse = self.tuning.fuse_norm_into(gw.rows, gw.cols);
+        Ok((gw.cols == cols && producer_lanes >= 8).then_some((code_order(spec.bits), fuse)))
     }
 
     /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`; `input` says what `x` holds.
@@ -606,6 +625,13 @@ impl WgpuBackend {
             (
                 "VEC2",
                 Define::Bool(matches!(gw.kind, WeightKind::Quant(s) if s.bits == 2)),
+            ),
+            (
+                "ORDER",
+                Define::U32(match gw.kind {
+                    WeightKind::Quant(s) => code_order(s.bits),
+                    _ => 0,
+                }),
             ),
             ("TILE_T", Define::U32(t.tile_t)),
             ("TILE_R", Define::U32(t.tile_r)),
@@ -1032,27 +1058,15 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         // A wide decode matvec either normalises as it loads (few workgroup-columns, see
         // `Tuning::fuse_norm_into`) or reads 8-bit activation blocks that the norm writes.
-        let (wide, fuse, order) = {
-            let st = self.lock();
-            let gw = weight(&st.weights, w)?;
-            let wide = self.wide_matvec(gw, n) && gw.cols == norm.dim && self.tuning.norm_wg >= 8;
-            let fuse =
-                wide && self.tuning.fused_norm && self.tuning.fuse_norm_into(gw.rows, gw.cols);
-            let order = match gw.kind {
-                WeightKind::Quant(s) => code_order(s.bits),
-                _ => 0,
-            };
-            (wide, fuse, order)
+        let Some((order, fuse)) = self.q8_input(w, n, norm.dim, self.tuning.norm_wg)? else {
+            self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
+            return self.matmul(w, scratch, out, n);
         };
-        if fuse {
+        if fuse && self.tuning.fused_norm {
             return self.matmul_into(w, x, out, n, false, Input::Norm(norm));
         }
-        if wide {
-            self.norm_into(x, norm.weight, scratch, n, norm.dim, norm.eps, Some(order))?;
-            return self.matmul_into(w, scratch, out, n, false, Input::Q8);
-        }
-        self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
-        self.matmul(w, scratch, out, n)
+        self.norm_into(x, norm.weight, scratch, n, norm.dim, norm.eps, Some(order))?;
+        self.matmul_into(w, scratch, out, n, false, Input::Q8)
     }
 
     fn rope_store_qkv(
@@ -1145,18 +1159,12 @@ impl Backend for WgpuBackend {
     ) -> Result<()> {
         // Decode rows for a wide matvec: SwiGLU writes 8-bit activation blocks that the
         // matvec reads as they are (no per-workgroup quantization).
-        let q8 = {
-            let st = self.lock();
-            let gw = weight(&st.weights, w)?;
-            (self.wide_matvec(gw, n) && gw.cols == width && self.tuning.elementwise_wg >= 8)
-                .then_some(gw.kind)
-        };
-        match q8 {
-            Some(WeightKind::Quant(spec)) => {
-                self.swiglu_into(gate_up, scratch, n, width, Some(code_order(spec.bits)))?;
+        match self.q8_input(w, n, width, self.tuning.elementwise_wg)? {
+            Some((order, _)) => {
+                self.swiglu_into(gate_up, scratch, n, width, Some(order))?;
                 self.matmul_into(w, scratch, out, n, true, Input::Q8)
             }
-            _ => {
+            None => {
                 self.swiglu(gate_up, scratch, n, width)?;
                 self.matmul_add(w, scratch, out, n)
             }

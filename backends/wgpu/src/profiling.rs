@@ -6,7 +6,7 @@ use lowbit_core::Result;
 use std::collections::BTreeMap;
 
 /// The pseudo-kernel under which the time between consecutive kernels is summed.
-pub const GAP: &str = "(between kernels: barrier and launch)";
+const GAP: &str = "(between kernels: barrier and launch)";
 
 /// Passes timed per submission (two timestamps each).
 const PASSES: u32 = 1024;

@@ -245,7 +245,7 @@ fn wide_matvec_every_format() {
                         "{bits}-bit g{group} {scheme:?} {:?}: q8 activations off the exact product by {loss}",
                         b.paths()
                     );
-                        // RMSNorm fused into the matvec (4/8-bit, wide) or run before it (others)
+                        // RMSNorm fused into the matvec (2/4/8-bit, wide) or run before it (others)
                         // against the reference norm followed by the reference matmul.
                         let normed = reference::rms_norm(&xv, &gv, cols, 1e-5);
                         // The fused kernel quantizes x·g and applies 1/rms after the dot product.
