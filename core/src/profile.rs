@@ -30,7 +30,7 @@ impl Default for KernelWorkgroups {
     fn default() -> Self {
         KernelWorkgroups {
             matmul: (8, 8),
-            matvec_rows: 8,
+            matvec_rows: 4,
             tile: (32, 64),
             norm: 256,
             elementwise: 256,
@@ -314,7 +314,8 @@ mod tests {
         assert_eq!(s.max_uniform_binding(), 16 << 10);
         assert!(!s.supported_bits().contains(&2));
         assert_eq!(find("mobile").max_storage_binding(), 128 << 20);
-        assert_eq!(find("chrome").matmul_workgroup(), (8, 16));
+        assert_eq!(find("chrome").matmul_workgroup(), (8, 8));
+        assert_eq!(find("chrome").workgroups().matvec_rows, 4);
         assert_eq!(find("firefox").workgroups().audio, [256, 1, 1]);
     }
 

@@ -74,6 +74,12 @@ fn main() {
         ("down", 4096, 14336),
         ("lm_head", 128256, 4096),
     ];
+    if std::env::var("LOWBIT_MATVEC_BENCH").is_ok_and(|v| v == "decode") {
+        // Tuning sweeps: the whole layer and the matvecs as decode runs them only.
+        step_kernels(&b, false);
+        decode_matvecs(&b);
+        return;
+    }
     // The fixed cost of a dependent dispatch: a 64-value add chained CALLS times (each waits
     // for the one before: a barrier between them, as in a decode step) and into distinct
     // outputs (no dependence, no barrier).
@@ -88,110 +94,8 @@ fn main() {
             println!("| 64-value add, {label} | | | | {:.1} | |", s * 1e6);
         }
     }
-    // The other kernels of a Llama-3-8B decode step, each chained CALLS times (device µs).
-    {
-        let (heads, kv_heads, hd, ff, vocab) = (32usize, 8usize, 128usize, 14336usize, 128256);
-        let dim = heads * hd;
-        let row = dim + 2 * kv_heads * hd;
-        let ctx = 512;
-        let buf = |n: usize| b.upload(&vec![0.01; n]).expect("upload");
-        let (x, g, normed) = (buf(dim), buf(dim), buf(dim));
-        let (qkv, q, att) = (buf(row), buf(dim), buf(dim));
-        let (kc, vc) = (buf(ctx * kv_heads * hd), buf(ctx * kv_heads * hd));
-        let (gu, ffo, logits, tok) = (buf(2 * ff), buf(ff), buf(vocab), buf(4));
-        let qp = |pos0| QkvParams {
-            n_tokens: 1,
-            pos0,
-            n_heads: heads,
-            n_kv_heads: kv_heads,
-            head_dim: hd,
-            theta: 500_000.0,
-            style: RopeStyle::Adjacent,
-        };
-        let ap = |pos0| AttentionParams {
-            n_tokens: 1,
-            pos0,
-            n_heads: heads,
-            n_kv_heads: kv_heads,
-            head_dim: hd,
-            scale: 1.0 / (hd as f32).sqrt(),
-        };
-        let rows: [(&str, &dyn Fn(usize)); 6] = [
-            ("rms_norm 4096", &|_| {
-                b.rms_norm(x, g, normed, 1, dim, 1e-5).expect("norm")
-            }),
-            ("rope + kv store", &|i| {
-                b.rope_store_qkv(qkv, q, kc, vc, &qp(i % ctx))
-                    .expect("rope")
-            }),
-            ("attention, 64 keys", &|_| {
-                b.attention(q, kc, vc, att, &ap(63)).expect("attn")
-            }),
-            ("attention, 500 keys", &|_| {
-                b.attention(q, kc, vc, att, &ap(499)).expect("attn")
-            }),
-            ("swiglu 14336", &|_| {
-                b.swiglu(gu, ffo, 1, ff).expect("swiglu")
-            }),
-            ("argmax 128256", &|_| {
-                b.argmax(logits, vocab, tok, 0).expect("argmax")
-            }),
-        ];
-        for (label, call) in rows {
-            let s = time_calls(&b, tok, call);
-            println!("| {label} | | | | {:.1} | |", s * 1e6);
-        }
-        // The int4 projections as a decode step runs them (RMSNorm fused, residual added),
-        // then one whole layer in the adapter's order.
-        let w = |rows, cols, seed| {
-            b.upload_weight(random_matrix(rows, cols, 4, seed))
-                .expect("upload")
-        };
-        let (wqkv, wo, wgu, wd) = (
-            w(row, dim, 1),
-            w(dim, dim, 2),
-            w(2 * ff, dim, 3),
-            w(dim, ff, 4),
-        );
-        let norm = RmsNorm {
-            weight: g,
-            dim,
-            eps: 1e-5,
-        };
-        let layer: [(&str, &dyn Fn(usize)); 6] = [
-            ("norm + q|k|v, int4", &|_| {
-                b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
-                    .expect("qkv")
-            }),
-            ("o + residual, int4", &|_| {
-                b.matmul_add(wo, att, x, 1).expect("o")
-            }),
-            ("norm + gate|up, int4", &|_| {
-                b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
-                    .expect("gate_up")
-            }),
-            ("down + residual, int4", &|_| {
-                b.matmul_add(wd, ffo, x, 1).expect("down")
-            }),
-            ("swiglu + down + residual, int4", &|_| {
-                b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down")
-            }),
-            ("whole layer, int4, 64 keys", &|i| {
-                b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
-                    .expect("qkv");
-                b.rope_store_qkv(qkv, q, kc, vc, &qp(i % 64)).expect("rope");
-                b.attention(q, kc, vc, att, &ap(63)).expect("attn");
-                b.matmul_add(wo, att, x, 1).expect("o");
-                b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
-                    .expect("gate_up");
-                b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down");
-            }),
-        ];
-        for (label, call) in layer {
-            let s = time_calls(&b, tok, call);
-            println!("| {label} | | | | {:.1} | |", s * 1e6);
-        }
-    }
+    step_kernels(&b, true);
+    decode_matvecs(&b);
     for bits in [8u8, 4, 3, 2] {
         for (name, rows, cols) in shapes {
             let bytes = rows * cols * bits as usize / 8 + rows * cols / 32 * 2;
@@ -224,6 +128,157 @@ fn main() {
                 b.free(o);
             }
             b.free(x);
+        }
+    }
+}
+
+/// The other kernels of a Llama-3-8B decode step (`others`), then its int4 projections as the
+/// adapter runs them and one whole layer, each chained CALLS times (device µs).
+fn step_kernels(b: &WgpuBackend, others: bool) {
+// The other kernels of a Llama-3-8B decode step, each chained CALLS times (device µs).
+    let (heads, kv_heads, hd, ff, vocab) = (32usize, 8usize, 128usize, 14336usize, 128256);
+    let dim = heads * hd;
+    let row = dim + 2 * kv_heads * hd;
+    let ctx = 512;
+    let buf = |n: usize| b.upload(&vec![0.01; n]).expect("upload");
+    let (x, g, normed) = (buf(dim), buf(dim), buf(dim));
+    let (qkv, q, att) = (buf(row), buf(dim), buf(dim));
+    let (kc, vc) = (buf(ctx * kv_heads * hd), buf(ctx * kv_heads * hd));
+    let (gu, ffo, logits, tok) = (buf(2 * ff), buf(ff), buf(vocab), buf(4));
+    let qp = |pos0| QkvParams {
+        n_tokens: 1,
+        pos0,
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim: hd,
+        theta: 500_000.0,
+        style: RopeStyle::Adjacent,
+    };
+    let ap = |pos0| AttentionParams {
+        n_tokens: 1,
+        pos0,
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let rows: [(&str, &dyn Fn(usize)); 6] = [
+        ("rms_norm 4096", &|_| {
+            b.rms_norm(x, g, normed, 1, dim, 1e-5).expect("norm")
+        }),
+        ("rope + kv store", &|i| {
+            b.rope_store_qkv(qkv, q, kc, vc, &qp(i % ctx))
+                .expect("rope")
+        }),
+        ("attention, 64 keys", &|_| {
+            b.attention(q, kc, vc, att, &ap(63)).expect("attn")
+        }),
+        ("attention, 500 keys", &|_| {
+            b.attention(q, kc, vc, att, &ap(499)).expect("attn")
+        }),
+        ("swiglu 14336", &|_| {
+            b.swiglu(gu, ffo, 1, ff).expect("swiglu")
+        }),
+        ("argmax 128256", &|_| {
+            b.argmax(logits, vocab, tok, 0).expect("argmax")
+        }),
+    ];
+    for (label, call) in rows {
+        if !others {
+            break;
+        }
+        let s = time_calls(b, tok, call);
+        println!("| {label} | | | | {:.1} | |", s * 1e6);
+    }
+    // The int4 projections as a decode step runs them (RMSNorm fused, residual added),
+    // then one whole layer in the adapter's order.
+    let w = |rows, cols, seed| {
+        b.upload_weight(random_matrix(rows, cols, 4, seed))
+            .expect("upload")
+    };
+    let (wqkv, wo, wgu, wd) = (
+        w(row, dim, 1),
+        w(dim, dim, 2),
+        w(2 * ff, dim, 3),
+        w(dim, ff, 4),
+    );
+    let norm = RmsNorm {
+        weight: g,
+        dim,
+        eps: 1e-5,
+    };
+    let layer: [(&str, &dyn Fn(usize)); 6] = [
+        ("norm + q|k|v, int4", &|_| {
+            b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
+                .expect("qkv")
+        }),
+        ("o + residual, int4", &|_| {
+            b.matmul_add(wo, att, x, 1).expect("o")
+        }),
+        ("norm + gate|up, int4", &|_| {
+            b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
+                .expect("gate_up")
+        }),
+        ("down + residual, int4", &|_| {
+            b.matmul_add(wd, ffo, x, 1).expect("down")
+        }),
+        ("swiglu + down + residual, int4", &|_| {
+            b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down")
+        }),
+        ("whole layer, int4, 64 keys", &|i| {
+            b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
+                .expect("qkv");
+            b.rope_store_qkv(qkv, q, kc, vc, &qp(i % 64)).expect("rope");
+            b.attention(q, kc, vc, att, &ap(63)).expect("attn");
+            b.matmul_add(wo, att, x, 1).expect("o");
+            b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
+                .expect("gate_up");
+            b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down");
+        }),
+    ];
+    for (label, call) in layer {
+        let s = time_calls(b, tok, call);
+        println!("| {label} | | | | {:.1} | |", s * 1e6);
+    }
+}
+
+/// The Llama-3-8B projections as a decode step runs them: int4 (the head int8), 8-bit
+/// activation blocks written by the SwiGLU before each (`swiglu_matmul_add`, residual added),
+/// chained CALLS times, weights in copies larger than the L2. The SwiGLU alone is listed too.
+fn decode_matvecs(b: &WgpuBackend) {
+    let shapes = [
+        ("q|k|v", 6144, 4096, 4u8),
+        ("o", 4096, 4096, 4),
+        ("gate|up", 28672, 4096, 4),
+        ("down", 4096, 14336, 4),
+        ("lm_head", 128256, 4096, 8),
+    ];
+    for (name, rows, cols, bits) in shapes {
+        let bytes = rows * cols * bits as usize / 8 + rows * cols / 32 * 2;
+        let copies = 128_000_000usize.div_ceil(bytes).min(16);
+        let ids: Vec<_> = (0..copies)
+            .map(|c| {
+                let w = random_matrix(rows, cols, bits, (rows * cols + c) as u64);
+                b.upload_weight(w).expect("upload")
+            })
+            .collect();
+        let gu: Vec<f32> = (0..2 * cols).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+        let gu = b.upload(&gu).expect("upload");
+        let (h, out) = (b.alloc(cols).expect("alloc"), b.alloc(rows).expect("alloc"));
+        let s = time_calls(b, h, &|_| b.swiglu(gu, h, 1, cols).expect("swiglu"));
+        let pair = time_calls(b, out, &|i| {
+            b.swiglu_matmul_add(gu, h, ids[i % copies], out, 1, cols)
+                .expect("swiglu + matvec")
+        });
+        println!(
+            "| swiglu (8-bit out) + {name}, int{bits} | {rows} × {cols} | | {:.1} | {:.1} (swiglu alone {:.1}) | {:.0} |",
+            bytes as f64 / 1e6,
+            pair * 1e6,
+            s * 1e6,
+            bytes as f64 / (pair - s).max(1e-9) / 1e9
+        );
+        for id in [gu, h, out] {
+            b.free(id);
         }
     }
 }

@@ -53,10 +53,28 @@ struct State {
     rec: Recorder,
     /// RoPE tables per (theta, head_dim), kept across steps.
     rope: Vec<RopeTable>,
-    /// Split partials of decode attention, grown as needed.
-    attn_part: Option<wgpu::Buffer>,
+    /// Internal scratch buffers (see `Scratch`), grown as needed.
+    scratch: [Option<wgpu::Buffer>; 2],
     /// Bound where a kernel's binding is unused (dense weights have no group parameters).
     dummy: wgpu::Buffer,
+}
+
+/// Internal scratch buffers, one of each kind, kept across steps.
+#[derive(Clone, Copy)]
+enum Scratch {
+    /// Split partials of decode attention.
+    AttentionPartials = 0,
+    /// Per-workgroup (value, index) pairs of a two-pass argmax.
+    ArgmaxPairs = 1,
+}
+
+impl Scratch {
+    fn label(self) -> &'static str {
+        match self {
+            Scratch::AttentionPartials => "attention partials",
+            Scratch::ArgmaxPairs => "argmax partials",
+        }
+    }
 }
 
 impl State {
@@ -84,6 +102,8 @@ const LARGE_COPY_BYTES: u64 = 1 << 20;
 
 /// Workgroup size of the argmax kernel (one workgroup scans the whole row).
 const ARGMAX_WG: u32 = 256;
+/// Values per workgroup of the first argmax pass (four per lane).
+const ARGMAX_SPAN: usize = 4 * ARGMAX_WG as usize;
 
 /// The WebGPU backend.
 pub struct WgpuBackend {
@@ -158,8 +178,8 @@ impl WgpuBackend {
         let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
         tuning.wide_matvec = opts.wide_matvec;
         tuning.fused_norm = opts.fused_norm;
-        if let Some((lanes, rows)) = opts.matvec_shape {
-            tuning.set_matvec(&dev.limits, lanes, rows);
+        if let Some(shape) = opts.matvec_shape {
+            tuning.set_matvec(&dev.limits, shape);
         }
         let device_max = dev
             .limits
@@ -183,7 +203,7 @@ impl WgpuBackend {
             pipelines: PipelineCache::default(),
             rec: Recorder::new(&dev),
             rope: Vec::new(),
-            attn_part: None,
+            scratch: [None, None],
             dummy,
         };
         Ok(WgpuBackend {
@@ -291,6 +311,27 @@ impl WgpuBackend {
 
     /// The RoPE table of (theta, head_dim) covering positions `0..need`, grown (doubling) when
     /// too short.
+    /// The scratch buffer of this kind, at least `bytes` long (grown, never shrunk).
+    fn scratch(&self, st: &mut State, kind: Scratch, bytes: u64) -> Result<wgpu::Buffer> {
+        let bytes = bytes.max(16).next_multiple_of(16);
+        let slot = kind as usize;
+        if st.scratch[slot].as_ref().is_none_or(|b| b.size() < bytes) {
+            self.dev.check_buffer_size(bytes, kind.label())?;
+            let b = self.dev.scoped("allocating scratch", || {
+                self.dev.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: Some(kind.label()),
+                    size: bytes,
+                    usage: wgpu::BufferUsages::STORAGE,
+                    mapped_at_creation: false,
+                })
+            })?;
+            if let Some(old) = st.scratch[slot].replace(b) {
+                st.rec.forget(&old);
+            }
+        }
+        Ok(st.scratch[slot].clone().expect("scratch just set"))
+    }
+
     fn rope_table(
         &self,
         st: &mut State,
@@ -1007,21 +1048,54 @@ impl Backend for WgpuBackend {
         check_len("argmax input", st.buf(x)?, len)?;
         check_len("argmax output", st.buf(out)?, out_offset + 1)?;
         let (xb, ob) = (st.buf(x)?.buffer.clone(), st.buf(out)?.buffer.clone());
-        let key = KernelKey {
-            file: ShaderFile::Sample,
-            entry: "argmax",
-            defines: self.base_defines(wg),
-        };
         use Slot::*;
-        let kernel = st
-            .pipelines
-            .get(&self.dev, &key, &[Uniform, Read, ReadWrite])?;
+        let kernel = |st: &mut State, partial: bool, pairs: bool| {
+            let mut defines = self.base_defines(wg);
+            defines.extend([
+                ("PARTIAL", Define::Bool(partial)),
+                ("PAIRS", Define::Bool(pairs)),
+            ]);
+            let key = KernelKey {
+                file: ShaderFile::Sample,
+                entry: "argmax",
+                defines,
+            };
+            st.pipelines.get(&self.dev, &key, &[Uniform, Read, ReadWrite])
+        };
+        // One workgroup scans a long vocabulary slowly (H100: 31 µs for 128,256 logits), so
+        // long inputs are split over workgroups of ARGMAX_SPAN values, then their pairs reduced.
+        let groups = len.div_ceil(ARGMAX_SPAN);
+        if groups <= 1 {
+            let k = kernel(&mut st, false, false)?;
+            return st.rec.dispatch(
+                &self.dev,
+                &Dispatch {
+                    kernel: &k,
+                    params: &[len as u32, out_offset as u32, len as u32],
+                    bindings: &[Bind::Buffer(&xb), Bind::Buffer(&ob)],
+                    groups: [1, 1, 1],
+                },
+            );
+        }
+        let pairs = self.scratch(&mut st, Scratch::ArgmaxPairs, groups as u64 * 8)?;
+        let (gx, gy) = fold(groups as u32, self.max_groups());
+        let k = kernel(&mut st, true, false)?;
         st.rec.dispatch(
             &self.dev,
             &Dispatch {
-                kernel: &kernel,
-                params: &[len as u32, out_offset as u32],
-                bindings: &[Bind::Buffer(&xb), Bind::Buffer(&ob)],
+                kernel: &k,
+                params: &[len as u32, 0, ARGMAX_SPAN as u32],
+                bindings: &[Bind::Buffer(&xb), Bind::Buffer(&pairs)],
+                groups: [gx, gy, 1],
+            },
+        )?;
+        let k = kernel(&mut st, false, true)?;
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &k,
+                params: &[groups as u32, out_offset as u32, groups as u32],
+                bindings: &[Bind::Buffer(&pairs), Bind::Buffer(&ob)],
                 groups: [1, 1, 1],
             },
         )
@@ -1299,23 +1373,7 @@ impl Backend for WgpuBackend {
         check_len("attention keys", st.buf(k_cache)?, kv_len)?;
         check_len("attention values", st.buf(v_cache)?, kv_len)?;
         check_len("attention output", st.buf(out)?, q_len)?;
-        let part_bytes = (part_len as u64 * 4).next_multiple_of(16);
-        if st.attn_part.as_ref().is_none_or(|b| b.size() < part_bytes) {
-            self.dev
-                .check_buffer_size(part_bytes, "attention partials")?;
-            let b = self.dev.scoped("allocating attention partials", || {
-                self.dev.device.create_buffer(&wgpu::BufferDescriptor {
-                    label: Some("attention partials"),
-                    size: part_bytes,
-                    usage: wgpu::BufferUsages::STORAGE,
-                    mapped_at_creation: false,
-                })
-            })?;
-            if let Some(old) = st.attn_part.replace(b) {
-                st.rec.forget(&old);
-            }
-        }
-        let part = st.attn_part.clone().expect("partials just set");
+        let part = self.scratch(&mut st, Scratch::AttentionPartials, part_len as u64 * 4)?;
         let bufs = [q, k_cache, v_cache, out].map(|id| st.buf(id).map(|b| b.buffer.clone()));
         let [qb, kb, vb, ob] = bufs;
         let (qb, kb, vb, ob) = (qb?, kb?, vb?, ob?);

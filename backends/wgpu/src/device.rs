@@ -36,10 +36,11 @@ pub struct WgpuOptions {
     /// the norm writes 8-bit activation blocks for the matvec. `from_env` turns fusion on unless
     /// `LOWBIT_WGPU_FUSED_NORM=0`.
     pub fused_norm: bool,
-    /// Overrides the decode matvec's `(lanes, rows per workgroup)` that the profile and tuning
-    /// pick (lanes a power of two, rows 1..=16). `from_env` reads `LOWBIT_WGPU_MATVEC=LANESxROWS`
-    /// (e.g. `128x8`), for tuning sweeps.
-    pub matvec_shape: Option<(u32, u32)>,
+    /// Overrides the decode matvec's shape that the profile and tuning pick: lanes (a power of
+    /// two; the wide kernel then runs exactly this many), rows per workgroup (1..=16) and, when
+    /// given, the wide kernel's blocks per lane and step (1, 2 or 4). `from_env` reads
+    /// `LOWBIT_WGPU_MATVEC=LANESxROWS[xUNROLL]` (e.g. `128x8`, `64x4x2`), for tuning sweeps.
+    pub matvec_shape: Option<MatvecShape>,
     /// Folder of the on-disk pipeline cache (wgpu `PipelineCache`, Vulkan only): compiled
     /// kernels are loaded from `<dir>/<adapter key>.bin` at start and written back after the
     /// load-time warm-up, so a second start compiles nothing in the driver. `None`: no cache.
@@ -72,6 +73,38 @@ pub fn default_pipeline_cache_dir() -> Option<std::path::PathBuf> {
     Some(base.join("lowbit").join("pipelines"))
 }
 
+/// A decode matvec shape forced from outside (see `WgpuOptions::matvec_shape`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatvecShape {
+    /// Lanes per workgroup.
+    pub lanes: u32,
+    /// Output rows per workgroup.
+    pub rows: u32,
+    /// Wide kernel: blocks each lane requests per step (`None`: the tuning's choice).
+    pub unroll: Option<u32>,
+}
+
+impl MatvecShape {
+    /// `LANESxROWS` or `LANESxROWSxUNROLL`; `None` when malformed.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split('x').map(|p| p.trim().parse::<u32>().ok());
+        let lanes = it.next()??;
+        let rows = it.next()??;
+        let unroll = match it.next() {
+            Some(u) => Some(u.filter(|u| [1, 2, 4].contains(u))?),
+            None => None,
+        };
+        if it.next().is_some() || lanes == 0 || rows == 0 {
+            return None;
+        }
+        Some(MatvecShape {
+            lanes,
+            rows,
+            unroll,
+        })
+    }
+}
+
 impl WgpuOptions {
     /// Options for `auto` / `webgpu` selection: hardware adapters, software ones only with
     /// `LOWBIT_ALLOW_SOFTWARE_ADAPTER=1`.
@@ -81,10 +114,9 @@ impl WgpuOptions {
             allow_software: allow,
             wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
             fused_norm: !std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "0"),
-            matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC").ok().and_then(|v| {
-                let (l, r) = v.split_once('x')?;
-                Some((l.trim().parse().ok()?, r.trim().parse().ok()?))
-            }),
+            matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC")
+                .ok()
+                .and_then(|v| MatvecShape::parse(&v)),
             pipeline_cache_dir: default_pipeline_cache_dir(),
             checked_shaders: std::env::var("LOWBIT_WGPU_CHECKED_SHADERS").is_ok_and(|v| v == "1"),
             dispatches_per_submit: std::env::var("LOWBIT_WGPU_DISPATCHES_PER_SUBMIT")

@@ -18,7 +18,7 @@ mod tuning;
 mod weights;
 
 pub use backend::{KernelPaths, WgpuBackend};
-pub use device::WgpuOptions;
+pub use device::{MatvecShape, WgpuOptions};
 pub use probe::{probe_adapters, AdapterReport};
 pub use profiling::KernelTiming;
 

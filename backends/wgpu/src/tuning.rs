@@ -29,6 +29,9 @@ pub(crate) struct Tuning {
     pub fused_norm: bool,
     /// Workgroup memory available, bytes.
     workgroup_bytes: u32,
+    /// A forced matvec shape (`WgpuOptions::matvec_shape`): the wide kernel runs exactly
+    /// `matvec_wg` lanes, and this many blocks per lane and step when given.
+    forced: Option<Option<u32>>,
 }
 
 /// `n` lanes kept within the device's invocation limit and rounded down to a power of two.
@@ -60,11 +63,13 @@ impl Tuning {
         }
     }
 
-    /// Sets the decode matvec's lanes (rounded down to a power of two within the device's
-    /// limit) and rows per workgroup (1..=16).
-    pub fn set_matvec(&mut self, limits: &wgpu::Limits, lanes: u32, rows: u32) {
-        self.matvec_wg = pow2_lanes(limits, lanes);
-        self.matvec_rows = rows.clamp(1, 16);
+    /// Forces the decode matvec's shape: lanes (rounded down to a power of two within the
+    /// device's limit; the wide kernel runs exactly these), rows per workgroup (1..=16) and,
+    /// when given, the wide kernel's blocks per lane and step.
+    pub fn set_matvec(&mut self, limits: &wgpu::Limits, shape: crate::device::MatvecShape) {
+        self.matvec_wg = pow2_lanes(limits, shape.lanes);
+        self.matvec_rows = shape.rows.clamp(1, 16);
+        self.forced = Some(shape.unroll);
     }
 
     /// `(lanes, unroll)` of the wide matvec over rows of `cols` values: 4-bit lanes take two
@@ -80,6 +85,11 @@ impl Tuning {
             WeightKind::Quant(s) if s.bits == 2 => 4,
             _ => 1,
         };
+        if let Some(unroll) = self.forced {
+            let lanes = self.matvec_wg;
+            let unroll = unroll.unwrap_or(if blocks > lanes { per_lane } else { 1 });
+            return (lanes, unroll);
+        }
         let want = blocks.div_ceil(per_lane).next_power_of_two();
         let lanes = pow2_lanes(limits, want.clamp(self.matvec_wg, 256.max(self.matvec_wg)));
         (lanes, if blocks > lanes { per_lane } else { 1 })
@@ -114,7 +124,7 @@ impl Tuning {
             wide_matvec: false,
             fused_norm: true,
             matvec_wg: 64,
-            matvec_rows: 8,
+            matvec_rows: 4,
             // 4 × 8 outputs per lane of the 16 × 16 tiled-matmul lanes.
             tile_t: 64,
             tile_r: 128,
@@ -123,6 +133,7 @@ impl Tuning {
             attn_wg: 64,
             split_len: 256,
             workgroup_bytes: limits.max_compute_workgroup_storage_size,
+            forced: None,
         }
     }
 

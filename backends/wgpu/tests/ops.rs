@@ -630,6 +630,13 @@ fn argmax_and_indirect_embedding() {
         vec![f32::NEG_INFINITY, f32::NAN, f32::NEG_INFINITY],
         vec![-f32::MAX, f32::NEG_INFINITY],
         vec![2.0; 777],
+        // Longer than one argmax workgroup's span (1024): two passes, ties and NaN across
+        // workgroups.
+        vec![2.0; 3000],
+        (0..2500)
+            .map(|i| if i % 2 == 0 { f32::NAN } else { f32::NEG_INFINITY })
+            .collect(),
+        (0..2049).map(|i| i as f32 * 1e-3).collect(),
     ];
     let mut tied = big;
     tied[40_000] = 5.0;
@@ -648,6 +655,13 @@ fn argmax_and_indirect_embedding() {
         );
     }
     assert!(b.argmax(out, 3, out, 0).is_err());
+    let kernels = b.compiled_kernels();
+    for pass in ["PARTIAL=1,PAIRS=0", "PARTIAL=0,PAIRS=1", "PARTIAL=0,PAIRS=0"] {
+        assert!(
+            kernels.iter().any(|k| k.starts_with("argmax[") && k.contains(pass)),
+            "argmax {pass} not compiled: {kernels:?}"
+        );
+    }
 
     // embed_indirect reads ids from a device buffer and equals embed of the same ids.
     let (rows, cols) = (300, 96);
