@@ -135,7 +135,7 @@ fn main() {
 /// The other kernels of a Llama-3-8B decode step (`others`), then its int4 projections as the
 /// adapter runs them and one whole layer, each chained CALLS times (device µs).
 fn step_kernels(b: &WgpuBackend, others: bool) {
-// The other kernels of a Llama-3-8B decode step, each chained CALLS times (device µs).
+    // The other kernels of a Llama-3-8B decode step, each chained CALLS times (device µs).
     let (heads, kv_heads, hd, ff, vocab) = (32usize, 8usize, 128usize, 14336usize, 128256);
     let dim = heads * hd;
     let row = dim + 2 * kv_heads * hd;
@@ -262,7 +262,9 @@ fn decode_matvecs(b: &WgpuBackend) {
                 b.upload_weight(w).expect("upload")
             })
             .collect();
-        let gu: Vec<f32> = (0..2 * cols).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
+        let gu: Vec<f32> = (0..2 * cols)
+            .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
+            .collect();
         let gu = b.upload(&gu).expect("upload");
         let (h, out) = (b.alloc(cols).expect("alloc"), b.alloc(rows).expect("alloc"));
         let s = time_calls(b, h, &|_| b.swiglu(gu, h, 1, cols).expect("swiglu"));

@@ -1060,7 +1060,8 @@ impl Backend for WgpuBackend {
                 entry: "argmax",
                 defines,
             };
-            st.pipelines.get(&self.dev, &key, &[Uniform, Read, ReadWrite])
+            st.pipelines
+                .get(&self.dev, &key, &[Uniform, Read, ReadWrite])
         };
         // One workgroup scans a long vocabulary slowly (H100: 31 µs for 128,256 logits), so
         // long inputs are split over workgroups of ARGMAX_SPAN values, then their pairs reduced.

@@ -634,7 +634,13 @@ fn argmax_and_indirect_embedding() {
         // workgroups.
         vec![2.0; 3000],
         (0..2500)
-            .map(|i| if i % 2 == 0 { f32::NAN } else { f32::NEG_INFINITY })
+            .map(|i| {
+                if i % 2 == 0 {
+                    f32::NAN
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
             .collect(),
         (0..2049).map(|i| i as f32 * 1e-3).collect(),
     ];
@@ -656,9 +662,15 @@ fn argmax_and_indirect_embedding() {
     }
     assert!(b.argmax(out, 3, out, 0).is_err());
     let kernels = b.compiled_kernels();
-    for pass in ["PARTIAL=1,PAIRS=0", "PARTIAL=0,PAIRS=1", "PARTIAL=0,PAIRS=0"] {
+    for pass in [
+        "PARTIAL=1,PAIRS=0",
+        "PARTIAL=0,PAIRS=1",
+        "PARTIAL=0,PAIRS=0",
+    ] {
         assert!(
-            kernels.iter().any(|k| k.starts_with("argmax[") && k.contains(pass)),
+            kernels
+                .iter()
+                .any(|k| k.starts_with("argmax[") && k.contains(pass)),
             "argmax {pass} not compiled: {kernels:?}"
         );
     }
