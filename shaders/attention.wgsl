@@ -32,7 +32,35 @@ struct Params {
 @group(0) @binding(3) var<storage, read> v_cache: array<f32>;
 #endif
 #endif
+#if Q8_OUT
+// Decode only, HEAD_DIM a multiple of 32: the output row as 8-bit activation blocks in the
+// consuming matvec's code order ORDER (q8.wgsl), so the output projection reads them as they
+// are. The finished head goes through `head_out` to eight lanes per block.
+@group(0) @binding(4) var<storage, read_write> q8_out: array<vec4<u32>>;
+#include q8_out.wgsl
+var<workgroup> head_out: array<f32, HEAD_DIM>;
+
+// Writes `head_out` (published by a barrier) as blocks of output head row `row`. Every lane
+// calls it (quantize_word has barriers).
+fn store_head_q8(row: u32, lid: u32) {
+    for (var w0 = 0u; w0 < HEAD_DIM / 4u; w0 += WORKGROUP_SIZE) {
+        let wi = w0 + lid;
+        let valid = wi < HEAD_DIM / 4u;
+        let b = wi / 8u;
+        var v = vec4<f32>(0.0);
+        if valid {
+            let i = vec4<u32>(32u * b) + word_values(wi % 8u, ORDER);
+            v = vec4<f32>(head_out[i.x], head_out[i.y], head_out[i.z], head_out[i.w]);
+        }
+        let word = quantize_word(v, lid);
+        if valid {
+            store_word(row * (HEAD_DIM / 32u) + b, wi % 8u, word);
+        }
+    }
+}
+#else
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#endif
 // Split partials: per (row, head, split) HEAD_DIM values, then m and l.
 @group(0) @binding(5) var<storage, read_write> part: array<f32>;
 
@@ -126,11 +154,18 @@ fn attn_split(inv: Invocation) {
         if p.n_splits == 1u {
             // One split holds every key: the result is final and attn_merge is not run.
             o /= l;
+#if Q8_OUT
+            head_out[4u * j] = o.x;
+            head_out[4u * j + 1u] = o.y;
+            head_out[4u * j + 2u] = o.z;
+            head_out[4u * j + 3u] = o.w;
+#else
             let ob = (i * p.n_heads + h) * HEAD_DIM + 4u * j;
             out[ob] = o.x;
             out[ob + 1u] = o.y;
             out[ob + 2u] = o.z;
             out[ob + 3u] = o.w;
+#endif
         } else {
             part[pb + 4u * j] = o.x;
             part[pb + 4u * j + 1u] = o.y;
@@ -146,7 +181,11 @@ fn attn_split(inv: Invocation) {
         }
         if p.n_splits == 1u {
             // One split holds every key: the result is final and attn_merge is not run.
+#if Q8_OUT
+            head_out[d] = o / l;
+#else
             out[(i * p.n_heads + h) * HEAD_DIM + d] = o / l;
+#endif
         } else {
             part[pb + d] = o;
         }
@@ -156,6 +195,12 @@ fn attn_split(inv: Invocation) {
         part[pb + HEAD_DIM] = m;
         part[pb + HEAD_DIM + 1u] = l;
     }
+#if Q8_OUT
+    if p.n_splits == 1u {
+        workgroupBarrier();
+        store_head_q8(i * p.n_heads + h, inv.lid);
+    }
+#endif
 }
 
 // Dispatch (n_heads, n_tokens).
@@ -187,8 +232,16 @@ fn attn_merge(inv: Invocation) {
                 o += part[pb + d] * exp(part[pb + HEAD_DIM] - mx);
             }
         }
+#if Q8_OUT
+        head_out[d] = o / l;
+#else
         out[row * HEAD_DIM + d] = o / l;
+#endif
     }
+#if Q8_OUT
+    workgroupBarrier();
+    store_head_q8(row, inv.lid);
+#endif
 }
 
 #else

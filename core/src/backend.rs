@@ -430,6 +430,24 @@ pub trait Backend: Send + Sync {
         out: BufferId,
         p: &AttentionParams,
     ) -> Result<()>;
+    /// `out[n, rows] += attention(q, caches) · Wᵀ`: [`Backend::attention`] fed to a
+    /// residual-adding matmul (the attention output projection). `scratch`
+    /// (`n_tokens × n_heads × head_dim` values) takes the attention output in whatever form the
+    /// backend's matmul reads best (the WebGPU decode matvec: 8-bit activation blocks).
+    #[allow(clippy::too_many_arguments)]
+    fn attention_matmul_add(
+        &self,
+        q: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        scratch: BufferId,
+        p: &AttentionParams,
+        w: WeightId,
+        out: BufferId,
+    ) -> Result<()> {
+        self.attention(q, k_cache, v_cache, scratch, p)?;
+        self.matmul_add(w, scratch, out, p.n_tokens)
+    }
     /// `out = silu(gate) * up`, elementwise over `len`.
     fn silu_mul(&self, gate: BufferId, up: BufferId, out: BufferId, len: usize) -> Result<()>;
     /// `dst += src`, elementwise over `len`.

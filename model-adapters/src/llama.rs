@@ -417,11 +417,10 @@ impl LlamaModel {
         }
     }
 
-    /// The second half of a layer over `n` rows: the attention output projection and residual,
-    /// then RMSNorm, SwiGLU feed-forward and residual.
-    fn output_and_ffn(&self, layer: &Layer, s: &[BufferId; N_SCRATCH], n: usize) -> Result<()> {
+    /// The feed-forward half of a layer over `n` rows (after the attention output projection
+    /// and residual): RMSNorm, SwiGLU feed-forward and residual.
+    fn ffn(&self, layer: &Layer, s: &[BufferId; N_SCRATCH], n: usize) -> Result<()> {
         let (b, hp) = (&self.backend, &self.hp);
-        b.matmul_add(layer.wo, s[S_ATT], s[S_X], n)?;
         let norm = self.norm(layer.ffn_norm);
         b.rms_norm_matmul(s[S_X], &norm, s[S_H], layer.w_gate_up, s[S_GATE_UP], n)?;
         b.swiglu_matmul_add(s[S_GATE_UP], s[S_FF], layer.w_down, s[S_X], n, hp.ffn_dim)
@@ -444,8 +443,8 @@ impl LlamaModel {
             let norm = self.norm(layer.attn_norm);
             b.rms_norm_matmul(s[S_X], &norm, s[S_H], layer.wqkv, s[S_QKV], n)?;
             b.rope_store_qkv(s[S_QKV], s[S_Q], kc, vc, &qkv)?;
-            b.attention(s[S_Q], kc, vc, s[S_ATT], &att)?;
-            self.output_and_ffn(layer, s, n)?;
+            b.attention_matmul_add(s[S_Q], kc, vc, s[S_ATT], &att, layer.wo, s[S_X])?;
+            self.ffn(layer, s, n)?;
         }
         Ok(())
     }
@@ -646,7 +645,8 @@ impl TextModel for LlamaModel {
                 b.attention(t_q, kc, vc, t_att, &att)?;
                 b.copy(t_att, 0, s[S_ATT], i * q_dim, q_dim)?;
             }
-            self.output_and_ffn(layer, &s, n)?;
+            b.matmul_add(layer.wo, s[S_ATT], s[S_X], n)?;
+            self.ffn(layer, &s, n)?;
         }
         b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
         b.matmul(self.lm_head, s[S_H], s[S_LOGITS], n)?;

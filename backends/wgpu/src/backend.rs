@@ -571,6 +571,129 @@ impl WgpuBackend {
         n == 1 && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize
     }
 
+    /// Attention (see `Backend::attention`); with `q8` (decode, head dimension a multiple of
+    /// 32) the output as 8-bit activation blocks in that code order.
+    fn attention_into(
+        &self,
+        q: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        out: BufferId,
+        p: &AttentionParams,
+        q8: Option<u32>,
+    ) -> Result<()> {
+        if p.n_tokens == 0 {
+            return Ok(());
+        }
+        if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
+            return Err(Error::invalid_config(format!(
+                "attention needs query heads ({}) to be a multiple of kv heads ({})",
+                p.n_heads, p.n_kv_heads
+            )));
+        }
+        if p.head_dim == 0 || p.head_dim > MAX_HEAD_DIM {
+            return Err(Error::unsupported(format!(
+                "the WebGPU attention kernels support head dimensions 1..={MAX_HEAD_DIM}, got {}",
+                p.head_dim
+            )));
+        }
+        for b in [q, k_cache, v_cache] {
+            distinct("attention", b, out)?;
+        }
+        let t = self.tuning;
+        let hd = p.head_dim;
+        let q_len = p.n_tokens * p.n_heads * hd;
+        let kv_len = (p.pos0 + p.n_tokens) * p.n_kv_heads * hd;
+        let decode = p.n_tokens == 1;
+        if q8.is_some() && (!decode || !hd.is_multiple_of(32) || t.attn_wg < 8) {
+            return Err(Error::invalid_config(
+                "8-bit attention output needs one decode row, whole 32-value blocks per head and 8+ lanes",
+            ));
+        }
+        let n_splits = t.n_splits(p.pos0 + p.n_tokens);
+        let part_len = if decode {
+            p.n_tokens * p.n_heads * n_splits as usize * (hd + 2)
+        } else {
+            4
+        };
+        let mut st = self.lock();
+        check_len("attention query", st.buf(q)?, q_len)?;
+        check_len("attention keys", st.buf(k_cache)?, kv_len)?;
+        check_len("attention values", st.buf(v_cache)?, kv_len)?;
+        check_len(
+            "attention output",
+            st.buf(out)?,
+            q8_len(q_len, q8.is_some()),
+        )?;
+        let part = self.scratch(&mut st, Scratch::AttentionPartials, part_len as u64 * 4)?;
+        let bufs = [q, k_cache, v_cache, out].map(|id| st.buf(id).map(|b| b.buffer.clone()));
+        let [qb, kb, vb, ob] = bufs;
+        let (qb, kb, vb, ob) = (qb?, kb?, vb?, ob?);
+        let mut defines = self.base_defines(t.attn_wg);
+        defines.extend([
+            ("HEAD_DIM", Define::U32(hd as u32)),
+            ("VEC4", Define::Bool(hd.is_multiple_of(4))),
+            ("SPLIT_LEN", Define::U32(t.split_len)),
+            ("Q8_OUT", Define::Bool(q8.is_some())),
+            ("ORDER", Define::U32(q8.unwrap_or(0))),
+        ]);
+        let (q_rows, k_tile) = t.prefill_tiles(hd);
+        use Slot::*;
+        let slots = [Uniform, Read, Read, Read, ReadWrite, ReadWrite];
+        let params = [
+            p.n_tokens as u32,
+            p.pos0 as u32,
+            p.n_heads as u32,
+            p.n_kv_heads as u32,
+            p.scale.to_bits(),
+            n_splits,
+        ];
+        let bindings = [&qb, &kb, &vb, &ob, &part].map(Bind::Buffer);
+        let key = |entry| {
+            let mut defines = defines.clone();
+            let prefill = entry == "attn_prefill";
+            defines.push(("PREFILL", Define::Bool(prefill)));
+            if prefill {
+                defines.push(("Q_ROWS", Define::U32(q_rows)));
+                defines.push(("K_TILE", Define::U32(k_tile)));
+            }
+            KernelKey {
+                file: ShaderFile::Attention,
+                entry,
+                defines,
+            }
+        };
+        let passes = if decode {
+            let split = (
+                "attn_split",
+                [n_splits, p.n_heads as u32, p.n_tokens as u32],
+            );
+            let merge = ("attn_merge", [p.n_heads as u32, p.n_tokens as u32, 1]);
+            // A single split writes the final output itself.
+            if n_splits == 1 {
+                vec![split]
+            } else {
+                vec![split, merge]
+            }
+        } else {
+            let q_groups = p.n_tokens.div_ceil(q_rows as usize) as u32;
+            vec![("attn_prefill", [q_groups, p.n_heads as u32, 1])]
+        };
+        for (entry, groups) in passes {
+            let kernel = st.pipelines.get(&self.dev, &key(entry), &slots)?;
+            st.rec.dispatch(
+                &self.dev,
+                &Dispatch {
+                    kernel: &kernel,
+                    params: &params,
+                    bindings: &bindings,
+                    groups,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     /// Whether `n` rows of `cols` activations made by a producer of `producer_lanes` lanes may
     /// reach `w` as 8-bit blocks (the wide matvec; eight lanes per block): the blocks' code
     /// order, and whether `Tuning::fuse_norm_into` would rather fuse a norm into the matvec.
@@ -1340,105 +1463,36 @@ impl Backend for WgpuBackend {
         out: BufferId,
         p: &AttentionParams,
     ) -> Result<()> {
-        if p.n_tokens == 0 {
-            return Ok(());
-        }
-        if p.n_heads == 0 || p.n_kv_heads == 0 || !p.n_heads.is_multiple_of(p.n_kv_heads) {
-            return Err(Error::invalid_config(format!(
-                "attention needs query heads ({}) to be a multiple of kv heads ({})",
-                p.n_heads, p.n_kv_heads
-            )));
-        }
-        if p.head_dim == 0 || p.head_dim > MAX_HEAD_DIM {
-            return Err(Error::unsupported(format!(
-                "the WebGPU attention kernels support head dimensions 1..={MAX_HEAD_DIM}, got {}",
-                p.head_dim
-            )));
-        }
-        for b in [q, k_cache, v_cache] {
-            distinct("attention", b, out)?;
-        }
-        let t = self.tuning;
-        let hd = p.head_dim;
-        let q_len = p.n_tokens * p.n_heads * hd;
-        let kv_len = (p.pos0 + p.n_tokens) * p.n_kv_heads * hd;
-        let decode = p.n_tokens == 1;
-        let n_splits = t.n_splits(p.pos0 + p.n_tokens);
-        let part_len = if decode {
-            p.n_tokens * p.n_heads * n_splits as usize * (hd + 2)
+        self.attention_into(q, k_cache, v_cache, out, p, None)
+    }
+
+    fn attention_matmul_add(
+        &self,
+        q: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        scratch: BufferId,
+        p: &AttentionParams,
+        w: WeightId,
+        out: BufferId,
+    ) -> Result<()> {
+        // Decode: the attention writes 8-bit activation blocks that the output projection's
+        // matvec reads as they are (no per-workgroup quantization).
+        let q8 = if p.n_tokens == 1 && p.head_dim.is_multiple_of(32) {
+            self.q8_input(w, 1, p.n_heads * p.head_dim, self.tuning.attn_wg)?
         } else {
-            4
+            None
         };
-        let mut st = self.lock();
-        check_len("attention query", st.buf(q)?, q_len)?;
-        check_len("attention keys", st.buf(k_cache)?, kv_len)?;
-        check_len("attention values", st.buf(v_cache)?, kv_len)?;
-        check_len("attention output", st.buf(out)?, q_len)?;
-        let part = self.scratch(&mut st, Scratch::AttentionPartials, part_len as u64 * 4)?;
-        let bufs = [q, k_cache, v_cache, out].map(|id| st.buf(id).map(|b| b.buffer.clone()));
-        let [qb, kb, vb, ob] = bufs;
-        let (qb, kb, vb, ob) = (qb?, kb?, vb?, ob?);
-        let mut defines = self.base_defines(t.attn_wg);
-        defines.extend([
-            ("HEAD_DIM", Define::U32(hd as u32)),
-            ("VEC4", Define::Bool(hd.is_multiple_of(4))),
-            ("SPLIT_LEN", Define::U32(t.split_len)),
-        ]);
-        let (q_rows, k_tile) = t.prefill_tiles(hd);
-        use Slot::*;
-        let slots = [Uniform, Read, Read, Read, ReadWrite, ReadWrite];
-        let params = [
-            p.n_tokens as u32,
-            p.pos0 as u32,
-            p.n_heads as u32,
-            p.n_kv_heads as u32,
-            p.scale.to_bits(),
-            n_splits,
-        ];
-        let bindings = [&qb, &kb, &vb, &ob, &part].map(Bind::Buffer);
-        let key = |entry| {
-            let mut defines = defines.clone();
-            let prefill = entry == "attn_prefill";
-            defines.push(("PREFILL", Define::Bool(prefill)));
-            if prefill {
-                defines.push(("Q_ROWS", Define::U32(q_rows)));
-                defines.push(("K_TILE", Define::U32(k_tile)));
+        match q8 {
+            Some((order, _)) => {
+                self.attention_into(q, k_cache, v_cache, scratch, p, Some(order))?;
+                self.matmul_into(w, scratch, out, 1, true, Input::Q8)
             }
-            KernelKey {
-                file: ShaderFile::Attention,
-                entry,
-                defines,
+            None => {
+                self.attention(q, k_cache, v_cache, scratch, p)?;
+                self.matmul_add(w, scratch, out, p.n_tokens)
             }
-        };
-        let passes = if decode {
-            let split = (
-                "attn_split",
-                [n_splits, p.n_heads as u32, p.n_tokens as u32],
-            );
-            let merge = ("attn_merge", [p.n_heads as u32, p.n_tokens as u32, 1]);
-            // A single split writes the final output itself.
-            if n_splits == 1 {
-                vec![split]
-            } else {
-                vec![split, merge]
-            }
-        } else {
-            let q_groups = p.n_tokens.div_ceil(q_rows as usize) as u32;
-            vec![("attn_prefill", [q_groups, p.n_heads as u32, 1])]
-        };
-        for (entry, groups) in passes {
-            let kernel = st.pipelines.get(&self.dev, &key(entry), &slots)?;
-            st.rec.dispatch(
-                &self.dev,
-                &Dispatch {
-                    kernel: &kernel,
-                    params: &params,
-                    bindings: &bindings,
-                    groups,
-                },
-            )?;
         }
-        Ok(())
     }
 
     fn silu_mul(&self, gate: BufferId, up: BufferId, out: BufferId, len: usize) -> Result<()> {

@@ -727,6 +727,80 @@ fn check_attention(b: &WgpuBackend, p: AttentionParams, seed: u64) {
     assert!(err < 2e-5, "{p:?} {:?}: {err}", b.paths());
 }
 
+/// Decode attention into a wide output projection (`attention_matmul_add`): the attention
+/// writes 8-bit activation blocks (one split, and several merged) in each code order, and the
+/// result equals the f32 attention output (checked against the reference), quantized, times the
+/// weights, plus the residual.
+#[test]
+fn attention_feeds_output_projection_q8() {
+    let rows = 13usize;
+    let mut seed = 40;
+    for b in variants_with(true) {
+        // 2048 = 16 heads of 128; 2080 = 65 heads of 32 (13 kv heads).
+        for (heads, kv_heads, hd) in [(16usize, 4usize, 128usize), (65, 13, 32)] {
+            for pos0 in [0usize, 37, 600] {
+                for bits in [8u8, 4, 2] {
+                    seed += 1;
+                    let mut rng = StdRng::seed_from_u64(seed);
+                    let p = AttentionParams {
+                        n_tokens: 1,
+                        pos0,
+                        n_heads: heads,
+                        n_kv_heads: kv_heads,
+                        head_dim: hd,
+                        scale: 1.0 / (hd as f32).sqrt(),
+                    };
+                    let cols = heads * hd;
+                    let kv = (pos0 + 1) * kv_heads * hd;
+                    let qv: Vec<f32> = rand_vec(&mut rng, cols).iter().map(|v| v * 4.0).collect();
+                    let (kvv, vvv) = (rand_vec(&mut rng, kv), rand_vec(&mut rng, kv));
+                    let spec = QuantSpec::new(bits, 32, Scheme::Symmetric).unwrap();
+                    let q = quantize(&rand_vec(&mut rng, rows * cols), rows, cols, spec).unwrap();
+                    let dense = q.dequantize();
+                    let o0 = rand_vec(&mut rng, rows);
+                    let id = b.upload_weight(WeightMatrix::Quantized(q)).unwrap();
+                    let bufs = [&qv, &kvv, &vvv, &o0].map(|v| b.upload(v).unwrap());
+                    let [qb, kb, vb, out] = bufs;
+                    let scratch = b.alloc(cols).unwrap();
+                    // The f32 output, so the codes compare exactly (a value off by an ulp
+                    // may round to the neighbouring code).
+                    b.attention(qb, kb, vb, scratch, &p).unwrap();
+                    let att = b.read(scratch, 0, cols).unwrap();
+                    let err = max_abs(&att, &reference::attention(&qv, &kvv, &vvv, &p));
+                    assert!(err < 2e-5, "{p:?} {:?}: {err}", b.paths());
+                    let (mut want, mag) =
+                        reference::matmul(&dense, rows, cols, &reference::q8_blocks(&att), 1);
+                    for (w, o) in want.iter_mut().zip(&o0) {
+                        *w += o;
+                    }
+                    b.attention_matmul_add(qb, kb, vb, scratch, &p, id, out)
+                        .unwrap();
+                    let err = max_rel(&b.read(out, 0, rows).unwrap(), &want, &mag, 1e-3);
+                    assert!(
+                        err < matmul_tol(&b),
+                        "attention {heads}x{hd} pos {pos0} + {bits}-bit o {:?}: relative error {err}",
+                        b.paths()
+                    );
+                    for buf in [qb, kb, vb, out, scratch] {
+                        b.free(buf);
+                    }
+                }
+            }
+        }
+        let k = b.compiled_kernels();
+        for e in ["attn_split[", "attn_merge["] {
+            for order in 0..3 {
+                assert!(
+                    k.iter().any(|l| l.starts_with(e)
+                        && l.contains("Q8_OUT=1")
+                        && l.contains(&format!("ORDER={order}"))),
+                    "{e} with 8-bit output in order {order} never ran: {k:?}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn attention_decode_and_prefill_gqa() {
     for b in variants() {
