@@ -15,13 +15,81 @@ struct Params {
     out_stride: u32, // rows of the whole matrix: the stride of an output token row
     row_offset: u32, // first row of this piece within the matrix
     eps: f32,        // NORM: RMSNorm epsilon
+#if ROPE
+    pos: u32,        // the token's position
+    head_dim: u32,
+    q_dim: u32,      // rows of q; then kv_dim rows of k, kv_dim of v
+    kv_dim: u32,
+    adjacent: u32,   // 1: RoPE pairs (2i, 2i+1); 0: (i, i + head_dim/2)
+#endif
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> w_data: array<u32>;
 @group(0) @binding(2) var<storage, read> w_params: array<u32>;
+#if XQ8
+// The activations already quantized by their producer (see q8.wgsl), in this format's order.
+@group(0) @binding(3) var<storage, read> xq8: array<vec4<u32>>;
+#else
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
+#endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#if ROPE
+// The q|k|v projection of one decode token (wide, XQ8, one piece): RoPE(q) goes to `out`,
+// RoPE(k) and v to row `pos` of the caches. A workgroup's rows come in RoPE pairs
+// (`logical_row`), so each pair's two sums meet in one workgroup.
+@group(0) @binding(6) var<storage, read> rope_table: array<vec2<f32>>;
+@group(0) @binding(7) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(8) var<storage, read_write> v_cache: array<f32>;
+var<workgroup> row_total: array<f32, ROWS_PER_WG>;
+
+// The matrix row that physical row `r` of this dispatch computes: rows 2j and 2j + 1 are the
+// two members of RoPE pair j (pairs counted head by head over q, k and v alike).
+fn logical_row(r: u32) -> u32 {
+    let half = p.head_dim / 2u;
+    let f = (r / 2u) % half;
+    let base = (r / 2u / half) * p.head_dim;
+    if p.adjacent != 0u {
+        return base + 2u * f + (r & 1u);
+    }
+    return base + f + (r & 1u) * half;
+}
+
+// Writes this workgroup's rows (lane k < ROWS_PER_WG holds the sum of physical row row0 + k)
+// as rotated q, rotated k and v.
+fn rope_store(total: f32, row0: u32, lid: u32) {
+    if lid < ROWS_PER_WG {
+        row_total[lid] = total;
+    }
+    workgroupBarrier();
+    let r = row0 + 2u * lid;
+    if lid < ROWS_PER_WG / 2u && r < p.rows {
+        var v = vec2<f32>(row_total[2u * lid], row_total[2u * lid + 1u]);
+        let a = logical_row(r);
+        let b = logical_row(r + 1u);
+        let half = p.head_dim / 2u;
+        if a < p.q_dim + p.kv_dim {
+            let cs = rope_table[p.pos * half + (r / 2u) % half];
+            v = vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
+        }
+        let kv = p.pos * p.kv_dim;
+        if a < p.q_dim {
+            out[a] = v.x;
+            out[b] = v.y;
+        } else if a < p.q_dim + p.kv_dim {
+            k_cache[kv + a - p.q_dim] = v.x;
+            k_cache[kv + b - p.q_dim] = v.y;
+        } else {
+            v_cache[kv + a - p.q_dim - p.kv_dim] = v.x;
+            v_cache[kv + b - p.q_dim - p.kv_dim] = v.y;
+        }
+    }
+}
+#else
+fn logical_row(r: u32) -> u32 {
+    return r;
+}
+#endif
 
 #include weights.wgsl
 
@@ -41,8 +109,8 @@ fn store(t: u32, r: u32, v: f32) {
 
 var<workgroup> row_sums: array<f32, ROWS_PER_WG * WORKGROUP_SIZE>;
 
-// Sums `acc[k]` over the workgroup for every k at once and writes the rows' outputs.
-fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation) {
+// Sums `acc[k]` over the workgroup for every k at once: lane k < ROWS_PER_WG gets row k's.
+fn reduce_rows(acc: array<f32, ROWS_PER_WG>, inv: Invocation) -> f32 {
 #if USE_SUBGROUPS
     for (var k = 0u; k < ROWS_PER_WG; k++) {
         let s = subgroupAdd(acc[k]);
@@ -51,13 +119,13 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
         }
     }
     workgroupBarrier();
-    if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
-        var total = 0.0;
+    var total = 0.0;
+    if inv.lid < ROWS_PER_WG {
         for (var i = 0u; i < inv.sg_count; i++) {
             total += row_sums[inv.lid * WORKGROUP_SIZE + i];
         }
-        store(t, row0 + inv.lid, total);
     }
+    return total;
 #else
     for (var k = 0u; k < ROWS_PER_WG; k++) {
         row_sums[k * WORKGROUP_SIZE + inv.lid] = acc[k];
@@ -71,9 +139,7 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, row0: u32, t: u32, inv: Invocation)
         }
         workgroupBarrier();
     }
-    if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
-        store(t, row0 + inv.lid, row_sums[inv.lid * WORKGROUP_SIZE]);
-    }
+    return row_sums[min(inv.lid, ROWS_PER_WG - 1u) * WORKGROUP_SIZE];
 #endif
 }
 
@@ -118,9 +184,6 @@ fn code_vec(r: u32, nb: u32, b: u32, v: u32) -> vec4<u32> {
 #include q8.wgsl
 
 #if XQ8
-// The activations already quantized by their producer (see q8.wgsl), in this format's order.
-@group(0) @binding(6) var<storage, read> xq8: array<vec4<u32>>;
-
 fn load_block(b: u32) -> BlockX {
     return unpack_block(xq8[3u * b], xq8[3u * b + 1u], xq8[3u * b + 2u]);
 }
@@ -196,7 +259,7 @@ fn matvec(inv: Invocation) {
             b = select(b0, b, b < nb);
             for (var k = 0u; k < ROWS_PER_WG; k++) {
                 // Rows past the end repeat the last one; their sums are never written.
-                let r = min(row0 + k, p.rows - 1u);
+                let r = logical_row(min(row0 + k, p.rows - 1u));
                 for (var v = 0u; v < CODE_VECS; v++) {
                     codes[u * ROWS_PER_WG + k][v] = code_vec(r, nb, b, v);
                 }
@@ -239,9 +302,17 @@ fn matvec(inv: Invocation) {
         }
     }
 #endif
-    reduce_rows(acc, row0, t, inv);
+    let total = reduce_rows(acc, inv);
+#if ROPE
+    rope_store(total, row0, inv.lid);
+#else
+    if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
+        store(t, row0 + inv.lid, total);
+    }
+#endif
 }
 
+#if !XQ8
 // TILE_K (16 or 32, from the host: the tiles must fit the workgroup memory) columns per step.
 // Tiles are stored k-major, so lanes with consecutive tx read consecutive words (no bank
 // conflicts) and the loads fill them with consecutive rows / tokens per lane.
@@ -312,3 +383,4 @@ fn matmul_tiled(inv: Invocation) {
         }
     }
 }
+#endif

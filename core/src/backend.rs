@@ -380,6 +380,28 @@ pub trait Backend: Send + Sync {
         v_cache: BufferId,
         p: &QkvParams,
     ) -> Result<()>;
+    /// A layer's attention inputs from its residual stream: [`Backend::rms_norm_matmul`] of `x`
+    /// through the fused projection `w` into `qkv` (`p.n_tokens × p.row_len()` values), then
+    /// [`Backend::rope_store_qkv`] into `q_out` and the caches. A backend may write `q_out` and
+    /// the caches straight from the projection (the WebGPU decode matvec rotates each RoPE pair
+    /// as it stores it), leaving `qkv` unused; `scratch` is the norm's scratch as in
+    /// `rms_norm_matmul`.
+    #[allow(clippy::too_many_arguments)]
+    fn rms_norm_qkv_rope(
+        &self,
+        x: BufferId,
+        norm: &RmsNorm,
+        scratch: BufferId,
+        w: WeightId,
+        qkv: BufferId,
+        q_out: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        p: &QkvParams,
+    ) -> Result<()> {
+        self.rms_norm_matmul(x, norm, scratch, w, qkv, p.n_tokens)?;
+        self.rope_store_qkv(qkv, q_out, k_cache, v_cache, p)
+    }
     /// SwiGLU over a fused gate|up projection: `out[t, j] = silu(gate_up[t, j]) ·
     /// gate_up[t, width + j]` for `n` rows of `2 × width` values; `out` holds `n × width`.
     fn swiglu(&self, gate_up: BufferId, out: BufferId, n: usize, width: usize) -> Result<()>;

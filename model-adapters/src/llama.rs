@@ -441,8 +441,9 @@ impl LlamaModel {
         for (l, layer) in self.layers.iter().enumerate() {
             let (kc, vc) = (cache.buffers[2 * l], cache.buffers[2 * l + 1]);
             let norm = self.norm(layer.attn_norm);
-            b.rms_norm_matmul(s[S_X], &norm, s[S_H], layer.wqkv, s[S_QKV], n)?;
-            b.rope_store_qkv(s[S_QKV], s[S_Q], kc, vc, &qkv)?;
+            b.rms_norm_qkv_rope(
+                s[S_X], &norm, s[S_H], layer.wqkv, s[S_QKV], s[S_Q], kc, vc, &qkv,
+            )?;
             b.attention_matmul_add(s[S_Q], kc, vc, s[S_ATT], &att, layer.wo, s[S_X])?;
             self.ffn(layer, s, n)?;
         }

@@ -135,6 +135,22 @@ enum Input<'a> {
     Q8,
 }
 
+/// What a matmul does with its sums.
+#[derive(Clone, Copy)]
+enum Epilogue<'a> {
+    /// `out = sums`.
+    Store,
+    /// `out += sums` (a residual add).
+    Add,
+    /// The q|k|v rows of one decode token (wide matvec, 8-bit input, one piece): RoPE(q) to
+    /// `out`, RoPE(k) and v to row `p.pos0` of the caches.
+    Rope {
+        k_cache: BufferId,
+        v_cache: BufferId,
+        p: &'a QkvParams,
+    },
+}
+
 /// Values (f32 slots) a row of `len` activations takes: `len`, or as 8-bit activation blocks
 /// (12 words per 32 values, see q8.wgsl).
 fn q8_len(len: usize, q8: bool) -> usize {
@@ -713,14 +729,14 @@ impl WgpuBackend {
         Ok((gw.cols == cols && producer_lanes >= 8).then_some((code_order(spec.bits), fuse)))
     }
 
-    /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`; `input` says what `x` holds.
+    /// `x · Wᵀ` into `out` as `epilogue` says; `input` says what `x` holds.
     fn matmul_into(
         &self,
         w: WeightId,
         x: BufferId,
         out: BufferId,
         n: usize,
-        accumulate: bool,
+        epilogue: Epilogue<'_>,
         input: Input<'_>,
     ) -> Result<()> {
         if n == 0 {
@@ -736,6 +752,33 @@ impl WgpuBackend {
         }
         let t = self.tuning;
         let mut st = self.lock();
+        let rope = match epilogue {
+            Epilogue::Rope {
+                k_cache,
+                v_cache,
+                p,
+            } => {
+                self.check_rope_epilogue(&st, w, n, xq8, p)?;
+                for (a, b) in [(x, out), (x, k_cache), (x, v_cache)] {
+                    distinct("q|k|v projection with RoPE", a, b)?;
+                }
+                for (a, b) in [(out, k_cache), (out, v_cache), (k_cache, v_cache)] {
+                    distinct("q|k|v projection with RoPE", a, b)?;
+                }
+                check_len("RoPE q output", st.buf(out)?, p.q_dim())?;
+                for c in [k_cache, v_cache] {
+                    p.check_cache(st.buf(c)?.len)?;
+                }
+                let table = self.rope_table(&mut st, p.theta, p.head_dim, p.pos0 + 1)?;
+                let (k, v) = (
+                    st.buf(k_cache)?.buffer.clone(),
+                    st.buf(v_cache)?.buffer.clone(),
+                );
+                Some((table, k, v, p))
+            }
+            _ => None,
+        };
+        let accumulate = matches!(epilogue, Epilogue::Add);
         let State {
             buffers,
             weights,
@@ -752,7 +795,9 @@ impl WgpuBackend {
         };
         let (xb, ob) = (get(x)?, get(out)?);
         check_len("matmul input", xb, n * q8_len(gw.cols, xq8))?;
-        check_len("matmul output", ob, n * gw.rows)?;
+        if rope.is_none() {
+            check_len("matmul output", ob, n * gw.rows)?;
+        }
         let tiled = n > 1;
         let wide = self.wide_matvec(gw, n);
         if xq8 && (!wide || norm.is_some()) {
@@ -805,6 +850,7 @@ impl WgpuBackend {
             ("ACCUMULATE", Define::Bool(accumulate)),
             ("NORM", Define::Bool(norm_w.is_some())),
             ("XQ8", Define::Bool(xq8)),
+            ("ROPE", Define::Bool(rope.is_some())),
         ]);
         let key = KernelKey {
             file: ShaderFile::Matmul,
@@ -812,11 +858,14 @@ impl WgpuBackend {
             defines,
         };
         use Slot::*;
-        // The wide kernel also reads the codes through a vector view (binding 5), and a fused
-        // norm its weights (binding 6).
-        let slots: &[Slot] = match (wide, norm_w.is_some() || xq8) {
-            (true, true) => &[Uniform, Read, Read, Read, ReadWrite, Read, Read],
-            (true, false) => &[Uniform, Read, Read, Read, ReadWrite, Read],
+        // The wide kernel also reads the codes through a vector view (binding 5), a fused norm
+        // its weights (binding 6), and the RoPE epilogue the table and caches (6, 7, 8).
+        let slots: &[Slot] = match (wide, norm_w.is_some(), rope.is_some()) {
+            (true, _, true) => &[
+                Uniform, Read, Read, Read, ReadWrite, Read, Read, ReadWrite, ReadWrite,
+            ],
+            (true, true, false) => &[Uniform, Read, Read, Read, ReadWrite, Read, Read],
+            (true, false, false) => &[Uniform, Read, Read, Read, ReadWrite, Read],
             _ => &[Uniform, Read, Read, Read, ReadWrite],
         };
         let kernel = pipelines.get(&self.dev, &key, slots)?;
@@ -834,35 +883,78 @@ impl WgpuBackend {
                 );
                 [gx, gy, n as u32]
             };
+            let mut params = vec![
+                p.rows as u32,
+                gw.cols as u32,
+                n as u32,
+                gw.rows as u32,
+                p.row_start as u32,
+                norm_w.as_ref().map_or(0.0f32, |nw| nw.1).to_bits(),
+            ];
+            let mut bindings = vec![
+                Bind::Buffer(&p.data),
+                Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
+                Bind::Buffer(&xb.buffer),
+                Bind::Buffer(&ob.buffer),
+                Bind::Buffer(&p.data),
+            ];
+            if let Some((nw, _)) = &norm_w {
+                bindings.push(Bind::Buffer(nw));
+            }
+            if let Some((table, k, v, qp)) = &rope {
+                params.extend([
+                    qp.pos0 as u32,
+                    qp.head_dim as u32,
+                    qp.q_dim() as u32,
+                    qp.kv_dim() as u32,
+                    u32::from(qp.style == RopeStyle::Adjacent),
+                ]);
+                bindings.extend([table, k, v].map(Bind::Buffer));
+            }
+            bindings.truncate(slots.len() - 1);
             rec.dispatch(
                 &self.dev,
                 &Dispatch {
                     kernel: &kernel,
-                    params: &[
-                        p.rows as u32,
-                        gw.cols as u32,
-                        n as u32,
-                        gw.rows as u32,
-                        p.row_start as u32,
-                        norm_w.as_ref().map_or(0.0f32, |nw| nw.1).to_bits(),
-                    ],
-                    bindings: &[
-                        Bind::Buffer(&p.data),
-                        Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
-                        Bind::Buffer(&xb.buffer),
-                        Bind::Buffer(&ob.buffer),
-                        Bind::Buffer(&p.data),
-                        Bind::Buffer(if xq8 {
-                            &xb.buffer
-                        } else {
-                            norm_w.as_ref().map_or(&*dummy, |nw| &nw.0)
-                        }),
-                    ][..slots.len() - 1],
+                    params: &params,
+                    bindings: &bindings,
                     groups,
                 },
             )?;
         }
         Ok(())
+    }
+
+    /// Errors unless the q|k|v matmul of `w` can take the RoPE epilogue: one decode token
+    /// through the wide matvec from 8-bit blocks, one piece of `p.row_len()` rows, RoPE pairs
+    /// whole within a workgroup, and the eight storage bindings it needs.
+    fn check_rope_epilogue(
+        &self,
+        st: &State,
+        w: WeightId,
+        n: usize,
+        xq8: bool,
+        p: &QkvParams,
+    ) -> Result<()> {
+        if !self.rope_epilogue(st, w, p)? || n != 1 || !xq8 {
+            return Err(Error::invalid_config(
+                "the RoPE epilogue needs one decode token of 8-bit blocks into the wide matvec of a one-piece q|k|v matrix",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the q|k|v matvec of `w` for `p` (one decode token) can rotate and store as it
+    /// writes (see `check_rope_epilogue`).
+    fn rope_epilogue(&self, st: &State, w: WeightId, p: &QkvParams) -> Result<bool> {
+        let gw = weight(&st.weights, w)?;
+        Ok(p.n_tokens == 1
+            && self.wide_matvec(gw, 1)
+            && gw.pieces.len() == 1
+            && gw.rows == p.row_len()
+            && p.head_dim.is_multiple_of(2)
+            && self.tuning.matvec_rows.is_multiple_of(2)
+            && self.dev.limits.max_storage_buffers_per_shader_stage >= 8)
     }
 
     /// Embedding lookup of token ids from the host or from a device buffer.
@@ -1238,11 +1330,11 @@ impl Backend for WgpuBackend {
     }
 
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        self.matmul_into(w, x, out, n, false, Input::F32)
+        self.matmul_into(w, x, out, n, Epilogue::Store, Input::F32)
     }
 
     fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
-        self.matmul_into(w, x, out, n, true, Input::F32)
+        self.matmul_into(w, x, out, n, Epilogue::Add, Input::F32)
     }
 
     fn rms_norm_matmul(
@@ -1261,10 +1353,44 @@ impl Backend for WgpuBackend {
             return self.matmul(w, scratch, out, n);
         };
         if fuse && self.tuning.fused_norm {
-            return self.matmul_into(w, x, out, n, false, Input::Norm(norm));
+            return self.matmul_into(w, x, out, n, Epilogue::Store, Input::Norm(norm));
         }
         self.norm_into(x, norm.weight, scratch, n, norm.dim, norm.eps, Some(order))?;
-        self.matmul_into(w, scratch, out, n, false, Input::Q8)
+        self.matmul_into(w, scratch, out, n, Epilogue::Store, Input::Q8)
+    }
+
+    fn rms_norm_qkv_rope(
+        &self,
+        x: BufferId,
+        norm: &RmsNorm,
+        scratch: BufferId,
+        w: WeightId,
+        qkv: BufferId,
+        q_out: BufferId,
+        k_cache: BufferId,
+        v_cache: BufferId,
+        p: &QkvParams,
+    ) -> Result<()> {
+        // One decode token: the norm writes 8-bit blocks and the q|k|v matvec rotates and
+        // stores as it writes (no RoPE dispatch, `qkv` unused).
+        p.check_head_dim()?;
+        let q8 = self.q8_input(w, p.n_tokens, norm.dim, self.tuning.norm_wg)?;
+        let rope = self.rope_epilogue(&self.lock(), w, p)?;
+        match q8 {
+            Some((order, _)) if rope => {
+                self.norm_into(x, norm.weight, scratch, 1, norm.dim, norm.eps, Some(order))?;
+                let epilogue = Epilogue::Rope {
+                    k_cache,
+                    v_cache,
+                    p,
+                };
+                self.matmul_into(w, scratch, q_out, 1, epilogue, Input::Q8)
+            }
+            _ => {
+                self.rms_norm_matmul(x, norm, scratch, w, qkv, p.n_tokens)?;
+                self.rope_store_qkv(qkv, q_out, k_cache, v_cache, p)
+            }
+        }
     }
 
     fn rope_store_qkv(
@@ -1360,7 +1486,7 @@ impl Backend for WgpuBackend {
         match self.q8_input(w, n, width, self.tuning.elementwise_wg)? {
             Some((order, _)) => {
                 self.swiglu_into(gate_up, scratch, n, width, Some(order))?;
-                self.matmul_into(w, scratch, out, n, true, Input::Q8)
+                self.matmul_into(w, scratch, out, n, Epilogue::Add, Input::Q8)
             }
             None => {
                 self.swiglu(gate_up, scratch, n, width)?;
@@ -1486,7 +1612,7 @@ impl Backend for WgpuBackend {
         match q8 {
             Some((order, _)) => {
                 self.attention_into(q, k_cache, v_cache, scratch, p, Some(order))?;
-                self.matmul_into(w, scratch, out, 1, true, Input::Q8)
+                self.matmul_into(w, scratch, out, 1, Epilogue::Add, Input::Q8)
             }
             None => {
                 self.attention(q, k_cache, v_cache, scratch, p)?;

@@ -18,7 +18,7 @@ const PARAMS_BYTES: u64 = 64;
 /// Initial ring size: 4096 parameter slots of 256 bytes; grown when one upload needs more.
 const INITIAL_RING_BYTES: u64 = 1 << 20;
 /// Most bindings after binding 0 that a kernel has.
-pub(crate) const MAX_BINDINGS: usize = 6;
+pub(crate) const MAX_BINDINGS: usize = 8;
 /// Cached bind groups beyond which the cache starts over (a bound on what an unforeseen
 /// allocation pattern could keep alive).
 const MAX_CACHED_BIND_GROUPS: usize = 8192;

@@ -543,6 +543,109 @@ fn rope_both_styles() {
     }
 }
 
+/// `rms_norm_qkv_rope` for one decode token on wide backends (the q|k|v matvec rotates and
+/// stores as it writes: no RoPE pass) equals the unfused sequence (norm, matvec into `qkv`,
+/// `rope_store_qkv`) on the same backend: q, the stored cache row, and every other cache row
+/// untouched. Both RoPE styles, 8/4/2-bit, 2080 columns, head dimensions 128 and 32.
+#[test]
+fn qkv_matvec_with_rope_epilogue() {
+    let mut rng = StdRng::seed_from_u64(23);
+    let mut backends = variants_with(true);
+    backends.push(
+        WgpuBackend::new(&WgpuOptions {
+            wide_matvec: true,
+            fused_norm: false,
+            ..WgpuOptions::software()
+        })
+        .expect("a software WebGPU adapter (install mesa-vulkan-drivers)"),
+    );
+    let cols = 2080;
+    let xv = rand_vec(&mut rng, cols);
+    let gv: Vec<f32> = rand_vec(&mut rng, cols).iter().map(|v| 1.0 + v).collect();
+    for b in &backends {
+        for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
+            for (heads, kv_heads, hd, pos0) in [(16usize, 4usize, 128usize, 5usize), (6, 2, 32, 0)]
+            {
+                for bits in [8u8, 4, 2] {
+                    let p = QkvParams {
+                        n_tokens: 1,
+                        pos0,
+                        n_heads: heads,
+                        n_kv_heads: kv_heads,
+                        head_dim: hd,
+                        theta: 10000.0,
+                        style,
+                    };
+                    let (q_dim, kv_dim, rows) = (p.q_dim(), p.kv_dim(), p.row_len());
+                    let spec = QuantSpec::new(bits, 32, Scheme::Symmetric).unwrap();
+                    let w = quantize(&rand_vec(&mut rng, rows * cols), rows, cols, spec).unwrap();
+                    let id = b.upload_weight(WeightMatrix::Quantized(w)).unwrap();
+                    let cache_rows = pos0 + 3;
+                    let sentinel = rand_vec(&mut rng, cache_rows * kv_dim);
+                    let [x, g] = [&xv, &gv].map(|v| b.upload(v).unwrap());
+                    let norm = RmsNorm {
+                        weight: g,
+                        dim: cols,
+                        eps: 1e-5,
+                    };
+                    let run = |fused: bool| {
+                        let [kc, vc] = [0; 2].map(|_| b.upload(&sentinel).unwrap());
+                        let (h, qkv, q) = (
+                            b.alloc(cols).unwrap(),
+                            b.alloc(rows).unwrap(),
+                            b.alloc(q_dim).unwrap(),
+                        );
+                        if fused {
+                            b.rms_norm_qkv_rope(x, &norm, h, id, qkv, q, kc, vc, &p)
+                                .unwrap();
+                        } else {
+                            b.rms_norm_matmul(x, &norm, h, id, qkv, 1).unwrap();
+                            b.rope_store_qkv(qkv, q, kc, vc, &p).unwrap();
+                        }
+                        let cache = cache_rows * kv_dim;
+                        let out = [(q, q_dim), (kc, cache), (vc, cache)]
+                            .map(|(buf, len)| b.read(buf, 0, len).unwrap());
+                        for buf in [kc, vc, h, qkv, q] {
+                            b.free(buf);
+                        }
+                        out
+                    };
+                    let (fused, want) = (run(true), run(false));
+                    let what = format!(
+                        "{style:?} {heads}/{kv_heads}x{hd} pos {pos0} {bits}-bit {:?}",
+                        b.paths()
+                    );
+                    // The same sums; a fused-norm backend's unfused sequence normalises
+                    // inside the matvec instead (rounding apart: matmul_tol).
+                    for (i, name) in ["q", "k cache", "v cache"].iter().enumerate() {
+                        let mag: Vec<f32> = want[i].iter().map(|v| v.abs().max(1.0)).collect();
+                        let err = max_rel(&fused[i], &want[i], &mag, 1e-3);
+                        assert!(err < matmul_tol(b).max(1e-4), "{what}: {name} {err}");
+                    }
+                    // Cache rows other than pos0 keep what they held.
+                    for (i, name) in [(1, "k"), (2, "v")] {
+                        for (r, row) in fused[i].chunks(kv_dim).enumerate() {
+                            if r != pos0 {
+                                let held = &sentinel[r * kv_dim..(r + 1) * kv_dim];
+                                assert_eq!(row, held, "{what}: {name} row {r}");
+                            }
+                        }
+                    }
+                    for buf in [x, g] {
+                        b.free(buf);
+                    }
+                }
+            }
+        }
+        let k = b.compiled_kernels();
+        assert!(
+            k.iter()
+                .any(|l| l.starts_with("matvec[") && l.contains("ROPE=1")),
+            "the RoPE epilogue never ran: {k:?}"
+        );
+    }
+}
+
 #[test]
 fn rope_store_qkv_equals_rope_and_kv_store() {
     let mut rng = StdRng::seed_from_u64(16);
