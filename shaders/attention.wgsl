@@ -80,6 +80,7 @@ const D4: u32 = HEAD_DIM / 4u;
 const SLOTS: u32 = max(1u, WORKGROUP_SIZE / D4);
 var<workgroup> q_s: array<vec4<f32>, D4>;
 var<workgroup> o_part: array<vec4<f32>, SLOTS * D4>;
+var<workgroup> k_part: array<f32, WORKGROUP_SIZE>;
 #else
 var<workgroup> q_s: array<f32, HEAD_DIM>;
 #endif
@@ -107,25 +108,44 @@ fn attn_split(inv: Invocation) {
 #endif
     workgroupBarrier();
     var m = NEG_BIG;
-    for (var t = start + inv.lid; t < end; t += WORKGROUP_SIZE) {
 #if VEC4
-        let kb = kv_base(t, h) / 4u;
+    // KEY_LANES lanes per key (a power of two, from the host), each summing every KEY_LANES-th
+    // vector of it, so a key's loads are spread over lanes and in flight together.
+    let kl = inv.lid % KEY_LANES;
+    for (var t0 = start; t0 < end; t0 += WORKGROUP_SIZE / KEY_LANES) {
+        let t = t0 + inv.lid / KEY_LANES;
         var s4 = vec4<f32>(0.0);
-        for (var j = 0u; j < D4; j++) {
-            s4 += q_s[j] * k_cache[kb + j];
+        if t < end {
+            let kb = kv_base(t, h) / 4u;
+            for (var j = kl; j < D4; j += KEY_LANES) {
+                s4 += q_s[j] * k_cache[kb + j];
+            }
         }
-        var sc = (s4.x + s4.y) + (s4.z + s4.w);
+        k_part[inv.lid] = (s4.x + s4.y) + (s4.z + s4.w);
+        workgroupBarrier();
+        if kl == 0u && t < end {
+            var sc = 0.0;
+            for (var c = 0u; c < KEY_LANES; c++) {
+                sc += k_part[inv.lid + c];
+            }
+            sc *= p.scale;
+            scores[t - start] = sc;
+            m = max(m, sc);
+        }
+        workgroupBarrier();
+    }
 #else
+    for (var t = start + inv.lid; t < end; t += WORKGROUP_SIZE) {
         let kb = kv_base(t, h);
         var sc = 0.0;
         for (var d = 0u; d < HEAD_DIM; d++) {
             sc += q_s[d] * k_cache[kb + d];
         }
-#endif
         sc *= p.scale;
         scores[t - start] = sc;
         m = max(m, sc);
     }
+#endif
     m = workgroup_max(m, inv);
     var l = 0.0;
     for (var t = start + inv.lid; t < end; t += WORKGROUP_SIZE) {

@@ -14,15 +14,32 @@ struct Params {
 #if IN_PLACE
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
 #else
-@group(0) @binding(2) var<storage, read> x: array<f32>;
 #if Q8_OUT
+// Q8_OUT rows are whole 32-value blocks: x is read as vectors.
+@group(0) @binding(2) var<storage, read> x4: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> q8_out: array<vec4<u32>>;
 #include q8_out.wgsl
 #else
+@group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 #endif
 #endif
 
+#if Q8_OUT
+// 1 / sqrt(mean(x²) + eps) of the row at vector `base4`, summed by the whole workgroup.
+fn inv_rms4(base4: u32, inv: Invocation) -> f32 {
+    var ss = vec4<f32>(0.0);
+    for (var i = inv.lid; i < p.dim / 4u; i += WORKGROUP_SIZE) {
+        let v = x4[base4 + i];
+        ss += v * v;
+    }
+    return inverseSqrt(workgroup_sum((ss.x + ss.y) + (ss.z + ss.w), inv) / f32(p.dim) + p.eps);
+}
+
+fn xs(i: u32) -> f32 {
+    return x4[i / 4u][i % 4u];
+}
+#else
 // 1 / sqrt(mean(x²) + eps) of the row at `base`, summed by the whole workgroup.
 fn inv_rms(base: u32, inv: Invocation) -> f32 {
     var ss = 0.0;
@@ -32,6 +49,7 @@ fn inv_rms(base: u32, inv: Invocation) -> f32 {
     }
     return inverseSqrt(workgroup_sum(ss, inv) / f32(p.dim) + p.eps);
 }
+#endif
 
 #if Q8_OUT
 // Dispatch (ceil(8 · dim / 32 / WORKGROUP_SIZE), rows): every workgroup sums the squares of its
@@ -40,14 +58,14 @@ fn inv_rms(base: u32, inv: Invocation) -> f32 {
 fn rms_norm(inv: Invocation) {
     let row = inv.wid.y;
     let base = row * p.dim;
-    let r = inv_rms(base, inv);
+    let r = inv_rms4(base / 4u, inv);
     let nb = p.dim / 32u;
     let b = inv.wid.x * (WORKGROUP_SIZE / 8u) + inv.lid / 8u;
     let w = inv.lid % 8u;
     var v = vec4<f32>(0.0);
     if b < nb {
         let c = vec4<u32>(32u * b) + word_values(w, ORDER);
-        v = vec4<f32>(x[base + c.x], x[base + c.y], x[base + c.z], x[base + c.w]) * r
+        v = vec4<f32>(xs(base + c.x), xs(base + c.y), xs(base + c.z), xs(base + c.w)) * r
             * vec4<f32>(weight[c.x], weight[c.y], weight[c.z], weight[c.w]);
     }
     let word = quantize_word(v, inv.lid);

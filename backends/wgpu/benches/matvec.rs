@@ -133,7 +133,8 @@ fn main() {
 }
 
 /// The other kernels of a Llama-3-8B decode step (`others`), then its int4 projections as the
-/// adapter runs them and one whole layer, each chained CALLS times (device µs).
+/// adapter runs them (`rms_norm_qkv_rope`, `attention_matmul_add`, ...) and one whole layer,
+/// each chained CALLS times (device µs).
 fn step_kernels(b: &WgpuBackend, others: bool) {
     // The other kernels of a Llama-3-8B decode step, each chained CALLS times (device µs).
     let (heads, kv_heads, hd, ff, vocab) = (32usize, 8usize, 128usize, 14336usize, 128256);
@@ -207,13 +208,17 @@ fn step_kernels(b: &WgpuBackend, others: bool) {
         dim,
         eps: 1e-5,
     };
-    let layer: [(&str, &dyn Fn(usize)); 6] = [
-        ("norm + q|k|v, int4", &|_| {
-            b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
+    let layer: [(&str, &dyn Fn(usize)); 7] = [
+        ("norm + q|k|v + RoPE, int4", &|i| {
+            b.rms_norm_qkv_rope(x, &norm, normed, wqkv, qkv, q, kc, vc, &qp(i % 64))
                 .expect("qkv")
         }),
         ("o + residual, int4", &|_| {
             b.matmul_add(wo, att, x, 1).expect("o")
+        }),
+        ("attention (64 keys) + o + residual, int4", &|_| {
+            b.attention_matmul_add(q, kc, vc, att, &ap(63), wo, x)
+                .expect("attention + o")
         }),
         ("norm + gate|up, int4", &|_| {
             b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
@@ -226,11 +231,10 @@ fn step_kernels(b: &WgpuBackend, others: bool) {
             b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down")
         }),
         ("whole layer, int4, 64 keys", &|i| {
-            b.rms_norm_matmul(x, &norm, normed, wqkv, qkv, 1)
+            b.rms_norm_qkv_rope(x, &norm, normed, wqkv, qkv, q, kc, vc, &qp(i % 64))
                 .expect("qkv");
-            b.rope_store_qkv(qkv, q, kc, vc, &qp(i % 64)).expect("rope");
-            b.attention(q, kc, vc, att, &ap(63)).expect("attn");
-            b.matmul_add(wo, att, x, 1).expect("o");
+            b.attention_matmul_add(q, kc, vc, att, &ap(63), wo, x)
+                .expect("attention + o");
             b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
                 .expect("gate_up");
             b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down");

@@ -621,7 +621,12 @@ impl WgpuBackend {
         let q_len = p.n_tokens * p.n_heads * hd;
         let kv_len = (p.pos0 + p.n_tokens) * p.n_kv_heads * hd;
         let decode = p.n_tokens == 1;
-        if q8.is_some() && (!decode || !hd.is_multiple_of(32) || t.attn_wg < 8) {
+        let wg = if decode {
+            t.attn_decode_wg(&self.dev.limits)
+        } else {
+            t.attn_wg
+        };
+        if q8.is_some() && (!decode || !hd.is_multiple_of(32) || wg < 8) {
             return Err(Error::invalid_config(
                 "8-bit attention output needs one decode row, whole 32-value blocks per head and 8+ lanes",
             ));
@@ -645,9 +650,12 @@ impl WgpuBackend {
         let bufs = [q, k_cache, v_cache, out].map(|id| st.buf(id).map(|b| b.buffer.clone()));
         let [qb, kb, vb, ob] = bufs;
         let (qb, kb, vb, ob) = (qb?, kb?, vb?, ob?);
-        let mut defines = self.base_defines(t.attn_wg);
+        let mut defines = self.base_defines(wg);
+        // Decode scores: lanes per key, a power of two up to an eighth of the head's vectors.
+        let key_lanes = (hd / 32).max(1);
         defines.extend([
             ("HEAD_DIM", Define::U32(hd as u32)),
+            ("KEY_LANES", Define::U32(1 << key_lanes.ilog2())),
             ("VEC4", Define::Bool(hd.is_multiple_of(4))),
             ("SPLIT_LEN", Define::U32(t.split_len)),
             ("Q8_OUT", Define::Bool(q8.is_some())),
@@ -1605,7 +1613,8 @@ impl Backend for WgpuBackend {
         // Decode: the attention writes 8-bit activation blocks that the output projection's
         // matvec reads as they are (no per-workgroup quantization).
         let q8 = if p.n_tokens == 1 && p.head_dim.is_multiple_of(32) {
-            self.q8_input(w, 1, p.n_heads * p.head_dim, self.tuning.attn_wg)?
+            let lanes = self.tuning.attn_decode_wg(&self.dev.limits);
+            self.q8_input(w, 1, p.n_heads * p.head_dim, lanes)?
         } else {
             None
         };

@@ -108,6 +108,17 @@ impl Tuning {
         (pow2_lanes(limits, lanes), self.matvec_rows.min(4))
     }
 
+    /// Lanes of the decode attention kernels: at least 256 (the score pass spreads each key
+    /// over several lanes, the value pass over key slots) unless the profile asks for fewer
+    /// than 64 (small devices), within the device's limit.
+    pub fn attn_decode_wg(&self, limits: &wgpu::Limits) -> u32 {
+        if self.attn_wg >= 64 {
+            pow2_lanes(limits, self.attn_wg.max(256))
+        } else {
+            self.attn_wg
+        }
+    }
+
     /// Whether an RMSNorm before a wide matvec of `rows × cols` is fused into it. Fusing saves
     /// the norm's own dispatch (H100: ~7 µs chained), but every workgroup then also reads the
     /// norm weights and sums squares, a cost that grows with workgroups × columns: on the
