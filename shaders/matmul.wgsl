@@ -25,7 +25,9 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if !WIDE
 @group(0) @binding(1) var<storage, read> w_data: array<u32>;
+#endif
 @group(0) @binding(2) var<storage, read> w_params: array<u32>;
 #if XQ8
 // The activations already quantized by their producer (see q8.wgsl), in this format's order.
@@ -35,12 +37,18 @@ struct Params {
 #endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 #if ROPE
-// The q|k|v projection of one decode token (wide, XQ8, one piece): RoPE(q) goes to `out`,
-// RoPE(k) and v to row `pos` of the caches. A workgroup's rows come in RoPE pairs
-// (`logical_row`), so each pair's two sums meet in one workgroup.
+// The q|k|v projection of one decode token (wide): RoPE(q) goes to `out`, RoPE(k) and v to
+// row `pos` of the caches. A workgroup's rows come in RoPE pairs (`logical_row`), so each
+// pair's two sums meet in one workgroup. Bindings after the fused norm's weights, if any.
+#if NORM
 @group(0) @binding(6) var<storage, read> rope_table: array<vec2<f32>>;
 @group(0) @binding(7) var<storage, read_write> k_cache: array<f32>;
 @group(0) @binding(8) var<storage, read_write> v_cache: array<f32>;
+#else
+@group(0) @binding(5) var<storage, read> rope_table: array<vec2<f32>>;
+@group(0) @binding(6) var<storage, read_write> k_cache: array<f32>;
+@group(0) @binding(7) var<storage, read_write> v_cache: array<f32>;
+#endif
 var<workgroup> row_total: array<f32, ROWS_PER_WG>;
 
 // The matrix row that physical row `r` of this dispatch computes: rows 2j and 2j + 1 are the
@@ -144,8 +152,8 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, inv: Invocation) -> f32 {
 }
 
 #if WIDE
-// Wide rows, 2-, 4- and 8-bit codes: each lane takes whole 32-value blocks, read through a
-// second view of the same buffer (`w_vec`; a block is 8, 16 or 32 bytes: one 8-byte vector
+// Wide rows, 2-, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as vectors
+// (`w_vec`, in place of `w_data`; a block is 8, 16 or 32 bytes: one 8-byte vector
 // (VEC2, 2-bit), one or two 16-byte vectors). The block's activations are 8-bit quantized (see
 // q8.wgsl: once per workgroup here, or with XQ8 once by their producer), and every row of the
 // workgroup takes integer dot products of four codes at a time (`dot4I8Packed`: one
@@ -153,12 +161,12 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, inv: Invocation) -> f32 {
 // dequantized row times the quantized activations; the group scale multiplies the block's
 // integer sum once, the bias `d · Σ xq`.
 #if VEC2
-@group(0) @binding(5) var<storage, read> w_vec: array<vec2<u32>>;
+@group(0) @binding(1) var<storage, read> w_vec: array<vec2<u32>>;
 #else
-@group(0) @binding(5) var<storage, read> w_vec: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> w_vec: array<vec4<u32>>;
 #endif
 #if NORM
-@group(0) @binding(6) var<storage, read> norm_w: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
 
 const LO_NIBBLES: u32 = 0x0f0f0f0fu;
@@ -312,7 +320,7 @@ fn matvec(inv: Invocation) {
 #endif
 }
 
-#if !XQ8
+#if !WIDE
 // TILE_K (16 or 32, from the host: the tiles must fit the workgroup memory) columns per step.
 // Tiles are stored k-major, so lanes with consecutive tx read consecutive words (no bank
 // conflicts) and the loads fill them with consecutive rows / tokens per lane.

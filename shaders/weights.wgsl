@@ -1,5 +1,5 @@
 // Reading weight matrices as uploaded (see quant/mod.rs for the packed layout):
-// `w_data` holds packed codes (WEIGHT_KIND 0), f32 bits (1) or f16 pairs (2) of one row range;
+// `w_data` (not WIDE: the wide matvec reads the codes as vectors, see matmul.wgsl) holds packed codes (WEIGHT_KIND 0), f32 bits (1) or f16 pairs (2) of one row range;
 // `w_params` holds per-group f16 (scale, offset) pairs (asymmetric) or two scales per word
 // (symmetric), indexed from the first row of the range. Every row has `cols` values, a multiple
 // of 32. Needs WEIGHT_KIND, BITS, GROUP_SIZE, ASYMMETRIC, USE_F16 and binds `w_data`, `w_params`.
@@ -28,6 +28,7 @@ fn group_params(r: u32, g: u32, cols: u32) -> vec2<f32> {
 #endif
 }
 
+#if !WIDE
 // Codes of values `c0 .. c0 + 8` of row `r` (`c0` a multiple of 8). The span of 8 codes is
 // 8 * BITS bits and lies within two words; the upload pads one word so `hi` is always readable.
 fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
@@ -79,3 +80,4 @@ fn weights8(r: u32, c0: u32, cols: u32) -> array<vec4<wt>, 2> {
     let b = wt(sb.y);
     return array(vec4<wt>(q[0]) * s + b, vec4<wt>(q[1]) * s + b);
 }
+#endif

@@ -766,7 +766,7 @@ impl WgpuBackend {
                 v_cache,
                 p,
             } => {
-                self.check_rope_epilogue(&st, w, n, xq8, p)?;
+                self.check_rope_epilogue(&st, w, n, xq8, norm.is_some(), p)?;
                 for (a, b) in [(x, out), (x, k_cache), (x, v_cache)] {
                     distinct("q|k|v projection with RoPE", a, b)?;
                 }
@@ -817,7 +817,12 @@ impl WgpuBackend {
             ("matmul_tiled", (256, 1), t.matvec_rows)
         } else if wide {
             let shape = t.wide_shape(&self.dev.limits, gw.cols, gw.kind);
-            ("matvec", shape, t.matvec_rows)
+            let rows = if norm.is_some() {
+                t.fused_rows()
+            } else {
+                t.matvec_rows
+            };
+            ("matvec", shape, rows)
         } else {
             let (lanes, rows) = t.narrow_shape(&self.dev.limits);
             ("matvec", (lanes, 1), rows)
@@ -866,17 +871,16 @@ impl WgpuBackend {
             defines,
         };
         use Slot::*;
-        // The wide kernel also reads the codes through a vector view (binding 5), a fused norm
-        // its weights (binding 6), and the RoPE epilogue the table and caches (6, 7, 8).
-        let slots: &[Slot] = match (wide, norm_w.is_some(), rope.is_some()) {
-            (true, _, true) => &[
-                Uniform, Read, Read, Read, ReadWrite, Read, Read, ReadWrite, ReadWrite,
-            ],
-            (true, true, false) => &[Uniform, Read, Read, Read, ReadWrite, Read, Read],
-            (true, false, false) => &[Uniform, Read, Read, Read, ReadWrite, Read],
-            _ => &[Uniform, Read, Read, Read, ReadWrite],
-        };
-        let kernel = pipelines.get(&self.dev, &key, slots)?;
+        // Codes, group parameters, input, output; then the wide kernel's fused norm weights
+        // and its RoPE epilogue's table and caches, where present.
+        let mut slots = vec![Uniform, Read, Read, Read, ReadWrite];
+        if norm_w.is_some() {
+            slots.push(Read);
+        }
+        if rope.is_some() {
+            slots.extend([Read, ReadWrite, ReadWrite]);
+        }
+        let kernel = pipelines.get(&self.dev, &key, &slots)?;
         for p in &gw.pieces {
             let groups = if tiled {
                 [
@@ -904,7 +908,6 @@ impl WgpuBackend {
                 Bind::Buffer(p.params.as_ref().unwrap_or(dummy)),
                 Bind::Buffer(&xb.buffer),
                 Bind::Buffer(&ob.buffer),
-                Bind::Buffer(&p.data),
             ];
             if let Some((nw, _)) = &norm_w {
                 bindings.push(Bind::Buffer(nw));
@@ -919,7 +922,6 @@ impl WgpuBackend {
                 ]);
                 bindings.extend([table, k, v].map(Bind::Buffer));
             }
-            bindings.truncate(slots.len() - 1);
             rec.dispatch(
                 &self.dev,
                 &Dispatch {
@@ -934,7 +936,7 @@ impl WgpuBackend {
     }
 
     /// Errors unless the q|k|v matmul of `w` can take the RoPE epilogue: one decode token
-    /// through the wide matvec from 8-bit blocks, one piece of `p.row_len()` rows, RoPE pairs
+    /// through the wide matvec from 8-bit blocks or with the norm fused, one piece of `p.row_len()` rows, RoPE pairs
     /// whole within a workgroup, and the eight storage bindings it needs.
     fn check_rope_epilogue(
         &self,
@@ -942,11 +944,12 @@ impl WgpuBackend {
         w: WeightId,
         n: usize,
         xq8: bool,
+        fused_norm: bool,
         p: &QkvParams,
     ) -> Result<()> {
-        if !self.rope_epilogue(st, w, p)? || n != 1 || !xq8 {
+        if !self.rope_epilogue(st, w, p)? || n != 1 || !(xq8 || fused_norm) {
             return Err(Error::invalid_config(
-                "the RoPE epilogue needs one decode token of 8-bit blocks into the wide matvec of a one-piece q|k|v matrix",
+                "the RoPE epilogue needs one decode token of 8-bit blocks (or a fused norm) into the wide matvec of a one-piece q|k|v matrix",
             ));
         }
         Ok(())
@@ -962,6 +965,7 @@ impl WgpuBackend {
             && gw.rows == p.row_len()
             && p.head_dim.is_multiple_of(2)
             && self.tuning.matvec_rows.is_multiple_of(2)
+            && self.tuning.fused_rows().is_multiple_of(2)
             && self.dev.limits.max_storage_buffers_per_shader_stage >= 8)
     }
 
@@ -1012,6 +1016,7 @@ impl WgpuBackend {
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(w.kind, false));
         defines.push(("INDIRECT", Define::Bool(indirect)));
+        defines.push(("WIDE", Define::Bool(false)));
         let key = KernelKey {
             file: ShaderFile::Embed,
             entry: "embed",
@@ -1379,19 +1384,22 @@ impl Backend for WgpuBackend {
         v_cache: BufferId,
         p: &QkvParams,
     ) -> Result<()> {
-        // One decode token: the norm writes 8-bit blocks and the q|k|v matvec rotates and
-        // stores as it writes (no RoPE dispatch, `qkv` unused).
+        // One decode token: the q|k|v matvec rotates and stores as it writes (no RoPE
+        // dispatch, `qkv` unused), with the norm fused into it or writing 8-bit blocks for it.
         p.check_head_dim()?;
         let q8 = self.q8_input(w, p.n_tokens, norm.dim, self.tuning.norm_wg)?;
         let rope = self.rope_epilogue(&self.lock(), w, p)?;
+        let epilogue = Epilogue::Rope {
+            k_cache,
+            v_cache,
+            p,
+        };
         match q8 {
+            Some((_, true)) if rope && self.tuning.fused_norm => {
+                self.matmul_into(w, x, q_out, 1, epilogue, Input::Norm(norm))
+            }
             Some((order, _)) if rope => {
                 self.norm_into(x, norm.weight, scratch, 1, norm.dim, norm.eps, Some(order))?;
-                let epilogue = Epilogue::Rope {
-                    k_cache,
-                    v_cache,
-                    p,
-                };
                 self.matmul_into(w, scratch, q_out, 1, epilogue, Input::Q8)
             }
             _ => {

@@ -119,14 +119,21 @@ impl Tuning {
         }
     }
 
+    /// Rows per workgroup of a wide matvec with the RMSNorm fused into it: twice the plain
+    /// matvec's, up to 8, since each workgroup also sums squares and quantizes the whole
+    /// activation row.
+    pub fn fused_rows(&self) -> u32 {
+        (2 * self.matvec_rows).clamp(self.matvec_rows, 8.max(self.matvec_rows))
+    }
+
     /// Whether an RMSNorm before a wide matvec of `rows × cols` is fused into it. Fusing saves
-    /// the norm's own dispatch (H100: ~7 µs chained), but every workgroup then also reads the
+    /// the norm's own dispatch (H100: ~3 µs chained), but every workgroup then also reads the
     /// norm weights and sums squares, a cost that grows with workgroups × columns: on the
     /// H100 the 8B q|k|v matvec (768 workgroups × 4096) was faster fused (13.7 vs 16.8 µs
     /// with the norm), gate|up (3,584 × 4096) slower (52.5 vs 47.6). Fused up to 4 Mi
-    /// workgroup-columns.
+    /// workgroup-columns, at `fused_rows` rows per workgroup.
     pub fn fuse_norm_into(&self, rows: usize, cols: usize) -> bool {
-        rows.div_ceil(self.matvec_rows as usize) * cols <= 4 << 20
+        rows.div_ceil(self.fused_rows() as usize) * cols <= 4 << 20
     }
 
     /// Sizes for a device with these limits.

@@ -550,19 +550,24 @@ fn rope_both_styles() {
 #[test]
 fn qkv_matvec_with_rope_epilogue() {
     let mut rng = StdRng::seed_from_u64(23);
-    let mut backends = variants_with(true);
-    backends.push(
+    // Norm fused into the matvec (NORM), or writing 8-bit blocks for it (XQ8).
+    let mut backends: Vec<(WgpuBackend, &str)> = variants_with(true)
+        .into_iter()
+        .map(|b| (b, "NORM=1"))
+        .collect();
+    backends.push((
         WgpuBackend::new(&WgpuOptions {
             wide_matvec: true,
             fused_norm: false,
             ..WgpuOptions::software()
         })
         .expect("a software WebGPU adapter (install mesa-vulkan-drivers)"),
-    );
+        "XQ8=1",
+    ));
     let cols = 2080;
     let xv = rand_vec(&mut rng, cols);
     let gv: Vec<f32> = rand_vec(&mut rng, cols).iter().map(|v| 1.0 + v).collect();
-    for b in &backends {
+    for (b, input) in &backends {
         for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
             for (heads, kv_heads, hd, pos0) in [(16usize, 4usize, 128usize, 5usize), (6, 2, 32, 0)]
             {
