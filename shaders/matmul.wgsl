@@ -246,145 +246,8 @@ fn block_bias(sb: vec2<f32>) -> f32 {
     return sb.y + 128.0 * sb.x;
 }
 #endif
-// Writes the sums of rows row0 .. row0 + ROWS_PER_WG (lane k holds row k's in `total`).
-fn finish_rows(total: f32, row0: u32, t: u32, inv: Invocation) {
-#if ROPE
-    rope_store(total, row0, inv.lid);
-#else
-    if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
-        store(t, row0 + inv.lid, total);
-    }
-#endif
-}
-
-#if WIDE
-// Codes and group parameters of one step of a row group: UNROLL blocks of ROWS_PER_WG rows.
-struct GroupCodes {
-    codes: array<array<vec4<u32>, CODE_VECS>, UNROLL * ROWS_PER_WG>,
-    sbs: array<vec2<f32>, UNROLL * ROWS_PER_WG>,
-}
-
-// Requests every code and scale of the step at block b0 of rows row0 .. (past the end: block
-// b0 again, unused; rows past the end repeat the last one, their sums never written).
-fn load_group(row0: u32, b0: u32, nb: u32) -> GroupCodes {
-    var g: GroupCodes;
-    for (var u = 0u; u < UNROLL; u++) {
-        var b = b0 + u * WORKGROUP_SIZE;
-        b = select(b0, b, b < nb);
-        for (var k = 0u; k < ROWS_PER_WG; k++) {
-            let r = logical_row(min(row0 + k, p.rows - 1u));
-            for (var v = 0u; v < CODE_VECS; v++) {
-                g.codes[u * ROWS_PER_WG + k][v] = code_vec(r, nb, b, v);
-            }
-            g.sbs[u * ROWS_PER_WG + k] = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
-        }
-    }
-    return g;
-}
-
-// Adds the step's products with the activation blocks `bx` (block b0 + u · lanes) to `acc`.
-fn group_dot(g: GroupCodes, bx: array<BlockX, UNROLL>, b0: u32, nb: u32, acc: ptr<function, array<f32, ROWS_PER_WG>>) {
-    for (var u = 0u; u < UNROLL; u++) {
-        if b0 + u * WORKGROUP_SIZE < nb {
-            for (var k = 0u; k < ROWS_PER_WG; k++) {
-                let i = u * ROWS_PER_WG + k;
-                let q = block_dot(g.codes[i], bx[u].q);
-                (*acc)[k] += g.sbs[i].x * bx[u].d * f32(q) + block_bias(g.sbs[i]) * bx[u].sx;
-            }
-        }
-    }
-}
-
-// The activation blocks of the step at b0 (NORM: `sq` gathers this lane's Σx²).
-fn load_blocks(x_row: u32, b0: u32, nb: u32, sq: ptr<function, f32>) -> array<BlockX, UNROLL> {
-    var bx: array<BlockX, UNROLL>;
-    for (var u = 0u; u < UNROLL; u++) {
-        let b = b0 + u * WORKGROUP_SIZE;
-        if b < nb {
-#if XQ8
-            bx[u] = load_block(b);
-#else
-            bx[u] = load_block(x_row, b, sq);
-#endif
-        }
-    }
-    return bx;
-}
-
-// Wide rows. Workgroups stride over row groups (the host may launch fewer workgroups than
-// groups). ONE_STEP (a row's blocks all fit one step of the lanes): the activation blocks are
-// loaded (and with NORM normalised) once per workgroup, and the next group's codes are
-// requested before the current group's are used, so loads stay in flight across groups.
-fn matvec_wide(inv: Invocation) {
-    let t = inv.wid.z;
-    let x_row = t * p.cols / 4u;
-    let nb = p.cols / 32u;
-    let groups = (p.rows + ROWS_PER_WG - 1u) / ROWS_PER_WG;
-    let stride = inv.nwg.x * inv.nwg.y;
-    var g = wg_index(inv);
-    if g >= groups {
-        return;
-    }
-#if ONE_STEP
-    var sq = 0.0;
-    let bx = load_blocks(x_row, inv.lid, nb, &sq);
-#if NORM
-    // Every lane's sums scale by the same 1/rms, so scaling before the row reduction is exact
-    // up to rounding.
-    let inv_rms = inverseSqrt(workgroup_sum(sq, inv) / f32(p.cols) + p.eps);
-#endif
-    var next = load_group(g * ROWS_PER_WG, inv.lid, nb);
-    loop {
-        let cur = next;
-        let gn = g + stride;
-        if gn < groups {
-            next = load_group(gn * ROWS_PER_WG, inv.lid, nb);
-        }
-        var acc: array<f32, ROWS_PER_WG>;
-        group_dot(cur, bx, inv.lid, nb, &acc);
-#if NORM
-        for (var k = 0u; k < ROWS_PER_WG; k++) {
-            acc[k] *= inv_rms;
-        }
-#endif
-        finish_rows(reduce_rows(acc, inv), g * ROWS_PER_WG, t, inv);
-        // The reduction's workgroup memory is reused by the next group.
-        workgroupBarrier();
-        g = gn;
-        if g >= groups {
-            break;
-        }
-    }
-#else
-    loop {
-        var acc: array<f32, ROWS_PER_WG>;
-        var sq = 0.0;
-        for (var b0 = inv.lid; b0 < nb; b0 += UNROLL * WORKGROUP_SIZE) {
-            let codes = load_group(g * ROWS_PER_WG, b0, nb);
-            group_dot(codes, load_blocks(x_row, b0, nb, &sq), b0, nb, &acc);
-        }
-#if NORM
-        let inv_rms = inverseSqrt(workgroup_sum(sq, inv) / f32(p.cols) + p.eps);
-        for (var k = 0u; k < ROWS_PER_WG; k++) {
-            acc[k] *= inv_rms;
-        }
-#endif
-        finish_rows(reduce_rows(acc, inv), g * ROWS_PER_WG, t, inv);
-        workgroupBarrier();
-        g += stride;
-        if g >= groups {
-            break;
-        }
-    }
-#endif
-}
-#endif
-
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matvec(inv: Invocation) {
-#if WIDE
-    matvec_wide(inv);
-#else
     let row0 = wg_index(inv) * ROWS_PER_WG;
     let t = inv.wid.z;
     if row0 >= p.rows {
@@ -392,6 +255,50 @@ fn matvec(inv: Invocation) {
     }
     var acc: array<f32, ROWS_PER_WG>;
     let x_row = t * p.cols / 4u;
+#if WIDE
+    let nb = p.cols / 32u;
+    var sq = 0.0; // NORM: this lane's share of Σx²
+    for (var b0 = inv.lid; b0 < nb; b0 += UNROLL * WORKGROUP_SIZE) {
+        // Every code and scale of this step first (past the end: block b0 again, unused).
+        var codes: array<array<vec4<u32>, CODE_VECS>, UNROLL * ROWS_PER_WG>;
+        var sbs: array<vec2<f32>, UNROLL * ROWS_PER_WG>;
+        for (var u = 0u; u < UNROLL; u++) {
+            var b = b0 + u * WORKGROUP_SIZE;
+            b = select(b0, b, b < nb);
+            for (var k = 0u; k < ROWS_PER_WG; k++) {
+                // Rows past the end repeat the last one; their sums are never written.
+                let r = logical_row(min(row0 + k, p.rows - 1u));
+                for (var v = 0u; v < CODE_VECS; v++) {
+                    codes[u * ROWS_PER_WG + k][v] = code_vec(r, nb, b, v);
+                }
+                sbs[u * ROWS_PER_WG + k] = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
+            }
+        }
+        for (var u = 0u; u < UNROLL; u++) {
+            let b = b0 + u * WORKGROUP_SIZE;
+            if b < nb {
+#if XQ8
+                let bx = load_block(b);
+#else
+                let bx = load_block(x_row, b, &sq);
+#endif
+                for (var k = 0u; k < ROWS_PER_WG; k++) {
+                    let i = u * ROWS_PER_WG + k;
+                    let q = block_dot(codes[i], bx.q);
+                    acc[k] += sbs[i].x * bx.d * f32(q) + block_bias(sbs[i]) * bx.sx;
+                }
+            }
+        }
+    }
+#if NORM
+    // Every lane's sums scale by the same 1/rms, so scaling before the row reduction is exact
+    // up to rounding.
+    let inv_rms = inverseSqrt(workgroup_sum(sq, inv) / f32(p.cols) + p.eps);
+    for (var k = 0u; k < ROWS_PER_WG; k++) {
+        acc[k] *= inv_rms;
+    }
+#endif
+#else
     // Narrow rows: each lane takes 8 columns at a time.
     for (var j = inv.lid; j < p.cols / 8u; j += WORKGROUP_SIZE) {
         let x0 = x[x_row + 2u * j];
@@ -402,7 +309,14 @@ fn matvec(inv: Invocation) {
             acc[k] += dot8(weights8(r, 8u * j, p.cols), x0, x1);
         }
     }
-    finish_rows(reduce_rows(acc, inv), row0, t, inv);
+#endif
+    let total = reduce_rows(acc, inv);
+#if ROPE
+    rope_store(total, row0, inv.lid);
+#else
+    if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
+        store(t, row0 + inv.lid, total);
+    }
 #endif
 }
 

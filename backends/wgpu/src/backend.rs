@@ -197,9 +197,6 @@ impl WgpuBackend {
         if let Some(shape) = opts.matvec_shape {
             tuning.set_matvec(&dev.limits, shape);
         }
-        if let Some(m) = opts.wide_workgroups {
-            tuning.wide_max_workgroups = m;
-        }
         let device_max = dev
             .limits
             .max_storage_buffer_binding_size
@@ -863,10 +860,6 @@ impl WgpuBackend {
             ("TILE_K", Define::U32(t.tile_k())),
             ("WIDE", Define::Bool(wide)),
             ("UNROLL", Define::U32(unroll)),
-            (
-                "ONE_STEP",
-                Define::Bool(wide && gw.cols / 32 <= (unroll * wg) as usize),
-            ),
             ("ACCUMULATE", Define::Bool(accumulate)),
             ("NORM", Define::Bool(norm_w.is_some())),
             ("XQ8", Define::Bool(xq8)),
@@ -896,11 +889,10 @@ impl WgpuBackend {
                     1,
                 ]
             } else {
-                let mut groups = p.rows.div_ceil(rows_per_wg as usize) as u32;
-                if wide {
-                    groups = t.wide_workgroups(groups);
-                }
-                let (gx, gy) = fold(groups, self.max_groups());
+                let (gx, gy) = fold(
+                    p.rows.div_ceil(rows_per_wg as usize) as u32,
+                    self.max_groups(),
+                );
                 [gx, gy, n as u32]
             };
             let mut params = vec![

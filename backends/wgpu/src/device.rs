@@ -41,11 +41,6 @@ pub struct WgpuOptions {
     /// given, the wide kernel's blocks per lane and step (1, 2 or 4). `from_env` reads
     /// `LOWBIT_WGPU_MATVEC=LANESxROWS[xUNROLL]` (e.g. `128x8`, `64x4x2`), for tuning sweeps.
     pub matvec_shape: Option<MatvecShape>,
-    /// Most workgroups of a wide decode matvec (`None`: the tuning's choice; `Some(0)`: one
-    /// per row group); fewer workgroups each stride over row groups, requesting the next
-    /// group's codes while summing the current one. `from_env` reads
-    /// `LOWBIT_WGPU_WIDE_WORKGROUPS`, for tuning sweeps.
-    pub wide_workgroups: Option<u32>,
     /// Folder of the on-disk pipeline cache (wgpu `PipelineCache`, Vulkan only): compiled
     /// kernels are loaded from `<dir>/<adapter key>.bin` at start and written back after the
     /// load-time warm-up, so a second start compiles nothing in the driver. `None`: no cache.
@@ -122,9 +117,6 @@ impl WgpuOptions {
             matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC")
                 .ok()
                 .and_then(|v| MatvecShape::parse(&v)),
-            wide_workgroups: std::env::var("LOWBIT_WGPU_WIDE_WORKGROUPS")
-                .ok()
-                .and_then(|v| v.trim().parse().ok()),
             pipeline_cache_dir: default_pipeline_cache_dir(),
             checked_shaders: std::env::var("LOWBIT_WGPU_CHECKED_SHADERS").is_ok_and(|v| v == "1"),
             dispatches_per_submit: std::env::var("LOWBIT_WGPU_DISPATCHES_PER_SUBMIT")

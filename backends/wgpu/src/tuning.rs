@@ -29,8 +29,6 @@ pub(crate) struct Tuning {
     pub fused_norm: bool,
     /// Workgroup memory available, bytes.
     workgroup_bytes: u32,
-    /// Most workgroups of a wide matvec, each striding over row groups (0: one per group).
-    pub wide_max_workgroups: u32,
     /// A forced matvec shape (`WgpuOptions::matvec_shape`): the wide kernel runs exactly
     /// `matvec_wg` lanes, and this many blocks per lane and step when given.
     forced: Option<Option<u32>>,
@@ -97,16 +95,6 @@ impl Tuning {
         (lanes, if blocks > lanes { per_lane } else { 1 })
     }
 
-    /// Workgroups of a wide matvec over `groups` row groups: all of them, or at most
-    /// `wide_max_workgroups`, each then taking every so-many-th group with the next group's
-    /// loads in flight while it sums the current one.
-    pub fn wide_workgroups(&self, groups: u32) -> u32 {
-        match self.wide_max_workgroups {
-            0 => groups,
-            m => groups.min(m),
-        }
-    }
-
     /// `(lanes, rows)` of the narrow matvec (short rows, 2- and 3-bit codes, dense weights):
     /// at most 4 rows per workgroup, and at least 128 lanes unless the profile asks for fewer
     /// than 64 (small devices). On the H100, SmolLM2's decode (576-value rows, all narrow) ran
@@ -164,7 +152,6 @@ impl Tuning {
             split_len: 256,
             workgroup_bytes: limits.max_compute_workgroup_storage_size,
             forced: None,
-            wide_max_workgroups: 0,
         }
     }
 

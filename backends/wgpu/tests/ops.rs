@@ -8,7 +8,7 @@ mod reference;
 use lowbit_core::backend::{AttentionParams, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::quant::quantize;
 use lowbit_core::{Backend, ErrorCode, QuantSpec, Scheme, WeightMatrix};
-use lowbit_wgpu::{KernelPaths, MatvecShape, WgpuBackend, WgpuOptions};
+use lowbit_wgpu::{KernelPaths, WgpuBackend, WgpuOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -195,32 +195,16 @@ fn wide_matvec_every_format() {
     let mut rng = StdRng::seed_from_u64(9);
     let rows = 13usize;
     // Every path with the norm fused into the matvec, and one where the norm (and SwiGLU)
-    // write 8-bit activation blocks that the matvec reads (XQ8); (backend, fused, default
-    // shape). Two more stride over row groups with fewer workgroups than groups: with the
-    // norm fused (one step per row, the next group's codes requested early), and with one
-    // block per lane forced (2080 columns: two steps per row).
-    let mut backends: Vec<(WgpuBackend, bool, bool)> = variants_with(true)
-        .into_iter()
-        .map(|b| (b, true, true))
-        .collect();
-    let wide = |fused_norm: bool, wide_workgroups, matvec_shape| {
-        WgpuBackend::new(&WgpuOptions {
-            wide_matvec: true,
-            fused_norm,
-            wide_workgroups,
-            matvec_shape,
-            ..WgpuOptions::software()
-        })
-        .expect("a software WebGPU adapter (install mesa-vulkan-drivers)")
-    };
-    backends.push((wide(false, None, None), false, true));
-    backends.push((wide(true, Some(2), None), true, true));
-    let one_block = MatvecShape {
-        lanes: 64,
-        rows: 4,
-        unroll: Some(1),
-    };
-    backends.push((wide(false, Some(3), Some(one_block)), false, false));
+    // write 8-bit activation blocks that the matvec reads (XQ8).
+    let mut backends: Vec<(WgpuBackend, bool)> =
+        variants_with(true).into_iter().map(|b| (b, true)).collect();
+    let unfused = WgpuBackend::new(&WgpuOptions {
+        wide_matvec: true,
+        fused_norm: false,
+        ..WgpuOptions::software()
+    })
+    .expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
+    backends.push((unfused, false));
     // 2080: 65 blocks, more than the 64 lanes, so 4-bit lanes take two blocks at once (the
     // second only on lane 0); 2048: 64 blocks, one per lane.
     for cols in [2080usize, 2048] {
@@ -244,7 +228,7 @@ fn wide_matvec_every_format() {
                     };
                     let (want, mag) = reference::matmul(&dense, rows, cols, &act(&xv), 1);
                     let (exact, _) = reference::matmul(&dense, rows, cols, &xv, 1);
-                    for (b, fused, _) in &backends {
+                    for (b, fused) in &backends {
                         let id = b.upload_weight(WeightMatrix::Quantized(q.clone())).unwrap();
                         let (x, out) = (b.upload(&xv).unwrap(), b.alloc(rows).unwrap());
                         b.matmul(id, x, out, 1).unwrap();
@@ -321,7 +305,7 @@ fn wide_matvec_every_format() {
             }
         }
     }
-    for (b, fused, default_shape) in &backends {
+    for (b, fused) in &backends {
         let k = b.compiled_kernels();
         for bits in [8, 4, 3, 2] {
             let wide = k.iter().any(|l| {
@@ -332,24 +316,10 @@ fn wide_matvec_every_format() {
             assert_eq!(wide, bits != 3, "wide {bits}-bit matvec: {k:?}");
             // Lanes taking several blocks at once (2080 columns) and one (2048).
             let unrolled = match bits {
-                4 if *default_shape => vec!["UNROLL=1", "UNROLL=2"],
-                2 if *default_shape => vec!["UNROLL=1", "UNROLL=4"],
+                4 => vec!["UNROLL=1", "UNROLL=2"],
+                2 => vec!["UNROLL=1", "UNROLL=4"],
                 _ => vec![],
             };
-            // The forced one-block shape takes two steps per 2080-value row.
-            let steps = if *default_shape {
-                "ONE_STEP=1"
-            } else {
-                "ONE_STEP=0"
-            };
-            assert_eq!(
-                k.iter().any(|l| l.starts_with("matvec[")
-                    && l.contains(&format!(",BITS={bits},"))
-                    && l.contains("WIDE=1")
-                    && l.contains(steps)),
-                bits != 3,
-                "{bits}-bit wide matvec with {steps}: {k:?}"
-            );
             for u in unrolled {
                 assert!(
                     k.iter().any(|l| l.contains(&format!(",BITS={bits},"))
@@ -585,21 +555,15 @@ fn qkv_matvec_with_rope_epilogue() {
         .into_iter()
         .map(|b| (b, "NORM=1"))
         .collect();
-    // Unfused; then both with fewer workgroups than row groups (each striding over several).
-    for (fused_norm, wide_workgroups, input) in [
-        (false, None, "XQ8=1"),
-        (false, Some(5), "XQ8=1"),
-        (true, Some(3), "NORM=1"),
-    ] {
-        let b = WgpuBackend::new(&WgpuOptions {
+    backends.push((
+        WgpuBackend::new(&WgpuOptions {
             wide_matvec: true,
-            fused_norm,
-            wide_workgroups,
+            fused_norm: false,
             ..WgpuOptions::software()
         })
-        .expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
-        backends.push((b, input));
-    }
+        .expect("a software WebGPU adapter (install mesa-vulkan-drivers)"),
+        "XQ8=1",
+    ));
     let cols = 2080;
     let xv = rand_vec(&mut rng, cols);
     let gv: Vec<f32> = rand_vec(&mut rng, cols).iter().map(|v| 1.0 + v).collect();
