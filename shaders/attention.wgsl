@@ -15,10 +15,6 @@ struct Params {
     n_kv_heads: u32,
     scale: f32,
     n_splits: u32,
-#if PREFETCH
-    pf_count: u32, // vectors of the output projection's codes to prefetch
-    pf_magic: u32,
-#endif
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -70,14 +66,6 @@ fn store_head_q8(row: u32, lid: u32) {
 
 const PART: u32 = HEAD_DIM + 2u;
 
-#if PREFETCH
-// Decode: workgroups past the heads (dispatch rows n_heads ..) prefetch the codes of the
-// output projection that reads this attention's result.
-@group(0) @binding(6) var<storage, read> pf_data: array<vec4<u32>>;
-@group(0) @binding(7) var<storage, read_write> pf_sink: array<u32>;
-#include prefetch.wgsl
-#endif
-
 fn kv_base(t: u32, h: u32) -> u32 {
     return t * p.n_kv_heads * HEAD_DIM + (h / (p.n_heads / p.n_kv_heads)) * HEAD_DIM;
 }
@@ -101,12 +89,6 @@ var<workgroup> scores: array<f32, SPLIT_LEN>;
 // Dispatch (n_splits, n_heads, n_tokens).
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn attn_split(inv: Invocation) {
-#if PREFETCH
-    if inv.wid.y >= p.n_heads {
-        prefetch((inv.wid.y - p.n_heads) * inv.nwg.x + inv.wid.x, inv.lid, p.pf_count, p.pf_magic);
-        return;
-    }
-#endif
     let s = inv.wid.x;
     let h = inv.wid.y;
     let i = inv.wid.z;

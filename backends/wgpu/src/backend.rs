@@ -57,8 +57,6 @@ struct State {
     scratch: [Option<wgpu::Buffer>; 2],
     /// Bound where a kernel's binding is unused (dense weights have no group parameters).
     dummy: wgpu::Buffer,
-    /// Written (almost never) by L2-prefetch workgroups, so their loads stay (prefetch.wgsl).
-    sink: wgpu::Buffer,
 }
 
 /// Internal scratch buffers, one of each kind, kept across steps.
@@ -104,11 +102,6 @@ const LARGE_COPY_BYTES: u64 = 1 << 20;
 
 /// Workgroup size of the argmax kernel (one workgroup scans the whole row).
 const ARGMAX_WG: u32 = 256;
-/// L2 prefetch (prefetch.wgsl): vectors per lane, the most bytes one kernel prefetches, and
-/// the value its folded loads are compared with.
-const PF_PER_LANE: u32 = 8;
-const PREFETCH_MAX_BYTES: u64 = 24 << 20;
-const PREFETCH_MAGIC: u32 = 0x9e37_79b9;
 /// Values per workgroup of the first argmax pass (four per lane).
 const ARGMAX_SPAN: usize = 4 * ARGMAX_WG as usize;
 
@@ -201,7 +194,6 @@ impl WgpuBackend {
         let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
         tuning.wide_matvec = opts.wide_matvec;
         tuning.fused_norm = opts.fused_norm;
-        tuning.prefetch = opts.prefetch;
         if let Some(shape) = opts.matvec_shape {
             tuning.set_matvec(&dev.limits, shape);
         }
@@ -228,12 +220,6 @@ impl WgpuBackend {
             rec: Recorder::new(&dev),
             rope: Vec::new(),
             scratch: [None, None],
-            sink: dev.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("prefetch sink"),
-                size: 16,
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            }),
             dummy,
         };
         Ok(WgpuBackend {
@@ -602,9 +588,7 @@ impl WgpuBackend {
     }
 
     /// Attention (see `Backend::attention`); with `q8` (decode, head dimension a multiple of
-    /// 32) the output as 8-bit activation blocks in that code order; with `prefetch` (decode)
-    /// extra workgroups pull that buffer's first bytes (the next matvec's codes) into the L2.
-    #[allow(clippy::too_many_arguments)]
+    /// 32) the output as 8-bit activation blocks in that code order.
     fn attention_into(
         &self,
         q: BufferId,
@@ -613,7 +597,6 @@ impl WgpuBackend {
         out: BufferId,
         p: &AttentionParams,
         q8: Option<u32>,
-        prefetch: Option<wgpu::Buffer>,
     ) -> Result<()> {
         if p.n_tokens == 0 {
             return Ok(());
@@ -678,16 +661,10 @@ impl WgpuBackend {
             ("Q8_OUT", Define::Bool(q8.is_some())),
             ("ORDER", Define::U32(q8.unwrap_or(0))),
         ]);
-        // Decode prefetch: vectors of the codes, workgroups of PF_PER_LANE per lane.
-        let prefetch = prefetch.filter(|_| decode && t.prefetch);
-        let pf_count = prefetch
-            .as_ref()
-            .map_or(0, |b| (b.size().min(PREFETCH_MAX_BYTES) / 16) as u32);
-        let pf_groups = pf_count.div_ceil(PF_PER_LANE * wg);
         let (q_rows, k_tile) = t.prefill_tiles(hd);
         use Slot::*;
         let slots = [Uniform, Read, Read, Read, ReadWrite, ReadWrite];
-        let mut params = vec![
+        let params = [
             p.n_tokens as u32,
             p.pos0 as u32,
             p.n_heads as u32,
@@ -695,25 +672,11 @@ impl WgpuBackend {
             p.scale.to_bits(),
             n_splits,
         ];
-        let sink = st.sink.clone();
-        let mut buffers = vec![&qb, &kb, &vb, &ob, &part];
-        let mut slots = slots.to_vec();
-        if let Some(pf) = &prefetch {
-            params.extend([pf_count, PREFETCH_MAGIC]);
-            buffers.extend([pf, &sink]);
-            slots.extend([Read, ReadWrite]);
-        }
-        let bindings: Vec<_> = buffers.into_iter().map(Bind::Buffer).collect();
+        let bindings = [&qb, &kb, &vb, &ob, &part].map(Bind::Buffer);
         let key = |entry| {
             let mut defines = defines.clone();
             let prefill = entry == "attn_prefill";
             defines.push(("PREFILL", Define::Bool(prefill)));
-            // Only the split pass (decode) takes the prefetch workgroups.
-            let pf = prefetch.is_some() && entry == "attn_split";
-            defines.push(("PREFETCH", Define::Bool(pf)));
-            if pf {
-                defines.push(("PF_PER_LANE", Define::U32(PF_PER_LANE)));
-            }
             if prefill {
                 defines.push(("Q_ROWS", Define::U32(q_rows)));
                 defines.push(("K_TILE", Define::U32(k_tile)));
@@ -725,11 +688,9 @@ impl WgpuBackend {
             }
         };
         let passes = if decode {
-            // Prefetch workgroups: rows of the dispatch past the heads.
-            let pf_rows = pf_groups.div_ceil(n_splits);
             let split = (
                 "attn_split",
-                [n_splits, p.n_heads as u32 + pf_rows, p.n_tokens as u32],
+                [n_splits, p.n_heads as u32, p.n_tokens as u32],
             );
             let merge = ("attn_merge", [p.n_heads as u32, p.n_tokens as u32, 1]);
             // A single split writes the final output itself.
@@ -743,19 +704,13 @@ impl WgpuBackend {
             vec![("attn_prefill", [q_groups, p.n_heads as u32, 1])]
         };
         for (entry, groups) in passes {
-            // The merge pass has no prefetch bindings.
-            let n = if entry == "attn_split" {
-                slots.len()
-            } else {
-                6
-            };
-            let kernel = st.pipelines.get(&self.dev, &key(entry), &slots[..n])?;
+            let kernel = st.pipelines.get(&self.dev, &key(entry), &slots)?;
             st.rec.dispatch(
                 &self.dev,
                 &Dispatch {
                     kernel: &kernel,
                     params: &params,
-                    bindings: &bindings[..n - 1],
+                    bindings: &bindings,
                     groups,
                 },
             )?;
@@ -1650,7 +1605,7 @@ impl Backend for WgpuBackend {
         out: BufferId,
         p: &AttentionParams,
     ) -> Result<()> {
-        self.attention_into(q, k_cache, v_cache, out, p, None, None)
+        self.attention_into(q, k_cache, v_cache, out, p, None)
     }
 
     fn attention_matmul_add(
@@ -1673,15 +1628,7 @@ impl Backend for WgpuBackend {
         };
         match q8 {
             Some((order, _)) => {
-                // The projection's codes (its first piece) into the L2 while attention runs.
-                let codes = {
-                    let st = self.lock();
-                    weight(&st.weights, w)?
-                        .pieces
-                        .first()
-                        .map(|pc| pc.data.clone())
-                };
-                self.attention_into(q, k_cache, v_cache, scratch, p, Some(order), codes)?;
+                self.attention_into(q, k_cache, v_cache, scratch, p, Some(order))?;
                 self.matmul_into(w, scratch, out, 1, Epilogue::Add, Input::Q8)
             }
             None => {

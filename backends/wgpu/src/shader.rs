@@ -46,7 +46,6 @@ fn include_source(name: &str) -> Option<&'static str> {
         "weights.wgsl" => Some(include_str!("../../../shaders/weights.wgsl")),
         "q8.wgsl" => Some(include_str!("../../../shaders/q8.wgsl")),
         "q8_out.wgsl" => Some(include_str!("../../../shaders/q8_out.wgsl")),
-        "prefetch.wgsl" => Some(include_str!("../../../shaders/prefetch.wgsl")),
         _ => None,
     }
 }
