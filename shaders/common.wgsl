@@ -79,7 +79,3 @@ fn workgroup_max(v: f32, inv: Invocation) -> f32 {
     return red_scratch[0];
 }
 #endif
-
-fn silu(v: f32) -> f32 {
-    return v / (1.0 + exp(-v));
-}

@@ -15,9 +15,6 @@ struct Params {
     out_stride: u32, // rows of the whole matrix: the stride of an output token row
     row_offset: u32, // first row of this piece within the matrix
     eps: f32,        // NORM: RMSNorm epsilon
-#if SWIGLU
-    width: u32,      // SwiGLU width: rows are gate (width) then up (width)
-#endif
 #if ROPE
     pos: u32,        // the token's position
     head_dim: u32,
@@ -38,13 +35,7 @@ struct Params {
 #else
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 #endif
-#if SWIGLU
-// The SwiGLU of the gate|up rows, as 8-bit activation blocks in the down projection's code
-// order OUT_ORDER (q8_out.wgsl).
-@group(0) @binding(4) var<storage, read_write> q8_out: array<vec4<u32>>;
-#else
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
-#endif
 #if ROPE
 // The q|k|v projection of one decode token (wide): RoPE(q) goes to `out`, RoPE(k) and v to
 // row `pos` of the caches. A workgroup's rows come in RoPE pairs (`logical_row`), so each
@@ -114,7 +105,6 @@ fn dot8(w: array<vec4<wt>, 2>, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
     return f32(dot(w[0], vec4<wt>(x0)) + dot(w[1], vec4<wt>(x1)));
 }
 
-#if !SWIGLU
 // Writes (or, ACCUMULATE, adds) output `t` of row `r` of this piece.
 fn store(t: u32, r: u32, v: f32) {
     let i = t * p.out_stride + p.row_offset + r;
@@ -124,7 +114,6 @@ fn store(t: u32, r: u32, v: f32) {
     out[i] = v;
 #endif
 }
-#endif
 
 var<workgroup> row_sums: array<f32, ROWS_PER_WG * WORKGROUP_SIZE>;
 
@@ -200,11 +189,7 @@ fn code_vec(r: u32, nb: u32, b: u32, v: u32) -> vec4<u32> {
 #endif
 }
 
-#if SWIGLU
-#include q8_out.wgsl
-#else
 #include q8.wgsl
-#endif
 
 #if XQ8
 fn load_block(b: u32) -> BlockX {
@@ -261,7 +246,6 @@ fn block_bias(sb: vec2<f32>) -> f32 {
     return sb.y + 128.0 * sb.x;
 }
 #endif
-#if !SWIGLU
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matvec(inv: Invocation) {
     let row0 = wg_index(inv) * ROWS_PER_WG;
@@ -335,92 +319,6 @@ fn matvec(inv: Invocation) {
     }
 #endif
 }
-#endif
-
-#if SWIGLU
-// Decode gate|up projection and SwiGLU in one pass: workgroup w computes gate rows 32w ..
-// 32w + 31 and the matching up rows (64 rows), then writes h = silu(gate) · up as one 8-bit
-// block for the down projection, so no separate SwiGLU pass runs. SW_TEAMS teams of lanes
-// each take ROWS_PER_WG / SW_TEAMS of the ROWS_PER_WG rows summed per step (a team's lanes
-// cover a row in one step: UNROLL blocks each); the activation blocks (XQ8) are loaded once.
-const SW_TEAM: u32 = WORKGROUP_SIZE / SW_TEAMS;
-const SW_CHUNK: u32 = ROWS_PER_WG / SW_TEAMS;
-var<workgroup> sw_tot: array<f32, 64>;
-
-// Matrix row of row `i` (0 .. 64) of workgroup `w`: gate rows, then up rows.
-fn swiglu_row(w: u32, i: u32) -> u32 {
-    return select(p.width + 32u * w + i - 32u, 32u * w + i, i < 32u);
-}
-
-fn swiglu_h(j: u32) -> f32 {
-    return silu(sw_tot[j]) * sw_tot[32u + j];
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn matvec_swiglu(inv: Invocation) {
-    let w = wg_index(inv);
-    if 32u * w >= p.width {
-        return;
-    }
-    let team = inv.lid / SW_TEAM;
-    let tl = inv.lid % SW_TEAM;
-    let nb = p.cols / 32u;
-    var bx: array<BlockX, UNROLL>;
-    for (var u = 0u; u < UNROLL; u++) {
-        let b = tl + u * SW_TEAM;
-        if b < nb {
-            bx[u] = load_block(b);
-        }
-    }
-    for (var step = 0u; step < 64u / ROWS_PER_WG; step++) {
-        // This team's rows of the step: every code and scale first.
-        var codes: array<array<vec4<u32>, CODE_VECS>, UNROLL * SW_CHUNK>;
-        var sbs: array<vec2<f32>, UNROLL * SW_CHUNK>;
-        for (var u = 0u; u < UNROLL; u++) {
-            var b = tl + u * SW_TEAM;
-            b = select(tl, b, b < nb);
-            for (var k = 0u; k < SW_CHUNK; k++) {
-                let r = swiglu_row(w, step * ROWS_PER_WG + team * SW_CHUNK + k);
-                for (var v = 0u; v < CODE_VECS; v++) {
-                    codes[u * SW_CHUNK + k][v] = code_vec(r, nb, b, v);
-                }
-                sbs[u * SW_CHUNK + k] = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
-            }
-        }
-        var mine: array<f32, SW_CHUNK>;
-        for (var u = 0u; u < UNROLL; u++) {
-            if tl + u * SW_TEAM < nb {
-                for (var k = 0u; k < SW_CHUNK; k++) {
-                    let i = u * SW_CHUNK + k;
-                    let q = block_dot(codes[i], bx[u].q);
-                    mine[k] += sbs[i].x * bx[u].d * f32(q) + block_bias(sbs[i]) * bx[u].sx;
-                }
-            }
-        }
-        // Row j of the step belongs to team j / SW_CHUNK: the other teams add zeros.
-        var acc: array<f32, ROWS_PER_WG>;
-        for (var j = 0u; j < ROWS_PER_WG; j++) {
-            acc[j] = select(0.0, mine[j % SW_CHUNK], j / SW_CHUNK == team);
-        }
-        let total = reduce_rows(acc, inv);
-        if inv.lid < ROWS_PER_WG {
-            sw_tot[step * ROWS_PER_WG + inv.lid] = total;
-        }
-        // The reduction's workgroup memory is reused by the next step.
-        workgroupBarrier();
-    }
-    // Eight lanes quantize the 32 values of h (every lane takes part in the barriers).
-    var v = vec4<f32>(0.0);
-    if inv.lid < 8u {
-        let i = word_values(inv.lid, OUT_ORDER);
-        v = vec4<f32>(swiglu_h(i.x), swiglu_h(i.y), swiglu_h(i.z), swiglu_h(i.w));
-    }
-    let word = quantize_word(v, inv.lid);
-    if inv.lid < 8u {
-        store_word(w, inv.lid, word);
-    }
-}
-#endif
 
 #if !WIDE
 // TILE_K (16 or 32, from the host: the tiles must fit the workgroup memory) columns per step.

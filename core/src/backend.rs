@@ -421,27 +421,6 @@ pub trait Backend: Send + Sync {
         self.swiglu(gate_up, scratch, n, width)?;
         self.matmul_add(w, scratch, out, n)
     }
-    /// The feed-forward half of a LLaMA layer over `n` rows of the residual stream `x`:
-    /// [`Backend::rms_norm_matmul`] through the fused gate|up projection (`2 × width` rows)
-    /// into `gate_up`, then [`Backend::swiglu_matmul_add`] through `w_down` back into `x`.
-    /// `scratch` is the norm's scratch and `ff` the SwiGLU's; a backend may skip `gate_up`
-    /// (the WebGPU decode matvec applies the SwiGLU as it writes).
-    #[allow(clippy::too_many_arguments)]
-    fn rms_norm_swiglu_ffn(
-        &self,
-        x: BufferId,
-        norm: &RmsNorm,
-        scratch: BufferId,
-        w_gate_up: WeightId,
-        gate_up: BufferId,
-        ff: BufferId,
-        w_down: WeightId,
-        n: usize,
-        width: usize,
-    ) -> Result<()> {
-        self.rms_norm_matmul(x, norm, scratch, w_gate_up, gate_up, n)?;
-        self.swiglu_matmul_add(gate_up, ff, w_down, x, n, width)
-    }
     /// Rotates `n_tokens` rows of `n_heads` heads in place; token `i` is at `pos0 + i`.
     #[allow(clippy::too_many_arguments)]
     fn rope(

@@ -208,7 +208,7 @@ fn step_kernels(b: &WgpuBackend, others: bool) {
         dim,
         eps: 1e-5,
     };
-    let layer: [(&str, &dyn Fn(usize)); 8] = [
+    let layer: [(&str, &dyn Fn(usize)); 7] = [
         ("norm + q|k|v + RoPE, int4", &|i| {
             b.rms_norm_qkv_rope(x, &norm, normed, wqkv, qkv, q, kc, vc, &qp(i % 64))
                 .expect("qkv")
@@ -227,10 +227,6 @@ fn step_kernels(b: &WgpuBackend, others: bool) {
         ("down + residual, int4", &|_| {
             b.matmul_add(wd, ffo, x, 1).expect("down")
         }),
-        ("norm + gate|up + swiglu + down + residual, int4", &|_| {
-            b.rms_norm_swiglu_ffn(x, &norm, normed, wgu, gu, ffo, wd, 1, ff)
-                .expect("ffn")
-        }),
         ("swiglu + down + residual, int4", &|_| {
             b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down")
         }),
@@ -239,8 +235,9 @@ fn step_kernels(b: &WgpuBackend, others: bool) {
                 .expect("qkv");
             b.attention_matmul_add(q, kc, vc, att, &ap(63), wo, x)
                 .expect("attention + o");
-            b.rms_norm_swiglu_ffn(x, &norm, normed, wgu, gu, ffo, wd, 1, ff)
-                .expect("ffn");
+            b.rms_norm_matmul(x, &norm, normed, wgu, gu, 1)
+                .expect("gate_up");
+            b.swiglu_matmul_add(gu, ffo, wd, x, 1, ff).expect("down");
         }),
     ];
     for (label, call) in layer {

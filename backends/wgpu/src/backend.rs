@@ -102,8 +102,6 @@ const LARGE_COPY_BYTES: u64 = 1 << 20;
 
 /// Workgroup size of the argmax kernel (one workgroup scans the whole row).
 const ARGMAX_WG: u32 = 256;
-/// Teams of a SwiGLU-epilogue matvec workgroup (`matvec_swiglu`).
-const SW_TEAMS: u32 = 2;
 /// Values per workgroup of the first argmax pass (four per lane).
 const ARGMAX_SPAN: usize = 4 * ARGMAX_WG as usize;
 
@@ -151,9 +149,6 @@ enum Epilogue<'a> {
         v_cache: BufferId,
         p: &'a QkvParams,
     },
-    /// The gate|up rows of one decode token (wide matvec, 8-bit input, one piece of
-    /// 2 × `width` rows): silu(gate) · up to `out` as 8-bit blocks in `out_order`.
-    Swiglu { width: usize, out_order: u32 },
 }
 
 /// Values (f32 slots) a row of `len` activations takes: `len`, or as 8-bit activation blocks
@@ -199,7 +194,6 @@ impl WgpuBackend {
         let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
         tuning.wide_matvec = opts.wide_matvec;
         tuning.fused_norm = opts.fused_norm;
-        tuning.swiglu_epilogue = opts.swiglu_epilogue;
         if let Some(shape) = opts.matvec_shape {
             tuning.set_matvec(&dev.limits, shape);
         }
@@ -793,10 +787,6 @@ impl WgpuBackend {
             _ => None,
         };
         let accumulate = matches!(epilogue, Epilogue::Add);
-        let swiglu = match epilogue {
-            Epilogue::Swiglu { width, out_order } => Some((width, out_order)),
-            _ => None,
-        };
         let State {
             buffers,
             weights,
@@ -813,18 +803,11 @@ impl WgpuBackend {
         };
         let (xb, ob) = (get(x)?, get(out)?);
         check_len("matmul input", xb, n * q8_len(gw.cols, xq8))?;
-        let tiled = n > 1;
-        let wide = self.wide_matvec(gw, n);
-        if let Some((width, _)) = swiglu {
-            if !(wide && xq8 && self.swiglu_epilogue(gw, width)) {
-                return Err(Error::invalid_config(
-                    "the SwiGLU epilogue needs one decode token of 8-bit blocks into the wide matvec of a one-piece gate|up matrix",
-                ));
-            }
-            check_len("SwiGLU output", ob, q8_len(width, true))?;
-        } else if rope.is_none() {
+        if rope.is_none() {
             check_len("matmul output", ob, n * gw.rows)?;
         }
+        let tiled = n > 1;
+        let wide = self.wide_matvec(gw, n);
         if xq8 && (!wide || norm.is_some()) {
             return Err(Error::invalid_config(
                 "8-bit activations feed only the wide decode matvec, without a fused norm",
@@ -839,15 +822,7 @@ impl WgpuBackend {
             } else {
                 t.matvec_rows
             };
-            match swiglu {
-                // SW_TEAMS teams of the row's lanes, each summing matvec_rows rows per step.
-                Some(_) => (
-                    "matvec_swiglu",
-                    (shape.0 * SW_TEAMS, shape.1),
-                    SW_TEAMS * t.matvec_rows,
-                ),
-                None => ("matvec", shape, rows),
-            }
+            ("matvec", shape, rows)
         } else {
             let (lanes, rows) = t.narrow_shape(&self.dev.limits);
             ("matvec", (lanes, 1), rows)
@@ -889,14 +864,7 @@ impl WgpuBackend {
             ("NORM", Define::Bool(norm_w.is_some())),
             ("XQ8", Define::Bool(xq8)),
             ("ROPE", Define::Bool(rope.is_some())),
-            ("SWIGLU", Define::Bool(swiglu.is_some())),
         ]);
-        if let Some((_, out_order)) = swiglu {
-            defines.extend([
-                ("SW_TEAMS", Define::U32(SW_TEAMS)),
-                ("OUT_ORDER", Define::U32(out_order)),
-            ]);
-        }
         let key = KernelKey {
             file: ShaderFile::Matmul,
             entry,
@@ -921,9 +889,10 @@ impl WgpuBackend {
                     1,
                 ]
             } else {
-                // SwiGLU: a workgroup per 32 outputs (64 rows).
-                let groups = swiglu.map_or(p.rows.div_ceil(rows_per_wg as usize), |(w, _)| w / 32);
-                let (gx, gy) = fold(groups as u32, self.max_groups());
+                let (gx, gy) = fold(
+                    p.rows.div_ceil(rows_per_wg as usize) as u32,
+                    self.max_groups(),
+                );
                 [gx, gy, n as u32]
             };
             let mut params = vec![
@@ -952,9 +921,6 @@ impl WgpuBackend {
                     u32::from(qp.style == RopeStyle::Adjacent),
                 ]);
                 bindings.extend([table, k, v].map(Bind::Buffer));
-            }
-            if let Some((width, _)) = swiglu {
-                params.push(width as u32);
             }
             rec.dispatch(
                 &self.dev,
@@ -987,22 +953,6 @@ impl WgpuBackend {
             ));
         }
         Ok(())
-    }
-
-    /// Whether the wide decode matvec of `gw` can take the SwiGLU epilogue over `width`
-    /// outputs: one piece of gate then up rows, whole 32-value blocks, a team's lanes
-    /// covering a row in one step, the workgroup within the device's limit.
-    fn swiglu_epilogue(&self, gw: &GpuWeight, width: usize) -> bool {
-        let t = self.tuning;
-        let (lanes, unroll) = t.wide_shape(&self.dev.limits, gw.cols, gw.kind);
-        t.swiglu_epilogue
-            && gw.pieces.len() == 1
-            && gw.rows == 2 * width
-            && width.is_multiple_of(32)
-            && gw.cols / 32 <= (lanes * unroll) as usize
-            && 64 % (SW_TEAMS * t.matvec_rows) == 0
-            && lanes * SW_TEAMS <= self.dev.limits.max_compute_invocations_per_workgroup
-            && lanes * SW_TEAMS >= 8
     }
 
     /// Whether the q|k|v matvec of `w` for `p` (one decode token) can rotate and store as it
@@ -1557,41 +1507,6 @@ impl Backend for WgpuBackend {
             None => {
                 self.swiglu(gate_up, scratch, n, width)?;
                 self.matmul_add(w, scratch, out, n)
-            }
-        }
-    }
-
-    fn rms_norm_swiglu_ffn(
-        &self,
-        x: BufferId,
-        norm: &RmsNorm,
-        scratch: BufferId,
-        w_gate_up: WeightId,
-        gate_up: BufferId,
-        ff: BufferId,
-        w_down: WeightId,
-        n: usize,
-        width: usize,
-    ) -> Result<()> {
-        // One decode token: the norm writes 8-bit blocks, the gate|up matvec applies the
-        // SwiGLU and writes 8-bit blocks for the down matvec (no SwiGLU pass, `gate_up`
-        // unused).
-        let gu = self.q8_input(w_gate_up, n, norm.dim, self.tuning.norm_wg)?;
-        let down = self.q8_input(w_down, n, width, 8)?;
-        let fits = {
-            let st = self.lock();
-            self.swiglu_epilogue(weight(&st.weights, w_gate_up)?, width)
-        };
-        match (gu, down) {
-            (Some((order, _)), Some((out_order, _))) if fits => {
-                self.norm_into(x, norm.weight, scratch, 1, norm.dim, norm.eps, Some(order))?;
-                let epilogue = Epilogue::Swiglu { width, out_order };
-                self.matmul_into(w_gate_up, scratch, ff, 1, epilogue, Input::Q8)?;
-                self.matmul_into(w_down, ff, x, 1, Epilogue::Add, Input::Q8)
-            }
-            _ => {
-                self.rms_norm_matmul(x, norm, scratch, w_gate_up, gate_up, n)?;
-                self.swiglu_matmul_add(gate_up, ff, w_down, x, n, width)
             }
         }
     }

@@ -41,10 +41,6 @@ pub struct WgpuOptions {
     /// given, the wide kernel's blocks per lane and step (1, 2 or 4). `from_env` reads
     /// `LOWBIT_WGPU_MATVEC=LANESxROWS[xUNROLL]` (e.g. `128x8`, `64x4x2`), for tuning sweeps.
     pub matvec_shape: Option<MatvecShape>,
-    /// Let the decode gate|up matvec apply the SwiGLU as it writes (no SwiGLU pass; see
-    /// `Backend::rms_norm_swiglu_ffn`). `from_env` turns it on unless
-    /// `LOWBIT_WGPU_SWIGLU_EPILOGUE=0`.
-    pub swiglu_epilogue: bool,
     /// Folder of the on-disk pipeline cache (wgpu `PipelineCache`, Vulkan only): compiled
     /// kernels are loaded from `<dir>/<adapter key>.bin` at start and written back after the
     /// load-time warm-up, so a second start compiles nothing in the driver. `None`: no cache.
@@ -118,7 +114,6 @@ impl WgpuOptions {
             allow_software: allow,
             wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
             fused_norm: !std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "0"),
-            swiglu_epilogue: !std::env::var("LOWBIT_WGPU_SWIGLU_EPILOGUE").is_ok_and(|v| v == "0"),
             matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC")
                 .ok()
                 .and_then(|v| MatvecShape::parse(&v)),

@@ -29,8 +29,6 @@ pub(crate) struct Tuning {
     pub fused_norm: bool,
     /// Workgroup memory available, bytes.
     workgroup_bytes: u32,
-    /// The decode gate|up matvec applies the SwiGLU (`matvec_swiglu`).
-    pub swiglu_epilogue: bool,
     /// A forced matvec shape (`WgpuOptions::matvec_shape`): the wide kernel runs exactly
     /// `matvec_wg` lanes, and this many blocks per lane and step when given.
     forced: Option<Option<u32>>,
@@ -153,7 +151,6 @@ impl Tuning {
             attn_wg: 64,
             split_len: 256,
             workgroup_bytes: limits.max_compute_workgroup_storage_size,
-            swiglu_epilogue: false,
             forced: None,
         }
     }
