@@ -645,8 +645,8 @@ fn qkv_matvec_with_rope_epilogue() {
         let k = b.compiled_kernels();
         assert!(
             k.iter()
-                .any(|l| l.starts_with("matvec[") && l.contains("ROPE=1")),
-            "the RoPE epilogue never ran: {k:?}"
+                .any(|l| l.starts_with("matvec[") && l.contains("ROPE=1") && l.contains(input)),
+            "the RoPE epilogue never ran with {input}: {k:?}"
         );
     }
 }
