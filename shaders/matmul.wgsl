@@ -37,7 +37,7 @@ struct Params {
 #endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 #if ROPE
-// The q|k|v projection of one decode token (wide): RoPE(q) goes to `out`, RoPE(k) and v to
+// The q|k|v projection of one decode token (wide or narrow): RoPE(q) goes to `out`, RoPE(k) and v to
 // row `pos` of the caches. A workgroup's rows come in RoPE pairs (`logical_row`), so each
 // pair's two sums meet in one workgroup. Bindings after the fused norm's weights, if any.
 #if NORM
@@ -305,7 +305,7 @@ fn matvec(inv: Invocation) {
         let x1 = x[x_row + 2u * j + 1u];
         for (var k = 0u; k < ROWS_PER_WG; k++) {
             // Rows past the end repeat the last one; their sums are never written.
-            let r = min(row0 + k, p.rows - 1u);
+            let r = logical_row(min(row0 + k, p.rows - 1u));
             acc[k] += dot8(weights8(r, 8u * j, p.cols), x0, x1);
         }
     }

@@ -766,7 +766,7 @@ impl WgpuBackend {
                 v_cache,
                 p,
             } => {
-                self.check_rope_epilogue(&st, w, n, xq8, norm.is_some(), p)?;
+                self.check_rope_epilogue(&st, w, n, p)?;
                 for (a, b) in [(x, out), (x, k_cache), (x, v_cache)] {
                     distinct("q|k|v projection with RoPE", a, b)?;
                 }
@@ -935,37 +935,32 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// Errors unless the q|k|v matmul of `w` can take the RoPE epilogue: one decode token
-    /// through the wide matvec from 8-bit blocks or with the norm fused, one piece of `p.row_len()` rows, RoPE pairs
-    /// whole within a workgroup, and the eight storage bindings it needs.
-    fn check_rope_epilogue(
-        &self,
-        st: &State,
-        w: WeightId,
-        n: usize,
-        xq8: bool,
-        fused_norm: bool,
-        p: &QkvParams,
-    ) -> Result<()> {
-        if !self.rope_epilogue(st, w, p)? || n != 1 || !(xq8 || fused_norm) {
+    /// Errors unless the q|k|v matmul of `w` can take the RoPE epilogue (see `rope_epilogue`).
+    fn check_rope_epilogue(&self, st: &State, w: WeightId, n: usize, p: &QkvParams) -> Result<()> {
+        if n != 1 || !self.rope_epilogue(st, w, p)? {
             return Err(Error::invalid_config(
-                "the RoPE epilogue needs one decode token of 8-bit blocks (or a fused norm) into the wide matvec of a one-piece q|k|v matrix",
+                "the RoPE epilogue needs one decode token into the matvec of a one-piece q|k|v matrix",
             ));
         }
         Ok(())
     }
 
-    /// Whether the q|k|v matvec of `w` for `p` (one decode token) can rotate and store as it
-    /// writes (see `check_rope_epilogue`).
+    /// Whether the q|k|v matvec of `w` for `p` (one decode token, wide or narrow) can rotate
+    /// and store as it writes: one piece of `p.row_len()` rows, RoPE pairs whole within a
+    /// workgroup (even rows per workgroup), and the eight storage bindings it needs.
     fn rope_epilogue(&self, st: &State, w: WeightId, p: &QkvParams) -> Result<bool> {
         let gw = weight(&st.weights, w)?;
+        let t = self.tuning;
+        let even_rows = if self.wide_matvec(gw, 1) {
+            t.matvec_rows.is_multiple_of(2) && t.fused_rows().is_multiple_of(2)
+        } else {
+            t.narrow_shape(&self.dev.limits).1.is_multiple_of(2)
+        };
         Ok(p.n_tokens == 1
-            && self.wide_matvec(gw, 1)
             && gw.pieces.len() == 1
             && gw.rows == p.row_len()
             && p.head_dim.is_multiple_of(2)
-            && self.tuning.matvec_rows.is_multiple_of(2)
-            && self.tuning.fused_rows().is_multiple_of(2)
+            && even_rows
             && self.dev.limits.max_storage_buffers_per_shader_stage >= 8)
     }
 
@@ -1385,7 +1380,8 @@ impl Backend for WgpuBackend {
         p: &QkvParams,
     ) -> Result<()> {
         // One decode token: the q|k|v matvec rotates and stores as it writes (no RoPE
-        // dispatch, `qkv` unused), with the norm fused into it or writing 8-bit blocks for it.
+        // dispatch, `qkv` unused), with the norm fused into it or writing 8-bit blocks (wide)
+        // or f32 (narrow) for it.
         p.check_head_dim()?;
         let q8 = self.q8_input(w, p.n_tokens, norm.dim, self.tuning.norm_wg)?;
         let rope = self.rope_epilogue(&self.lock(), w, p)?;
@@ -1401,6 +1397,11 @@ impl Backend for WgpuBackend {
             Some((order, _)) if rope => {
                 self.norm_into(x, norm.weight, scratch, 1, norm.dim, norm.eps, Some(order))?;
                 self.matmul_into(w, scratch, q_out, 1, epilogue, Input::Q8)
+            }
+            // Narrow rows (short rows, 3-bit codes, dense weights): the f32 norm output.
+            None if rope => {
+                self.rms_norm(x, norm.weight, scratch, 1, norm.dim, norm.eps)?;
+                self.matmul_into(w, scratch, q_out, 1, epilogue, Input::F32)
             }
             _ => {
                 self.rms_norm_matmul(x, norm, scratch, w, qkv, p.n_tokens)?;

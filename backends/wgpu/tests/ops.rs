@@ -543,8 +543,8 @@ fn rope_both_styles() {
     }
 }
 
-/// `rms_norm_qkv_rope` for one decode token on wide backends (the q|k|v matvec rotates and
-/// stores as it writes: no RoPE pass) equals the unfused sequence (norm, matvec into `qkv`,
+/// `rms_norm_qkv_rope` for one decode token on wide and narrow backends (the q|k|v matvec
+/// rotates and stores as it writes: no RoPE pass) equals the unfused sequence (norm, matvec into `qkv`,
 /// `rope_store_qkv`) on the same backend: q, the stored cache row, and every other cache row
 /// untouched. Both RoPE styles, 8/4/2-bit, 2080 columns, head dimensions 128 and 32.
 #[test]
@@ -564,6 +564,8 @@ fn qkv_matvec_with_rope_epilogue() {
         .expect("a software WebGPU adapter (install mesa-vulkan-drivers)"),
         "XQ8=1",
     ));
+    // The narrow matvec (f32 norm output) takes the epilogue too.
+    backends.push((backend(false, false), "WIDE=0"));
     let cols = 2080;
     let xv = rand_vec(&mut rng, cols);
     let gv: Vec<f32> = rand_vec(&mut rng, cols).iter().map(|v| 1.0 + v).collect();
