@@ -36,6 +36,10 @@ struct Params {
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 #endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#if NORM
+// The RMSNorm fused into a decode matvec: its weights (x · g is summed, 1/rms applied after).
+@group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;
+#endif
 #if ROPE
 // The q|k|v projection of one decode token (wide or narrow): RoPE(q) goes to `out`, RoPE(k) and v to
 // row `pos` of the caches. A workgroup's rows come in RoPE pairs (`logical_row`), so each
@@ -164,9 +168,6 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, inv: Invocation) -> f32 {
 @group(0) @binding(1) var<storage, read> w_vec: array<vec2<u32>>;
 #else
 @group(0) @binding(1) var<storage, read> w_vec: array<vec4<u32>>;
-#endif
-#if NORM
-@group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
 
 const LO_NIBBLES: u32 = 0x0f0f0f0fu;
@@ -299,16 +300,28 @@ fn matvec(inv: Invocation) {
     }
 #endif
 #else
-    // Narrow rows: each lane takes 8 columns at a time.
+    // Narrow rows: each lane takes 8 columns at a time (NORM: of x · g, gathering Σx²).
+    var sq = 0.0;
     for (var j = inv.lid; j < p.cols / 8u; j += WORKGROUP_SIZE) {
-        let x0 = x[x_row + 2u * j];
-        let x1 = x[x_row + 2u * j + 1u];
+        var x0 = x[x_row + 2u * j];
+        var x1 = x[x_row + 2u * j + 1u];
+#if NORM
+        sq += dot(x0, x0) + dot(x1, x1);
+        x0 *= norm_w[2u * j];
+        x1 *= norm_w[2u * j + 1u];
+#endif
         for (var k = 0u; k < ROWS_PER_WG; k++) {
             // Rows past the end repeat the last one; their sums are never written.
             let r = logical_row(min(row0 + k, p.rows - 1u));
             acc[k] += dot8(weights8(r, 8u * j, p.cols), x0, x1);
         }
     }
+#if NORM
+    let inv_rms = inverseSqrt(workgroup_sum(sq, inv) / f32(p.cols) + p.eps);
+    for (var k = 0u; k < ROWS_PER_WG; k++) {
+        acc[k] *= inv_rms;
+    }
+#endif
 #endif
     let total = reduce_rows(acc, inv);
 #if ROPE

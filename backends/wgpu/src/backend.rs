@@ -737,6 +737,22 @@ impl WgpuBackend {
         Ok((gw.cols == cols && producer_lanes >= 8).then_some((code_order(spec.bits), fuse)))
     }
 
+    /// Whether the RMSNorm (of `dim` values) before `w` is fused into its narrow decode matvec
+    /// (one token, rows too short for the wide kernel, 3-bit codes or dense weights; see
+    /// `Tuning::fuse_norm_into_narrow`).
+    fn narrow_norm_fuse(&self, w: WeightId, n: usize, dim: usize) -> Result<bool> {
+        let st = self.lock();
+        let gw = weight(&st.weights, w)?;
+        Ok(n == 1
+            && self.tuning.fused_norm
+            && !self.wide_matvec(gw, n)
+            && gw.cols == dim
+            && dim.is_multiple_of(8)
+            && self
+                .tuning
+                .fuse_norm_into_narrow(&self.dev.limits, gw.rows, gw.cols))
+    }
+
     /// `x · Wᵀ` into `out` as `epilogue` says; `input` says what `x` holds.
     fn matmul_into(
         &self,
@@ -828,14 +844,14 @@ impl WgpuBackend {
             ("matvec", (lanes, 1), rows)
         };
         let norm_w = match norm {
-            Some(nm) if wide && nm.dim == gw.cols => {
+            Some(nm) if !tiled && nm.dim == gw.cols => {
                 let b = get(nm.weight)?;
                 check_len("rms_norm weight", b, nm.dim)?;
                 Some((b.buffer.clone(), nm.eps))
             }
             Some(_) => {
                 return Err(Error::invalid_config(
-                    "a fused RMSNorm needs the wide matvec and a norm as long as the rows",
+                    "a fused RMSNorm needs a decode matvec and a norm as long as the rows",
                 ))
             }
             None => None,
@@ -1357,6 +1373,9 @@ impl Backend for WgpuBackend {
         // A wide decode matvec either normalises as it loads (few workgroup-columns, see
         // `Tuning::fuse_norm_into`) or reads 8-bit activation blocks that the norm writes.
         let Some((order, fuse)) = self.q8_input(w, n, norm.dim, self.tuning.norm_wg)? else {
+            if self.narrow_norm_fuse(w, n, norm.dim)? {
+                return self.matmul_into(w, x, out, n, Epilogue::Store, Input::Norm(norm));
+            }
             self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
             return self.matmul(w, scratch, out, n);
         };
@@ -1399,6 +1418,9 @@ impl Backend for WgpuBackend {
                 self.matmul_into(w, scratch, q_out, 1, epilogue, Input::Q8)
             }
             // Narrow rows (short rows, 3-bit codes, dense weights): the f32 norm output.
+            None if rope && self.narrow_norm_fuse(w, 1, norm.dim)? => {
+                self.matmul_into(w, x, q_out, 1, epilogue, Input::Norm(norm))
+            }
             None if rope => {
                 self.rms_norm(x, norm.weight, scratch, 1, norm.dim, norm.eps)?;
                 self.matmul_into(w, scratch, q_out, 1, epilogue, Input::F32)

@@ -136,6 +136,12 @@ impl Tuning {
         rows.div_ceil(self.fused_rows() as usize) * cols <= 4 << 20
     }
 
+    /// The same for a narrow matvec (f32 activations, `narrow_shape` rows per workgroup): on
+    /// the H100 SmolLM2's q|k|v and gate|up are fused, 8B 3-bit ones are not.
+    pub fn fuse_norm_into_narrow(&self, limits: &wgpu::Limits, rows: usize, cols: usize) -> bool {
+        rows.div_ceil(self.narrow_shape(limits).1 as usize) * cols <= 4 << 20
+    }
+
     /// Sizes for a device with these limits.
     pub fn new(limits: &wgpu::Limits) -> Self {
         Tuning {
