@@ -1,6 +1,7 @@
 // out[t, row_offset + r] = Σ_c W[r, c] · x[t, c] over one row range ("piece") of a weight matrix
-// (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue; NORM, wide matvec
-// only: x is RMS-normalised on the fly, x·g scaled by 1/rms(x), the norm fused into the load).
+// (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue; NORM, decode
+// matvec only: x is RMS-normalised on the fly, x·g summed and scaled by 1/rms(x) after;
+// ROPE: the q|k|v epilogue below).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
 // (WIDE: whole 32-value blocks per lane step, 2-, 4- and 8-bit codes against 8-bit activations
 // in the codes' order ORDER, see q8.wgsl).
@@ -256,9 +257,9 @@ fn matvec(inv: Invocation) {
     }
     var acc: array<f32, ROWS_PER_WG>;
     let x_row = t * p.cols / 4u;
+    var sq = 0.0; // NORM: this lane's share of Σx²
 #if WIDE
     let nb = p.cols / 32u;
-    var sq = 0.0; // NORM: this lane's share of Σx²
     for (var b0 = inv.lid; b0 < nb; b0 += UNROLL * WORKGROUP_SIZE) {
         // Every code and scale of this step first (past the end: block b0 again, unused).
         var codes: array<array<vec4<u32>, CODE_VECS>, UNROLL * ROWS_PER_WG>;
@@ -291,17 +292,8 @@ fn matvec(inv: Invocation) {
             }
         }
     }
-#if NORM
-    // Every lane's sums scale by the same 1/rms, so scaling before the row reduction is exact
-    // up to rounding.
-    let inv_rms = inverseSqrt(workgroup_sum(sq, inv) / f32(p.cols) + p.eps);
-    for (var k = 0u; k < ROWS_PER_WG; k++) {
-        acc[k] *= inv_rms;
-    }
-#endif
 #else
     // Narrow rows: each lane takes 8 columns at a time (NORM: of x · g, gathering Σx²).
-    var sq = 0.0;
     for (var j = inv.lid; j < p.cols / 8u; j += WORKGROUP_SIZE) {
         var x0 = x[x_row + 2u * j];
         var x1 = x[x_row + 2u * j + 1u];
@@ -316,12 +308,14 @@ fn matvec(inv: Invocation) {
             acc[k] += dot8(weights8(r, 8u * j, p.cols), x0, x1);
         }
     }
+#endif
 #if NORM
+    // Every lane's sums scale by the same 1/rms, so scaling before the row reduction is exact
+    // up to rounding.
     let inv_rms = inverseSqrt(workgroup_sum(sq, inv) / f32(p.cols) + p.eps);
     for (var k = 0u; k < ROWS_PER_WG; k++) {
         acc[k] *= inv_rms;
     }
-#endif
 #endif
     let total = reduce_rows(acc, inv);
 #if ROPE

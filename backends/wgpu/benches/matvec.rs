@@ -9,7 +9,7 @@
 use half::f16;
 use lowbit_core::backend::{AttentionParams, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::quant::QuantizedMatrix;
-use lowbit_core::{Backend, QuantSpec, Scheme, WeightMatrix};
+use lowbit_core::{Backend, QuantSpec, Scheme, WeightId, WeightMatrix};
 use lowbit_wgpu::{WgpuBackend, WgpuOptions};
 
 const CALLS: usize = 200;
@@ -35,6 +35,26 @@ fn random_matrix(rows: usize, cols: usize, bits: u8, seed: u64) -> WeightMatrix 
         scales: vec![f16::from_f32(1e-3); rows * cols / 32],
         offsets: Vec::new(),
     })
+}
+
+/// Copies of a random `rows × cols` matrix of `bits`-bit codes, enough to overflow the GPU's
+/// L2 (H100: 50 MB) when read in turn, so every call streams its weights from memory as a
+/// decode step does; and the bytes of one copy.
+fn weight_copies(b: &WgpuBackend, rows: usize, cols: usize, bits: u8) -> (Vec<WeightId>, usize) {
+    let bytes = rows * cols * bits as usize / 8 + rows * cols / 32 * 2;
+    let copies = 128_000_000usize.div_ceil(bytes).min(16);
+    let ids = (0..copies)
+        .map(|c| {
+            let w = random_matrix(rows, cols, bits, (rows * cols + c) as u64);
+            b.upload_weight(w).expect("upload")
+        })
+        .collect();
+    (ids, bytes)
+}
+
+/// `n` activations of a fixed pattern in [-1, 1].
+fn activations(n: usize) -> Vec<f32> {
+    (0..n).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect()
 }
 
 /// Device seconds per call of `call(i)` for i in 0..CALLS, recorded back to back and submitted
@@ -98,18 +118,9 @@ fn main() {
     decode_matvecs(&b);
     for bits in [8u8, 4, 3, 2] {
         for (name, rows, cols) in shapes {
-            let bytes = rows * cols * bits as usize / 8 + rows * cols / 32 * 2;
-            // Copies enough to overflow the GPU's L2 (H100: 50 MB), read in turn, so every
-            // call streams its weights from memory as a decode step does.
-            let copies = 128_000_000usize.div_ceil(bytes).min(16);
-            let ids: Vec<_> = (0..copies)
-                .map(|c| {
-                    let w = random_matrix(rows, cols, bits, (rows * cols + c) as u64);
-                    b.upload_weight(w).expect("upload")
-                })
-                .collect();
-            let x: Vec<f32> = (0..cols).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
-            let x = b.upload(&x).expect("upload");
+            let (ids, bytes) = weight_copies(&b, rows, cols, bits);
+            let copies = ids.len();
+            let x = b.upload(&activations(cols)).expect("upload");
             let outs: Vec<_> = (0..CALLS).map(|_| b.alloc(rows).expect("alloc")).collect();
             let mut cells = Vec::new();
             for distinct in [false, true] {
@@ -258,18 +269,9 @@ fn decode_matvecs(b: &WgpuBackend) {
         ("lm_head", 128256, 4096, 8),
     ];
     for (name, rows, cols, bits) in shapes {
-        let bytes = rows * cols * bits as usize / 8 + rows * cols / 32 * 2;
-        let copies = 128_000_000usize.div_ceil(bytes).min(16);
-        let ids: Vec<_> = (0..copies)
-            .map(|c| {
-                let w = random_matrix(rows, cols, bits, (rows * cols + c) as u64);
-                b.upload_weight(w).expect("upload")
-            })
-            .collect();
-        let gu: Vec<f32> = (0..2 * cols)
-            .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
-            .collect();
-        let gu = b.upload(&gu).expect("upload");
+        let (ids, bytes) = weight_copies(b, rows, cols, bits);
+        let copies = ids.len();
+        let gu = b.upload(&activations(2 * cols)).expect("upload");
         let (h, out) = (b.alloc(cols).expect("alloc"), b.alloc(rows).expect("alloc"));
         let s = time_calls(b, h, &|_| b.swiglu(gu, h, 1, cols).expect("swiglu"));
         let pair = time_calls(b, out, &|i| {

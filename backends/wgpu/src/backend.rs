@@ -129,7 +129,7 @@ fn code_order(bits: u8) -> u32 {
 enum Input<'a> {
     /// f32 activations.
     F32,
-    /// f32 activations to RMS-normalise on the fly (wide matvec only).
+    /// f32 activations to RMS-normalise on the fly (decode matvec only).
     Norm(&'a RmsNorm),
     /// 8-bit activation blocks in the weight format's order (wide matvec only, `q8.wgsl`).
     Q8,
@@ -142,13 +142,24 @@ enum Epilogue<'a> {
     Store,
     /// `out += sums` (a residual add).
     Add,
-    /// The q|k|v rows of one decode token (wide matvec, 8-bit input, one piece): RoPE(q) to
-    /// `out`, RoPE(k) and v to row `p.pos0` of the caches.
+    /// The q|k|v rows of one decode token (one piece; see `rope_epilogue`): RoPE(q) to `out`,
+    /// RoPE(k) and v to row `p.pos0` of the caches.
     Rope {
         k_cache: BufferId,
         v_cache: BufferId,
         p: &'a QkvParams,
     },
+}
+
+/// How an RMSNorm's output reaches the matmul after it (`WgpuBackend::norm_feed`).
+#[derive(Clone, Copy)]
+enum NormFeed {
+    /// Fused into the decode matvec, which normalises as it loads.
+    Fused,
+    /// The norm writes 8-bit activation blocks in this code order for the wide matvec.
+    Q8(u32),
+    /// The norm writes f32 rows.
+    F32,
 }
 
 /// Values (f32 slots) a row of `len` activations takes: `len`, or as 8-bit activation blocks
@@ -325,8 +336,6 @@ impl WgpuBackend {
         ]
     }
 
-    /// The RoPE table of (theta, head_dim) covering positions `0..need`, grown (doubling) when
-    /// too short.
     /// The scratch buffer of this kind, at least `bytes` long (grown, never shrunk).
     fn scratch(&self, st: &mut State, kind: Scratch, bytes: u64) -> Result<wgpu::Buffer> {
         let bytes = bytes.max(16).next_multiple_of(16);
@@ -348,6 +357,8 @@ impl WgpuBackend {
         Ok(st.scratch[slot].clone().expect("scratch just set"))
     }
 
+    /// The RoPE table of (theta, head_dim) covering positions `0..need`, grown (doubling) when
+    /// too short.
     fn rope_table(
         &self,
         st: &mut State,
@@ -445,9 +456,6 @@ impl WgpuBackend {
         Ok(BufferId(id))
     }
 
-    /// Records `dst[dst_offset..][..len] = src[src_offset..][..len]` (f32 offsets) as a kernel,
-    /// so it stays in the step's compute pass; `src` is a distinct buffer or host data.
-    /// `out = x · Wᵀ`, or `out += x · Wᵀ` with `accumulate`.
     /// RMSNorm of `rows` rows; with `q8` (`Some(order)`, see [`code_order`]; decode rows of a multiple of 32
     /// values) `out` receives 8-bit activation blocks for a wide matvec (`q8.wgsl`) instead.
     #[allow(clippy::too_many_arguments)]
@@ -718,39 +726,74 @@ impl WgpuBackend {
         Ok(())
     }
 
-    /// Whether `n` rows of `cols` activations made by a producer of `producer_lanes` lanes may
-    /// reach `w` as 8-bit blocks (the wide matvec; eight lanes per block): the blocks' code
-    /// order, and whether `Tuning::fuse_norm_into` would rather fuse a norm into the matvec.
+    /// The code order in which `n` rows of `cols` activations made by a producer of
+    /// `producer_lanes` lanes may reach `w` as 8-bit blocks (the wide matvec; eight lanes per
+    /// block), if they may.
     fn q8_input(
         &self,
         w: WeightId,
         n: usize,
         cols: usize,
         producer_lanes: u32,
-    ) -> Result<Option<(u32, bool)>> {
+    ) -> Result<Option<u32>> {
         let st = self.lock();
         let gw = weight(&st.weights, w)?;
         let (WeightKind::Quant(spec), true) = (gw.kind, self.wide_matvec(gw, n)) else {
             return Ok(None);
         };
-        let fuse = self.tuning.fuse_norm_into(gw.rows, gw.cols);
-        Ok((gw.cols == cols && producer_lanes >= 8).then_some((code_order(spec.bits), fuse)))
+        Ok((gw.cols == cols && producer_lanes >= 8).then_some(code_order(spec.bits)))
     }
 
-    /// Whether the RMSNorm (of `dim` values) before `w` is fused into its narrow decode matvec
-    /// (one token, rows too short for the wide kernel, 3-bit codes or dense weights; see
-    /// `Tuning::fuse_norm_into_narrow`).
-    fn narrow_norm_fuse(&self, w: WeightId, n: usize, dim: usize) -> Result<bool> {
+    /// How an RMSNorm of `dim` values over `n` rows feeds the matmul of `w`: fused into a
+    /// decode matvec where that pays (`Tuning::fuse_norm_into`, `fuse_norm_into_narrow`), else
+    /// as 8-bit blocks for a wide matvec, else as f32 rows.
+    fn norm_feed(&self, w: WeightId, n: usize, dim: usize) -> Result<NormFeed> {
+        let t = self.tuning;
+        let q8 = self.q8_input(w, n, dim, t.norm_wg)?;
         let st = self.lock();
         let gw = weight(&st.weights, w)?;
-        Ok(n == 1
-            && self.tuning.fused_norm
-            && !self.wide_matvec(gw, n)
-            && gw.cols == dim
-            && dim.is_multiple_of(8)
-            && self
-                .tuning
-                .fuse_norm_into_narrow(&self.dev.limits, gw.rows, gw.cols))
+        let fuse = match q8 {
+            Some(_) => t.fuse_norm_into(gw.rows, gw.cols),
+            None => {
+                n == 1
+                    && !self.wide_matvec(gw, n)
+                    && gw.cols == dim
+                    && dim.is_multiple_of(8)
+                    && t.fuse_norm_into_narrow(&self.dev.limits, gw.rows, gw.cols)
+            }
+        };
+        Ok(match q8 {
+            _ if fuse && t.fused_norm => NormFeed::Fused,
+            Some(order) => NormFeed::Q8(order),
+            None => NormFeed::F32,
+        })
+    }
+
+    /// RMSNorm of `x` (through `scratch` unless fused) into the matmul of `w`, whose sums go
+    /// to `out` as `epilogue` says.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_matmul_into(
+        &self,
+        x: BufferId,
+        norm: &RmsNorm,
+        scratch: BufferId,
+        w: WeightId,
+        out: BufferId,
+        n: usize,
+        epilogue: Epilogue<'_>,
+    ) -> Result<()> {
+        let (dim, eps) = (norm.dim, norm.eps);
+        match self.norm_feed(w, n, dim)? {
+            NormFeed::Fused => self.matmul_into(w, x, out, n, epilogue, Input::Norm(norm)),
+            NormFeed::Q8(order) => {
+                self.norm_into(x, norm.weight, scratch, n, dim, eps, Some(order))?;
+                self.matmul_into(w, scratch, out, n, epilogue, Input::Q8)
+            }
+            NormFeed::F32 => {
+                self.norm_into(x, norm.weight, scratch, n, dim, eps, None)?;
+                self.matmul_into(w, scratch, out, n, epilogue, Input::F32)
+            }
+        }
     }
 
     /// `x · Wᵀ` into `out` as `epilogue` says; `input` says what `x` holds.
@@ -1370,20 +1413,7 @@ impl Backend for WgpuBackend {
         out: BufferId,
         n: usize,
     ) -> Result<()> {
-        // A wide decode matvec either normalises as it loads (few workgroup-columns, see
-        // `Tuning::fuse_norm_into`) or reads 8-bit activation blocks that the norm writes.
-        let Some((order, fuse)) = self.q8_input(w, n, norm.dim, self.tuning.norm_wg)? else {
-            if self.narrow_norm_fuse(w, n, norm.dim)? {
-                return self.matmul_into(w, x, out, n, Epilogue::Store, Input::Norm(norm));
-            }
-            self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
-            return self.matmul(w, scratch, out, n);
-        };
-        if fuse && self.tuning.fused_norm {
-            return self.matmul_into(w, x, out, n, Epilogue::Store, Input::Norm(norm));
-        }
-        self.norm_into(x, norm.weight, scratch, n, norm.dim, norm.eps, Some(order))?;
-        self.matmul_into(w, scratch, out, n, Epilogue::Store, Input::Q8)
+        self.norm_matmul_into(x, norm, scratch, w, out, n, Epilogue::Store)
     }
 
     fn rms_norm_qkv_rope(
@@ -1399,37 +1429,18 @@ impl Backend for WgpuBackend {
         p: &QkvParams,
     ) -> Result<()> {
         // One decode token: the q|k|v matvec rotates and stores as it writes (no RoPE
-        // dispatch, `qkv` unused), with the norm fused into it or writing 8-bit blocks (wide)
-        // or f32 (narrow) for it.
+        // dispatch, `qkv` unused).
         p.check_head_dim()?;
-        let q8 = self.q8_input(w, p.n_tokens, norm.dim, self.tuning.norm_wg)?;
-        let rope = self.rope_epilogue(&self.lock(), w, p)?;
-        let epilogue = Epilogue::Rope {
-            k_cache,
-            v_cache,
-            p,
-        };
-        match q8 {
-            Some((_, true)) if rope && self.tuning.fused_norm => {
-                self.matmul_into(w, x, q_out, 1, epilogue, Input::Norm(norm))
-            }
-            Some((order, _)) if rope => {
-                self.norm_into(x, norm.weight, scratch, 1, norm.dim, norm.eps, Some(order))?;
-                self.matmul_into(w, scratch, q_out, 1, epilogue, Input::Q8)
-            }
-            // Narrow rows (short rows, 3-bit codes, dense weights): the f32 norm output.
-            None if rope && self.narrow_norm_fuse(w, 1, norm.dim)? => {
-                self.matmul_into(w, x, q_out, 1, epilogue, Input::Norm(norm))
-            }
-            None if rope => {
-                self.rms_norm(x, norm.weight, scratch, 1, norm.dim, norm.eps)?;
-                self.matmul_into(w, scratch, q_out, 1, epilogue, Input::F32)
-            }
-            _ => {
-                self.rms_norm_matmul(x, norm, scratch, w, qkv, p.n_tokens)?;
-                self.rope_store_qkv(qkv, q_out, k_cache, v_cache, p)
-            }
+        if self.rope_epilogue(&self.lock(), w, p)? {
+            let epilogue = Epilogue::Rope {
+                k_cache,
+                v_cache,
+                p,
+            };
+            return self.norm_matmul_into(x, norm, scratch, w, q_out, 1, epilogue);
         }
+        self.rms_norm_matmul(x, norm, scratch, w, qkv, p.n_tokens)?;
+        self.rope_store_qkv(qkv, q_out, k_cache, v_cache, p)
     }
 
     fn rope_store_qkv(
@@ -1523,7 +1534,7 @@ impl Backend for WgpuBackend {
         // Decode rows for a wide matvec: SwiGLU writes 8-bit activation blocks that the
         // matvec reads as they are (no per-workgroup quantization).
         match self.q8_input(w, n, width, self.tuning.elementwise_wg)? {
-            Some((order, _)) => {
+            Some(order) => {
                 self.swiglu_into(gate_up, scratch, n, width, Some(order))?;
                 self.matmul_into(w, scratch, out, n, Epilogue::Add, Input::Q8)
             }
@@ -1650,7 +1661,7 @@ impl Backend for WgpuBackend {
             None
         };
         match q8 {
-            Some((order, _)) => {
+            Some(order) => {
                 self.attention_into(q, k_cache, v_cache, scratch, p, Some(order))?;
                 self.matmul_into(w, scratch, out, 1, Epilogue::Add, Input::Q8)
             }

@@ -34,6 +34,10 @@ pub(crate) struct Tuning {
     forced: Option<Option<u32>>,
 }
 
+/// Most workgroups × columns a fused RMSNorm may add to a matvec (each workgroup sums the
+/// squares of the whole row; see `Tuning::fuse_norm_into`).
+const FUSED_NORM_MAX_WG_COLS: usize = 4 << 20;
+
 /// `n` lanes kept within the device's invocation limit and rounded down to a power of two.
 fn pow2_lanes(limits: &wgpu::Limits, n: u32) -> u32 {
     let n = n.clamp(1, limits.max_compute_invocations_per_workgroup.max(1));
@@ -133,13 +137,13 @@ impl Tuning {
     /// with the norm), gate|up (3,584 × 4096) slower (52.5 vs 47.6). Fused up to 4 Mi
     /// workgroup-columns, at `fused_rows` rows per workgroup.
     pub fn fuse_norm_into(&self, rows: usize, cols: usize) -> bool {
-        rows.div_ceil(self.fused_rows() as usize) * cols <= 4 << 20
+        rows.div_ceil(self.fused_rows() as usize) * cols <= FUSED_NORM_MAX_WG_COLS
     }
 
     /// The same for a narrow matvec (f32 activations, `narrow_shape` rows per workgroup): on
     /// the H100 SmolLM2's q|k|v and gate|up are fused, 8B 3-bit ones are not.
     pub fn fuse_norm_into_narrow(&self, limits: &wgpu::Limits, rows: usize, cols: usize) -> bool {
-        rows.div_ceil(self.narrow_shape(limits).1 as usize) * cols <= 4 << 20
+        rows.div_ceil(self.narrow_shape(limits).1 as usize) * cols <= FUSED_NORM_MAX_WG_COLS
     }
 
     /// Sizes for a device with these limits.

@@ -32,6 +32,16 @@ fn backend_with(f16: bool, subgroups: bool, wide_matvec: bool) -> WgpuBackend {
     .expect("a software WebGPU adapter (install mesa-vulkan-drivers)")
 }
 
+/// A backend on the adapter's own kernel paths with these decode matvec options.
+fn matvec_backend(wide_matvec: bool, fused_norm: bool) -> WgpuBackend {
+    WgpuBackend::new(&WgpuOptions {
+        wide_matvec,
+        fused_norm,
+        ..WgpuOptions::software()
+    })
+    .expect("a software WebGPU adapter (install mesa-vulkan-drivers)")
+}
+
 /// Every kernel path the adapter supports, each as its own backend.
 fn variants() -> Vec<WgpuBackend> {
     variants_with(false)
@@ -198,13 +208,7 @@ fn wide_matvec_every_format() {
     // write 8-bit activation blocks that the matvec reads (XQ8).
     let mut backends: Vec<(WgpuBackend, bool)> =
         variants_with(true).into_iter().map(|b| (b, true)).collect();
-    let unfused = WgpuBackend::new(&WgpuOptions {
-        wide_matvec: true,
-        fused_norm: false,
-        ..WgpuOptions::software()
-    })
-    .expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
-    backends.push((unfused, false));
+    backends.push((matvec_backend(true, false), false));
     // 2080: 65 blocks, more than the 64 lanes, so 4-bit lanes take two blocks at once (the
     // second only on lane 0); 2048: 64 blocks, one per lane.
     for cols in [2080usize, 2048] {
@@ -552,23 +556,13 @@ fn qkv_matvec_with_rope_epilogue() {
         .into_iter()
         .map(|b| (b, "NORM=1"))
         .collect();
-    backends.push((
-        WgpuBackend::new(&WgpuOptions {
-            wide_matvec: true,
-            fused_norm: false,
-            ..WgpuOptions::software()
-        })
-        .expect("a software WebGPU adapter (install mesa-vulkan-drivers)"),
-        "XQ8=1",
-    ));
+    backends.push((matvec_backend(true, false), "XQ8=1"));
     // The narrow matvec takes the epilogue too, after the f32 norm or with the norm fused.
     backends.push((backend(false, false), "WIDE=0"));
-    let narrow_fused = WgpuBackend::new(&WgpuOptions {
-        fused_norm: true,
-        ..WgpuOptions::software()
-    })
-    .expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
-    backends.push((narrow_fused, "WIDE=0,UNROLL=1,ACCUMULATE=0,NORM=1"));
+    backends.push((
+        matvec_backend(false, true),
+        "WIDE=0,UNROLL=1,ACCUMULATE=0,NORM=1",
+    ));
     let cols = 2080;
     let xv = rand_vec(&mut rng, cols);
     let gv: Vec<f32> = rand_vec(&mut rng, cols).iter().map(|v| 1.0 + v).collect();
