@@ -81,6 +81,25 @@ const SLOTS: u32 = max(1u, WORKGROUP_SIZE / D4);
 var<workgroup> q_s: array<vec4<f32>, D4>;
 var<workgroup> o_part: array<vec4<f32>, SLOTS * D4>;
 var<workgroup> k_part: array<f32, WORKGROUP_SIZE>;
+// Vectors of one key a lane sums, and value vectors a lane requests before the scores exist.
+const KV4: u32 = (D4 + KEY_LANES - 1u) / KEY_LANES;
+const VB: u32 = 8u;
+
+// This lane's vectors (kl, kl + KEY_LANES, ...) of key `t`, all requested at once (zeros past
+// `end`).
+fn load_key(t: u32, end: u32, h: u32, kl: u32) -> array<vec4<f32>, KV4> {
+    var kv: array<vec4<f32>, KV4>;
+    if t < end {
+        let kb = kv_base(t, h) / 4u;
+        for (var c = 0u; c < KV4; c++) {
+            let j = kl + c * KEY_LANES;
+            if j < D4 {
+                kv[c] = k_cache[kb + j];
+            }
+        }
+    }
+    return kv;
+}
 #else
 var<workgroup> q_s: array<f32, HEAD_DIM>;
 #endif
@@ -97,6 +116,21 @@ fn attn_split(inv: Invocation) {
     let end = min(start + SPLIT_LEN, len);
     let qb = (i * p.n_heads + h) * HEAD_DIM;
 #if VEC4
+    // KEY_LANES lanes per key (a power of two, from the host), each summing every KEY_LANES-th
+    // vector of it, so a key's loads are spread over lanes and in flight together. The first
+    // pass's key vectors and this lane's first value vectors are requested before anything
+    // waits, so the query, keys and values arrive in one memory round trip.
+    let kl = inv.lid % KEY_LANES;
+    let t_first = start + inv.lid / KEY_LANES;
+    var kf = load_key(t_first, end, h, kl);
+    let e0 = inv.lid % (SLOTS * D4);
+    var vf: array<vec4<f32>, VB>;
+    for (var c = 0u; c < VB; c++) {
+        let t = start + e0 / D4 + c * SLOTS;
+        if t < end {
+            vf[c] = v_cache[kv_base(t, h) / 4u + e0 % D4];
+        }
+    }
     for (var j = inv.lid; j < D4; j += WORKGROUP_SIZE) {
         let b = qb + 4u * j;
         q_s[j] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
@@ -109,16 +143,17 @@ fn attn_split(inv: Invocation) {
     workgroupBarrier();
     var m = NEG_BIG;
 #if VEC4
-    // KEY_LANES lanes per key (a power of two, from the host), each summing every KEY_LANES-th
-    // vector of it, so a key's loads are spread over lanes and in flight together.
-    let kl = inv.lid % KEY_LANES;
     for (var t0 = start; t0 < end; t0 += WORKGROUP_SIZE / KEY_LANES) {
         let t = t0 + inv.lid / KEY_LANES;
+        var kv = kf;
+        if t0 != start {
+            kv = load_key(t, end, h, kl);
+        }
         var s4 = vec4<f32>(0.0);
-        if t < end {
-            let kb = kv_base(t, h) / 4u;
-            for (var j = kl; j < D4; j += KEY_LANES) {
-                s4 += q_s[j] * k_cache[kb + j];
+        for (var c = 0u; c < KV4; c++) {
+            let j = kl + c * KEY_LANES;
+            if j < D4 {
+                s4 += q_s[j] * kv[c];
             }
         }
         k_part[inv.lid] = (s4.x + s4.y) + (s4.z + s4.w);
@@ -160,7 +195,17 @@ fn attn_split(inv: Invocation) {
     for (var e = inv.lid; e < SLOTS * D4; e += WORKGROUP_SIZE) {
         let j = e % D4;
         var o = vec4<f32>(0.0);
-        for (var t = start + e / D4; t < end; t += SLOTS) {
+        var t = start + e / D4;
+        if e == inv.lid {
+            // The values requested at the start.
+            for (var c = 0u; c < VB; c++) {
+                if t < end {
+                    o += scores[t - start] * vf[c];
+                }
+                t += SLOTS;
+            }
+        }
+        for (; t < end; t += SLOTS) {
             o += scores[t - start] * v_cache[kv_base(t, h) / 4u + j];
         }
         o_part[e] = o;

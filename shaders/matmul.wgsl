@@ -68,9 +68,19 @@ fn logical_row(r: u32) -> u32 {
     return base + f + (r & 1u) * half;
 }
 
+// The rotation of the RoPE pair that lane `lid` (< ROWS_PER_WG / 2) writes, read when the
+// workgroup starts so the epilogue does not wait for memory.
+fn rope_rotation(row0: u32, lid: u32) -> vec2<f32> {
+    let r = row0 + 2u * lid;
+    if lid < ROWS_PER_WG / 2u && r < p.rows && logical_row(r) < p.q_dim + p.kv_dim {
+        return rope_table[p.pos * (p.head_dim / 2u) + (r / 2u) % (p.head_dim / 2u)];
+    }
+    return vec2<f32>(1.0, 0.0);
+}
+
 // Writes this workgroup's rows (lane k < ROWS_PER_WG holds the sum of physical row row0 + k)
-// as rotated q, rotated k and v.
-fn rope_store(total: f32, row0: u32, lid: u32) {
+// as rotated q, rotated k and v; `cs` is the lane's `rope_rotation`.
+fn rope_store(total: f32, row0: u32, lid: u32, cs: vec2<f32>) {
     if lid < ROWS_PER_WG {
         row_total[lid] = total;
     }
@@ -80,11 +90,7 @@ fn rope_store(total: f32, row0: u32, lid: u32) {
         var v = vec2<f32>(row_total[2u * lid], row_total[2u * lid + 1u]);
         let a = logical_row(r);
         let b = logical_row(r + 1u);
-        let half = p.head_dim / 2u;
-        if a < p.q_dim + p.kv_dim {
-            let cs = rope_table[p.pos * half + (r / 2u) % half];
-            v = vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
-        }
+        v = vec2<f32>(v.x * cs.x - v.y * cs.y, v.x * cs.y + v.y * cs.x);
         let kv = p.pos * p.kv_dim;
         if a < p.q_dim {
             out[a] = v.x;
@@ -118,6 +124,18 @@ fn store(t: u32, r: u32, v: f32) {
 #else
     out[i] = v;
 #endif
+}
+
+// ACCUMULATE in the matvec: the value lane `lid` (< ROWS_PER_WG) adds its row's sum to, read
+// when the workgroup starts so the epilogue does not wait for memory (each workgroup owns its
+// rows); 0 otherwise.
+fn residual(t: u32, row0: u32, lid: u32) -> f32 {
+#if ACCUMULATE
+    if lid < ROWS_PER_WG && row0 + lid < p.rows {
+        return out[t * p.out_stride + p.row_offset + row0 + lid];
+    }
+#endif
+    return 0.0;
 }
 
 var<workgroup> row_sums: array<f32, ROWS_PER_WG * WORKGROUP_SIZE>;
@@ -258,6 +276,12 @@ fn matvec(inv: Invocation) {
     var acc: array<f32, ROWS_PER_WG>;
     let x_row = t * p.cols / 4u;
     var sq = 0.0; // NORM: this lane's share of Σx²
+    // The epilogue's own reads, requested now.
+#if ROPE
+    let cs = rope_rotation(row0, inv.lid);
+#else
+    let res = residual(t, row0, inv.lid);
+#endif
 #if WIDE
     let nb = p.cols / 32u;
     for (var b0 = inv.lid; b0 < nb; b0 += UNROLL * WORKGROUP_SIZE) {
@@ -319,10 +343,10 @@ fn matvec(inv: Invocation) {
 #endif
     let total = reduce_rows(acc, inv);
 #if ROPE
-    rope_store(total, row0, inv.lid);
+    rope_store(total, row0, inv.lid, cs);
 #else
     if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
-        store(t, row0 + inv.lid, total);
+        out[t * p.out_stride + p.row_offset + row0 + inv.lid] = res + total;
     }
 #endif
 }

@@ -32,7 +32,9 @@ pub struct BenchArgs {
     /// (smollm2-135m, llama-3.2-1b, llama-3-8b) instead of reading --model.
     #[arg(long)]
     pub synthetic: Option<String>,
-    /// Print per-kernel device timings of the decode test (GPU timestamp queries).
+    /// Print per-kernel device timings of the tests (GPU timestamp queries around a pass of
+    /// each kernel's own). The timestamps and passes add several µs to every kernel and each
+    /// step waits for its timings, so the times are for comparing kernels, and tokens/s drop.
     #[arg(long)]
     pub kernel_timings: bool,
     /// Print where the host's time goes around the device during the tests (recording
@@ -392,16 +394,17 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "\nkernel timings ({label}, all tests; {:.1} ms total):",
             total as f64 / 1e6
         );
-        println!("| kernel | calls | total ms | share |");
-        println!("|---|---|---|---|");
+        println!("| kernel | calls | total ms | µs / call | share |");
+        println!("|---|---|---|---|---|");
         let mut t = t.clone();
         t.sort_by_key(|k| std::cmp::Reverse(k.total_ns));
         for k in t.iter().take(15) {
             println!(
-                "| {} | {} | {:.2} | {:.1}% |",
+                "| {} | {} | {:.2} | {:.2} | {:.1}% |",
                 k.kernel,
                 k.count,
                 k.total_ns as f64 / 1e6,
+                k.total_ns as f64 / 1e3 / k.count.max(1) as f64,
                 k.total_ns as f64 / total.max(1) as f64 * 100.0
             );
         }
