@@ -1,6 +1,6 @@
 // out[t, row_offset + r] = Σ_c W[r, c] · x[t, c] over one row range ("piece") of a weight matrix
-// (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue; NORM, decode
-// matvec only: x is RMS-normalised on the fly, x·g summed and scaled by 1/rms(x) after;
+// (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue; NORM, narrow
+// decode matvec only: x is RMS-normalised on the fly, x·g summed and scaled by 1/rms(x) after;
 // ROPE: the q|k|v epilogue below).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
 // (WIDE: whole 32-value blocks per lane step, 2-, 4- and 8-bit codes against 8-bit activations
@@ -38,7 +38,7 @@ struct Params {
 #endif
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 #if NORM
-// The RMSNorm fused into a decode matvec: its weights (x · g is summed, 1/rms applied after).
+// The RMSNorm fused into a narrow decode matvec: its weights (x · g is summed, 1/rms applied after).
 @group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;
 #endif
 #if ROPE
@@ -216,17 +216,11 @@ fn load_block(b: u32) -> BlockX {
     return unpack_block(xq8[3u * b], xq8[3u * b + 1u], xq8[3u * b + 2u]);
 }
 #else
-// Block `b` of activation row `x_row` (vec4 index), quantized; `sq` gathers Σx² for a fused
-// norm, whose weights scale x before it is quantized.
-fn load_block(x_row: u32, b: u32, sq: ptr<function, f32>) -> BlockX {
+// Block `b` of activation row `x_row` (vec4 index), quantized.
+fn load_block(x_row: u32, b: u32) -> BlockX {
     var xs: array<vec4<f32>, 8>;
     for (var i = 0u; i < 8u; i++) {
-        var v = x[x_row + 8u * b + i];
-#if NORM
-        *sq += dot(v, v);
-        v *= norm_w[8u * b + i];
-#endif
-        xs[i] = v;
+        xs[i] = x[x_row + 8u * b + i];
     }
     return quantize_block(xs, ORDER);
 }
@@ -306,7 +300,7 @@ fn matvec(inv: Invocation) {
 #if XQ8
                 let bx = load_block(b);
 #else
-                let bx = load_block(x_row, b, &sq);
+                let bx = load_block(x_row, b);
 #endif
                 for (var k = 0u; k < ROWS_PER_WG; k++) {
                     let i = u * ROWS_PER_WG + k;

@@ -26,12 +26,22 @@ struct Params {
 #endif
 
 #if Q8_OUT
-// 1 / sqrt(mean(x²) + eps) of the row at vector `base4`, summed by the whole workgroup.
+// 1 / sqrt(mean(x²) + eps) of the row at vector `base4`, summed by the whole workgroup; each
+// lane requests four vectors at a time.
 fn inv_rms4(base4: u32, inv: Invocation) -> f32 {
     var ss = vec4<f32>(0.0);
-    for (var i = inv.lid; i < p.dim / 4u; i += WORKGROUP_SIZE) {
-        let v = x4[base4 + i];
-        ss += v * v;
+    let n4 = p.dim / 4u;
+    for (var i0 = inv.lid; i0 < n4; i0 += 4u * WORKGROUP_SIZE) {
+        var v: array<vec4<f32>, 4>;
+        for (var k = 0u; k < 4u; k++) {
+            let i = i0 + k * WORKGROUP_SIZE;
+            if i < n4 {
+                v[k] = x4[base4 + i];
+            }
+        }
+        for (var k = 0u; k < 4u; k++) {
+            ss += v[k] * v[k];
+        }
     }
     return inverseSqrt(workgroup_sum((ss.x + ss.y) + (ss.z + ss.w), inv) / f32(p.dim) + p.eps);
 }
@@ -58,17 +68,19 @@ fn inv_rms(base: u32, inv: Invocation) -> f32 {
 fn rms_norm(inv: Invocation) {
     let row = inv.wid.y;
     let base = row * p.dim;
-    let r = inv_rms4(base / 4u, inv);
     let nb = p.dim / 32u;
     let b = inv.wid.x * (WORKGROUP_SIZE / 8u) + inv.lid / 8u;
     let w = inv.lid % 8u;
+    // This lane's word (values and weights) is requested before the row's sum of squares.
     var v = vec4<f32>(0.0);
+    var g = vec4<f32>(0.0);
     if b < nb {
         let c = vec4<u32>(32u * b) + word_values(w, ORDER);
-        v = vec4<f32>(xs(base + c.x), xs(base + c.y), xs(base + c.z), xs(base + c.w)) * r
-            * vec4<f32>(weight[c.x], weight[c.y], weight[c.z], weight[c.w]);
+        v = vec4<f32>(xs(base + c.x), xs(base + c.y), xs(base + c.z), xs(base + c.w));
+        g = vec4<f32>(weight[c.x], weight[c.y], weight[c.z], weight[c.w]);
     }
-    let word = quantize_word(v, inv.lid);
+    let r = inv_rms4(base / 4u, inv);
+    let word = quantize_word(v * r * g, inv.lid);
     if b < nb {
         store_word(row * nb + b, w, word);
     }

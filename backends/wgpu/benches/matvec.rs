@@ -202,7 +202,7 @@ fn step_kernels(b: &WgpuBackend, others: bool) {
         let s = time_calls(b, tok, call);
         println!("| {label} | | | | {:.1} | |", s * 1e6);
     }
-    // The int4 projections as a decode step runs them (RMSNorm fused, residual added),
+    // The int4 projections as a decode step runs them (RMSNorm before them, residual added),
     // then one whole layer in the adapter's order.
     let w = |rows, cols, seed| {
         b.upload_weight(random_matrix(rows, cols, 4, seed))

@@ -744,29 +744,23 @@ impl WgpuBackend {
         Ok((gw.cols == cols && producer_lanes >= 8).then_some(code_order(spec.bits)))
     }
 
-    /// How an RMSNorm of `dim` values over `n` rows feeds the matmul of `w`: fused into a
-    /// decode matvec where that pays (`Tuning::fuse_norm_into`, `fuse_norm_into_narrow`), else
-    /// as 8-bit blocks for a wide matvec, else as f32 rows.
+    /// How an RMSNorm of `dim` values over `n` rows feeds the matmul of `w`: as 8-bit blocks
+    /// for a wide matvec, fused into a narrow decode matvec where that pays
+    /// (`Tuning::fuse_norm_into_narrow`), else as f32 rows.
     fn norm_feed(&self, w: WeightId, n: usize, dim: usize) -> Result<NormFeed> {
         let t = self.tuning;
-        let q8 = self.q8_input(w, n, dim, t.norm_wg)?;
+        if let Some(order) = self.q8_input(w, n, dim, t.norm_wg)? {
+            return Ok(NormFeed::Q8(order));
+        }
         let st = self.lock();
         let gw = weight(&st.weights, w)?;
-        let fuse = match q8 {
-            Some(_) => t.fuse_norm_into(gw.rows, gw.cols),
-            None => {
-                n == 1
-                    && !self.wide_matvec(gw, n)
-                    && gw.cols == dim
-                    && dim.is_multiple_of(8)
-                    && t.fuse_norm_into_narrow(&self.dev.limits, gw.rows, gw.cols)
-            }
-        };
-        Ok(match q8 {
-            _ if fuse && t.fused_norm => NormFeed::Fused,
-            Some(order) => NormFeed::Q8(order),
-            None => NormFeed::F32,
-        })
+        let fuse = t.fused_norm
+            && n == 1
+            && !self.wide_matvec(gw, n)
+            && gw.cols == dim
+            && dim.is_multiple_of(8)
+            && t.fuse_norm_into_narrow(&self.dev.limits, gw.rows, gw.cols);
+        Ok(if fuse { NormFeed::Fused } else { NormFeed::F32 })
     }
 
     /// RMSNorm of `x` (through `scratch` unless fused) into the matmul of `w`, whose sums go
@@ -872,16 +866,16 @@ impl WgpuBackend {
                 "8-bit activations feed only the wide decode matvec, without a fused norm",
             ));
         }
+        if wide && norm.is_some() {
+            return Err(Error::invalid_config(
+                "a fused RMSNorm feeds only the narrow decode matvec (the wide one takes 8-bit blocks)",
+            ));
+        }
         let (entry, (wg, unroll), rows_per_wg) = if tiled {
             ("matmul_tiled", (256, 1), t.matvec_rows)
         } else if wide {
             let shape = t.wide_shape(&self.dev.limits, gw.cols, gw.kind);
-            let rows = if norm.is_some() {
-                t.fused_rows()
-            } else {
-                t.matvec_rows
-            };
-            ("matvec", shape, rows)
+            ("matvec", shape, t.matvec_rows)
         } else {
             let (lanes, rows) = t.narrow_shape(&self.dev.limits);
             ("matvec", (lanes, 1), rows)
@@ -1011,7 +1005,7 @@ impl WgpuBackend {
         let gw = weight(&st.weights, w)?;
         let t = self.tuning;
         let even_rows = if self.wide_matvec(gw, 1) {
-            t.matvec_rows.is_multiple_of(2) && t.fused_rows().is_multiple_of(2)
+            t.matvec_rows.is_multiple_of(2)
         } else {
             t.narrow_shape(&self.dev.limits).1.is_multiple_of(2)
         };

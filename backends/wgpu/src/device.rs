@@ -30,12 +30,12 @@ pub struct WgpuOptions {
     /// activations) on long rows of 2-, 4- and 8-bit codes. On the H100 it beat the narrow kernel (8B int4 decode 89 vs 82 tok/s,
     /// 1B 257 vs 208). `from_env` turns it on unless `LOWBIT_WGPU_WIDE_MATVEC=0`.
     pub wide_matvec: bool,
-    /// Fuse a decode RMSNorm into the matvec that follows it where that pays (few
-    /// workgroup-columns, see `Tuning::fuse_norm_into` and `fuse_norm_into_narrow`: on the H100
-    /// the 8B q|k|v and SmolLM2's q|k|v and gate|up, not the 8B gate|up): the matvec normalises
-    /// the activation vector as it loads it, saving a dispatch. Otherwise the norm writes 8-bit
-    /// activation blocks (wide matvec) or f32 rows for the matvec. `from_env` turns fusion on
-    /// unless `LOWBIT_WGPU_FUSED_NORM=0`.
+    /// Fuse a decode RMSNorm into the narrow matvec that follows it where that pays (few
+    /// workgroup-columns, see `Tuning::fuse_norm_into_narrow`: on the H100 SmolLM2's q|k|v and
+    /// gate|up): the matvec normalises the activation vector as it loads it, saving a
+    /// dispatch. Otherwise the norm writes f32 rows for it; a wide matvec always takes 8-bit
+    /// activation blocks from the norm. `from_env` turns fusion on unless
+    /// `LOWBIT_WGPU_FUSED_NORM=0`.
     pub fused_norm: bool,
     /// Overrides the decode matvec's shape that the profile and tuning pick: lanes (a power of
     /// two; the wide kernel then runs exactly this many), rows per workgroup (1..=16) and, when

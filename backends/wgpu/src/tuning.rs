@@ -25,7 +25,7 @@ pub(crate) struct Tuning {
     pub split_len: u32,
     /// Use the wide matvec variant on long rows (see `WgpuOptions::wide_matvec`).
     pub wide_matvec: bool,
-    /// Fuse an RMSNorm into the wide matvec that follows it (see `WgpuOptions::unfused_norm`).
+    /// Fuse an RMSNorm into the narrow matvec that follows it (see `WgpuOptions::fused_norm`).
     pub fused_norm: bool,
     /// Workgroup memory available, bytes.
     workgroup_bytes: u32,
@@ -35,7 +35,7 @@ pub(crate) struct Tuning {
 }
 
 /// Most workgroups × columns a fused RMSNorm may add to a matvec (each workgroup sums the
-/// squares of the whole row; see `Tuning::fuse_norm_into`).
+/// squares of the whole row; see `Tuning::fuse_norm_into_narrow`).
 const FUSED_NORM_MAX_WG_COLS: usize = 4 << 20;
 
 /// `n` lanes kept within the device's invocation limit and rounded down to a power of two.
@@ -123,25 +123,13 @@ impl Tuning {
         }
     }
 
-    /// Rows per workgroup of a wide matvec with the RMSNorm fused into it: twice the plain
-    /// matvec's, up to 8, since each workgroup also sums squares and quantizes the whole
-    /// activation row.
-    pub fn fused_rows(&self) -> u32 {
-        (2 * self.matvec_rows).clamp(self.matvec_rows, 8.max(self.matvec_rows))
-    }
-
-    /// Whether an RMSNorm before a wide matvec of `rows × cols` is fused into it. Fusing saves
-    /// the norm's own dispatch (H100: ~3 µs chained), but every workgroup then also reads the
-    /// norm weights and sums squares, a cost that grows with workgroups × columns: on the
-    /// H100 the 8B q|k|v matvec (768 workgroups × 4096) was faster fused (13.7 vs 16.8 µs
-    /// with the norm), gate|up (3,584 × 4096) slower (52.5 vs 47.6). Fused up to 4 Mi
-    /// workgroup-columns, at `fused_rows` rows per workgroup.
-    pub fn fuse_norm_into(&self, rows: usize, cols: usize) -> bool {
-        rows.div_ceil(self.fused_rows() as usize) * cols <= FUSED_NORM_MAX_WG_COLS
-    }
-
-    /// The same for a narrow matvec (f32 activations, `narrow_shape` rows per workgroup): on
-    /// the H100 SmolLM2's q|k|v and gate|up are fused, 8B 3-bit ones are not.
+    /// Whether an RMSNorm before a narrow matvec (f32 activations, `narrow_shape` rows per
+    /// workgroup) of `rows × cols` is fused into it. Fusing saves the norm's own dispatch, but
+    /// every workgroup then also reads the norm weights and sums squares, a cost that grows
+    /// with workgroups × columns: on the H100 SmolLM2's q|k|v and gate|up are fused, 8B 3-bit
+    /// ones are not. (A wide matvec always takes the norm as 8-bit blocks: fused into the 8B
+    /// and 1B int4 q|k|v it was slower once the norm kernel requested its loads together,
+    /// 8B 349 against 351-355 tok/s, 1B 1,040 against 1,098-1,126.)
     pub fn fuse_norm_into_narrow(&self, limits: &wgpu::Limits, rows: usize, cols: usize) -> bool {
         rows.div_ceil(self.narrow_shape(limits).1 as usize) * cols <= FUSED_NORM_MAX_WG_COLS
     }

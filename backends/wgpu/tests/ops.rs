@@ -25,7 +25,7 @@ fn backend_with(f16: bool, subgroups: bool, wide_matvec: bool) -> WgpuBackend {
         f16: Some(f16),
         subgroups: Some(subgroups),
         wide_matvec,
-        // The wide variants also exercise the RMSNorm fused into the matvec.
+        // The wide variants also exercise the RMSNorm fused into the narrow (3-bit) matvec.
         fused_norm: wide_matvec,
         ..WgpuOptions::software()
     })
@@ -204,8 +204,8 @@ fn quantized_matmul_every_format() {
 fn wide_matvec_every_format() {
     let mut rng = StdRng::seed_from_u64(9);
     let rows = 13usize;
-    // Every path with the norm fused into the matvec, and one where the norm (and SwiGLU)
-    // write 8-bit activation blocks that the matvec reads (XQ8).
+    // Every path with the norm fused into the narrow (3-bit) matvec, and one without; the
+    // norm (and SwiGLU) write 8-bit activation blocks that the wide matvec reads (XQ8).
     let mut backends: Vec<(WgpuBackend, bool)> =
         variants_with(true).into_iter().map(|b| (b, true)).collect();
     backends.push((matvec_backend(true, false), false));
@@ -337,17 +337,21 @@ fn wide_matvec_every_format() {
                     && l.contains(&format!(",BITS={bits},"))
                     && l.contains("NORM=1")
             });
-            // 3-bit rows take the narrow kernel, which fuses the norm too (f32 activations).
-            assert_eq!(norm_fused, *fused, "fused-norm {bits}-bit matvec: {k:?}");
+            // Only 3-bit rows take the narrow kernel, which fuses the norm (f32 activations).
+            assert_eq!(
+                norm_fused,
+                *fused && bits == 3,
+                "fused-norm {bits}-bit matvec: {k:?}"
+            );
             let xq8 = k.iter().any(|l| {
                 l.starts_with("matvec[")
                     && l.contains(&format!(",BITS={bits},"))
                     && l.contains("XQ8=1")
             });
-            // SwiGLU always feeds a wide matvec 8-bit blocks; the norm only when not fused.
+            // The norm and SwiGLU always feed a wide matvec 8-bit blocks.
             assert_eq!(xq8, bits != 3, "{bits}-bit matvec on 8-bit blocks: {k:?}");
         }
-        for (kernel, on) in [("rms_norm[", !*fused), ("swiglu[", true)] {
+        for (kernel, on) in [("rms_norm[", true), ("swiglu[", true)] {
             let q8 = k
                 .iter()
                 .any(|l| l.starts_with(kernel) && l.contains("Q8_OUT=1"));
@@ -551,12 +555,11 @@ fn rope_both_styles() {
 #[test]
 fn qkv_matvec_with_rope_epilogue() {
     let mut rng = StdRng::seed_from_u64(23);
-    // Norm fused into the matvec (NORM), or writing 8-bit blocks for it (XQ8).
+    // The wide matvec after a norm writing 8-bit blocks for it (XQ8), on every path.
     let mut backends: Vec<(WgpuBackend, &str)> = variants_with(true)
         .into_iter()
-        .map(|b| (b, "NORM=1"))
+        .map(|b| (b, "XQ8=1,ROPE=1"))
         .collect();
-    backends.push((matvec_backend(true, false), "XQ8=1"));
     // The narrow matvec takes the epilogue too, after the f32 norm or with the norm fused.
     backends.push((backend(false, false), "WIDE=0"));
     backends.push((
