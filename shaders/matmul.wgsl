@@ -1,7 +1,8 @@
 // out[t, row_offset + r] = Σ_c W[r, c] · x[t, c] over one row range ("piece") of a weight matrix
 // (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue; NORM, narrow
 // decode matvec only: x is RMS-normalised on the fly, x·g summed and scaled by 1/rms(x) after;
-// ROPE: the q|k|v epilogue below).
+// ROPE: the q|k|v epilogue below; SWIGLU: the gate|up epilogue below, writing silu(gate)·up
+// as 8-bit words with their own scales, which the down matvec reads with WORD_SCALES).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
 // (WIDE: whole 32-value blocks per lane step, 2-, 4- and 8-bit codes against 8-bit activations
 // in the codes' order ORDER, see q8.wgsl).
@@ -36,7 +37,11 @@ struct Params {
 #else
 @group(0) @binding(3) var<storage, read> x: array<vec4<f32>>;
 #endif
+#if SWIGLU
+@group(0) @binding(4) var<storage, read_write> hq8: array<vec4<u32>>;
+#else
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#endif
 #if NORM
 // The RMSNorm fused into a narrow decode matvec: its weights (x · g is summed, 1/rms applied after).
 @group(0) @binding(5) var<storage, read> norm_w: array<vec4<f32>>;
@@ -105,9 +110,45 @@ fn rope_store(total: f32, row0: u32, lid: u32, cs: vec2<f32>) {
     }
 }
 #else
+#if SWIGLU
+// The gate|up matvec of one decode token (wide, one piece: gate rows, then as many up rows):
+// workgroup g makes stored word g of the SwiGLU output in the down matvec's code order
+// OUT_ORDER (q8.wgsl), from its eight rows: the gate rows of the word's four values, then
+// their up rows.
+var<workgroup> row_total: array<f32, ROWS_PER_WG>;
+
+fn logical_row(r: u32) -> u32 {
+    let g = r / 8u;
+    let k = r % 8u;
+    let v = 32u * (g / 8u) + word_values(g % 8u, OUT_ORDER)[k % 4u];
+    return select(v, p.rows / 2u + v, k >= 4u);
+}
+
+// Lane k < 8 holds the sum of row k of word g: writes silu(gate) · up as the word's codes and
+// its scale.
+fn swiglu_store(total: f32, g: u32, lid: u32) {
+    if lid < 8u {
+        row_total[lid] = total;
+    }
+    workgroupBarrier();
+    if lid == 0u && 8u * g < p.rows {
+        let gate = vec4<f32>(row_total[0], row_total[1], row_total[2], row_total[3]);
+        let up = vec4<f32>(row_total[4], row_total[5], row_total[6], row_total[7]);
+        let h = gate / (vec4<f32>(1.0) + exp(-gate)) * up;
+        let a = abs(h);
+        let d = max(max(a.x, a.y), max(a.z, a.w)) / 127.0;
+        let inv_d = select(0.0, 1.0 / d, d > 0.0);
+        let b = g / 8u;
+        let w = g % 8u;
+        hq8[4u * b + w / 4u][w % 4u] = q8(h * inv_d);
+        hq8[4u * b + 2u + w / 4u][w % 4u] = bitcast<u32>(d);
+    }
+}
+#else
 fn logical_row(r: u32) -> u32 {
     return r;
 }
+#endif
 #endif
 
 #include weights.wgsl
@@ -116,6 +157,7 @@ fn dot8(w: array<vec4<wt>, 2>, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
     return f32(dot(w[0], vec4<wt>(x0)) + dot(w[1], vec4<wt>(x1)));
 }
 
+#if !SWIGLU
 // Writes (or, ACCUMULATE, adds) output `t` of row `r` of this piece.
 fn store(t: u32, r: u32, v: f32) {
     let i = t * p.out_stride + p.row_offset + r;
@@ -137,6 +179,7 @@ fn residual(t: u32, row0: u32, lid: u32) -> f32 {
 #endif
     return 0.0;
 }
+#endif
 
 var<workgroup> row_sums: array<f32, ROWS_PER_WG * WORKGROUP_SIZE>;
 
@@ -212,9 +255,35 @@ fn code_vec(r: u32, nb: u32, b: u32, v: u32) -> vec4<u32> {
 #include q8.wgsl
 
 #if XQ8
+#if WORD_SCALES
+// A block with a scale per word (q8.wgsl); `sx` = Σ_w s_w · Σq_w, the block sum the codes
+// stand for.
+struct BlockXW {
+    q: array<u32, 8>,
+    s: array<f32, 8>,
+    sx: f32,
+}
+
+fn load_block(b: u32) -> BlockXW {
+    let a = xq8[4u * b];
+    let c = xq8[4u * b + 1u];
+    let s0 = bitcast<vec4<f32>>(xq8[4u * b + 2u]);
+    let s1 = bitcast<vec4<f32>>(xq8[4u * b + 3u]);
+    var out: BlockXW;
+    out.q = array(a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w);
+    out.s = array(s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w);
+    var sx = 0.0;
+    for (var k = 0u; k < 8u; k++) {
+        sx += out.s[k] * f32(dot4I8Packed(out.q[k], 0x01010101u));
+    }
+    out.sx = sx;
+    return out;
+}
+#else
 fn load_block(b: u32) -> BlockX {
     return unpack_block(xq8[3u * b], xq8[3u * b + 1u], xq8[3u * b + 2u]);
 }
+#endif
 #else
 // Block `b` of activation row `x_row` (vec4 index), quantized.
 fn load_block(x_row: u32, b: u32) -> BlockX {
@@ -252,6 +321,34 @@ fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
         + ((dot4I8Packed(wb.x, q[4]) + dot4I8Packed(wb.y, q[5])) + (dot4I8Packed(wb.z, q[6]) + dot4I8Packed(wb.w, q[7])));
 }
 
+#if WORD_SCALES
+// `block_dot` with each word's products scaled by the word's own scale.
+fn scaled_dot(c: array<vec4<u32>, CODE_VECS>, x: BlockXW) -> f32 {
+    if BITS == 2u {
+        let w = c[0].xy;
+        var s = 0.0;
+        for (var k = 0u; k < 4u; k++) {
+            s += x.s[k] * f32(dot4I8Packed((w.x >> (2u * k)) & LO_PAIRS, x.q[k]))
+                + x.s[4u + k] * f32(dot4I8Packed((w.y >> (2u * k)) & LO_PAIRS, x.q[4u + k]));
+        }
+        return s;
+    }
+    if BITS == 4u {
+        let w = c[0];
+        return (x.s[0] * f32(dot4I8Packed(w.x & LO_NIBBLES, x.q[0])) + x.s[1] * f32(dot4I8Packed((w.x >> 4u) & LO_NIBBLES, x.q[1])))
+            + (x.s[2] * f32(dot4I8Packed(w.y & LO_NIBBLES, x.q[2])) + x.s[3] * f32(dot4I8Packed((w.y >> 4u) & LO_NIBBLES, x.q[3])))
+            + (x.s[4] * f32(dot4I8Packed(w.z & LO_NIBBLES, x.q[4])) + x.s[5] * f32(dot4I8Packed((w.z >> 4u) & LO_NIBBLES, x.q[5])))
+            + (x.s[6] * f32(dot4I8Packed(w.w & LO_NIBBLES, x.q[6])) + x.s[7] * f32(dot4I8Packed((w.w >> 4u) & LO_NIBBLES, x.q[7])));
+    }
+    let wa = c[0] ^ vec4<u32>(SIGN_BYTES);
+    let wb = c[CODE_VECS - 1u] ^ vec4<u32>(SIGN_BYTES);
+    return ((x.s[0] * f32(dot4I8Packed(wa.x, x.q[0])) + x.s[1] * f32(dot4I8Packed(wa.y, x.q[1])))
+        + (x.s[2] * f32(dot4I8Packed(wa.z, x.q[2])) + x.s[3] * f32(dot4I8Packed(wa.w, x.q[3]))))
+        + ((x.s[4] * f32(dot4I8Packed(wb.x, x.q[4])) + x.s[5] * f32(dot4I8Packed(wb.y, x.q[5])))
+        + (x.s[6] * f32(dot4I8Packed(wb.z, x.q[6])) + x.s[7] * f32(dot4I8Packed(wb.w, x.q[7]))));
+}
+#endif
+
 // The bias that pairs with `block_dot`'s codes.
 fn block_bias(sb: vec2<f32>) -> f32 {
     if BITS < 8u {
@@ -270,11 +367,19 @@ fn matvec(inv: Invocation) {
     var acc: array<f32, ROWS_PER_WG>;
     let x_row = t * p.cols / 4u;
     var sq = 0.0; // NORM: this lane's share of Σx²
+    // The matrix rows of this workgroup's physical rows, worked out once. Rows past the end
+    // repeat the last one; their sums are never written.
+    var rows: array<u32, ROWS_PER_WG>;
+    for (var k = 0u; k < ROWS_PER_WG; k++) {
+        rows[k] = logical_row(min(row0 + k, p.rows - 1u));
+    }
     // The epilogue's own reads, requested now.
 #if ROPE
     let cs = rope_rotation(row0, inv.lid);
 #else
+#if !SWIGLU
     let res = residual(t, row0, inv.lid);
+#endif
 #endif
 #if WIDE
     let nb = p.cols / 32u;
@@ -286,8 +391,7 @@ fn matvec(inv: Invocation) {
             var b = b0 + u * WORKGROUP_SIZE;
             b = select(b0, b, b < nb);
             for (var k = 0u; k < ROWS_PER_WG; k++) {
-                // Rows past the end repeat the last one; their sums are never written.
-                let r = logical_row(min(row0 + k, p.rows - 1u));
+                let r = rows[k];
                 for (var v = 0u; v < CODE_VECS; v++) {
                     codes[u * ROWS_PER_WG + k][v] = code_vec(r, nb, b, v);
                 }
@@ -304,8 +408,12 @@ fn matvec(inv: Invocation) {
 #endif
                 for (var k = 0u; k < ROWS_PER_WG; k++) {
                     let i = u * ROWS_PER_WG + k;
-                    let q = block_dot(codes[i], bx.q);
-                    acc[k] += sbs[i].x * bx.d * f32(q) + block_bias(sbs[i]) * bx.sx;
+#if WORD_SCALES
+                    let dq = scaled_dot(codes[i], bx);
+#else
+                    let dq = bx.d * f32(block_dot(codes[i], bx.q));
+#endif
+                    acc[k] += sbs[i].x * dq + block_bias(sbs[i]) * bx.sx;
                 }
             }
         }
@@ -321,8 +429,7 @@ fn matvec(inv: Invocation) {
         x1 *= norm_w[2u * j + 1u];
 #endif
         for (var k = 0u; k < ROWS_PER_WG; k++) {
-            // Rows past the end repeat the last one; their sums are never written.
-            let r = logical_row(min(row0 + k, p.rows - 1u));
+            let r = rows[k];
             acc[k] += dot8(weights8(r, 8u * j, p.cols), x0, x1);
         }
     }
@@ -339,9 +446,13 @@ fn matvec(inv: Invocation) {
 #if ROPE
     rope_store(total, row0, inv.lid, cs);
 #else
+#if SWIGLU
+    swiglu_store(total, row0 / 8u, inv.lid);
+#else
     if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
         out[t * p.out_stride + p.row_offset + row0 + inv.lid] = res + total;
     }
+#endif
 #endif
 }
 

@@ -9,6 +9,11 @@
 // Stored (a producer writes a row of blocks for the matvec to read, `array<vec4<u32>>`):
 // block b is vectors 3b, 3b + 1 (the codes) and 3b + 2 (d, d · Σq as f32 bits, then two
 // unused words): 12 words per 32 values.
+//
+// Word scales (WORD_SCALES in matmul.wgsl, written by the gate|up matvec's SwiGLU epilogue,
+// whose workgroups each make one word): each stored word of four codes has its own scale
+// d = max|x| / 127 over its four values; block b is vectors 4b, 4b + 1 (the codes) and
+// 4b + 2, 4b + 3 (the eight word scales as f32 bits): 16 words per 32 values.
 
 const ORDER_NATURAL: u32 = 0u;
 const ORDER_EVEN_ODD: u32 = 1u;
@@ -59,6 +64,17 @@ fn quantize_block(xs: array<vec4<f32>, 8>, order: u32) -> BlockX {
     out.d = d;
     out.sx = d * f32(qsum);
     return out;
+}
+
+// Offsets within its block of the four values of stored word `w` (0..8) in `order`.
+fn word_values(w: u32, order: u32) -> vec4<u32> {
+    if order == ORDER_EVEN_ODD {
+        return vec4<u32>(8u * (w / 2u) + w % 2u) + vec4<u32>(0u, 2u, 4u, 6u);
+    }
+    if order == ORDER_STRIDE4 {
+        return vec4<u32>(16u * (w / 4u) + w % 4u) + vec4<u32>(0u, 4u, 8u, 12u);
+    }
+    return vec4<u32>(4u * w) + vec4<u32>(0u, 1u, 2u, 3u);
 }
 
 // The three vectors of a stored block.

@@ -7,17 +7,6 @@
 var<workgroup> q8_max: array<f32, WORKGROUP_SIZE>;
 var<workgroup> q8_sum: array<i32, WORKGROUP_SIZE>;
 
-// Offsets within its block of the four values of stored word `w` (0..8) in `order`.
-fn word_values(w: u32, order: u32) -> vec4<u32> {
-    if order == ORDER_EVEN_ODD {
-        return vec4<u32>(8u * (w / 2u) + w % 2u) + vec4<u32>(0u, 2u, 4u, 6u);
-    }
-    if order == ORDER_STRIDE4 {
-        return vec4<u32>(16u * (w / 4u) + w % 4u) + vec4<u32>(0u, 4u, 8u, 12u);
-    }
-    return vec4<u32>(4u * w) + vec4<u32>(0u, 1u, 2u, 3u);
-}
-
 struct Word {
     q: u32,
     d: f32,

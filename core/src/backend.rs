@@ -421,6 +421,27 @@ pub trait Backend: Send + Sync {
         self.swiglu(gate_up, scratch, n, width)?;
         self.matmul_add(w, scratch, out, n)
     }
+    /// A SwiGLU feed-forward block with its residual, over `n` rows of `x`:
+    /// [`Backend::rms_norm_matmul`] of `x` (through `normed`) by the fused `w_gate_up` into
+    /// `gate_up` (`n × 2·width`), then [`Backend::swiglu_matmul_add`] through `hidden`
+    /// (`n × width`) by `w_down`, added to `x`. A backend may apply the SwiGLU as the gate|up
+    /// projection writes its sums (the WebGPU decode matvec does, leaving `gate_up` unused).
+    #[allow(clippy::too_many_arguments)]
+    fn ffn_swiglu(
+        &self,
+        x: BufferId,
+        norm: &RmsNorm,
+        normed: BufferId,
+        w_gate_up: WeightId,
+        gate_up: BufferId,
+        hidden: BufferId,
+        w_down: WeightId,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        self.rms_norm_matmul(x, norm, normed, w_gate_up, gate_up, n)?;
+        self.swiglu_matmul_add(gate_up, hidden, w_down, x, n, width)
+    }
     /// Rotates `n_tokens` rows of `n_heads` heads in place; token `i` is at `pos0 + i`.
     #[allow(clippy::too_many_arguments)]
     fn rope(

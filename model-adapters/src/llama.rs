@@ -422,8 +422,17 @@ impl LlamaModel {
     fn ffn(&self, layer: &Layer, s: &[BufferId; N_SCRATCH], n: usize) -> Result<()> {
         let (b, hp) = (&self.backend, &self.hp);
         let norm = self.norm(layer.ffn_norm);
-        b.rms_norm_matmul(s[S_X], &norm, s[S_H], layer.w_gate_up, s[S_GATE_UP], n)?;
-        b.swiglu_matmul_add(s[S_GATE_UP], s[S_FF], layer.w_down, s[S_X], n, hp.ffn_dim)
+        b.ffn_swiglu(
+            s[S_X],
+            &norm,
+            s[S_H],
+            layer.w_gate_up,
+            s[S_GATE_UP],
+            s[S_FF],
+            layer.w_down,
+            n,
+            hp.ffn_dim,
+        )
     }
 
     /// Every decoder block over the `n` embedded rows in `s[S_X]`, at positions `pos0 ..` of

@@ -133,6 +133,8 @@ enum Input<'a> {
     Norm(&'a RmsNorm),
     /// 8-bit activation blocks in the weight format's order (wide matvec only, `q8.wgsl`).
     Q8,
+    /// The same with a scale per word of four codes (`q8.wgsl`), as `Epilogue::Swiglu` writes.
+    Q8Words,
 }
 
 /// What a matmul does with its sums.
@@ -149,6 +151,10 @@ enum Epilogue<'a> {
         v_cache: BufferId,
         p: &'a QkvParams,
     },
+    /// The gate|up rows of one decode token (one piece, gate rows then up rows; see
+    /// `swiglu_epilogue`): silu(gate) · up to `out` as 8-bit words with their own scales
+    /// (`Input::Q8Words`) in code order `order`.
+    Swiglu { order: u32 },
 }
 
 /// How an RMSNorm's output reaches the matmul after it (`WgpuBackend::norm_feed`).
@@ -170,6 +176,12 @@ fn q8_len(len: usize, q8: bool) -> usize {
     } else {
         len
     }
+}
+
+/// Values (f32 slots) a row of `len` activations takes as 8-bit words with their own scales
+/// (16 words per 32 values, see q8.wgsl).
+fn q8_words_len(len: usize) -> usize {
+    len / 32 * 16
 }
 
 fn check_len(what: &str, b: &Buf, need: usize) -> Result<()> {
@@ -803,10 +815,11 @@ impl WgpuBackend {
         if n == 0 {
             return Ok(());
         }
-        let (norm, xq8) = match input {
-            Input::F32 => (None, false),
-            Input::Norm(nm) => (Some(nm), false),
-            Input::Q8 => (None, true),
+        let (norm, xq8, words) = match input {
+            Input::F32 => (None, false, false),
+            Input::Norm(nm) => (Some(nm), false, false),
+            Input::Q8 => (None, true, false),
+            Input::Q8Words => (None, true, true),
         };
         if let Some(nm) = norm {
             distinct("rms_norm_matmul", nm.weight, out)?;
@@ -839,6 +852,18 @@ impl WgpuBackend {
             }
             _ => None,
         };
+        let swiglu = match epilogue {
+            Epilogue::Swiglu { order } => {
+                if !self.swiglu_epilogue(&st, w, n)? {
+                    return Err(Error::invalid_config(
+                        "the SwiGLU epilogue needs one decode token into the wide matvec of a one-piece gate|up matrix",
+                    ));
+                }
+                distinct("gate|up projection with SwiGLU", x, out)?;
+                Some(order)
+            }
+            _ => None,
+        };
         let accumulate = matches!(epilogue, Epilogue::Add);
         let State {
             buffers,
@@ -855,8 +880,15 @@ impl WgpuBackend {
                 .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
         };
         let (xb, ob) = (get(x)?, get(out)?);
-        check_len("matmul input", xb, n * q8_len(gw.cols, xq8))?;
-        if rope.is_none() {
+        let in_len = if words {
+            q8_words_len(gw.cols)
+        } else {
+            q8_len(gw.cols, xq8)
+        };
+        check_len("matmul input", xb, n * in_len)?;
+        if swiglu.is_some() {
+            check_len("SwiGLU output", ob, q8_words_len(gw.rows / 2))?;
+        } else if rope.is_none() {
             check_len("matmul output", ob, n * gw.rows)?;
         }
         let tiled = n > 1;
@@ -875,7 +907,9 @@ impl WgpuBackend {
             ("matmul_tiled", (256, 1), t.matvec_rows)
         } else if wide {
             let shape = t.wide_shape(&self.dev.limits, gw.cols, gw.kind);
-            ("matvec", shape, t.matvec_rows)
+            // The SwiGLU epilogue: a word's four gate and four up rows per workgroup.
+            let rows = if swiglu.is_some() { 8 } else { t.matvec_rows };
+            ("matvec", shape, rows)
         } else {
             let (lanes, rows) = t.narrow_shape(&self.dev.limits);
             ("matvec", (lanes, 1), rows)
@@ -916,7 +950,10 @@ impl WgpuBackend {
             ("ACCUMULATE", Define::Bool(accumulate)),
             ("NORM", Define::Bool(norm_w.is_some())),
             ("XQ8", Define::Bool(xq8)),
+            ("WORD_SCALES", Define::Bool(words)),
             ("ROPE", Define::Bool(rope.is_some())),
+            ("SWIGLU", Define::Bool(swiglu.is_some())),
+            ("OUT_ORDER", Define::U32(swiglu.unwrap_or(0))),
         ]);
         let key = KernelKey {
             file: ShaderFile::Matmul,
@@ -986,6 +1023,19 @@ impl WgpuBackend {
             )?;
         }
         Ok(())
+    }
+
+    /// Whether the gate|up matvec of `w` for `n` tokens can apply the SwiGLU in its epilogue
+    /// (`Epilogue::Swiglu`): one decode token, the wide matvec, one piece, whole 32-value
+    /// blocks of output (gate and up rows alike), at least 8 lanes.
+    fn swiglu_epilogue(&self, st: &State, w: WeightId, n: usize) -> Result<bool> {
+        let gw = weight(&st.weights, w)?;
+        let (lanes, _) = self.tuning.wide_shape(&self.dev.limits, gw.cols, gw.kind);
+        Ok(n == 1
+            && self.wide_matvec(gw, n)
+            && gw.pieces.len() == 1
+            && gw.rows.is_multiple_of(64)
+            && lanes >= 8)
     }
 
     /// Errors unless the q|k|v matmul of `w` can take the RoPE epilogue (see `rope_epilogue`).
@@ -1514,6 +1564,46 @@ impl Backend for WgpuBackend {
 
     fn swiglu(&self, gate_up: BufferId, out: BufferId, n: usize, width: usize) -> Result<()> {
         self.swiglu_into(gate_up, out, n, width, None)
+    }
+
+    fn ffn_swiglu(
+        &self,
+        x: BufferId,
+        norm: &RmsNorm,
+        normed: BufferId,
+        w_gate_up: WeightId,
+        gate_up: BufferId,
+        hidden: BufferId,
+        w_down: WeightId,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        // Decode through wide matvecs: the gate|up matvec applies the SwiGLU and writes the
+        // down matvec's 8-bit words with their own scales, one dispatch fewer.
+        let fused = {
+            let st = self.lock();
+            self.swiglu_epilogue(&st, w_gate_up, n)?
+                && weight(&st.weights, w_gate_up)?.rows == 2 * width
+        };
+        let down = self.q8_input(w_down, n, width, 8)?;
+        match (fused, down, self.norm_feed(w_gate_up, n, norm.dim)?) {
+            (true, Some(order), NormFeed::Q8(_)) => {
+                self.norm_matmul_into(
+                    x,
+                    norm,
+                    normed,
+                    w_gate_up,
+                    hidden,
+                    n,
+                    Epilogue::Swiglu { order },
+                )?;
+                self.matmul_into(w_down, hidden, x, n, Epilogue::Add, Input::Q8Words)
+            }
+            _ => {
+                self.rms_norm_matmul(x, norm, normed, w_gate_up, gate_up, n)?;
+                self.swiglu_matmul_add(gate_up, hidden, w_down, x, n, width)
+            }
+        }
     }
 
     fn swiglu_matmul_add(

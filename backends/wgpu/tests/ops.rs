@@ -558,7 +558,7 @@ fn qkv_matvec_with_rope_epilogue() {
     // The wide matvec after a norm writing 8-bit blocks for it (XQ8), on every path.
     let mut backends: Vec<(WgpuBackend, &str)> = variants_with(true)
         .into_iter()
-        .map(|b| (b, "XQ8=1,ROPE=1"))
+        .map(|b| (b, "XQ8=1,WORD_SCALES=0,ROPE=1"))
         .collect();
     // The narrow matvec takes the epilogue too, after the f32 norm or with the norm fused.
     backends.push((backend(false, false), "WIDE=0"));
@@ -1154,4 +1154,69 @@ fn split_submissions_compute_the_same_step() {
     assert_eq!(n1, 1);
     assert!(n2 >= 3, "{n2} submissions");
     assert_eq!(one, many);
+}
+
+/// The feed-forward block with the SwiGLU applied by the gate|up matvec (`ffn_swiglu`: 8-bit
+/// words with their own scales into the down matvec) against the f32 reference and against
+/// the same backend's unfused path, for 8-, 4- and 2-bit weights on every kernel path. Gate
+/// and up swapped, or a word's values taken in another order, are off by the whole output.
+#[test]
+fn ffn_swiglu_epilogue() {
+    let mut rng = StdRng::seed_from_u64(31);
+    // Rows of 64 blocks and more, so both matvecs are wide; 2080: 65 blocks per down row (the
+    // last lane takes a second block) and 65 blocks of SwiGLU output.
+    let (dim, width) = (2048usize, 2080usize);
+    let xv = rand_vec(&mut rng, dim);
+    let gv: Vec<f32> = rand_vec(&mut rng, dim).iter().map(|v| 1.0 + v).collect();
+    let wgu = rand_vec(&mut rng, 2 * width * dim);
+    let wd = rand_vec(&mut rng, dim * width);
+    let normed_ref = reference::rms_norm(&xv, &gv, dim, 1e-5);
+    for b in variants_with(true) {
+        for bits in [8u8, 4, 2] {
+            let spec = QuantSpec::new(bits, 32, Scheme::Symmetric).unwrap();
+            let qgu = quantize(&wgu, 2 * width, dim, spec).unwrap();
+            let qd = quantize(&wd, dim, width, spec).unwrap();
+            let (gu, _) = reference::matmul(&qgu.dequantize(), 2 * width, dim, &normed_ref, 1);
+            let h = reference::silu_mul(&gu[..width], &gu[width..]);
+            let (down, mag) = reference::matmul(&qd.dequantize(), dim, width, &h, 1);
+            let want: Vec<f32> = xv.iter().zip(&down).map(|(a, d)| a + d).collect();
+            let mag: Vec<f32> = xv.iter().zip(&mag).map(|(a, m)| a.abs() + m).collect();
+            let w_gu = b.upload_weight(WeightMatrix::Quantized(qgu)).unwrap();
+            let w_d = b.upload_weight(WeightMatrix::Quantized(qd)).unwrap();
+            let run = |fused: bool| {
+                let (x, g) = (b.upload(&xv).unwrap(), b.upload(&gv).unwrap());
+                let normed = b.alloc(dim).unwrap();
+                let (gate_up, hidden) = (b.alloc(2 * width).unwrap(), b.alloc(width).unwrap());
+                let norm = RmsNorm {
+                    weight: g,
+                    dim,
+                    eps: 1e-5,
+                };
+                if fused {
+                    b.ffn_swiglu(x, &norm, normed, w_gu, gate_up, hidden, w_d, 1, width)
+                        .unwrap();
+                } else {
+                    b.rms_norm_matmul(x, &norm, normed, w_gu, gate_up, 1)
+                        .unwrap();
+                    b.swiglu_matmul_add(gate_up, hidden, w_d, x, 1, width)
+                        .unwrap();
+                }
+                b.read(x, 0, dim).unwrap()
+            };
+            let (fused, unfused) = (run(true), run(false));
+            // Both quantize the normed row and the SwiGLU output to 8 bits.
+            let e = max_rel(&fused, &want, &mag, 1e-3);
+            assert!(e < 1e-2, "{bits}-bit: fused FFN off the reference by {e}");
+            let e = max_rel(&fused, &unfused, &mag, 1e-3);
+            assert!(e < 1e-2, "{bits}-bit: fused FFN off the unfused one by {e}");
+        }
+        let k = b.compiled_kernels();
+        for define in ["SWIGLU=1", "WORD_SCALES=1"] {
+            assert!(
+                k.iter()
+                    .any(|l| l.starts_with("matvec[") && l.contains(define)),
+                "no matvec with {define}: {k:?}"
+            );
+        }
+    }
 }
