@@ -1587,16 +1587,11 @@ impl Backend for WgpuBackend {
         };
         let down = self.q8_input(w_down, n, width, 8)?;
         match (fused, down, self.norm_feed(w_gate_up, n, norm.dim)?) {
-            (true, Some(order), NormFeed::Q8(_)) => {
-                self.norm_matmul_into(
-                    x,
-                    norm,
-                    normed,
-                    w_gate_up,
-                    hidden,
-                    n,
-                    Epilogue::Swiglu { order },
-                )?;
+            (true, Some(order), NormFeed::Q8(gu_order)) => {
+                let (dim, eps) = (norm.dim, norm.eps);
+                self.norm_into(x, norm.weight, normed, n, dim, eps, Some(gu_order))?;
+                let swiglu = Epilogue::Swiglu { order };
+                self.matmul_into(w_gate_up, normed, hidden, n, swiglu, Input::Q8)?;
                 self.matmul_into(w_down, hidden, x, n, Epilogue::Add, Input::Q8Words)
             }
             _ => {
