@@ -123,12 +123,12 @@ fn attn_split(inv: Invocation) {
     let kl = inv.lid % KEY_LANES;
     let t_first = start + inv.lid / KEY_LANES;
     var kf = load_key(t_first, end, h, kl);
-    let e0 = inv.lid % (SLOTS * D4);
+    // Value lane e = lid (lanes past SLOTS · D4 have no value work).
     var vf: array<vec4<f32>, VB>;
     for (var c = 0u; c < VB; c++) {
-        let t = start + e0 / D4 + c * SLOTS;
-        if t < end {
-            vf[c] = v_cache[kv_base(t, h) / 4u + e0 % D4];
+        let t = start + inv.lid / D4 + c * SLOTS;
+        if inv.lid < SLOTS * D4 && t < end {
+            vf[c] = v_cache[kv_base(t, h) / 4u + inv.lid % D4];
         }
     }
     for (var j = inv.lid; j < D4; j += WORKGROUP_SIZE) {

@@ -21,6 +21,11 @@ var<workgroup> red_scratch: array<f32, WORKGROUP_SIZE>;
 
 const NEG_BIG: f32 = -3.0e38;
 
+// SiLU (x · sigmoid(x)), as the SwiGLU kernels and the gate|up matvec's epilogue apply it.
+fn silu(v: f32) -> f32 {
+    return v / (1.0 + exp(-v));
+}
+
 #if USE_SUBGROUPS
 // One partial per subgroup, then every invocation sums the few partials.
 fn workgroup_sum(v: f32, inv: Invocation) -> f32 {

@@ -19,10 +19,6 @@ fn index(inv: Invocation) -> u32 {
     return wg_index(inv) * WORKGROUP_SIZE + inv.lid;
 }
 
-fn silu(v: f32) -> f32 {
-    return v / (1.0 + exp(-v));
-}
-
 #if OP_ADD
 @group(0) @binding(1) var<storage, read_write> dst: array<f32>;
 #if !ALIAS_SELF

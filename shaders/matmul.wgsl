@@ -134,7 +134,7 @@ fn swiglu_store(total: f32, g: u32, lid: u32) {
     if lid == 0u && 8u * g < p.rows {
         let gate = vec4<f32>(row_total[0], row_total[1], row_total[2], row_total[3]);
         let up = vec4<f32>(row_total[4], row_total[5], row_total[6], row_total[7]);
-        let h = gate / (vec4<f32>(1.0) + exp(-gate)) * up;
+        let h = vec4<f32>(silu(gate.x), silu(gate.y), silu(gate.z), silu(gate.w)) * up;
         let a = abs(h);
         let d = max(max(a.x, a.y), max(a.z, a.w)) / 127.0;
         let inv_d = select(0.0, 1.0 / d, d > 0.0);

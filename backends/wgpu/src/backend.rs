@@ -1578,23 +1578,30 @@ impl Backend for WgpuBackend {
         n: usize,
         width: usize,
     ) -> Result<()> {
-        // Decode through wide matvecs: the gate|up matvec applies the SwiGLU and writes the
-        // down matvec's 8-bit words with their own scales, one dispatch fewer.
+        // Decode through wide matvecs: the norm writes the gate|up matvec's 8-bit blocks, and
+        // that matvec applies the SwiGLU and writes the down matvec's 8-bit words with their own
+        // scales (each by one lane, so any producer width will do), one dispatch fewer.
         let fused = {
             let st = self.lock();
             self.swiglu_epilogue(&st, w_gate_up, n)?
                 && weight(&st.weights, w_gate_up)?.rows == 2 * width
         };
-        let down = self.q8_input(w_down, n, width, 8)?;
-        match (fused, down, self.norm_feed(w_gate_up, n, norm.dim)?) {
-            (true, Some(order), NormFeed::Q8(gu_order)) => {
+        let orders = if fused {
+            let t = self.tuning;
+            let gu = self.q8_input(w_gate_up, n, norm.dim, t.norm_wg)?;
+            gu.zip(self.q8_input(w_down, n, width, u32::MAX)?)
+        } else {
+            None
+        };
+        match orders {
+            Some((gu_order, order)) => {
                 let (dim, eps) = (norm.dim, norm.eps);
                 self.norm_into(x, norm.weight, normed, n, dim, eps, Some(gu_order))?;
                 let swiglu = Epilogue::Swiglu { order };
                 self.matmul_into(w_gate_up, normed, hidden, n, swiglu, Input::Q8)?;
                 self.matmul_into(w_down, hidden, x, n, Epilogue::Add, Input::Q8Words)
             }
-            _ => {
+            None => {
                 self.rms_norm_matmul(x, norm, normed, w_gate_up, gate_up, n)?;
                 self.swiglu_matmul_add(gate_up, hidden, w_down, x, n, width)
             }
