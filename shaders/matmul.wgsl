@@ -2,7 +2,9 @@
 // (ACCUMULATE: out[...] += the sum, a residual add fused into the epilogue; NORM, narrow
 // decode matvec only: x is RMS-normalised on the fly, x·g summed and scaled by 1/rms(x) after;
 // ROPE: the q|k|v epilogue below; SWIGLU: the gate|up epilogue below, writing silu(gate)·up
-// as 8-bit words with their own scales, which the down matvec reads with WORD_SCALES).
+// as 8-bit words with their own scales, which the down matvec reads with WORD_SCALES;
+// NORM_OUT: the residual add's epilogue also prepares the next RMSNorm's input, which RMS_IN
+// reads; see below).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
 // (WIDE: whole 32-value blocks per lane step, 2-, 4- and 8-bit codes against 8-bit activations
 // in the codes' order ORDER, see q8.wgsl).
@@ -16,7 +18,8 @@ struct Params {
     n: u32,          // token rows of x
     out_stride: u32, // rows of the whole matrix: the stride of an output token row
     row_offset: u32, // first row of this piece within the matrix
-    eps: f32,        // NORM: RMSNorm epsilon
+    eps: f32,        // NORM, RMS_IN: RMSNorm epsilon
+    parts: u32,      // RMS_IN: partial sums of squares after the input words (NORM_OUT)
 #if ROPE
     pos: u32,        // the token's position
     head_dim: u32,
@@ -41,6 +44,16 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> hq8: array<vec4<u32>>;
 #else
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
+#endif
+#if NORM_OUT
+// The residual add of one decode token (wide, ACCUMULATE, one piece) that also prepares the
+// next RMSNorm's input: `out` is the residual stream x; each workgroup writes its rows of
+// g · x (g: the next norm's weights `norm_g`) to `xn` as 8-bit words with their own scales in
+// the next matvec's code order OUT_ORDER (q8.wgsl's word scales, 16 words per 32 values),
+// and its rows' Σx² as partial sum `wg` after the words (f32 bits). The next matvec (RMS_IN)
+// sums the partials for 1/rms(x) and scales its sums by it: its rows are g · x / rms(x).
+@group(0) @binding(5) var<storage, read> norm_g: array<f32>;
+@group(0) @binding(6) var<storage, read_write> xn: array<vec4<u32>>;
 #endif
 #if NORM
 // The RMSNorm fused into a narrow decode matvec: its weights (x · g is summed, 1/rms applied after).
@@ -145,9 +158,62 @@ fn swiglu_store(total: f32, g: u32, lid: u32) {
     }
 }
 #else
+#if NORM_OUT
+var<workgroup> row_total: array<f32, ROWS_PER_WG>;
+var<workgroup> row_sq: array<f32, ROWS_PER_WG>;
+
+// Physical row r computes value r % 4 of stored word r / 4 of `xn` (in OUT_ORDER), so each
+// workgroup (ROWS_PER_WG a multiple of 4) makes whole words.
+fn logical_row(r: u32) -> u32 {
+    let g = r / 4u;
+    return 32u * (g / 8u) + word_values(g % 8u, OUT_ORDER)[r % 4u];
+}
+
+// The next norm's weight of lane `lid`'s row, read when the workgroup starts.
+fn norm_weight(row0: u32, lid: u32) -> f32 {
+    if lid < ROWS_PER_WG && row0 + lid < p.rows {
+        return norm_g[logical_row(row0 + lid)];
+    }
+    return 0.0;
+}
+
+// Lane k < ROWS_PER_WG holds x, the new residual value of physical row row0 + k, and `g`, its
+// norm weight: stores x, then this workgroup's words of g · x and its partial Σx².
+fn norm_out_store(x: f32, g: f32, row0: u32, lid: u32) {
+    let live = lid < ROWS_PER_WG && row0 + lid < p.rows;
+    if live {
+        out[p.row_offset + logical_row(row0 + lid)] = x;
+    }
+    if lid < ROWS_PER_WG {
+        row_total[lid] = select(0.0, g * x, live);
+        row_sq[lid] = select(0.0, x * x, live);
+    }
+    workgroupBarrier();
+    let word = row0 / 4u + lid;
+    if lid < ROWS_PER_WG / 4u && 4u * word < p.rows {
+        let h = vec4<f32>(row_total[4u * lid], row_total[4u * lid + 1u], row_total[4u * lid + 2u], row_total[4u * lid + 3u]);
+        let a = abs(h);
+        let d = max(max(a.x, a.y), max(a.z, a.w)) / 127.0;
+        let inv_d = select(0.0, 1.0 / d, d > 0.0);
+        let b = word / 8u;
+        let w = word % 8u;
+        xn[4u * b + w / 4u][w % 4u] = q8(h * inv_d);
+        xn[4u * b + 2u + w / 4u][w % 4u] = bitcast<u32>(d);
+    }
+    if lid == ROWS_PER_WG / 4u {
+        var s = 0.0;
+        for (var k = 0u; k < ROWS_PER_WG; k++) {
+            s += row_sq[k];
+        }
+        let part = row0 / ROWS_PER_WG;
+        xn[p.rows / 8u + part / 4u][part % 4u] = bitcast<u32>(s);
+    }
+}
+#else
 fn logical_row(r: u32) -> u32 {
     return r;
 }
+#endif
 #endif
 #endif
 
@@ -174,7 +240,7 @@ fn store(t: u32, r: u32, v: f32) {
 fn residual(t: u32, row0: u32, lid: u32) -> f32 {
 #if ACCUMULATE
     if lid < ROWS_PER_WG && row0 + lid < p.rows {
-        return out[t * p.out_stride + p.row_offset + row0 + lid];
+        return out[t * p.out_stride + p.row_offset + logical_row(row0 + lid)];
     }
 #endif
     return 0.0;
@@ -381,6 +447,17 @@ fn matvec(inv: Invocation) {
     let res = residual(t, row0, inv.lid);
 #endif
 #endif
+#if NORM_OUT
+    let g = norm_weight(row0, inv.lid);
+#endif
+#if RMS_IN
+    // The producer's partial sums of squares (after the words), requested now, summed after
+    // the loop.
+    var ss = vec4<f32>(0.0);
+    for (var i = inv.lid; i < p.parts / 4u; i += WORKGROUP_SIZE) {
+        ss += bitcast<vec4<f32>>(xq8[p.cols / 8u + i]);
+    }
+#endif
 #if WIDE
     let nb = p.cols / 32u;
     for (var b0 = inv.lid; b0 < nb; b0 += UNROLL * WORKGROUP_SIZE) {
@@ -442,6 +519,12 @@ fn matvec(inv: Invocation) {
         acc[k] *= inv_rms;
     }
 #endif
+#if RMS_IN
+    let inv_rms = inverseSqrt(workgroup_sum((ss.x + ss.y) + (ss.z + ss.w), inv) / f32(p.cols) + p.eps);
+    for (var k = 0u; k < ROWS_PER_WG; k++) {
+        acc[k] *= inv_rms;
+    }
+#endif
     let total = reduce_rows(acc, inv);
 #if ROPE
     rope_store(total, row0, inv.lid, cs);
@@ -449,9 +532,13 @@ fn matvec(inv: Invocation) {
 #if SWIGLU
     swiglu_store(total, row0 / 8u, inv.lid);
 #else
+#if NORM_OUT
+    norm_out_store(res + total, g, row0, inv.lid);
+#else
     if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
         out[t * p.out_stride + p.row_offset + row0 + inv.lid] = res + total;
     }
+#endif
 #endif
 #endif
 }

@@ -1,7 +1,8 @@
 //! SmolLM2 end to end on the WebGPU backend (lavapipe in CI: `scripts/test.sh` installs
 //! mesa-vulkan-drivers) against the CPU backend: the same weights (int8, group 32) must give the
-//! same greedy tokens, and perplexity at fp32, int8 and int4 must agree within 0.5% with the
-//! CPU backend's reference mode (f32 activations on the same quantized weights).
+//! same greedy tokens (through the narrow and the wide decode matvec), and perplexity at fp32,
+//! int8 and int4 must agree within 0.5% with the CPU backend's reference mode (f32 activations
+//! on the same quantized weights).
 
 mod common;
 
@@ -116,5 +117,15 @@ fn webgpu_matches_the_cpu_backend_end_to_end() {
     assert_eq!(
         gpu, cpu,
         "webgpu greedy tokens differ from the CPU backend's"
+    );
+    // The wide decode matvec on SmolLM2's 576-value rows (16 lanes per workgroup make them
+    // wide enough): 8-bit activations, the SwiGLU in the gate|up epilogue and every RMSNorm
+    // but the first prepared by the residual add before it (`Backend::expect_norm`).
+    std::env::set_var("LOWBIT_WGPU_MATVEC", "16x4");
+    let wide = greedy("webgpu", prompt);
+    std::env::remove_var("LOWBIT_WGPU_MATVEC");
+    assert_eq!(
+        wide, cpu,
+        "webgpu greedy tokens through the wide matvec differ from the CPU backend's"
     );
 }

@@ -365,6 +365,16 @@ pub trait Backend: Send + Sync {
         self.rms_norm(x, norm.weight, scratch, n, norm.dim, norm.eps)?;
         self.matmul(w, scratch, out, n)
     }
+    /// A hint: the next RMSNorm of `x` will be `norm`, feeding the matmul of `w` (the next
+    /// layer's q|k|v or gate|up projection, or the head), and the next op to write `x` is a
+    /// residual add ([`Backend::attention_matmul_add`] or [`Backend::ffn_swiglu`]). A backend
+    /// may then prepare that norm's input in the residual add's epilogue instead of running the
+    /// norm on its own. Results do not depend on it: a backend that cannot use the hint, or
+    /// finds anything else recorded between the two, runs the norm as usual. Default: ignored.
+    fn expect_norm(&self, x: BufferId, norm: &RmsNorm, w: WeightId) -> Result<()> {
+        let _ = (x, norm, w);
+        Ok(())
+    }
     /// `out[n, rows] += x[n, cols] · Wᵀ`: a matmul whose result is added to `out` (a residual
     /// connection), so the sum needs no separate pass. `x` and `out` are distinct buffers.
     fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()>;

@@ -453,7 +453,14 @@ impl LlamaModel {
             b.rms_norm_qkv_rope(
                 s[S_X], &norm, s[S_H], layer.wqkv, s[S_QKV], s[S_Q], kc, vc, &qkv,
             )?;
+            // Each residual add may prepare the norm after it (`Backend::expect_norm`).
+            b.expect_norm(s[S_X], &self.norm(layer.ffn_norm), layer.w_gate_up)?;
             b.attention_matmul_add(s[S_Q], kc, vc, s[S_ATT], &att, layer.wo, s[S_X])?;
+            let (next_norm, next_w) = match self.layers.get(l + 1) {
+                Some(next) => (next.attn_norm, next.wqkv),
+                None => (self.output_norm, self.lm_head),
+            };
+            b.expect_norm(s[S_X], &self.norm(next_norm), next_w)?;
             self.ffn(layer, s, n)?;
         }
         Ok(())

@@ -57,6 +57,37 @@ struct State {
     scratch: [Option<wgpu::Buffer>; 2],
     /// Bound where a kernel's binding is unused (dense weights have no group parameters).
     dummy: wgpu::Buffer,
+    /// The RMSNorm announced by `Backend::expect_norm`, for the next residual add into its `x`.
+    norm_hint: Option<NormHint>,
+    /// The input of that RMSNorm as a residual add's epilogue prepared it
+    /// (`Epilogue::AddNorm`), valid while no other dispatch or write has been recorded since.
+    norm_ready: Option<NormReady>,
+    /// Where `Epilogue::AddNorm` writes (8-bit words with their scales, then partial sums of
+    /// squares), grown as needed.
+    norm_words: Option<(BufferId, usize)>,
+}
+
+/// A norm announced by `Backend::expect_norm`.
+#[derive(Clone, Copy)]
+struct NormHint {
+    x: BufferId,
+    norm: RmsNorm,
+    w: WeightId,
+}
+
+/// An RMSNorm input prepared by a residual add (`Epilogue::AddNorm`): g · x as 8-bit words
+/// with their own scales in code order `order` for the matvec of `w`, then `parts` partial
+/// sums of x² (`Input::Q8WordsRms`).
+#[derive(Clone, Copy)]
+struct NormReady {
+    x: BufferId,
+    norm: RmsNorm,
+    w: WeightId,
+    order: u32,
+    words: BufferId,
+    parts: u32,
+    /// Dispatches recorded when it was made: any later one (or a write) may change `x`.
+    dispatches: u64,
 }
 
 /// Internal scratch buffers, one of each kind, kept across steps.
@@ -135,6 +166,9 @@ enum Input<'a> {
     Q8,
     /// The same with a scale per word of four codes (`q8.wgsl`), as `Epilogue::Swiglu` writes.
     Q8Words,
+    /// Words of g · x as `Epilogue::AddNorm` writes them, then its `parts` partial sums of x²:
+    /// the matvec scales its sums by 1 / sqrt(Σx² / cols + eps), an RMSNorm of x with weights g.
+    Q8WordsRms { parts: u32, eps: f32 },
 }
 
 /// What a matmul does with its sums.
@@ -155,6 +189,16 @@ enum Epilogue<'a> {
     /// `swiglu_epilogue`): silu(gate) · up to `out` as 8-bit words with their own scales
     /// (`Input::Q8Words`) in code order `order`.
     Swiglu { order: u32 },
+    /// `out += sums` of one decode token (wide matvec, one piece), preparing the next RMSNorm
+    /// of `out` as well: g · out (g: `norm`'s weights) to `words` as 8-bit words with their own
+    /// scales in code order `order`, then one partial sum of out² per workgroup
+    /// (`Input::Q8WordsRms`) for the matvec of `next`.
+    AddNorm {
+        norm: RmsNorm,
+        words: BufferId,
+        order: u32,
+        next: WeightId,
+    },
 }
 
 /// How an RMSNorm's output reaches the matmul after it (`WgpuBackend::norm_feed`).
@@ -243,6 +287,9 @@ impl WgpuBackend {
             rec: Recorder::new(&dev),
             rope: Vec::new(),
             scratch: [None, None],
+            norm_hint: None,
+            norm_ready: None,
+            norm_words: None,
             dummy,
         };
         Ok(WgpuBackend {
@@ -788,6 +835,9 @@ impl WgpuBackend {
         n: usize,
         epilogue: Epilogue<'_>,
     ) -> Result<()> {
+        if let Some((words, input)) = self.prepared_norm(x, norm, w, n)? {
+            return self.matmul_into(w, words, out, n, epilogue, input);
+        }
         let (dim, eps) = (norm.dim, norm.eps);
         match self.norm_feed(w, n, dim)? {
             NormFeed::Fused => self.matmul_into(w, x, out, n, epilogue, Input::Norm(norm)),
@@ -819,7 +869,11 @@ impl WgpuBackend {
             Input::F32 => (None, false, false),
             Input::Norm(nm) => (Some(nm), false, false),
             Input::Q8 => (None, true, false),
-            Input::Q8Words => (None, true, true),
+            Input::Q8Words | Input::Q8WordsRms { .. } => (None, true, true),
+        };
+        let rms_in = match input {
+            Input::Q8WordsRms { parts, eps } => Some((parts, eps)),
+            _ => None,
         };
         if let Some(nm) = norm {
             distinct("rms_norm_matmul", nm.weight, out)?;
@@ -864,7 +918,21 @@ impl WgpuBackend {
             }
             _ => None,
         };
-        let accumulate = matches!(epilogue, Epilogue::Add);
+        let norm_out = match epilogue {
+            Epilogue::AddNorm {
+                norm,
+                words,
+                order,
+                next,
+            } => {
+                distinct("residual add with the next norm's input", x, words)?;
+                distinct("residual add with the next norm's input", out, words)?;
+                distinct("residual add with the next norm's input", norm.weight, out)?;
+                Some((norm, words, order, next))
+            }
+            _ => None,
+        };
+        let accumulate = matches!(epilogue, Epilogue::Add | Epilogue::AddNorm { .. });
         let State {
             buffers,
             weights,
@@ -881,7 +949,7 @@ impl WgpuBackend {
         };
         let (xb, ob) = (get(x)?, get(out)?);
         let in_len = if words {
-            q8_words_len(gw.cols)
+            q8_words_len(gw.cols) + rms_in.map_or(0, |(parts, _)| parts as usize)
         } else {
             q8_len(gw.cols, xq8)
         };
@@ -907,8 +975,19 @@ impl WgpuBackend {
             ("matmul_tiled", (256, 1), t.matvec_rows)
         } else if wide {
             let shape = t.wide_shape(&self.dev.limits, gw.cols, gw.kind);
-            // The SwiGLU epilogue: a word's four gate and four up rows per workgroup.
-            let rows = if swiglu.is_some() { 8 } else { t.matvec_rows };
+            // The SwiGLU epilogue: a word's four gate and four up rows per workgroup; the
+            // next norm's input: whole words (4 or 8 rows).
+            let rows = if swiglu.is_some() {
+                8
+            } else if norm_out.is_some() {
+                if t.matvec_rows >= 8 {
+                    8
+                } else {
+                    4
+                }
+            } else {
+                t.matvec_rows
+            };
             ("matvec", shape, rows)
         } else {
             let (lanes, rows) = t.narrow_shape(&self.dev.limits);
@@ -927,6 +1006,23 @@ impl WgpuBackend {
             }
             None => None,
         };
+        let norm_out = match norm_out {
+            Some((nm, words, order, next)) => {
+                if !wide || gw.pieces.len() != 1 || gw.rows != nm.dim || !nm.dim.is_multiple_of(32)
+                {
+                    return Err(Error::invalid_config(
+                        "a residual add preparing the next norm needs one decode token into the wide matvec of a one-piece matrix with rows of whole 32-value blocks",
+                    ));
+                }
+                let parts = (gw.rows as u32).div_ceil(rows_per_wg);
+                let (g, wb) = (get(nm.weight)?, get(words)?);
+                check_len("rms_norm weight", g, nm.dim)?;
+                check_len("the next norm's input", wb, q8_words_len(nm.dim) + parts as usize)?;
+                Some((g.buffer.clone(), wb.buffer.clone(), nm, words, order, parts, next))
+            }
+            None => None,
+        };
+        let out_order = swiglu.or(norm_out.as_ref().map(|n| n.4));
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
         defines.extend([
@@ -953,7 +1049,9 @@ impl WgpuBackend {
             ("WORD_SCALES", Define::Bool(words)),
             ("ROPE", Define::Bool(rope.is_some())),
             ("SWIGLU", Define::Bool(swiglu.is_some())),
-            ("OUT_ORDER", Define::U32(swiglu.unwrap_or(0))),
+            ("NORM_OUT", Define::Bool(norm_out.is_some())),
+            ("RMS_IN", Define::Bool(rms_in.is_some())),
+            ("OUT_ORDER", Define::U32(out_order.unwrap_or(0))),
         ]);
         let key = KernelKey {
             file: ShaderFile::Matmul,
@@ -969,6 +1067,9 @@ impl WgpuBackend {
         }
         if rope.is_some() {
             slots.extend([Read, ReadWrite, ReadWrite]);
+        }
+        if norm_out.is_some() {
+            slots.extend([Read, ReadWrite]);
         }
         let kernel = pipelines.get(&self.dev, &key, &slots)?;
         for p in &gw.pieces {
@@ -991,7 +1092,13 @@ impl WgpuBackend {
                 n as u32,
                 gw.rows as u32,
                 p.row_start as u32,
-                norm_w.as_ref().map_or(0.0f32, |nw| nw.1).to_bits(),
+                norm_w
+                    .as_ref()
+                    .map(|nw| nw.1)
+                    .or(rms_in.map(|r| r.1))
+                    .unwrap_or(0.0)
+                    .to_bits(),
+                rms_in.map_or(0, |r| r.0),
             ];
             let mut bindings = vec![
                 Bind::Buffer(&p.data),
@@ -1012,6 +1119,9 @@ impl WgpuBackend {
                 ]);
                 bindings.extend([table, k, v].map(Bind::Buffer));
             }
+            if let Some((g, wb, ..)) = &norm_out {
+                bindings.extend([g, wb].map(Bind::Buffer));
+            }
             rec.dispatch(
                 &self.dev,
                 &Dispatch {
@@ -1022,7 +1132,92 @@ impl WgpuBackend {
                 },
             )?;
         }
+        st.norm_ready = norm_out.map(|(_, _, norm, words, order, parts, next)| NormReady {
+            x: out,
+            norm,
+            w: next,
+            order,
+            words,
+            parts,
+            dispatches: st.rec.host.dispatches,
+        });
         Ok(())
+    }
+
+    /// The epilogue of a residual add into `out` by one decode token through the matvec of
+    /// `w`: `Epilogue::AddNorm` where `Backend::expect_norm` announced the next RMSNorm of
+    /// `out` and both matvecs can take it (the wide matvec of one-piece `w` with rows of whole
+    /// 32-value blocks, the next one wide over as many columns), else `Epilogue::Add`.
+    fn residual_epilogue(&self, w: WeightId, out: BufferId) -> Result<Epilogue<'static>> {
+        let Some(hint) = self.lock().norm_hint.take() else {
+            return Ok(Epilogue::Add);
+        };
+        let dim = hint.norm.dim;
+        let fits = {
+            let st = self.lock();
+            let gw = weight(&st.weights, w)?;
+            hint.x == out
+                && self.wide_matvec(gw, 1)
+                && gw.pieces.len() == 1
+                && gw.rows == dim
+                && dim.is_multiple_of(32)
+        };
+        let order = match self.q8_input(hint.w, 1, dim, u32::MAX)? {
+            Some(order) if fits => order,
+            _ => return Ok(Epilogue::Add),
+        };
+        // Words, then one partial per workgroup of at least 4 rows.
+        let len = q8_words_len(dim) + dim / 4;
+        let have = self.lock().norm_words;
+        let words = match have {
+            Some((id, l)) if l >= len => id,
+            _ => {
+                let id = self.create_buffer(len, None)?;
+                let mut st = self.lock();
+                if let Some((old, _)) = st.norm_words.replace((id, len)) {
+                    if let Some(b) = st.buffers.remove(&old.0) {
+                        st.rec.forget(&b.buffer);
+                    }
+                }
+                id
+            }
+        };
+        Ok(Epilogue::AddNorm {
+            norm: hint.norm,
+            words,
+            order,
+            next: hint.w,
+        })
+    }
+
+    /// The input a residual add prepared for this RMSNorm of `x` into the matvec of `w`
+    /// (`Epilogue::AddNorm`), if nothing has been recorded since: `(words, Input)`.
+    fn prepared_norm(
+        &self,
+        x: BufferId,
+        norm: &RmsNorm,
+        w: WeightId,
+        n: usize,
+    ) -> Result<Option<(BufferId, Input<'static>)>> {
+        let ready = {
+            let mut st = self.lock();
+            let dispatches = st.rec.host.dispatches;
+            st.norm_ready
+                .take()
+                .filter(|r| r.dispatches == dispatches && r.x == x && r.w == w)
+        };
+        let Some(r) = ready else {
+            return Ok(None);
+        };
+        let same_norm = r.norm.weight == norm.weight && r.norm.dim == norm.dim;
+        if n != 1 || !same_norm || self.q8_input(w, 1, norm.dim, u32::MAX)? != Some(r.order) {
+            return Ok(None);
+        }
+        let input = Input::Q8WordsRms {
+            parts: r.parts,
+            eps: norm.eps,
+        };
+        Ok(Some((r.words, input)))
     }
 
     /// Whether the gate|up matvec of `w` for `n` tokens can apply the SwiGLU in its epilogue
@@ -1247,6 +1442,7 @@ impl Backend for WgpuBackend {
 
     fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()> {
         let mut st = self.lock();
+        st.norm_ready = None;
         let b = st.buf(buf)?;
         check_len("write", b, offset + data.len())?;
         if data.is_empty() {
@@ -1460,6 +1656,11 @@ impl Backend for WgpuBackend {
         self.norm_matmul_into(x, norm, scratch, w, out, n, Epilogue::Store)
     }
 
+    fn expect_norm(&self, x: BufferId, norm: &RmsNorm, w: WeightId) -> Result<()> {
+        self.lock().norm_hint = Some(NormHint { x, norm: *norm, w });
+        Ok(())
+    }
+
     fn rms_norm_qkv_rope(
         &self,
         x: BufferId,
@@ -1595,13 +1796,22 @@ impl Backend for WgpuBackend {
         };
         match orders {
             Some((gu_order, order)) => {
-                let (dim, eps) = (norm.dim, norm.eps);
-                self.norm_into(x, norm.weight, normed, n, dim, eps, Some(gu_order))?;
                 let swiglu = Epilogue::Swiglu { order };
-                self.matmul_into(w_gate_up, normed, hidden, n, swiglu, Input::Q8)?;
-                self.matmul_into(w_down, hidden, x, n, Epilogue::Add, Input::Q8Words)
+                match self.prepared_norm(x, norm, w_gate_up, n)? {
+                    Some((words, input)) => {
+                        self.matmul_into(w_gate_up, words, hidden, n, swiglu, input)?;
+                    }
+                    None => {
+                        let (dim, eps) = (norm.dim, norm.eps);
+                        self.norm_into(x, norm.weight, normed, n, dim, eps, Some(gu_order))?;
+                        self.matmul_into(w_gate_up, normed, hidden, n, swiglu, Input::Q8)?;
+                    }
+                }
+                let add = self.residual_epilogue(w_down, x)?;
+                self.matmul_into(w_down, hidden, x, n, add, Input::Q8Words)
             }
             None => {
+                self.lock().norm_hint = None;
                 self.rms_norm_matmul(x, norm, normed, w_gate_up, gate_up, n)?;
                 self.swiglu_matmul_add(gate_up, hidden, w_down, x, n, width)
             }
@@ -1749,9 +1959,11 @@ impl Backend for WgpuBackend {
         match q8 {
             Some(order) => {
                 self.attention_into(q, k_cache, v_cache, scratch, p, Some(order))?;
-                self.matmul_into(w, scratch, out, 1, Epilogue::Add, Input::Q8)
+                let add = self.residual_epilogue(w, out)?;
+                self.matmul_into(w, scratch, out, 1, add, Input::Q8)
             }
             None => {
+                self.lock().norm_hint = None;
                 self.attention(q, k_cache, v_cache, scratch, p)?;
                 self.matmul_add(w, scratch, out, p.n_tokens)
             }
@@ -1857,6 +2069,7 @@ impl Backend for WgpuBackend {
         len: usize,
     ) -> Result<()> {
         let mut st = self.lock();
+        st.norm_ready = None;
         check_len("copy source", st.buf(src)?, src_offset + len)?;
         check_len("copy destination", st.buf(dst)?, dst_offset + len)?;
         if len == 0 {

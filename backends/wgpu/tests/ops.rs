@@ -1220,3 +1220,128 @@ fn ffn_swiglu_epilogue() {
         }
     }
 }
+
+/// Residual adds that prepare the next RMSNorm's input (`Backend::expect_norm`: the down
+/// matvec's epilogue writes g · x as 8-bit words and partial sums of x², and the next gate|up,
+/// q|k|v and head matvecs scale by 1 / rms(x)) against the same chain without the hints, for
+/// 8-, 4- and 2-bit weights on every kernel path; and a write or an add to x between the
+/// residual add and the norm, which must leave the prepared input unused.
+#[test]
+fn residual_add_prepares_next_norm() {
+    let mut rng = StdRng::seed_from_u64(37);
+    let (dim, width, vocab) = (2048usize, 2080usize, 1000usize);
+    let p = QkvParams {
+        n_tokens: 1,
+        pos0: 3,
+        n_heads: 16,
+        n_kv_heads: 4,
+        head_dim: 128,
+        theta: 10000.0,
+        style: RopeStyle::Halves,
+    };
+    let rows = p.row_len();
+    let xv = rand_vec(&mut rng, dim);
+    let overwrite = rand_vec(&mut rng, dim);
+    let gains: [Vec<f32>; 4] =
+        [0; 4].map(|_| rand_vec(&mut rng, dim).iter().map(|v| 1.0 + v).collect());
+    let mats = [
+        (2 * width, dim),
+        (dim, width),
+        (2 * width, dim),
+        (dim, width),
+        (rows, dim),
+        (vocab, dim),
+    ]
+    // Scaled so each layer keeps its activations near 1, as trained weights do (unscaled, the
+    // chain multiplies every rounding difference by the layer's gain).
+    .map(|(r, c)| {
+        let s = 1.0 / (c as f32).sqrt();
+        let v: Vec<f32> = rand_vec(&mut rng, r * c).iter().map(|v| v * s).collect();
+        (v, r, c)
+    });
+    for b in variants_with(true) {
+        for bits in [8u8, 4, 2] {
+            let spec = QuantSpec::new(bits, 32, Scheme::Symmetric).unwrap();
+            let [gu_a, d_a, gu_b, d_b, qkv_w, head] = mats
+                .each_ref()
+                .map(|(v, r, c)| {
+                    let q = quantize(v, *r, *c, spec).unwrap();
+                    b.upload_weight(WeightMatrix::Quantized(q)).unwrap()
+                });
+            let norms = gains.each_ref().map(|g| RmsNorm {
+                weight: b.upload(g).unwrap(),
+                dim,
+                eps: 1e-5,
+            });
+            let [na, nb, nc, nd] = [&norms[0], &norms[1], &norms[2], &norms[3]];
+            // hints: announce each norm; between: 1 overwrites x after the first residual add,
+            // 2 adds to it there.
+            let run = |hints: bool, between: u8| {
+                let x = b.upload(&xv).unwrap();
+                let other = b.upload(&overwrite).unwrap();
+                let [normed, hidden] = [dim, width].map(|n| b.alloc(n).unwrap());
+                let [gate_up, qkv, q] = [2 * width, rows, p.q_dim()].map(|n| b.alloc(n).unwrap());
+                let cache = (p.pos0 + 1) * p.kv_dim();
+                let [kc, vc] = [0; 2].map(|_| b.alloc(cache).unwrap());
+                let logits = b.alloc(vocab).unwrap();
+                let hint = |n: &RmsNorm, w| {
+                    if hints {
+                        b.expect_norm(x, n, w).unwrap();
+                    }
+                };
+                let ffn = |n: &RmsNorm, gu, d| {
+                    b.ffn_swiglu(x, n, normed, gu, gate_up, hidden, d, 1, width)
+                        .unwrap();
+                };
+                hint(nb, gu_b);
+                ffn(na, gu_a, d_a);
+                match between {
+                    1 => b.write(x, 0, &overwrite).unwrap(),
+                    2 => b.add(x, other, dim).unwrap(),
+                    _ => {}
+                }
+                hint(nc, qkv_w);
+                ffn(nb, gu_b, d_b);
+                b.rms_norm_qkv_rope(x, nc, normed, qkv_w, qkv, q, kc, vc, &p)
+                    .unwrap();
+                hint(nd, head);
+                ffn(na, gu_a, d_a);
+                b.rms_norm_matmul(x, nd, normed, head, logits, 1).unwrap();
+                let out = [(x, dim), (q, p.q_dim()), (kc, cache), (vc, cache), (logits, vocab)]
+                    .map(|(buf, len)| b.read(buf, 0, len).unwrap());
+                for buf in [x, other, normed, hidden, gate_up, qkv, q, kc, vc, logits] {
+                    b.free(buf);
+                }
+                out
+            };
+            for between in [0, 1, 2] {
+                let (got, want) = (run(true, between), run(false, between));
+                // Both quantize each norm's output to 8 bits, per word here and per block
+                // there, and the SwiGLU multiplies such differences: errors are measured
+                // against each output's largest value.
+                for (i, name) in ["x", "q", "k cache", "v cache", "logits"].iter().enumerate() {
+                    let top = want[i].iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                    let e = max_abs(&got[i], &want[i]) / top;
+                    assert!(
+                        e < 1e-2,
+                        "{bits}-bit {:?} (between: {between}): {name} off by {e}",
+                        b.paths()
+                    );
+                }
+            }
+        }
+        let k = b.compiled_kernels();
+        for defines in [
+            ["NORM_OUT=1", "ACCUMULATE=1"],
+            ["RMS_IN=1", "SWIGLU=1"],
+            ["RMS_IN=1", "ROPE=1"],
+            ["RMS_IN=1", "ACCUMULATE=0"],
+        ] {
+            assert!(
+                k.iter().any(|l| l.starts_with("matvec[")
+                    && defines.iter().all(|d| l.contains(d))),
+                "no matvec with {defines:?}: {k:?}"
+            );
+        }
+    }
+}
