@@ -284,9 +284,9 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, inv: Invocation) -> f32 {
 }
 
 #if WIDE
-// Wide rows, 2-, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as vectors
-// (`w_vec`, in place of `w_data`; a block is 8, 16 or 32 bytes: one 8-byte vector
-// (VEC2, 2-bit), one or two 16-byte vectors). The block's activations are 8-bit quantized (see
+// Wide rows, 2-, 3-, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as
+// vectors (`w_vec`, in place of `w_data`; a block is 8, 12, 16 or 32 bytes: one 8-byte vector
+// (VEC2, 2-bit), three words (CODES3, 3-bit), one or two 16-byte vectors). The block's activations are 8-bit quantized (see
 // q8.wgsl: once per workgroup here, or with XQ8 once by their producer), and every row of the
 // workgroup takes integer dot products of four codes at a time (`dot4I8Packed`: one
 // instruction where the device has integer dot products). The result is exactly the
@@ -294,6 +294,10 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, inv: Invocation) -> f32 {
 // integer sum once, the bias `d · Σ xq`.
 #if VEC2
 @group(0) @binding(1) var<storage, read> w_vec: array<vec2<u32>>;
+#elif CODES3
+// 3-bit rows: the planes of weights.wgsl, read as words (a block's two pair words and its
+// high word).
+@group(0) @binding(1) var<storage, read> w_vec: array<u32>;
 #else
 @group(0) @binding(1) var<storage, read> w_vec: array<vec4<u32>>;
 #endif
@@ -313,6 +317,9 @@ const CODE_VECS: u32 = max(1u, BITS / 4u);
 fn code_vec(r: u32, nb: u32, b: u32, v: u32) -> vec4<u32> {
 #if VEC2
     return vec4<u32>(w_vec[r * nb + b], 0u, 0u);
+#elif CODES3
+    let base = 3u * r * nb;
+    return vec4<u32>(w_vec[base + 2u * b], w_vec[base + 2u * b + 1u], w_vec[base + 2u * nb + b], 0u);
 #else
     return w_vec[CODE_VECS * (r * nb + b) + v];
 #endif
@@ -361,9 +368,23 @@ fn load_block(x_row: u32, b: u32) -> BlockX {
 }
 #endif
 
-// Σ code · q over one block: 2- and 4-bit codes go in as they are; 8-bit codes go in as signed
-// bytes code - 128 (`block_bias` adds the 128 back).
+// Word m of a 3-bit block's codes (pair words in .xy, high word in .z; see weights.wgsl):
+// values 16j + k, +4, +8, +12 for m = 4j + k, as 2-bit codes are taken.
+fn code3(w: vec4<u32>, m: u32) -> u32 {
+    let pairs = select(w.y, w.x, m < 4u);
+    return ((pairs >> (2u * (m % 4u))) & LO_PAIRS) | (((w.z >> m) & 0x01010101u) << 2u);
+}
+
+// Σ code · q over one block: 2-, 3- and 4-bit codes go in as they are; 8-bit codes go in as
+// signed bytes code - 128 (`block_bias` adds the 128 back).
 fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
+    if BITS == 3u {
+        var s = 0;
+        for (var m = 0u; m < 8u; m++) {
+            s += dot4I8Packed(code3(c[0], m), q[m]);
+        }
+        return s;
+    }
     if BITS == 2u {
         // Bit pair k of both words: values k, k+4, k+8, k+12 of each word's 16.
         let w = c[0].xy;
@@ -390,6 +411,13 @@ fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
 #if WORD_SCALES
 // `block_dot` with each word's products scaled by the word's own scale.
 fn scaled_dot(c: array<vec4<u32>, CODE_VECS>, x: BlockXW) -> f32 {
+    if BITS == 3u {
+        var s = 0.0;
+        for (var m = 0u; m < 8u; m++) {
+            s += x.s[m] * f32(dot4I8Packed(code3(c[0], m), x.q[m]));
+        }
+        return s;
+    }
     if BITS == 2u {
         let w = c[0].xy;
         var s = 0.0;

@@ -28,16 +28,39 @@ fn group_params(r: u32, g: u32, cols: u32) -> vec2<f32> {
 #endif
 }
 
+// 3-bit rows are uploaded as two planes (weights.rs `repack3`): the row's blocks of low bit
+// pairs (two words per 32-value block, packed as 2-bit codes), then a word of high bits per
+// block, value v's at bit `hi3_bit(v)`.
+fn hi3_bit(v: u32) -> u32 {
+    return 8u * ((v % 16u) / 4u) + 4u * (v / 16u) + v % 4u;
+}
+
 #if !WIDE
 // Codes of values `c0 .. c0 + 8` of row `r` (`c0` a multiple of 8). The span of 8 codes is
 // 8 * BITS bits and lies within two words; the upload pads one word so `hi` is always readable.
 fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
+    if BITS == 3u {
+        let nb = cols / 32u;
+        let base = r * 3u * nb;
+        let b = c0 / 32u;
+        let v0 = c0 % 32u;
+        let pairs = w_data[base + 2u * b + v0 / 16u] >> (2u * (v0 % 16u));
+        // Values v0 + i, i < 4, have their high bits at hi3_bit(v0) + i; the next four 8 on.
+        let high = w_data[base + 2u * nb + b] >> hi3_bit(v0);
+        let sh = vec4<u32>(0u, 1u, 2u, 3u);
+        let m = vec4<u32>(3u);
+        let one = vec4<u32>(1u);
+        return array(
+            ((vec4<u32>(pairs) >> (2u * sh)) & m) | (((vec4<u32>(high) >> sh) & one) << vec4<u32>(2u)),
+            ((vec4<u32>(pairs) >> (2u * sh + 8u)) & m) | (((vec4<u32>(high) >> (sh + 8u)) & one) << vec4<u32>(2u)),
+        );
+    }
     let bit0 = c0 * BITS;
     let wi = r * (cols * BITS / 32u) + (bit0 >> 5u);
     let lo = w_data[wi];
-    // Only 8-bit spans (two words) and 3-bit ones (which may straddle) need the next word.
+    // Only 8-bit spans need the next word.
     var hi = 0u;
-    if BITS == 8u || BITS == 3u {
+    if BITS == 8u {
         hi = w_data[wi + 1u];
     }
     if BITS == 8u {
@@ -47,12 +70,9 @@ fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
             (vec4<u32>(hi) >> vec4<u32>(0u, 8u, 16u, 24u)) & m,
         );
     }
-    // 2-, 3- and 4-bit: 8 codes fit one 32-bit window starting at bit0.
+    // 2- and 4-bit: 8 codes fit one 32-bit window starting at bit0.
     let s = bit0 & 31u;
-    var win = lo >> s;
-    if BITS == 3u && s != 0u {
-        win |= hi << (32u - s);
-    }
+    let win = lo >> s;
     let sh = vec4<u32>(0u, 1u, 2u, 3u) * SUB_BITS;
     let m = vec4<u32>(MASK);
     return array((vec4<u32>(win) >> sh) & m, (vec4<u32>(win) >> (sh + 4u * SUB_BITS)) & m);

@@ -146,10 +146,10 @@ pub struct WgpuBackend {
 }
 
 /// The order in which a wide matvec unpacks `bits`-bit codes, which 8-bit activation blocks
-/// must follow (`ORDER_*` in q8.wgsl: 2-bit stride-4, 4-bit even/odd, 8-bit natural).
+/// must follow (`ORDER_*` in q8.wgsl: 2- and 3-bit stride-4, 4-bit even/odd, 8-bit natural).
 fn code_order(bits: u8) -> u32 {
     match bits {
-        2 => 2,
+        2 | 3 => 2,
         4 => 1,
         _ => 0,
     }
@@ -648,9 +648,9 @@ impl WgpuBackend {
     /// Whether `n` activation rows times `gw` take the wide matvec.
     fn wide_matvec(&self, gw: &GpuWeight, n: usize) -> bool {
         let t = self.tuning;
-        // Rows of at least 32 values per lane of 2-, 4- or 8-bit codes (whole blocks per
-        // lane, 8- or 16-byte code reads).
-        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if matches!(s.bits, 2 | 4 | 8));
+        // Rows of at least 32 values per lane of 2-, 3-, 4- or 8-bit codes (whole blocks per
+        // lane, 8-, 12- or 16-byte code reads).
+        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if matches!(s.bits, 2 | 3 | 4 | 8));
         n == 1 && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize
     }
 
@@ -1017,8 +1017,20 @@ impl WgpuBackend {
                 let parts = (gw.rows as u32).div_ceil(rows_per_wg);
                 let (g, wb) = (get(nm.weight)?, get(words)?);
                 check_len("rms_norm weight", g, nm.dim)?;
-                check_len("the next norm's input", wb, q8_words_len(nm.dim) + parts as usize)?;
-                Some((g.buffer.clone(), wb.buffer.clone(), nm, words, order, parts, next))
+                check_len(
+                    "the next norm's input",
+                    wb,
+                    q8_words_len(nm.dim) + parts as usize,
+                )?;
+                Some((
+                    g.buffer.clone(),
+                    wb.buffer.clone(),
+                    nm,
+                    words,
+                    order,
+                    parts,
+                    next,
+                ))
             }
             None => None,
         };
@@ -1030,6 +1042,10 @@ impl WgpuBackend {
             (
                 "VEC2",
                 Define::Bool(matches!(gw.kind, WeightKind::Quant(s) if s.bits == 2)),
+            ),
+            (
+                "CODES3",
+                Define::Bool(matches!(gw.kind, WeightKind::Quant(s) if s.bits == 3)),
             ),
             (
                 "ORDER",

@@ -77,15 +77,14 @@ impl Tuning {
     }
 
     /// `(lanes, unroll)` of the wide matvec over rows of `cols` values: 4-bit lanes take two
-    /// blocks at once and 2-bit lanes four (32 bytes of codes per row, as an 8-bit block)
-    /// where the row has more
-    /// blocks than lanes, and there are enough lanes that every block is read in that one
+    /// blocks at once and 2-bit lanes four (32 bytes of codes per row, as an 8-bit block),
+    /// 3-bit lanes two (24 bytes), where the row has more blocks than lanes, and there are enough lanes that every block is read in that one
     /// step (the kernel then waits for memory once), never fewer than `matvec_wg` nor more
     /// than 256 (or the device's limit).
     pub fn wide_shape(&self, limits: &wgpu::Limits, cols: usize, kind: WeightKind) -> (u32, u32) {
         let blocks = (cols / 32) as u32;
         let per_lane = match kind {
-            WeightKind::Quant(s) if s.bits == 4 => 2,
+            WeightKind::Quant(s) if matches!(s.bits, 3 | 4) => 2,
             WeightKind::Quant(s) if s.bits == 2 => 4,
             _ => 1,
         };
@@ -126,8 +125,8 @@ impl Tuning {
     /// Whether an RMSNorm before a narrow matvec (f32 activations, `narrow_shape` rows per
     /// workgroup) of `rows × cols` is fused into it. Fusing saves the norm's own dispatch, but
     /// every workgroup then also reads the norm weights and sums squares, a cost that grows
-    /// with workgroups × columns: on the H100 SmolLM2's q|k|v and gate|up are fused, 8B 3-bit
-    /// ones are not. (A wide matvec always takes the norm as 8-bit blocks: fused into the 8B
+    /// with workgroups × columns: on the H100 SmolLM2's q|k|v and gate|up were fused, 8B 3-bit
+    /// ones (narrow until 3-bit rows took the wide kernel) were not. (A wide matvec always takes the norm as 8-bit blocks: fused into the 8B
     /// and 1B int4 q|k|v it was slower once the norm kernel requested its loads together,
     /// 8B 349 against 351-355 tok/s, 1B 1,040 against 1,098-1,126.)
     pub fn fuse_norm_into_narrow(&self, limits: &wgpu::Limits, rows: usize, cols: usize) -> bool {

@@ -57,6 +57,38 @@ fn pack_params(q: &lowbit_core::QuantizedMatrix, r0: usize, rows: usize) -> Vec<
     }
 }
 
+/// Bit of the high plane of a 3-bit block that holds value `v`'s high bit (see [`repack3`]).
+fn hi3_bit(v: usize) -> usize {
+    8 * ((v % 16) / 4) + 4 * (v / 16) + v % 4
+}
+
+/// One row of 3-bit codes (a bit stream, LSB first, 3 words per 32-value block) rearranged for
+/// the kernels: the row's `nb` blocks of low bit pairs first (two words per block, value `i`'s
+/// pair at bits 2i of word i / 16, as 2-bit codes are packed), then one word per block of high
+/// bits, value `v`'s at bit [`hi3_bit`]. Masking bit pair k of a low word leaves values
+/// k, k+4, k+8, k+12 of its 16 in four bytes, and masking bit m = 4j + k of the high word
+/// leaves the high bits of values 16j + k, +4, +8, +12 in the same bytes, so a word of 8-bit
+/// codes of four values is `((lo >> 2k) & 0x03030303) | (((hi >> m) & 0x01010101) << 2)`.
+fn repack3(row: &[u32], nb: usize) -> Vec<u32> {
+    let mut out = vec![0u32; 3 * nb];
+    for b in 0..nb {
+        let (mut lo, mut hi) = ([0u32; 2], 0u32);
+        for v in 0..32 {
+            let bit = 96 * b + 3 * v;
+            let (w, s) = (bit / 32, bit % 32);
+            let mut code = row[w] >> s;
+            if s > 29 {
+                code |= row[w + 1] << (32 - s);
+            }
+            lo[v / 16] |= (code & 3) << (2 * (v % 16));
+            hi |= ((code >> 2) & 1) << hi3_bit(v);
+        }
+        out[2 * b..2 * b + 2].copy_from_slice(&lo);
+        out[2 * nb + b] = hi;
+    }
+    out
+}
+
 fn storage(dev: &GpuDevice, label: &str, mut words: Vec<u32>) -> wgpu::Buffer {
     // Pad word, and at least 16 bytes so any binding is non-empty.
     words.push(0);
@@ -97,6 +129,11 @@ pub(crate) fn upload(dev: &GpuDevice, w: WeightMatrix, max_binding: u64) -> Resu
     for r0 in (0..rows).step_by(per_piece) {
         let n = per_piece.min(rows - r0);
         let words: Vec<u32> = match &w {
+            WeightMatrix::Quantized(q) if q.spec.bits == 3 => q.data
+                [r0 * row_words..(r0 + n) * row_words]
+                .chunks(row_words)
+                .flat_map(|row| repack3(row, cols / 32))
+                .collect(),
             WeightMatrix::Quantized(q) => q.data[r0 * row_words..(r0 + n) * row_words].to_vec(),
             WeightMatrix::F32 { data, .. } => data[r0 * cols..(r0 + n) * cols]
                 .iter()
@@ -135,6 +172,36 @@ mod tests {
     use super::*;
     use half::f16;
     use lowbit_core::QuantizedMatrix;
+
+    #[test]
+    fn three_bit_rows_split_into_pair_and_high_planes() {
+        // Two blocks of codes 0..8 repeating: value v of block b holds (v + b) % 8.
+        let nb = 2;
+        let mut row = vec![0u32; 3 * nb];
+        let code = |b: usize, v: usize| ((v + b) % 8) as u32;
+        for b in 0..nb {
+            for v in 0..32 {
+                let bit = 96 * b + 3 * v;
+                row[bit / 32] |= code(b, v) << (bit % 32);
+                if bit % 32 > 29 {
+                    row[bit / 32 + 1] |= code(b, v) >> (32 - bit % 32);
+                }
+            }
+        }
+        let out = repack3(&row, nb);
+        for b in 0..nb {
+            let (lo, hi) = ([out[2 * b], out[2 * b + 1]], out[2 * nb + b]);
+            for m in 0..8 {
+                // Word m of the block's 8-bit codes, as the wide matvec builds it.
+                let (j, k) = (m / 4, m % 4);
+                let w = ((lo[j] >> (2 * k)) & 0x0303_0303) | (((hi >> m) & 0x0101_0101) << 2);
+                for t in 0..4 {
+                    let v = 16 * j + k + 4 * t;
+                    assert_eq!((w >> (8 * t)) & 0xff, code(b, v), "block {b} value {v}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn symmetric_scales_pair_up_across_rows() {

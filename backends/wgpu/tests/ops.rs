@@ -25,7 +25,7 @@ fn backend_with(f16: bool, subgroups: bool, wide_matvec: bool) -> WgpuBackend {
         f16: Some(f16),
         subgroups: Some(subgroups),
         wide_matvec,
-        // The wide variants also exercise the RMSNorm fused into the narrow (3-bit) matvec.
+        // The wide variants also fuse an RMSNorm into any narrow matvec they run.
         fused_norm: wide_matvec,
         ..WgpuOptions::software()
     })
@@ -193,19 +193,18 @@ fn quantized_matmul_every_format() {
 }
 
 /// The wide matvec (rows of at least 32 values per lane: 2080 = 32 · 65 columns, one block past
-/// a multiple of the 64 lanes) for 8-, 4- and 2-bit codes (3-bit rows take the narrow kernel
-/// even when wide is on), a group that a block fills and one spanning four blocks (plus a
-/// partial last group), both schemes. The wide kernel quantizes the activations per 32-block to
-/// 8 bits: it must equal the dequantized weights times those quantized activations (same bound
-/// as `check_matmul`, whose f16 bound also covers a code that rounds the other way at a tie),
-/// and stay within 2% of the output's magnitude of the exact product. 3-bit rows take the
-/// narrow kernel and match the exact product.
+/// a multiple of the 64 lanes) for 8-, 4-, 3- and 2-bit codes, a group that a block fills and
+/// one spanning four blocks (plus a partial last group), both schemes. The wide kernel
+/// quantizes the activations per 32-block to 8 bits: it must equal the dequantized weights
+/// times those quantized activations (same bound as `check_matmul`, whose f16 bound also covers
+/// a code that rounds the other way at a tie), and stay within 2% of the output's magnitude of
+/// the exact product.
 #[test]
 fn wide_matvec_every_format() {
     let mut rng = StdRng::seed_from_u64(9);
     let rows = 13usize;
-    // Every path with the norm fused into the narrow (3-bit) matvec, and one without; the
-    // norm (and SwiGLU) write 8-bit activation blocks that the wide matvec reads (XQ8).
+    // Every path, and one without narrow norm fusion; the norm (and SwiGLU) write 8-bit
+    // activation blocks that the wide matvec reads (XQ8).
     let mut backends: Vec<(WgpuBackend, bool)> =
         variants_with(true).into_iter().map(|b| (b, true)).collect();
     backends.push((matvec_backend(true, false), false));
@@ -221,18 +220,11 @@ fn wide_matvec_every_format() {
                     let q = quantize(&w, rows, cols, QuantSpec::new(bits, group, scheme).unwrap())
                         .unwrap();
                     let dense = q.dequantize();
-                    let wide = bits != 3;
                     // What the kernel computes, and how far that may be from the exact product.
-                    let act = |x: &[f32]| {
-                        if wide {
-                            reference::q8_blocks(x)
-                        } else {
-                            x.to_vec()
-                        }
-                    };
+                    let act = |x: &[f32]| reference::q8_blocks(x);
                     let (want, mag) = reference::matmul(&dense, rows, cols, &act(&xv), 1);
                     let (exact, _) = reference::matmul(&dense, rows, cols, &xv, 1);
-                    for (b, fused) in &backends {
+                    for (b, _) in &backends {
                         let id = b.upload_weight(WeightMatrix::Quantized(q.clone())).unwrap();
                         let (x, out) = (b.upload(&xv).unwrap(), b.alloc(rows).unwrap());
                         b.matmul(id, x, out, 1).unwrap();
@@ -249,25 +241,10 @@ fn wide_matvec_every_format() {
                         "{bits}-bit g{group} {scheme:?} {:?}: q8 activations off the exact product by {loss}",
                         b.paths()
                     );
-                        // RMSNorm fused into the matvec (2/4/8-bit, wide) or run before it (others)
-                        // against the reference norm followed by the reference matmul.
+                        // The RMSNorm writing 8-bit blocks before the matvec against the
+                        // reference norm followed by the reference matmul.
                         let normed = reference::rms_norm(&xv, &gv, cols, 1e-5);
-                        // The fused kernel quantizes x·g and applies 1/rms after the dot product.
-                        let want_n = if wide && *fused {
-                            let xg: Vec<f32> = xv.iter().zip(&gv).map(|(a, g)| a * g).collect();
-                            let (s, _) = reference::matmul(
-                                &dense,
-                                rows,
-                                cols,
-                                &reference::q8_blocks(&xg),
-                                1,
-                            );
-                            let ss: f64 = xv.iter().map(|v| f64::from(*v).powi(2)).sum();
-                            let r = 1.0 / (ss / cols as f64 + 1e-5).sqrt();
-                            s.iter().map(|v| (f64::from(*v) * r) as f32).collect()
-                        } else {
-                            reference::matmul(&dense, rows, cols, &act(&normed), 1).0
-                        };
+                        let want_n = reference::matmul(&dense, rows, cols, &act(&normed), 1).0;
                         let (_, mag_n) = reference::matmul(&dense, rows, cols, &normed, 1);
                         let (g, scratch) = (b.upload(&gv).unwrap(), b.alloc(cols).unwrap());
                         let norm = RmsNorm {
@@ -283,7 +260,7 @@ fn wide_matvec_every_format() {
                             b.paths()
                         );
                         // SwiGLU into a residual-adding matmul: 8-bit blocks from the SwiGLU
-                        // kernel for a wide matvec, the f32 output otherwise.
+                        // kernel for the wide matvec.
                         let guv = rand_vec(&mut rng, 2 * cols);
                         let o0 = rand_vec(&mut rng, rows);
                         let h = reference::silu_mul(&guv[..cols], &guv[cols..]);
@@ -309,18 +286,18 @@ fn wide_matvec_every_format() {
             }
         }
     }
-    for (b, fused) in &backends {
+    for (b, _) in &backends {
         let k = b.compiled_kernels();
         for bits in [8, 4, 3, 2] {
-            let wide = k.iter().any(|l| {
+            let narrow = k.iter().any(|l| {
                 l.starts_with("matvec[")
                     && l.contains(&format!(",BITS={bits},"))
-                    && l.contains("WIDE=1")
+                    && l.contains("WIDE=0")
             });
-            assert_eq!(wide, bits != 3, "wide {bits}-bit matvec: {k:?}");
+            assert!(!narrow, "narrow {bits}-bit matvec: {k:?}");
             // Lanes taking several blocks at once (2080 columns) and one (2048).
             let unrolled = match bits {
-                4 => vec!["UNROLL=1", "UNROLL=2"],
+                3 | 4 => vec!["UNROLL=1", "UNROLL=2"],
                 2 => vec!["UNROLL=1", "UNROLL=4"],
                 _ => vec![],
             };
@@ -332,24 +309,13 @@ fn wide_matvec_every_format() {
                     "{bits}-bit wide matvec with {u}: {k:?}"
                 );
             }
-            let norm_fused = k.iter().any(|l| {
-                l.starts_with("matvec[")
-                    && l.contains(&format!(",BITS={bits},"))
-                    && l.contains("NORM=1")
-            });
-            // Only 3-bit rows take the narrow kernel, which fuses the norm (f32 activations).
-            assert_eq!(
-                norm_fused,
-                *fused && bits == 3,
-                "fused-norm {bits}-bit matvec: {k:?}"
-            );
             let xq8 = k.iter().any(|l| {
                 l.starts_with("matvec[")
                     && l.contains(&format!(",BITS={bits},"))
                     && l.contains("XQ8=1")
             });
             // The norm and SwiGLU always feed a wide matvec 8-bit blocks.
-            assert_eq!(xq8, bits != 3, "{bits}-bit matvec on 8-bit blocks: {k:?}");
+            assert!(xq8, "{bits}-bit matvec on 8-bit blocks: {k:?}");
         }
         for (kernel, on) in [("rms_norm[", true), ("swiglu[", true)] {
             let q8 = k
@@ -551,7 +517,7 @@ fn rope_both_styles() {
 /// `rms_norm_qkv_rope` for one decode token on wide and narrow backends (the q|k|v matvec
 /// rotates and stores as it writes: no RoPE pass) equals the unfused sequence (norm, matvec into `qkv`,
 /// `rope_store_qkv`) on the same backend: q, the stored cache row, and every other cache row
-/// untouched. Both RoPE styles, 8/4/2-bit, 2080 columns, head dimensions 128 and 32.
+/// untouched. Both RoPE styles, 8/4/3/2-bit, 2080 columns, head dimensions 128 and 32.
 #[test]
 fn qkv_matvec_with_rope_epilogue() {
     let mut rng = StdRng::seed_from_u64(23);
@@ -573,7 +539,7 @@ fn qkv_matvec_with_rope_epilogue() {
         for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
             for (heads, kv_heads, hd, pos0) in [(16usize, 4usize, 128usize, 5usize), (6, 2, 32, 0)]
             {
-                for bits in [8u8, 4, 2] {
+                for bits in [8u8, 4, 3, 2] {
                     let p = QkvParams {
                         n_tokens: 1,
                         pos0,
@@ -849,7 +815,7 @@ fn attention_feeds_output_projection_q8() {
         // 2048 = 16 heads of 128; 2080 = 65 heads of 32 (13 kv heads).
         for (heads, kv_heads, hd) in [(16usize, 4usize, 128usize), (65, 13, 32)] {
             for pos0 in [0usize, 37, 600] {
-                for bits in [8u8, 4, 2] {
+                for bits in [8u8, 4, 3, 2] {
                     seed += 1;
                     let mut rng = StdRng::seed_from_u64(seed);
                     let p = AttentionParams {
@@ -1158,7 +1124,7 @@ fn split_submissions_compute_the_same_step() {
 
 /// The feed-forward block with the SwiGLU applied by the gate|up matvec (`ffn_swiglu`: 8-bit
 /// words with their own scales into the down matvec) against the f32 reference and against
-/// the same backend's unfused path, for 8-, 4- and 2-bit weights on every kernel path. Gate
+/// the same backend's unfused path, for 8-, 4-, 3- and 2-bit weights on every kernel path. Gate
 /// and up swapped, or a word's values taken in another order, are off by the whole output.
 #[test]
 fn ffn_swiglu_epilogue() {
@@ -1172,7 +1138,7 @@ fn ffn_swiglu_epilogue() {
     let wd = rand_vec(&mut rng, dim * width);
     let normed_ref = reference::rms_norm(&xv, &gv, dim, 1e-5);
     for b in variants_with(true) {
-        for bits in [8u8, 4, 2] {
+        for bits in [8u8, 4, 3, 2] {
             let spec = QuantSpec::new(bits, 32, Scheme::Symmetric).unwrap();
             let qgu = quantize(&wgu, 2 * width, dim, spec).unwrap();
             let qd = quantize(&wd, dim, width, spec).unwrap();
@@ -1224,7 +1190,7 @@ fn ffn_swiglu_epilogue() {
 /// Residual adds that prepare the next RMSNorm's input (`Backend::expect_norm`: the down
 /// matvec's epilogue writes g · x as 8-bit words and partial sums of x², and the next gate|up,
 /// q|k|v and head matvecs scale by 1 / rms(x)) against the same chain without the hints, for
-/// 8-, 4- and 2-bit weights on every kernel path; and a write or an add to x between the
+/// 8-, 4-, 3- and 2-bit weights on every kernel path; and a write or an add to x between the
 /// residual add and the norm, which must leave the prepared input unused.
 #[test]
 fn residual_add_prepares_next_norm() {
@@ -1260,14 +1226,12 @@ fn residual_add_prepares_next_norm() {
         (v, r, c)
     });
     for b in variants_with(true) {
-        for bits in [8u8, 4, 2] {
+        for bits in [8u8, 4, 3, 2] {
             let spec = QuantSpec::new(bits, 32, Scheme::Symmetric).unwrap();
-            let [gu_a, d_a, gu_b, d_b, qkv_w, head] = mats
-                .each_ref()
-                .map(|(v, r, c)| {
-                    let q = quantize(v, *r, *c, spec).unwrap();
-                    b.upload_weight(WeightMatrix::Quantized(q)).unwrap()
-                });
+            let [gu_a, d_a, gu_b, d_b, qkv_w, head] = mats.each_ref().map(|(v, r, c)| {
+                let q = quantize(v, *r, *c, spec).unwrap();
+                b.upload_weight(WeightMatrix::Quantized(q)).unwrap()
+            });
             let norms = gains.each_ref().map(|g| RmsNorm {
                 weight: b.upload(g).unwrap(),
                 dim,
@@ -1307,8 +1271,14 @@ fn residual_add_prepares_next_norm() {
                 hint(nd, head);
                 ffn(na, gu_a, d_a);
                 b.rms_norm_matmul(x, nd, normed, head, logits, 1).unwrap();
-                let out = [(x, dim), (q, p.q_dim()), (kc, cache), (vc, cache), (logits, vocab)]
-                    .map(|(buf, len)| b.read(buf, 0, len).unwrap());
+                let out = [
+                    (x, dim),
+                    (q, p.q_dim()),
+                    (kc, cache),
+                    (vc, cache),
+                    (logits, vocab),
+                ]
+                .map(|(buf, len)| b.read(buf, 0, len).unwrap());
                 for buf in [x, other, normed, hidden, gate_up, qkv, q, kc, vc, logits] {
                     b.free(buf);
                 }
@@ -1319,7 +1289,10 @@ fn residual_add_prepares_next_norm() {
                 // Both quantize each norm's output to 8 bits, per word here and per block
                 // there, and the SwiGLU multiplies such differences: errors are measured
                 // against each output's largest value.
-                for (i, name) in ["x", "q", "k cache", "v cache", "logits"].iter().enumerate() {
+                for (i, name) in ["x", "q", "k cache", "v cache", "logits"]
+                    .iter()
+                    .enumerate()
+                {
                     let top = want[i].iter().fold(1.0f32, |m, v| m.max(v.abs()));
                     let e = max_abs(&got[i], &want[i]) / top;
                     assert!(
@@ -1338,8 +1311,8 @@ fn residual_add_prepares_next_norm() {
             ["RMS_IN=1", "ACCUMULATE=0"],
         ] {
             assert!(
-                k.iter().any(|l| l.starts_with("matvec[")
-                    && defines.iter().all(|d| l.contains(d))),
+                k.iter()
+                    .any(|l| l.starts_with("matvec[") && defines.iter().all(|d| l.contains(d))),
                 "no matvec with {defines:?}: {k:?}"
             );
         }
