@@ -1318,3 +1318,69 @@ fn residual_add_prepares_next_norm() {
         }
     }
 }
+
+/// A residual add preparing the head's norm when the head is split into row pieces (a binding
+/// too small for it, as browsers' are for a large vocabulary): every piece scales by the same
+/// 1 / rms(x). Against the same chain without the hint.
+#[test]
+fn prepared_norm_feeds_a_split_head() {
+    let mut rng = StdRng::seed_from_u64(41);
+    let (dim, width, vocab) = (2048usize, 2080usize, 6000usize);
+    // 1 KiB per 4-bit row of 2048 values: gate|up (4160 rows) fits 4.5 MiB, the head does not.
+    let b = WgpuBackend::new(&WgpuOptions {
+        max_binding_bytes: Some(4608 << 10),
+        wide_matvec: true,
+        ..WgpuOptions::software()
+    })
+    .unwrap();
+    let spec = QuantSpec::new(4, 32, Scheme::Symmetric).unwrap();
+    let mut upload = |r: usize, c: usize| {
+        let s = 1.0 / (c as f32).sqrt();
+        let v: Vec<f32> = rand_vec(&mut rng, r * c).iter().map(|v| v * s).collect();
+        let q = quantize(&v, r, c, spec).unwrap();
+        b.upload_weight(WeightMatrix::Quantized(q)).unwrap()
+    };
+    let (gu, down, head) = (
+        upload(2 * width, dim),
+        upload(dim, width),
+        upload(vocab, dim),
+    );
+    assert_eq!(b.weight_pieces(gu), Some(1));
+    assert_eq!(b.weight_pieces(head), Some(2));
+    let xv = rand_vec(&mut rng, dim);
+    let [na, nb] = [0; 2].map(|_| {
+        let g: Vec<f32> = rand_vec(&mut rng, dim).iter().map(|v| 1.0 + v).collect();
+        RmsNorm {
+            weight: b.upload(&g).unwrap(),
+            dim,
+            eps: 1e-5,
+        }
+    });
+    let run = |hint: bool| {
+        let x = b.upload(&xv).unwrap();
+        let [normed, hidden, gate_up, logits] =
+            [dim, width, 2 * width, vocab].map(|n| b.alloc(n).unwrap());
+        if hint {
+            b.expect_norm(x, &nb, head).unwrap();
+        }
+        b.ffn_swiglu(x, &na, normed, gu, gate_up, hidden, down, 1, width)
+            .unwrap();
+        b.rms_norm_matmul(x, &nb, normed, head, logits, 1).unwrap();
+        let out = b.read(logits, 0, vocab).unwrap();
+        for buf in [x, normed, hidden, gate_up, logits] {
+            b.free(buf);
+        }
+        out
+    };
+    let (got, want) = (run(true), run(false));
+    let top = want.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+    let e = max_abs(&got, &want) / top;
+    assert!(e < 1e-2, "split head off by {e}");
+    let k = b.compiled_kernels();
+    assert!(
+        k.iter().any(|l| l.starts_with("matvec[")
+            && l.contains("RMS_IN=1")
+            && l.contains("ACCUMULATE=0")),
+        "no head matvec on the prepared norm: {k:?}"
+    );
+}
