@@ -148,13 +148,11 @@ fn swiglu_store(total: f32, g: u32, lid: u32) {
         let gate = vec4<f32>(row_total[0], row_total[1], row_total[2], row_total[3]);
         let up = vec4<f32>(row_total[4], row_total[5], row_total[6], row_total[7]);
         let h = vec4<f32>(silu(gate.x), silu(gate.y), silu(gate.z), silu(gate.w)) * up;
-        let a = abs(h);
-        let d = max(max(a.x, a.y), max(a.z, a.w)) / 127.0;
-        let inv_d = select(0.0, 1.0 / d, d > 0.0);
+        let sw = scaled_word(h);
         let b = g / 8u;
         let w = g % 8u;
-        hq8[4u * b + w / 4u][w % 4u] = q8(h * inv_d);
-        hq8[4u * b + 2u + w / 4u][w % 4u] = bitcast<u32>(d);
+        hq8[4u * b + w / 4u][w % 4u] = sw.x;
+        hq8[4u * b + 2u + w / 4u][w % 4u] = sw.y;
     }
 }
 #else
@@ -192,13 +190,11 @@ fn norm_out_store(x: f32, g: f32, row0: u32, lid: u32) {
     let word = row0 / 4u + lid;
     if lid < ROWS_PER_WG / 4u && 4u * word < p.rows {
         let h = vec4<f32>(row_total[4u * lid], row_total[4u * lid + 1u], row_total[4u * lid + 2u], row_total[4u * lid + 3u]);
-        let a = abs(h);
-        let d = max(max(a.x, a.y), max(a.z, a.w)) / 127.0;
-        let inv_d = select(0.0, 1.0 / d, d > 0.0);
+        let sw = scaled_word(h);
         let b = word / 8u;
         let w = word % 8u;
-        xn[4u * b + w / 4u][w % 4u] = q8(h * inv_d);
-        xn[4u * b + 2u + w / 4u][w % 4u] = bitcast<u32>(d);
+        xn[4u * b + w / 4u][w % 4u] = sw.x;
+        xn[4u * b + 2u + w / 4u][w % 4u] = sw.y;
     }
     if lid == ROWS_PER_WG / 4u {
         var s = 0.0;

@@ -66,6 +66,15 @@ fn quantize_block(xs: array<vec4<f32>, 8>, order: u32) -> BlockX {
     return out;
 }
 
+// Four values as one word of 8-bit codes with its own scale d = max|h| / 127 (word scales,
+// above): (codes, d as f32 bits).
+fn scaled_word(h: vec4<f32>) -> vec2<u32> {
+    let a = abs(h);
+    let d = max(max(a.x, a.y), max(a.z, a.w)) / 127.0;
+    let inv_d = select(0.0, 1.0 / d, d > 0.0);
+    return vec2<u32>(q8(h * inv_d), bitcast<u32>(d));
+}
+
 // Offsets within its block of the four values of stored word `w` (0..8) in `order`.
 fn word_values(w: u32, order: u32) -> vec4<u32> {
     if order == ORDER_EVEN_ODD {

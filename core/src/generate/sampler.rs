@@ -276,29 +276,21 @@ mod tests {
             .collect();
         let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
         let w = |v: f32| ((v - max) / p.temperature).exp() as f64;
-        if p.top_k == 0 && p.top_p >= 1.0 {
-            let sum: f64 = c.iter().map(|x| w(x.1)).sum();
-            let mut r = u * sum;
-            for x in &c {
-                r -= w(x.1);
-                if r <= 0.0 {
-                    return x.0;
-                }
+        // Without top-k and top-p the draw runs in id order.
+        if p.top_k > 0 || p.top_p < 1.0 {
+            c.sort_by(before);
+            if p.top_k > 0 {
+                c.truncate(p.top_k);
             }
-            return c[c.len() - 1].0;
-        }
-        c.sort_by(before);
-        if p.top_k > 0 {
-            c.truncate(p.top_k);
-        }
-        let sum: f64 = c.iter().map(|x| w(x.1)).sum();
-        if p.top_p < 1.0 {
-            let mut acc = 0.0;
-            if let Some(i) = c.iter().position(|x| {
-                acc += w(x.1) / sum;
-                acc >= p.top_p as f64
-            }) {
-                c.truncate(i + 1);
+            let sum: f64 = c.iter().map(|x| w(x.1)).sum();
+            if p.top_p < 1.0 {
+                let mut acc = 0.0;
+                if let Some(i) = c.iter().position(|x| {
+                    acc += w(x.1) / sum;
+                    acc >= p.top_p as f64
+                }) {
+                    c.truncate(i + 1);
+                }
             }
         }
         let sum: f64 = c.iter().map(|x| w(x.1)).sum();
