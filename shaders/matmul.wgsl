@@ -279,6 +279,29 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, inv: Invocation) -> f32 {
 #endif
 }
 
+// Words of four 8-bit codes, as the integer dot products take them (the wide matvec and the
+// integer tiled matmul): 4-bit codes are masked out of a code word as its even values then its
+// odd ones, 2-bit codes as bit pair k (values k, k+4, k+8, k+12), 8-bit codes are offset by 128
+// to signed bytes (`block_bias` adds the 128 back).
+const LO_NIBBLES: u32 = 0x0f0f0f0fu;
+const LO_PAIRS: u32 = 0x03030303u;
+const SIGN_BYTES: u32 = 0x80808080u;
+
+// Word m of a 3-bit block's codes (pair words in .xy, high word in .z; see weights.wgsl):
+// values 16j + k, +4, +8, +12 for m = 4j + k, as 2-bit codes are taken.
+fn code3(w: vec4<u32>, m: u32) -> u32 {
+    let pairs = select(w.y, w.x, m < 4u);
+    return ((pairs >> (2u * (m % 4u))) & LO_PAIRS) | (((w.z >> m) & 0x01010101u) << 2u);
+}
+
+// The bias that pairs with the integer sum of a block's codes: (scale, bias) of its group.
+fn block_bias(sb: vec2<f32>) -> f32 {
+    if BITS < 8u {
+        return sb.y;
+    }
+    return sb.y + 128.0 * sb.x;
+}
+
 #if WIDE
 // Wide rows, 2-, 3-, 4- and 8-bit codes: each lane takes whole 32-value blocks, read as
 // vectors (`w_vec`, in place of `w_data`; a block is 8, 12, 16 or 32 bytes: one 8-byte vector
@@ -298,9 +321,6 @@ fn reduce_rows(acc: array<f32, ROWS_PER_WG>, inv: Invocation) -> f32 {
 @group(0) @binding(1) var<storage, read> w_vec: array<vec4<u32>>;
 #endif
 
-const LO_NIBBLES: u32 = 0x0f0f0f0fu;
-const LO_PAIRS: u32 = 0x03030303u;
-const SIGN_BYTES: u32 = 0x80808080u;
 // Code vectors per row and block (2-bit: one 8-byte vector, held in .xy; 4-bit: one 16-byte
 // vector; 8-bit: two).
 const CODE_VECS: u32 = max(1u, BITS / 4u);
@@ -363,13 +383,6 @@ fn load_block(x_row: u32, b: u32) -> BlockX {
     return quantize_block(xs, ORDER);
 }
 #endif
-
-// Word m of a 3-bit block's codes (pair words in .xy, high word in .z; see weights.wgsl):
-// values 16j + k, +4, +8, +12 for m = 4j + k, as 2-bit codes are taken.
-fn code3(w: vec4<u32>, m: u32) -> u32 {
-    let pairs = select(w.y, w.x, m < 4u);
-    return ((pairs >> (2u * (m % 4u))) & LO_PAIRS) | (((w.z >> m) & 0x01010101u) << 2u);
-}
 
 // Σ code · q over one block: 2-, 3- and 4-bit codes go in as they are; 8-bit codes go in as
 // signed bytes code - 128 (`block_bias` adds the 128 back).
@@ -438,14 +451,6 @@ fn scaled_dot(c: array<vec4<u32>, CODE_VECS>, x: BlockXW) -> f32 {
         + (x.s[6] * f32(dot4I8Packed(wb.z, x.q[6])) + x.s[7] * f32(dot4I8Packed(wb.w, x.q[7]))));
 }
 #endif
-
-// The bias that pairs with `block_dot`'s codes.
-fn block_bias(sb: vec2<f32>) -> f32 {
-    if BITS < 8u {
-        return sb.y;
-    }
-    return sb.y + 128.0 * sb.x;
-}
 #endif
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn matvec(inv: Invocation) {
@@ -567,6 +572,127 @@ fn matvec(inv: Invocation) {
 #endif
 }
 
+#if INT_TILED
+// Prefill on 2-, 3-, 4- and 8-bit codes with 8-bit activations: a step takes one 32-value
+// block. The tile's weight codes are unpacked once into words of four 8-bit codes (the order
+// of the decode matvec's integer dot products, ORDER) and each token's block is quantized once
+// (q8.wgsl, as the decode matvec quantizes), so each lane's PER_T × PER_R outputs take 8
+// integer dot products of four codes per block instead of 32 multiply-adds of dequantized
+// values. The result is the dequantized weights times the quantized activations, as decode.
+#include q8.wgsl
+const PER_T: u32 = TILE_T / 16u;
+const PER_R: u32 = TILE_R / 16u;
+// k-major, as the f32 tiles: word k of row lr at k · TILE_R + lr, of token lt at k · TILE_T + lt.
+var<workgroup> wq_tile: array<u32, 8 * TILE_R>;
+var<workgroup> wp_tile: array<vec2<f32>, TILE_R>; // (group scale, block_bias)
+var<workgroup> xq_tile: array<u32, 8 * TILE_T>;
+var<workgroup> xp_tile: array<vec2<f32>, TILE_T>; // (d, d · Σq)
+
+// The eight code words of block `b` of row `r` (`BITS` words of `w_data`; 3-bit: the planes).
+fn code_words(r: u32, b: u32, cols: u32) -> array<u32, 8> {
+    var out: array<u32, 8>;
+    let nb = cols / 32u;
+    if BITS == 3u {
+        let base = 3u * r * nb;
+        let w = vec4<u32>(w_data[base + 2u * b], w_data[base + 2u * b + 1u], w_data[base + 2u * nb + b], 0u);
+        for (var m = 0u; m < 8u; m++) {
+            out[m] = code3(w, m);
+        }
+        return out;
+    }
+    let base = (r * nb + b) * BITS;
+    if BITS == 2u {
+        let wx = w_data[base];
+        let wy = w_data[base + 1u];
+        for (var k = 0u; k < 4u; k++) {
+            out[k] = (wx >> (2u * k)) & LO_PAIRS;
+            out[4u + k] = (wy >> (2u * k)) & LO_PAIRS;
+        }
+    } else if BITS == 4u {
+        for (var k = 0u; k < 4u; k++) {
+            let w = w_data[base + k];
+            out[2u * k] = w & LO_NIBBLES;
+            out[2u * k + 1u] = (w >> 4u) & LO_NIBBLES;
+        }
+    } else {
+        for (var k = 0u; k < 8u; k++) {
+            out[k] = w_data[base + k] ^ SIGN_BYTES;
+        }
+    }
+    return out;
+}
+
+@compute @workgroup_size(256)
+fn matmul_tiled(inv: Invocation) {
+    let r_base = inv.wid.x * TILE_R;
+    let t_base = inv.wid.y * TILE_T;
+    let tx = inv.lid % 16u;
+    let ty = inv.lid / 16u;
+    var acc: array<f32, PER_T * PER_R>;
+    for (var b = 0u; b < p.cols / 32u; b++) {
+        for (var lr = inv.lid; lr < TILE_R; lr += 256u) {
+            let r = r_base + lr;
+            var words: array<u32, 8>;
+            var sb = vec2<f32>(0.0);
+            if r < p.rows {
+                words = code_words(r, b, p.cols);
+                let g = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
+                sb = vec2<f32>(g.x, block_bias(g));
+            }
+            for (var k = 0u; k < 8u; k++) {
+                wq_tile[k * TILE_R + lr] = words[k];
+            }
+            wp_tile[lr] = sb;
+        }
+        for (var lt = inv.lid; lt < TILE_T; lt += 256u) {
+            let t = t_base + lt;
+            var bx: BlockX;
+            if t < p.n {
+                var xs: array<vec4<f32>, 8>;
+                for (var i = 0u; i < 8u; i++) {
+                    xs[i] = x[t * (p.cols / 4u) + 8u * b + i];
+                }
+                bx = quantize_block(xs, ORDER);
+            }
+            for (var k = 0u; k < 8u; k++) {
+                xq_tile[k * TILE_T + lt] = bx.q[k];
+            }
+            xp_tile[lt] = vec2<f32>(bx.d, bx.sx);
+        }
+        workgroupBarrier();
+        var isum: array<i32, PER_T * PER_R>;
+        for (var k = 0u; k < 8u; k++) {
+            var wv: array<u32, PER_R>;
+            for (var i = 0u; i < PER_R; i++) {
+                wv[i] = wq_tile[k * TILE_R + tx + 16u * i];
+            }
+            for (var j = 0u; j < PER_T; j++) {
+                let xv = xq_tile[k * TILE_T + ty * PER_T + j];
+                for (var i = 0u; i < PER_R; i++) {
+                    isum[j * PER_R + i] += dot4I8Packed(wv[i], xv);
+                }
+            }
+        }
+        for (var j = 0u; j < PER_T; j++) {
+            let xp = xp_tile[ty * PER_T + j];
+            for (var i = 0u; i < PER_R; i++) {
+                let wp = wp_tile[tx + 16u * i];
+                acc[j * PER_R + i] += wp.x * (xp.x * f32(isum[j * PER_R + i])) + wp.y * xp.y;
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < PER_T; j++) {
+        let t = t_base + ty * PER_T + j;
+        for (var i = 0u; i < PER_R; i++) {
+            let r = r_base + tx + 16u * i;
+            if t < p.n && r < p.rows {
+                store(t, r, acc[j * PER_R + i]);
+            }
+        }
+    }
+}
+#else
 #if !WIDE
 // TILE_K (16 or 32, from the host: the tiles must fit the workgroup memory) columns per step.
 // Tiles are stored k-major, so lanes with consecutive tx read consecutive words (no bank
@@ -638,4 +764,5 @@ fn matmul_tiled(inv: Invocation) {
         }
     }
 }
+#endif
 #endif

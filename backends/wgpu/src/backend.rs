@@ -261,6 +261,7 @@ impl WgpuBackend {
         let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
         tuning.wide_matvec = opts.wide_matvec;
         tuning.fused_norm = opts.fused_norm;
+        tuning.int_prefill = opts.int_prefill;
         if let Some(shape) = opts.matvec_shape {
             tuning.set_matvec(&dev.limits, shape);
         }
@@ -1057,6 +1058,14 @@ impl WgpuBackend {
             ("TILE_T", Define::U32(t.tile_t)),
             ("TILE_R", Define::U32(t.tile_r)),
             ("TILE_K", Define::U32(t.tile_k())),
+            (
+                "INT_TILED",
+                Define::Bool(
+                    tiled
+                        && t.int_prefill
+                        && matches!(gw.kind, WeightKind::Quant(s) if matches!(s.bits, 2 | 3 | 4 | 8)),
+                ),
+            ),
             ("WIDE", Define::Bool(wide)),
             ("UNROLL", Define::U32(unroll)),
             ("ACCUMULATE", Define::Bool(accumulate)),

@@ -58,6 +58,12 @@ pub struct WgpuOptions {
     /// (the default): one submission per step. `from_env` reads
     /// `LOWBIT_WGPU_DISPATCHES_PER_SUBMIT`.
     pub dispatches_per_submit: Option<usize>,
+    /// Prefill (matmuls of several token rows) on 2-, 3-, 4- and 8-bit codes through the
+    /// integer tiled kernel: activations quantized to 8 bits per 32-value block, as decode
+    /// does, and integer dot products of four codes at a time, instead of the f32 kernel on
+    /// dequantized tiles. Off until measured on a GPU; `from_env` turns it on with
+    /// `LOWBIT_WGPU_INT_PREFILL=1`.
+    pub int_prefill: bool,
 }
 
 /// The default pipeline cache folder (see [`WgpuOptions::pipeline_cache_dir`]).
@@ -115,6 +121,7 @@ impl WgpuOptions {
             allow_software: allow,
             wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
             fused_norm: !std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "0"),
+            int_prefill: std::env::var("LOWBIT_WGPU_INT_PREFILL").is_ok_and(|v| v == "1"),
             matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC")
                 .ok()
                 .and_then(|v| MatvecShape::parse(&v)),

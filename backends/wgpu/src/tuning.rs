@@ -27,6 +27,8 @@ pub(crate) struct Tuning {
     pub wide_matvec: bool,
     /// Fuse an RMSNorm into the narrow matvec that follows it (see `WgpuOptions::fused_norm`).
     pub fused_norm: bool,
+    /// Prefill on codes through the integer tiled kernel (see `WgpuOptions::int_prefill`).
+    pub int_prefill: bool,
     /// Workgroup memory available, bytes.
     workgroup_bytes: u32,
     /// A forced matvec shape (`WgpuOptions::matvec_shape`): the wide kernel runs exactly
@@ -138,6 +140,7 @@ impl Tuning {
         Tuning {
             wide_matvec: false,
             fused_norm: true,
+            int_prefill: false,
             matvec_wg: 64,
             matvec_rows: 4,
             // 4 × 8 outputs per lane of the 16 × 16 tiled-matmul lanes.

@@ -1384,3 +1384,78 @@ fn prepared_norm_feeds_a_split_head() {
         "no head matvec on the prepared norm: {k:?}"
     );
 }
+
+/// The integer tiled prefill (`WgpuOptions::int_prefill`) for 2-, 3-, 4- and 8-bit codes, a
+/// group a block fills and one spanning four blocks (with a partial last group), both schemes,
+/// on every kernel path: token counts within one tile and across two (70 > 64), 13 and 203
+/// rows (partial row tiles). It must equal the dequantized weights times the activations
+/// quantized per 32-value block (as the decode matvec), also with the residual add.
+#[test]
+fn int_prefill_every_format() {
+    let mut rng = StdRng::seed_from_u64(43);
+    let auto = backend(false, false).paths();
+    let mut backends = Vec::new();
+    for f16 in [false, true] {
+        for sg in [false, true] {
+            if (!f16 || auto.f16) && (!sg || auto.subgroups) {
+                backends.push(
+                    WgpuBackend::new(&WgpuOptions {
+                        f16: Some(f16),
+                        subgroups: Some(sg),
+                        int_prefill: true,
+                        ..WgpuOptions::software()
+                    })
+                    .unwrap(),
+                );
+            }
+        }
+    }
+    let cols = 2080;
+    for rows in [13usize, 203] {
+        let w = rand_vec(&mut rng, rows * cols);
+        for bits in [8u8, 4, 3, 2] {
+            for (group, scheme) in [(32usize, Scheme::Symmetric), (128, Scheme::Asymmetric)] {
+                let q =
+                    quantize(&w, rows, cols, QuantSpec::new(bits, group, scheme).unwrap()).unwrap();
+                let dense = q.dequantize();
+                for b in &backends {
+                    let id = b.upload_weight(WeightMatrix::Quantized(q.clone())).unwrap();
+                    for n in [2usize, 70] {
+                        let xv = rand_vec(&mut rng, n * cols);
+                        let (want, mag) =
+                            reference::matmul(&dense, rows, cols, &reference::q8_blocks(&xv), n);
+                        let x = b.upload(&xv).unwrap();
+                        let out = b.upload(&vec![0.5; n * rows]).unwrap();
+                        b.matmul_add(id, x, out, n).unwrap();
+                        let got: Vec<f32> = b
+                            .read(out, 0, n * rows)
+                            .unwrap()
+                            .iter()
+                            .map(|v| v - 0.5)
+                            .collect();
+                        // f32 sums of exact integer block sums: f32 rounding only.
+                        let err = max_rel(&got, &want, &mag, 1e-3);
+                        assert!(
+                            err < 1e-5,
+                            "{bits}-bit g{group} {scheme:?} {rows}x{cols} n={n} {:?}: {err}",
+                            b.paths()
+                        );
+                        b.free(x);
+                        b.free(out);
+                    }
+                }
+            }
+        }
+    }
+    for b in &backends {
+        let k = b.compiled_kernels();
+        for bits in [8, 4, 3, 2] {
+            assert!(
+                k.iter().any(|l| l.starts_with("matmul_tiled[")
+                    && l.contains(&format!(",BITS={bits},"))
+                    && l.contains("INT_TILED=1")),
+                "no integer tiled {bits}-bit kernel: {k:?}"
+            );
+        }
+    }
+}
