@@ -9,10 +9,14 @@
 #           files), ggml-vocab-llama-bpe.gguf (from the sdist's models/), make-synthetic-gguf.py
 #           (shared/tools), d2d.cu (bench/gpu/final)
 #   .gl/:   the Vulkan loader debs (device/README.md)
-#   .vk/:   Vulkan only, the build's debs from Debian bookworm:
-#           apt-get download glslc libshaderc1 libvulkan-dev spirv-headers
-#           (glslc 2023.2 has no GL_KHR_cooperative_matrix nor GL_EXT_integer_dot_product, so
-#           llama.cpp builds its Vulkan backend without those shader variants).
+#   .vk/:   Vulkan only, the build's debs: glslc and libshaderc1 from Debian bookworm
+#           (apt-get download glslc libshaderc1), libvulkan-dev and spirv-headers from trixie
+#           (bookworm's 1.3.239 headers lack VK_EXT_layer_settings, which ggml-vulkan uses):
+#           printf 'deb http://deb.debian.org/debian trixie main\n' > /tmp/t.list; o="-oDir::Etc::SourceList=/tmp/t.list
+#           -oDir::Etc::SourceParts=/dev/null -oDir::State::Lists=/tmp/tl -oAPT::Architecture=amd64";
+#           mkdir -p /tmp/tl/partial; apt-get $o update; apt-get $o download libvulkan-dev spirv-headers
+#           (bookworm's glslc 2023.2 has no GL_KHR_cooperative_matrix nor GL_EXT_integer_dot_product,
+#           so llama.cpp builds its Vulkan backend without those shader variants).
 # Output: $OUT/peer-$PEER-SHAPE.md
 set -u
 PEER=${PEER:-cuda}
