@@ -682,15 +682,7 @@ fn matmul_tiled(inv: Invocation) {
         }
         workgroupBarrier();
     }
-    for (var j = 0u; j < PER_T; j++) {
-        let t = t_base + ty * PER_T + j;
-        for (var i = 0u; i < PER_R; i++) {
-            let r = r_base + tx + 16u * i;
-            if t < p.n && r < p.rows {
-                store(t, r, acc[j * PER_R + i]);
-            }
-        }
-    }
+    store_tile(acc, r_base + tx, t_base + ty * PER_T);
 }
 #else
 #if !WIDE
@@ -754,15 +746,22 @@ fn matmul_tiled(inv: Invocation) {
         }
         workgroupBarrier();
     }
+    store_tile(acc, r_base + tx, t_base + ty * PER_T);
+}
+#endif
+#endif
+
+#if !WIDE
+// Stores a lane's tile of the tiled matmuls: tokens t0 .. t0 + PER_T, rows r0 + 16i.
+fn store_tile(acc: array<f32, PER_T * PER_R>, r0: u32, t0: u32) {
     for (var j = 0u; j < PER_T; j++) {
-        let t = t_base + ty * PER_T + j;
+        let t = t0 + j;
         for (var i = 0u; i < PER_R; i++) {
-            let r = r_base + tx + 16u * i;
+            let r = r0 + 16u * i;
             if t < p.n && r < p.rows {
                 store(t, r, acc[j * PER_R + i]);
             }
         }
     }
 }
-#endif
 #endif
