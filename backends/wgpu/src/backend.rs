@@ -64,7 +64,7 @@ struct State {
     norm_ready: Option<NormReady>,
     /// Where `Epilogue::AddNorm` writes (8-bit words with their scales, then partial sums of
     /// squares), grown as needed.
-    norm_words: Option<(BufferId, usize)>,
+    norm_words: Option<BufferId>,
 }
 
 /// A norm announced by `Backend::expect_norm`.
@@ -76,14 +76,13 @@ struct NormHint {
 }
 
 /// An RMSNorm input prepared by a residual add (`Epilogue::AddNorm`): g · x as 8-bit words
-/// with their own scales in code order `order` for the matvec of `w`, then `parts` partial
-/// sums of x² (`Input::Q8WordsRms`).
+/// with their own scales in the code order of the matvec of `w`, then `parts` partial sums of
+/// x² (`Input::Q8WordsRms`).
 #[derive(Clone, Copy)]
 struct NormReady {
     x: BufferId,
     norm: RmsNorm,
     w: WeightId,
-    order: u32,
     words: BufferId,
     parts: u32,
     /// Dispatches recorded when it was made: any later one (or a write) may change `x`.
@@ -1157,11 +1156,10 @@ impl WgpuBackend {
                 },
             )?;
         }
-        st.norm_ready = norm_out.map(|(_, _, norm, words, order, parts, next)| NormReady {
+        st.norm_ready = norm_out.map(|(_, _, norm, words, _, parts, next)| NormReady {
             x: out,
             norm,
             w: next,
-            order,
             words,
             parts,
             dispatches: st.rec.host.dispatches,
@@ -1174,32 +1172,39 @@ impl WgpuBackend {
     /// `out` and both matvecs can take it (the wide matvec of one-piece `w` with rows of whole
     /// 32-value blocks, the next one wide over as many columns), else `Epilogue::Add`.
     fn residual_epilogue(&self, w: WeightId, out: BufferId) -> Result<Epilogue<'static>> {
-        let Some(hint) = self.lock().norm_hint.take() else {
-            return Ok(Epilogue::Add);
-        };
-        let dim = hint.norm.dim;
-        let fits = {
-            let st = self.lock();
+        let hint = {
+            let mut st = self.lock();
+            let Some(h) = st.norm_hint.take() else {
+                return Ok(Epilogue::Add);
+            };
             let gw = weight(&st.weights, w)?;
-            hint.x == out
+            let fits = h.x == out
                 && self.wide_matvec(gw, 1)
                 && gw.pieces.len() == 1
-                && gw.rows == dim
-                && dim.is_multiple_of(32)
+                && gw.rows == h.norm.dim
+                && h.norm.dim.is_multiple_of(32);
+            if !fits {
+                return Ok(Epilogue::Add);
+            }
+            h
         };
-        let order = match self.q8_input(hint.w, 1, dim, u32::MAX)? {
-            Some(order) if fits => order,
-            _ => return Ok(Epilogue::Add),
+        let dim = hint.norm.dim;
+        let Some(order) = self.q8_input(hint.w, 1, dim, u32::MAX)? else {
+            return Ok(Epilogue::Add);
         };
         // Words, then one partial per workgroup of at least 4 rows.
         let len = q8_words_len(dim) + dim / 4;
-        let have = self.lock().norm_words;
+        let have = {
+            let st = self.lock();
+            st.norm_words
+                .filter(|id| st.buffers.get(&id.0).is_some_and(|b| b.len >= len))
+        };
         let words = match have {
-            Some((id, l)) if l >= len => id,
-            _ => {
+            Some(id) => id,
+            None => {
                 let id = self.create_buffer(len, None)?;
                 let mut st = self.lock();
-                if let Some((old, _)) = st.norm_words.replace((id, len)) {
+                if let Some(old) = st.norm_words.replace(id) {
                     if let Some(b) = st.buffers.remove(&old.0) {
                         st.rec.forget(&b.buffer);
                     }
@@ -1224,20 +1229,21 @@ impl WgpuBackend {
         w: WeightId,
         n: usize,
     ) -> Result<Option<(BufferId, Input<'static>)>> {
+        // The same `w` over as many columns takes the code order the words were made in.
         let ready = {
             let mut st = self.lock();
             let dispatches = st.rec.host.dispatches;
-            st.norm_ready
-                .take()
-                .filter(|r| r.dispatches == dispatches && r.x == x && r.w == w)
+            st.norm_ready.take().filter(|r| {
+                r.dispatches == dispatches
+                    && r.x == x
+                    && r.w == w
+                    && r.norm.weight == norm.weight
+                    && r.norm.dim == norm.dim
+            })
         };
-        let Some(r) = ready else {
+        let Some(r) = ready.filter(|_| n == 1) else {
             return Ok(None);
         };
-        let same_norm = r.norm.weight == norm.weight && r.norm.dim == norm.dim;
-        if n != 1 || !same_norm || self.q8_input(w, 1, norm.dim, u32::MAX)? != Some(r.order) {
-            return Ok(None);
-        }
         let input = Input::Q8WordsRms {
             parts: r.parts,
             eps: norm.eps,

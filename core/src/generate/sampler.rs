@@ -32,6 +32,8 @@ pub struct Sampler {
     params: SamplingParams,
     rng: StdRng,
     candidates: Vec<(u32, f32)>,
+    /// Weights of the whole vocabulary (draws without top-k and top-p).
+    weights: Vec<f32>,
 }
 
 /// Index of the largest value (the first one on ties, like llama.cpp's greedy sampler).
@@ -54,6 +56,7 @@ impl Sampler {
             params,
             rng: StdRng::seed_from_u64(params.seed),
             candidates: Vec::new(),
+            weights: Vec::new(),
         }
     }
 
@@ -119,19 +122,19 @@ impl Sampler {
                 }
             }
         } else {
-            let sum: f64 = logits
-                .iter()
-                .filter(|v| !v.is_nan())
-                .map(|&v| weight(v) as f64)
-                .sum();
+            // Each weight once (an exp per token is most of this pass), then the draw.
+            let ws = &mut self.weights;
+            ws.clear();
+            ws.extend(logits.iter().map(|&v| weight(v)));
+            let sum: f64 = ws.iter().filter(|w| !w.is_nan()).map(|&w| w as f64).sum();
             let mut r = self.rng.gen::<f64>() * sum;
             let mut last = 0;
-            for (i, &v) in logits.iter().enumerate() {
-                if v.is_nan() {
+            for (i, &w) in ws.iter().enumerate() {
+                if w.is_nan() {
                     continue;
                 }
                 last = i;
-                r -= weight(v) as f64;
+                r -= w as f64;
                 if r <= 0.0 {
                     return i as u32;
                 }
