@@ -6,7 +6,7 @@
 // NORM_OUT: the residual add's epilogue also prepares the next RMSNorm's input, which RMS_IN
 // reads; see below).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
-// (WIDE: whole 32-value blocks per lane step, 2-, 4- and 8-bit codes against 8-bit activations
+// (WIDE: whole 32-value blocks per lane step, 2-, 3-, 4- and 8-bit codes against 8-bit activations
 // in the codes' order ORDER, see q8.wgsl).
 // `matmul_tiled`: prefill; a workgroup computes a TILE_T × TILE_R block of outputs, and each
 // dequantized TILE_K-column weight tile is reused by TILE_T token rows from workgroup memory.

@@ -27,7 +27,7 @@ pub struct WgpuOptions {
     /// `None`: the tuning's own defaults.
     pub workgroups: Option<KernelWorkgroups>,
     /// Use the wide matvec (whole 32-value blocks per lane, integer dot products against 8-bit
-    /// activations) on long rows of 2-, 4- and 8-bit codes. On the H100 it beat the narrow kernel (8B int4 decode 89 vs 82 tok/s,
+    /// activations) on long rows of 2-, 3-, 4- and 8-bit codes. On the H100 it beat the narrow kernel (8B int4 decode 89 vs 82 tok/s,
     /// 1B 257 vs 208). `from_env` turns it on unless `LOWBIT_WGPU_WIDE_MATVEC=0`.
     pub wide_matvec: bool,
     /// Fuse a decode RMSNorm into the narrow matvec that follows it where that pays (few
