@@ -314,7 +314,10 @@ fn attn_merge(inv: Invocation) {
 // into `s_tile`, a per-row online-softmax update, then the rescaled accumulation into the
 // outputs, which each lane holds for a fixed set of (row, dim) pairs.
 var<workgroup> q_tile: array<f32, Q_ROWS * HEAD_DIM>;
-var<workgroup> k_tile: array<f32, K_TILE * HEAD_DIM>;
+// Key j at j · (HEAD_DIM + 1): the score loop's lanes take consecutive keys, and the padding
+// puts their reads of one dimension in different banks.
+const K_STRIDE: u32 = HEAD_DIM + 1u;
+var<workgroup> k_tile: array<f32, K_TILE * K_STRIDE>;
 var<workgroup> v_tile: array<f32, K_TILE * HEAD_DIM>;
 var<workgroup> s_tile: array<f32, Q_ROWS * K_TILE>;
 var<workgroup> row_m: array<f32, Q_ROWS>;
@@ -352,7 +355,7 @@ fn attn_prefill(inv: Invocation) {
                 let b = kv_base(t, h) + e % HEAD_DIM;
                 kv = vec2<f32>(k_cache[b], v_cache[b]);
             }
-            k_tile[e] = kv.x;
+            k_tile[(e / HEAD_DIM) * K_STRIDE + e % HEAD_DIM] = kv.x;
             v_tile[e] = kv.y;
         }
         workgroupBarrier();
@@ -364,7 +367,7 @@ fn attn_prefill(inv: Invocation) {
             if r < rows && t0 + j <= p.pos0 + i0 + r {
                 sc = 0.0;
                 for (var d = 0u; d < HEAD_DIM; d++) {
-                    sc += q_tile[r * HEAD_DIM + d] * k_tile[j * HEAD_DIM + d];
+                    sc += q_tile[r * HEAD_DIM + d] * k_tile[j * K_STRIDE + d];
                 }
             }
             s_tile[e] = sc;

@@ -572,6 +572,99 @@ fn matvec(inv: Invocation) {
 #endif
 }
 
+#if COOP_TILED
+// Prefill on the matrix units (cooperative matrices, 16 × 16 × 16 f16 products with f32 sums):
+// a workgroup of eight 32-lane subgroups computes TILE_T (64) tokens × TILE_R (128) rows. Each
+// step dequantizes the tile's rows over 32 columns to f16 (`weights8`, every weight kind) and
+// converts the tokens' 32 activations to f16 (clamped to the f16 range) in workgroup memory;
+// subgroup s then multiplies tokens 32 (s / 4) .. + 32 by rows 32 (s % 4) .. + 32 as 2 × 2
+// products per 16 columns. The sums leave through workgroup memory, half the rows at a time,
+// so `store` applies the epilogue (ACCUMULATE) and edge tiles are cut.
+const PER_T: u32 = 1u; // (store_tile's, unused)
+const PER_R: u32 = 1u;
+const CK: u32 = 32u;
+// Tile rows are CK + 8 halves (80 bytes) apart: the eight 16-byte rows a fragment load reads at
+// once then fall in different banks.
+const CKP: u32 = CK + 8u;
+const HALF_R: u32 = TILE_R / 2u;
+var<workgroup> a_tile: array<f16, TILE_T * CKP>; // token t, column k at t · CKP + k (A: row-major)
+var<workgroup> b_tile: array<f16, TILE_R * CKP>; // row r, column k at r · CKP + k (B: column-major)
+var<workgroup> c_tile: array<f32, TILE_T * HALF_R>; // token t, row r at t · HALF_R + r
+
+@compute @workgroup_size(256)
+fn matmul_tiled(inv: Invocation) {
+    let r_base = inv.wid.x * TILE_R;
+    let t_base = inv.wid.y * TILE_T;
+    let st = (inv.sg_id / 4u) * 32u;
+    let sr = (inv.sg_id % 4u) * 32u;
+    var c00 = coop_mat16x16<f32, C>();
+    var c01 = coop_mat16x16<f32, C>();
+    var c10 = coop_mat16x16<f32, C>();
+    var c11 = coop_mat16x16<f32, C>();
+    // Loads: lane l dequantizes 16 columns of row l / 2 and converts 8 of token l / 4.
+    let lr = inv.lid / 2u;
+    let lh = (inv.lid % 2u) * 16u;
+    let lt = inv.lid / 4u;
+    let lq = (inv.lid % 4u) * 8u;
+    for (var k0 = 0u; k0 < p.cols; k0 += CK) {
+        let r = r_base + lr;
+        var w0 = array(vec4<wt>(), vec4<wt>());
+        var w1 = array(vec4<wt>(), vec4<wt>());
+        if r < p.rows {
+            w0 = weights8(r, k0 + lh, p.cols);
+            w1 = weights8(r, k0 + lh + 8u, p.cols);
+        }
+        let t = t_base + lt;
+        var x0 = vec4<f32>();
+        var x1 = vec4<f32>();
+        if t < p.n {
+            let i = (t * p.cols + k0 + lq) / 4u;
+            x0 = clamp(x[i], vec4<f32>(-65504.0), vec4<f32>(65504.0));
+            x1 = clamp(x[i + 1u], vec4<f32>(-65504.0), vec4<f32>(65504.0));
+        }
+        let bi = lr * CKP + lh;
+        let ai = lt * CKP + lq;
+        for (var e = 0u; e < 4u; e++) {
+            b_tile[bi + e] = f16(w0[0][e]);
+            b_tile[bi + 4u + e] = f16(w0[1][e]);
+            b_tile[bi + 8u + e] = f16(w1[0][e]);
+            b_tile[bi + 12u + e] = f16(w1[1][e]);
+            a_tile[ai + e] = f16(x0[e]);
+            a_tile[ai + 4u + e] = f16(x1[e]);
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < CK; kk += 16u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&a_tile[st * CKP + kk], CKP);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&a_tile[(st + 16u) * CKP + kk], CKP);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&b_tile[sr * CKP + kk], CKP);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&b_tile[(sr + 16u) * CKP + kk], CKP);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+        }
+        workgroupBarrier();
+    }
+    for (var h = 0u; h < 2u; h++) {
+        if sr / HALF_R == h {
+            let o = st * HALF_R + sr % HALF_R;
+            coopStoreT(c00, &c_tile[o], HALF_R);
+            coopStoreT(c01, &c_tile[o + 16u], HALF_R);
+            coopStoreT(c10, &c_tile[o + 16u * HALF_R], HALF_R);
+            coopStoreT(c11, &c_tile[o + 16u * HALF_R + 16u], HALF_R);
+        }
+        workgroupBarrier();
+        for (var i = inv.lid; i < TILE_T * HALF_R; i += 256u) {
+            let t = t_base + i / HALF_R;
+            let r = r_base + h * HALF_R + i % HALF_R;
+            if t < p.n && r < p.rows {
+                store(t, r, c_tile[i]);
+            }
+        }
+        workgroupBarrier();
+    }
+}
+#else
 #if INT_TILED
 // Prefill on 2-, 3-, 4- and 8-bit codes with 8-bit activations: a step takes one 32-value
 // block. The tile's weight codes are unpacked once into words of four 8-bit codes (the order
@@ -748,6 +841,7 @@ fn matmul_tiled(inv: Invocation) {
     }
     store_tile(acc, r_base + tx, t_base + ty * PER_T);
 }
+#endif
 #endif
 #endif
 

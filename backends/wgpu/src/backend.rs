@@ -24,6 +24,10 @@ pub struct KernelPaths {
     pub subgroups: bool,
 }
 
+/// Tokens × rows of a cooperative-matrix prefill tile (matmul.wgsl, `COOP_TILED`).
+const COOP_TILE_T: u32 = 64;
+const COOP_TILE_R: u32 = 128;
+
 /// Largest head dimension the attention kernels hold in registers.
 const MAX_HEAD_DIM: usize = 256;
 
@@ -310,6 +314,11 @@ impl WgpuBackend {
             f16: self.dev.f16,
             subgroups: self.dev.subgroups,
         }
+    }
+
+    /// Whether prefill runs on cooperative matrices ([`WgpuOptions::coop_matrix`]).
+    pub fn coop_matrix(&self) -> bool {
+        self.dev.coop_matrix
     }
 
     /// Labels of the kernels compiled so far (e.g. `matvec[WEIGHT_KIND=0,BITS=3,...]`): tests use
@@ -1035,6 +1044,14 @@ impl WgpuBackend {
             None => None,
         };
         let out_order = swiglu.or(norm_out.as_ref().map(|n| n.4));
+        // Prefill on cooperative matrices: fixed 64-token × 128-row tiles (eight 32-lane
+        // subgroups of 32 × 32 outputs each).
+        let coop = tiled && self.dev.coop_matrix;
+        let (tile_t, tile_r) = if coop {
+            (COOP_TILE_T, COOP_TILE_R)
+        } else {
+            (t.tile_t, t.tile_r)
+        };
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
         defines.extend([
@@ -1054,13 +1071,15 @@ impl WgpuBackend {
                     _ => 0,
                 }),
             ),
-            ("TILE_T", Define::U32(t.tile_t)),
-            ("TILE_R", Define::U32(t.tile_r)),
+            ("TILE_T", Define::U32(tile_t)),
+            ("TILE_R", Define::U32(tile_r)),
             ("TILE_K", Define::U32(t.tile_k())),
+            ("COOP_TILED", Define::Bool(coop)),
             (
                 "INT_TILED",
                 Define::Bool(
                     tiled
+                        && !coop
                         && t.int_prefill
                         && matches!(gw.kind, WeightKind::Quant(s) if matches!(s.bits, 2 | 3 | 4 | 8)),
                 ),
@@ -1099,8 +1118,8 @@ impl WgpuBackend {
         for p in &gw.pieces {
             let groups = if tiled {
                 [
-                    p.rows.div_ceil(t.tile_r as usize) as u32,
-                    n.div_ceil(t.tile_t as usize) as u32,
+                    p.rows.div_ceil(tile_r as usize) as u32,
+                    n.div_ceil(tile_t as usize) as u32,
                     1,
                 ]
             } else {
@@ -1436,6 +1455,9 @@ impl Backend for WgpuBackend {
         }
         if self.dev.timestamps {
             features.push("timestamp-query".to_string());
+        }
+        if self.dev.coop_matrix {
+            features.push("cooperative-matrix".to_string());
         }
         BackendInfo {
             name: "webgpu".into(),

@@ -64,6 +64,14 @@ pub struct WgpuOptions {
     /// dequantized tiles. Off until measured on a GPU; `from_env` turns it on with
     /// `LOWBIT_WGPU_INT_PREFILL=1`.
     pub int_prefill: bool,
+    /// Prefill on the GPU's matrix units (tensor cores) through cooperative matrices
+    /// (`wgpu_cooperative_matrix`, Vulkan `VK_KHR_cooperative_matrix`): f16 tiles of dequantized
+    /// weights and activations, 16 × 16 × 16 products with f32 sums. `None` uses them where the
+    /// adapter offers 16 × 16 × 16 f16 → f32 products to 32-lane subgroups and has f16 and
+    /// subgroup kernels on; `Some(true)` requires them (error otherwise); `Some(false)` keeps the
+    /// other tiled kernels. `from_env` sets `Some(false)` with `LOWBIT_WGPU_COOP=0`. Native
+    /// only: no browser's WebGPU has cooperative matrices yet.
+    pub coop_matrix: Option<bool>,
 }
 
 /// The default pipeline cache folder (see [`WgpuOptions::pipeline_cache_dir`]).
@@ -122,6 +130,9 @@ impl WgpuOptions {
             wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
             fused_norm: !std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "0"),
             int_prefill: std::env::var("LOWBIT_WGPU_INT_PREFILL").is_ok_and(|v| v == "1"),
+            coop_matrix: std::env::var("LOWBIT_WGPU_COOP")
+                .is_ok_and(|v| v == "0")
+                .then_some(false),
             matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC")
                 .ok()
                 .and_then(|v| MatvecShape::parse(&v)),
@@ -221,6 +232,8 @@ pub(crate) struct GpuDevice {
     pub limits: wgpu::Limits,
     pub f16: bool,
     pub subgroups: bool,
+    /// Cooperative-matrix prefill ([`WgpuOptions::coop_matrix`]).
+    pub coop_matrix: bool,
     pub timestamps: bool,
     /// The driver-level pipeline cache every kernel is compiled through, when the adapter
     /// supports one and a folder was given.
@@ -314,6 +327,23 @@ impl GpuDevice {
             opts.subgroups,
             features.contains(wgpu::Features::SUBGROUP),
         )?;
+        // The cooperative-matrix kernel: 16 × 16 × 16 f16 products with f32 sums, by 32-lane
+        // subgroups (eight per 256-lane workgroup), on f16 tiles.
+        let coop_has = features.contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX)
+            && adapter.cooperative_matrix_properties().iter().any(|c| {
+                (c.m_size, c.n_size, c.k_size) == (16, 16, 16)
+                    && c.ab_type == wgpu::CooperativeScalarType::F16
+                    && c.cr_type == wgpu::CooperativeScalarType::F32
+            })
+            && info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32;
+        let coop_matrix = resolve("cooperative-matrix", opts.coop_matrix, coop_has)?;
+        if coop_matrix && !(f16 && subgroups) && opts.coop_matrix == Some(true) {
+            return Err(not_supported(
+                "cooperative-matrix kernels need the f16 and subgroup kernels on",
+            ));
+        }
+        let coop_matrix = coop_matrix && f16 && subgroups;
         let timestamps = opts.profiling && features.contains(wgpu::Features::TIMESTAMP_QUERY);
         if opts.profiling && !timestamps {
             return Err(not_supported(
@@ -329,6 +359,9 @@ impl GpuDevice {
         }
         if timestamps {
             required |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        if coop_matrix {
+            required |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
         }
         let cache_file = match (
             &opts.pipeline_cache_dir,
@@ -346,6 +379,14 @@ impl GpuDevice {
             label: Some("lowbit"),
             required_features: required,
             required_limits: limits.clone(),
+            // SAFETY: the only experimental feature requested is cooperative matrices, used by
+            // one kernel whose every path is checked against the CPU backend
+            // (`coop_prefill_every_format`); wgpu still validates its shaders.
+            experimental_features: if coop_matrix {
+                unsafe { wgpu::ExperimentalFeatures::enabled() }
+            } else {
+                wgpu::ExperimentalFeatures::disabled()
+            },
             ..Default::default()
         }))
         .map_err(|e| not_supported(format!("cannot open a device on {}: {e}", info.name)))?;
@@ -372,6 +413,7 @@ impl GpuDevice {
             backend = ?info.backend,
             f16,
             subgroups,
+            coop_matrix,
             "webgpu device opened"
         );
         Ok(GpuDevice {
@@ -381,6 +423,7 @@ impl GpuDevice {
             limits,
             f16,
             subgroups,
+            coop_matrix,
             timestamps,
             pipeline_cache,
             checked_shaders: opts.checked_shaders,

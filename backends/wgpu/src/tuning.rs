@@ -160,8 +160,9 @@ impl Tuning {
     /// the workgroup memory.
     pub fn prefill_tiles(&self, head_dim: usize) -> (u32, u32) {
         let budget = self.workgroup_bytes as usize;
-        let bytes =
-            |qr: usize, kt: usize| 4 * (qr * head_dim + 2 * kt * head_dim + qr * kt + 3 * qr + 64);
+        let bytes = |qr: usize, kt: usize| {
+            4 * (qr * head_dim + 2 * kt * head_dim + kt + qr * kt + 3 * qr + 64)
+        };
         for qr in [16, 8, 4] {
             for kt in [32, 16, 8, 4] {
                 if bytes(qr, kt) <= budget {

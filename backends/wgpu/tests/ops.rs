@@ -1459,3 +1459,54 @@ fn int_prefill_every_format() {
         }
     }
 }
+
+/// Prefill on cooperative matrices (tensor cores): every weight kind and width against the
+/// dequantized weights, through `check_matmul` (1 token: the decode matvec; 3, 17 and 64: the
+/// cooperative tiles, with and without the residual add; 203 rows cut the 128-row tile and 2080
+/// columns are 65 steps of 32). The f16 bound covers the f16 activations and weights.
+#[test]
+#[ignore = "needs VK_KHR_cooperative_matrix with 16x16x16 f16 products (CI's lavapipe has none): \
+            run on a GPU with `cargo test -p lowbit-wgpu --test ops -- --ignored coop`"]
+fn coop_prefill_every_format() {
+    let b = WgpuBackend::new(&WgpuOptions {
+        coop_matrix: Some(true),
+        ..WgpuOptions::software()
+    })
+    .expect("an adapter with cooperative matrices");
+    assert!(b.coop_matrix());
+    let mut rng = StdRng::seed_from_u64(44);
+    let rows = 203;
+    for cols in [96usize, 2080] {
+        let w = rand_vec(&mut rng, rows * cols);
+        for bits in [8u8, 4, 3, 2] {
+            for (group, scheme) in [(32usize, Scheme::Symmetric), (128, Scheme::Asymmetric)] {
+                if cols % group != 0 {
+                    continue;
+                }
+                let q =
+                    quantize(&w, rows, cols, QuantSpec::new(bits, group, scheme).unwrap()).unwrap();
+                let dense = q.dequantize();
+                let what = format!("coop {bits}-bit g{group} {scheme:?} cols {cols}");
+                check_matmul(&b, WeightMatrix::Quantized(q), &dense, rows, cols, &what);
+            }
+        }
+        let data = w.clone();
+        check_matmul(
+            &b,
+            WeightMatrix::F32 { rows, cols, data },
+            &w,
+            rows,
+            cols,
+            "coop f32",
+        );
+    }
+    let k = b.compiled_kernels();
+    for bits in [8, 4, 3, 2] {
+        assert!(
+            k.iter().any(|l| l.starts_with("matmul_tiled[")
+                && l.contains(&format!(",BITS={bits},"))
+                && l.contains("COOP_TILED=1")),
+            "no cooperative-matrix {bits}-bit kernel: {k:?}"
+        );
+    }
+}
