@@ -574,38 +574,44 @@ fn matvec(inv: Invocation) {
 
 #if COOP_TILED
 // Prefill on the matrix units (cooperative matrices, 16 × 16 × 16 f16 products with f32 sums):
-// a workgroup of eight 32-lane subgroups computes TILE_T (64) tokens × TILE_R (128) rows. Each
+// a workgroup of eight 32-lane subgroups computes TILE_T (128) tokens × TILE_R (128) rows. Each
 // step dequantizes the tile's rows over 32 columns to f16 (`weights8`, every weight kind) and
-// converts the tokens' 32 activations to f16 (clamped to the f16 range) in workgroup memory;
-// subgroup s then multiplies tokens 32 (s / 4) .. + 32 by rows 32 (s % 4) .. + 32 as 2 × 2
-// products per 16 columns. The sums leave through workgroup memory, half the rows at a time,
-// so `store` applies the epilogue (ACCUMULATE) and edge tiles are cut.
+// converts the tokens' 32 activations to f16 (clamped to the f16 range) in workgroup memory,
+// four values per store; subgroup s then multiplies tokens 32 (s / 2) .. + 32 by rows
+// 64 (s % 2) .. + 64 as 2 × 4 products per 16 columns. The sums leave through workgroup memory,
+// 16 rows at a time, so `store` applies the epilogue (ACCUMULATE) and edge tiles are cut.
 const PER_T: u32 = 1u; // (store_tile's, unused)
 const PER_R: u32 = 1u;
 const CK: u32 = 32u;
-// Tile rows are CK + 8 halves (80 bytes) apart: the eight 16-byte rows a fragment load reads at
-// once then fall in different banks.
-const CKP: u32 = CK + 8u;
-const HALF_R: u32 = TILE_R / 2u;
-var<workgroup> a_tile: array<f16, TILE_T * CKP>; // token t, column k at t · CKP + k (A: row-major)
-var<workgroup> b_tile: array<f16, TILE_R * CKP>; // row r, column k at r · CKP + k (B: column-major)
-var<workgroup> c_tile: array<f32, TILE_T * HALF_R>; // token t, row r at t · HALF_R + r
+// Tile rows are CK + 8 halves (80 bytes, 10 vectors) apart: the eight 16-byte rows a fragment
+// load reads at once then fall in different banks.
+const CKV: u32 = (CK + 8u) / 4u;
+const C_ROWS: u32 = 16u;
+var<workgroup> a_tile: array<vec4<f16>, TILE_T * CKV>; // token t, columns 4v.. at t · CKV + v
+var<workgroup> b_tile: array<vec4<f16>, TILE_R * CKV>; // row r likewise (B: column-major)
+var<workgroup> c_tile: array<f32, TILE_T * C_ROWS>; // token t, row r at t · C_ROWS + r
+
+fn f16x4(v: vec4<f32>) -> vec4<f16> {
+    return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+}
 
 @compute @workgroup_size(256)
 fn matmul_tiled(inv: Invocation) {
     let r_base = inv.wid.x * TILE_R;
     let t_base = inv.wid.y * TILE_T;
-    let st = (inv.sg_id / 4u) * 32u;
-    let sr = (inv.sg_id % 4u) * 32u;
+    let st = (inv.sg_id / 2u) * 32u;
+    let sr = (inv.sg_id % 2u) * 64u;
     var c00 = coop_mat16x16<f32, C>();
     var c01 = coop_mat16x16<f32, C>();
+    var c02 = coop_mat16x16<f32, C>();
+    var c03 = coop_mat16x16<f32, C>();
     var c10 = coop_mat16x16<f32, C>();
     var c11 = coop_mat16x16<f32, C>();
-    // Loads: lane l dequantizes 16 columns of row l / 2 and converts 8 of token l / 4.
+    var c12 = coop_mat16x16<f32, C>();
+    var c13 = coop_mat16x16<f32, C>();
+    // Loads: lane l takes 16 columns of row l / 2 and of token l / 2.
     let lr = inv.lid / 2u;
     let lh = (inv.lid % 2u) * 16u;
-    let lt = inv.lid / 4u;
-    let lq = (inv.lid % 4u) * 8u;
     for (var k0 = 0u; k0 < p.cols; k0 += CK) {
         let r = r_base + lr;
         var w0 = array(vec4<wt>(), vec4<wt>());
@@ -614,49 +620,68 @@ fn matmul_tiled(inv: Invocation) {
             w0 = weights8(r, k0 + lh, p.cols);
             w1 = weights8(r, k0 + lh + 8u, p.cols);
         }
-        let t = t_base + lt;
-        var x0 = vec4<f32>();
-        var x1 = vec4<f32>();
+        let t = t_base + lr;
+        var xs: array<vec4<f32>, 4>;
         if t < p.n {
-            let i = (t * p.cols + k0 + lq) / 4u;
-            x0 = clamp(x[i], vec4<f32>(-65504.0), vec4<f32>(65504.0));
-            x1 = clamp(x[i + 1u], vec4<f32>(-65504.0), vec4<f32>(65504.0));
+            let i = (t * p.cols + k0 + lh) / 4u;
+            for (var e = 0u; e < 4u; e++) {
+                xs[e] = x[i + e];
+            }
         }
-        let bi = lr * CKP + lh;
-        let ai = lt * CKP + lq;
+        let o = lr * CKV + lh / 4u;
+        b_tile[o] = vec4<f16>(w0[0]);
+        b_tile[o + 1u] = vec4<f16>(w0[1]);
+        b_tile[o + 2u] = vec4<f16>(w1[0]);
+        b_tile[o + 3u] = vec4<f16>(w1[1]);
         for (var e = 0u; e < 4u; e++) {
-            b_tile[bi + e] = f16(w0[0][e]);
-            b_tile[bi + 4u + e] = f16(w0[1][e]);
-            b_tile[bi + 8u + e] = f16(w1[0][e]);
-            b_tile[bi + 12u + e] = f16(w1[1][e]);
-            a_tile[ai + e] = f16(x0[e]);
-            a_tile[ai + 4u + e] = f16(x1[e]);
+            a_tile[o + e] = f16x4(xs[e]);
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < CK; kk += 16u) {
-            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&a_tile[st * CKP + kk], CKP);
-            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&a_tile[(st + 16u) * CKP + kk], CKP);
-            let b0 = coopLoad<coop_mat16x16<f16, B>>(&b_tile[sr * CKP + kk], CKP);
-            let b1 = coopLoad<coop_mat16x16<f16, B>>(&b_tile[(sr + 16u) * CKP + kk], CKP);
+        for (var kv = 0u; kv < CK / 4u; kv += 4u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&a_tile[st * CKV + kv], CKV);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&a_tile[(st + 16u) * CKV + kv], CKV);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&b_tile[sr * CKV + kv], CKV);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&b_tile[(sr + 16u) * CKV + kv], CKV);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&b_tile[(sr + 32u) * CKV + kv], CKV);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&b_tile[(sr + 48u) * CKV + kv], CKV);
             c00 = coopMultiplyAdd(a0, b0, c00);
             c01 = coopMultiplyAdd(a0, b1, c01);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
             c10 = coopMultiplyAdd(a1, b0, c10);
             c11 = coopMultiplyAdd(a1, b1, c11);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
         }
         workgroupBarrier();
     }
-    for (var h = 0u; h < 2u; h++) {
-        if sr / HALF_R == h {
-            let o = st * HALF_R + sr % HALF_R;
-            coopStoreT(c00, &c_tile[o], HALF_R);
-            coopStoreT(c01, &c_tile[o + 16u], HALF_R);
-            coopStoreT(c10, &c_tile[o + 16u * HALF_R], HALF_R);
-            coopStoreT(c11, &c_tile[o + 16u * HALF_R + 16u], HALF_R);
+    // Rows 16q .. 16q + 16 per round: fragment q % 4 of the subgroups whose 64 rows hold them.
+    for (var q = 0u; q < TILE_R / C_ROWS; q++) {
+        if sr / 64u == q / 4u {
+            let o = st * C_ROWS;
+            switch q % 4u {
+                case 0u: {
+                    coopStoreT(c00, &c_tile[o], C_ROWS);
+                    coopStoreT(c10, &c_tile[o + 16u * C_ROWS], C_ROWS);
+                }
+                case 1u: {
+                    coopStoreT(c01, &c_tile[o], C_ROWS);
+                    coopStoreT(c11, &c_tile[o + 16u * C_ROWS], C_ROWS);
+                }
+                case 2u: {
+                    coopStoreT(c02, &c_tile[o], C_ROWS);
+                    coopStoreT(c12, &c_tile[o + 16u * C_ROWS], C_ROWS);
+                }
+                default: {
+                    coopStoreT(c03, &c_tile[o], C_ROWS);
+                    coopStoreT(c13, &c_tile[o + 16u * C_ROWS], C_ROWS);
+                }
+            }
         }
         workgroupBarrier();
-        for (var i = inv.lid; i < TILE_T * HALF_R; i += 256u) {
-            let t = t_base + i / HALF_R;
-            let r = r_base + h * HALF_R + i % HALF_R;
+        for (var i = inv.lid; i < TILE_T * C_ROWS; i += 256u) {
+            let t = t_base + i / C_ROWS;
+            let r = r_base + q * C_ROWS + i % C_ROWS;
             if t < p.n && r < p.rows {
                 store(t, r, c_tile[i]);
             }

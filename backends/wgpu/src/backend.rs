@@ -25,7 +25,7 @@ pub struct KernelPaths {
 }
 
 /// Tokens × rows of a cooperative-matrix prefill tile (matmul.wgsl, `COOP_TILED`).
-const COOP_TILE_T: u32 = 64;
+const COOP_TILE_T: u32 = 128;
 const COOP_TILE_R: u32 = 128;
 
 /// Largest head dimension the attention kernels hold in registers.
@@ -697,11 +697,7 @@ impl WgpuBackend {
         let q_len = p.n_tokens * p.n_heads * hd;
         let kv_len = (p.pos0 + p.n_tokens) * p.n_kv_heads * hd;
         let decode = p.n_tokens == 1;
-        let wg = if decode {
-            t.attn_decode_wg(&self.dev.limits)
-        } else {
-            t.attn_wg
-        };
+        let wg = t.attn_wg_for(&self.dev.limits);
         if q8.is_some() && (!decode || !hd.is_multiple_of(32) || wg < 8) {
             return Err(Error::invalid_config(
                 "8-bit attention output needs one decode row, whole 32-value blocks per head and 8+ lanes",
@@ -1044,8 +1040,8 @@ impl WgpuBackend {
             None => None,
         };
         let out_order = swiglu.or(norm_out.as_ref().map(|n| n.4));
-        // Prefill on cooperative matrices: fixed 64-token × 128-row tiles (eight 32-lane
-        // subgroups of 32 × 32 outputs each).
+        // Prefill on cooperative matrices: fixed 128-token × 128-row tiles (eight 32-lane
+        // subgroups of 32 × 64 outputs each).
         let coop = tiled && self.dev.coop_matrix;
         let (tile_t, tile_r) = if coop {
             (COOP_TILE_T, COOP_TILE_R)
@@ -2004,7 +2000,7 @@ impl Backend for WgpuBackend {
         // Decode: the attention writes 8-bit activation blocks that the output projection's
         // matvec reads as they are (no per-workgroup quantization).
         let q8 = if p.n_tokens == 1 && p.head_dim.is_multiple_of(32) {
-            let lanes = self.tuning.attn_decode_wg(&self.dev.limits);
+            let lanes = self.tuning.attn_wg_for(&self.dev.limits);
             self.q8_input(w, 1, p.n_heads * p.head_dim, lanes)?
         } else {
             None

@@ -241,7 +241,7 @@ mod tests {
                     ("VEC2", Define::Bool(bits == 2)),
                     ("CODES3", Define::Bool(bits == 3)),
                     ("ORDER", Define::U32(0)),
-                    ("TILE_T", Define::U32(64)),
+                    ("TILE_T", Define::U32(128)),
                     ("TILE_R", Define::U32(128)),
                     ("TILE_K", Define::U32(32)),
                     ("COOP_TILED", Define::Bool(true)),

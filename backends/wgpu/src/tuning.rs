@@ -113,10 +113,13 @@ impl Tuning {
         (pow2_lanes(limits, lanes), self.matvec_rows.min(4))
     }
 
-    /// Lanes of the decode attention kernels: at least 256 (the score pass spreads each key
-    /// over several lanes, the value pass over key slots) unless the profile asks for fewer
-    /// than 64 (small devices), within the device's limit.
-    pub fn attn_decode_wg(&self, limits: &wgpu::Limits) -> u32 {
+    /// Lanes of the attention kernels: at least 256 unless the profile asks for fewer than 64
+    /// (small devices), within the device's limit. Decode spreads each key's score over several
+    /// lanes and the values over key slots; prefill spreads a tile's scores and outputs over
+    /// them, and more lanes per workgroup keep more warps in flight (the prefill workgroup
+    /// holds ~43 KB of tiles, so few fit a multiprocessor: 8B pp512 attention on the H100 took
+    /// 2.1 ms per layer with 64 lanes).
+    pub fn attn_wg_for(&self, limits: &wgpu::Limits) -> u32 {
         if self.attn_wg >= 64 {
             pow2_lanes(limits, self.attn_wg.max(256))
         } else {

@@ -1500,6 +1500,35 @@ fn coop_prefill_every_format() {
             "coop f32",
         );
     }
+    // Two token tiles and a part of a third (128 tokens each), residual add included.
+    let cols = 576;
+    let w = rand_vec(&mut rng, rows * cols);
+    let q = quantize(
+        &w,
+        rows,
+        cols,
+        QuantSpec::new(4, 32, Scheme::Symmetric).unwrap(),
+    )
+    .unwrap();
+    let dense = q.dequantize();
+    let id = b.upload_weight(WeightMatrix::Quantized(q)).unwrap();
+    let n = 300;
+    let xv = rand_vec(&mut rng, n * cols);
+    let (want, mag) = reference::matmul(&dense, rows, cols, &xv, n);
+    let x = b.upload(&xv).unwrap();
+    let out = b.upload(&vec![0.5; n * rows]).unwrap();
+    b.matmul_add(id, x, out, n).unwrap();
+    let got: Vec<f32> = b
+        .read(out, 0, n * rows)
+        .unwrap()
+        .iter()
+        .map(|v| v - 0.5)
+        .collect();
+    let err = max_rel(&got, &want, &mag, 1e-3);
+    assert!(
+        err < matmul_tol(&b),
+        "coop 4-bit n={n}: relative error {err}"
+    );
     let k = b.compiled_kernels();
     for bits in [8, 4, 3, 2] {
         assert!(
