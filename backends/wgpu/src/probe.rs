@@ -48,6 +48,10 @@ pub fn probe_adapters() -> Vec<AdapterReport> {
                 (wgpu::Features::SHADER_F16, "shader-f16"),
                 (wgpu::Features::SUBGROUP, "subgroups"),
                 (wgpu::Features::TIMESTAMP_QUERY, "timestamp-query"),
+                (
+                    wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX,
+                    "cooperative-matrix",
+                ),
             ] {
                 if f.contains(flag) {
                     features.push(name.to_string());
