@@ -142,3 +142,40 @@ fn generate_json_streams_and_reports_stats() {
     assert!(v["stats"]["weight_bytes"].as_u64().unwrap() > 100_000_000);
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
 }
+
+/// `bench` says which backend and kernel paths produced its table, in text and in JSON.
+#[test]
+fn bench_names_its_backend_and_features() {
+    let run = |json: bool| {
+        let mut c = lowbit();
+        c.args(["bench", "--backend", "cpu", "--synthetic", "smollm2-135m"])
+            .args([
+                "--quants",
+                "int4",
+                "--prompt-tokens",
+                "4",
+                "--gen-tokens",
+                "2",
+            ])
+            .args(["--reps", "1", "--threads", "2"]);
+        if json {
+            c.arg("--json");
+        }
+        let out = c.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let text = run(false);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("backend: cpu on "))
+        .unwrap_or_else(|| panic!("no backend line: {text}"));
+    assert!(line.contains("; features: "), "{line}");
+    let v: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
+    assert_eq!(v["backend"]["name"], "cpu", "{v}");
+    assert!(v["backend"]["features"].is_array(), "{v}");
+}

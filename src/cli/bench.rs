@@ -258,6 +258,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut timings = Vec::new();
     let mut copy_gbs = None;
     let mut starts = Vec::new();
+    let mut backend_info = None;
     for q in &quants {
         let mut opts = a.model.load_options(q)?;
         opts.synthetic = a.synthetic.clone();
@@ -293,6 +294,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         if a.copy_bandwidth && copy_gbs.is_none() {
             copy_gbs = Some(copy_bandwidth(backend.as_ref())?);
         }
+        backend_info = Some(backend.info());
         backend.reset_kernel_timings();
         let (r, kv) = bench_model(model.as_ref(), a, threads)?;
         rows.extend(r);
@@ -323,6 +325,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "startup": starts,
             "kv_cache_bytes": kv_bytes,
             "peak_rss_bytes": peak_rss_bytes(),
+            "backend": backend_info.as_ref().map(|b| serde_json::json!({
+                "name": b.name,
+                "device": b.device,
+                "features": b.features,
+            })),
         });
         println!("{v}");
         return Ok(());
@@ -408,6 +415,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 k.total_ns as f64 / total.max(1) as f64 * 100.0
             );
         }
+    }
+    if let Some(b) = &backend_info {
+        // Which kernel paths ran (e.g. `cooperative-matrix`: prefill on the tensor cores).
+        let features = if b.features.is_empty() {
+            "none".to_string()
+        } else {
+            b.features.join(", ")
+        };
+        println!(
+            "\nbackend: {} on {}; features: {features}",
+            b.name, b.device
+        );
     }
     println!(
         "\nKV cache (f32) for {} tokens: {:.1} MB; peak RSS {:.1} MB",
