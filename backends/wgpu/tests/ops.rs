@@ -140,6 +140,29 @@ fn check_matmul(
     }
 }
 
+/// `matmul_add` of `n` token rows `xv` into an output filled with 0.5; returns the sums (the
+/// output less 0.5).
+fn matmul_add_to_half(
+    b: &WgpuBackend,
+    id: lowbit_core::WeightId,
+    xv: &[f32],
+    n: usize,
+    rows: usize,
+) -> Vec<f32> {
+    let x = b.upload(xv).unwrap();
+    let out = b.upload(&vec![0.5; n * rows]).unwrap();
+    b.matmul_add(id, x, out, n).unwrap();
+    let got = b
+        .read(out, 0, n * rows)
+        .unwrap()
+        .iter()
+        .map(|v| v - 0.5)
+        .collect();
+    b.free(x);
+    b.free(out);
+    got
+}
+
 #[test]
 fn quantized_matmul_every_format() {
     let mut rng = StdRng::seed_from_u64(1);
@@ -1424,15 +1447,7 @@ fn int_prefill_every_format() {
                         let xv = rand_vec(&mut rng, n * cols);
                         let (want, mag) =
                             reference::matmul(&dense, rows, cols, &reference::q8_blocks(&xv), n);
-                        let x = b.upload(&xv).unwrap();
-                        let out = b.upload(&vec![0.5; n * rows]).unwrap();
-                        b.matmul_add(id, x, out, n).unwrap();
-                        let got: Vec<f32> = b
-                            .read(out, 0, n * rows)
-                            .unwrap()
-                            .iter()
-                            .map(|v| v - 0.5)
-                            .collect();
+                        let got = matmul_add_to_half(b, id, &xv, n, rows);
                         // f32 sums of exact integer block sums: f32 rounding only.
                         let err = max_rel(&got, &want, &mag, 1e-3);
                         assert!(
@@ -1440,8 +1455,6 @@ fn int_prefill_every_format() {
                             "{bits}-bit g{group} {scheme:?} {rows}x{cols} n={n} {:?}: {err}",
                             b.paths()
                         );
-                        b.free(x);
-                        b.free(out);
                     }
                 }
             }
@@ -1515,15 +1528,7 @@ fn coop_prefill_every_format() {
     let n = 300;
     let xv = rand_vec(&mut rng, n * cols);
     let (want, mag) = reference::matmul(&dense, rows, cols, &xv, n);
-    let x = b.upload(&xv).unwrap();
-    let out = b.upload(&vec![0.5; n * rows]).unwrap();
-    b.matmul_add(id, x, out, n).unwrap();
-    let got: Vec<f32> = b
-        .read(out, 0, n * rows)
-        .unwrap()
-        .iter()
-        .map(|v| v - 0.5)
-        .collect();
+    let got = matmul_add_to_half(&b, id, &xv, n, rows);
     let err = max_rel(&got, &want, &mag, 1e-3);
     assert!(
         err < matmul_tol(&b),
