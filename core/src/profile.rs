@@ -63,6 +63,12 @@ pub trait BrowserProfile: Send + Sync {
     fn allow_f16(&self) -> bool;
     /// Whether subgroup operations may be used.
     fn allow_subgroups(&self) -> bool;
+    /// Whether cooperative matrices (tensor cores; a native-only wgpu feature that no browser's
+    /// WebGPU has yet) may be used. Off unless the profile says so, so a browser profile run
+    /// natively measures what the browser could run.
+    fn allow_cooperative_matrix(&self) -> bool {
+        false
+    }
     /// Largest storage-buffer binding, bytes.
     fn max_storage_binding(&self) -> u64;
     /// Largest uniform-buffer binding, bytes.
@@ -93,6 +99,7 @@ pub struct ProfileData {
     supported_bits: Vec<u8>,
     f16: bool,
     subgroups: bool,
+    cooperative_matrix: bool,
     max_storage_binding: u64,
     max_uniform_binding: u64,
     max_workgroup_invocations: u32,
@@ -210,6 +217,7 @@ impl ProfileData {
             supported_bits,
             f16: boolean("features.f16", true)?,
             subgroups: boolean("features.subgroups", true)?,
+            cooperative_matrix: boolean("features.cooperative_matrix", false)?,
             max_storage_binding: uint("limits.max_storage_binding", 1 << 30)?,
             max_uniform_binding: uint("limits.max_uniform_binding", 64 << 10)?,
             max_workgroup_invocations: uint("limits.max_workgroup_invocations", 256)? as u32,
@@ -240,6 +248,9 @@ impl BrowserProfile for ProfileData {
     }
     fn allow_subgroups(&self) -> bool {
         self.subgroups
+    }
+    fn allow_cooperative_matrix(&self) -> bool {
+        self.cooperative_matrix
     }
     fn max_storage_binding(&self) -> u64 {
         self.max_storage_binding
@@ -315,6 +326,11 @@ mod tests {
         assert!(!s.supported_bits().contains(&2));
         assert_eq!(find("mobile").max_storage_binding(), 128 << 20);
         assert_eq!(find("chrome").matmul_workgroup(), (8, 8));
+        // Tensor cores only natively: no browser's WebGPU has cooperative matrices.
+        for b in ["chrome", "edge", "firefox", "safari", "mobile"] {
+            assert!(!find(b).allow_cooperative_matrix(), "{b}");
+        }
+        assert!(find("native").allow_cooperative_matrix());
         assert_eq!(find("chrome").workgroups().matvec_rows, 4);
         assert_eq!(find("firefox").workgroups().audio, [256, 1, 1]);
     }

@@ -147,15 +147,19 @@ impl WgpuOptions {
         }
     }
 
-    /// Applies a profile: f16 and subgroup kernels off where it forbids them (so none is built
-    /// even on an adapter that has the feature), storage bindings capped at its limit, and its
-    /// workgroup sizes handed to the tuning. Where it allows a feature, the adapter decides.
+    /// Applies a profile: f16, subgroup and cooperative-matrix kernels off where it forbids
+    /// them (so none is built even on an adapter that has the feature), storage bindings capped
+    /// at its limit, and its workgroup sizes handed to the tuning. Where it allows a feature,
+    /// the adapter decides.
     pub fn with_profile(mut self, profile: &dyn BrowserProfile) -> Self {
         if !profile.allow_f16() {
             self.f16 = Some(false);
         }
         if !profile.allow_subgroups() {
             self.subgroups = Some(false);
+        }
+        if !profile.allow_cooperative_matrix() {
+            self.coop_matrix = Some(false);
         }
         let cap = profile.max_storage_binding();
         self.max_binding_bytes = Some(self.max_binding_bytes.map_or(cap, |m| m.min(cap)));

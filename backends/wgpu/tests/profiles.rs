@@ -165,3 +165,15 @@ fn chrome_and_safari_compile_different_kernels() {
         .all(|l| l.contains("USE_SUBGROUPS=0") && !l.contains("USE_F16=1")));
     assert!(safari.iter().any(|l| l.contains("WORKGROUP_SIZE=16")));
 }
+
+/// Only the native profile lets prefill use cooperative matrices (tensor cores): the browser
+/// profiles forbid them, as no browser's WebGPU has them.
+#[test]
+fn only_native_allows_cooperative_matrices() {
+    for name in PROFILES {
+        let p = find_profile(name).unwrap();
+        let o = WgpuOptions::default().with_profile(p.as_ref());
+        let want = if name == "native" { None } else { Some(false) };
+        assert_eq!(o.coop_matrix, want, "{name}");
+    }
+}
