@@ -1,7 +1,7 @@
 //! [`WgpuBackend`]: the [`Backend`] operations as WGSL kernels recorded into one command
 //! encoder; only [`Backend::read`] and [`Backend::flush`] submit.
 
-use crate::device::{GpuDevice, WgpuOptions};
+use crate::device::{GpuDevice, WgpuOptions, COOP_TILE_R, COOP_TILE_T};
 use crate::pipelines::{PipelineCache, Slot};
 use crate::profiling::KernelTiming;
 use crate::recorder::{wait_read, Bind, Dispatch, Recorder};
@@ -23,10 +23,6 @@ pub struct KernelPaths {
     /// Reductions use subgroup operations (`SUBGROUP`) instead of workgroup-memory trees.
     pub subgroups: bool,
 }
-
-/// Tokens × rows of a cooperative-matrix prefill tile (matmul.wgsl, `COOP_TILED`).
-const COOP_TILE_T: u32 = 128;
-const COOP_TILE_R: u32 = 128;
 
 /// Largest head dimension the attention kernels hold in registers.
 const MAX_HEAD_DIM: usize = 256;

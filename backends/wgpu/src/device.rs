@@ -252,9 +252,13 @@ pub(crate) struct GpuDevice {
     lost: Arc<Mutex<Option<String>>>,
 }
 
-/// Workgroup memory of the cooperative-matrix prefill kernel (matmul.wgsl, `COOP_TILED`): two
-/// f16 tiles of 128 rows of 40 halves and 128 × 16 f32 sums.
-const COOP_WORKGROUP_BYTES: u32 = 2 * 128 * 40 * 2 + 128 * 16 * 4;
+/// Tokens × rows of a cooperative-matrix prefill tile (matmul.wgsl, `COOP_TILED`).
+pub(crate) const COOP_TILE_T: u32 = 128;
+pub(crate) const COOP_TILE_R: u32 = 128;
+
+/// Workgroup memory of that kernel: f16 tiles of its tokens and rows, 40 halves each (32
+/// columns and the padding), and the sums of its tokens × 16 rows in f32.
+const COOP_WORKGROUP_BYTES: u32 = (COOP_TILE_T + COOP_TILE_R) * 40 * 2 + COOP_TILE_T * 16 * 4;
 
 fn not_supported(msg: impl Into<String>) -> Error {
     Error::new(ErrorCode::WebgpuNotSupported, msg)
