@@ -1477,6 +1477,11 @@ fn int_prefill_every_format() {
 /// dequantized weights, through `check_matmul` (1 token: the decode matvec; 3, 17 and 64: the
 /// cooperative tiles, with and without the residual add; 203 rows cut the 128-row tile and 2080
 /// columns are 65 steps of 32). The f16 bound covers the f16 activations and weights.
+///
+/// No driver CI can install runs it: Debian's lavapipe (Mesa 22.3) has no cooperative matrices,
+/// and bookworm-backports' Mesa 25.0.7 lavapipe, which has `VK_KHR_cooperative_matrix`, offers
+/// wgpu 30 no configuration it accepts and 8-lane subgroups (the kernel needs 32). CI instead
+/// validates every variant of the kernel with naga (`coop_prefill_kernel_validates_in_naga`).
 #[test]
 #[ignore = "needs VK_KHR_cooperative_matrix with 16x16x16 f16 products (CI's lavapipe has none): \
             run on a GPU with `cargo test -p lowbit-wgpu --test ops -- --ignored coop`"]
