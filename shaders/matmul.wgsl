@@ -582,9 +582,9 @@ fn matvec(inv: Invocation) {
 // 16 rows at a time, so `store` applies the epilogue (ACCUMULATE) and edge tiles are cut.
 const PER_T: u32 = 1u; // (store_tile's, unused)
 const PER_R: u32 = 1u;
-const CK: u32 = 32u;
-// Tile rows are CK + 8 halves (80 bytes, 10 vectors) apart: the eight 16-byte rows a fragment
-// load reads at once then fall in different banks.
+const CK: u32 = TILE_K; // columns per step (32 or 64, from the host)
+// Tile rows are CK + 8 halves (80 or 144 bytes) apart: the eight 16-byte rows a fragment load
+// reads at once then fall in different banks.
 const CKV: u32 = (CK + 8u) / 4u;
 const C_ROWS: u32 = 16u;
 var<workgroup> a_tile: array<vec4<f16>, TILE_T * CKV>; // token t, columns 4v.. at t · CKV + v
@@ -593,6 +593,36 @@ var<workgroup> c_tile: array<f32, TILE_T * C_ROWS>; // token t, row r at t · C_
 
 fn f16x4(v: vec4<f32>) -> vec4<f16> {
     return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+}
+
+// One lane's share of a step: CK / 2 weights of row `r` and CK / 2 activations of token `t`
+// from column `k` (zeros past the matrix).
+const LANE_V: u32 = CK / 8u; // vec4s of each
+struct CoopStep {
+    w: array<vec4<wt>, LANE_V>,
+    x: array<vec4<f32>, LANE_V>,
+}
+
+fn coop_fetch(r: u32, t: u32, k: u32) -> CoopStep {
+    var s: CoopStep;
+    if r < p.rows {
+        for (var e = 0u; e < LANE_V; e += 2u) {
+            if k + 4u * e < p.cols {
+                let w = weights8(r, k + 4u * e, p.cols);
+                s.w[e] = w[0];
+                s.w[e + 1u] = w[1];
+            }
+        }
+    }
+    if t < p.n {
+        let i = (t * p.cols + k) / 4u;
+        for (var e = 0u; e < LANE_V; e++) {
+            if k + 4u * e < p.cols {
+                s.x[e] = x[i + e];
+            }
+        }
+    }
+    return s;
 }
 
 @compute @workgroup_size(256)
@@ -609,34 +639,24 @@ fn matmul_tiled(inv: Invocation) {
     var c11 = coop_mat16x16<f32, C>();
     var c12 = coop_mat16x16<f32, C>();
     var c13 = coop_mat16x16<f32, C>();
-    // Loads: lane l takes 16 columns of row l / 2 and of token l / 2.
+    // Loads: lane l takes CK / 2 columns of row l / 2 and of token l / 2. A step's loads are
+    // requested before the previous step's products (software pipelining), so the memory
+    // latency overlaps the matrix units' work.
     let lr = inv.lid / 2u;
-    let lh = (inv.lid % 2u) * 16u;
+    let lh = (inv.lid % 2u) * (CK / 2u);
+    let r = r_base + lr;
+    let t = t_base + lr;
+    let o = lr * CKV + lh / 4u;
+    var s = coop_fetch(r, t, lh);
     for (var k0 = 0u; k0 < p.cols; k0 += CK) {
-        let r = r_base + lr;
-        var w0 = array(vec4<wt>(), vec4<wt>());
-        var w1 = array(vec4<wt>(), vec4<wt>());
-        if r < p.rows {
-            w0 = weights8(r, k0 + lh, p.cols);
-            w1 = weights8(r, k0 + lh + 8u, p.cols);
-        }
-        let t = t_base + lr;
-        var xs: array<vec4<f32>, 4>;
-        if t < p.n {
-            let i = (t * p.cols + k0 + lh) / 4u;
-            for (var e = 0u; e < 4u; e++) {
-                xs[e] = x[i + e];
-            }
-        }
-        let o = lr * CKV + lh / 4u;
-        b_tile[o] = vec4<f16>(w0[0]);
-        b_tile[o + 1u] = vec4<f16>(w0[1]);
-        b_tile[o + 2u] = vec4<f16>(w1[0]);
-        b_tile[o + 3u] = vec4<f16>(w1[1]);
-        for (var e = 0u; e < 4u; e++) {
-            a_tile[o + e] = f16x4(xs[e]);
+        for (var e = 0u; e < LANE_V; e++) {
+            b_tile[o + e] = vec4<f16>(s.w[e]);
+            a_tile[o + e] = f16x4(s.x[e]);
         }
         workgroupBarrier();
+        if k0 + CK < p.cols {
+            s = coop_fetch(r, t, k0 + CK + lh);
+        }
         for (var kv = 0u; kv < CK / 4u; kv += 4u) {
             let a0 = coopLoadT<coop_mat16x16<f16, A>>(&a_tile[st * CKV + kv], CKV);
             let a1 = coopLoadT<coop_mat16x16<f16, A>>(&a_tile[(st + 16u) * CKV + kv], CKV);
@@ -658,23 +678,23 @@ fn matmul_tiled(inv: Invocation) {
     // Rows 16q .. 16q + 16 per round: fragment q % 4 of the subgroups whose 64 rows hold them.
     for (var q = 0u; q < TILE_R / C_ROWS; q++) {
         if sr / 64u == q / 4u {
-            let o = st * C_ROWS;
+            let oc = st * C_ROWS;
             switch q % 4u {
                 case 0u: {
-                    coopStoreT(c00, &c_tile[o], C_ROWS);
-                    coopStoreT(c10, &c_tile[o + 16u * C_ROWS], C_ROWS);
+                    coopStoreT(c00, &c_tile[oc], C_ROWS);
+                    coopStoreT(c10, &c_tile[oc + 16u * C_ROWS], C_ROWS);
                 }
                 case 1u: {
-                    coopStoreT(c01, &c_tile[o], C_ROWS);
-                    coopStoreT(c11, &c_tile[o + 16u * C_ROWS], C_ROWS);
+                    coopStoreT(c01, &c_tile[oc], C_ROWS);
+                    coopStoreT(c11, &c_tile[oc + 16u * C_ROWS], C_ROWS);
                 }
                 case 2u: {
-                    coopStoreT(c02, &c_tile[o], C_ROWS);
-                    coopStoreT(c12, &c_tile[o + 16u * C_ROWS], C_ROWS);
+                    coopStoreT(c02, &c_tile[oc], C_ROWS);
+                    coopStoreT(c12, &c_tile[oc + 16u * C_ROWS], C_ROWS);
                 }
                 default: {
-                    coopStoreT(c03, &c_tile[o], C_ROWS);
-                    coopStoreT(c13, &c_tile[o + 16u * C_ROWS], C_ROWS);
+                    coopStoreT(c03, &c_tile[oc], C_ROWS);
+                    coopStoreT(c13, &c_tile[oc + 16u * C_ROWS], C_ROWS);
                 }
             }
         }

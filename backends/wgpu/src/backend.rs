@@ -1,7 +1,7 @@
 //! [`WgpuBackend`]: the [`Backend`] operations as WGSL kernels recorded into one command
 //! encoder; only [`Backend::read`] and [`Backend::flush`] submit.
 
-use crate::device::{GpuDevice, WgpuOptions, COOP_TILE_R, COOP_TILE_T};
+use crate::device::{GpuDevice, WgpuOptions, COOP_TILE_K, COOP_TILE_R, COOP_TILE_T};
 use crate::pipelines::{PipelineCache, Slot};
 use crate::profiling::KernelTiming;
 use crate::recorder::{wait_read, Bind, Dispatch, Recorder};
@@ -1039,10 +1039,10 @@ impl WgpuBackend {
         // Prefill on cooperative matrices: fixed 128-token × 128-row tiles (eight 32-lane
         // subgroups of 32 × 64 outputs each).
         let coop = tiled && self.dev.coop_matrix;
-        let (tile_t, tile_r) = if coop {
-            (COOP_TILE_T, COOP_TILE_R)
+        let (tile_t, tile_r, tile_k) = if coop {
+            (COOP_TILE_T, COOP_TILE_R, COOP_TILE_K)
         } else {
-            (t.tile_t, t.tile_r)
+            (t.tile_t, t.tile_r, t.tile_k())
         };
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(gw.kind, self.dev.f16));
@@ -1065,7 +1065,7 @@ impl WgpuBackend {
             ),
             ("TILE_T", Define::U32(tile_t)),
             ("TILE_R", Define::U32(tile_r)),
-            ("TILE_K", Define::U32(t.tile_k())),
+            ("TILE_K", Define::U32(tile_k)),
             ("COOP_TILED", Define::Bool(coop)),
             (
                 "INT_TILED",

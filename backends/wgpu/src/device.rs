@@ -255,10 +255,13 @@ pub(crate) struct GpuDevice {
 /// Tokens × rows of a cooperative-matrix prefill tile (matmul.wgsl, `COOP_TILED`).
 pub(crate) const COOP_TILE_T: u32 = 128;
 pub(crate) const COOP_TILE_R: u32 = 128;
+/// Columns per step of that kernel.
+pub(crate) const COOP_TILE_K: u32 = 32;
 
-/// Workgroup memory of that kernel: f16 tiles of its tokens and rows, 40 halves each (32
-/// columns and the padding), and the sums of its tokens × 16 rows in f32.
-const COOP_WORKGROUP_BYTES: u32 = (COOP_TILE_T + COOP_TILE_R) * 40 * 2 + COOP_TILE_T * 16 * 4;
+/// Workgroup memory of that kernel: f16 tiles of its tokens and rows, `COOP_TILE_K + 8` halves
+/// each (the columns and the padding), and the sums of its tokens × 16 rows in f32.
+const COOP_WORKGROUP_BYTES: u32 =
+    (COOP_TILE_T + COOP_TILE_R) * (COOP_TILE_K + 8) * 2 + COOP_TILE_T * 16 * 4;
 
 fn not_supported(msg: impl Into<String>) -> Error {
     Error::new(ErrorCode::WebgpuNotSupported, msg)

@@ -222,12 +222,13 @@ mod tests {
 
     /// The cooperative-matrix prefill kernel (`COOP_TILED`) runs only on GPUs with
     /// `VK_KHR_cooperative_matrix` (CI's lavapipe has none), so naga's parser and validator check
-    /// every variant here: each weight kind and width, with and without the residual add.
+    /// every variant here: each weight kind and width, with and without the residual add, at 32
+    /// and 64 columns per step.
     #[test]
     fn coop_prefill_kernel_validates_in_naga() {
         use wgpu::naga;
         let kinds = [(0u32, 8u32), (0, 4), (0, 3), (0, 2), (1, 8), (2, 8)];
-        for (kind, bits) in kinds {
+        for (kind, bits, tile_k) in kinds.iter().flat_map(|&(k, b)| [(k, b, 32u32), (k, b, 64)]) {
             for accumulate in [false, true] {
                 let d = vec![
                     ("WORKGROUP_SIZE", Define::U32(256)),
@@ -243,7 +244,7 @@ mod tests {
                     ("ORDER", Define::U32(0)),
                     ("TILE_T", Define::U32(128)),
                     ("TILE_R", Define::U32(128)),
-                    ("TILE_K", Define::U32(32)),
+                    ("TILE_K", Define::U32(tile_k)),
                     ("COOP_TILED", Define::Bool(true)),
                     ("INT_TILED", Define::Bool(false)),
                     ("WIDE", Define::Bool(false)),
@@ -267,7 +268,12 @@ mod tests {
                     naga::valid::Capabilities::all(),
                 )
                 .validate(&module)
-                .unwrap_or_else(|e| panic!("kind {kind} bits {bits}: {}", e.emit_to_string(&src)));
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "kind {kind} bits {bits} k {tile_k}: {}",
+                        e.emit_to_string(&src)
+                    )
+                });
                 assert!(module.entry_points.iter().any(|e| e.name == "matmul_tiled"));
             }
         }
