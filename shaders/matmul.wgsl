@@ -575,9 +575,9 @@ fn matvec(inv: Invocation) {
 #if COOP_TILED
 // Prefill on the matrix units (cooperative matrices, 16 × 16 × 16 f16 products with f32 sums):
 // a workgroup of eight 32-lane subgroups computes TILE_T (128) tokens × TILE_R (128) rows. Each
-// step dequantizes the tile's rows over 32 columns to f16 (`weights8`, every weight kind) and
-// converts the tokens' 32 activations to f16 (clamped to the f16 range) in workgroup memory,
-// four values per store; subgroup s then multiplies tokens 32 (s / 2) .. + 32 by rows
+// step dequantizes the tile's rows over CK (TILE_K) columns to f16 (`weights8`, every weight
+// kind) and converts the tokens' CK activations to f16 (clamped to the f16 range) in workgroup
+// memory, four values per store; subgroup s then multiplies tokens 32 (s / 2) .. + 32 by rows
 // 64 (s % 2) .. + 64 as 2 × 4 products per 16 columns. The sums leave through workgroup memory,
 // 16 rows at a time, so `store` applies the epilogue (ACCUMULATE) and edge tiles are cut.
 const PER_T: u32 = 1u; // (store_tile's, unused)
