@@ -143,7 +143,8 @@ fn generate_json_streams_and_reports_stats() {
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
 }
 
-/// `bench` says which backend and kernel paths produced its table, in text and in JSON.
+/// `bench` says which backend and kernel paths produced its table, in text and in JSON; the
+/// table (printed row by row as each precision is measured) has one header and every row.
 #[test]
 fn bench_names_its_backend_and_features() {
     let run = |json: bool| {
@@ -151,7 +152,7 @@ fn bench_names_its_backend_and_features() {
         c.args(["bench", "--backend", "cpu", "--synthetic", "smollm2-135m"])
             .args([
                 "--quants",
-                "int4",
+                "int4,int8",
                 "--prompt-tokens",
                 "4",
                 "--gen-tokens",
@@ -170,6 +171,28 @@ fn bench_names_its_backend_and_features() {
         String::from_utf8(out.stdout).unwrap()
     };
     let text = run(false);
+    assert_eq!(
+        text.lines().filter(|l| l.starts_with("| engine |")).count(),
+        1,
+        "{text}"
+    );
+    let rows: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("| lowbit |"))
+        .collect();
+    assert_eq!(rows.len(), 4, "{text}");
+    for (row, (precision, test)) in rows.iter().zip([
+        ("int4", "pp4"),
+        ("int4", "tg2"),
+        ("int8", "pp4"),
+        ("int8", "tg2"),
+    ]) {
+        assert!(
+            row.contains(&format!("| {precision}-g32-sym |"))
+                && row.contains(&format!("| {test} |")),
+            "{row}"
+        );
+    }
     let line = text
         .lines()
         .find(|l| l.starts_with("backend: cpu on "))

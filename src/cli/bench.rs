@@ -241,6 +241,25 @@ fn bench_peer(bin: &Path, model: &Path, a: &BenchArgs, threads: usize) -> Result
 }
 
 /// Runs `lowbit bench`.
+/// One row of the results table (markdown, as llama-bench prints).
+fn print_row(r: &Row) {
+    println!(
+        "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.2} ± {:.2} | {} |",
+        r.engine,
+        r.model,
+        r.precision,
+        r.bits_per_weight,
+        r.size_mb,
+        r.threads,
+        r.test,
+        r.tokens_per_s,
+        r.stddev,
+        r.weight_gb_per_s
+            .map(|b| format!("{b:.2}"))
+            .unwrap_or_else(|| "-".into())
+    );
+}
+
 pub fn run(a: &BenchArgs) -> Result<()> {
     if a.reps == 0 {
         return Err(Error::invalid_config("--reps must be at least 1"));
@@ -259,6 +278,23 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut copy_gbs = None;
     let mut starts = Vec::new();
     let mut backend_info = None;
+    // The table's rows are printed as they are measured (a long run that is stopped keeps what
+    // it measured); JSON is one object at the end.
+    let table = !a.model.json;
+    let mut printed = 0;
+    let mut print_rows = |r: &[Row]| {
+        if !table {
+            return;
+        }
+        if printed == 0 {
+            println!(
+                "| engine | model | precision | bits/weight | size MB | threads | test | tokens/s | weight GB/s |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|");
+        }
+        r.iter().for_each(print_row);
+        printed += r.len();
+    };
     for q in &quants {
         let mut opts = a.model.load_options(q)?;
         opts.synthetic = a.synthetic.clone();
@@ -297,6 +333,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         backend_info = Some(backend.info());
         backend.reset_kernel_timings();
         let (r, kv) = bench_model(model.as_ref(), a, threads)?;
+        print_rows(&r);
         rows.extend(r);
         kv_bytes = kv;
         if a.kernel_timings || a.host_timings {
@@ -313,7 +350,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     }
     if let Some(bin) = &a.llama_bench {
         for m in &a.peer_models {
-            rows.extend(bench_peer(bin, m, a, threads)?);
+            let r = bench_peer(bin, m, a, threads)?;
+            print_rows(&r);
+            rows.extend(r);
         }
     }
     if a.model.json {
@@ -333,27 +372,6 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         });
         println!("{v}");
         return Ok(());
-    }
-    println!(
-        "| engine | model | precision | bits/weight | size MB | threads | test | tokens/s | weight GB/s |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|");
-    for r in &rows {
-        println!(
-            "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.2} ± {:.2} | {} |",
-            r.engine,
-            r.model,
-            r.precision,
-            r.bits_per_weight,
-            r.size_mb,
-            r.threads,
-            r.test,
-            r.tokens_per_s,
-            r.stddev,
-            r.weight_gb_per_s
-                .map(|b| format!("{b:.2}"))
-                .unwrap_or_else(|| "-".into())
-        );
     }
     if !starts.is_empty() {
         println!("\nstart-up (load = weights read and uploaded; compile = warm-up forward passes that build every kernel):");
