@@ -103,9 +103,11 @@ pub fn model_facts(path: &Path) -> Result<ModelFacts> {
     })
 }
 
-/// Probes adapters and the CPU; with `model`, reads the model's header too.
+/// Probes adapters (once per process: each configuration resolved, e.g. one per precision of a
+/// `bench` run, reuses the list) and the CPU; with `model`, reads the model's header too.
 pub fn detect(model: Option<&Path>) -> Detection {
-    let adapters = lowbit_wgpu::probe_adapters();
+    static ADAPTERS: std::sync::OnceLock<Vec<AdapterReport>> = std::sync::OnceLock::new();
+    let adapters = ADAPTERS.get_or_init(lowbit_wgpu::probe_adapters).clone();
     let cpu = match lowbit_cpu::CpuBackend::new(1) {
         Ok(b) => b.info().device,
         Err(e) => e.to_string(),
