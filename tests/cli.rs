@@ -86,6 +86,38 @@ fn bad_flag_values_are_invalid_config() {
     }
 }
 
+/// `bench` refuses, before measuring anything, a run with nothing to measure and a test longer
+/// than the model's context (which would otherwise allocate until the OS kills it).
+#[test]
+fn bench_refuses_empty_runs_and_tests_past_the_context() {
+    for (tokens, says) in [
+        (["0", "0"], "nothing to measure"),
+        (["9000", "1"], "context length of 8192"),
+        (["16", "8192"], "needs 8193 positions"),
+    ] {
+        let out = lowbit()
+            .args([
+                "bench",
+                "--json",
+                "--backend",
+                "cpu",
+                "--synthetic",
+                "smollm2-135m",
+            ])
+            .args(["--quants", "int4", "--reps", "1", "--threads", "2"])
+            .args(["--prompt-tokens", tokens[0], "--gen-tokens", tokens[1]])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{tokens:?}");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["error"]["code"], "INVALID_CONFIG", "{tokens:?}: {v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(says),
+            "{tokens:?}: {v}"
+        );
+    }
+}
+
 /// A group size the kernels cannot use is auto-corrected by the config validator (not an
 /// error), and the correction is reported on stderr with the reason.
 #[test]

@@ -105,8 +105,19 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
 /// Runs the tests on one model; returns the rows and the bytes of the KV cache they used.
 fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<(Vec<Row>, usize)> {
     let vocab = model.config().vocab_size;
-    let ctx = a.prompt_tokens.max(a.gen_tokens) + 1;
-    let mut cache = model.new_cache(ctx)?;
+    // pp needs the prompt's positions of the KV cache, tg one first token's and its own.
+    let need = a.prompt_tokens.max(a.gen_tokens + 1);
+    let limit = model.config().context_length;
+    if limit > 0 && need > limit {
+        return Err(Error::invalid_config(format!(
+            "--prompt-tokens {} / --gen-tokens {}: a test needs {need} positions, more than \
+             {}'s context length of {limit}",
+            a.prompt_tokens,
+            a.gen_tokens,
+            model.config().name
+        )));
+    }
+    let mut cache = model.new_cache(need)?;
     let mut rows = Vec::new();
     let base = |test: String, (tps, sd): (f64, f64), bw: Option<f64>| Row {
         engine: "lowbit".into(),
@@ -264,6 +275,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.reps == 0 {
         return Err(Error::invalid_config("--reps must be at least 1"));
     }
+    if a.prompt_tokens == 0 && a.gen_tokens == 0 && !a.ttft {
+        return Err(Error::invalid_config(
+            "nothing to measure: --prompt-tokens and --gen-tokens are both 0",
+        ));
+    }
     let threads = if a.model.threads == 0 {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -283,7 +299,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let table = !a.model.json;
     let mut printed = 0;
     let mut print_rows = |r: &[Row]| {
-        if !table {
+        if !table || r.is_empty() {
             return;
         }
         if printed == 0 {
