@@ -46,6 +46,13 @@ pub fn perplexity(
             "--ctx must be at least 4, got {ctx}"
         )));
     }
+    let limit = model.config().context_length;
+    if limit > 0 && ctx > limit {
+        return Err(Error::invalid_config(format!(
+            "--ctx {ctx} is more than {}'s context length of {limit}",
+            model.config().name
+        )));
+    }
     let tok = model.tokenizer();
     let tokens = tok.encode(text, true)?;
     if tokens.len() < 2 * ctx {

@@ -118,6 +118,45 @@ fn bench_refuses_empty_runs_and_tests_past_the_context() {
     }
 }
 
+/// `perplexity` refuses chunks longer than the model's context (their logits alone would take
+/// ctx × vocab × 4 bytes: 19.7 GB for 100,000 tokens of SmolLM2).
+#[test]
+fn perplexity_refuses_ctx_past_the_context() {
+    let out = lowbit()
+        .args([
+            "perplexity",
+            "--json",
+            "--backend",
+            "cpu",
+            "--quant",
+            "int4",
+        ])
+        .args([
+            "--threads",
+            "2",
+            "--ctx",
+            "100000",
+            "--chunks",
+            "1",
+            "--model",
+        ])
+        .arg(common::smollm2())
+        .arg("--file")
+        .arg(common::brown())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "INVALID_CONFIG", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context length of 8192"),
+        "{v}"
+    );
+}
+
 /// A group size the kernels cannot use is auto-corrected by the config validator (not an
 /// error), and the correction is reported on stderr with the reason.
 #[test]
