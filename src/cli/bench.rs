@@ -251,7 +251,6 @@ fn bench_peer(bin: &Path, model: &Path, a: &BenchArgs, threads: usize) -> Result
     Ok(rows)
 }
 
-/// Runs `lowbit bench`.
 /// One row of the results table (markdown, as llama-bench prints).
 fn print_row(r: &Row) {
     println!(
@@ -271,6 +270,7 @@ fn print_row(r: &Row) {
     );
 }
 
+/// Runs `lowbit bench`.
 pub fn run(a: &BenchArgs) -> Result<()> {
     if a.reps == 0 {
         return Err(Error::invalid_config("--reps must be at least 1"));
