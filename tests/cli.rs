@@ -90,24 +90,28 @@ fn bad_flag_values_are_invalid_config() {
 /// than the model's context (which would otherwise allocate until the OS kills it).
 #[test]
 fn bench_refuses_empty_runs_and_tests_past_the_context() {
-    for (tokens, says) in [
-        (["0", "0"], "nothing to measure"),
-        (["9000", "1"], "context length of 8192"),
-        (["16", "8192"], "needs 8193 positions"),
+    for (tokens, ttft, says) in [
+        (["0", "0"], false, "nothing to measure"),
+        (["9000", "1"], false, "context length of 8192"),
+        (["16", "8192"], false, "needs 8193 positions"),
+        (["9000", "0"], true, "context length of 8192"),
     ] {
-        let out = lowbit()
+        let mut c = lowbit();
+        c.args(["bench", "--json", "--backend", "cpu", "--synthetic"])
             .args([
-                "bench",
-                "--json",
-                "--backend",
-                "cpu",
-                "--synthetic",
                 "smollm2-135m",
+                "--quants",
+                "int4",
+                "--reps",
+                "1",
+                "--threads",
+                "2",
             ])
-            .args(["--quants", "int4", "--reps", "1", "--threads", "2"])
-            .args(["--prompt-tokens", tokens[0], "--gen-tokens", tokens[1]])
-            .output()
-            .unwrap();
+            .args(["--prompt-tokens", tokens[0], "--gen-tokens", tokens[1]]);
+        if ttft {
+            c.arg("--ttft");
+        }
+        let out = c.output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{tokens:?}");
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v["error"]["code"], "INVALID_CONFIG", "{tokens:?}: {v}");

@@ -102,10 +102,9 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// Runs the tests on one model; returns the rows and the bytes of the KV cache they used.
-fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<(Vec<Row>, usize)> {
-    let vocab = model.config().vocab_size;
-    // pp needs the prompt's positions of the KV cache, tg one first token's and its own.
+/// KV-cache positions the tests need (pp: the prompt's; tg: one first token's and its own; the
+/// TTFT prompt is pp's), or `INVALID_CONFIG` when that is more than the model's context.
+fn kv_positions(model: &dyn TextModel, a: &BenchArgs) -> Result<usize> {
     let need = a.prompt_tokens.max(a.gen_tokens + 1);
     let limit = model.config().context_length;
     if limit > 0 && need > limit {
@@ -117,6 +116,13 @@ fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<(
             model.config().name
         )));
     }
+    Ok(need)
+}
+
+/// Runs the tests on one model; returns the rows and the bytes of the KV cache they used.
+fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<(Vec<Row>, usize)> {
+    let vocab = model.config().vocab_size;
+    let need = kv_positions(model, a)?;
     let mut cache = model.new_cache(need)?;
     let mut rows = Vec::new();
     let base = |test: String, (tps, sd): (f64, f64), bw: Option<f64>| Row {
@@ -318,6 +324,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         opts.warm_up = !a.ttft;
         let t = Instant::now();
         let (model, backend) = a.model.load_with(&opts)?;
+        kv_positions(model.as_ref(), a)?;
         if a.ttft {
             let load_ms = t.elapsed().as_secs_f64() * 1e3;
             let w = lowbit::load::warm_up(model.as_ref(), backend.as_ref())?;
