@@ -8,6 +8,18 @@ fn lowbit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lowbit"))
 }
 
+/// The output of a `--json` command that must fail: asserts exit status 1 and error `code` on
+/// stdout, and returns the error's message. `what` names the case in failures.
+fn json_error(out: std::process::Output, code: &str, what: &str) -> String {
+    assert_eq!(out.status.code(), Some(1), "{what}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], code, "{what}: {v}");
+    v["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 #[test]
 fn help_lists_every_subcommand_and_explains_flags() {
     let out = lowbit().arg("--help").output().unwrap();
@@ -56,15 +68,12 @@ fn truncated_model_gives_model_loading_failed_as_json() {
     let src = std::fs::read(common::smollm2()).unwrap();
     let bad = std::env::temp_dir().join(format!("lowbit-trunc-{}.gguf", std::process::id()));
     std::fs::write(&bad, &src[..src.len() / 3]).unwrap();
-    let out = lowbit()
-        .args(["generate", "--json", "--prompt", "hi", "--model"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    let mut c = lowbit();
+    c.args(["generate", "--json", "--prompt", "hi", "--model"])
+        .arg(&bad);
+    let out = c.output().unwrap();
     std::fs::remove_file(&bad).ok();
-    assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["error"]["code"], "MODEL_LOADING_FAILED", "{v}");
+    json_error(out, "MODEL_LOADING_FAILED", "truncated");
 }
 
 #[test]
@@ -74,15 +83,11 @@ fn bad_flag_values_are_invalid_config() {
         vec!["--temperature=-1"],
         vec!["--top-p", "1.5"],
     ] {
-        let out = lowbit()
-            .args(["generate", "--json", "--prompt", "hi", "--model"])
+        let mut c = lowbit();
+        c.args(["generate", "--json", "--prompt", "hi", "--model"])
             .arg(common::smollm2())
-            .args(&args)
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["error"]["code"], "INVALID_CONFIG", "{args:?}: {v}");
+            .args(&args);
+        json_error(c.output().unwrap(), "INVALID_CONFIG", &format!("{args:?}"));
     }
 }
 
@@ -111,14 +116,12 @@ fn bench_refuses_empty_runs_and_tests_past_the_context() {
         if ttft {
             c.arg("--ttft");
         }
-        let out = c.output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{tokens:?}");
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["error"]["code"], "INVALID_CONFIG", "{tokens:?}: {v}");
-        assert!(
-            v["error"]["message"].as_str().unwrap().contains(says),
-            "{tokens:?}: {v}"
+        let message = json_error(
+            c.output().unwrap(),
+            "INVALID_CONFIG",
+            &format!("{tokens:?}"),
         );
+        assert!(message.contains(says), "{tokens:?}: {message}");
     }
 }
 
@@ -126,39 +129,29 @@ fn bench_refuses_empty_runs_and_tests_past_the_context() {
 /// ctx × vocab × 4 bytes: 19.7 GB for 100,000 tokens of SmolLM2).
 #[test]
 fn perplexity_refuses_ctx_past_the_context() {
-    let out = lowbit()
-        .args([
-            "perplexity",
-            "--json",
-            "--backend",
-            "cpu",
-            "--quant",
-            "int4",
-        ])
-        .args([
-            "--threads",
-            "2",
-            "--ctx",
-            "100000",
-            "--chunks",
-            "1",
-            "--model",
-        ])
-        .arg(common::smollm2())
-        .arg("--file")
-        .arg(common::brown())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(v["error"]["code"], "INVALID_CONFIG", "{v}");
-    assert!(
-        v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("context length of 8192"),
-        "{v}"
-    );
+    let mut c = lowbit();
+    c.args([
+        "perplexity",
+        "--json",
+        "--backend",
+        "cpu",
+        "--quant",
+        "int4",
+    ])
+    .args([
+        "--threads",
+        "2",
+        "--ctx",
+        "100000",
+        "--chunks",
+        "1",
+        "--model",
+    ])
+    .arg(common::smollm2())
+    .arg("--file")
+    .arg(common::brown());
+    let message = json_error(c.output().unwrap(), "INVALID_CONFIG", "--ctx 100000");
+    assert!(message.contains("context length of 8192"), "{message}");
 }
 
 /// A group size the kernels cannot use is auto-corrected by the config validator (not an

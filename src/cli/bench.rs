@@ -119,11 +119,16 @@ fn kv_positions(model: &dyn TextModel, a: &BenchArgs) -> Result<usize> {
     Ok(need)
 }
 
-/// Runs the tests on one model; returns the rows and the bytes of the KV cache they used.
-fn bench_model(model: &dyn TextModel, a: &BenchArgs, threads: usize) -> Result<(Vec<Row>, usize)> {
+/// Runs the tests on one model in a KV cache of `positions` ([`kv_positions`]); returns the
+/// rows and the bytes of the KV cache they used.
+fn bench_model(
+    model: &dyn TextModel,
+    a: &BenchArgs,
+    threads: usize,
+    positions: usize,
+) -> Result<(Vec<Row>, usize)> {
     let vocab = model.config().vocab_size;
-    let need = kv_positions(model, a)?;
-    let mut cache = model.new_cache(need)?;
+    let mut cache = model.new_cache(positions)?;
     let mut rows = Vec::new();
     let base = |test: String, (tps, sd): (f64, f64), bw: Option<f64>| Row {
         engine: "lowbit".into(),
@@ -303,19 +308,19 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     // The table's rows are printed as they are measured (a long run that is stopped keeps what
     // it measured); JSON is one object at the end.
     let table = !a.model.json;
-    let mut printed = 0;
+    let mut header_printed = false;
     let mut print_rows = |r: &[Row]| {
         if !table || r.is_empty() {
             return;
         }
-        if printed == 0 {
+        if !header_printed {
             println!(
                 "| engine | model | precision | bits/weight | size MB | threads | test | tokens/s | weight GB/s |"
             );
             println!("|---|---|---|---|---|---|---|---|---|");
         }
         r.iter().for_each(print_row);
-        printed += r.len();
+        header_printed = true;
     };
     for q in &quants {
         let mut opts = a.model.load_options(q)?;
@@ -324,7 +329,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         opts.warm_up = !a.ttft;
         let t = Instant::now();
         let (model, backend) = a.model.load_with(&opts)?;
-        kv_positions(model.as_ref(), a)?;
+        let positions = kv_positions(model.as_ref(), a)?;
         if a.ttft {
             let load_ms = t.elapsed().as_secs_f64() * 1e3;
             let w = lowbit::load::warm_up(model.as_ref(), backend.as_ref())?;
@@ -355,7 +360,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
         backend_info = Some(backend.info());
         backend.reset_kernel_timings();
-        let (r, kv) = bench_model(model.as_ref(), a, threads)?;
+        let (r, kv) = bench_model(model.as_ref(), a, threads, positions)?;
         print_rows(&r);
         rows.extend(r);
         kv_bytes = kv;
