@@ -68,10 +68,11 @@ fn truncated_model_gives_model_loading_failed_as_json() {
     let src = std::fs::read(common::smollm2()).unwrap();
     let bad = std::env::temp_dir().join(format!("lowbit-trunc-{}.gguf", std::process::id()));
     std::fs::write(&bad, &src[..src.len() / 3]).unwrap();
-    let mut c = lowbit();
-    c.args(["generate", "--json", "--prompt", "hi", "--model"])
-        .arg(&bad);
-    let out = c.output().unwrap();
+    let out = lowbit()
+        .args(["generate", "--json", "--prompt", "hi", "--model"])
+        .arg(&bad)
+        .output()
+        .unwrap();
     std::fs::remove_file(&bad).ok();
     json_error(out, "MODEL_LOADING_FAILED", "truncated");
 }
