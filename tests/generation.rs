@@ -6,16 +6,12 @@ mod common;
 use lowbit::core::adapter::TextModel;
 use lowbit::core::generate::{generate, FinishReason, GenerateOptions, SamplingParams};
 use lowbit::core::ErrorCode;
-use lowbit::load::{load_text_model, LoadOptions, QuantMethod};
 
 fn model() -> Box<dyn TextModel> {
-    let opts = LoadOptions {
-        model: Some(common::smollm2()),
-        quant: QuantMethod::Int8,
-        backend: "cpu".into(),
-        ..Default::default()
-    };
-    load_text_model(&opts, &mut |_, _, _| {}).unwrap()
+    common::smollm2_plan("cpu", "int8")
+        .load(&mut |_, _, _| {})
+        .unwrap()
+        .0
 }
 
 fn run(

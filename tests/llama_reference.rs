@@ -6,20 +6,13 @@ mod common;
 
 use lowbit::core::adapter::TextModel;
 use lowbit::core::generate::{generate, GenerateOptions, SamplingParams};
-use lowbit::core::quant::Scheme;
-use lowbit::load::{load_text_model, LoadOptions, QuantMethod};
 use lowbit::perplexity::perplexity;
 
-fn load(quant: QuantMethod) -> Box<dyn TextModel> {
-    let opts = LoadOptions {
-        model: Some(common::smollm2()),
-        quant,
-        group_size: 32,
-        scheme: Scheme::Symmetric,
-        backend: "cpu".into(),
-        ..Default::default()
-    };
-    load_text_model(&opts, &mut |_, _, _| {}).expect("load SmolLM2")
+fn load(method: &str) -> Box<dyn TextModel> {
+    common::smollm2_plan("cpu", method)
+        .load(&mut |_, _, _| {})
+        .expect("load SmolLM2")
+        .0
 }
 
 fn fixture(path: &str) -> serde_json::Value {
@@ -36,7 +29,7 @@ fn ppl(model: &dyn TextModel, chunks: usize) -> f64 {
 
 #[test]
 fn greedy_fp32_matches_llama_cpp_on_at_least_4_of_5_prompts() {
-    let model = load(QuantMethod::Fp32);
+    let model = load("fp32");
     let refs = fixture("tests/fixtures/llamacpp_greedy.json");
     let refs = refs.as_array().unwrap();
     assert_eq!(refs.len(), 5);
@@ -93,7 +86,7 @@ fn perplexity_fp32_within_1_percent_of_llama_cpp_and_int8_within_half_percent() 
         .expect("llama.cpp F32 4-chunk reference")["ppl"]
         .as_f64()
         .unwrap();
-    let fp32 = ppl(load(QuantMethod::Fp32).as_ref(), 4);
+    let fp32 = ppl(load("fp32").as_ref(), 4);
     let rel = (fp32 / want - 1.0).abs();
     assert!(
         rel < 0.01,
@@ -101,7 +94,7 @@ fn perplexity_fp32_within_1_percent_of_llama_cpp_and_int8_within_half_percent() 
         rel * 100.0
     );
     // int8 (group 32, symmetric): the bound is 0.5% from fp32.
-    let int8 = ppl(load(QuantMethod::Int8).as_ref(), 4);
+    let int8 = ppl(load("int8").as_ref(), 4);
     let rel8 = (int8 / fp32 - 1.0).abs();
     assert!(
         rel8 < 0.005,

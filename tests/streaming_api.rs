@@ -229,11 +229,18 @@ fn a_toml_config_file_sets_up_the_engine() {
         ),
     )
     .unwrap();
-    let (cfg, path) = InferenceConfig::from_file(&file).unwrap();
-    assert_eq!(path.as_deref(), Some(smollm2_path().as_path()));
-    assert_eq!(cfg.quant, lowbit::load::QuantMethod::Int8);
-    assert_eq!((cfg.group_size, cfg.backend.as_str()), (32, "cpu"));
-    assert_eq!((cfg.max_context, cfg.max_batch_size), (300, 3));
+    let cfg = InferenceConfig::from_file(&file).unwrap();
+    assert_eq!(
+        cfg.plan.model,
+        lowbit::plan::ModelChoice::File(smollm2_path())
+    );
+    assert_eq!(cfg.plan.weights.method(), "int8");
+    assert_eq!(cfg.plan.weights.label(), "int8-g32-asym");
+    assert_eq!(cfg.plan.backend.name, "cpu");
+    assert_eq!(
+        (cfg.plan.kv_cache.max_seq_len, cfg.max_batch_size),
+        (300, 3)
+    );
     assert!(!cfg.adaptive_batch_size && cfg.optimize_for_latency);
     // A value the validator rejects is an INVALID_CONFIG error, not a silent default.
     std::fs::write(&file, "[runtime]\nbackend = \"webgpu\"\nfallback = 7\n").unwrap();
@@ -244,16 +251,20 @@ fn a_toml_config_file_sets_up_the_engine() {
 
 #[test]
 fn optimize_for_browser_reloads_the_model_under_the_profile() {
-    let cfg = InferenceConfig {
-        quant: lowbit::load::QuantMethod::Int2,
-        ..test_config()
-    };
+    let mut cfg = test_config();
+    cfg.plan.weights = lowbit::core::adapter::QuantPlan::for_method(
+        "int2",
+        32,
+        lowbit::core::quant::Scheme::Symmetric,
+    )
+    .unwrap();
     let e = lowbit::streaming::StreamingInference::new(smollm2_path(), cfg).unwrap();
     assert!(e.generate("Hi", greedy(2), |_, _| {}).is_ok());
     // Safari has no 2-bit kernels: the profile's validation moves the weights to 4 bits.
     let e = e.optimize_for_browser("safari").unwrap();
-    assert_eq!(e.config().quant, lowbit::load::QuantMethod::Int4);
-    assert_eq!(e.config().profile.as_deref(), Some("safari"));
+    assert_eq!(e.config().plan.weights.method(), "int4");
+    assert_eq!(e.model().plan().method(), "int4");
+    assert_eq!(e.config().plan.backend.profile.as_deref(), Some("safari"));
     assert!(!e.generate("Hi", greedy(4), |_, _| {}).unwrap().is_empty());
     let err = e.optimize_for_browser("netscape").map(|_| ()).unwrap_err();
     assert_eq!(err.code(), "INVALID_CONFIG", "{err}");

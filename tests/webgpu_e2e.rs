@@ -8,22 +8,26 @@ mod common;
 
 use lowbit::core::adapter::Logits;
 use lowbit::core::generate::{argmax, generate, GenerateOptions};
-use lowbit::load::{load_text_model, LoadOptions, QuantMethod};
+use lowbit::core::registry::{BackendTuning, MatvecShape};
 use lowbit::perplexity::perplexity;
 
-fn load(backend: &str, quant: QuantMethod) -> Box<dyn lowbit::core::adapter::TextModel> {
-    let opts = LoadOptions {
-        model: Some(common::smollm2()),
-        quant,
-        backend: backend.into(),
-        ..Default::default()
-    };
-    load_text_model(&opts, &mut |_, _, _| {})
-        .unwrap_or_else(|e| panic!("load {quant:?} on {backend}: {e}"))
+/// Loads SmolLM2 at `quant` on `backend` with `tuning` (which lets the WebGPU backend take a
+/// software adapter: CI has no GPU).
+fn load(
+    backend: &str,
+    quant: &str,
+    tuning: &BackendTuning,
+) -> Box<dyn lowbit::core::adapter::TextModel> {
+    let mut plan = common::smollm2_plan(backend, quant);
+    plan.backend.tuning = tuning.clone();
+    plan.backend.tuning.webgpu.allow_software_adapter = true;
+    plan.load(&mut |_, _, _| {})
+        .unwrap_or_else(|e| panic!("load {quant} on {backend}: {e}"))
+        .0
 }
 
-fn greedy(backend: &str, prompt: &str) -> Vec<u32> {
-    let model = load(backend, QuantMethod::Int8);
+fn greedy(backend: &str, prompt: &str, tuning: &BackendTuning) -> Vec<u32> {
+    let model = load(backend, "int8", tuning);
     let ids = model.tokenizer().encode(prompt, true).unwrap();
     let mut cache = model.new_cache(64).unwrap();
     let opts = GenerateOptions {
@@ -68,18 +72,15 @@ fn greedy(backend: &str, prompt: &str) -> Vec<u32> {
 
 /// Perplexity of SmolLM2 on the first two 64-token chunks of the Brown corpus (32 scored
 /// tokens each; small because lavapipe runs every kernel on the CPU).
-fn ppl(backend: &str, quant: QuantMethod, text: &str) -> f64 {
-    let model = load(backend, quant);
+fn ppl(backend: &str, quant: &str, text: &str, tuning: &BackendTuning) -> f64 {
+    let model = load(backend, quant, tuning);
     perplexity(model.as_ref(), text, 64, 2, &mut |_, _, _| {})
-        .unwrap_or_else(|e| panic!("perplexity {quant:?} on {backend}: {e}"))
+        .unwrap_or_else(|e| panic!("perplexity {quant} on {backend}: {e}"))
         .perplexity
 }
 
-// One test in this binary: setting the variable cannot race another test. It lets the
-// registry use a software adapter (CI has no GPU).
 #[test]
 fn webgpu_matches_the_cpu_backend_end_to_end() {
-    std::env::set_var("LOWBIT_ALLOW_SOFTWARE_ADAPTER", "1");
     let text: String = std::fs::read_to_string(common::brown())
         .expect("brown.txt")
         .chars()
@@ -89,30 +90,31 @@ fn webgpu_matches_the_cpu_backend_end_to_end() {
     // default kernels quantize activations to int8 blocks, which alone moves perplexity by
     // ~3% on chunks this short; the WebGPU prefill this perplexity runs through keeps
     // activations in f16/f32 — its decode matvec quantizes them as the CPU kernels do).
-    std::env::set_var("LOWBIT_CPU_EXACT_ACTIVATIONS", "1");
-    for quant in [QuantMethod::Fp32, QuantMethod::Int8, QuantMethod::Int4] {
-        let cpu = ppl("cpu", quant, &text);
-        let gpu = ppl("webgpu", quant, &text);
+    let mut exact = BackendTuning::default();
+    exact.cpu.exact_activations = true;
+    let default = BackendTuning::default();
+    for quant in ["fp32", "int8", "int4"] {
+        let cpu = ppl("cpu", quant, &text, &exact);
+        let gpu = ppl("webgpu", quant, &text, &default);
         let rel = (gpu - cpu).abs() / cpu;
         eprintln!(
-            "{quant:?}: perplexity cpu {cpu:.4}, webgpu {gpu:.4} ({:.3}%)",
+            "{quant}: perplexity cpu {cpu:.4}, webgpu {gpu:.4} ({:.3}%)",
             rel * 100.0
         );
         assert!(
             cpu.is_finite() && cpu > 1.0,
-            "{quant:?}: cpu perplexity {cpu}"
+            "{quant}: cpu perplexity {cpu}"
         );
         assert!(
             rel < 0.005,
-            "{quant:?}: webgpu perplexity {gpu} differs from the CPU backend's {cpu} by {:.3}%",
+            "{quant}: webgpu perplexity {gpu} differs from the CPU backend's {cpu} by {:.3}%",
             rel * 100.0
         );
     }
     // Greedy tokens against the CPU backend's default (int8-activation) kernels.
-    std::env::remove_var("LOWBIT_CPU_EXACT_ACTIVATIONS");
     let prompt = "The capital of France is";
-    let cpu = greedy("cpu", prompt);
-    let gpu = greedy("webgpu", prompt);
+    let cpu = greedy("cpu", prompt, &default);
+    let gpu = greedy("webgpu", prompt, &default);
     assert_eq!(cpu.len(), 16);
     assert_eq!(
         gpu, cpu,
@@ -121,9 +123,9 @@ fn webgpu_matches_the_cpu_backend_end_to_end() {
     // The wide decode matvec on SmolLM2's 576-value rows (16 lanes per workgroup make them
     // wide enough): 8-bit activations, the SwiGLU in the gate|up epilogue and every RMSNorm
     // but the first prepared by the residual add before it (`Backend::expect_norm`).
-    std::env::set_var("LOWBIT_WGPU_MATVEC", "16x4");
-    let wide = greedy("webgpu", prompt);
-    std::env::remove_var("LOWBIT_WGPU_MATVEC");
+    let mut wide_16 = BackendTuning::default();
+    wide_16.webgpu.matvec_shape = MatvecShape::parse("16x4");
+    let wide = greedy("webgpu", prompt, &wide_16);
     assert_eq!(
         wide, cpu,
         "webgpu greedy tokens through the wide matvec differ from the CPU backend's"

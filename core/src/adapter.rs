@@ -4,7 +4,7 @@
 use crate::backend::{Backend, BufferId};
 use crate::error::{Error, Result};
 use crate::formats::gguf::GgufFile;
-use crate::quant::QuantSpec;
+use crate::quant::{QuantSpec, Scheme};
 use crate::tokenizer::Tokenizer;
 use std::path::Path;
 use std::sync::Arc;
@@ -57,13 +57,63 @@ impl WeightPrecision {
             ),
         }
     }
+
+    /// The precision of `bits` per weight: 32 and 16 are dense floats, 2, 3, 4 and 8 packed
+    /// integers in groups of `group_size` (the bit widths of `quantization.layers.*`).
+    ///
+    /// Errors: `INVALID_CONFIG` for any other width or a group size that is not a positive
+    /// multiple of 32.
+    pub fn from_bits(bits: u32, group_size: usize, scheme: Scheme) -> Result<Self> {
+        Ok(match bits {
+            32 => WeightPrecision::F32,
+            16 => WeightPrecision::F16,
+            b => WeightPrecision::Quant(QuantSpec::new(
+                u8::try_from(b).map_err(|_| {
+                    Error::invalid_config(format!(
+                        "weight bits must be 2, 3, 4, 8, 16 or 32, got {b}"
+                    ))
+                })?,
+                group_size,
+                scheme,
+            )?),
+        })
+    }
+
+    /// Bits per stored value (16 or 32 for dense floats).
+    pub fn bits(&self) -> u32 {
+        match self {
+            WeightPrecision::F32 => 32,
+            WeightPrecision::F16 => 16,
+            WeightPrecision::Quant(s) => s.bits.into(),
+        }
+    }
+}
+
+/// The names of `quantization.method`: a uniform width (`fp32` … `int2`) for the attention and
+/// feed-forward matrices, or `mixed` (bits per role from `quantization.layers`). The one table
+/// of precision names: the config schema, the CLI and the plan all read it.
+pub const METHODS: &[&str] = &["fp32", "fp16", "int8", "int4", "int3", "int2", "mixed"];
+
+/// The bits of a uniform method name (`int4` → 4, `fp16` → 16); `None` for `mixed` and
+/// unknown names.
+pub fn method_bits(method: &str) -> Option<u32> {
+    if !METHODS.contains(&method) {
+        return None;
+    }
+    method
+        .strip_prefix("int")
+        .or_else(|| method.strip_prefix("fp"))?
+        .parse()
+        .ok()
 }
 
 /// The precision of every weight role of a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct QuantPlan {
-    /// Attention (q/k/v/o) and feed-forward matrices.
-    pub layers: WeightPrecision,
+    /// Attention matrices (q, k, v and the output projection).
+    pub attention: WeightPrecision,
+    /// Feed-forward matrices (gate, up, down).
+    pub feedforward: WeightPrecision,
     /// The token-embedding table.
     pub embedding: WeightPrecision,
     /// The output projection (the embedding table when tied).
@@ -74,9 +124,74 @@ impl QuantPlan {
     /// Every role at `p`.
     pub fn uniform(p: WeightPrecision) -> Self {
         QuantPlan {
-            layers: p,
+            attention: p,
+            feedforward: p,
             embedding: p,
             lm_head: p,
+        }
+    }
+
+    /// The plan of a uniform `quantization.method` (`fp32`, `fp16`, `int8`, `int4`, `int3`,
+    /// `int2`): attention and feed-forward matrices at that width; the embedding table and the
+    /// output projection at 8 bits when the width is below 8 (the output projection is the most
+    /// sensitive matrix; llama.cpp likewise keeps it at 6–8 bits).
+    ///
+    /// Errors: `INVALID_CONFIG` for an unknown name, for `mixed` (whose bits are per role) and
+    /// for a bad group size.
+    pub fn for_method(method: &str, group_size: usize, scheme: Scheme) -> Result<Self> {
+        let bits = method_bits(method).ok_or_else(|| {
+            Error::invalid_config(format!(
+                "unknown uniform quantization `{method}`; expected one of {}",
+                METHODS
+                    .iter()
+                    .filter(|m| method_bits(m).is_some())
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let layers = WeightPrecision::from_bits(bits, group_size, scheme)?;
+        if bits >= 8 {
+            return Ok(QuantPlan::uniform(layers));
+        }
+        let edge = WeightPrecision::from_bits(8, group_size, scheme)?;
+        Ok(QuantPlan {
+            attention: layers,
+            feedforward: layers,
+            embedding: edge,
+            lm_head: edge,
+        })
+    }
+
+    /// The `quantization.method` name this plan answers to: the uniform name whose
+    /// [`QuantPlan::for_method`] plan has the same bits per role, else `mixed`.
+    pub fn method(&self) -> &'static str {
+        let bits =
+            |p: &QuantPlan| [p.attention, p.feedforward, p.embedding, p.lm_head].map(|w| w.bits());
+        let group_scheme = match self.attention {
+            WeightPrecision::Quant(s) => (s.group_size, s.scheme),
+            _ => (32, Scheme::Symmetric),
+        };
+        METHODS
+            .iter()
+            .find(|name| {
+                QuantPlan::for_method(name, group_scheme.0, group_scheme.1)
+                    .is_ok_and(|p| bits(&p) == bits(self))
+            })
+            .map_or("mixed", |name| name)
+    }
+
+    /// A short description: the precision label when attention and feed-forward matrices
+    /// share it (`int4-g32-asym`), else both (`attn int4-g32-asym, ffn int2-g32-asym`).
+    pub fn label(&self) -> String {
+        if self.attention == self.feedforward {
+            self.attention.label()
+        } else {
+            format!(
+                "attn {}, ffn {}",
+                self.attention.label(),
+                self.feedforward.label()
+            )
         }
     }
 }

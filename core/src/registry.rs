@@ -17,6 +17,8 @@ pub struct BackendOptions {
     pub profiling: bool,
     /// The profile whose constraints and tuning a GPU backend applies (`None`: the device's).
     pub profile: Option<Arc<dyn BrowserProfile>>,
+    /// Kernel switches of the `[backend.webgpu]` and `[backend.cpu]` config sections.
+    pub tuning: BackendTuning,
 }
 
 impl std::fmt::Debug for BackendOptions {
@@ -28,7 +30,104 @@ impl std::fmt::Debug for BackendOptions {
                 "profile",
                 &self.profile.as_ref().map(|p| p.name().to_owned()),
             )
+            .field("tuning", &self.tuning)
             .finish()
+    }
+}
+
+/// The backends' kernel switches, typed (config keys `backend.webgpu.*`, `backend.cpu.*`,
+/// `runtime.f16`, `runtime.subgroups`). The defaults are the config schema's.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BackendTuning {
+    /// The WebGPU backend's.
+    pub webgpu: WebGpuTuning,
+    /// The CPU backend's.
+    pub cpu: CpuTuning,
+}
+
+/// Switches of the WebGPU backend (`[backend.webgpu]`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct WebGpuTuning {
+    /// Software adapters (lavapipe) may be chosen (`allow_software_adapter`).
+    pub allow_software_adapter: bool,
+    /// The wide decode matvec (several blocks per lane); off: the narrow one (`wide_matvec`).
+    pub wide_matvec: bool,
+    /// Decode RMSNorm fused into a narrow matvec (`fused_norm`).
+    pub fused_norm: bool,
+    /// Prefill through the integer tiled kernel where there are no cooperative matrices
+    /// (`int_prefill`).
+    pub int_prefill: bool,
+    /// Prefill on cooperative matrices (tensor cores): `None` where the adapter has them,
+    /// `Some(true)` required, `Some(false)` never (`cooperative_matrix = auto | on | off`).
+    pub cooperative_matrix: Option<bool>,
+    /// A forced decode matvec shape (`matvec_shape = "LANESxROWS[xUNROLL]"`; `None`: the
+    /// tuning's).
+    pub matvec_shape: Option<MatvecShape>,
+    /// naga's runtime bounds checks in every kernel, as browsers do (`checked_shaders`).
+    pub checked_shaders: bool,
+    /// Split a step into submissions of at most this many dispatches; `None`: one submission
+    /// (`dispatches_per_submit`, 0 = none).
+    pub dispatches_per_submit: Option<usize>,
+    /// f16 kernels: `None` where the device and profile allow (`runtime.f16`).
+    pub f16: Option<bool>,
+    /// Subgroup kernels: `None` where the device and profile allow (`runtime.subgroups`).
+    pub subgroups: Option<bool>,
+}
+
+impl Default for WebGpuTuning {
+    fn default() -> Self {
+        WebGpuTuning {
+            allow_software_adapter: false,
+            wide_matvec: true,
+            fused_norm: true,
+            int_prefill: false,
+            cooperative_matrix: None,
+            matvec_shape: None,
+            checked_shaders: false,
+            dispatches_per_submit: None,
+            f16: None,
+            subgroups: None,
+        }
+    }
+}
+
+/// Switches of the CPU backend (`[backend.cpu]`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CpuTuning {
+    /// Reference mode: quantized matmuls on f32 activations instead of 8-bit activation
+    /// blocks (slow; isolates the weight format's own error) (`exact_activations`).
+    pub exact_activations: bool,
+}
+
+/// A decode matvec shape forced by configuration (`backend.webgpu.matvec_shape`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MatvecShape {
+    /// Lanes per workgroup.
+    pub lanes: u32,
+    /// Output rows per workgroup.
+    pub rows: u32,
+    /// Wide kernel: blocks each lane requests per step (`None`: the tuning's choice).
+    pub unroll: Option<u32>,
+}
+
+impl MatvecShape {
+    /// `LANESxROWS` or `LANESxROWSxUNROLL` (UNROLL 1, 2 or 4); `None` when malformed.
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut it = s.split('x').map(|p| p.trim().parse::<u32>().ok());
+        let lanes = it.next()??;
+        let rows = it.next()??;
+        let unroll = match it.next() {
+            Some(u) => Some(u.filter(|u| [1, 2, 4].contains(u))?),
+            None => None,
+        };
+        if it.next().is_some() || lanes == 0 || rows == 0 {
+            return None;
+        }
+        Some(MatvecShape {
+            lanes,
+            rows,
+            unroll,
+        })
     }
 }
 

@@ -323,7 +323,7 @@ fn build(
         let mut layers = Vec::with_capacity(hp.n_layers);
         for i in 0..hp.n_layers {
             let n = |t: &str| format!("blk.{i}.{t}.weight");
-            let p = plan.layers;
+            let (att, ff) = (plan.attention, plan.feedforward);
             let qkv = [
                 (n("attn_q"), dim),
                 (n("attn_k"), kv_dim),
@@ -332,11 +332,11 @@ fn build(
             let gate_up = [(n("ffn_gate"), ffn), (n("ffn_up"), ffn)];
             layers.push(Layer {
                 attn_norm: ld.vector(&n("attn_norm"), dim)?,
-                wqkv: ld.stacked(&qkv, dim, p)?,
-                wo: ld.matrix(&n("attn_output"), dim, dim, p)?,
+                wqkv: ld.stacked(&qkv, dim, att)?,
+                wo: ld.matrix(&n("attn_output"), dim, dim, att)?,
                 ffn_norm: ld.vector(&n("ffn_norm"), dim)?,
-                w_gate_up: ld.stacked(&gate_up, dim, p)?,
-                w_down: ld.matrix(&n("ffn_down"), dim, ffn, p)?,
+                w_gate_up: ld.stacked(&gate_up, dim, ff)?,
+                w_down: ld.matrix(&n("ffn_down"), dim, ffn, ff)?,
             });
         }
         let output_norm = ld.vector("output_norm.weight", dim)?;

@@ -133,7 +133,7 @@ fn bench_model(
     let base = |test: String, (tps, sd): (f64, f64), bw: Option<f64>| Row {
         engine: "lowbit".into(),
         model: model.config().name.clone(),
-        precision: model.plan().layers.label(),
+        precision: model.plan().label(),
         bits_per_weight: model.bits_per_weight(),
         size_mb: mb(model.weight_bytes()),
         threads,
@@ -291,14 +291,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "nothing to measure: --prompt-tokens and --gen-tokens are both 0",
         ));
     }
-    let threads = if a.model.threads == 0 {
-        std::thread::available_parallelism()
+    let threads = match a.model.plan(None)?.backend.threads {
+        0 => std::thread::available_parallelism()
             .map(|n| n.get())
-            .unwrap_or(1)
-    } else {
-        a.model.threads
+            .unwrap_or(1),
+        n => n,
     };
-    let quants = super::common::quant_list(a.quants.as_deref(), &a.model.quant);
+    let quants = super::common::quant_list(a.quants.as_deref());
     let mut rows = Vec::new();
     let mut kv_bytes = 0;
     let mut timings = Vec::new();
@@ -323,16 +322,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         header_printed = true;
     };
     for q in &quants {
-        let mut opts = a.model.load_options(q)?;
-        opts.synthetic = a.synthetic.clone();
-        opts.profiling = a.kernel_timings;
-        opts.warm_up = !a.ttft;
+        let mut plan = a.model.plan(q.as_deref())?;
+        if let Some(shape) = &a.synthetic {
+            plan.model = lowbit::plan::ModelChoice::Synthetic(shape.clone());
+        }
+        plan.profiling = a.kernel_timings;
+        plan.warm_up = !a.ttft;
         let t = Instant::now();
-        let (model, backend) = a.model.load_with(&opts)?;
+        let (model, backend) = a.model.load(&plan)?;
         let positions = kv_positions(model.as_ref(), a)?;
         if a.ttft {
             let load_ms = t.elapsed().as_secs_f64() * 1e3;
-            let w = lowbit::load::warm_up(model.as_ref(), backend.as_ref())?;
+            let w = lowbit::plan::warm_up(model.as_ref(), backend.as_ref())?;
             let n = a.prompt_tokens.max(1);
             let toks = random_tokens(n, model.config().vocab_size, 3);
             let mut cache = model.new_cache(n + 1)?;
@@ -341,7 +342,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let _first = lowbit::core::generate::argmax(&logits);
             let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
             starts.push(serde_json::json!({
-                "precision": model.plan().layers.label(),
+                "precision": model.plan().label(),
                 "backend": backend.info().device,
                 "pipeline_cache": match w.pipeline_cache_warm {
                     Some(true) => "warm",
@@ -373,7 +374,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             if a.host_timings {
                 t.extend(backend.host_timings());
             }
-            timings.push((model.plan().layers.label(), t));
+            timings.push((model.plan().label(), t));
         }
     }
     if let Some(bin) = &a.llama_bench {

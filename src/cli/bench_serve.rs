@@ -202,17 +202,19 @@ async fn wait_healthy(base: &str, limit: Duration) -> bool {
 
 /// Runs `lowbit bench-serve`.
 pub fn run(a: &BenchServeArgs) -> Result<()> {
-    let path = lowbit::load::resolve_model_path(a.model.model.as_deref())?;
-    let l = a.model.load_options(&a.model.quant)?;
+    let mut plan = a.model.plan(None)?;
+    let threads = plan.backend.threads;
+    let path = plan.model_path()?.unwrap_or_default();
+    let model = a.model.load(&plan)?.0;
+    plan.kv_cache.max_seq_len = 512;
     let max_clients = a.clients.iter().copied().max().unwrap_or(1);
     let config = InferenceConfig {
-        max_context: 512,
+        plan,
         max_concurrent_requests: max_clients,
         max_batch_size: a.max_batch_size,
         target_token_latency: Duration::from_millis(a.target_latency_ms),
-        ..InferenceConfig::default().with_load_options(&l)
+        ..InferenceConfig::default()
     };
-    let model = a.model.load_with(&l)?.0;
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -252,10 +254,9 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
         }
         if let (Some(bin), Some(gguf)) = (&a.peer_server, &a.peer_model) {
             let port = free_port()?;
-            let threads = if a.model.threads == 0 {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            } else {
-                a.model.threads
+            let threads = match threads {
+                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                n => n,
             };
             let child = Command::new(bin)
                 .args(["-m", &gguf.to_string_lossy(), "--host", "127.0.0.1"])

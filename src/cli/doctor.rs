@@ -1,7 +1,7 @@
 //! `lowbit doctor`: every WebGPU adapter, the CPU's SIMD features, and what `auto` chooses.
 
 use clap::Args;
-use lowbit::selection::detect;
+use lowbit::selection::{resolve, ConfigRequest};
 use lowbit::Result;
 
 /// `lowbit doctor`.
@@ -14,7 +14,9 @@ pub struct DoctorArgs {
 
 /// Prints the report.
 pub fn run(a: &DoctorArgs) -> Result<()> {
-    let d = detect(None);
+    // Through the configuration, so `backend.webgpu.allow_software_adapter` (file, environment)
+    // counts as it does for the other commands.
+    let d = resolve(&ConfigRequest::default())?.detection;
     if a.json {
         println!(
             "{}",

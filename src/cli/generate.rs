@@ -35,9 +35,10 @@ pub struct GenerateArgs {
     /// Stop when this string appears (repeatable); it is not printed.
     #[arg(long)]
     pub stop: Vec<String>,
-    /// Context size (KV cache capacity) in tokens.
-    #[arg(long, default_value_t = 2048)]
-    pub ctx: usize,
+    /// Context size (KV cache capacity) in tokens [config: kv_cache.max_seq_len; default 4096],
+    /// at most the model's trained context.
+    #[arg(long)]
+    pub ctx: Option<usize>,
 }
 
 /// Runs `lowbit generate`.
@@ -50,7 +51,11 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     if !(a.top_p > 0.0 && a.top_p <= 1.0) {
         return Err(Error::invalid_config("--top-p must be in (0, 1]"));
     }
-    let model = a.model.load(&a.model.quant)?;
+    let mut plan = a.model.plan(None)?;
+    if let Some(ctx) = a.ctx {
+        plan.kv_cache.max_seq_len = ctx;
+    }
+    let (model, _) = a.model.load(&plan)?;
     let tok = model.tokenizer();
     let text = if a.chat {
         tok.apply_chat_template(&[("user", a.prompt.as_str())], true)?
@@ -59,7 +64,8 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     };
     // A chat template writes its own BOS where the model wants one.
     let prompt = tok.encode(&text, !a.chat)?;
-    let mut cache = model.new_cache(a.ctx.min(model.config().context_length.max(1)))?;
+    let ctx = plan.kv_cache.max_seq_len;
+    let mut cache = model.new_cache(ctx.min(model.config().context_length.max(1)))?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {
@@ -89,7 +95,8 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     if json {
         let v = serde_json::json!({
             "model": model.config().name,
-            "precision": model.plan().layers.label(),
+            "precision": model.plan().label(),
+            "method": model.plan().method(),
             "bits_per_weight": model.bits_per_weight(),
             "prompt_tokens": prompt,
             "text": g.text,
@@ -106,7 +113,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
              {:.1} tok/s, latency p50 {:.1} ms p95 {:.1} ms | first token {:.0} ms | weights \
              {:.1} MB, KV cache {:.1} MB, peak RSS {:.1} MB | finish: {:?}]",
             model.config().name,
-            model.plan().layers.label(),
+            model.plan().label(),
             model.bits_per_weight(),
             s.prompt_tokens,
             s.prefill_tokens_per_s,

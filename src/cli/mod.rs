@@ -9,7 +9,7 @@ mod generate;
 mod perplexity;
 mod serve;
 
-use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 /// lowbit: run quantized (2/3/4/8-bit) transformer models on WebGPU or a SIMD CPU backend,
 /// streaming their output token by token.
@@ -41,27 +41,9 @@ enum Command {
     Doctor(doctor::DoctorArgs),
 }
 
-impl Command {
-    /// The model arguments of commands that load a model.
-    fn model_args(&mut self) -> Option<&mut common::ModelArgs> {
-        match self {
-            Command::Generate(a) => Some(&mut a.model),
-            Command::Perplexity(a) => Some(&mut a.model),
-            Command::Bench(a) => Some(&mut a.model),
-            Command::Serve(a) => Some(&mut a.model),
-            Command::BenchServe(a) => Some(&mut a.model),
-            Command::Config(_) | Command::Doctor(_) => None,
-        }
-    }
-}
-
 /// Parses arguments, runs the command, returns the exit code.
 pub fn run() -> i32 {
-    let matches = Cli::command().get_matches();
-    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let (Some(args), Some((_, sub))) = (cli.command.model_args(), matches.subcommand()) {
-        common::mark_explicit(args, sub);
-    }
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOWBIT_LOG")

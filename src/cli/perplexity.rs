@@ -32,7 +32,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     let text = std::fs::read_to_string(&a.file).map_err(|e| {
         Error::invalid_config(format!("cannot read text file {}: {e}", a.file.display()))
     })?;
-    let quants = super::common::quant_list(a.quants.as_deref(), &a.model.quant);
+    let quants = super::common::quant_list(a.quants.as_deref());
     let mut rows = Vec::new();
     if !a.model.json {
         println!(
@@ -41,7 +41,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         println!("|---|---|---|---|---|---|---|");
     }
     for q in &quants {
-        let model = a.model.load(q)?;
+        let (model, _) = a.model.load(&a.model.plan(q.as_deref())?)?;
         let bar = ProgressBar::new(a.chunks as u64);
         bar.set_style(
             ProgressStyle::with_template("{spinner} perplexity [{bar:30}] {pos}/{len} {msg}")
@@ -60,7 +60,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             },
         )?;
         bar.finish_and_clear();
-        let label = model.plan().layers.label();
+        let label = model.plan().label();
         if !a.model.json {
             println!(
                 "| {label} | {:.3} | {:.1} | {:.4} | {:.4} | {} | {} |",

@@ -2,7 +2,7 @@
 
 use super::common::ModelArgs;
 use clap::Args;
-use lowbit::load::LoadOptions;
+use lowbit::plan::RunPlan;
 use lowbit::server::{serve, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use lowbit::{Error, Result};
@@ -57,10 +57,11 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    /// The inference settings these flags describe, for a model loaded per `l`.
-    pub fn inference_config(&self, l: &LoadOptions) -> InferenceConfig {
+    /// The inference settings these flags describe, for a model loaded per `plan`.
+    pub fn inference_config(&self, mut plan: RunPlan) -> InferenceConfig {
+        plan.kv_cache.max_seq_len = self.ctx;
         InferenceConfig {
-            max_context: self.ctx,
+            plan,
             max_prompt_tokens: self.max_prompt_tokens,
             max_new_tokens: self.max_new_tokens,
             max_concurrent_requests: self.max_concurrent,
@@ -68,7 +69,7 @@ impl ServeArgs {
             max_batch_size: self.max_batch_size,
             target_token_latency: Duration::from_millis(self.target_latency_ms),
             request_timeout: Duration::from_secs(self.timeout_s),
-            ..InferenceConfig::default().with_load_options(l)
+            ..InferenceConfig::default()
         }
     }
 }
@@ -76,12 +77,13 @@ impl ServeArgs {
 /// Runs `lowbit serve` until Ctrl-C.
 pub fn run(a: &ServeArgs) -> Result<()> {
     // One configuration resolution (its corrections print once) serves both.
-    let l = a.model.load_options(&a.model.quant)?;
-    let config = a.inference_config(&l);
-    let path = lowbit::load::resolve_model_path(a.model.model.as_deref())?;
-    let model = a.model.load_with(&l)?.0;
+    let plan = a.model.plan(None)?;
+    let path = plan.model_path()?;
+    let model = a.model.load(&plan)?.0;
+    let config = a.inference_config(plan);
     let id = path
-        .file_stem()
+        .as_deref()
+        .and_then(std::path::Path::file_stem)
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| model.config().name.clone());
     let engine = StreamingInference::from_model(Arc::from(model), id, config)

@@ -60,18 +60,10 @@ pub(crate) struct AppState {
     pub quantization: Arc<String>,
 }
 
-/// The served quantization as clients name it (`int8`, `int4`, `fp16`, ...).
+/// The served quantization as clients name it (`int8`, `int4`, `fp16`, `mixed`, ...): the
+/// method of the plan the model was loaded with.
 fn quantization_name(engine: &StreamingInference) -> String {
-    use crate::load::QuantMethod::*;
-    match engine.config().quant {
-        Fp32 => "fp32",
-        Fp16 => "fp16",
-        Int8 => "int8",
-        Int4 => "int4",
-        Int3 => "int3",
-        Int2 => "int2",
-    }
-    .to_owned()
+    engine.model().plan().method().to_owned()
 }
 
 /// The application: every route, with the limits and the optional API key.
@@ -164,6 +156,8 @@ async fn models(State(st): State<AppState>) -> Json<serde_json::Value> {
                 "name": e.model().config().name,
                 "architecture": e.model().config().architecture,
                 "quantization": st.quantization.as_str(),
+                "weights": e.model().plan().label(),
+                "bits_per_weight": e.model().bits_per_weight(),
                 "context_length": e.context_size(),
                 "n_params": e.model().config().n_params,
             }

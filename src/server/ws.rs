@@ -51,6 +51,8 @@ async fn session(mut socket: WebSocket, st: AppState) {
             "name": e.model_id(),
             "architecture": e.model().config().architecture,
             "quantization": st.quantization.as_str(),
+            "weights": e.model().plan().label(),
+            "bits_per_weight": e.model().bits_per_weight(),
             "context_length": e.context_size(),
             "max_new_tokens": e.config().max_new_tokens,
         }

@@ -27,7 +27,7 @@ pub use error::InferenceError;
 pub use events::{MemoryPressure, TimeoutEvent};
 pub use stats::{BatchSizeChange, PerformanceStats};
 
-use crate::load::load_text_model;
+use crate::plan::ModelChoice;
 use futures::Stream;
 use lowbit_core::adapter::TextModel;
 use lowbit_core::generate::{FinishReason, GenerateOptions, GenerationStats};
@@ -193,21 +193,32 @@ pub struct StreamingInference {
 }
 
 impl StreamingInference {
-    /// Loads the model at `model_path` per `config` and starts the scheduler.
+    /// Loads the model at `model_path` per `config` (its plan's model choice is replaced by
+    /// this path) and starts the scheduler.
     ///
     /// Errors: `MODEL_LOADING_FAILED`, `UNSUPPORTED_MODEL`, `INVALID_CONFIG`, backend errors.
     pub fn new(
         model_path: impl AsRef<Path>,
-        config: InferenceConfig,
+        mut config: InferenceConfig,
     ) -> Result<Self, InferenceError> {
-        let path = model_path.as_ref();
-        let model = load_text_model(&config.load_options(path), &mut |_, _, _| {})?;
+        config.plan.model = ModelChoice::File(model_path.as_ref().to_path_buf());
+        Self::load(config)
+    }
+
+    /// Loads the model `config.plan` names (e.g. from [`InferenceConfig::from_file`]) and
+    /// starts the scheduler.
+    ///
+    /// Errors: as [`StreamingInference::new`].
+    pub fn load(config: InferenceConfig) -> Result<Self, InferenceError> {
+        let path = config.plan.model_path()?;
+        let (model, _) = config.plan.load(&mut |_, _, _| {})?;
         let id = path
-            .file_stem()
+            .as_deref()
+            .and_then(Path::file_stem)
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_else(|| model.config().name.clone());
         let mut engine = Self::from_model(Arc::from(model), id, config)?;
-        engine.model_path = Some(path.to_path_buf());
+        engine.model_path = path;
         Ok(engine)
     }
 
@@ -244,19 +255,31 @@ impl StreamingInference {
         };
         let c = &self.config;
         let cli = lowbit_core::config::Source::Cli("optimize_for_browser".into());
-        let scheme = match c.scheme {
+        // The loaded plan as configuration values, so the profile's validator sees (and may
+        // correct) exactly what runs now.
+        let w = &c.plan.weights;
+        let (group, scheme) = match w.attention {
+            lowbit_core::adapter::WeightPrecision::Quant(q) => (q.group_size, q.scheme),
+            _ => (32, lowbit_core::quant::Scheme::Asymmetric),
+        };
+        let scheme = match scheme {
             lowbit_core::quant::Scheme::Symmetric => "symmetric",
             lowbit_core::quant::Scheme::Asymmetric => "asymmetric",
         };
-        for (k, v) in [
+        let b = &c.plan.backend;
+        let mut values: Vec<(&str, lowbit_core::config::toml::Value)> = vec![
             ("model.path", path.display().to_string().into()),
-            ("quantization.method", c.quant.name().into()),
-            ("quantization.group_size", (c.group_size as i64).into()),
+            ("quantization.method", w.method().into()),
+            ("quantization.group_size", (group as i64).into()),
             ("quantization.scheme", scheme.into()),
-            ("runtime.backend", c.backend.clone().into()),
-            ("runtime.threads", (c.threads as i64).into()),
+            ("runtime.backend", b.name.clone().into()),
+            ("runtime.threads", (b.threads as i64).into()),
             ("runtime.profile", browser.into()),
-            ("kv_cache.max_seq_len", (c.max_context as i64).into()),
+            (
+                "kv_cache.max_seq_len",
+                (c.plan.kv_cache.max_seq_len as i64).into(),
+            ),
+            ("kv_cache.bits", i64::from(c.plan.kv_cache.bits).into()),
             (
                 "performance.adaptive_batch_size",
                 c.adaptive_batch_size.into(),
@@ -269,14 +292,21 @@ impl StreamingInference {
                 "performance.optimize_for_latency",
                 c.optimize_for_latency.into(),
             ),
+        ];
+        for (key, p) in [
+            ("quantization.layers.attention", w.attention),
+            ("quantization.layers.feedforward", w.feedforward),
+            ("quantization.layers.embedding", w.embedding),
+            ("quantization.layers.lm_head", w.lm_head),
         ] {
+            values.push((key, i64::from(p.bits()).into()));
+        }
+        for (k, v) in values {
             req.cli.push(k, v, cli.clone());
         }
-        let (config, _) = InferenceConfig::resolve(&req, c)?;
-        let config = InferenceConfig {
-            profile: Some(browser.to_owned()),
-            ..config
-        };
+        let mut config = InferenceConfig::resolve(&req, c)?;
+        // The backend switches are not configuration the profile re-validates: keep them.
+        config.plan.backend.tuning = b.tuning.clone();
         drop(self);
         Self::new(&path, config)
     }
@@ -338,7 +368,9 @@ impl StreamingInference {
     /// KV-cache capacity of one request, tokens.
     pub fn context_size(&self) -> usize {
         self.config
-            .max_context
+            .plan
+            .kv_cache
+            .max_seq_len
             .min(self.model.config().context_length.max(2))
             .max(2)
     }

@@ -75,7 +75,9 @@ pub(crate) fn run(
     rx: Receiver<Job>,
 ) {
     let ctx = config
-        .max_context
+        .plan
+        .kv_cache
+        .max_seq_len
         .min(model.config().context_length.max(2))
         .max(2);
     // KV bytes grow linearly with capacity: measure one token's worth once.

@@ -32,3 +32,23 @@ pub fn smollm2() -> PathBuf {
 pub fn brown() -> PathBuf {
     model_file("brown.txt")
 }
+
+/// A run plan of SmolLM2 on `backend` at `method` (`fp32` … `int2`), groups of 32, symmetric:
+/// the precision the tests' tolerances were measured with.
+pub fn smollm2_plan(backend: &str, method: &str) -> lowbit::plan::RunPlan {
+    let defaults = lowbit::plan::RunPlan::default();
+    lowbit::plan::RunPlan {
+        model: lowbit::plan::ModelChoice::File(smollm2()),
+        weights: lowbit::core::adapter::QuantPlan::for_method(
+            method,
+            32,
+            lowbit::core::quant::Scheme::Symmetric,
+        )
+        .expect("a uniform method"),
+        backend: lowbit::plan::BackendPlan {
+            name: backend.into(),
+            ..defaults.backend.clone()
+        },
+        ..defaults
+    }
+}

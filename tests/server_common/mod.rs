@@ -8,7 +8,6 @@
 mod common;
 
 use lowbit::core::adapter::TextModel;
-use lowbit::load::QuantMethod;
 use lowbit::server::{router, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use std::net::SocketAddr;
@@ -19,10 +18,10 @@ use std::time::Duration;
 pub fn model() -> Arc<dyn TextModel> {
     static M: OnceLock<Arc<dyn TextModel>> = OnceLock::new();
     M.get_or_init(|| {
-        let cfg = test_config();
-        let m =
-            lowbit::load::load_text_model(&cfg.load_options(&common::smollm2()), &mut |_, _, _| {})
-                .expect("SmolLM2 loads");
+        let (m, _) = test_config()
+            .plan
+            .load(&mut |_, _, _| {})
+            .expect("SmolLM2 loads");
         Arc::from(m)
     })
     .clone()
@@ -30,10 +29,10 @@ pub fn model() -> Arc<dyn TextModel> {
 
 /// Small limits so tests stay quick: context 256, at most 48 new tokens.
 pub fn test_config() -> InferenceConfig {
+    let mut plan = common::smollm2_plan("cpu", "int8");
+    plan.kv_cache.max_seq_len = 256;
     InferenceConfig {
-        quant: QuantMethod::Int8,
-        backend: "cpu".into(),
-        max_context: 256,
+        plan,
         max_prompt_tokens: 200,
         max_new_tokens: 48,
         max_concurrent_requests: 16,

@@ -134,7 +134,7 @@ impl CpuBackend {
         let threads = pool.threads();
         Ok(CpuBackend {
             isa,
-            exact: std::env::var("LOWBIT_CPU_EXACT_ACTIVATIONS").is_ok_and(|v| v == "1"),
+            exact: false,
             threads,
             pool,
             buffers: BufferSlab::default(),
@@ -151,7 +151,7 @@ impl CpuBackend {
     /// Reference mode: quantized matmul dequantizes each weight row and multiplies it with the
     /// f32 activations instead of quantizing the activations to int8 blocks (several times
     /// slower). It isolates the weight format's own error, e.g. to check another backend
-    /// against this one. Also on with `LOWBIT_CPU_EXACT_ACTIVATIONS=1` at construction.
+    /// against this one. Config key `backend.cpu.exact_activations`.
     pub fn exact_activations(mut self, on: bool) -> Self {
         self.exact = on;
         self

@@ -22,7 +22,9 @@ use lowbit_core::registry::{BackendOptions, BackendRegistration};
 use std::sync::Arc;
 
 fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
-    Ok(Arc::new(CpuBackend::new(opts.threads)?))
+    Ok(Arc::new(
+        CpuBackend::new(opts.threads)?.exact_activations(opts.tuning.cpu.exact_activations),
+    ))
 }
 
 inventory::submit! {

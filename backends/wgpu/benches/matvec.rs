@@ -2,9 +2,10 @@
 //! int8/int4/int3/int2 (g32, symmetric), each run `CALLS` times back to back in one submission
 //! (out = W·x, as a decode step chains them), reported as weight bytes read per second.
 //!
-//! `cargo bench -p lowbit-wgpu --bench matvec` (the adapter is picked as `--backend webgpu`
-//! picks it; `LOWBIT_WGPU_MATVEC=LANESxROWS` sets the matvec shape). A table, no assertions:
-//! speed is measured here, never in tests.
+//! `cargo bench -p lowbit-wgpu --bench matvec [-- [--decode] [--matvec LANESxROWS[xUNROLL]]]`
+//! (the adapter is picked as `--backend webgpu` picks it; `--matvec` forces the matvec shape as
+//! `backend.webgpu.matvec_shape` does; `--decode` measures the decode step's kernels instead).
+//! A table, no assertions: speed is measured here, never in tests.
 
 use half::f16;
 use lowbit_core::backend::{AttentionParams, QkvParams, RmsNorm, RopeStyle};
@@ -79,7 +80,14 @@ fn time_calls(b: &WgpuBackend, probe: lowbit_core::BufferId, call: &dyn Fn(usize
 }
 
 fn main() {
-    let b = WgpuBackend::new(&WgpuOptions::from_env()).expect("a WebGPU adapter");
+    let args: Vec<String> = std::env::args().collect();
+    let arg = |name: &str| args.iter().position(|a| a == name).map(|i| args.get(i + 1));
+    let mut tuning = lowbit_core::registry::WebGpuTuning::default();
+    if let Some(shape) = arg("--matvec") {
+        let shape = shape.and_then(|s| lowbit_core::registry::MatvecShape::parse(s));
+        tuning.matvec_shape = Some(shape.expect("--matvec LANESxROWS[xUNROLL]"));
+    }
+    let b = WgpuBackend::new(&WgpuOptions::from_tuning(&tuning)).expect("a WebGPU adapter");
     let info = b.info();
     println!("adapter: {} ({})", info.device, info.features.join(", "));
     println!("Chained: each call writes the same output, so each waits for the one before (a");
@@ -94,7 +102,7 @@ fn main() {
         ("down", 4096, 14336),
         ("lm_head", 128256, 4096),
     ];
-    if std::env::var("LOWBIT_MATVEC_BENCH").is_ok_and(|v| v == "decode") {
+    if args.iter().any(|a| a == "--decode") {
         // Tuning sweeps: the whole layer and the matvecs as decode runs them only.
         step_kernels(&b, false);
         decode_matvecs(&b);

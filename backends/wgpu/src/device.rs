@@ -1,6 +1,8 @@
 //! Adapter choice, device creation and the translation of wgpu errors into typed errors.
 
 use lowbit_core::profile::{BrowserProfile, KernelWorkgroups};
+pub use lowbit_core::registry::MatvecShape;
+use lowbit_core::registry::WebGpuTuning;
 use lowbit_core::{Error, ErrorCode, Result};
 use std::sync::{Arc, Mutex};
 
@@ -8,7 +10,7 @@ use std::sync::{Arc, Mutex};
 #[derive(Clone, Debug, Default)]
 pub struct WgpuOptions {
     /// Accept a CPU (software) adapter such as Mesa's lavapipe. `auto` selection only does so
-    /// when `LOWBIT_ALLOW_SOFTWARE_ADAPTER=1`, so a software rasteriser never wins over the
+    /// with `backend.webgpu.allow_software_adapter = true`, so a software rasteriser never wins over the
     /// native CPU backend.
     pub allow_software: bool,
     /// Prefer a software adapter over hardware ones (tests on lavapipe).
@@ -28,49 +30,49 @@ pub struct WgpuOptions {
     pub workgroups: Option<KernelWorkgroups>,
     /// Use the wide matvec (whole 32-value blocks per lane, integer dot products against 8-bit
     /// activations) on long rows of 2-, 3-, 4- and 8-bit codes. On the H100 it beat the narrow kernel (8B int4 decode 89 vs 82 tok/s,
-    /// 1B 257 vs 208). `from_env` turns it on unless `LOWBIT_WGPU_WIDE_MATVEC=0`.
+    /// 1B 257 vs 208). Config key `backend.webgpu.wide_matvec`.
     pub wide_matvec: bool,
     /// Fuse a decode RMSNorm into the narrow matvec that follows it where that pays (few
     /// workgroup-columns, see `Tuning::fuse_norm_into_narrow`: on the H100 SmolLM2's q|k|v and
     /// gate|up): the matvec normalises the activation vector as it loads it, saving a
     /// dispatch. Otherwise the norm writes f32 rows for it; a wide matvec always takes 8-bit
-    /// activation blocks from the norm. `from_env` turns fusion on unless
-    /// `LOWBIT_WGPU_FUSED_NORM=0`.
+    /// activation blocks from the norm. Config key
+    /// `backend.webgpu.fused_norm`.
     pub fused_norm: bool,
     /// Overrides the decode matvec's shape that the profile and tuning pick: lanes (a power of
     /// two; the wide kernel then runs exactly this many), rows per workgroup (1..=16) and, when
-    /// given, the wide kernel's blocks per lane and step (1, 2 or 4). `from_env` reads
-    /// `LOWBIT_WGPU_MATVEC=LANESxROWS[xUNROLL]` (e.g. `128x8`, `64x4x2`), for tuning sweeps.
+    /// given, the wide kernel's blocks per lane and step (1, 2 or 4). Config key
+    /// `backend.webgpu.matvec_shape = "LANESxROWS[xUNROLL]"` (e.g. `128x8`, `64x4x2`), for sweeps.
     pub matvec_shape: Option<MatvecShape>,
     /// Folder of the on-disk pipeline cache (wgpu `PipelineCache`, Vulkan only): compiled
     /// kernels are loaded from `<dir>/<adapter key>.bin` at start and written back after the
     /// load-time warm-up, so a second start compiles nothing in the driver. `None`: no cache.
-    /// `from_env` uses `LOWBIT_PIPELINE_CACHE_DIR`, else `$XDG_CACHE_HOME/lowbit/pipelines` or
+    /// `from_tuning` uses `LOWBIT_PIPELINE_CACHE_DIR`, else `$XDG_CACHE_HOME/lowbit/pipelines` or
     /// `~/.cache/lowbit/pipelines`; `LOWBIT_PIPELINE_CACHE=0` turns it off.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
     /// Compile kernels with naga's runtime checks (index clamping, loop bounding, guarded
     /// integer division), as a browser's WebGPU always does. Off by default: the kernels are
     /// lowbit's own, tested on every path, and buffer accesses stay protected by the driver's
-    /// robust buffer access. `from_env` turns them on with `LOWBIT_WGPU_CHECKED_SHADERS=1`.
+    /// robust buffer access. Config key `backend.webgpu.checked_shaders`.
     pub checked_shaders: bool,
     /// Split a step's work into submissions of at most this many dispatches, so the GPU starts
     /// on the first layers while the host still records (and wgpu finishes) the rest. `None`
-    /// (the default): one submission per step. `from_env` reads
-    /// `LOWBIT_WGPU_DISPATCHES_PER_SUBMIT`.
+    /// (the default): one submission per step. Config key
+    /// `backend.webgpu.dispatches_per_submit`.
     pub dispatches_per_submit: Option<usize>,
     /// Prefill (matmuls of several token rows) on 2-, 3-, 4- and 8-bit codes through the
     /// integer tiled kernel: activations quantized to 8 bits per 32-value block, as decode
     /// does, and integer dot products of four codes at a time, instead of the f32 kernel on
     /// dequantized tiles, where prefill does not run on cooperative matrices. On the H100 it
     /// beat the f32 kernel by 9–70% (pp512); it moves perplexity as 8-bit activations do.
-    /// `from_env` turns it on with `LOWBIT_WGPU_INT_PREFILL=1`.
+    /// Config key `backend.webgpu.int_prefill`.
     pub int_prefill: bool,
     /// Prefill on the GPU's matrix units (tensor cores) through cooperative matrices
     /// (`wgpu_cooperative_matrix`, Vulkan `VK_KHR_cooperative_matrix`): f16 tiles of dequantized
     /// weights and activations, 16 × 16 × 16 products with f32 sums. `None` uses them where the
     /// adapter offers 16 × 16 × 16 f16 → f32 products to 32-lane subgroups and has f16 and
     /// subgroup kernels on; `Some(true)` requires them (error otherwise); `Some(false)` keeps the
-    /// other tiled kernels. `from_env` sets `Some(false)` with `LOWBIT_WGPU_COOP=0`. Native
+    /// other tiled kernels. Config key `backend.webgpu.cooperative_matrix`. Native
     /// only: no browser's WebGPU has cooperative matrices yet.
     pub coop_matrix: Option<bool>,
 }
@@ -89,60 +91,23 @@ pub fn default_pipeline_cache_dir() -> Option<std::path::PathBuf> {
     Some(base.join("lowbit").join("pipelines"))
 }
 
-/// A decode matvec shape forced from outside (see `WgpuOptions::matvec_shape`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MatvecShape {
-    /// Lanes per workgroup.
-    pub lanes: u32,
-    /// Output rows per workgroup.
-    pub rows: u32,
-    /// Wide kernel: blocks each lane requests per step (`None`: the tuning's choice).
-    pub unroll: Option<u32>,
-}
-
-impl MatvecShape {
-    /// `LANESxROWS` or `LANESxROWSxUNROLL`; `None` when malformed.
-    pub fn parse(s: &str) -> Option<Self> {
-        let mut it = s.split('x').map(|p| p.trim().parse::<u32>().ok());
-        let lanes = it.next()??;
-        let rows = it.next()??;
-        let unroll = match it.next() {
-            Some(u) => Some(u.filter(|u| [1, 2, 4].contains(u))?),
-            None => None,
-        };
-        if it.next().is_some() || lanes == 0 || rows == 0 {
-            return None;
-        }
-        Some(MatvecShape {
-            lanes,
-            rows,
-            unroll,
-        })
-    }
-}
-
 impl WgpuOptions {
-    /// Options for `auto` / `webgpu` selection: hardware adapters, software ones only with
-    /// `LOWBIT_ALLOW_SOFTWARE_ADAPTER=1`.
-    pub fn from_env() -> Self {
-        let allow = std::env::var("LOWBIT_ALLOW_SOFTWARE_ADAPTER").is_ok_and(|v| v == "1");
+    /// Options from the configuration's typed switches (`[backend.webgpu]`, `runtime.f16`,
+    /// `runtime.subgroups`) and the pipeline cache folder of the environment
+    /// ([`default_pipeline_cache_dir`]).
+    pub fn from_tuning(t: &WebGpuTuning) -> Self {
         WgpuOptions {
-            allow_software: allow,
-            wide_matvec: !std::env::var("LOWBIT_WGPU_WIDE_MATVEC").is_ok_and(|v| v == "0"),
-            fused_norm: !std::env::var("LOWBIT_WGPU_FUSED_NORM").is_ok_and(|v| v == "0"),
-            int_prefill: std::env::var("LOWBIT_WGPU_INT_PREFILL").is_ok_and(|v| v == "1"),
-            coop_matrix: std::env::var("LOWBIT_WGPU_COOP")
-                .is_ok_and(|v| v == "0")
-                .then_some(false),
-            matvec_shape: std::env::var("LOWBIT_WGPU_MATVEC")
-                .ok()
-                .and_then(|v| MatvecShape::parse(&v)),
+            allow_software: t.allow_software_adapter,
+            f16: t.f16,
+            subgroups: t.subgroups,
+            wide_matvec: t.wide_matvec,
+            fused_norm: t.fused_norm,
+            int_prefill: t.int_prefill,
+            coop_matrix: t.cooperative_matrix,
+            matvec_shape: t.matvec_shape,
             pipeline_cache_dir: default_pipeline_cache_dir(),
-            checked_shaders: std::env::var("LOWBIT_WGPU_CHECKED_SHADERS").is_ok_and(|v| v == "1"),
-            dispatches_per_submit: std::env::var("LOWBIT_WGPU_DISPATCHES_PER_SUBMIT")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|n: &usize| *n > 0),
+            checked_shaders: t.checked_shaders,
+            dispatches_per_submit: t.dispatches_per_submit,
             ..Default::default()
         }
     }
@@ -328,7 +293,8 @@ impl GpuDevice {
             };
             return Err(not_supported(format!(
                 "no usable WebGPU adapter (found: {found}); software adapters need \
-                 LOWBIT_ALLOW_SOFTWARE_ADAPTER=1"
+                 backend.webgpu.allow_software_adapter = true \
+                 (LOWBIT_BACKEND_WEBGPU_ALLOW_SOFTWARE_ADAPTER=1)"
             )));
         };
         let info = adapter.get_info();

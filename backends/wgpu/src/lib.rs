@@ -4,7 +4,7 @@
 //! is one submission whose only readback is the logits.
 //!
 //! Registered as `webgpu` (priority 20). Selection takes hardware adapters only; a software
-//! adapter such as Mesa's lavapipe is used when `LOWBIT_ALLOW_SOFTWARE_ADAPTER=1` or when built
+//! adapter such as Mesa's lavapipe is used with `backend.webgpu.allow_software_adapter` or when built
 //! explicitly with [`WgpuOptions::software`], so `auto` never prefers it over the CPU backend.
 
 mod backend;
@@ -26,11 +26,12 @@ use lowbit_core::registry::{BackendOptions, BackendRegistration};
 use lowbit_core::{Backend, Result};
 use std::sync::Arc;
 
-/// The registry constructor: the best hardware adapter (see [`WgpuOptions::from_env`]).
+/// The registry constructor: the best adapter the options' tuning allows (see
+/// [`WgpuOptions::from_tuning`]).
 pub fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
     let mut o = WgpuOptions {
         profiling: opts.profiling,
-        ..WgpuOptions::from_env()
+        ..WgpuOptions::from_tuning(&opts.tuning.webgpu)
     };
     if let Some(p) = &opts.profile {
         o = o.with_profile(p.as_ref());

@@ -87,8 +87,8 @@ pub fn parse_literal(text: &str) -> Option<toml::Value> {
     table.get("v").cloned()
 }
 
-/// Weight precisions of `quantization.method`.
-pub const METHODS: &[&str] = &["fp32", "fp16", "int8", "int4", "int3", "int2", "mixed"];
+/// Weight precisions of `quantization.method` (the one table, in the adapter module).
+pub use crate::adapter::METHODS;
 /// Bit widths of per-role weights.
 pub const WEIGHT_BITS: &[i64] = &[2, 3, 4, 8, 16, 32];
 /// Bit widths of the KV cache.
@@ -117,9 +117,9 @@ pub const KEYS: &[KeySpec] = &[
     key!("runtime.f16", Kind::Choice(&["auto", "on", "off"]), "\"auto\"", "f16 shader arithmetic: auto uses it where the device and profile allow"),
     key!("runtime.subgroups", Kind::Choice(&["auto", "on", "off"]), "\"auto\"", "subgroup reductions: auto uses them where the device and profile allow"),
     key!("runtime.threads", Kind::Int { min: 0, max: 1024 }, "0", "CPU worker threads; 0 = all cores"),
-    key!("quantization.method", Kind::Choice(METHODS), "\"fp16\"", "weight precision; mixed takes bits per role from [quantization.layers]"),
-    key!("quantization.group_size", Kind::Int { min: 1, max: 4096 }, "128", "values per scale along the reduction dimension: a multiple of 32 (a row whose width it does not divide ends in a shorter group)"),
-    key!("quantization.scheme", Kind::Choice(&["symmetric", "asymmetric"]), "\"symmetric\"", "symmetric (scale) or asymmetric (scale and offset) groups"),
+    key!("quantization.method", Kind::Choice(METHODS), "\"int4\"", "weight precision; mixed takes bits per role from [quantization.layers]"),
+    key!("quantization.group_size", Kind::Int { min: 1, max: 4096 }, "32", "values per scale along the reduction dimension: a multiple of 32 (a row whose width it does not divide ends in a shorter group)"),
+    key!("quantization.scheme", Kind::Choice(&["symmetric", "asymmetric"]), "\"asymmetric\"", "symmetric (scale) or asymmetric (scale and offset) groups"),
     key!("quantization.layers.embedding", Kind::IntOneOf(WEIGHT_BITS), "8", "bits of the embedding table (method = mixed)"),
     key!("quantization.layers.attention", Kind::IntOneOf(WEIGHT_BITS), "4", "bits of the q/k/v/o matrices (method = mixed)"),
     key!("quantization.layers.feedforward", Kind::IntOneOf(WEIGHT_BITS), "4", "bits of the feed-forward matrices (method = mixed)"),
@@ -144,6 +144,15 @@ pub const KEYS: &[KeySpec] = &[
     key!("performance.max_batch_size", Kind::Int { min: 1, max: 1024 }, "4", "largest batch"),
     key!("performance.prefetch_size", Kind::Int { min: 0, max: 64 }, "3", "draft tokens for speculative prediction"),
     key!("performance.workgroup_size", Kind::Triple, "[128, 1, 1]", "matmul workgroup (x, y, z); the profile's unless set, within device limits"),
+    key!("backend.webgpu.allow_software_adapter", Kind::Bool, "false", "a software adapter (lavapipe) may run the WebGPU backend; auto never prefers one over the native CPU backend"),
+    key!("backend.webgpu.wide_matvec", Kind::Bool, "true", "decode matvec reading several blocks per lane; false = the narrow kernel"),
+    key!("backend.webgpu.fused_norm", Kind::Bool, "true", "decode RMSNorm fused into a narrow matvec; false = its own kernel writing f32 rows"),
+    key!("backend.webgpu.int_prefill", Kind::Bool, "false", "prefill on quantized weights through the integer tiled kernel (8-bit activation blocks) where there are no cooperative matrices"),
+    key!("backend.webgpu.cooperative_matrix", Kind::Choice(&["auto", "on", "off"]), "\"auto\"", "prefill on cooperative matrices (tensor cores): auto where the adapter has them; on = required"),
+    key!("backend.webgpu.matvec_shape", Kind::Text, "\"\"", "force the decode matvec shape LANESxROWS[xUNROLL] (sweeps); empty = the tuning's"),
+    key!("backend.webgpu.checked_shaders", Kind::Bool, "false", "naga's runtime bounds checks in every kernel, as browsers do"),
+    key!("backend.webgpu.dispatches_per_submit", Kind::Int { min: 0, max: 1 << 20 }, "0", "split a step into submissions of at most N dispatches; 0 = one submission"),
+    key!("backend.cpu.exact_activations", Kind::Bool, "false", "reference mode: f32 activations on quantized weights (slow; what the WebGPU perplexity test compares against)"),
     key!("server.host", Kind::Text, "\"127.0.0.1\"", "address the server listens on"),
     key!("server.port", Kind::Int { min: 1, max: 65535 }, "8765", "port the server listens on"),
 ];

@@ -167,6 +167,27 @@ fn type_name(v: &toml::Value) -> &'static str {
 }
 
 impl Checker<'_> {
+    fn check_backend_switches(&mut self) {
+        let key = "backend.webgpu.matvec_shape";
+        let shape = self.v.corrected.str(key);
+        if !shape.trim().is_empty() && crate::registry::MatvecShape::parse(&shape).is_none() {
+            self.error(
+                key,
+                format!(
+                    "\"{shape}\" is not LANESxROWS or LANESxROWSxUNROLL (UNROLL 1, 2 or 4), \
+                     e.g. \"128x8\"; empty = the tuning's shape"
+                ),
+            );
+            self.reset(key);
+        }
+        if self.v.corrected.int("kv_cache.bits") < 16 {
+            self.warn(
+                "kv_cache.bits",
+                "a quantized KV cache is not implemented yet: keys and values stay f16",
+            );
+        }
+    }
+
     fn error(&mut self, key: &str, message: impl Into<String>) {
         self.v.errors.push(Issue {
             key: key.into(),
@@ -684,5 +705,6 @@ pub fn validate(config: &Config, caps: &Capabilities, profile: &dyn BrowserProfi
     c.check_workgroup();
     c.check_kv();
     c.check_memory();
+    c.check_backend_switches();
     c.v
 }

@@ -1,0 +1,391 @@
+//! The run plan: what a run loads and how, typed. It is built in one place,
+//! [`RunPlan::from_config`], from the merged and validated configuration (flags > environment >
+//! file > profile > schema defaults, see [`crate::selection`]); the CLI, the server and the
+//! library API all take one, so a setting flows in one direction:
+//! CLI/env/file/profile → validated config → plan → adapter → backend → engine.
+
+use crate::selection::{resolve, ConfigRequest, Resolved};
+use lowbit_core::adapter::{
+    method_bits, Logits, ModelSource, QuantPlan, TextModel, WeightPrecision,
+};
+use lowbit_core::config::Config;
+use lowbit_core::profile::BrowserProfile;
+use lowbit_core::quant::Scheme;
+use lowbit_core::registry::{
+    create_backend, find_adapter, find_profile, BackendOptions, BackendTuning, CpuTuning,
+    MatvecShape, WebGpuTuning,
+};
+use lowbit_core::{Backend, Error, ErrorCode, Result};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// File name of the default model (SmolLM2-135M-Instruct, Q4_1 GGUF).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The command that fetches the default model.
+pub const FETCH_COMMAND: &str = "scripts/fetch-models.sh smollm2";
+
+/// Which model a run loads.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ModelChoice {
+    /// The default model in the models folder ([`models_dir`]).
+    Default,
+    /// A model file.
+    File(PathBuf),
+    /// A synthetic model of a published shape with random weights (speed benchmarks; see
+    /// `lowbit_models::synthetic::PRESETS`).
+    Synthetic(String),
+}
+
+/// How the KV cache of each request is kept.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvCachePolicy {
+    /// Bits per cached key/value (`kv_cache.bits`; 16 = f16).
+    pub bits: u8,
+    /// Tokens one request's cache holds, prompt and generated (`kv_cache.max_seq_len`),
+    /// clamped to the model's trained context when the model is loaded.
+    pub max_seq_len: usize,
+}
+
+/// Which backend runs the model, and its switches.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackendPlan {
+    /// `auto`, `webgpu` or `cpu` (`runtime.backend`).
+    pub name: String,
+    /// CPU worker threads; 0 = all cores (`runtime.threads`).
+    pub threads: usize,
+    /// The profile applied to the WebGPU backend (`chrome`, `safari`, …); `None`: the device's
+    /// own features and limits (the `native` profile).
+    pub profile: Option<String>,
+    /// Kernel switches (`[backend.webgpu]`, `[backend.cpu]`, `runtime.f16`,
+    /// `runtime.subgroups`).
+    pub tuning: BackendTuning,
+}
+
+/// Everything a run needs to load a model: model, per-role weight precision, KV-cache policy,
+/// backend and its tuning, profile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunPlan {
+    /// The model.
+    pub model: ModelChoice,
+    /// Weight precision per role.
+    pub weights: QuantPlan,
+    /// The KV cache.
+    pub kv_cache: KvCachePolicy,
+    /// The backend.
+    pub backend: BackendPlan,
+    /// Gather per-kernel device timings (benchmarks).
+    pub profiling: bool,
+    /// Run [`warm_up`] at the end of loading, so every kernel is compiled (and the backend's
+    /// pipeline cache saved) before the first request instead of during it.
+    pub warm_up: bool,
+}
+
+impl Default for RunPlan {
+    /// The schema's defaults (what `lowbit config show` prints with no file, flag or variable).
+    fn default() -> Self {
+        let native = find_profile("native");
+        native
+            .and_then(|p| RunPlan::from_config(&Config::default(), p.as_ref()))
+            .expect("the schema's defaults form a valid plan (tested)")
+    }
+}
+
+fn scheme_of(c: &Config) -> Scheme {
+    if c.str("quantization.scheme") == "asymmetric" {
+        Scheme::Asymmetric
+    } else {
+        Scheme::Symmetric
+    }
+}
+
+/// `auto` → `None`, `on` → `Some(true)`, `off` → `Some(false)`.
+fn tri_state(c: &Config, key: &str) -> Option<bool> {
+    match c.str(key).as_str() {
+        "on" => Some(true),
+        "off" => Some(false),
+        _ => None,
+    }
+}
+
+/// The weight plan of a validated configuration: `quantization.method` names a uniform width,
+/// or `mixed` takes each role's bits from `[quantization.layers]`.
+pub fn weights_from_config(c: &Config) -> Result<QuantPlan> {
+    let group = c.int("quantization.group_size") as usize;
+    let scheme = scheme_of(c);
+    let method = c.str("quantization.method");
+    if method_bits(&method).is_some() {
+        return QuantPlan::for_method(&method, group, scheme);
+    }
+    if method != "mixed" {
+        return Err(Error::invalid_config(format!(
+            "unknown quantization.method `{method}`"
+        )));
+    }
+    let role = |key: &str| {
+        let bits = u32::try_from(c.int(key))
+            .map_err(|_| Error::invalid_config(format!("`{key}` must be a positive bit width")))?;
+        WeightPrecision::from_bits(bits, group, scheme)
+            .map_err(|e| Error::invalid_config(format!("`{key}`: {}", e.message)))
+    };
+    Ok(QuantPlan {
+        attention: role("quantization.layers.attention")?,
+        feedforward: role("quantization.layers.feedforward")?,
+        embedding: role("quantization.layers.embedding")?,
+        lm_head: role("quantization.layers.lm_head")?,
+    })
+}
+
+/// The backend switches of a validated configuration.
+pub fn tuning_from_config(c: &Config) -> Result<BackendTuning> {
+    let shape = c.str("backend.webgpu.matvec_shape");
+    let matvec_shape = match shape.trim() {
+        "" => None,
+        s => Some(MatvecShape::parse(s).ok_or_else(|| {
+            Error::invalid_config(format!(
+                "backend.webgpu.matvec_shape = \"{s}\": expected LANESxROWS or \
+                 LANESxROWSxUNROLL (UNROLL 1, 2 or 4), e.g. \"128x8\""
+            ))
+        })?),
+    };
+    let per_submit = c.int("backend.webgpu.dispatches_per_submit").max(0) as usize;
+    Ok(BackendTuning {
+        webgpu: WebGpuTuning {
+            allow_software_adapter: c.bool("backend.webgpu.allow_software_adapter"),
+            wide_matvec: c.bool("backend.webgpu.wide_matvec"),
+            fused_norm: c.bool("backend.webgpu.fused_norm"),
+            int_prefill: c.bool("backend.webgpu.int_prefill"),
+            cooperative_matrix: tri_state(c, "backend.webgpu.cooperative_matrix"),
+            matvec_shape,
+            checked_shaders: c.bool("backend.webgpu.checked_shaders"),
+            dispatches_per_submit: (per_submit > 0).then_some(per_submit),
+            f16: tri_state(c, "runtime.f16"),
+            subgroups: tri_state(c, "runtime.subgroups"),
+        },
+        cpu: CpuTuning {
+            exact_activations: c.bool("backend.cpu.exact_activations"),
+        },
+    })
+}
+
+impl RunPlan {
+    /// The plan of a merged, validated configuration and the profile it was validated under
+    /// (applied to the WebGPU backend unless it is `native`, which means the device's own
+    /// features and limits). The one place a configuration becomes a plan.
+    ///
+    /// Errors: `INVALID_CONFIG` for a value the validator lets through but no plan can hold
+    /// (a malformed `backend.webgpu.matvec_shape`).
+    pub fn from_config(c: &Config, profile: &dyn BrowserProfile) -> Result<Self> {
+        let model = c.str("model.path");
+        Ok(RunPlan {
+            model: if model.is_empty() {
+                ModelChoice::Default
+            } else {
+                ModelChoice::File(PathBuf::from(model))
+            },
+            weights: weights_from_config(c)?,
+            kv_cache: KvCachePolicy {
+                bits: c.int("kv_cache.bits").clamp(2, 16) as u8,
+                max_seq_len: c.int("kv_cache.max_seq_len").max(2) as usize,
+            },
+            backend: BackendPlan {
+                name: c.str("runtime.backend"),
+                threads: c.int("runtime.threads").max(0) as usize,
+                profile: (profile.name() != "native").then(|| profile.name().to_owned()),
+                tuning: tuning_from_config(c)?,
+            },
+            profiling: false,
+            warm_up: true,
+        })
+    }
+
+    /// Merges and validates `req`, then plans. Returns the resolution too (its corrections and
+    /// warnings are for the caller to report).
+    ///
+    /// Errors: `INVALID_CONFIG` for an unreadable file or a value the validator rejects.
+    pub fn resolve(req: &ConfigRequest) -> Result<(Self, Resolved)> {
+        let r = resolve(req)?;
+        let config = r.validation.clone().into_result()?;
+        let plan = RunPlan::from_config(&config, r.profile.as_ref())?;
+        Ok((plan, r))
+    }
+
+    /// The plan of a TOML config file (SPEC.md §2) over the schema's defaults, with the
+    /// `LOWBIT_<SECTION>_<KEY>` environment overrides, exactly as the CLI resolves it.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let req = ConfigRequest {
+            file: Some(path.to_path_buf()),
+            ..Default::default()
+        };
+        Ok(RunPlan::resolve(&req)?.0)
+    }
+
+    /// The backend constructor's options.
+    ///
+    /// Errors: `INVALID_CONFIG` for an unknown profile.
+    pub fn backend_options(&self) -> Result<BackendOptions> {
+        Ok(BackendOptions {
+            threads: self.backend.threads,
+            profiling: self.profiling,
+            profile: self
+                .backend
+                .profile
+                .as_deref()
+                .map(find_profile)
+                .transpose()?,
+            tuning: self.backend.tuning.clone(),
+        })
+    }
+
+    /// The model file (`None` for a synthetic model); the default one must exist.
+    ///
+    /// Errors: `MODEL_LOADING_FAILED` naming the fetch command when the file is missing.
+    pub fn model_path(&self) -> Result<Option<PathBuf>> {
+        match &self.model {
+            ModelChoice::Synthetic(_) => Ok(None),
+            ModelChoice::File(p) => resolve_model_path(Some(p)).map(Some),
+            ModelChoice::Default => resolve_model_path(None).map(Some),
+        }
+    }
+
+    /// Opens the model, builds the backend and loads the model per plan.
+    /// `progress(done, total, tensor)` reports per-tensor loading/quantizing progress.
+    pub fn load(
+        &self,
+        progress: &mut dyn FnMut(usize, usize, &str),
+    ) -> Result<(Box<dyn TextModel>, Arc<dyn Backend>)> {
+        let backend_opts = self.backend_options()?;
+        let (model, backend) = match &self.model {
+            ModelChoice::Synthetic(name) => {
+                lowbit_models::synthetic::preset(name)?;
+                let backend = create_backend(&self.backend.name, &backend_opts)?;
+                let model = lowbit_models::synthetic::load_synthetic(
+                    name,
+                    &self.weights,
+                    backend.clone(),
+                    progress,
+                )?;
+                (model, backend)
+            }
+            _ => {
+                let path = self.model_path()?.unwrap_or_default();
+                let source = ModelSource::open(&path)?;
+                let adapter = find_adapter(&source)?;
+                let backend = create_backend(&self.backend.name, &backend_opts)?;
+                let model = adapter.load_text(&source, &self.weights, backend.clone(), progress)?;
+                (model, backend)
+            }
+        };
+        if self.warm_up {
+            progress(1, 1, "compiling kernels");
+            warm_up(model.as_ref(), backend.as_ref())?;
+        }
+        Ok((model, backend))
+    }
+}
+
+/// What [`warm_up`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct WarmUp {
+    /// Wall time of the warm-up forward passes (kernel compilation included), ms.
+    pub ms: f64,
+    /// Whether the backend's pipeline cache held the kernels at start (`None`: no cache).
+    pub pipeline_cache_warm: Option<bool>,
+}
+
+/// Precompiles every kernel the model runs: a two-token prefill and a one-token decode step on
+/// a scratch cache (the tiled and the vector paths, attention in both modes), then saves the
+/// backend's pipeline cache.
+pub fn warm_up(model: &dyn TextModel, backend: &dyn Backend) -> Result<WarmUp> {
+    let t = std::time::Instant::now();
+    let tok = model.tokenizer().bos_id().unwrap_or(0);
+    let mut cache = model.new_cache(4)?;
+    model.forward(&mut cache, &[tok, tok], Logits::Last)?;
+    model.forward(&mut cache, &[tok], Logits::Last)?;
+    drop(cache);
+    let pipeline_cache_warm = backend.save_compiled()?;
+    Ok(WarmUp {
+        ms: t.elapsed().as_secs_f64() * 1e3,
+        pipeline_cache_warm,
+    })
+}
+
+/// The models folder: `$LOWBIT_MODELS_DIR`, else `models/` under the current directory (where
+/// `scripts/fetch-models.sh` puts them when run from the checkout).
+pub fn models_dir() -> PathBuf {
+    std::env::var_os("LOWBIT_MODELS_DIR")
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("models"))
+}
+
+/// Resolves the model path, with a message naming the fetch command when the default is absent.
+///
+/// Errors: `MODEL_LOADING_FAILED`.
+pub fn resolve_model_path(model: Option<&Path>) -> Result<PathBuf> {
+    match model {
+        Some(p) if p.exists() => Ok(p.to_path_buf()),
+        Some(p) => Err(Error::model_loading(format!(
+            "model file {} does not exist",
+            p.display()
+        ))),
+        None => {
+            let p = models_dir().join(DEFAULT_MODEL_FILE);
+            if p.exists() {
+                Ok(p)
+            } else {
+                Err(Error::new(
+                    ErrorCode::ModelLoadingFailed,
+                    format!(
+                        "the default model {} is missing; fetch it with `{FETCH_COMMAND}` \
+                         (or pass --model PATH, or set LOWBIT_MODELS_DIR)",
+                        p.display()
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_defaults_plan_int4_g32_asymmetric() {
+        let p = RunPlan::default();
+        assert_eq!(p.weights.method(), "int4");
+        assert_eq!(p.weights.label(), "int4-g32-asym");
+        assert_eq!(p.model, ModelChoice::Default);
+        assert_eq!(p.backend.name, "auto");
+        assert_eq!(p.kv_cache.bits, 16);
+        assert_eq!(p.backend.tuning, BackendTuning::default());
+    }
+
+    #[test]
+    fn mixed_keeps_each_role() {
+        let mut c = Config::default();
+        let src = lowbit_core::config::Source::Default;
+        c.set("quantization.method", "mixed".into(), src.clone());
+        c.set("quantization.layers.attention", 4.into(), src.clone());
+        c.set("quantization.layers.feedforward", 2.into(), src);
+        let w = weights_from_config(&c).unwrap();
+        assert_eq!(w.attention.bits(), 4);
+        assert_eq!(w.feedforward.bits(), 2);
+        assert_eq!((w.embedding.bits(), w.lm_head.bits()), (8, 8));
+        assert_eq!(w.method(), "mixed");
+        assert_eq!(w.label(), "attn int4-g32-asym, ffn int2-g32-asym");
+    }
+
+    #[test]
+    fn malformed_matvec_shape_is_invalid_config() {
+        let mut c = Config::default();
+        c.set(
+            "backend.webgpu.matvec_shape",
+            "12x".into(),
+            lowbit_core::config::Source::Default,
+        );
+        let e = tuning_from_config(&c).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+    }
+}
