@@ -257,7 +257,7 @@ fn bench_names_its_backend_and_features() {
         ("int8", "tg2"),
     ]) {
         assert!(
-            row.contains(&format!("| {precision}-g32-sym |"))
+            row.contains(&format!("| {precision}-g32-asym |"))
                 && row.contains(&format!("| {test} |")),
             "{row}"
         );

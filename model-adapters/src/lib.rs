@@ -4,5 +4,6 @@
 
 pub mod llama;
 pub mod synthetic;
+mod tensor_source;
 
 pub use llama::LlamaAdapter;

@@ -1,10 +1,10 @@
 //! LLaMA-family text decoders (LLaMA 2/3, SmolLM2, Mistral-style): grouped-query attention,
 //! RoPE, RMSNorm, SwiGLU feed-forward, optionally tied embeddings.
 
+use crate::tensor_source::TensorSource;
 use lowbit_core::adapter::ProgressFn;
 use lowbit_core::backend::{AttentionParams, PendingRead, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::formats::gguf::GgufFile;
-use lowbit_core::quant::quantize;
 use lowbit_core::registry::AdapterRegistration;
 use lowbit_core::tokenizer::Tokenizer;
 use lowbit_core::{
@@ -119,27 +119,6 @@ pub struct LlamaModel {
     batch_tmp: Mutex<Option<[BufferId; 3]>>,
 }
 
-/// Converts a dense f32 matrix into the backend format the plan asks for.
-fn to_weight(data: Vec<f32>, rows: usize, cols: usize, p: WeightPrecision) -> Result<WeightMatrix> {
-    Ok(match p {
-        WeightPrecision::F32 => WeightMatrix::F32 { rows, cols, data },
-        WeightPrecision::F16 => WeightMatrix::F16 {
-            rows,
-            cols,
-            data: data.iter().map(|&v| half::f16::from_f32(v)).collect(),
-        },
-        WeightPrecision::Quant(spec) => WeightMatrix::Quantized(quantize(&data, rows, cols, spec)?),
-    })
-}
-
-/// Where a model's tensors come from.
-enum TensorSource<'a> {
-    /// A GGUF file.
-    Gguf(&'a GgufFile),
-    /// Random values of the right shape (speed benchmarks of published shapes).
-    Random,
-}
-
 /// Loads tensors onto the backend, keeping count of size and bits.
 struct Loader<'a, 'p> {
     src: TensorSource<'a>,
@@ -195,22 +174,7 @@ impl Loader<'_, '_> {
         cols: usize,
         p: WeightPrecision,
     ) -> Result<WeightMatrix> {
-        let w = match self.src {
-            TensorSource::Gguf(g) => {
-                let dims = g
-                    .tensor_dims(name)
-                    .ok_or_else(|| Error::model_loading(format!("missing tensor {name}")))?;
-                if dims.len() != 2 || dims[0] as usize != cols || dims[1] as usize != rows {
-                    return Err(Error::model_loading(format!(
-                        "tensor {name} has dims {dims:?}, expected [{cols}, {rows}]"
-                    )));
-                }
-                to_weight(g.dequantize(name)?, rows, cols, p)?
-            }
-            TensorSource::Random => {
-                crate::synthetic::random_weight(rows, cols, p, self.done as u64)?
-            }
-        };
+        let w = self.src.matrix(name, rows, cols, p, self.done as u64)?;
         self.bytes += w.size_bytes();
         self.bits += w.size_bytes() as f64 * 8.0;
         self.n_weights += rows * cols;
@@ -218,10 +182,7 @@ impl Loader<'_, '_> {
     }
 
     fn vector(&mut self, name: &str, len: usize) -> Result<BufferId> {
-        let data = match self.src {
-            TensorSource::Gguf(g) => g.dequantize(name)?,
-            TensorSource::Random => vec![1.0; len],
-        };
+        let data = self.src.vector(name, len)?;
         if data.len() != len {
             return Err(Error::model_loading(format!(
                 "tensor {name} has {} values, expected {len}",

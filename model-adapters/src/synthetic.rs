@@ -3,13 +3,10 @@
 //! without large files. Speed does not depend on the values; quality figures never come from
 //! these models.
 
-use half::f16;
-use lowbit_core::adapter::{ProgressFn, QuantPlan, TextModel, WeightPrecision};
+use lowbit_core::adapter::{ProgressFn, QuantPlan, TextModel};
 use lowbit_core::formats::gguf::GgufValue;
-use lowbit_core::quant::{QuantizedMatrix, Scheme};
 use lowbit_core::tokenizer::Tokenizer;
-use lowbit_core::{Backend, Error, Result, WeightMatrix};
-use rayon::prelude::*;
+use lowbit_core::{Backend, Error, Result};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -82,79 +79,6 @@ pub fn preset(name: &str) -> Result<&'static SyntheticPreset> {
             "unknown synthetic model `{name}`; known: {}",
             names.join(", ")
         ))
-    })
-}
-
-/// SplitMix64: a fast, good-enough stream of random words.
-fn splitmix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// Uniform values in `[-a, a)` from a seed, in parallel.
-fn random_f32(n: usize, a: f32, seed: u64) -> Vec<f32> {
-    (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let r = splitmix(seed ^ (i as u64).wrapping_mul(0x2545_F491_4F6C_DD1D));
-            ((r >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * a
-        })
-        .collect()
-}
-
-/// A random weight matrix in precision `p`: random packed codes with small scales for integer
-/// formats (no quantization search: the values are irrelevant to speed).
-pub fn random_weight(
-    rows: usize,
-    cols: usize,
-    p: WeightPrecision,
-    seed: u64,
-) -> Result<WeightMatrix> {
-    // Scales keep activations bounded through many layers of random weights.
-    let a = 1.0 / (cols as f32).sqrt();
-    Ok(match p {
-        WeightPrecision::F32 => WeightMatrix::F32 {
-            rows,
-            cols,
-            data: random_f32(rows * cols, a, seed),
-        },
-        WeightPrecision::F16 => WeightMatrix::F16 {
-            rows,
-            cols,
-            data: random_f32(rows * cols, a, seed)
-                .into_par_iter()
-                .map(f16::from_f32)
-                .collect(),
-        },
-        WeightPrecision::Quant(spec) => {
-            if !cols.is_multiple_of(32) {
-                return Err(Error::invalid_config(format!(
-                    "cols {cols} is not a multiple of 32"
-                )));
-            }
-            let words = rows * cols * spec.bits as usize / 32;
-            let groups = rows * cols.div_ceil(spec.group_size);
-            let data: Vec<u32> = (0..words)
-                .into_par_iter()
-                .map(|i| splitmix(seed.wrapping_mul(31) ^ i as u64) as u32)
-                .collect();
-            let step = a / spec.max_code() as f32 * 2.0;
-            let scales = vec![f16::from_f32(step); groups];
-            let offsets = match spec.scheme {
-                Scheme::Symmetric => Vec::new(),
-                Scheme::Asymmetric => vec![f16::from_f32(-a); groups],
-            };
-            WeightMatrix::Quantized(QuantizedMatrix {
-                rows,
-                cols,
-                spec,
-                data,
-                scales,
-                offsets,
-            })
-        }
     })
 }
 

@@ -26,7 +26,7 @@ pub struct ModelArgs {
     /// feed-forward matrices to that width (the embedding and output projection to 8 bits)
     /// with an error-minimising scale search; mixed takes each role's bits from
     /// [quantization.layers].
-    #[arg(long, short = 'q', value_parser = METHODS.to_vec())]
+    #[arg(long, short = 'q')]
     pub quant: Option<String>,
     /// Values per quantization group (scale) along the reduction dimension: 32, 64 or 128
     /// [config: quantization.group_size; default 32].
@@ -97,13 +97,20 @@ impl ModelArgs {
         if let Some(p) = &self.model {
             cli.push("model.path", p.display().to_string().into(), flag("model"));
         }
-        match quant {
-            Some(q) => cli.push("quantization.method", q.into(), flag("quants")),
-            None => {
-                if let Some(q) = &self.quant {
-                    cli.push("quantization.method", q.as_str().into(), flag("quant"));
-                }
+        // A precision typed on the command line is taken as written: an unknown one is an
+        // error, not a correction to the nearest name (as a config file's would be).
+        let method = match quant {
+            Some(q) => Some((q, "quants")),
+            None => self.quant.as_deref().map(|q| (q, "quant")),
+        };
+        if let Some((q, name)) = method {
+            if !METHODS.contains(&q) {
+                return Err(Error::invalid_config(format!(
+                    "--{name} {q}: unknown precision; expected one of {}",
+                    METHODS.join(", ")
+                )));
             }
+            cli.push("quantization.method", q.into(), flag(name));
         }
         if let Some(g) = self.group_size {
             cli.push(

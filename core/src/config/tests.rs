@@ -296,7 +296,7 @@ fn wrong_types_and_unknown_keys_are_precise_errors() {
         .message
         .contains("did you mean `quantization.group_size`?"));
     // The corrected config is well-typed: the broken keys are back at their defaults.
-    assert_eq!(v.corrected.int("quantization.group_size"), 128);
+    assert_eq!(v.corrected.int("quantization.group_size"), 32);
 }
 
 #[test]
@@ -312,7 +312,7 @@ fn invalid_strings_become_the_suggestion_or_default() {
     );
     assert_eq!(
         corrected_to(&v, "quantization.scheme").as_deref(),
-        Some("\"symmetric\"")
+        Some("\"asymmetric\"")
     );
     assert_eq!(
         corrected_to(&v, "runtime.profile").as_deref(),
