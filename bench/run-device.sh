@@ -34,7 +34,8 @@
 #
 # The peer (--peer) needs, in .peer/ (git-ignored, made before the run): llamacpp-src.tgz
 # (vendor/llama.cpp of the llama-cpp-python 0.3.36 sdist as src/), ggml-vocab-llama-bpe.gguf
-# (from the sdist's models/); shared/tools/make-synthetic-gguf.py makes the GGUFs of the shapes.
+# (from the sdist's models/) and make-synthetic-gguf.py (from the project's shared/tools/, which
+# is used in place when the checkout has it beside or inside it), which makes the shapes' GGUFs.
 # A Vulkan build also needs .vk/ (glslc, libshaderc1 from Debian bookworm; libvulkan-dev and
 # spirv-headers from trixie, whose headers have VK_EXT_layer_settings). .gl/ may hold the Vulkan
 # loader debs (installed first when present).
@@ -151,7 +152,9 @@ peer_models() {
     *) echo "no peer GGUF recipe for $shape" >&2; return 1 ;;
   esac
   f16=$peer_dir/$shape-f16.gguf
-  [ -f "$f16" ] || python3 shared/tools/make-synthetic-gguf.py "$f16" \
+  maker=$(ls .peer/make-synthetic-gguf.py shared/tools/make-synthetic-gguf.py \
+    ../shared/tools/make-synthetic-gguf.py 2>/dev/null | head -1)
+  [ -f "$f16" ] || python3 "$maker" "$f16" \
     --vocab-file .peer/ggml-vocab-llama-bpe.gguf "${shape_args[@]}" > /dev/null
   for q in ${peer_quants//,/ }; do
     [ -f "$peer_dir/$shape-$q.gguf" ] || $peer_dir/build/bin/llama-quantize "$f16" "$peer_dir/$shape-$q.gguf" "$q" "$(nproc)" > /dev/null 2>&1

@@ -2,7 +2,8 @@
 //! SIMD CPU backend, streaming output token by token.
 //!
 //! This facade re-exports the core crate and adds what applications use directly: loading a
-//! model by path with a quantization plan ([`load`]) and evaluation ([`perplexity`]).
+//! model by path with a quantization plan ([`load`]), evaluation ([`perplexity`]) and the
+//! records measuring commands write ([`results`]).
 //!
 //! ```no_run
 //! use lowbit::load::{load_text_model, LoadOptions};
@@ -19,6 +20,7 @@
 
 pub mod load;
 pub mod perplexity;
+pub mod results;
 pub mod selection;
 pub mod server;
 pub mod streaming;

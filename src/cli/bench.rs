@@ -4,8 +4,10 @@ use super::common::{mb, ModelArgs};
 use clap::Args;
 use lowbit::core::adapter::{Logits, TextModel};
 use lowbit::core::generate::peak_rss_bytes;
+use lowbit::results::{self, ResultsFile};
 use lowbit::{Error, Result};
 use serde::Serialize;
+use serde_json::{json, Map, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -63,6 +65,12 @@ pub struct BenchArgs {
     /// GGUF files for the peer (e.g. Q8_0 and Q4_0 made by llama-quantize), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub peer_models: Vec<PathBuf>,
+    /// Append one JSON object per measured row (prefill, decode, copy bandwidth, start-up) to
+    /// this JSON-lines file, each written as it is measured: date, commit, command, device,
+    /// backend, driver, the row's full configuration and its figures. llama-bench's rows are
+    /// lines of their own, with "engine": "llama.cpp".
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub output: Option<PathBuf>,
 }
 
 /// One row of the table.
@@ -79,6 +87,98 @@ struct Row {
     stddev: f64,
     /// Bytes of weights read per decoded token / decode time: effective bandwidth.
     weight_gb_per_s: Option<f64>,
+    /// The peer's own record of the row (llama-bench's JSON object), kept for `--output`.
+    #[serde(skip)]
+    peer: Option<Value>,
+}
+
+/// Where measured rows go as they are measured: the printed table and the `--output` file.
+struct RowSink {
+    /// Print the markdown table (not with `--json`).
+    table: bool,
+    header_printed: bool,
+    out: Option<ResultsFile>,
+    /// The configuration of the model being measured (`--output` records).
+    config: Map<String, Value>,
+}
+
+impl RowSink {
+    /// Prints `r` (the header first) and appends its record.
+    fn emit(&mut self, r: &Row) -> Result<()> {
+        if self.table {
+            if !self.header_printed {
+                println!(
+                    "| engine | model | precision | bits/weight | size MB | threads | test | tokens/s | weight GB/s |"
+                );
+                println!("|---|---|---|---|---|---|---|---|---|");
+                self.header_printed = true;
+            }
+            print_row(r);
+        }
+        let Some(out) = &mut self.out else {
+            return Ok(());
+        };
+        let mut config = match &r.peer {
+            Some(_) => Map::new(),
+            None => self.config.clone(),
+        };
+        config.insert("model".into(), r.model.clone().into());
+        config.insert("precision".into(), r.precision.clone().into());
+        config.insert("bits_per_weight".into(), r.bits_per_weight.into());
+        config.insert("size_mb".into(), r.size_mb.into());
+        config.insert("threads".into(), r.threads.into());
+        let mut rec = json!({
+            "engine": r.engine,
+            "test": r.test,
+            "tokens_per_s": r.tokens_per_s,
+            "stddev": r.stddev,
+            "weight_gb_per_s": r.weight_gb_per_s,
+            "peak_rss_bytes": peak_rss_bytes(),
+        });
+        if let Some(p) = &r.peer {
+            // The peer ran on its own backend: its record says which, by its own fields.
+            let device = [&p["gpu_info"], &p["cpu_info"]]
+                .into_iter()
+                .filter_map(|v| v.as_str())
+                .find(|s| !s.is_empty())
+                .map(str::to_owned);
+            for k in [
+                "model_filename",
+                "n_prompt",
+                "n_gen",
+                "n_batch",
+                "n_ubatch",
+                "n_gpu_layers",
+                "type_k",
+                "type_v",
+                "flash_attn",
+            ] {
+                if let Some(v) = p.get(k) {
+                    config.insert(k.into(), v.clone());
+                }
+            }
+            rec["device"] = device.into();
+            rec["backend"] = p["backends"].clone();
+            rec["driver"] = Value::Null;
+            rec["features"] = json!([]);
+            rec["engine_commit"] = p["build_commit"].clone();
+            rec["peer_record"] = p.clone();
+        }
+        rec["config"] = Value::Object(config);
+        out.write(rec)
+    }
+
+    /// Appends a record that is not a table row (copy bandwidth, start-up).
+    fn record(&mut self, test: &str, figures: Value) -> Result<()> {
+        let Some(out) = &mut self.out else {
+            return Ok(());
+        };
+        let mut rec = json!({ "test": test, "config": self.config });
+        if let (Value::Object(r), Value::Object(f)) = (&mut rec, figures) {
+            r.extend(f);
+        }
+        out.write(rec)
+    }
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -126,6 +226,7 @@ fn bench_model(
     a: &BenchArgs,
     threads: usize,
     positions: usize,
+    sink: &mut RowSink,
 ) -> Result<(Vec<Row>, usize)> {
     let vocab = model.config().vocab_size;
     let mut cache = model.new_cache(positions)?;
@@ -141,6 +242,7 @@ fn bench_model(
         tokens_per_s: tps,
         stddev: sd,
         weight_gb_per_s: bw,
+        peer: None,
     };
     if a.prompt_tokens > 0 {
         let toks = random_tokens(a.prompt_tokens, vocab, 1);
@@ -153,7 +255,9 @@ fn bench_model(
                 v.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
             }
         }
-        rows.push(base(format!("pp{}", a.prompt_tokens), mean_std(&v), None));
+        let row = base(format!("pp{}", a.prompt_tokens), mean_std(&v), None);
+        sink.emit(&row)?;
+        rows.push(row);
     }
     if a.gen_tokens > 0 {
         // Greedy decoding as `generate` runs it: each step's token is selected on the device
@@ -175,7 +279,9 @@ fn bench_model(
         }
         let (m, sd) = mean_std(&v);
         let bw = m * model.weight_bytes() as f64 / 1e9;
-        rows.push(base(format!("tg{}", a.gen_tokens), (m, sd), Some(bw)));
+        let row = base(format!("tg{}", a.gen_tokens), (m, sd), Some(bw));
+        sink.emit(&row)?;
+        rows.push(row);
     }
     Ok((rows, cache.bytes))
 }
@@ -257,6 +363,7 @@ fn bench_peer(bin: &Path, model: &Path, a: &BenchArgs, threads: usize) -> Result
             tokens_per_s: tps,
             stddev: r["stddev_ts"].as_f64().unwrap_or(0.0),
             weight_gb_per_s: decode.then(|| tps * size / 1e9),
+            peer: Some(r.clone()),
         });
     }
     Ok(rows)
@@ -279,6 +386,24 @@ fn print_row(r: &Row) {
             .map(|b| format!("{b:.2}"))
             .unwrap_or_else(|| "-".into())
     );
+}
+
+/// The configuration of one model's rows for `--output`: how it was loaded and the tests'
+/// settings.
+fn run_config(
+    opts: &lowbit::load::LoadOptions,
+    a: &BenchArgs,
+    threads: usize,
+) -> Map<String, Value> {
+    let mut c = results::load_config(opts);
+    c.insert("prompt_tokens".into(), a.prompt_tokens.into());
+    c.insert("gen_tokens".into(), a.gen_tokens.into());
+    c.insert("reps".into(), a.reps.into());
+    c.insert("threads".into(), threads.into());
+    c.insert("kernel_timings".into(), a.kernel_timings.into());
+    c.insert("host_timings".into(), a.host_timings.into());
+    c.insert("pipeline_warm_up".into(), opts.warm_up.into());
+    c
 }
 
 /// Runs `lowbit bench`.
@@ -305,22 +430,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut copy_gbs = None;
     let mut starts = Vec::new();
     let mut backend_info = None;
-    // The table's rows are printed as they are measured (a long run that is stopped keeps what
-    // it measured); JSON is one object at the end.
-    let table = !a.model.json;
-    let mut header_printed = false;
-    let mut print_rows = |r: &[Row]| {
-        if !table || r.is_empty() {
-            return;
-        }
-        if !header_printed {
-            println!(
-                "| engine | model | precision | bits/weight | size MB | threads | test | tokens/s | weight GB/s |"
-            );
-            println!("|---|---|---|---|---|---|---|---|---|");
-        }
-        r.iter().for_each(print_row);
-        header_printed = true;
+    // The table's rows (and the --output records) are written as they are measured (a long run
+    // that is stopped keeps what it measured); JSON is one object at the end.
+    let mut sink = RowSink {
+        table: !a.model.json,
+        header_printed: false,
+        out: results::open_output(a.output.as_deref())?,
+        config: Map::new(),
     };
     for q in &quants {
         let mut opts = a.model.load_options(q)?;
@@ -330,6 +446,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let t = Instant::now();
         let (model, backend) = a.model.load_with(&opts)?;
         let positions = kv_positions(model.as_ref(), a)?;
+        if let Some(out) = &mut sink.out {
+            out.set_backend(&backend.info());
+        }
+        sink.config = run_config(&opts, a, threads);
         if a.ttft {
             let load_ms = t.elapsed().as_secs_f64() * 1e3;
             let w = lowbit::load::warm_up(model.as_ref(), backend.as_ref())?;
@@ -340,7 +460,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let logits = model.forward(&mut cache, &toks, Logits::Last)?;
             let _first = lowbit::core::generate::argmax(&logits);
             let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
-            starts.push(serde_json::json!({
+            let start = json!({
                 "precision": model.plan().layers.label(),
                 "backend": backend.info().device,
                 "pipeline_cache": match w.pipeline_cache_warm {
@@ -353,15 +473,24 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 "prompt_tokens": n,
                 "ttft_ms": ttft_ms,
                 "start_to_first_token_ms": load_ms + w.ms + ttft_ms,
-            }));
+            });
+            sink.record("ttft", start.clone())?;
+            starts.push(start);
         }
         if a.copy_bandwidth && copy_gbs.is_none() {
-            copy_gbs = Some(copy_bandwidth(backend.as_ref())?);
+            let c = copy_bandwidth(backend.as_ref())?;
+            sink.record(
+                "copy_bandwidth",
+                json!({
+                    "copy_gb_per_s": c,
+                    "reference_copy_gb_per_s": a.reference_copy_gbs,
+                }),
+            )?;
+            copy_gbs = Some(c);
         }
         backend_info = Some(backend.info());
         backend.reset_kernel_timings();
-        let (r, kv) = bench_model(model.as_ref(), a, threads, positions)?;
-        print_rows(&r);
+        let (r, kv) = bench_model(model.as_ref(), a, threads, positions, &mut sink)?;
         rows.extend(r);
         kv_bytes = kv;
         if a.kernel_timings || a.host_timings {
@@ -379,7 +508,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if let Some(bin) = &a.llama_bench {
         for m in &a.peer_models {
             let r = bench_peer(bin, m, a, threads)?;
-            print_rows(&r);
+            for row in &r {
+                sink.emit(row)?;
+            }
             rows.extend(r);
         }
     }

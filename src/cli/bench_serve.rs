@@ -7,6 +7,7 @@ use super::common::ModelArgs;
 use clap::Args;
 use futures::StreamExt;
 use lowbit::core::generate::percentile;
+use lowbit::results::{self, ResultsFile};
 use lowbit::server::{serve, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use lowbit::{Error, Result};
@@ -48,6 +49,12 @@ pub struct BenchServeArgs {
     /// The GGUF llama-server loads (e.g. models/peer/smollm2-q8_0.gguf).
     #[arg(long)]
     pub peer_model: Option<PathBuf>,
+    /// Append one JSON object per level (server and client count) to this JSON-lines file,
+    /// each written as the level ends: date, commit, command, device, backend, driver, the
+    /// full configuration and the level's figures. llama-server's levels are lines of their
+    /// own, with "engine": "llama.cpp".
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub output: Option<PathBuf>,
 }
 
 /// Figures of one level.
@@ -169,6 +176,29 @@ async fn level(server: &str, base: &str, a: &BenchServeArgs, clients: usize) -> 
     }
 }
 
+/// Appends a level's record: lowbit's with `config`, the peer's with its own engine name (its
+/// device and backend are not reported by llama-server, so they are null).
+fn record_level(
+    out: &mut Option<ResultsFile>,
+    r: &LevelResult,
+    config: &serde_json::Map<String, serde_json::Value>,
+) -> Result<()> {
+    let Some(out) = out else {
+        return Ok(());
+    };
+    let mut rec = serde_json::to_value(r).map_err(|e| Error::invalid_config(e.to_string()))?;
+    rec["test"] = format!("serve-c{}", r.clients).into();
+    rec["config"] = config.clone().into();
+    if r.server != "lowbit" {
+        rec["engine"] = "llama.cpp".into();
+        rec["device"] = serde_json::Value::Null;
+        rec["backend"] = serde_json::Value::Null;
+        rec["driver"] = serde_json::Value::Null;
+        rec["features"] = serde_json::json!([]);
+    }
+    out.write(rec)
+}
+
 /// Kills the peer server when the benchmark ends, however it ends.
 struct PeerProcess(Child);
 
@@ -200,19 +230,59 @@ async fn wait_healthy(base: &str, limit: Duration) -> bool {
     false
 }
 
+/// Context positions per request, on lowbit's side and per slot of llama-server's.
+const MAX_CONTEXT: usize = 512;
+
 /// Runs `lowbit bench-serve`.
 pub fn run(a: &BenchServeArgs) -> Result<()> {
     let path = lowbit::load::resolve_model_path(a.model.model.as_deref())?;
     let l = a.model.load_options(&a.model.quant)?;
     let max_clients = a.clients.iter().copied().max().unwrap_or(1);
     let config = InferenceConfig {
-        max_context: 512,
+        max_context: MAX_CONTEXT,
         max_concurrent_requests: max_clients,
         max_batch_size: a.max_batch_size,
         target_token_latency: Duration::from_millis(a.target_latency_ms),
         ..InferenceConfig::default().with_load_options(&l)
     };
-    let model = a.model.load_with(&l)?.0;
+    let (model, backend) = a.model.load_with(&l)?;
+    let mut out = results::open_output(a.output.as_deref())?;
+    if let Some(out) = &mut out {
+        out.set_backend(&backend.info());
+    }
+    let threads = if a.model.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        a.model.threads
+    };
+    let mut record_config = results::load_config(&l);
+    record_config.insert("model".into(), model.config().name.clone().into());
+    record_config.insert("precision".into(), model.plan().layers.label().into());
+    for (k, v) in [
+        ("max_tokens", a.max_tokens.into()),
+        ("prompt", a.prompt.clone().into()),
+        ("max_context", MAX_CONTEXT.into()),
+        ("max_batch_size", a.max_batch_size.into()),
+        ("target_latency_ms", a.target_latency_ms.into()),
+        ("level_timeout_s", a.level_timeout_s.into()),
+        ("threads", threads.into()),
+    ] {
+        record_config.insert(k.into(), v);
+    }
+    let mut peer_config = serde_json::Map::new();
+    if let Some(gguf) = &a.peer_model {
+        for (k, v) in [
+            ("model_path", gguf.display().to_string().into()),
+            ("max_tokens", a.max_tokens.into()),
+            ("prompt", a.prompt.clone().into()),
+            ("max_context", MAX_CONTEXT.into()),
+            ("parallel", max_clients.into()),
+            ("level_timeout_s", a.level_timeout_s.into()),
+            ("threads", threads.into()),
+        ] {
+            peer_config.insert(k.into(), v);
+        }
+    }
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -248,20 +318,16 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
         for &n in &a.clients {
             let r = level("lowbit", &base, a, n).await;
             eprintln!("{r:?}");
+            record_level(&mut out, &r, &record_config)?;
             results.push(r);
         }
         if let (Some(bin), Some(gguf)) = (&a.peer_server, &a.peer_model) {
             let port = free_port()?;
-            let threads = if a.model.threads == 0 {
-                std::thread::available_parallelism().map_or(1, |n| n.get())
-            } else {
-                a.model.threads
-            };
             let child = Command::new(bin)
                 .args(["-m", &gguf.to_string_lossy(), "--host", "127.0.0.1"])
                 .args(["--port", &port.to_string(), "-t", &threads.to_string()])
                 .args(["-np", &max_clients.to_string()])
-                .args(["-c", &(512 * max_clients).to_string(), "--no-webui"])
+                .args(["-c", &(MAX_CONTEXT * max_clients).to_string(), "--no-webui"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -276,6 +342,7 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
             for &n in &a.clients {
                 let r = level("llama-server", &base, a, n).await;
                 eprintln!("{r:?}");
+                record_level(&mut out, &r, &peer_config)?;
                 results.push(r);
             }
         }
