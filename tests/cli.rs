@@ -46,6 +46,14 @@ fn help_lists_every_subcommand_and_explains_flags() {
     ] {
         assert!(s.contains(flag), "generate --help lacks {flag}");
     }
+    for sub in ["bench", "perplexity", "bench-serve"] {
+        let out = lowbit().args([sub, "--help"]).output().unwrap();
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            s.contains("--output <FILE.jsonl>") && s.contains("JSON-lines"),
+            "{sub} --help does not explain --output: {s}"
+        );
+    }
 }
 
 #[test]

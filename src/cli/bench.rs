@@ -133,7 +133,6 @@ impl RowSink {
             "tokens_per_s": r.tokens_per_s,
             "stddev": r.stddev,
             "weight_gb_per_s": r.weight_gb_per_s,
-            "peak_rss_bytes": peak_rss_bytes(),
         });
         if let Some(p) = &r.peer {
             // The peer ran on its own backend: its record says which, by its own fields.
@@ -163,6 +162,8 @@ impl RowSink {
             rec["features"] = json!([]);
             rec["engine_commit"] = p["build_commit"].clone();
             rec["peer_record"] = p.clone();
+        } else {
+            rec["peak_rss_bytes"] = peak_rss_bytes().into();
         }
         rec["config"] = Value::Object(config);
         out.write(rec)
