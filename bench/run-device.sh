@@ -80,6 +80,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 case $peer in cuda|vulkan|none) ;; *) echo "--peer: cuda, vulkan or none" >&2; exit 2 ;; esac
+for bin in ${bins//,/ }; do
+  [ -x "$bin" ] || { echo "no lowbit binary at $bin (cargo build --release, or --lowbit PATH)" >&2; exit 2; }
+done
 
 # The GPU's Vulkan loader and NVIDIA's ICD, where the machine needs them installed.
 if compgen -G ".gl/*.deb" >/dev/null; then
