@@ -1,13 +1,13 @@
 //! `lowbit bench`: prefill and decode speed, memory, and llama.cpp's llama-bench beside it.
 
+use super::bench_rows::{run_config, Row, RowSink};
 use super::common::{mb, ModelArgs};
 use clap::Args;
 use lowbit::core::adapter::{Logits, TextModel};
 use lowbit::core::generate::peak_rss_bytes;
-use lowbit::results::{self, ResultsFile};
+use lowbit::results;
 use lowbit::{Error, Result};
-use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Map};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -71,115 +71,6 @@ pub struct BenchArgs {
     /// lines of their own, with "engine": "llama.cpp".
     #[arg(long, value_name = "FILE.jsonl")]
     pub output: Option<PathBuf>,
-}
-
-/// One row of the table.
-#[derive(Serialize)]
-struct Row {
-    engine: String,
-    model: String,
-    precision: String,
-    bits_per_weight: f64,
-    size_mb: f64,
-    threads: usize,
-    test: String,
-    tokens_per_s: f64,
-    stddev: f64,
-    /// Bytes of weights read per decoded token / decode time: effective bandwidth.
-    weight_gb_per_s: Option<f64>,
-    /// The peer's own record of the row (llama-bench's JSON object), kept for `--output`.
-    #[serde(skip)]
-    peer: Option<Value>,
-}
-
-/// Where measured rows go as they are measured: the printed table and the `--output` file.
-struct RowSink {
-    /// Print the markdown table (not with `--json`).
-    table: bool,
-    header_printed: bool,
-    out: Option<ResultsFile>,
-    /// The configuration of the model being measured (`--output` records).
-    config: Map<String, Value>,
-}
-
-impl RowSink {
-    /// Prints `r` (the header first) and appends its record.
-    fn emit(&mut self, r: &Row) -> Result<()> {
-        if self.table {
-            if !self.header_printed {
-                println!(
-                    "| engine | model | precision | bits/weight | size MB | threads | test | tokens/s | weight GB/s |"
-                );
-                println!("|---|---|---|---|---|---|---|---|---|");
-                self.header_printed = true;
-            }
-            print_row(r);
-        }
-        let Some(out) = &mut self.out else {
-            return Ok(());
-        };
-        let mut config = match &r.peer {
-            Some(_) => Map::new(),
-            None => self.config.clone(),
-        };
-        config.insert("model".into(), r.model.clone().into());
-        config.insert("precision".into(), r.precision.clone().into());
-        config.insert("bits_per_weight".into(), r.bits_per_weight.into());
-        config.insert("size_mb".into(), r.size_mb.into());
-        config.insert("threads".into(), r.threads.into());
-        let mut rec = json!({
-            "engine": r.engine,
-            "test": r.test,
-            "tokens_per_s": r.tokens_per_s,
-            "stddev": r.stddev,
-            "weight_gb_per_s": r.weight_gb_per_s,
-        });
-        if let Some(p) = &r.peer {
-            // The peer ran on its own backend: its record says which, by its own fields.
-            let device = [&p["gpu_info"], &p["cpu_info"]]
-                .into_iter()
-                .filter_map(|v| v.as_str())
-                .find(|s| !s.is_empty())
-                .map(str::to_owned);
-            for k in [
-                "model_filename",
-                "n_prompt",
-                "n_gen",
-                "n_batch",
-                "n_ubatch",
-                "n_gpu_layers",
-                "type_k",
-                "type_v",
-                "flash_attn",
-            ] {
-                if let Some(v) = p.get(k) {
-                    config.insert(k.into(), v.clone());
-                }
-            }
-            rec["device"] = device.into();
-            rec["backend"] = p["backends"].clone();
-            rec["driver"] = Value::Null;
-            rec["features"] = json!([]);
-            rec["engine_commit"] = p["build_commit"].clone();
-            rec["peer_record"] = p.clone();
-        } else {
-            rec["peak_rss_bytes"] = peak_rss_bytes().into();
-        }
-        rec["config"] = Value::Object(config);
-        out.write(rec)
-    }
-
-    /// Appends a record that is not a table row (copy bandwidth, start-up).
-    fn record(&mut self, test: &str, figures: Value) -> Result<()> {
-        let Some(out) = &mut self.out else {
-            return Ok(());
-        };
-        let mut rec = json!({ "test": test, "config": self.config });
-        if let (Value::Object(r), Value::Object(f)) = (&mut rec, figures) {
-            r.extend(f);
-        }
-        out.write(rec)
-    }
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -368,43 +259,6 @@ fn bench_peer(bin: &Path, model: &Path, a: &BenchArgs, threads: usize) -> Result
         });
     }
     Ok(rows)
-}
-
-/// One row of the results table (markdown, as llama-bench prints).
-fn print_row(r: &Row) {
-    println!(
-        "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.2} ± {:.2} | {} |",
-        r.engine,
-        r.model,
-        r.precision,
-        r.bits_per_weight,
-        r.size_mb,
-        r.threads,
-        r.test,
-        r.tokens_per_s,
-        r.stddev,
-        r.weight_gb_per_s
-            .map(|b| format!("{b:.2}"))
-            .unwrap_or_else(|| "-".into())
-    );
-}
-
-/// The configuration of one model's rows for `--output`: how it was loaded and the tests'
-/// settings.
-fn run_config(
-    opts: &lowbit::load::LoadOptions,
-    a: &BenchArgs,
-    threads: usize,
-) -> Map<String, Value> {
-    let mut c = results::load_config(opts);
-    c.insert("prompt_tokens".into(), a.prompt_tokens.into());
-    c.insert("gen_tokens".into(), a.gen_tokens.into());
-    c.insert("reps".into(), a.reps.into());
-    c.insert("threads".into(), threads.into());
-    c.insert("kernel_timings".into(), a.kernel_timings.into());
-    c.insert("host_timings".into(), a.host_timings.into());
-    c.insert("pipeline_warm_up".into(), opts.warm_up.into());
-    c
 }
 
 /// Runs `lowbit bench`.

@@ -6,12 +6,15 @@
 use super::common::ModelArgs;
 use clap::Args;
 use futures::StreamExt;
+use lowbit::core::adapter::TextModel;
 use lowbit::core::generate::percentile;
+use lowbit::load::LoadOptions;
 use lowbit::results::{self, ResultsFile};
 use lowbit::server::{serve, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use lowbit::{Error, Result};
 use serde::Serialize;
+use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -181,7 +184,7 @@ async fn level(server: &str, base: &str, a: &BenchServeArgs, clients: usize) -> 
 fn record_level(
     out: &mut Option<ResultsFile>,
     r: &LevelResult,
-    config: &serde_json::Map<String, serde_json::Value>,
+    config: &Map<String, Value>,
 ) -> Result<()> {
     let Some(out) = out else {
         return Ok(());
@@ -191,9 +194,9 @@ fn record_level(
     rec["config"] = config.clone().into();
     if r.server != "lowbit" {
         rec["engine"] = "llama.cpp".into();
-        rec["device"] = serde_json::Value::Null;
-        rec["backend"] = serde_json::Value::Null;
-        rec["driver"] = serde_json::Value::Null;
+        rec["device"] = Value::Null;
+        rec["backend"] = Value::Null;
+        rec["driver"] = Value::Null;
         rec["features"] = serde_json::json!([]);
     }
     out.write(rec)
@@ -233,6 +236,42 @@ async fn wait_healthy(base: &str, limit: Duration) -> bool {
 /// Context positions per request, on lowbit's side and per slot of llama-server's.
 const MAX_CONTEXT: usize = 512;
 
+/// The configuration of lowbit's levels and of the peer's, for `--output` records.
+fn record_configs(
+    a: &BenchServeArgs,
+    l: &LoadOptions,
+    model: &dyn TextModel,
+    threads: usize,
+    max_clients: usize,
+) -> (Map<String, Value>, Map<String, Value>) {
+    let shared: [(&str, Value); 5] = [
+        ("max_tokens", a.max_tokens.into()),
+        ("prompt", a.prompt.clone().into()),
+        ("max_context", MAX_CONTEXT.into()),
+        ("level_timeout_s", a.level_timeout_s.into()),
+        ("threads", threads.into()),
+    ];
+    let mut own = results::load_config(l);
+    own.insert("model".into(), model.config().name.clone().into());
+    own.insert("precision".into(), model.plan().layers.label().into());
+    own.insert("max_batch_size".into(), a.max_batch_size.into());
+    own.insert("target_latency_ms".into(), a.target_latency_ms.into());
+    let mut peer = Map::new();
+    peer.insert(
+        "model_path".into(),
+        a.peer_model
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .into(),
+    );
+    peer.insert("parallel".into(), max_clients.into());
+    for (k, v) in shared {
+        own.insert(k.into(), v.clone());
+        peer.insert(k.into(), v);
+    }
+    (own, peer)
+}
+
 /// Runs `lowbit bench-serve`.
 pub fn run(a: &BenchServeArgs) -> Result<()> {
     let path = lowbit::load::resolve_model_path(a.model.model.as_deref())?;
@@ -255,34 +294,7 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
     } else {
         a.model.threads
     };
-    let mut record_config = results::load_config(&l);
-    record_config.insert("model".into(), model.config().name.clone().into());
-    record_config.insert("precision".into(), model.plan().layers.label().into());
-    for (k, v) in [
-        ("max_tokens", a.max_tokens.into()),
-        ("prompt", a.prompt.clone().into()),
-        ("max_context", MAX_CONTEXT.into()),
-        ("max_batch_size", a.max_batch_size.into()),
-        ("target_latency_ms", a.target_latency_ms.into()),
-        ("level_timeout_s", a.level_timeout_s.into()),
-        ("threads", threads.into()),
-    ] {
-        record_config.insert(k.into(), v);
-    }
-    let mut peer_config = serde_json::Map::new();
-    if let Some(gguf) = &a.peer_model {
-        for (k, v) in [
-            ("model_path", gguf.display().to_string().into()),
-            ("max_tokens", a.max_tokens.into()),
-            ("prompt", a.prompt.clone().into()),
-            ("max_context", MAX_CONTEXT.into()),
-            ("parallel", max_clients.into()),
-            ("level_timeout_s", a.level_timeout_s.into()),
-            ("threads", threads.into()),
-        ] {
-            peer_config.insert(k.into(), v);
-        }
-    }
+    let (record_config, peer_config) = record_configs(a, &l, model.as_ref(), threads, max_clients);
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
