@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Produces every llama.cpp reference figure lowbit is compared against (the "peer"):
 #   models/peer/                         (git-ignored) the F32 / requantized GGUFs and the raw logs
-#   bench/peer/perplexity.{json,md}      perplexity + bits per weight of F32 and each quant type
-#   bench/peer/llama-bench-cpu.md        llama-bench pp128 / tg64 of Q8_0 and Q4_0 on this CPU
-#   bench/peer/README.md                 the exact commands, the llama.cpp version, the CPU
+#   OUT/perplexity.md                    perplexity + bits per weight of F32 and each quant type
+#   OUT/llama-bench-cpu.md               llama-bench pp128 / tg64 of Q8_0 and Q4_0 on this CPU
+#   OUT/README.md                        the exact commands, the llama.cpp version, the CPU
+#   tests/fixtures/llamacpp_perplexity.json  the perplexities as data (tests compare against them)
 #   tests/fixtures/llamacpp_greedy.json  greedy completions (text + token ids) of 5 plain prompts
+# OUT is bench/results/DATE-DEVICE/peer (today, e.g. 2core-x86), or $PEER_OUT.
 #
 # Usage: scripts/peer-reference.sh [--force]
 #   Idempotent: each step whose output already exists is skipped, unless --force.
@@ -23,7 +25,7 @@ force=0
 for a in "$@"; do
   case $a in
     --force) force=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -34,7 +36,8 @@ src_model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 text=models/brown.txt
 peer=models/peer
 logs=$peer/logs
-out=bench/peer
+arch=$(uname -m)
+out=${PEER_OUT:-bench/results/$(date -u +%F)-$(nproc)core-${arch%_64}/peer}
 fixtures=tests/fixtures
 f32=$peer/smollm2-f32.gguf
 quants=(Q8_0 Q4_0 Q4_K_M Q3_K_M Q2_K)
@@ -144,8 +147,8 @@ ppl_run F32 "$ppl_chunks_quick"
 ppl_run F32 "$ppl_chunks"
 for q in "${quants[@]}"; do ppl_run "$q" "$ppl_chunks"; done
 
-step "writing $out/perplexity.json and $out/perplexity.md"
-PYTHONPATH="$gguf_py" python3 - "$peer" "$logs" "$out" "$ppl_ctx" "$ppl_chunks_quick" "$ppl_chunks" F32 "${quants[@]}" <<'PY'
+step "writing $fixtures/llamacpp_perplexity.json and $out/perplexity.md"
+PEER_PPL_JSON=$fixtures/llamacpp_perplexity.json PYTHONPATH="$gguf_py" python3 - "$peer" "$logs" "$out" "$ppl_ctx" "$ppl_chunks_quick" "$ppl_chunks" F32 "${quants[@]}" <<'PY'
 import json, os, re, sys
 from collections import Counter
 import gguf
@@ -179,7 +182,7 @@ for t in types:
                          chunks=n, ctx=ctx, ppl_by_chunk=by_chunk, tensor_types=kinds,
                          model=os.path.basename(path)))
 
-with open(os.path.join(out, "perplexity.json"), "w") as f:
+with open(os.environ["PEER_PPL_JSON"], "w") as f:
     json.dump(rows, f, indent=1)
     f.write("\n")
 
@@ -342,13 +345,13 @@ bench_build=$(grep -ho 'build: .*' "$logs/llama-bench.md" "$bench_md" 2>/dev/nul
   echo
   echo "Everything here is produced by \`scripts/peer-reference.sh\` (idempotent; \`--force\` redoes it)."
   echo "The GGUFs and raw logs go to \`models/peer/\` (git-ignored); this folder and"
-  echo "\`tests/fixtures/llamacpp_greedy.json\` hold the parsed results."
+  echo "\`tests/fixtures/llamacpp_{perplexity,greedy}.json\` hold the parsed results."
   echo
   echo "| file | what |"
   echo "|---|---|"
-  echo "| \`perplexity.json\` / \`perplexity.md\` | PPL ± error, size, bits/weight of F32 and ${quants[*]} (${ppl_chunks}×${ppl_ctx}), plus F32 with ${ppl_chunks_quick} chunks (CI) |"
+  echo "| \`perplexity.md\`, \`tests/fixtures/llamacpp_perplexity.json\` | PPL ± error, size, bits/weight of F32 and ${quants[*]} (${ppl_chunks}×${ppl_ctx}), plus F32 with ${ppl_chunks_quick} chunks (CI) |"
   echo "| \`llama-bench-cpu.md\` | llama-bench pp128 / tg64 of Q8_0 and Q4_0, ${threads} threads |"
-  echo "| \`../../tests/fixtures/llamacpp_greedy.json\` | greedy text + prompt / generated token ids, ${#prompts[@]} prompts, F32 |"
+  echo "| \`tests/fixtures/llamacpp_greedy.json\` | greedy text + prompt / generated token ids, ${#prompts[@]} prompts, F32 |"
   echo
   echo "## Version"
   echo
@@ -384,7 +387,7 @@ bench_build=$(grep -ho 'build: .*' "$logs/llama-bench.md" "$bench_md" 2>/dev/nul
 } >"$out/README.md"
 
 step "done"
-info "perplexity: $out/perplexity.md, $out/perplexity.json"
+info "perplexity: $out/perplexity.md, $fixtures/llamacpp_perplexity.json"
 info "greedy:     $fixtures/llamacpp_greedy.json"
 info "bench:      $bench_md"
 info "commands:   $out/README.md"

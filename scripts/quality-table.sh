@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Perplexity and real bits/weight of every lowbit precision on SmolLM2 + the Brown corpus
-# (ctx 512, N chunks), printed beside llama.cpp's figures from bench/peer/perplexity.json
-# (made by scripts/peer-reference.sh on the same F32 model and text).
+# (ctx 512, N chunks), printed beside llama.cpp's figures from
+# tests/fixtures/llamacpp_perplexity.json (made by scripts/peer-reference.sh on the same F32
+# model and text). Each run's JSON and every row as a JSON line (results.jsonl) go to OUT:
+# bench/results/DATE-DEVICE/quality (today, e.g. 2core-x86), or $QUALITY_OUT; an existing
+# run's JSON is reused, so an interrupted table resumes.
 # Usage: scripts/quality-table.sh [CHUNKS=20] [THREADS=2]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
 chunks=${1:-20}; threads=${2:-2}
-out=bench/quality; mkdir -p "$out"
+arch=$(uname -m)
+out=${QUALITY_OUT:-bench/results/$(date -u +%F)-$(nproc)core-${arch%_64}/quality}; mkdir -p "$out"
 # A private copy of the binary, so a rebuild during the (long) run cannot mix versions.
 src=${LOWBIT_BIN:-target/release/lowbit}
 [ -x "$src" ] || cargo build --release --bin lowbit
@@ -15,7 +19,8 @@ run() { # name args...
   local f=$out/$1.json; shift
   if [ ! -s "$f" ]; then
     echo "== lowbit perplexity $*" >&2
-    $bin perplexity --json -f models/brown.txt --ctx 512 --chunks "$chunks" --threads "$threads" "$@" > "$f.part"
+    $bin perplexity --json -f models/brown.txt --ctx 512 --chunks "$chunks" --threads "$threads" \
+      --output "$out/results.jsonl" "$@" > "$f.part"
     mv "$f.part" "$f"
   fi
 }
@@ -31,7 +36,7 @@ for f in sorted(glob.glob(os.path.join(out, "*.json"))):
     for r in json.load(open(f))["runs"]:
         rows.append(("lowbit", r["precision"], r["bits_per_weight"], r["result"]["perplexity"], r["result"]["perplexity_stderr"]))
 base = next((r[3] for r in rows if r[1] == "fp32"), None)
-peer = json.load(open("bench/peer/perplexity.json"))
+peer = json.load(open("tests/fixtures/llamacpp_perplexity.json"))
 peer = peer if isinstance(peer, list) else peer.get("rows", peer)
 for p in peer:
     if p.get("chunks") == chunks:

@@ -3,7 +3,8 @@
 //!
 //! This facade re-exports the core crate and adds what applications use directly: loading a
 //! model per a typed run plan ([`plan`]), built from the validated configuration
-//! ([`selection`]), and evaluation ([`perplexity`]).
+//! ([`selection`]), evaluation ([`perplexity`]) and the records measuring commands write
+//! ([`results`]).
 //!
 //! ```no_run
 //! use lowbit::plan::RunPlan;
@@ -21,6 +22,7 @@
 
 pub mod perplexity;
 pub mod plan;
+pub mod results;
 pub mod selection;
 pub mod server;
 pub mod streaming;

@@ -46,6 +46,14 @@ fn help_lists_every_subcommand_and_explains_flags() {
     ] {
         assert!(s.contains(flag), "generate --help lacks {flag}");
     }
+    for sub in ["bench", "perplexity", "bench-serve"] {
+        let out = lowbit().args([sub, "--help"]).output().unwrap();
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            s.contains("--output <FILE.jsonl>") && s.contains("JSON-lines"),
+            "{sub} --help does not explain --output: {s}"
+        );
+    }
 }
 
 #[test]
@@ -270,4 +278,187 @@ fn bench_names_its_backend_and_features() {
     let v: serde_json::Value = serde_json::from_str(&run(true)).unwrap();
     assert_eq!(v["backend"]["name"], "cpu", "{v}");
     assert!(v["backend"]["features"].is_array(), "{v}");
+}
+
+/// The commit `lowbit` was built from, as its build script reads it (`unknown` without git).
+fn built_commit() -> String {
+    Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// `bench`, `perplexity` and `bench-serve` with `--output` append one JSON line per measured
+/// row to the same file: each names its date, commit, command, device, backend and driver
+/// beside the row's configuration, and carries positive, finite figures.
+#[test]
+fn measuring_commands_write_one_json_line_per_row() {
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("results-{}", std::process::id()))
+        .join("rows.jsonl");
+    let _ = std::fs::remove_file(&file);
+    let common_args = ["--backend", "cpu", "--threads", "2", "--group-size", "32"];
+    let out = lowbit()
+        .args(["bench", "--quant", "int4", "--prompt-tokens", "8"])
+        .args(["--gen-tokens", "4", "--reps", "1", "--copy-bandwidth"])
+        .args(common_args)
+        .arg("--model")
+        .arg(common::smollm2())
+        .arg("--output")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lowbit()
+        .args([
+            "perplexity",
+            "--quant",
+            "int8",
+            "--ctx",
+            "64",
+            "--chunks",
+            "1",
+        ])
+        .args(common_args)
+        .arg("--model")
+        .arg(common::smollm2())
+        .arg("--file")
+        .arg(common::brown())
+        .arg("--output")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lowbit()
+        .args([
+            "bench-serve",
+            "--quant",
+            "int4",
+            "--clients",
+            "1,2",
+            "-n",
+            "3",
+        ])
+        .args(common_args)
+        .arg("--model")
+        .arg(common::smollm2())
+        .arg("--output")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = std::fs::read_to_string(&file).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    // Which row each line is, in the order they were measured.
+    let expected = [
+        ("bench", "copy_bandwidth", "int4"),
+        ("bench", "pp8", "int4"),
+        ("bench", "tg4", "int4"),
+        ("perplexity", "perplexity", "int8"),
+        ("bench-serve", "serve-c1", "int4"),
+        ("bench-serve", "serve-c2", "int4"),
+    ];
+    assert_eq!(records.len(), expected.len(), "{text}");
+    let commit = built_commit();
+    let positive = |v: &serde_json::Value, key: &str| {
+        let x = v[key].as_f64().unwrap_or(f64::NAN);
+        assert!(x.is_finite() && x > 0.0, "{key} = {x}: {v}");
+        x
+    };
+    for (r, (command, test, quant)) in records.iter().zip(expected) {
+        let date = r["date"].as_str().unwrap_or_default();
+        assert!(
+            date.len() == 20
+                && date.starts_with("20")
+                && date.ends_with('Z')
+                && date[10..].starts_with('T'),
+            "date {date}: {r}"
+        );
+        assert_eq!(r["commit"], commit.as_str(), "{r}");
+        assert!(
+            r["command"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with(&format!("lowbit {command} ")),
+            "{r}"
+        );
+        assert_eq!(r["engine"], "lowbit", "{r}");
+        assert_eq!(r["backend"], "cpu", "{r}");
+        for key in ["device", "driver"] {
+            assert!(
+                !r[key].as_str().unwrap_or_default().is_empty(),
+                "{key}: {r}"
+            );
+        }
+        assert_eq!(r["test"], test, "{r}");
+        let c = &r["config"];
+        assert_eq!(c["quant"], quant, "{r}");
+        assert_eq!(c["group_size"], 32, "{r}");
+        assert_eq!(c["scheme"], "symmetric", "{r}");
+        assert_eq!(c["requested_backend"], "cpu", "{r}");
+        assert!(
+            c["model_path"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "{r}"
+        );
+        assert_eq!(c["threads"], 2, "{r}");
+        match test {
+            "copy_bandwidth" => {
+                positive(r, "copy_gb_per_s");
+            }
+            "serve-c1" | "serve-c2" => {
+                assert_eq!(r["ok"], r["clients"], "{r}");
+                assert_eq!(r["failed"], 0, "{r}");
+                assert_eq!(c["max_tokens"], 3, "{r}");
+                positive(r, "tokens_per_s");
+                positive(r, "ttft_p50_ms");
+            }
+            "perplexity" => {
+                assert_eq!(c["ctx"], 64, "{r}");
+                assert_eq!(r["chunks"], 1, "{r}");
+                assert!(positive(r, "perplexity") > 1.0, "{r}");
+                positive(r, "perplexity_stderr");
+            }
+            _ => {
+                assert_eq!(c["prompt_tokens"], 8, "{r}");
+                assert_eq!(c["gen_tokens"], 4, "{r}");
+                assert_eq!(c["reps"], 1, "{r}");
+                assert!(
+                    c["precision"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .starts_with(quant),
+                    "{r}"
+                );
+                positive(r, "tokens_per_s");
+                positive(c, "bits_per_weight");
+                if test == "tg4" {
+                    positive(r, "weight_gb_per_s");
+                }
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&file);
 }

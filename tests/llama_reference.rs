@@ -1,6 +1,6 @@
 //! SmolLM2 on the CPU backend against llama.cpp's outputs on the same F32 weights
 //! (references made by scripts/peer-reference.sh: tests/fixtures/llamacpp_greedy.json and
-//! bench/peer/perplexity.json).
+//! tests/fixtures/llamacpp_perplexity.json).
 
 mod common;
 
@@ -77,7 +77,7 @@ fn greedy_fp32_matches_llama_cpp_on_at_least_4_of_5_prompts() {
 /// The bound is 1%.
 #[test]
 fn perplexity_fp32_within_1_percent_of_llama_cpp_and_int8_within_half_percent() {
-    let peer = fixture("bench/peer/perplexity.json");
+    let peer = fixture("tests/fixtures/llamacpp_perplexity.json");
     let want = peer
         .as_array()
         .unwrap()

@@ -9,7 +9,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
 
-/// The previous `Sampler::sample` (before session 6), for the side-by-side column.
+/// `Sampler::sample` before commit cf44e47 (a full sort of the candidates), for the
+/// side-by-side column.
 fn previous(logits: &[f32], p: SamplingParams, rng: &mut StdRng, c: &mut Vec<(u32, f32)>) -> u32 {
     c.clear();
     c.extend(logits.iter().enumerate().map(|(i, &v)| (i as u32, v)));

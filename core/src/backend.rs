@@ -243,6 +243,9 @@ pub struct BackendInfo {
     pub name: String,
     /// Human description of the device (CPU model and SIMD level, GPU adapter).
     pub device: String,
+    /// The driver as the platform reports it (a GPU adapter's driver name and version), or
+    /// the SIMD instruction set the CPU backend runs.
+    pub driver: String,
     /// Features in use (e.g. `avx2`, `fma`, `shader-f16`, `subgroups`).
     pub features: Vec<String>,
     /// Worker threads (CPU) or 0.

@@ -1,11 +1,13 @@
 //! `lowbit bench`: prefill and decode speed, memory, and llama.cpp's llama-bench beside it.
 
+use super::bench_rows::{run_config, Row, RowSink};
 use super::common::{mb, ModelArgs};
 use clap::Args;
 use lowbit::core::adapter::{Logits, TextModel};
 use lowbit::core::generate::peak_rss_bytes;
+use lowbit::results;
 use lowbit::{Error, Result};
-use serde::Serialize;
+use serde_json::{json, Map};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
@@ -63,22 +65,12 @@ pub struct BenchArgs {
     /// GGUF files for the peer (e.g. Q8_0 and Q4_0 made by llama-quantize), comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub peer_models: Vec<PathBuf>,
-}
-
-/// One row of the table.
-#[derive(Serialize)]
-struct Row {
-    engine: String,
-    model: String,
-    precision: String,
-    bits_per_weight: f64,
-    size_mb: f64,
-    threads: usize,
-    test: String,
-    tokens_per_s: f64,
-    stddev: f64,
-    /// Bytes of weights read per decoded token / decode time: effective bandwidth.
-    weight_gb_per_s: Option<f64>,
+    /// Append one JSON object per measured row (prefill, decode, copy bandwidth, start-up) to
+    /// this JSON-lines file, each written as it is measured: date, commit, command, device,
+    /// backend, driver, the row's full configuration and its figures. llama-bench's rows are
+    /// lines of their own, with "engine": "llama.cpp".
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub output: Option<PathBuf>,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -126,6 +118,7 @@ fn bench_model(
     a: &BenchArgs,
     threads: usize,
     positions: usize,
+    sink: &mut RowSink,
 ) -> Result<(Vec<Row>, usize)> {
     let vocab = model.config().vocab_size;
     let mut cache = model.new_cache(positions)?;
@@ -141,6 +134,7 @@ fn bench_model(
         tokens_per_s: tps,
         stddev: sd,
         weight_gb_per_s: bw,
+        peer: None,
     };
     if a.prompt_tokens > 0 {
         let toks = random_tokens(a.prompt_tokens, vocab, 1);
@@ -153,7 +147,9 @@ fn bench_model(
                 v.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
             }
         }
-        rows.push(base(format!("pp{}", a.prompt_tokens), mean_std(&v), None));
+        let row = base(format!("pp{}", a.prompt_tokens), mean_std(&v), None);
+        sink.emit(&row)?;
+        rows.push(row);
     }
     if a.gen_tokens > 0 {
         // Greedy decoding as `generate` runs it: each step's token is selected on the device
@@ -175,7 +171,9 @@ fn bench_model(
         }
         let (m, sd) = mean_std(&v);
         let bw = m * model.weight_bytes() as f64 / 1e9;
-        rows.push(base(format!("tg{}", a.gen_tokens), (m, sd), Some(bw)));
+        let row = base(format!("tg{}", a.gen_tokens), (m, sd), Some(bw));
+        sink.emit(&row)?;
+        rows.push(row);
     }
     Ok((rows, cache.bytes))
 }
@@ -257,28 +255,10 @@ fn bench_peer(bin: &Path, model: &Path, a: &BenchArgs, threads: usize) -> Result
             tokens_per_s: tps,
             stddev: r["stddev_ts"].as_f64().unwrap_or(0.0),
             weight_gb_per_s: decode.then(|| tps * size / 1e9),
+            peer: Some(r.clone()),
         });
     }
     Ok(rows)
-}
-
-/// One row of the results table (markdown, as llama-bench prints).
-fn print_row(r: &Row) {
-    println!(
-        "| {} | {} | {} | {:.2} | {:.1} | {} | {} | {:.2} ± {:.2} | {} |",
-        r.engine,
-        r.model,
-        r.precision,
-        r.bits_per_weight,
-        r.size_mb,
-        r.threads,
-        r.test,
-        r.tokens_per_s,
-        r.stddev,
-        r.weight_gb_per_s
-            .map(|b| format!("{b:.2}"))
-            .unwrap_or_else(|| "-".into())
-    );
 }
 
 /// Runs `lowbit bench`.
@@ -304,22 +284,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let mut copy_gbs = None;
     let mut starts = Vec::new();
     let mut backend_info = None;
-    // The table's rows are printed as they are measured (a long run that is stopped keeps what
-    // it measured); JSON is one object at the end.
-    let table = !a.model.json;
-    let mut header_printed = false;
-    let mut print_rows = |r: &[Row]| {
-        if !table || r.is_empty() {
-            return;
-        }
-        if !header_printed {
-            println!(
-                "| engine | model | precision | bits/weight | size MB | threads | test | tokens/s | weight GB/s |"
-            );
-            println!("|---|---|---|---|---|---|---|---|---|");
-        }
-        r.iter().for_each(print_row);
-        header_printed = true;
+    // The table's rows (and the --output records) are written as they are measured (a long run
+    // that is stopped keeps what it measured); JSON is one object at the end.
+    let mut sink = RowSink {
+        table: !a.model.json,
+        header_printed: false,
+        out: results::open_output(a.output.as_deref())?,
+        config: Map::new(),
     };
     for q in &quants {
         let mut plan = a.model.plan(q.as_deref())?;
@@ -331,6 +302,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let t = Instant::now();
         let (model, backend) = a.model.load(&plan)?;
         let positions = kv_positions(model.as_ref(), a)?;
+        if let Some(out) = &mut sink.out {
+            out.set_backend(&backend.info());
+        }
+        sink.config = run_config(&plan, a, threads);
         if a.ttft {
             let load_ms = t.elapsed().as_secs_f64() * 1e3;
             let w = lowbit::plan::warm_up(model.as_ref(), backend.as_ref())?;
@@ -341,7 +316,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let logits = model.forward(&mut cache, &toks, Logits::Last)?;
             let _first = lowbit::core::generate::argmax(&logits);
             let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
-            starts.push(serde_json::json!({
+            let start = json!({
                 "precision": model.plan().label(),
                 "backend": backend.info().device,
                 "pipeline_cache": match w.pipeline_cache_warm {
@@ -354,15 +329,24 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 "prompt_tokens": n,
                 "ttft_ms": ttft_ms,
                 "start_to_first_token_ms": load_ms + w.ms + ttft_ms,
-            }));
+            });
+            sink.record("ttft", start.clone())?;
+            starts.push(start);
         }
         if a.copy_bandwidth && copy_gbs.is_none() {
-            copy_gbs = Some(copy_bandwidth(backend.as_ref())?);
+            let c = copy_bandwidth(backend.as_ref())?;
+            sink.record(
+                "copy_bandwidth",
+                json!({
+                    "copy_gb_per_s": c,
+                    "reference_copy_gb_per_s": a.reference_copy_gbs,
+                }),
+            )?;
+            copy_gbs = Some(c);
         }
         backend_info = Some(backend.info());
         backend.reset_kernel_timings();
-        let (r, kv) = bench_model(model.as_ref(), a, threads, positions)?;
-        print_rows(&r);
+        let (r, kv) = bench_model(model.as_ref(), a, threads, positions, &mut sink)?;
         rows.extend(r);
         kv_bytes = kv;
         if a.kernel_timings || a.host_timings {
@@ -380,7 +364,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if let Some(bin) = &a.llama_bench {
         for m in &a.peer_models {
             let r = bench_peer(bin, m, a, threads)?;
-            print_rows(&r);
+            for row in &r {
+                sink.emit(row)?;
+            }
             rows.extend(r);
         }
     }

@@ -6,11 +6,15 @@
 use super::common::ModelArgs;
 use clap::Args;
 use futures::StreamExt;
+use lowbit::core::adapter::TextModel;
 use lowbit::core::generate::percentile;
+use lowbit::plan::RunPlan;
+use lowbit::results::{self, ResultsFile};
 use lowbit::server::{serve, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use lowbit::{Error, Result};
 use serde::Serialize;
+use serde_json::{Map, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -48,6 +52,12 @@ pub struct BenchServeArgs {
     /// The GGUF llama-server loads (e.g. models/peer/smollm2-q8_0.gguf).
     #[arg(long)]
     pub peer_model: Option<PathBuf>,
+    /// Append one JSON object per level (server and client count) to this JSON-lines file,
+    /// each written as the level ends: date, commit, command, device, backend, driver, the
+    /// full configuration and the level's figures. llama-server's levels are lines of their
+    /// own, with "engine": "llama.cpp".
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub output: Option<PathBuf>,
 }
 
 /// Figures of one level.
@@ -169,6 +179,29 @@ async fn level(server: &str, base: &str, a: &BenchServeArgs, clients: usize) -> 
     }
 }
 
+/// Appends a level's record: lowbit's with `config`, the peer's with its own engine name (its
+/// device and backend are not reported by llama-server, so they are null).
+fn record_level(
+    out: &mut Option<ResultsFile>,
+    r: &LevelResult,
+    config: &Map<String, Value>,
+) -> Result<()> {
+    let Some(out) = out else {
+        return Ok(());
+    };
+    let mut rec = serde_json::to_value(r).map_err(|e| Error::invalid_config(e.to_string()))?;
+    rec["test"] = format!("serve-c{}", r.clients).into();
+    rec["config"] = config.clone().into();
+    if r.server != "lowbit" {
+        rec["engine"] = "llama.cpp".into();
+        rec["device"] = Value::Null;
+        rec["backend"] = Value::Null;
+        rec["driver"] = Value::Null;
+        rec["features"] = serde_json::json!([]);
+    }
+    out.write(rec)
+}
+
 /// Kills the peer server when the benchmark ends, however it ends.
 struct PeerProcess(Child);
 
@@ -200,13 +233,53 @@ async fn wait_healthy(base: &str, limit: Duration) -> bool {
     false
 }
 
+/// Context positions per request, on lowbit's side and per slot of llama-server's.
+const MAX_CONTEXT: usize = 512;
+
+/// The configuration of lowbit's levels and of the peer's, for `--output` records.
+fn record_configs(
+    a: &BenchServeArgs,
+    plan: &RunPlan,
+    model: &dyn TextModel,
+    threads: usize,
+    max_clients: usize,
+) -> (Map<String, Value>, Map<String, Value>) {
+    let shared: [(&str, Value); 5] = [
+        ("max_tokens", a.max_tokens.into()),
+        ("prompt", a.prompt.clone().into()),
+        ("max_context", MAX_CONTEXT.into()),
+        ("level_timeout_s", a.level_timeout_s.into()),
+        ("threads", threads.into()),
+    ];
+    let mut own = results::load_config(plan);
+    own.insert("model".into(), model.config().name.clone().into());
+    own.insert("precision".into(), model.plan().label().into());
+    own.insert("max_batch_size".into(), a.max_batch_size.into());
+    own.insert("target_latency_ms".into(), a.target_latency_ms.into());
+    let mut peer = Map::new();
+    peer.insert(
+        "model_path".into(),
+        a.peer_model
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .into(),
+    );
+    peer.insert("parallel".into(), max_clients.into());
+    for (k, v) in shared {
+        own.insert(k.into(), v.clone());
+        peer.insert(k.into(), v);
+    }
+    (own, peer)
+}
+
 /// Runs `lowbit bench-serve`.
 pub fn run(a: &BenchServeArgs) -> Result<()> {
     let mut plan = a.model.plan(None)?;
     let threads = plan.backend.threads;
     let path = plan.model_path()?.unwrap_or_default();
-    let model = a.model.load(&plan)?.0;
-    plan.kv_cache.max_seq_len = 512;
+    let (model, backend) = a.model.load(&plan)?;
+    plan.kv_cache.max_seq_len = MAX_CONTEXT;
+    let record_plan = plan.clone();
     let max_clients = a.clients.iter().copied().max().unwrap_or(1);
     let config = InferenceConfig {
         plan,
@@ -215,6 +288,16 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
         target_token_latency: Duration::from_millis(a.target_latency_ms),
         ..InferenceConfig::default()
     };
+    let mut out = results::open_output(a.output.as_deref())?;
+    if let Some(out) = &mut out {
+        out.set_backend(&backend.info());
+    }
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let (record_config, peer_config) =
+        record_configs(a, &record_plan, model.as_ref(), threads, max_clients);
     let id = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -250,19 +333,16 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
         for &n in &a.clients {
             let r = level("lowbit", &base, a, n).await;
             eprintln!("{r:?}");
+            record_level(&mut out, &r, &record_config)?;
             results.push(r);
         }
         if let (Some(bin), Some(gguf)) = (&a.peer_server, &a.peer_model) {
             let port = free_port()?;
-            let threads = match threads {
-                0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-                n => n,
-            };
             let child = Command::new(bin)
                 .args(["-m", &gguf.to_string_lossy(), "--host", "127.0.0.1"])
                 .args(["--port", &port.to_string(), "-t", &threads.to_string()])
                 .args(["-np", &max_clients.to_string()])
-                .args(["-c", &(512 * max_clients).to_string(), "--no-webui"])
+                .args(["-c", &(MAX_CONTEXT * max_clients).to_string(), "--no-webui"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -277,6 +357,7 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
             for &n in &a.clients {
                 let r = level("llama-server", &base, a, n).await;
                 eprintln!("{r:?}");
+                record_level(&mut out, &r, &peer_config)?;
                 results.push(r);
             }
         }

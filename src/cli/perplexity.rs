@@ -4,6 +4,7 @@ use super::common::ModelArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::perplexity::perplexity;
+use lowbit::results;
 use lowbit::{Error, Result};
 use std::path::PathBuf;
 
@@ -25,6 +26,11 @@ pub struct PerplexityArgs {
     /// fp32,int8,int4.
     #[arg(long)]
     pub quants: Option<String>,
+    /// Append one JSON object per precision to this JSON-lines file, each written as it is
+    /// measured: date, commit, command, device, backend, driver, the full configuration (model,
+    /// precision, group size, scheme, text, context, chunks) and the perplexity.
+    #[arg(long, value_name = "FILE.jsonl")]
+    pub output: Option<PathBuf>,
 }
 
 /// Runs `lowbit perplexity`.
@@ -34,6 +40,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
     })?;
     let quants = super::common::quant_list(a.quants.as_deref());
     let mut rows = Vec::new();
+    let mut out = results::open_output(a.output.as_deref())?;
     if !a.model.json {
         println!(
             "| precision | bits/weight | weights MB | perplexity | ± | chunks | tokens scored |"
@@ -41,7 +48,8 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         println!("|---|---|---|---|---|---|---|");
     }
     for q in &quants {
-        let (model, _) = a.model.load(&a.model.plan(q.as_deref())?)?;
+        let plan = a.model.plan(q.as_deref())?;
+        let (model, backend) = a.model.load(&plan)?;
         let bar = ProgressBar::new(a.chunks as u64);
         bar.set_style(
             ProgressStyle::with_template("{spinner} perplexity [{bar:30}] {pos}/{len} {msg}")
@@ -71,6 +79,26 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
                 r.chunks,
                 r.scored_tokens
             );
+        }
+        if let Some(out) = &mut out {
+            let mut config = results::load_config(&plan);
+            config.insert("model".into(), model.config().name.clone().into());
+            config.insert("precision".into(), label.clone().into());
+            config.insert("bits_per_weight".into(), model.bits_per_weight().into());
+            config.insert("weight_bytes".into(), model.weight_bytes().into());
+            config.insert("file".into(), a.file.display().to_string().into());
+            config.insert("ctx".into(), a.ctx.into());
+            config.insert("chunks".into(), a.chunks.into());
+            out.set_backend(&backend.info());
+            out.write(serde_json::json!({
+                "test": "perplexity",
+                "config": config,
+                "perplexity": r.perplexity,
+                "perplexity_stderr": r.perplexity_stderr,
+                "chunks": r.chunks,
+                "scored_tokens": r.scored_tokens,
+                "text_tokens": r.text_tokens,
+            }))?;
         }
         rows.push(serde_json::json!({
             "precision": label,

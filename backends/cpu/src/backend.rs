@@ -170,6 +170,7 @@ impl Backend for CpuBackend {
         BackendInfo {
             name: "cpu".into(),
             device: format!("{} ({})", info::cpu_model(), self.isa.name()),
+            driver: self.isa.name().to_string(),
             features: self.isa.features(),
             threads: self.threads,
         }

@@ -1454,6 +1454,7 @@ impl Backend for WgpuBackend {
         BackendInfo {
             name: "webgpu".into(),
             device: self.dev.describe(),
+            driver: self.dev.driver(),
             features,
             threads: 0,
         }

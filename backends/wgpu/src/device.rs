@@ -465,6 +465,14 @@ impl GpuDevice {
         Ok(())
     }
 
+    /// The adapter's driver and its version, e.g. `llvmpipe Mesa 23.2.1` or
+    /// `NVIDIA 550.54.15`; empty where the platform reports neither.
+    pub fn driver(&self) -> String {
+        format!("{} {}", self.info.driver, self.info.driver_info)
+            .trim()
+            .to_owned()
+    }
+
     /// A description such as `llvmpipe (LLVM 15.0.6, 256 bits) (Vulkan, Cpu)`.
     pub fn describe(&self) -> String {
         format!(
