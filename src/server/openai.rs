@@ -3,7 +3,7 @@
 //! every final response.
 
 use super::api_error::ApiError;
-use super::params::{self, parse_object};
+use super::params::{self, parse_object, GenerationRequest, ServedModel};
 use super::AppState;
 use crate::streaming::{Completion, Prompt, TokenEvent, TokenStream};
 use axum::body::Bytes;
@@ -109,6 +109,28 @@ async fn respond(st: AppState, body: Result<Bytes, BytesRejection>, chat: bool) 
     }
 }
 
+/// Reads the JSON body of `POST /v1/completions` (`chat` false) or `/v1/chat/completions`
+/// (`chat` true): the request it makes, or the error to answer (`model_not_found`, or
+/// `invalid_request` naming the bad field). Depends on nothing but its arguments.
+pub fn parse_completion_request(
+    body: &[u8],
+    chat: bool,
+    served: &ServedModel,
+) -> Result<GenerationRequest, ApiError> {
+    let o = parse_object(body)?;
+    if chat && !o.contains_key("messages") {
+        return Err(ApiError::invalid("`messages` is missing"));
+    }
+    if !chat && o.contains_key("messages") {
+        return Err(ApiError::invalid(
+            "`messages` belongs to /v1/chat/completions; send `prompt` here",
+        ));
+    }
+    let req = params::generation(served, &o, false)?;
+    debug_assert_eq!(chat, matches!(req.prompt, Prompt::Chat(_)));
+    Ok(req)
+}
+
 fn start(
     st: &AppState,
     body: Result<Bytes, BytesRejection>,
@@ -126,17 +148,7 @@ fn start(
             ApiError::invalid(r.body_text())
         }
     })?;
-    let o = parse_object(&body)?;
-    if chat && !o.contains_key("messages") {
-        return Err(ApiError::invalid("`messages` is missing"));
-    }
-    if !chat && o.contains_key("messages") {
-        return Err(ApiError::invalid(
-            "`messages` belongs to /v1/chat/completions; send `prompt` here",
-        ));
-    }
-    let req = params::generation(st, &o, false)?;
-    debug_assert_eq!(chat, matches!(req.prompt, Prompt::Chat(_)));
+    let req = parse_completion_request(&body, chat, &st.served())?;
     let ids = st.engine.encode(&req.prompt)?;
     let events = st.engine.submit_stream(ids, req.opts)?;
     let n = IDS.fetch_add(1, Ordering::Relaxed);
