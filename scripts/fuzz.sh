@@ -38,7 +38,9 @@ for t in "${targets[@]}"; do
   echo "== fuzz: $t for ${secs} s"
   # -timeout: one input running 10 s is a hang; -rss_limit_mb: a reader must not balloon.
   # The first corpus directory receives new inputs, so the committed seeds come second.
-  if ! "$target_dir/$host/release/$t" "$scratch/$t" "corpus/$t" \
+  dict=()
+  [ -f "dict/$t.dict" ] && dict=(-dict="dict/$t.dict")
+  if ! "$target_dir/$host/release/$t" "$scratch/$t" "corpus/$t" "${dict[@]}" \
       -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
       -artifact_prefix="artifacts/$t/" -print_final_stats=1 \
       > "$scratch/$t.log" 2>&1; then

@@ -118,10 +118,12 @@ pub fn parse_completion_request(
     served: &ServedModel,
 ) -> Result<GenerationRequest, ApiError> {
     let o = parse_object(body)?;
-    if chat && !o.contains_key("messages") {
+    // `null` counts as absent, as for every other field.
+    let has_messages = o.get("messages").is_some_and(|m| !m.is_null());
+    if chat && !has_messages {
         return Err(ApiError::invalid("`messages` is missing"));
     }
-    if !chat && o.contains_key("messages") {
+    if !chat && has_messages {
         return Err(ApiError::invalid(
             "`messages` belongs to /v1/chat/completions; send `prompt` here",
         ));
@@ -213,4 +215,28 @@ fn stream_response(events: TokenStream, meta: Meta) -> Response {
     })
     .flat_map(|evs| futures::stream::iter(evs.into_iter().map(Ok::<_, Infallible>)));
     Sse::new(s).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVED: ServedModel<'static> = ServedModel {
+        model_id: "m",
+        model_name: "M",
+        quantization: "int4",
+        max_new_tokens: 64,
+    };
+
+    /// Found with the protocol fuzz target: `"messages": null` counted as present for the endpoint
+    /// check but as absent when reading the prompt, so a chat request became a text completion (and
+    /// a debug assertion failed).
+    #[test]
+    fn null_messages_are_absent() {
+        let body = br#"{"messages": null, "prompt": "x"}"#;
+        let e = parse_completion_request(body, true, &SERVED).unwrap_err();
+        assert_eq!((e.code, e.message.as_str()), ("invalid_request", "`messages` is missing"));
+        let r = parse_completion_request(body, false, &SERVED).unwrap();
+        assert!(matches!(r.prompt, Prompt::Text(ref t) if t == "x"), "{:?}", r.prompt);
+    }
 }

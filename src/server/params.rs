@@ -172,11 +172,12 @@ pub(crate) fn generation(
             "`max_tokens` must be between 1 and {max_new_tokens}"
         )));
     }
-    let temperature = number(o, &["temperature"], DEFAULT_TEMPERATURE)?;
+    // Checked as the sampler will see them (f32): a `top_p` of 1e-50 is 0 there.
+    let temperature = number(o, &["temperature"], DEFAULT_TEMPERATURE)? as f32;
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid("`temperature` must be between 0 and 2"));
     }
-    let top_p = number(o, &["top_p", "topP"], DEFAULT_TOP_P)?;
+    let top_p = number(o, &["top_p", "topP"], DEFAULT_TOP_P)? as f32;
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid("`top_p` must be in (0, 1]"));
     }
@@ -216,9 +217,9 @@ pub(crate) fn generation(
         opts: GenerateOptions {
             max_tokens: max_tokens as usize,
             sampling: SamplingParams {
-                temperature: temperature as f32,
+                temperature,
                 top_k: top_k.min(u32::MAX as u64) as usize,
-                top_p: top_p as f32,
+                top_p,
                 seed,
             },
             stop,
@@ -226,4 +227,32 @@ pub(crate) fn generation(
         },
         stream,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVED: ServedModel<'static> = ServedModel {
+        model_id: "m",
+        model_name: "M",
+        quantization: "int4",
+        max_new_tokens: 64,
+    };
+
+    fn read(text: &str) -> Result<GenerationRequest, ApiError> {
+        generation(&SERVED, &parse_object(text.as_bytes())?, false)
+    }
+
+    /// Found with the protocol fuzz target: `top_p` was checked as f64 and then narrowed, so 1e-50
+    /// passed the (0, 1] check and reached the sampler as 0.
+    #[test]
+    fn top_p_is_checked_as_the_sampler_sees_it() {
+        let e = read(r#"{"prompt": "x", "top_p": 1e-50}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+        assert!(e.message.contains("top_p"), "{}", e.message);
+        let r = read(r#"{"prompt": "x", "top_p": 1e-30, "temperature": 1e-50}"#).unwrap();
+        assert_eq!(r.opts.sampling.top_p, 1e-30);
+        assert_eq!(r.opts.sampling.temperature, 0.0);
+    }
 }
