@@ -24,7 +24,9 @@ export RUSTFLAGS="${RUSTFLAGS:-} --cfg fuzzing -Cpasses=sancov-module \
  -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
  -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares \
  -Cllvm-args=-sanitizer-coverage-stack-depth -Cdebug-assertions -Coverflow-checks"
-target_dir=${CARGO_TARGET_DIR:-$root/fuzz/target}
+# The workspace target dir: the instrumented build lands in target/<host>/, apart from the
+# normal build, and reuses its build scripts and proc macros (the flags skip those).
+target_dir=${CARGO_TARGET_DIR:-$root/target}
 echo "== fuzz: building ${targets[*]} (target dir $target_dir)"
 build_start=$SECONDS
 cargo build --release --locked --target "$host" --target-dir "$target_dir" \

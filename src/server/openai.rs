@@ -235,8 +235,15 @@ mod tests {
     fn null_messages_are_absent() {
         let body = br#"{"messages": null, "prompt": "x"}"#;
         let e = parse_completion_request(body, true, &SERVED).unwrap_err();
-        assert_eq!((e.code, e.message.as_str()), ("invalid_request", "`messages` is missing"));
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("invalid_request", "`messages` is missing")
+        );
         let r = parse_completion_request(body, false, &SERVED).unwrap();
-        assert!(matches!(r.prompt, Prompt::Text(ref t) if t == "x"), "{:?}", r.prompt);
+        assert!(
+            matches!(r.prompt, Prompt::Text(ref t) if t == "x"),
+            "{:?}",
+            r.prompt
+        );
     }
 }
