@@ -111,7 +111,8 @@ async fn respond(st: AppState, body: Result<Bytes, BytesRejection>, chat: bool) 
 
 /// Reads the JSON body of `POST /v1/completions` (`chat` false) or `/v1/chat/completions`
 /// (`chat` true): the request it makes, or the error to answer (`model_not_found`, or
-/// `invalid_request` naming the bad field). Depends on nothing but its arguments.
+/// `invalid_request` naming the bad field). No engine or connection state is read (a request
+/// without `seed` draws the next one from a counter).
 pub fn parse_completion_request(
     body: &[u8],
     chat: bool,

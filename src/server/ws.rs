@@ -123,7 +123,8 @@ pub enum ClientMessage {
 
 /// Reads one text message of a client: the request it makes, or the error to answer with an
 /// `error` frame (`payload_too_large` over `max_frame_bytes`, `model_not_found`, or
-/// `invalid_request` naming the bad field). Depends on nothing but its arguments.
+/// `invalid_request` naming the bad field). No engine or connection state is read (a request
+/// without `seed` draws the next one from a counter).
 pub fn parse_client_message(
     text: &[u8],
     served: &ServedModel,
