@@ -12,6 +12,9 @@ mod params;
 mod ws;
 
 pub use api_error::ApiError;
+pub use openai::parse_completion_request;
+pub use params::{GenerationRequest, ServedModel};
+pub use ws::{parse_client_message, ClientMessage};
 
 use crate::streaming::StreamingInference;
 use axum::extract::{DefaultBodyLimit, Request, State};
@@ -58,6 +61,19 @@ pub(crate) struct AppState {
     pub config: Arc<ServerConfig>,
     /// The served weight precision (`int8`, ...).
     pub quantization: Arc<String>,
+}
+
+impl AppState {
+    /// The served model and limits that requests are read against.
+    fn served(&self) -> ServedModel<'_> {
+        let e = self.engine.as_ref();
+        ServedModel {
+            model_id: e.model_id(),
+            model_name: &e.model().config().name,
+            quantization: &self.quantization,
+            max_new_tokens: e.config().max_new_tokens,
+        }
+    }
 }
 
 /// The served quantization as clients name it (`int8`, `int4`, `fp16`, `mixed`, ...): the

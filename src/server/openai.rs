@@ -3,7 +3,7 @@
 //! every final response.
 
 use super::api_error::ApiError;
-use super::params::{self, parse_object};
+use super::params::{self, parse_object, GenerationRequest, ServedModel};
 use super::AppState;
 use crate::streaming::{Completion, Prompt, TokenEvent, TokenStream};
 use axum::body::Bytes;
@@ -109,6 +109,31 @@ async fn respond(st: AppState, body: Result<Bytes, BytesRejection>, chat: bool) 
     }
 }
 
+/// Reads the JSON body of `POST /v1/completions` (`chat` false) or `/v1/chat/completions`
+/// (`chat` true): the request it makes, or the error to answer (`model_not_found`, or
+/// `invalid_request` naming the bad field). No engine or connection state is read (a request
+/// without `seed` draws the next one from a counter).
+pub fn parse_completion_request(
+    body: &[u8],
+    chat: bool,
+    served: &ServedModel,
+) -> Result<GenerationRequest, ApiError> {
+    let o = parse_object(body)?;
+    // `null` counts as absent, as for every other field.
+    let has_messages = o.get("messages").is_some_and(|m| !m.is_null());
+    if chat && !has_messages {
+        return Err(ApiError::invalid("`messages` is missing"));
+    }
+    if !chat && has_messages {
+        return Err(ApiError::invalid(
+            "`messages` belongs to /v1/chat/completions; send `prompt` here",
+        ));
+    }
+    let req = params::generation(served, &o, false)?;
+    debug_assert_eq!(chat, matches!(req.prompt, Prompt::Chat(_)));
+    Ok(req)
+}
+
 fn start(
     st: &AppState,
     body: Result<Bytes, BytesRejection>,
@@ -126,17 +151,7 @@ fn start(
             ApiError::invalid(r.body_text())
         }
     })?;
-    let o = parse_object(&body)?;
-    if chat && !o.contains_key("messages") {
-        return Err(ApiError::invalid("`messages` is missing"));
-    }
-    if !chat && o.contains_key("messages") {
-        return Err(ApiError::invalid(
-            "`messages` belongs to /v1/chat/completions; send `prompt` here",
-        ));
-    }
-    let req = params::generation(st, &o, false)?;
-    debug_assert_eq!(chat, matches!(req.prompt, Prompt::Chat(_)));
+    let req = parse_completion_request(&body, chat, &st.served())?;
     let ids = st.engine.encode(&req.prompt)?;
     let events = st.engine.submit_stream(ids, req.opts)?;
     let n = IDS.fetch_add(1, Ordering::Relaxed);
@@ -201,4 +216,35 @@ fn stream_response(events: TokenStream, meta: Meta) -> Response {
     })
     .flat_map(|evs| futures::stream::iter(evs.into_iter().map(Ok::<_, Infallible>)));
     Sse::new(s).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVED: ServedModel<'static> = ServedModel {
+        model_id: "m",
+        model_name: "M",
+        quantization: "int4",
+        max_new_tokens: 64,
+    };
+
+    /// Found with the protocol fuzz target: `"messages": null` counted as present for the endpoint
+    /// check but as absent when reading the prompt, so a chat request became a text completion (and
+    /// a debug assertion failed).
+    #[test]
+    fn null_messages_are_absent() {
+        let body = br#"{"messages": null, "prompt": "x"}"#;
+        let e = parse_completion_request(body, true, &SERVED).unwrap_err();
+        assert_eq!(
+            (e.code, e.message.as_str()),
+            ("invalid_request", "`messages` is missing")
+        );
+        let r = parse_completion_request(body, false, &SERVED).unwrap();
+        assert!(
+            matches!(r.prompt, Prompt::Text(ref t) if t == "x"),
+            "{:?}",
+            r.prompt
+        );
+    }
 }

@@ -2,7 +2,6 @@
 //! `invalid_request` for every wrong type or value. Shared by the WebSocket and HTTP APIs.
 
 use super::api_error::ApiError;
-use super::AppState;
 use crate::streaming::Prompt;
 use lowbit_core::generate::{GenerateOptions, SamplingParams};
 use serde_json::{Map, Value};
@@ -17,10 +16,28 @@ const DEFAULT_TOP_K: u64 = 40;
 const MAX_STOPS: usize = 8;
 
 /// A parsed generation request.
-pub(crate) struct GenerationRequest {
+#[derive(Clone, Debug)]
+pub struct GenerationRequest {
+    /// The prompt: text, or chat messages for the model's template.
     pub prompt: Prompt,
+    /// Token budget, sampling and stop strings.
     pub opts: GenerateOptions,
+    /// Whether the client wants token-by-token frames (else only the final text).
     pub stream: bool,
+}
+
+/// What a request is checked against: the served model and its limits. Requests are read
+/// against this alone (no engine), so the readers are pure functions of the message text.
+#[derive(Clone, Copy, Debug)]
+pub struct ServedModel<'a> {
+    /// The id clients name in `model` (also accepted: `model_name`).
+    pub model_id: &'a str,
+    /// The model's own name from its metadata.
+    pub model_name: &'a str,
+    /// The served weight precision (`int8`, `int4`, ...); `precision` may only repeat it.
+    pub quantization: &'a str,
+    /// Most tokens one request may generate.
+    pub max_new_tokens: usize,
 }
 
 /// The JSON object of a message, or `invalid_request`.
@@ -79,14 +96,13 @@ fn string<'a>(o: &'a Map<String, Value>, key: &'static str) -> Result<Option<&'a
 }
 
 /// Checks the optional `model` field: only the served model may be named.
-pub(crate) fn check_model(st: &AppState, o: &Map<String, Value>) -> Result<(), ApiError> {
+fn check_model(served: &ServedModel, o: &Map<String, Value>) -> Result<(), ApiError> {
     if let Some(m) = string(o, "model")? {
-        let e = st.engine.as_ref();
-        if m != e.model_id() && m != e.model().config().name {
+        if m != served.model_id && m != served.model_name {
             return Err(ApiError::new(
                 "model_not_found",
                 axum::http::StatusCode::NOT_FOUND,
-                format!("this server serves only `{}`", e.model_id()),
+                format!("this server serves only `{}`", served.model_id),
             ));
         }
     }
@@ -138,30 +154,30 @@ pub(crate) fn messages(v: &Value) -> Result<Vec<(String, String)>, ApiError> {
 
 /// Generation options from a request object (`options.stream` or `stream` for streaming).
 pub(crate) fn generation(
-    st: &AppState,
+    served: &ServedModel,
     o: &Map<String, Value>,
     stream_default: bool,
 ) -> Result<GenerationRequest, ApiError> {
     static SEEDS: AtomicU64 = AtomicU64::new(1);
-    check_model(st, o)?;
+    check_model(served, o)?;
     let prompt = prompt(o)?;
-    let cfg = st.engine.config();
+    let max_new_tokens = served.max_new_tokens as u64;
     let max_tokens = count(
         o,
         &["max_tokens", "maxTokens", "n_predict"],
-        DEFAULT_MAX_TOKENS.min(cfg.max_new_tokens as u64),
+        DEFAULT_MAX_TOKENS.min(max_new_tokens),
     )?;
-    if max_tokens == 0 || max_tokens > cfg.max_new_tokens as u64 {
+    if max_tokens == 0 || max_tokens > max_new_tokens {
         return Err(ApiError::invalid(format!(
-            "`max_tokens` must be between 1 and {}",
-            cfg.max_new_tokens
+            "`max_tokens` must be between 1 and {max_new_tokens}"
         )));
     }
-    let temperature = number(o, &["temperature"], DEFAULT_TEMPERATURE)?;
+    // Checked as the sampler will see them (f32): a `top_p` of 1e-50 is 0 there.
+    let temperature = number(o, &["temperature"], DEFAULT_TEMPERATURE)? as f32;
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid("`temperature` must be between 0 and 2"));
     }
-    let top_p = number(o, &["top_p", "topP"], DEFAULT_TOP_P)?;
+    let top_p = number(o, &["top_p", "topP"], DEFAULT_TOP_P)? as f32;
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError::invalid("`top_p` must be in (0, 1]"));
     }
@@ -184,10 +200,10 @@ pub(crate) fn generation(
         }
     };
     if let Some(p) = string(o, "precision")? {
-        let served = st.quantization.as_str();
-        if p != served {
+        if p != served.quantization {
             return Err(ApiError::invalid(format!(
-                "this server runs the model at `{served}`; `precision` cannot change it"
+                "this server runs the model at `{}`; `precision` cannot change it",
+                served.quantization
             )));
         }
     }
@@ -201,9 +217,9 @@ pub(crate) fn generation(
         opts: GenerateOptions {
             max_tokens: max_tokens as usize,
             sampling: SamplingParams {
-                temperature: temperature as f32,
+                temperature,
                 top_k: top_k.min(u32::MAX as u64) as usize,
-                top_p: top_p as f32,
+                top_p,
                 seed,
             },
             stop,
@@ -211,4 +227,32 @@ pub(crate) fn generation(
         },
         stream,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SERVED: ServedModel<'static> = ServedModel {
+        model_id: "m",
+        model_name: "M",
+        quantization: "int4",
+        max_new_tokens: 64,
+    };
+
+    fn read(text: &str) -> Result<GenerationRequest, ApiError> {
+        generation(&SERVED, &parse_object(text.as_bytes())?, false)
+    }
+
+    /// Found with the protocol fuzz target: `top_p` was checked as f64 and then narrowed, so 1e-50
+    /// passed the (0, 1] check and reached the sampler as 0.
+    #[test]
+    fn top_p_is_checked_as_the_sampler_sees_it() {
+        let e = read(r#"{"prompt": "x", "top_p": 1e-50}"#).unwrap_err();
+        assert_eq!(e.code, "invalid_request");
+        assert!(e.message.contains("top_p"), "{}", e.message);
+        let r = read(r#"{"prompt": "x", "top_p": 1e-30, "temperature": 1e-50}"#).unwrap();
+        assert_eq!(r.opts.sampling.top_p, 1e-30);
+        assert_eq!(r.opts.sampling.temperature, 0.0);
+    }
 }

@@ -4,7 +4,7 @@
 //! away has its generation cancelled (dropping the [`TokenStream`] cancels it).
 
 use super::api_error::ApiError;
-use super::params::{self, parse_object};
+use super::params::{self, parse_object, GenerationRequest, ServedModel};
 use super::AppState;
 use crate::streaming::{TokenEvent, TokenStream};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -114,16 +114,31 @@ async fn session(mut socket: WebSocket, st: AppState) {
     }
 }
 
-/// Handles one text message; `Err` is answered with an `error` frame.
-fn on_text(st: &AppState, text: &[u8], running: &mut Option<Running>) -> Result<(), ApiError> {
-    if text.len() > st.config.max_frame_bytes {
+/// A client message of the WebSocket protocol, read and checked.
+#[derive(Debug)]
+pub enum ClientMessage {
+    /// A `config` message (typed, or the older untyped form): start this generation.
+    Generate(GenerationRequest),
+    /// `{"type": "control", "action": "stop"}`: stop the running generation.
+    Stop,
+}
+
+/// Reads one text message of a client: the request it makes, or the error to answer with an
+/// `error` frame (`payload_too_large` over `max_frame_bytes`, `model_not_found`, or
+/// `invalid_request` naming the bad field). No engine or connection state is read (a request
+/// without `seed` draws the next one from a counter).
+pub fn parse_client_message(
+    text: &[u8],
+    served: &ServedModel,
+    max_frame_bytes: usize,
+) -> Result<ClientMessage, ApiError> {
+    if text.len() > max_frame_bytes {
         return Err(ApiError::new(
             "payload_too_large",
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
             format!(
-                "the message has {} bytes; at most {} are accepted",
-                text.len(),
-                st.config.max_frame_bytes
+                "the message has {} bytes; at most {max_frame_bytes} are accepted",
+                text.len()
             ),
         ));
     }
@@ -134,7 +149,24 @@ fn on_text(st: &AppState, text: &[u8], running: &mut Option<Running>) -> Result<
         Some(_) => return Err(ApiError::invalid("`type` must be a string")),
     };
     match kind {
-        "config" => {
+        "config" => Ok(ClientMessage::Generate(params::generation(
+            served, &o, true,
+        )?)),
+        "control" => match o.get("action").and_then(Value::as_str) {
+            Some("stop") => Ok(ClientMessage::Stop),
+            _ => Err(ApiError::invalid("unknown control action; expected `stop`")),
+        },
+        other => Err(ApiError::invalid(format!(
+            "unknown message type `{}`; expected `config` or `control`",
+            other.chars().take(40).collect::<String>()
+        ))),
+    }
+}
+
+/// Handles one text message; `Err` is answered with an `error` frame.
+fn on_text(st: &AppState, text: &[u8], running: &mut Option<Running>) -> Result<(), ApiError> {
+    match parse_client_message(text, &st.served(), st.config.max_frame_bytes)? {
+        ClientMessage::Generate(req) => {
             if running.is_some() {
                 return Err(ApiError::new(
                     "busy",
@@ -142,7 +174,6 @@ fn on_text(st: &AppState, text: &[u8], running: &mut Option<Running>) -> Result<
                     "a generation is already running on this connection; send a stop first",
                 ));
             }
-            let req = params::generation(st, &o, true)?;
             let ids = st.engine.encode(&req.prompt)?;
             let events = st.engine.submit_stream(ids, req.opts)?;
             *running = Some(Running {
@@ -152,23 +183,16 @@ fn on_text(st: &AppState, text: &[u8], running: &mut Option<Running>) -> Result<
             });
             Ok(())
         }
-        "control" => match o.get("action").and_then(Value::as_str) {
-            Some("stop") => match running {
-                Some(r) => {
-                    r.events.cancel_handle().cancel();
-                    Ok(())
-                }
-                None => Err(ApiError::new(
-                    "not_running",
-                    axum::http::StatusCode::CONFLICT,
-                    "no generation is running on this connection",
-                )),
-            },
-            _ => Err(ApiError::invalid("unknown control action; expected `stop`")),
+        ClientMessage::Stop => match running {
+            Some(r) => {
+                r.events.cancel_handle().cancel();
+                Ok(())
+            }
+            None => Err(ApiError::new(
+                "not_running",
+                axum::http::StatusCode::CONFLICT,
+                "no generation is running on this connection",
+            )),
         },
-        other => Err(ApiError::invalid(format!(
-            "unknown message type `{}`; expected `config` or `control`",
-            other.chars().take(40).collect::<String>()
-        ))),
     }
 }
