@@ -3,7 +3,13 @@
 //! the previous one left (matches and the text between them both become pieces).
 
 use crate::error::{Error, Result};
-use fancy_regex::Regex;
+use fancy_regex::{Regex, RegexBuilder};
+
+/// Backtracking steps one regex match may take. fancy-regex's default (one million) fails on a
+/// single word of about a million letters, which a prompt may legitimately be; the patterns
+/// here backtrack at most a few times per character, so this only stops a pathological input
+/// after a fraction of a second.
+const BACKTRACK_LIMIT: usize = 1 << 27;
 
 /// `'s|'t|...` contractions, case-insensitive, then letters, 1-3 digits, punctuation runs, newlines.
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -106,7 +112,10 @@ impl PreTokenizer {
         let regexes = patterns
             .iter()
             .map(|p| {
-                Regex::new(p).map_err(|e| {
+                RegexBuilder::new(p)
+                    .backtrack_limit(BACKTRACK_LIMIT)
+                    .build()
+                    .map_err(|e| {
                     Error::unsupported(format!("pre-tokenizer regex {p:?} does not compile: {e}"))
                 })
             })
@@ -128,7 +137,9 @@ impl PreTokenizer {
                 let mut last = 0;
                 for m in re.find_iter(piece) {
                     let m = m.map_err(|e| {
-                        Error::invalid_config(format!("pre-tokenizer regex failed: {e}"))
+                        Error::invalid_config(format!(
+                            "the text cannot be split into words (pre-tokenizer: {e})"
+                        ))
                     })?;
                     if m.start() > last {
                         next.push(&piece[last..m.start()]);
@@ -175,6 +186,17 @@ mod tests {
             split("llama-bpe", "x 12345\n\n  y"),
             ["x", " ", "123", "45", "\n\n", " ", " y"]
         );
+    }
+
+    #[test]
+    fn a_word_of_a_million_letters_is_one_piece() {
+        // fancy-regex's default backtracking limit failed on this ("pre-tokenizer regex failed").
+        for pre in ["smollm", "llama-bpe", "gpt-4o", "qwen2"] {
+            let text = "a".repeat(1 << 20);
+            let p = PreTokenizer::for_pre(Some(pre)).expect("pre-tokenizer");
+            let pieces = p.split(&text).expect("split");
+            assert_eq!(pieces.concat(), text, "{pre}");
+        }
     }
 
     #[test]
