@@ -97,15 +97,27 @@ impl ServeArgs {
                 v.push((key, value, flag));
             }
         };
-        push("server.host", self.host.clone().map(Value::String), "--host");
+        push(
+            "server.host",
+            self.host.clone().map(Value::String),
+            "--host",
+        );
         push("server.port", self.port.map(|p| int(p as usize)), "--port");
         push(
             "server.max_concurrent_requests",
             self.max_concurrent.map(int),
             "--max-concurrent",
         );
-        push("server.max_queued_requests", self.max_queued.map(int), "--max-queued");
-        push("server.max_connections", self.max_connections.map(int), "--max-connections");
+        push(
+            "server.max_queued_requests",
+            self.max_queued.map(int),
+            "--max-queued",
+        );
+        push(
+            "server.max_connections",
+            self.max_connections.map(int),
+            "--max-connections",
+        );
         push(
             "server.header_read_timeout_s",
             self.header_read_timeout_s.map(Value::Float),
@@ -116,8 +128,16 @@ impl ServeArgs {
             self.idle_timeout_s.map(Value::Float),
             "--idle-timeout-s",
         );
-        push("server.max_frame_bytes", self.max_frame_bytes.map(int), "--max-frame-bytes");
-        push("server.max_body_bytes", self.max_body_bytes.map(int), "--max-body-bytes");
+        push(
+            "server.max_frame_bytes",
+            self.max_frame_bytes.map(int),
+            "--max-frame-bytes",
+        );
+        push(
+            "server.max_body_bytes",
+            self.max_body_bytes.map(int),
+            "--max-body-bytes",
+        );
         v
     }
 

@@ -137,7 +137,10 @@ pub fn router(engine: Arc<StreamingInference>, config: ServerConfig) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(models))
         .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize_http));
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authorize_http,
+        ));
     Router::new()
         .route("/health", get(health))
         .merge(websocket)

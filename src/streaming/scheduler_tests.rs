@@ -145,7 +145,14 @@ fn requests_cancelled_after_the_batch_is_formed_fail_no_other_request() {
         ("keeper_a", "The capital of France is"),
         ("keeper_b", "Once upon a time"),
     ];
-    let (victim_a, cancel_a) = job(&sh, "victim_a", "One, two, three,", n, done_tx.clone(), || {});
+    let (victim_a, cancel_a) = job(
+        &sh,
+        "victim_a",
+        "One, two, three,",
+        n,
+        done_tx.clone(),
+        || {},
+    );
     let (victim_b, cancel_b) = job(&sh, "victim_b", "Water boils at", n, done_tx.clone(), || {});
     // The trigger is admitted in step 2, after the four others were prefilled in step 1, so in
     // step 2 it is prefilled (its first token delivered, and its sink run) after the four
@@ -160,11 +167,18 @@ fn requests_cancelled_after_the_batch_is_formed_fail_no_other_request() {
     });
     // The first keeper submits the trigger when its own first token arrives (step 1).
     let mut trigger = Some((trigger, tx.clone()));
-    let (keeper_a, _) = job(&sh, keepers[0].0, keepers[0].1, n, done_tx.clone(), move || {
-        if let Some((j, tx)) = trigger.take() {
-            tx.send(j).expect("scheduler channel open");
-        }
-    });
+    let (keeper_a, _) = job(
+        &sh,
+        keepers[0].0,
+        keepers[0].1,
+        n,
+        done_tx.clone(),
+        move || {
+            if let Some((j, tx)) = trigger.take() {
+                tx.send(j).expect("scheduler channel open");
+            }
+        },
+    );
     let (keeper_b, _) = job(&sh, keepers[1].0, keepers[1].1, n, done_tx, || {});
     let out = run_jobs(
         sh.clone(),
@@ -179,7 +193,11 @@ fn requests_cancelled_after_the_batch_is_formed_fail_no_other_request() {
         match &out[name] {
             Ok((tokens, reason)) => {
                 assert_eq!(*reason, FinishReason::Length, "{name}");
-                assert_eq!(*tokens, solo(prompt, n), "{name}: greedy output as run alone");
+                assert_eq!(
+                    *tokens,
+                    solo(prompt, n),
+                    "{name}: greedy output as run alone"
+                );
             }
             Err(code) => panic!("{name} failed with {code} when other requests were cancelled"),
         }
@@ -214,14 +232,28 @@ fn the_adaptive_batch_grows_under_load_and_falls_back_when_the_load_is_gone() {
     let names = ["r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7"];
     let jobs: Vec<Job> = names
         .iter()
-        .map(|name| job(&sh, name, "The capital of France is", 6, done_tx.clone(), || {}).0)
+        .map(|name| {
+            job(
+                &sh,
+                name,
+                "The capital of France is",
+                6,
+                done_tx.clone(),
+                || {},
+            )
+            .0
+        })
         .collect();
     drop(done_tx);
     let out = run_jobs(sh.clone(), config, jobs, vec![tx], rx, done_rx);
     assert_eq!(out.len(), names.len());
     assert!(out.values().all(|o| o.is_ok()), "{out:?}");
     let stats = lock(&sh.stats).snapshot();
-    let sizes: Vec<usize> = stats.batch_size_history.iter().map(|c| c.batch_size).collect();
+    let sizes: Vec<usize> = stats
+        .batch_size_history
+        .iter()
+        .map(|c| c.batch_size)
+        .collect();
     let peak = sizes.iter().copied().max().unwrap_or(0);
     assert!(peak > 2, "the batch grew while requests waited: {sizes:?}");
     assert_eq!(

@@ -142,8 +142,10 @@ mod tests {
         assert!(located);
         let spans: Vec<&str> = r.contents.iter().map(|c| &r.text[c.clone()]).collect();
         assert_eq!(spans, ["Be nice", "x<|im_end|>y"]);
-        let strip = "{% for m in messages %}<|im_start|>{{ m['content'].strip() }}<|im_end|>{% endfor %}";
-        let (r, located) = render_with_contents(strip, &[("user", " Hi ")], false, &TOKENS).expect("render");
+        let strip =
+            "{% for m in messages %}<|im_start|>{{ m['content'].strip() }}<|im_end|>{% endfor %}";
+        let (r, located) =
+            render_with_contents(strip, &[("user", " Hi ")], false, &TOKENS).expect("render");
         assert!(!located);
         assert!(r.contents.is_empty());
         assert_eq!(r.text, "<|im_start|>Hi<|im_end|>");
