@@ -129,6 +129,42 @@ async fn cancel_stops_within_a_token_and_frees_the_request() {
     assert_eq!(e.performance_stats().kv_cache_bytes, 0);
 }
 
+#[tokio::test]
+async fn a_cancelled_or_dropped_request_frees_its_place_at_once() {
+    // One place: a second request is busy until the first lets go of it.
+    let e = engine(InferenceConfig {
+        max_concurrent_requests: 1,
+        ..test_config()
+    });
+    let prompt = "Once upon a time, in a land far away,";
+    let mut first = e.generate_async(prompt, greedy(48)).unwrap();
+    assert!(matches!(first.next().await, Some(TokenEvent::Token { .. })));
+    let busy = e.generate_async("Hello", greedy(2)).err().expect("busy");
+    assert_eq!(busy.code(), "busy");
+    // Cancelling frees the place before the scheduler's next step has even seen it.
+    first.cancel_handle().cancel();
+    assert_eq!(e.active_requests(), 0);
+    let second = e
+        .generate_async(prompt, greedy(48))
+        .expect("the place is free");
+    // So does dropping the stream (a client gone).
+    drop(second);
+    assert_eq!(e.active_requests(), 0);
+    let mut third = e
+        .generate_async("Hello", greedy(2))
+        .expect("the place is free");
+    loop {
+        match third.next().await {
+            Some(TokenEvent::Done(c)) => {
+                assert_eq!(c.finish_reason, FinishReason::Length);
+                break;
+            }
+            Some(TokenEvent::Token { .. }) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
 #[test]
 fn timeout_and_memory_pressure_fire_their_callbacks() {
     // Timeout: a zero limit ends every request with `timeout`.

@@ -2,40 +2,61 @@
 
 use super::common::ModelArgs;
 use clap::Args;
+use lowbit::core::config::toml::Value;
+use lowbit::core::config::Source;
 use lowbit::plan::RunPlan;
+use lowbit::selection::load_plugins;
 use lowbit::server::{serve, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use lowbit::{Error, Result};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Arguments of `lowbit serve`.
+/// Arguments of `lowbit serve`. The network limits are `[server]` config keys (file,
+/// `LOWBIT_SERVER_*` variables); a flag given here overrides both.
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Address to bind. Loopback by default: pass 0.0.0.0 only behind a trusted network.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port (0 = any free one; the chosen address is printed).
-    #[arg(long, default_value_t = 8765)]
-    pub port: u16,
-    /// Require `Authorization: Bearer KEY` (or `?api_key=KEY` on WebSocket) on every route
-    /// but /health.
+    /// Address to bind (`server.host`, default 127.0.0.1). Pass 0.0.0.0 only behind a trusted
+    /// network.
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Port (`server.port`, default 8765; 0 = any free one; the chosen address is printed).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Require `Authorization: Bearer KEY` on every route but /health (the WebSocket upgrade
+    /// may pass `?api_key=KEY` instead). An empty key is refused.
     #[arg(long)]
     pub api_key: Option<String>,
-    /// KV-cache capacity of one request (prompt + generated tokens).
-    #[arg(long, default_value_t = 2048)]
-    pub ctx: usize,
+    /// KV-cache capacity of one request, prompt and generated tokens (`kv_cache.max_seq_len`,
+    /// default 4096; at most the model's trained context).
+    #[arg(long)]
+    pub ctx: Option<usize>,
     /// Longest accepted prompt, tokens.
     #[arg(long, default_value_t = 1536)]
     pub max_prompt_tokens: usize,
     /// Largest accepted max_tokens.
     #[arg(long, default_value_t = 1024)]
     pub max_new_tokens: usize,
-    /// Requests running or waiting at once; more get `busy` (HTTP 429).
-    #[arg(long, default_value_t = 64)]
-    pub max_concurrent: usize,
+    /// Requests running or waiting at once; more get `busy` (HTTP 429)
+    /// (`server.max_concurrent_requests`, default 64).
+    #[arg(long)]
+    pub max_concurrent: Option<usize>,
+    /// Of those, requests waiting for a place in the batch; more get `busy`
+    /// (`server.max_queued_requests`, default 64).
+    #[arg(long)]
+    pub max_queued: Option<usize>,
+    /// Connections open at once; more are answered 503 (`server.max_connections`, default 512).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds a request header may take (`server.header_read_timeout_s`, default 10).
+    #[arg(long)]
+    pub header_read_timeout_s: Option<f64>,
+    /// Seconds a request body may take, and a WebSocket without a generation may stay silent
+    /// (`server.idle_timeout_s`, default 120).
+    #[arg(long)]
+    pub idle_timeout_s: Option<f64>,
     /// Upper bound of the adaptive batch size (requests decoded per step).
     #[arg(long, default_value_t = 64)]
     pub max_batch_size: usize,
@@ -48,53 +69,147 @@ pub struct ServeArgs {
     /// Time limit of one request, seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_s: u64,
-    /// Largest WebSocket message, bytes.
-    #[arg(long, default_value_t = 64 * 1024)]
-    pub max_frame_bytes: usize,
-    /// Largest HTTP body, bytes.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    pub max_body_bytes: usize,
+    /// Largest WebSocket message, bytes; larger gets an error frame and close code 1009
+    /// (`server.max_frame_bytes`, default 65536).
+    #[arg(long)]
+    pub max_frame_bytes: Option<usize>,
+    /// Largest HTTP body, bytes (`server.max_body_bytes`, default 1048576).
+    #[arg(long)]
+    pub max_body_bytes: Option<usize>,
+}
+
+/// The settings `lowbit serve` runs with, from one configuration resolution.
+pub struct ServePlan {
+    /// How the model is loaded (also inside `inference`).
+    pub run: RunPlan,
+    /// Scheduling and request limits.
+    pub inference: InferenceConfig,
+    /// Network settings and limits.
+    pub server: ServerConfig,
 }
 
 impl ServeArgs {
-    /// The inference settings these flags describe, for a model loaded per `plan`.
-    pub fn inference_config(&self, mut plan: RunPlan) -> InferenceConfig {
-        plan.kv_cache.max_seq_len = self.ctx;
-        InferenceConfig {
-            plan,
+    /// The `[server]` keys the flags given set, as CLI values.
+    fn server_flags(&self) -> Vec<(&'static str, Value, &'static str)> {
+        let int = |v: usize| Value::Integer(v.min(i64::MAX as usize) as i64);
+        let mut v = Vec::new();
+        let mut push = |key, value: Option<Value>, flag| {
+            if let Some(value) = value {
+                v.push((key, value, flag));
+            }
+        };
+        push(
+            "server.host",
+            self.host.clone().map(Value::String),
+            "--host",
+        );
+        push("server.port", self.port.map(|p| int(p as usize)), "--port");
+        push(
+            "server.max_concurrent_requests",
+            self.max_concurrent.map(int),
+            "--max-concurrent",
+        );
+        push(
+            "server.max_queued_requests",
+            self.max_queued.map(int),
+            "--max-queued",
+        );
+        push(
+            "server.max_connections",
+            self.max_connections.map(int),
+            "--max-connections",
+        );
+        push(
+            "server.header_read_timeout_s",
+            self.header_read_timeout_s.map(Value::Float),
+            "--header-read-timeout-s",
+        );
+        push(
+            "server.idle_timeout_s",
+            self.idle_timeout_s.map(Value::Float),
+            "--idle-timeout-s",
+        );
+        push(
+            "server.max_frame_bytes",
+            self.max_frame_bytes.map(int),
+            "--max-frame-bytes",
+        );
+        push(
+            "server.max_body_bytes",
+            self.max_body_bytes.map(int),
+            "--max-body-bytes",
+        );
+        v
+    }
+
+    /// Resolves the configuration once (defaults < profile < file < `LOWBIT_*` variables <
+    /// flags): corrections and warnings go to stderr, errors are returned as `INVALID_CONFIG`.
+    pub fn plan(&self) -> Result<ServePlan> {
+        load_plugins(&self.model.plugins)?;
+        let mut req = self.model.config_request(None)?;
+        for (key, value, flag) in self.server_flags() {
+            req.cli.push(key, value, Source::Cli(flag.into()));
+        }
+        let (mut run, r) = RunPlan::resolve(&req)?;
+        if let Some(ctx) = self.ctx {
+            run.kv_cache.max_seq_len = ctx;
+        }
+        for c in &r.validation.corrections {
+            eprintln!("config: {} = {} → {} ({})", c.key, c.old, c.new, c.reason);
+        }
+        for w in &r.validation.warnings {
+            eprintln!("config warning: {}: {}", w.key, w.message);
+        }
+        let c = r.validation.into_result()?;
+        let count = |key: &str| c.int(key).max(0) as usize;
+        let seconds = |key: &str| Duration::from_secs_f64(c.float(key).max(0.001));
+        let inference = InferenceConfig {
+            plan: run.clone(),
             max_prompt_tokens: self.max_prompt_tokens,
             max_new_tokens: self.max_new_tokens,
-            max_concurrent_requests: self.max_concurrent,
+            max_concurrent_requests: count("server.max_concurrent_requests"),
+            max_queued_requests: count("server.max_queued_requests"),
             kv_budget_bytes: self.kv_budget_mb << 20,
             max_batch_size: self.max_batch_size,
             target_token_latency: Duration::from_millis(self.target_latency_ms),
             request_timeout: Duration::from_secs(self.timeout_s),
             ..InferenceConfig::default()
-        }
+        };
+        let server = ServerConfig {
+            host: c.str("server.host"),
+            port: count("server.port").min(u16::MAX as usize) as u16,
+            api_key: self.api_key.clone(),
+            max_frame_bytes: count("server.max_frame_bytes"),
+            max_body_bytes: count("server.max_body_bytes"),
+            header_read_timeout: seconds("server.header_read_timeout_s"),
+            idle_timeout: seconds("server.idle_timeout_s"),
+            max_connections: count("server.max_connections"),
+        };
+        server.validate()?;
+        Ok(ServePlan {
+            run,
+            inference,
+            server,
+        })
     }
 }
 
 /// Runs `lowbit serve` until Ctrl-C.
 pub fn run(a: &ServeArgs) -> Result<()> {
-    // One configuration resolution (its corrections print once) serves both.
-    let plan = a.model.plan(None)?;
-    let path = plan.model_path()?;
-    let model = a.model.load(&plan)?.0;
-    let config = a.inference_config(plan);
+    let ServePlan {
+        run,
+        inference,
+        server,
+    } = a.plan()?;
+    let path = run.model_path()?;
+    let model = a.model.load(&run)?.0;
     let id = path
         .as_deref()
         .and_then(std::path::Path::file_stem)
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_else(|| model.config().name.clone());
-    let engine = StreamingInference::from_model(Arc::from(model), id, config)
+    let engine = StreamingInference::from_model(Arc::from(model), id, inference)
         .map_err(|e| Error::invalid_config(e.to_string()))?;
-    let server = ServerConfig {
-        host: a.host.clone(),
-        port: a.port,
-        api_key: a.api_key.clone(),
-        max_frame_bytes: a.max_frame_bytes,
-        max_body_bytes: a.max_body_bytes,
-    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

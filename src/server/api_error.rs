@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 pub struct ApiError {
     /// Stable code: SPEC §1 codes (`CONTEXT_OVERFLOW`, ...) or `invalid_request`, `busy`,
     /// `not_running`, `model_not_found`, `payload_too_large`, `unauthorized`, `not_found`,
-    /// `timeout`, `shut_down`.
+    /// `timeout`, `shut_down`, `request_timeout`, `too_many_connections`, `idle_timeout`.
     pub code: &'static str,
     /// What is wrong, for a person.
     pub message: String,

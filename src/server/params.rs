@@ -110,9 +110,17 @@ fn check_model(served: &ServedModel, o: &Map<String, Value>) -> Result<(), ApiEr
 }
 
 /// The prompt of a completion request: `prompt` (a string, or an array of one string) or chat
-/// `messages` (`[{role, content}]`).
+/// `messages` (`[{role, content}]`). Special-token texts in either are plain text; a raw
+/// `prompt` opts in to control tokens with `"parse_special": true` (a client writing its own
+/// template).
 pub(crate) fn prompt(o: &Map<String, Value>) -> Result<Prompt, ApiError> {
+    let parse_special = boolean(o, "parse_special", false)?;
     if let Some((_, msgs)) = field(o, &["messages"]) {
+        if parse_special {
+            return Err(ApiError::invalid(
+                "`parse_special` applies to a raw `prompt`; message contents are always text",
+            ));
+        }
         return Ok(Prompt::Chat(messages(msgs)?));
     }
     let p = match field(o, &["prompt"]) {
@@ -126,7 +134,11 @@ pub(crate) fn prompt(o: &Map<String, Value>) -> Result<Prompt, ApiError> {
     if p.is_empty() {
         return Err(ApiError::invalid("the prompt is empty"));
     }
-    Ok(Prompt::Text(p))
+    Ok(if parse_special {
+        Prompt::Raw(p)
+    } else {
+        Prompt::Text(p)
+    })
 }
 
 /// Chat messages: a non-empty array of `{role, content}` with string values.

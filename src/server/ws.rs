@@ -7,19 +7,67 @@ use super::api_error::ApiError;
 use super::params::{self, parse_object, GenerationRequest, ServedModel};
 use super::AppState;
 use crate::streaming::{TokenEvent, TokenStream};
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use futures::StreamExt;
 use serde_json::{json, Value};
 
-/// Accepts the upgrade. The transport limit sits above the protocol limit, so an oversized
-/// message still gets an `error` frame instead of a dropped connection.
+/// Close code of a message over the size limit (RFC 6455 §7.4.1, "message too big").
+const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code of a protocol violation.
+const CLOSE_PROTOCOL: u16 = 1002;
+/// Close code of a connection closed for being idle ("going away").
+const CLOSE_IDLE: u16 = 1001;
+
+/// Accepts the upgrade. The transport refuses a message over `max_frame_bytes` before reading
+/// it whole (so an oversized message costs no memory); the session answers with an `error`
+/// frame and close code 1009, since the stream cannot be resumed mid-message.
 pub(crate) async fn upgrade(State(st): State<AppState>, ws: WebSocketUpgrade) -> Response {
-    let limit = st.config.max_frame_bytes.saturating_mul(4).max(64 * 1024);
+    let limit = st.config.max_frame_bytes;
     ws.max_message_size(limit)
         .max_frame_size(limit)
         .on_upgrade(move |socket| session(socket, st))
+}
+
+/// Sends `err` as an `error` frame, then closes the connection with `code`.
+async fn close_with(socket: &mut WebSocket, err: ApiError, code: u16) {
+    let mut err = err;
+    err.recoverable = false;
+    let reason: String = err.message.chars().take(100).collect();
+    if send(socket, err.frame()).await {
+        let _ = socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: reason.into(),
+            })))
+            .await;
+    }
+}
+
+/// The answer to a transport error: why the connection ends and its close code; `None` when
+/// the peer is simply gone.
+fn transport_failure(e: axum::Error, limit: usize) -> Option<(ApiError, u16)> {
+    let inner = e.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(c)) => Some((
+            ApiError::new(
+                "payload_too_large",
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the message is over the limit of {limit} bytes ({c})"),
+            ),
+            CLOSE_TOO_BIG,
+        )),
+        Some(tungstenite::Error::Protocol(p)) => Some((
+            ApiError::invalid(format!("WebSocket protocol error: {p}")),
+            CLOSE_PROTOCOL,
+        )),
+        Some(tungstenite::Error::Utf8(_)) => Some((
+            ApiError::invalid("a text frame is not valid UTF-8"),
+            CLOSE_PROTOCOL,
+        )),
+        _ => None,
+    }
 }
 
 /// The generation running on a connection.
@@ -61,11 +109,38 @@ async fn session(mut socket: WebSocket, st: AppState) {
         return;
     }
     let mut running: Option<Running> = None;
+    let idle = st.config.idle_timeout;
+    let mut idle_since = tokio::time::Instant::now();
     loop {
+        // A connection with no generation and no message for `idle` is closed; one that is
+        // generating is bounded by the request timeout instead.
+        let generating = running.is_some();
+        let idle_deadline = async move {
+            if generating {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep_until(idle_since + idle).await;
+        };
         tokio::select! {
+            () = idle_deadline => {
+                let err = ApiError::new(
+                    "idle_timeout",
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    format!("no message for {} ms; closing", idle.as_millis()),
+                );
+                close_with(&mut socket, err, CLOSE_IDLE).await;
+                return;
+            }
             msg = socket.recv() => {
+                idle_since = tokio::time::Instant::now();
                 let reply = match msg {
-                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                    None | Some(Ok(Message::Close(_))) => return,
+                    Some(Err(e)) => {
+                        if let Some((err, code)) = transport_failure(e, st.config.max_frame_bytes) {
+                            close_with(&mut socket, err, code).await;
+                        }
+                        return;
+                    }
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
                     Some(Ok(Message::Binary(_))) => Err(ApiError::invalid(
                         "binary frames are not supported; send JSON text frames",
@@ -105,6 +180,7 @@ async fn session(mut socket: WebSocket, st: AppState) {
                 };
                 if done {
                     running = None;
+                    idle_since = tokio::time::Instant::now();
                 }
                 if !send(&mut socket, frame).await {
                     return;

@@ -19,6 +19,9 @@ pub struct InferenceConfig {
     pub max_new_tokens: usize,
     /// Requests admitted at once (running + waiting); more are refused as busy.
     pub max_concurrent_requests: usize,
+    /// Of those, requests that may wait for a place in the running batch; more are refused as
+    /// busy (a queue longer than the clients will wait for only holds memory).
+    pub max_queued_requests: usize,
     /// Bytes of KV cache all running requests may hold together; admitting beyond it waits
     /// and shrinks the batch (memory pressure).
     pub kv_budget_bytes: usize,
@@ -49,6 +52,7 @@ impl Default for InferenceConfig {
             max_prompt_tokens: 1536,
             max_new_tokens: 1024,
             max_concurrent_requests: 64,
+            max_queued_requests: 64,
             kv_budget_bytes: 2 << 30,
             initial_batch_size: 4,
             min_batch_size: 1,

@@ -21,6 +21,14 @@ pub enum InferenceError {
         /// The configured limit.
         limit: usize,
     },
+    /// Too many requests wait for a place in the running batch.
+    #[error("busy: {waiting} requests wait for a place in the batch (limit {limit}); retry later")]
+    QueueFull {
+        /// Requests waiting when this one came.
+        waiting: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// The request ran past the configured time limit.
     #[error("timeout: the request ran longer than {limit_ms} ms")]
     Timeout {
@@ -38,7 +46,7 @@ impl InferenceError {
         match self {
             InferenceError::Core(e) => e.code.as_str(),
             InferenceError::InvalidRequest(_) => "invalid_request",
-            InferenceError::Busy { .. } => "busy",
+            InferenceError::Busy { .. } | InferenceError::QueueFull { .. } => "busy",
             InferenceError::Timeout { .. } => "timeout",
             InferenceError::ShutDown => "shut_down",
         }

@@ -31,7 +31,7 @@ use crate::plan::ModelChoice;
 use futures::Stream;
 use lowbit_core::adapter::TextModel;
 use lowbit_core::generate::{FinishReason, GenerateOptions, GenerationStats};
-use scheduler::{InFlight, Job, Shared};
+use scheduler::{Job, Shared, Slot};
 use serde::Serialize;
 use std::path::Path;
 use std::pin::Pin;
@@ -43,8 +43,12 @@ use std::time::Instant;
 /// What to generate from.
 #[derive(Clone, Debug)]
 pub enum Prompt {
-    /// Plain text, encoded with the model's BOS where it wants one.
+    /// Plain text, encoded with the model's BOS where it wants one; special-token texts in it
+    /// (`<|im_start|>`) are plain text, not control tokens.
     Text(String),
+    /// Text whose special-token texts become control tokens, for a caller that writes its own
+    /// template (the raw completions endpoint's `parse_special`); BOS as for `Text`.
+    Raw(String),
     /// Chat messages `(role, content)`, rendered with the model's chat template.
     Chat(Vec<(String, String)>),
     /// Token ids, as they are.
@@ -123,19 +127,26 @@ pub enum TokenEvent {
     Error(InferenceError),
 }
 
-/// Stops a running request: generation ends within one token and its KV cache is freed.
+/// Stops a running request: generation ends within one token and its KV cache is freed; its
+/// place in the concurrency limit is free at once.
 #[derive(Clone, Debug, Default)]
-pub struct CancelHandle(Arc<AtomicBool>);
+pub struct CancelHandle {
+    flag: Arc<AtomicBool>,
+    slot: Option<Arc<Slot>>,
+}
 
 impl CancelHandle {
     /// Asks the request to stop.
     pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.flag.store(true, Ordering::Relaxed);
+        if let Some(slot) = &self.slot {
+            slot.release();
+        }
     }
 
     /// Whether cancellation was asked.
     pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.flag.load(Ordering::Relaxed)
     }
 }
 
@@ -320,6 +331,7 @@ impl StreamingInference {
         let shared = Arc::new(Shared {
             latency_mode: std::sync::atomic::AtomicBool::new(config.optimize_for_latency),
             in_flight: AtomicUsize::new(0),
+            running: AtomicUsize::new(0),
             batch_size: AtomicUsize::new(0),
             stats: Mutex::new(stats::StatsAccumulator::new(model.weight_bytes())),
             handlers: Default::default(),
@@ -388,12 +400,20 @@ impl StreamingInference {
     /// Encodes a prompt with the model's tokenizer (chat prompts through its chat template).
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>, InferenceError> {
         let tok = self.model.tokenizer();
+        // What the client sent cannot be encoded (a template rejecting the message order, a
+        // content the tokenizer refuses): a request problem, not a configuration one.
+        let request_error = |e: lowbit_core::Error| match e.code {
+            lowbit_core::ErrorCode::InvalidConfig => InferenceError::InvalidRequest(e.message),
+            _ => InferenceError::Core(e),
+        };
         Ok(match prompt {
-            Prompt::Text(t) => {
+            Prompt::Text(t) | Prompt::Raw(t) => {
                 if t.is_empty() {
                     return Err(InferenceError::InvalidRequest("the prompt is empty".into()));
                 }
-                tok.encode(t, true)?
+                let parse_special = matches!(prompt, Prompt::Raw(_));
+                tok.encode_with(t, true, parse_special)
+                    .map_err(request_error)?
             }
             Prompt::Chat(msgs) => {
                 if msgs.is_empty() {
@@ -401,8 +421,7 @@ impl StreamingInference {
                 }
                 let m: Vec<(&str, &str)> =
                     msgs.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
-                // The template writes its own BOS where the model wants one.
-                tok.encode(&tok.apply_chat_template(&m, true)?, false)?
+                tok.encode_chat(&m, true).map_err(request_error)?
             }
             Prompt::Tokens(t) => {
                 let vocab = self.model.config().vocab_size;
@@ -461,10 +480,16 @@ impl StreamingInference {
     ) -> Result<(u64, CancelHandle), InferenceError> {
         self.validate(&prompt, &opts)?;
         let limit = self.config.max_concurrent_requests;
-        let in_flight = self.shared.in_flight.fetch_add(1, Ordering::SeqCst);
-        let guard = InFlight(self.shared.clone());
+        let (slot, in_flight) = Slot::take(self.shared.clone());
         if in_flight >= limit {
             return Err(InferenceError::Busy { in_flight, limit });
+        }
+        let waiting = in_flight.saturating_sub(self.shared.running.load(Ordering::SeqCst));
+        if waiting >= self.config.max_queued_requests {
+            return Err(InferenceError::QueueFull {
+                waiting,
+                limit: self.config.max_queued_requests,
+            });
         }
         let cancel = opts.cancel.get_or_insert_with(Default::default).clone();
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -475,14 +500,20 @@ impl StreamingInference {
             cancel: cancel.clone(),
             sink,
             submitted: Instant::now(),
-            in_flight: Some(guard),
+            slot: slot.clone(),
         };
         let tx = self.tx.as_ref().ok_or(InferenceError::ShutDown)?;
         tx.lock()
             .unwrap_or_else(|p| p.into_inner())
             .send(job)
             .map_err(|_| InferenceError::ShutDown)?;
-        Ok((id, CancelHandle(cancel)))
+        Ok((
+            id,
+            CancelHandle {
+                flag: cancel,
+                slot: Some(slot),
+            },
+        ))
     }
 
     /// Generates from `prompt`, calling `callback(token_text, is_last)` per token as soon as it

@@ -12,9 +12,12 @@ use lowbit_core::generate::{FinishReason, GenerateOptions, Sequence, StepOutput}
 use lowbit_core::Error;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long the scheduler is idle before it returns freed memory to the system a second time.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 
 /// Where a request's events go; returns `false` once nobody listens (the request is then
 /// cancelled).
@@ -24,20 +27,56 @@ pub(crate) type EventSink = Box<dyn FnMut(TokenEvent) -> bool + Send>;
 pub(crate) struct Shared {
     /// Latency mode (see `InferenceConfig::optimize_for_latency`), switchable at run time.
     pub latency_mode: AtomicBool,
-    /// Requests submitted and not yet finished (waiting + running).
+    /// Requests submitted and not yet finished, cancelled or abandoned (waiting + running):
+    /// the count the concurrency limit applies to.
     pub in_flight: AtomicUsize,
+    /// Requests admitted to the running batch (the rest of `in_flight` waits).
+    pub running: AtomicUsize,
     /// The batch size now.
     pub batch_size: AtomicUsize,
     pub stats: Mutex<StatsAccumulator>,
     pub handlers: EventHandlers,
 }
 
-/// Decrements the in-flight count when the request is gone, however it ends.
-pub(crate) struct InFlight(pub Arc<Shared>);
+/// A request's place in the concurrency limit. Released once, by whichever comes first: the
+/// request finishing or failing, its caller cancelling it (a `stop`, a client gone), or the
+/// job being dropped. Releasing on cancel frees the place at once, not at the next scheduler
+/// step, so a client that stops and resends is not told `busy` by its own stopped request.
+pub(crate) struct Slot {
+    shared: Arc<Shared>,
+    released: AtomicBool,
+}
 
-impl Drop for InFlight {
+impl Slot {
+    /// Takes a place; the caller checks the returned count (before this one) against the limit.
+    pub fn take(shared: Arc<Shared>) -> (Arc<Slot>, usize) {
+        let before = shared.in_flight.fetch_add(1, Ordering::SeqCst);
+        let slot = Arc::new(Slot {
+            shared,
+            released: AtomicBool::new(false),
+        });
+        (slot, before)
+    }
+
+    /// Gives the place back (later calls do nothing).
+    pub fn release(&self) {
+        if !self.released.swap(true, Ordering::SeqCst) {
+            self.shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.release();
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("released", &self.released.load(Ordering::Relaxed))
+            .finish()
     }
 }
 
@@ -49,11 +88,10 @@ pub(crate) struct Job {
     pub cancel: Arc<AtomicBool>,
     pub sink: EventSink,
     pub submitted: Instant,
-    /// Held for its `Drop`: the in-flight count falls when the job is gone.
-    /// Holds the request's slot in the concurrency limit; released (set to `None`) just
-    /// before the final event, so a client that sends its next request as soon as it reads
-    /// the completion is never told `busy` by its own finished request.
-    pub in_flight: Option<InFlight>,
+    /// The request's place in the concurrency limit; released just before the final event,
+    /// so a client that sends its next request as soon as it reads the completion is never
+    /// told `busy` by its own finished request.
+    pub slot: Arc<Slot>,
 }
 
 struct Running {
@@ -99,9 +137,21 @@ pub(crate) fn run(
             if !open {
                 return;
             }
-            match rx.recv() {
-                Ok(j) => waiting.push_back(j),
-                Err(_) => return,
+            // Idle: the finished requests' KV caches and scratch were freed; hand the pages
+            // back to the system before blocking, so memory after a burst returns to the
+            // idle level instead of staying at its peak. Once more after a quiet moment, for
+            // what the network side freed after the last request (connection buffers).
+            release_free_memory();
+            let next = match rx.recv_timeout(IDLE_TRIM_AFTER) {
+                Err(RecvTimeoutError::Timeout) => {
+                    release_free_memory();
+                    rx.recv().ok()
+                }
+                other => other.ok(),
+            };
+            match next {
+                Some(j) => waiting.push_back(j),
+                None => return,
             }
         }
         loop {
@@ -176,7 +226,11 @@ pub(crate) fn run(
         // weight matrix is read once per step for all of them.
         let step_start = Instant::now();
         let stepped = running.len();
-        let mut in_batch = vec![false; running.len()];
+        shared.running.store(stepped, Ordering::SeqCst);
+        // Which requests join the batched forward pass, and with which token, is decided once
+        // per request per step: a cancel flag the network thread sets later in the step
+        // must not drop a token after its cache was counted in.
+        let mut batch_rows: Vec<(usize, u32)> = Vec::new();
         for (i, r) in running.iter_mut().enumerate() {
             let out = if r.job.cancel.load(Ordering::Relaxed) {
                 Ok(r.seq.cancel())
@@ -188,8 +242,8 @@ pub(crate) fn run(
                     limit_ms,
                 });
                 Err(InferenceError::Timeout { limit_ms })
-            } else if r.seq.decode_input().is_some() {
-                in_batch[i] = true;
+            } else if let Some(token) = r.seq.decode_input() {
+                batch_rows.push((i, token));
                 continue;
             } else {
                 r.seq
@@ -198,16 +252,15 @@ pub(crate) fn run(
             };
             settle(r, out, &shared, model.as_ref());
         }
-        let decoding = in_batch.iter().filter(|b| **b).count();
+        let decoding = batch_rows.len();
+        let mut in_batch = vec![false; running.len()];
+        for &(i, _) in &batch_rows {
+            in_batch[i] = true;
+        }
         let mut decode_ms = 0.0;
         if decoding > 0 {
             let t = Instant::now();
-            let tokens: Vec<u32> = running
-                .iter()
-                .zip(&in_batch)
-                .filter(|(_, b)| **b)
-                .filter_map(|(r, _)| r.seq.decode_input())
-                .collect();
+            let tokens: Vec<u32> = batch_rows.iter().map(|&(_, token)| token).collect();
             let mut caches: Vec<&mut KvCache> = running
                 .iter_mut()
                 .zip(&in_batch)
@@ -238,6 +291,7 @@ pub(crate) fn run(
             }
         }
         running.retain(|r| r.seq.finished().is_none());
+        shared.running.store(running.len(), Ordering::SeqCst);
         let kv_now: usize = running.iter().map(|r| r.cache.bytes).sum();
         lock(&shared.stats).step(step_start.elapsed().as_secs_f64() * 1e3, kv_now, stepped);
 
@@ -261,6 +315,35 @@ pub(crate) fn run(
                 batch = (batch + 1).min(max);
                 set_batch(&shared, batch, "latency_headroom");
             }
+        }
+        if config.adaptive_batch_size {
+            // Load fell: the batch never stays larger than the requests there are (nor below
+            // where it started), so a burst's batch size does not outlive the burst.
+            let floor = config
+                .initial_batch_size
+                .clamp(config.min_batch_size.max(1), config.max_batch_size.max(1));
+            let demand = (running.len() + waiting.len()).max(floor);
+            if demand < batch {
+                batch = demand;
+                set_batch(&shared, batch, "load_fell");
+            }
+        }
+    }
+}
+
+/// Returns freed heap pages to the operating system. glibc keeps freed blocks of a burst's KV
+/// caches in its arenas (its mmap threshold rises after the first large free), so without
+/// this the resident size stays at the burst's peak.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn malloc_trim(pad: usize) -> std::os::raw::c_int;
+        }
+        // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers from us and
+        // is safe to call from any thread at any time.
+        unsafe {
+            malloc_trim(0);
         }
     }
 }
@@ -299,7 +382,7 @@ fn expire_waiting(waiting: &mut VecDeque<Job>, config: &InferenceConfig, shared:
             let mut job = waiting.remove(i).expect("index in range");
             let usage = Usage::new(job.prompt.len(), 0);
             lock(&shared.stats).completed();
-            job.in_flight = None;
+            job.slot.release();
             (job.sink)(TokenEvent::Done(Completion {
                 text: String::new(),
                 tokens: Vec::new(),
@@ -325,7 +408,7 @@ fn expire_waiting(waiting: &mut VecDeque<Job>, config: &InferenceConfig, shared:
 fn fail(job: &mut Job, shared: &Shared, e: InferenceError) {
     shared.handlers.error(job.id, &e);
     lock(&shared.stats).completed();
-    job.in_flight = None;
+    job.slot.release();
     (job.sink)(TokenEvent::Error(e));
 }
 
@@ -357,7 +440,7 @@ fn deliver(r: &mut Running, out: StepOutput, shared: &Shared, model: &dyn TextMo
         let g = r.seq.generation(model, &r.cache);
         // Stats first: a caller that wakes on `Done` sees its request counted.
         lock(&shared.stats).completed();
-        r.job.in_flight = None;
+        r.job.slot.release();
         (r.job.sink)(TokenEvent::Done(Completion {
             usage: Usage::new(r.seq.prompt().len(), g.tokens.len()),
             text: g.text,
@@ -370,5 +453,10 @@ fn deliver(r: &mut Running, out: StepOutput, shared: &Shared, model: &dyn TextMo
         r.job.cancel.store(true, Ordering::Relaxed);
         r.seq.cancel();
         lock(&shared.stats).completed();
+        r.job.slot.release();
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_tests.rs"]
+mod tests;

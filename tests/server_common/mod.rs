@@ -8,7 +8,7 @@
 mod common;
 
 use lowbit::core::adapter::TextModel;
-use lowbit::server::{router, ServerConfig};
+use lowbit::server::{serve, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -100,7 +100,7 @@ pub fn start(engine: Arc<StreamingInference>, config: ServerConfig) -> TestServe
         rt.block_on(async move {
             let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(l.local_addr().unwrap()).unwrap();
-            axum::serve(l, router(e, config)).await.unwrap();
+            serve(l, e, config, std::future::pending()).await.unwrap();
         });
     });
     TestServer {

@@ -154,7 +154,14 @@ pub const KEYS: &[KeySpec] = &[
     key!("backend.webgpu.dispatches_per_submit", Kind::Int { min: 0, max: 1 << 20 }, "0", "split a step into submissions of at most N dispatches; 0 = one submission"),
     key!("backend.cpu.exact_activations", Kind::Bool, "false", "reference mode: f32 activations on quantized weights (slow; what the WebGPU perplexity test compares against)"),
     key!("server.host", Kind::Text, "\"127.0.0.1\"", "address the server listens on"),
-    key!("server.port", Kind::Int { min: 1, max: 65535 }, "8765", "port the server listens on"),
+    key!("server.port", Kind::Int { min: 0, max: 65535 }, "8765", "port the server listens on; 0 = any free one"),
+    key!("server.max_connections", Kind::Int { min: 1, max: 1 << 20 }, "512", "connections open at once; more are answered 503 (lowered to fit the descriptor limit, ulimit -n)"),
+    key!("server.header_read_timeout_s", Kind::Float { min: 0.001, max: 3600.0 }, "10.0", "seconds a request's header may take to arrive (slow-header and idle keep-alive connections are closed)"),
+    key!("server.idle_timeout_s", Kind::Float { min: 0.001, max: 86400.0 }, "120.0", "seconds a request body may take (408 after), and a WebSocket without a generation may stay silent"),
+    key!("server.max_frame_bytes", Kind::Int { min: 256, max: 1 << 28 }, "65536", "largest WebSocket message; a larger one gets an error frame and close code 1009"),
+    key!("server.max_body_bytes", Kind::Int { min: 256, max: 1 << 30 }, "1048576", "largest HTTP request body; larger gets 413"),
+    key!("server.max_concurrent_requests", Kind::Int { min: 1, max: 1 << 20 }, "64", "requests running or waiting at once; more get busy (429)"),
+    key!("server.max_queued_requests", Kind::Int { min: 0, max: 1 << 20 }, "64", "of those, requests waiting for a place in the batch; more get busy (429)"),
 ];
 
 /// The key spec of `path`.

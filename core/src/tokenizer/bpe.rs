@@ -13,6 +13,8 @@ use std::sync::Mutex;
 const NO_SYMBOL: u32 = u32::MAX;
 /// Words cached before the cache is emptied (bounds memory on endless streams of new words).
 const CACHE_LIMIT: usize = 1 << 18;
+/// Longest word kept in the cache, bytes.
+const CACHED_WORD_BYTES: usize = 64;
 
 /// The merge table and per-word cache of one byte-level BPE vocabulary.
 pub(crate) struct Bpe {
@@ -87,6 +89,11 @@ impl Bpe {
         let mut ids = Vec::new();
         self.merge_word(vocab, word, ignore_merges, &mut ids);
         out.extend_from_slice(&ids);
+        // Only words of ordinary length are cached: one long word per request would otherwise
+        // let a client fill the cache with megabytes per entry.
+        if word.len() > CACHED_WORD_BYTES {
+            return;
+        }
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_LIMIT {
                 cache.clear();

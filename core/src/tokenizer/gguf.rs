@@ -8,6 +8,7 @@ use super::pretokenize::PreTokenizer;
 use super::spm::{self, SPACE};
 use super::vocab::{optional_str, string_array, Metadata, TokenKind, Vocab};
 use crate::error::{Error, Result};
+use std::ops::Range;
 
 /// The algorithm half of a GGUF tokenizer.
 enum Model {
@@ -63,12 +64,25 @@ impl GgufTokenizer {
 
     /// Encodes text as llama.cpp's `llama_tokenize(text, add_special, parse_special)`.
     pub fn encode(&self, text: &str, add_special: bool, parse_special: bool) -> Result<Vec<u32>> {
+        self.encode_parts(text, add_special, parse_special, &[])
+    }
+
+    /// As [`GgufTokenizer::encode`], but control-token texts inside the byte ranges `literal`
+    /// stay plain text (a rendered chat prompt: the template's markers are tokens, the
+    /// messages' contents are text).
+    pub fn encode_parts(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        literal: &[Range<usize>],
+    ) -> Result<Vec<u32>> {
         let v = &self.vocab;
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && v.add_bos {
             out.extend(v.bos);
         }
-        let fragments = self.split_special(text, parse_special);
+        let fragments = self.split_special(text, parse_special, literal);
         match &self.model {
             Model::Bpe { bpe, pre } => {
                 for f in fragments {
@@ -117,8 +131,14 @@ impl GgufTokenizer {
     }
 
     /// Splits out special tokens, longest first, as llama.cpp's `tokenizer_st_partition`:
-    /// without `parse_special` only user-defined tokens are matched.
-    fn split_special<'a>(&self, text: &'a str, parse_special: bool) -> Vec<Fragment<'a>> {
+    /// without `parse_special` only user-defined tokens are matched, and control tokens never
+    /// match where they overlap a range of `literal`.
+    fn split_special<'a>(
+        &self,
+        text: &'a str,
+        parse_special: bool,
+        literal: &[Range<usize>],
+    ) -> Vec<Fragment<'a>> {
         let mut fragments = Vec::new();
         if !text.is_empty() {
             fragments.push(Fragment::Text(text));
@@ -137,19 +157,31 @@ impl GgufTokenizer {
             }
             let mut next = Vec::with_capacity(fragments.len() + 2);
             for f in fragments {
-                let Fragment::Text(mut rest) = f else {
+                let Fragment::Text(rest) = f else {
                     next.push(f);
                     continue;
                 };
-                while let Some(pos) = rest.find(special) {
-                    if pos > 0 {
-                        next.push(Fragment::Text(&rest[..pos]));
+                // Fragments are slices of `text`: their offset places them against `literal`.
+                let base = rest.as_ptr() as usize - text.as_ptr() as usize;
+                let (mut start, mut from) = (0, 0);
+                while let Some(i) = rest[from..].find(special) {
+                    let pos = from + i;
+                    let (a, b) = (base + pos, base + pos + special.len());
+                    if kind != TokenKind::UserDefined
+                        && literal.iter().any(|r| a < r.end && b > r.start)
+                    {
+                        from = pos + special.chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
+                    if pos > start {
+                        next.push(Fragment::Text(&rest[start..pos]));
                     }
                     next.push(Fragment::Token(id));
-                    rest = &rest[pos + special.len()..];
+                    start = pos + special.len();
+                    from = start;
                 }
-                if !rest.is_empty() {
-                    next.push(Fragment::Text(rest));
+                if start < rest.len() {
+                    next.push(Fragment::Text(&rest[start..]));
                 }
             }
             fragments = next;

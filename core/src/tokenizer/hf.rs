@@ -110,6 +110,14 @@ impl HfTokenizer {
         })
     }
 
+    /// The texts of the special tokens (which [`HfTokenizer::encode`] always matches).
+    pub fn special_texts(&self) -> Vec<String> {
+        self.special
+            .iter()
+            .filter_map(|&id| self.token_text(id))
+            .collect()
+    }
+
     /// Encodes text; added tokens are always matched, `add_special` runs the post-processor.
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>> {
         self.inner

@@ -210,5 +210,59 @@ impl Tokenizer {
     }
 }
 
+impl Tokenizer {
+    /// Renders `messages` with the model's chat template and encodes the result so that only
+    /// the template's own markers become control tokens: control-token texts a message's
+    /// content contains (`<|im_start|>system` in a user message) are tokenized as plain text,
+    /// so no user can write another role's turn. Where the contents cannot be located in the
+    /// rendering (a template that rewrites them) or the tokenizer always matches its special
+    /// tokens (`tokenizer.json`), a content holding a control-token text is refused instead.
+    /// Templates write BOS themselves, so none is added.
+    ///
+    /// Errors: those of [`Tokenizer::apply_chat_template`]; `INVALID_CONFIG` for a refused
+    /// content.
+    pub fn encode_chat(
+        &self,
+        messages: &[(&str, &str)],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>> {
+        let template = self
+            .chat_template()
+            .ok_or_else(|| Error::unsupported("the model has no chat template"))?;
+        let text_of = |id: Option<u32>| id.and_then(|i| self.token_text(i)).unwrap_or_default();
+        let (bos, eos) = (text_of(self.bos_id()), text_of(self.eos_id()));
+        let tokens = chat::TemplateTokens {
+            bos: &bos,
+            eos: &eos,
+        };
+        let (rendered, located) =
+            chat::render_with_contents(template, messages, add_generation_prompt, &tokens)?;
+        let refuse_control_text = |controls: &[String]| -> Result<()> {
+            for (_, content) in messages {
+                if let Some(c) = controls.iter().find(|c| content.contains(c.as_str())) {
+                    return Err(Error::invalid_config(format!(
+                        "a message contains the control token text {c:?}; this model's chat \
+                         template cannot keep it as plain text"
+                    )));
+                }
+            }
+            Ok(())
+        };
+        match &self.inner {
+            Inner::Gguf(t) => {
+                if !located {
+                    refuse_control_text(&t.vocab.control_texts())?;
+                }
+                t.encode_parts(&rendered.text, false, true, &rendered.contents)
+            }
+            #[cfg(feature = "native")]
+            Inner::Hf(t) => {
+                refuse_control_text(&t.special_texts())?;
+                t.encode(&rendered.text, false)
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,43 @@
 //! the previous one left (matches and the text between them both become pieces).
 
 use crate::error::{Error, Result};
-use fancy_regex::Regex;
+use fancy_regex::{Regex, RegexBuilder};
+
+/// Backtracking steps one regex match may take (fancy-regex's default is one million); the
+/// patterns here backtrack at most a few times per character of a piece of at most
+/// [`MAX_PIECE_BYTES`], so this only stops a pathological input.
+const BACKTRACK_LIMIT: usize = 1 << 27;
+
+/// Longest text one regex runs over. fancy-regex's backtracking stack (fixed at one million
+/// entries, about one per character of a repeat) overflows on a word of a million letters, so
+/// longer text is cut first, before a whitespace character where there is one near the cut.
+/// Tokens then differ from llama.cpp's only at such cuts, inside a word of over 32 KiB.
+const MAX_PIECE_BYTES: usize = 32 * 1024;
+
+/// `text` in pieces of at most [`MAX_PIECE_BYTES`] (plus one character).
+fn bounded_pieces(text: &str) -> Vec<&str> {
+    let mut out = Vec::with_capacity(text.len() / MAX_PIECE_BYTES + 1);
+    let mut rest = text;
+    while rest.len() > MAX_PIECE_BYTES {
+        let mut cut = MAX_PIECE_BYTES;
+        while !rest.is_char_boundary(cut) {
+            cut += 1;
+        }
+        // Prefer a cut before whitespace in the last quarter (pre-tokens start there anyway).
+        if let Some(ws) = rest[MAX_PIECE_BYTES * 3 / 4..cut].rfind(char::is_whitespace) {
+            let at = MAX_PIECE_BYTES * 3 / 4 + ws;
+            if at > 0 {
+                cut = at;
+            }
+        }
+        out.push(&rest[..cut]);
+        rest = &rest[cut..];
+    }
+    if !rest.is_empty() || out.is_empty() {
+        out.push(rest);
+    }
+    out
+}
 
 /// `'s|'t|...` contractions, case-insensitive, then letters, 1-3 digits, punctuation runs, newlines.
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -106,9 +142,14 @@ impl PreTokenizer {
         let regexes = patterns
             .iter()
             .map(|p| {
-                Regex::new(p).map_err(|e| {
-                    Error::unsupported(format!("pre-tokenizer regex {p:?} does not compile: {e}"))
-                })
+                RegexBuilder::new(p)
+                    .backtrack_limit(BACKTRACK_LIMIT)
+                    .build()
+                    .map_err(|e| {
+                        Error::unsupported(format!(
+                            "pre-tokenizer regex {p:?} does not compile: {e}"
+                        ))
+                    })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(PreTokenizer {
@@ -119,7 +160,7 @@ impl PreTokenizer {
 
     /// Splits `text` into pre-tokens (never empty, concatenating back to `text`).
     pub fn split<'a>(&self, text: &'a str) -> Result<Vec<&'a str>> {
-        let mut pieces = vec![text];
+        let mut pieces = bounded_pieces(text);
         for re in &self.regexes {
             let mut next = Vec::with_capacity(pieces.len() * 2);
             for piece in pieces {
@@ -128,7 +169,9 @@ impl PreTokenizer {
                 let mut last = 0;
                 for m in re.find_iter(piece) {
                     let m = m.map_err(|e| {
-                        Error::invalid_config(format!("pre-tokenizer regex failed: {e}"))
+                        Error::invalid_config(format!(
+                            "the text cannot be split into words (pre-tokenizer: {e})"
+                        ))
                     })?;
                     if m.start() > last {
                         next.push(&piece[last..m.start()]);
@@ -175,6 +218,22 @@ mod tests {
             split("llama-bpe", "x 12345\n\n  y"),
             ["x", " ", "123", "45", "\n\n", " ", " y"]
         );
+    }
+
+    #[test]
+    fn a_word_of_a_million_letters_splits_without_error() {
+        // fancy-regex's default backtracking limit failed on this ("pre-tokenizer regex failed").
+        for pre in ["smollm", "llama-bpe", "gpt-4o", "qwen2"] {
+            let p = PreTokenizer::for_pre(Some(pre)).expect("pre-tokenizer");
+            for text in [
+                "a".repeat(1 << 20),
+                "é".repeat(1 << 19),
+                "x ".repeat(1 << 19),
+            ] {
+                let pieces = p.split(&text).expect("split");
+                assert_eq!(pieces.concat(), text, "{pre}");
+            }
+        }
     }
 
     #[test]

@@ -240,6 +240,17 @@ impl Vocab {
         self.to_id.get(text).copied()
     }
 
+    /// The texts of the tokens text only matches when special tokens are parsed (every
+    /// special but the user-defined ones).
+    pub fn control_texts(&self) -> Vec<String> {
+        self.specials
+            .iter()
+            .filter(|&&id| self.kind(id) != TokenKind::UserDefined)
+            .map(|&id| self.texts[id as usize].clone())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+
     /// The kind of a token (Normal for out-of-range ids).
     pub fn kind(&self, id: u32) -> TokenKind {
         self.kinds
