@@ -30,5 +30,8 @@ RUSTFLAGS="-C target-feature=+simd128" cargo build --release --target wasm32-unk
   -p lowbit-cpu --target-dir target/wasm-simd128
 echo "== cargo test"
 cargo test --release --workspace
+echo "== fuzzing the readers (libFuzzer, 30 s per target; fails on any crash)"
+command -v c++ >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null; }
+scripts/fuzz.sh 30
 echo "== the README's run command in a fresh clone"
 scripts/readme-run.sh
