@@ -221,7 +221,7 @@ async fn metrics_count_outcomes_tokens_and_latencies() {
     let stopped = stopped_usage.expect("a completion frame after the stop");
     prompt_in += stopped["prompt_tokens"].as_f64().unwrap();
     let stopped_tokens = stopped["completion_tokens"].as_f64().unwrap();
-    assert!(stopped_tokens >= 1.0 && stopped_tokens < 40.0, "{stopped}");
+    assert!((1.0..40.0).contains(&stopped_tokens), "{stopped}");
     tokens_out += stopped_tokens;
 
     // A prompt over the limit is refused with its code.
