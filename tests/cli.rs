@@ -95,6 +95,29 @@ fn bad_flag_values_are_invalid_config() {
 /// `bench` refuses, before measuring anything, a run with nothing to measure and a test longer
 /// than the model's context (which would otherwise allocate until the OS kills it).
 #[test]
+fn serve_refuses_an_empty_api_key_before_loading() {
+    for key in ["", "  "] {
+        let out = lowbit()
+            .args([
+                "serve",
+                "--json",
+                "--backend",
+                "cpu",
+                "--port",
+                "0",
+                "--api-key",
+                key,
+            ])
+            .args(["--model"])
+            .arg(common::smollm2())
+            .output()
+            .unwrap();
+        let msg = json_error(out, "INVALID_CONFIG", "empty --api-key");
+        assert!(msg.contains("API key is empty"), "{msg}");
+    }
+}
+
+#[test]
 fn bench_refuses_empty_runs_and_tests_past_the_context() {
     for (tokens, ttft, says) in [
         (["0", "0"], false, "nothing to measure"),

@@ -1,7 +1,8 @@
 //! `lowbit bench-serve`: a bounded load test over loopback. Starts the lowbit server in-process
 //! (and optionally llama.cpp's `llama-server` as a peer), then runs N concurrent streaming
 //! clients on `POST /v1/completions` for each N, reporting aggregate tokens/s, time to first
-//! token and per-token latency percentiles.
+//! token and per-token latency percentiles. `--chaos` runs the stop-and-disconnect storm of
+//! `bench_chaos` instead.
 
 use super::common::ModelArgs;
 use clap::Args;
@@ -48,6 +49,103 @@ pub struct BenchServeArgs {
     /// The GGUF llama-server loads (e.g. models/peer/smollm2-q8_0.gguf).
     #[arg(long)]
     pub peer_model: Option<PathBuf>,
+    /// Chaos mode: rounds of WebSocket clients of which a share stops or drops the connection
+    /// after its second token; every other client must complete with the single-client
+    /// greedy text. Starts `lowbit serve` as a child process (or uses --url) and reports its
+    /// resident memory before, after and after idle.
+    #[arg(long)]
+    pub chaos: bool,
+    /// Chaos: clients per round.
+    #[arg(long, default_value_t = 200)]
+    pub chaos_clients: usize,
+    /// Chaos: rounds.
+    #[arg(long, default_value_t = 8)]
+    pub rounds: usize,
+    /// Chaos: share of the clients that quit after their second token (half with a `stop`
+    /// message, half by dropping the connection).
+    #[arg(long, default_value_t = 0.5)]
+    pub quit_share: f64,
+    /// Chaos: the WebSocket URL of a running server (instead of starting one).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Chaos: the process id of the server at --url, for its memory figures.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// Chaos: seconds to wait before the after-idle memory reading.
+    #[arg(long, default_value_t = 5.0)]
+    pub idle_s: f64,
+}
+
+impl BenchServeArgs {
+    /// `lowbit serve` arguments for the chaos server: this run's model flags and limits that
+    /// admit every client at once.
+    fn chaos_server_args(&self) -> Vec<String> {
+        let m = &self.model;
+        let mut v: Vec<String> = Vec::new();
+        if let Some(p) = &m.model {
+            v.extend(["--model".into(), p.display().to_string()]);
+        }
+        if let Some(c) = &m.config {
+            v.extend(["--config".into(), c.display().to_string()]);
+        }
+        if let Some(p) = &m.profile {
+            v.extend(["--profile".into(), p.clone()]);
+        }
+        let room = (self.chaos_clients + 8).to_string();
+        v.extend([
+            "--quant".into(),
+            m.quant.clone(),
+            "--group-size".into(),
+            m.group_size.to_string(),
+            "--scheme".into(),
+            m.scheme.clone(),
+            "--backend".into(),
+            m.backend.clone(),
+            "--threads".into(),
+            m.threads.to_string(),
+            "--ctx".into(),
+            "512".into(),
+            "--max-concurrent".into(),
+            room.clone(),
+            "--max-queued".into(),
+            room,
+            "--max-batch-size".into(),
+            self.max_batch_size.to_string(),
+            "--target-latency-ms".into(),
+            self.target_latency_ms.to_string(),
+        ]);
+        v
+    }
+}
+
+/// Runs the chaos mode.
+fn run_chaos(a: &BenchServeArgs) -> Result<()> {
+    let settings = super::bench_chaos::ChaosSettings {
+        clients: a.chaos_clients.max(1),
+        rounds: a.rounds.max(1),
+        quit_share: a.quit_share,
+        max_tokens: a.max_tokens,
+        prompt: a.prompt.clone(),
+        idle_s: a.idle_s.max(0.0),
+        round_timeout: Duration::from_secs(a.level_timeout_s),
+    };
+    let server = match &a.url {
+        Some(_) => None,
+        None => Some(super::bench_chaos::ServerProcess::start(
+            &a.chaos_server_args(),
+        )?),
+    };
+    let (url, pid) = match (&server, &a.url) {
+        (Some(s), _) => (s.ws_url.clone(), Some(s.pid())),
+        (None, Some(u)) => (u.clone(), a.pid),
+        (None, None) => return Err(Error::invalid_config("no server to run against")),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::invalid_config(format!("cannot start the async runtime: {e}")))?;
+    rt.block_on(super::bench_chaos::run(&url, pid, &settings, a.model.json))
 }
 
 /// Figures of one level.
@@ -202,12 +300,16 @@ async fn wait_healthy(base: &str, limit: Duration) -> bool {
 
 /// Runs `lowbit bench-serve`.
 pub fn run(a: &BenchServeArgs) -> Result<()> {
+    if a.chaos {
+        return run_chaos(a);
+    }
     let path = lowbit::load::resolve_model_path(a.model.model.as_deref())?;
     let l = a.model.load_options(&a.model.quant)?;
     let max_clients = a.clients.iter().copied().max().unwrap_or(1);
     let config = InferenceConfig {
         max_context: 512,
         max_concurrent_requests: max_clients,
+        max_queued_requests: max_clients,
         max_batch_size: a.max_batch_size,
         target_token_latency: Duration::from_millis(a.target_latency_ms),
         ..InferenceConfig::default().with_load_options(&l)

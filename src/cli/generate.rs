@@ -52,13 +52,13 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     }
     let model = a.model.load(&a.model.quant)?;
     let tok = model.tokenizer();
-    let text = if a.chat {
-        tok.apply_chat_template(&[("user", a.prompt.as_str())], true)?
+    // The operator's own prompt may use control tokens; a chat message's content is text
+    // (the template writes the markers, and its own BOS where the model wants one).
+    let prompt = if a.chat {
+        tok.encode_chat(&[("user", a.prompt.as_str())], true)?
     } else {
-        a.prompt.clone()
+        tok.encode(&a.prompt, true)?
     };
-    // A chat template writes its own BOS where the model wants one.
-    let prompt = tok.encode(&text, !a.chat)?;
     let mut cache = model.new_cache(a.ctx.min(model.config().context_length.max(1)))?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,

@@ -1,6 +1,7 @@
 //! Command-line interface: argument definitions and dispatch.
 
 mod bench;
+mod bench_chaos;
 mod bench_serve;
 mod common;
 mod config;

@@ -12,9 +12,12 @@ use lowbit_core::generate::{FinishReason, GenerateOptions, Sequence, StepOutput}
 use lowbit_core::Error;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long the scheduler is idle before it returns freed memory to the system a second time.
+const IDLE_TRIM_AFTER: Duration = Duration::from_secs(2);
 
 /// Where a request's events go; returns `false` once nobody listens (the request is then
 /// cancelled).
@@ -134,11 +137,19 @@ pub(crate) fn run(
             }
             // Idle: the finished requests' KV caches and scratch were freed; hand the pages
             // back to the system before blocking, so memory after a burst returns to the
-            // idle level instead of staying at its peak.
+            // idle level instead of staying at its peak. Once more after a quiet moment, for
+            // what the network side freed after the last request (connection buffers).
             release_free_memory();
-            match rx.recv() {
-                Ok(j) => waiting.push_back(j),
-                Err(_) => return,
+            let next = match rx.recv_timeout(IDLE_TRIM_AFTER) {
+                Err(RecvTimeoutError::Timeout) => {
+                    release_free_memory();
+                    rx.recv().ok()
+                }
+                other => other.ok(),
+            };
+            match next {
+                Some(j) => waiting.push_back(j),
+                None => return,
             }
         }
         loop {
