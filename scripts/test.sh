@@ -13,6 +13,11 @@ if [ ! -f /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || ! ldconfig -p | grep 
   echo "== installing mesa-vulkan-drivers (lavapipe)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers libvulkan1 >/dev/null
 fi
+# nginx: the load balancer of the replica test (scripts/nginx-replicas.sh).
+if ! command -v nginx >/dev/null; then
+  echo "== installing nginx"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null
+fi
 rustup target add wasm32-unknown-unknown >/dev/null 2>&1 || true
 rustup component add clippy rustfmt >/dev/null 2>&1 || true
 
@@ -30,6 +35,8 @@ RUSTFLAGS="-C target-feature=+simd128" cargo build --release --target wasm32-unk
   -p lowbit-cpu --target-dir target/wasm-simd128
 echo "== cargo test"
 cargo test --release --workspace
+echo "== three replicas behind nginx, one killed mid-load"
+scripts/nginx-replicas.sh
 echo "== fuzzing the readers (libFuzzer, 30 s per target; fails on any crash)"
 command -v c++ >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++ >/dev/null; }
 scripts/fuzz.sh 30

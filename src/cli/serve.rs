@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Largest HTTP body, bytes (`server.max_body_bytes`, default 1048576).
     #[arg(long)]
     pub max_body_bytes: Option<usize>,
+    /// On SIGTERM or Ctrl-C, seconds running requests may take to finish while new ones are
+    /// refused (`server.drain_timeout_s`, default 30).
+    #[arg(long)]
+    pub drain_timeout_s: Option<f64>,
 }
 
 /// The settings `lowbit serve` runs with, from one configuration resolution.
@@ -139,6 +143,11 @@ impl ServeArgs {
             self.max_body_bytes.map(int),
             "--max-body-bytes",
         );
+        push(
+            "server.drain_timeout_s",
+            self.drain_timeout_s.map(Value::Float),
+            "--drain-timeout-s",
+        );
         v
     }
 
@@ -184,6 +193,7 @@ impl ServeArgs {
             header_read_timeout: seconds("server.header_read_timeout_s"),
             idle_timeout: seconds("server.idle_timeout_s"),
             max_connections: count("server.max_connections"),
+            drain_timeout: Duration::from_secs_f64(c.float("server.drain_timeout_s").max(0.0)),
         };
         server.validate()?;
         Ok(ServePlan {
@@ -194,7 +204,7 @@ impl ServeArgs {
     }
 }
 
-/// Runs `lowbit serve` until Ctrl-C.
+/// Runs `lowbit serve` until SIGTERM or Ctrl-C, then drains the running requests and returns.
 pub fn run(a: &ServeArgs) -> Result<()> {
     let ServePlan {
         run,
@@ -225,14 +235,34 @@ pub fn run(a: &ServeArgs) -> Result<()> {
             .map_err(|e| Error::invalid_config(e.to_string()))?;
         eprintln!(
             "lowbit serving {} on http://{local} (WebSocket at ws://{local}/ws, OpenAI API at \
-             /v1); Ctrl-C stops",
+             /v1); SIGTERM or Ctrl-C drains and stops",
             engine.model_id()
         );
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
+            stop_signal().await;
+            eprintln!("lowbit: stop signal received; draining the running requests");
         };
         serve(listener, Arc::new(engine), server, shutdown)
             .await
             .map_err(|e| Error::invalid_config(format!("server error: {e}")))
     })
+}
+
+/// Completes on SIGTERM (what orchestrators and `kill` send) or Ctrl-C.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops"),
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -2,12 +2,16 @@
 //! [`StreamingInference`] (continuous batching across all clients).
 //!
 //! Routes: `/ws` and `/` (WebSocket), `POST /v1/completions`, `POST /v1/chat/completions`
-//! (both with `stream: true` as server-sent events), `GET /v1/models`, `GET /health`.
+//! (both with `stream: true` as server-sent events), `GET /v1/models`, `GET /health`
+//! (liveness), `GET /health/ready` (readiness: 503 while draining), `GET /metrics`
+//! (Prometheus text format).
 //! Clients can only use the model the server was started with; nothing from the network names
 //! a file.
 
 mod api_error;
+mod lifecycle;
 mod listener;
+mod metrics;
 mod openai;
 mod params;
 mod ws;
@@ -53,6 +57,9 @@ pub struct ServerConfig {
     /// Connections open at once; more are answered with 503 and closed (lowered to fit the
     /// process's descriptor limit).
     pub max_connections: usize,
+    /// On shutdown (SIGTERM, Ctrl-C), how long running requests may take to finish while new
+    /// ones are refused; the rest are cut off after it.
+    pub drain_timeout: Duration,
 }
 
 impl ServerConfig {
@@ -94,6 +101,7 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(120),
             max_connections: 512,
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -105,6 +113,10 @@ pub(crate) struct AppState {
     pub config: Arc<ServerConfig>,
     /// The served weight precision (`int8`, ...).
     pub quantization: Arc<String>,
+    /// Request counts and timings for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+    /// Readiness and draining.
+    pub lifecycle: Arc<lifecycle::Lifecycle>,
 }
 
 impl AppState {
@@ -128,11 +140,21 @@ fn quantization_name(engine: &StreamingInference) -> String {
 
 /// The application: every route, with the limits and the optional API key.
 pub fn router(engine: Arc<StreamingInference>, config: ServerConfig) -> Router {
-    let state = AppState {
+    app(state(engine, config))
+}
+
+/// A fresh server's state: taking requests, nothing counted yet.
+fn state(engine: Arc<StreamingInference>, config: ServerConfig) -> AppState {
+    AppState {
         quantization: Arc::new(quantization_name(&engine)),
         engine,
         config: Arc::new(config),
-    };
+        metrics: Arc::default(),
+        lifecycle: Arc::new(lifecycle::Lifecycle::new()),
+    }
+}
+
+fn app(state: AppState) -> Router {
     let websocket = Router::new()
         .route("/", get(ws::upgrade))
         .route("/ws", get(ws::upgrade))
@@ -144,6 +166,7 @@ pub fn router(engine: Arc<StreamingInference>, config: ServerConfig) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/models", get(models))
+        .route("/metrics", get(metrics::exposition))
         .route_layer(middleware::from_fn_with_state(state.clone(), read_body))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -151,6 +174,7 @@ pub fn router(engine: Arc<StreamingInference>, config: ServerConfig) -> Router {
         ));
     Router::new()
         .route("/health", get(health))
+        .route("/health/ready", get(lifecycle::ready))
         .merge(websocket)
         .merge(http)
         .fallback(|| async { ApiError::new("not_found", StatusCode::NOT_FOUND, "no such route") })
@@ -159,7 +183,8 @@ pub fn router(engine: Arc<StreamingInference>, config: ServerConfig) -> Router {
 }
 
 /// Serves `router(engine, config)` on `listener` under `config`'s network limits until
-/// `shutdown` completes.
+/// `shutdown` completes, then drains: new requests are refused (503 `draining`,
+/// `/health/ready` 503), the running ones finish within `config.drain_timeout`, and it returns.
 ///
 /// Errors: `InvalidInput` for settings [`ServerConfig::validate`] refuses.
 pub async fn serve(
@@ -171,8 +196,14 @@ pub async fn serve(
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    let app = router(engine, config.clone());
-    listener::serve_app(listener, app, &config, shutdown).await
+    let state = state(engine, config.clone());
+    let (metrics, lifecycle) = (state.metrics.clone(), state.lifecycle.clone());
+    let drain_timeout = config.drain_timeout;
+    let drained = async move {
+        shutdown.await;
+        lifecycle.drain(&metrics, drain_timeout).await;
+    };
+    listener::serve_app(listener, app(state), &config, drained).await
 }
 
 /// HTTP routes: the key from `Authorization: Bearer` only (a key in a URL ends up in logs and

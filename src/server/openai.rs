@@ -3,9 +3,10 @@
 //! every final response.
 
 use super::api_error::ApiError;
+use super::metrics::MeteredStream;
 use super::params::{self, parse_object, GenerationRequest, ServedModel};
 use super::AppState;
-use crate::streaming::{Completion, Prompt, TokenEvent, TokenStream};
+use crate::streaming::{Completion, Prompt, TokenEvent};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
@@ -138,8 +139,11 @@ fn start(
     st: &AppState,
     body: Result<Bytes, BytesRejection>,
     chat: bool,
-) -> Result<(TokenStream, Meta, bool), ApiError> {
+) -> Result<(MeteredStream, Meta, bool), ApiError> {
     static IDS: AtomicU64 = AtomicU64::new(1);
+    if st.lifecycle.is_draining() {
+        return Err(super::lifecycle::draining_error());
+    }
     let body = body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -152,8 +156,7 @@ fn start(
         }
     })?;
     let req = parse_completion_request(&body, chat, &st.served())?;
-    let ids = st.engine.encode(&req.prompt)?;
-    let events = st.engine.submit_stream(ids, req.opts)?;
+    let events = st.metrics.submit(&st.engine, &req.prompt, req.opts)?;
     let n = IDS.fetch_add(1, Ordering::Relaxed);
     let meta = Meta {
         id: format!("{}-{n}", if chat { "chatcmpl" } else { "cmpl" }),
@@ -166,7 +169,7 @@ fn start(
     Ok((events, meta, req.stream))
 }
 
-async fn whole_response(mut events: TokenStream, meta: Meta) -> Response {
+async fn whole_response(mut events: MeteredStream, meta: Meta) -> Response {
     while let Some(ev) = events.next().await {
         match ev {
             TokenEvent::Token { .. } => {}
@@ -177,7 +180,7 @@ async fn whole_response(mut events: TokenStream, meta: Meta) -> Response {
     ApiError::from(crate::streaming::InferenceError::ShutDown).into_response()
 }
 
-fn stream_response(events: TokenStream, meta: Meta) -> Response {
+fn stream_response(events: MeteredStream, meta: Meta) -> Response {
     // The stream owns the request's events: when the client goes away the body is dropped,
     // which cancels the generation.
     let mut first = meta.chat;

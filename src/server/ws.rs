@@ -1,12 +1,14 @@
 //! The WebSocket protocol (SPEC §3): `config` messages (typed, or the older untyped form) start
 //! a generation streamed as `token` frames and one `completion` frame; `control`/`stop` ends it;
 //! every bad message gets an `error` frame and the connection stays usable. A client that goes
-//! away has its generation cancelled (dropping the [`TokenStream`] cancels it).
+//! away has its generation cancelled (dropping its event stream cancels it). While the server
+//! drains, a session ends (close code 1001) once its generation has finished.
 
 use super::api_error::ApiError;
+use super::metrics::MeteredStream;
 use super::params::{self, parse_object, GenerationRequest, ServedModel};
 use super::AppState;
-use crate::streaming::{TokenEvent, TokenStream};
+use crate::streaming::TokenEvent;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
@@ -19,6 +21,8 @@ const CLOSE_TOO_BIG: u16 = 1009;
 const CLOSE_PROTOCOL: u16 = 1002;
 /// Close code of a connection closed for being idle ("going away").
 const CLOSE_IDLE: u16 = 1001;
+/// Close code of a session ended because the server drains ("going away").
+const CLOSE_DRAINING: u16 = 1001;
 
 /// Accepts the upgrade. The transport refuses a message over `max_frame_bytes` before reading
 /// it whole (so an oversized message costs no memory); the session answers with an `error`
@@ -72,7 +76,7 @@ fn transport_failure(e: axum::Error, limit: usize) -> Option<(ApiError, u16)> {
 
 /// The generation running on a connection.
 struct Running {
-    events: TokenStream,
+    events: MeteredStream,
     text: String,
     stream: bool,
 }
@@ -108,6 +112,7 @@ async fn session(mut socket: WebSocket, st: AppState) {
     if !send(&mut socket, init).await {
         return;
     }
+    let _session = st.lifecycle.session();
     let mut running: Option<Running> = None;
     let idle = st.config.idle_timeout;
     let mut idle_since = tokio::time::Instant::now();
@@ -122,6 +127,15 @@ async fn session(mut socket: WebSocket, st: AppState) {
             tokio::time::sleep_until(idle_since + idle).await;
         };
         tokio::select! {
+            () = st.lifecycle.draining(), if !generating => {
+                let err = ApiError::new(
+                    "draining",
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "the server is shutting down; reconnect to another replica",
+                );
+                close_with(&mut socket, err, CLOSE_DRAINING).await;
+                return;
+            }
             () = idle_deadline => {
                 let err = ApiError::new(
                     "idle_timeout",
@@ -250,8 +264,10 @@ fn on_text(st: &AppState, text: &[u8], running: &mut Option<Running>) -> Result<
                     "a generation is already running on this connection; send a stop first",
                 ));
             }
-            let ids = st.engine.encode(&req.prompt)?;
-            let events = st.engine.submit_stream(ids, req.opts)?;
+            if st.lifecycle.is_draining() {
+                return Err(super::lifecycle::draining_error());
+            }
+            let events = st.metrics.submit(&st.engine, &req.prompt, req.opts)?;
             *running = Some(Running {
                 events,
                 text: String::new(),

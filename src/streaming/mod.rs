@@ -392,6 +392,12 @@ impl StreamingInference {
         self.shared.in_flight.load(Ordering::SeqCst)
     }
 
+    /// Requests submitted and waiting for a place in the running batch.
+    pub fn queued_requests(&self) -> usize {
+        self.active_requests()
+            .saturating_sub(self.shared.running.load(Ordering::SeqCst))
+    }
+
     /// The adaptive batch size now.
     pub fn batch_size(&self) -> usize {
         self.shared.batch_size.load(Ordering::Relaxed)

@@ -162,6 +162,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("server.max_body_bytes", Kind::Int { min: 256, max: 1 << 30 }, "1048576", "largest HTTP request body; larger gets 413"),
     key!("server.max_concurrent_requests", Kind::Int { min: 1, max: 1 << 20 }, "64", "requests running or waiting at once; more get busy (429)"),
     key!("server.max_queued_requests", Kind::Int { min: 0, max: 1 << 20 }, "64", "of those, requests waiting for a place in the batch; more get busy (429)"),
+    key!("server.drain_timeout_s", Kind::Float { min: 0.0, max: 86400.0 }, "30.0", "on SIGTERM or Ctrl-C, seconds the running requests may take to finish while new ones get 503 and /health/ready says 503"),
 ];
 
 /// The key spec of `path`.
