@@ -437,7 +437,7 @@ fn measuring_commands_write_one_json_line_per_row() {
         let c = &r["config"];
         assert_eq!(c["quant"], quant, "{r}");
         assert_eq!(c["group_size"], 32, "{r}");
-        assert_eq!(c["scheme"], "symmetric", "{r}");
+        assert_eq!(c["scheme"], "asymmetric", "{r}");
         assert_eq!(c["requested_backend"], "cpu", "{r}");
         assert!(
             c["model_path"]
