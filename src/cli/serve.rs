@@ -212,6 +212,39 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         server,
     } = a.plan()?;
     let path = run.model_path()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| Error::invalid_config(format!("cannot start the async runtime: {e}")))?;
+    // Bind before loading: while the model loads, the port answers "loading" (readiness 503)
+    // instead of refusing connections.
+    let addr = format!("{}:{}", server.host, server.port);
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(&addr))
+        .and_then(|l| l.into_std())
+        .map_err(|e| Error::invalid_config(format!("cannot listen on {addr}: {e}")))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| Error::invalid_config(e.to_string()))?;
+    let (loaded_tx, loaded_rx) = tokio::sync::oneshot::channel::<()>();
+    let loading = {
+        let _guard = rt.enter();
+        let l = listener
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+            .map_err(|e| Error::invalid_config(format!("cannot listen on {addr}: {e}")))?;
+        rt.spawn(async move {
+            let _ = axum::serve(l, lowbit::server::loading_router())
+                .with_graceful_shutdown(async {
+                    let _ = loaded_rx.await;
+                })
+                .await;
+        })
+    };
+    eprintln!(
+        "lowbit: loading the model; http://{local}/health/ready answers 503 until it is ready"
+    );
     let model = a.model.load(&run)?.0;
     let id = path
         .as_deref()
@@ -220,19 +253,11 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         .unwrap_or_else(|| model.config().name.clone());
     let engine = StreamingInference::from_model(Arc::from(model), id, inference)
         .map_err(|e| Error::invalid_config(e.to_string()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| Error::invalid_config(format!("cannot start the async runtime: {e}")))?;
+    let _ = loaded_tx.send(());
     rt.block_on(async move {
-        let addr = format!("{}:{}", server.host, server.port);
-        let listener = tokio::net::TcpListener::bind(&addr)
-            .await
+        let _ = loading.await;
+        let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|e| Error::invalid_config(format!("cannot listen on {addr}: {e}")))?;
-        let local = listener
-            .local_addr()
-            .map_err(|e| Error::invalid_config(e.to_string()))?;
         eprintln!(
             "lowbit serving {} on http://{local} (WebSocket at ws://{local}/ws, OpenAI API at \
              /v1); SIGTERM or Ctrl-C drains and stops",

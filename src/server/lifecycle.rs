@@ -115,3 +115,26 @@ pub(crate) async fn ready(State(st): State<AppState>) -> Response {
         Json(json!({"status": "ready"})).into_response()
     }
 }
+
+/// The answers of a server whose model is still loading (the port is bound first, so a load
+/// balancer's probe sees "not ready" instead of a refused connection): `/health` 200
+/// `{"status": "loading"}` (alive), `/health/ready` 503 `{"status": "loading"}`, every other
+/// route 503 with error code `loading`.
+pub fn loading_router() -> axum::Router {
+    use axum::routing::get;
+    let loading = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "loading"})),
+        )
+    };
+    axum::Router::new()
+        .route("/health", get(|| async { Json(json!({"status": "loading"})) }))
+        .route("/health/ready", get(move || async move { loading() }))
+        .fallback(|| async {
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"error": {"code": "loading", "message": "the model is loading; retry when /health/ready answers 200"}})),
+            )
+        })
+}

@@ -17,6 +17,7 @@ mod params;
 mod ws;
 
 pub use api_error::ApiError;
+pub use lifecycle::loading_router;
 pub use openai::parse_completion_request;
 pub use params::{GenerationRequest, ServedModel};
 pub use ws::{parse_client_message, ClientMessage};
