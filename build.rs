@@ -2,14 +2,22 @@
 //! it writes (`--output`) names the code that measured it. Outside a git checkout (a source
 //! archive, a vendored copy) the commit is `unknown`.
 
-use std::path::Path;
 use std::process::Command;
+
+/// The package's folder, read when the script runs: cargo may reuse one compiled build script
+/// for checkouts at other paths (its hash takes the path relative to the workspace), so a
+/// compile-time `env!` would name whichever checkout compiled it first.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(Into::into)
+        .unwrap_or_default()
+}
 
 /// Runs git in the package's folder; `None` when git is missing or fails.
 fn git(args: &[&str]) -> Option<String> {
     let out = Command::new("git")
         .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(manifest_dir())
         .output()
         .ok()?;
     let s = String::from_utf8(out.stdout).ok()?.trim().to_owned();
@@ -28,7 +36,7 @@ fn main() {
         watched.push(git(&["rev-parse", "--git-path", "packed-refs"]));
     }
     for p in watched.into_iter().flatten() {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(p);
+        let p = manifest_dir().join(p);
         if p.exists() {
             println!("cargo:rerun-if-changed={}", p.display());
         }

@@ -6,7 +6,8 @@
 #
 # Reused so CI does not download or build twice: pip's and npm's package caches (their own
 # cache options, PIP_CACHE_DIR / npm_config_cache), the Rust toolchain (CARGO_HOME,
-# RUSTUP_HOME) and the build folder (CARGO_TARGET_DIR). Nothing of lowbit's own state is.
+# RUSTUP_HOME) and a copy of the checkout's compiled dependencies (a copy, so the clone's build
+# never replaces the checkout's own `target/release/lowbit`). Nothing of lowbit's own state is.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 real_home=${HOME:-/root}
@@ -19,6 +20,8 @@ echo "== README run command, in a fresh clone with an empty HOME:"
 echo "   $cmd"
 
 git clone --quiet "$root" "$tmp/clone"
+mkdir -p "$tmp/target"
+[ -d "$root/target/release" ] && cp -a "$root/target/release" "$tmp/target/"
 mkdir -p "$tmp/home"
 set +e
 (cd "$tmp/clone" && env -u LOWBIT_MODELS_DIR -u XDG_RUNTIME_DIR -u XDG_CACHE_HOME \
@@ -27,7 +30,7 @@ set +e
   npm_config_cache="${npm_config_cache:-$real_home/.npm}" \
   CARGO_HOME="${CARGO_HOME:-$real_home/.cargo}" \
   RUSTUP_HOME="${RUSTUP_HOME:-$real_home/.rustup}" \
-  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}" \
+  CARGO_TARGET_DIR="$tmp/target" \
   bash -c "$cmd") >"$tmp/out" 2>"$tmp/err"
 rc=$?
 set -e

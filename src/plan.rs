@@ -92,11 +92,11 @@ impl Default for RunPlan {
 }
 
 fn scheme_of(c: &Config) -> Scheme {
-    if c.str("quantization.scheme") == "asymmetric" {
-        Scheme::Asymmetric
-    } else {
-        Scheme::Symmetric
-    }
+    let name = c.str("quantization.scheme");
+    [Scheme::Symmetric, Scheme::Asymmetric]
+        .into_iter()
+        .find(|s| s.config_name() == name)
+        .unwrap_or(Scheme::Symmetric)
 }
 
 /// `auto` → `None`, `on` → `Some(true)`, `off` → `Some(false)`.
@@ -200,7 +200,8 @@ impl RunPlan {
     }
 
     /// Merges and validates `req`, then plans. Returns the resolution too (its corrections and
-    /// warnings are for the caller to report).
+    /// warnings are for the caller to report; after a plan, its `validation.corrected` is the
+    /// valid configuration).
     ///
     /// Errors: `INVALID_CONFIG` for an unreadable file or a value the validator rejects.
     pub fn resolve(req: &ConfigRequest) -> Result<(Self, Resolved)> {
@@ -282,6 +283,13 @@ impl RunPlan {
         }
         Ok((model, backend))
     }
+}
+
+/// The name clients use for a served model: the file's stem, else the model's own name.
+pub fn model_id(path: Option<&Path>, model: &dyn TextModel) -> String {
+    path.and_then(Path::file_stem)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| model.config().name.clone())
 }
 
 /// What [`warm_up`] did.

@@ -145,13 +145,9 @@ pub fn load_config(plan: &RunPlan) -> Map<String, Value> {
     c.insert("synthetic".into(), synthetic.into());
     let w = &plan.weights;
     c.insert("quant".into(), w.method().into());
-    if let lowbit_core::adapter::WeightPrecision::Quant(q) = w.attention {
-        c.insert("group_size".into(), q.group_size.into());
-        let scheme = match q.scheme {
-            lowbit_core::quant::Scheme::Symmetric => "symmetric",
-            lowbit_core::quant::Scheme::Asymmetric => "asymmetric",
-        };
-        c.insert("scheme".into(), scheme.into());
+    if let Some((group, scheme)) = w.group_scheme() {
+        c.insert("group_size".into(), group.into());
+        c.insert("scheme".into(), scheme.config_name().into());
     }
     c.insert("weights".into(), w.label().into());
     c.insert("attention".into(), w.attention.label().into());

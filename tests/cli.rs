@@ -8,6 +8,17 @@ fn lowbit() -> Command {
     Command::new(env!("CARGO_BIN_EXE_lowbit"))
 }
 
+/// Runs `c` and asserts it exits 0 (its stderr in the failure); returns its output.
+fn succeed(c: &mut Command) -> std::process::Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The output of a `--json` command that must fail: asserts exit status 1 and error `code` on
 /// stdout, and returns the error's message. `what` names the case in failures.
 fn json_error(out: std::process::Output, code: &str, what: &str) -> String {
@@ -190,25 +201,20 @@ fn perplexity_refuses_ctx_past_the_context() {
 /// error), and the correction is reported on stderr with the reason.
 #[test]
 fn invalid_group_size_is_corrected_and_reported() {
-    let out = lowbit()
-        .args([
-            "generate",
-            "--json",
-            "-n",
-            "2",
-            "--prompt",
-            "hi",
-            "--group-size",
-            "48",
-            "--model",
-        ])
-        .arg(common::smollm2())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        lowbit()
+            .args([
+                "generate",
+                "--json",
+                "-n",
+                "2",
+                "--prompt",
+                "hi",
+                "--group-size",
+                "48",
+                "--model",
+            ])
+            .arg(common::smollm2()),
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("quantization.group_size = 48 → 32"), "{err}");
@@ -216,25 +222,20 @@ fn invalid_group_size_is_corrected_and_reported() {
 
 #[test]
 fn generate_json_streams_and_reports_stats() {
-    let out = lowbit()
-        .args([
-            "generate",
-            "--json",
-            "--quant",
-            "int8",
-            "-n",
-            "8",
-            "--threads",
-            "2",
-        ])
-        .args(["--prompt", "The capital of France is", "--model"])
-        .arg(common::smollm2())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = succeed(
+        lowbit()
+            .args([
+                "generate",
+                "--json",
+                "--quant",
+                "int8",
+                "-n",
+                "8",
+                "--threads",
+                "2",
+            ])
+            .args(["--prompt", "The capital of France is", "--model"])
+            .arg(common::smollm2()),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["tokens"].as_array().unwrap().len(), 8, "{v}");
@@ -262,12 +263,7 @@ fn bench_names_its_backend_and_features() {
         if json {
             c.arg("--json");
         }
-        let out = c.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = succeed(&mut c);
         String::from_utf8(out.stdout).unwrap()
     };
     let text = run(false);
@@ -325,66 +321,51 @@ fn measuring_commands_write_one_json_line_per_row() {
         .join("rows.jsonl");
     let _ = std::fs::remove_file(&file);
     let common_args = ["--backend", "cpu", "--threads", "2", "--group-size", "32"];
-    let out = lowbit()
-        .args(["bench", "--quant", "int4", "--prompt-tokens", "8"])
-        .args(["--gen-tokens", "4", "--reps", "1", "--copy-bandwidth"])
-        .args(common_args)
-        .arg("--model")
-        .arg(common::smollm2())
-        .arg("--output")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        lowbit()
+            .args(["bench", "--quant", "int4", "--prompt-tokens", "8"])
+            .args(["--gen-tokens", "4", "--reps", "1", "--copy-bandwidth"])
+            .args(common_args)
+            .arg("--model")
+            .arg(common::smollm2())
+            .arg("--output")
+            .arg(&file),
     );
-    let out = lowbit()
-        .args([
-            "perplexity",
-            "--quant",
-            "int8",
-            "--ctx",
-            "64",
-            "--chunks",
-            "1",
-        ])
-        .args(common_args)
-        .arg("--model")
-        .arg(common::smollm2())
-        .arg("--file")
-        .arg(common::brown())
-        .arg("--output")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        lowbit()
+            .args([
+                "perplexity",
+                "--quant",
+                "int8",
+                "--ctx",
+                "64",
+                "--chunks",
+                "1",
+            ])
+            .args(common_args)
+            .arg("--model")
+            .arg(common::smollm2())
+            .arg("--file")
+            .arg(common::brown())
+            .arg("--output")
+            .arg(&file),
     );
-    let out = lowbit()
-        .args([
-            "bench-serve",
-            "--quant",
-            "int4",
-            "--clients",
-            "1,2",
-            "-n",
-            "3",
-        ])
-        .args(common_args)
-        .arg("--model")
-        .arg(common::smollm2())
-        .arg("--output")
-        .arg(&file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    succeed(
+        lowbit()
+            .args([
+                "bench-serve",
+                "--quant",
+                "int4",
+                "--clients",
+                "1,2",
+                "-n",
+                "3",
+            ])
+            .args(common_args)
+            .arg("--model")
+            .arg(common::smollm2())
+            .arg("--output")
+            .arg(&file),
     );
 
     let text = std::fs::read_to_string(&file).unwrap();

@@ -168,17 +168,22 @@ impl QuantPlan {
     pub fn method(&self) -> &'static str {
         let bits =
             |p: &QuantPlan| [p.attention, p.feedforward, p.embedding, p.lm_head].map(|w| w.bits());
-        let group_scheme = match self.attention {
-            WeightPrecision::Quant(s) => (s.group_size, s.scheme),
-            _ => (32, Scheme::Symmetric),
-        };
+        let (group, scheme) = self.group_scheme().unwrap_or((32, Scheme::Symmetric));
         METHODS
             .iter()
             .find(|name| {
-                QuantPlan::for_method(name, group_scheme.0, group_scheme.1)
-                    .is_ok_and(|p| bits(&p) == bits(self))
+                QuantPlan::for_method(name, group, scheme).is_ok_and(|p| bits(&p) == bits(self))
             })
             .map_or("mixed", |name| name)
+    }
+
+    /// Group size and scheme of the attention matrices (those of every quantized role in a
+    /// plan made from a configuration); `None` when they are dense floats.
+    pub fn group_scheme(&self) -> Option<(usize, Scheme)> {
+        match self.attention {
+            WeightPrecision::Quant(s) => Some((s.group_size, s.scheme)),
+            _ => None,
+        }
     }
 
     /// A short description: the precision label when attention and feed-forward matrices

@@ -405,10 +405,7 @@ pub fn run(a: &BenchServeArgs) -> Result<()> {
     };
     let (record_config, peer_config) =
         record_configs(a, &record_plan, model.as_ref(), threads, max_clients);
-    let id = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let id = lowbit::plan::model_id(Some(&path), model.as_ref());
     let engine = Arc::new(
         StreamingInference::from_model(Arc::from(model), id, config)
             .map_err(|e| Error::invalid_config(e.to_string()))?,

@@ -3,7 +3,7 @@
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use lowbit::core::adapter::{TextModel, METHODS};
-use lowbit::core::config::{schema, toml, Source};
+use lowbit::core::config::{schema, toml, Config, Source};
 use lowbit::core::Backend;
 use lowbit::plan::RunPlan;
 use lowbit::selection::{load_plugins, ConfigRequest};
@@ -155,15 +155,22 @@ impl ModelArgs {
     /// the configuration's), through the configuration precedence; corrections and warnings
     /// are reported on stderr, errors returned as `INVALID_CONFIG`.
     pub fn plan(&self, quant: Option<&str>) -> Result<RunPlan> {
+        Ok(self.resolve(&self.config_request(quant)?)?.0)
+    }
+
+    /// Loads these flags' plugins, resolves `req` (these flags' request, possibly with more
+    /// keys) and reports its corrections and warnings on stderr. Returns the plan and the
+    /// validated configuration (for keys outside the plan, such as `[server]`).
+    pub fn resolve(&self, req: &ConfigRequest) -> Result<(RunPlan, Config)> {
         load_plugins(&self.plugins)?;
-        let (plan, r) = RunPlan::resolve(&self.config_request(quant)?)?;
+        let (plan, r) = RunPlan::resolve(req)?;
         for c in &r.validation.corrections {
             eprintln!("config: {} = {} → {} ({})", c.key, c.old, c.new, c.reason);
         }
         for w in &r.validation.warnings {
             eprintln!("config warning: {}: {}", w.key, w.message);
         }
-        Ok(plan)
+        Ok((plan, r.validation.corrected))
     }
 
     /// Loads per `plan` with a progress bar on stderr, returning the backend too.

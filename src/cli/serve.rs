@@ -5,7 +5,6 @@ use clap::Args;
 use lowbit::core::config::toml::Value;
 use lowbit::core::config::Source;
 use lowbit::plan::RunPlan;
-use lowbit::selection::load_plugins;
 use lowbit::server::{serve, ServerConfig};
 use lowbit::streaming::{InferenceConfig, StreamingInference};
 use lowbit::{Error, Result};
@@ -154,22 +153,14 @@ impl ServeArgs {
     /// Resolves the configuration once (defaults < profile < file < `LOWBIT_*` variables <
     /// flags): corrections and warnings go to stderr, errors are returned as `INVALID_CONFIG`.
     pub fn plan(&self) -> Result<ServePlan> {
-        load_plugins(&self.model.plugins)?;
         let mut req = self.model.config_request(None)?;
         for (key, value, flag) in self.server_flags() {
             req.cli.push(key, value, Source::Cli(flag.into()));
         }
-        let (mut run, r) = RunPlan::resolve(&req)?;
+        let (mut run, c) = self.model.resolve(&req)?;
         if let Some(ctx) = self.ctx {
             run.kv_cache.max_seq_len = ctx;
         }
-        for c in &r.validation.corrections {
-            eprintln!("config: {} = {} → {} ({})", c.key, c.old, c.new, c.reason);
-        }
-        for w in &r.validation.warnings {
-            eprintln!("config warning: {}: {}", w.key, w.message);
-        }
-        let c = r.validation.into_result()?;
         let count = |key: &str| c.int(key).max(0) as usize;
         let seconds = |key: &str| Duration::from_secs_f64(c.float(key).max(0.001));
         let inference = InferenceConfig {
@@ -246,11 +237,7 @@ pub fn run(a: &ServeArgs) -> Result<()> {
         "lowbit: loading the model; http://{local}/health/ready answers 503 until it is ready"
     );
     let model = a.model.load(&run)?.0;
-    let id = path
-        .as_deref()
-        .and_then(std::path::Path::file_stem)
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| model.config().name.clone());
+    let id = lowbit::plan::model_id(path.as_deref(), model.as_ref());
     let engine = StreamingInference::from_model(Arc::from(model), id, inference)
         .map_err(|e| Error::invalid_config(e.to_string()))?;
     let _ = loaded_tx.send(());

@@ -225,12 +225,7 @@ fn stream_response(events: MeteredStream, meta: Meta) -> Response {
 mod tests {
     use super::*;
 
-    const SERVED: ServedModel<'static> = ServedModel {
-        model_id: "m",
-        model_name: "M",
-        quantization: "int4",
-        max_new_tokens: 64,
-    };
+    use crate::server::params::tests::SERVED;
 
     /// Found with the protocol fuzz target: `"messages": null` counted as present for the endpoint
     /// check but as absent when reading the prompt, so a chat request became a text completion (and

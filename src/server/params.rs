@@ -242,10 +242,11 @@ pub(crate) fn generation(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    const SERVED: ServedModel<'static> = ServedModel {
+    /// A served model for the request readers' tests (here and in `openai`).
+    pub(crate) const SERVED: ServedModel<'static> = ServedModel {
         model_id: "m",
         model_name: "M",
         quantization: "int4",

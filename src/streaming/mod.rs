@@ -223,11 +223,7 @@ impl StreamingInference {
     pub fn load(config: InferenceConfig) -> Result<Self, InferenceError> {
         let path = config.plan.model_path()?;
         let (model, _) = config.plan.load(&mut |_, _, _| {})?;
-        let id = path
-            .as_deref()
-            .and_then(Path::file_stem)
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| model.config().name.clone());
+        let id = crate::plan::model_id(path.as_deref(), model.as_ref());
         let mut engine = Self::from_model(Arc::from(model), id, config)?;
         engine.model_path = path;
         Ok(engine)
@@ -269,20 +265,15 @@ impl StreamingInference {
         // The loaded plan as configuration values, so the profile's validator sees (and may
         // correct) exactly what runs now.
         let w = &c.plan.weights;
-        let (group, scheme) = match w.attention {
-            lowbit_core::adapter::WeightPrecision::Quant(q) => (q.group_size, q.scheme),
-            _ => (32, lowbit_core::quant::Scheme::Asymmetric),
-        };
-        let scheme = match scheme {
-            lowbit_core::quant::Scheme::Symmetric => "symmetric",
-            lowbit_core::quant::Scheme::Asymmetric => "asymmetric",
-        };
+        let (group, scheme) = w
+            .group_scheme()
+            .unwrap_or((32, lowbit_core::quant::Scheme::Asymmetric));
         let b = &c.plan.backend;
         let mut values: Vec<(&str, lowbit_core::config::toml::Value)> = vec![
             ("model.path", path.display().to_string().into()),
             ("quantization.method", w.method().into()),
             ("quantization.group_size", (group as i64).into()),
-            ("quantization.scheme", scheme.into()),
+            ("quantization.scheme", scheme.config_name().into()),
             ("runtime.backend", b.name.clone().into()),
             ("runtime.threads", (b.threads as i64).into()),
             ("runtime.profile", browser.into()),

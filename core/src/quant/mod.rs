@@ -141,6 +141,16 @@ pub enum Scheme {
     Asymmetric,
 }
 
+impl Scheme {
+    /// The name `quantization.scheme` uses: `symmetric` or `asymmetric`.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            Scheme::Symmetric => "symmetric",
+            Scheme::Asymmetric => "asymmetric",
+        }
+    }
+}
+
 /// A quantization format: bit width, group size and scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct QuantSpec {
