@@ -9,9 +9,14 @@
 pub mod adapter;
 pub mod backend;
 pub mod config;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 pub mod error;
 pub mod formats;
+pub mod future;
 pub mod generate;
+pub mod kv;
+pub mod ops;
 #[cfg(feature = "native")]
 pub mod plugin;
 pub mod profile;
@@ -20,10 +25,13 @@ pub mod registry;
 pub mod tokenizer;
 
 pub use adapter::{
-    KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, TextModel, TextModelConfig,
-    WeightPrecision,
+    EncoderConfig, EncoderDecoderModel, EncoderModel, LoadedModel, Logits, ModelAdapter,
+    ModelSource, QuantPlan, TextModel, TextModelConfig, WeightPrecision,
 };
-pub use backend::{Backend, BackendInfo, BufferId, KernelTiming, WeightId, WeightMatrix};
+pub use backend::{Backend, BackendInfo, BufferId, DType, KernelTiming, WeightId, WeightMatrix};
 pub use error::{Error, ErrorCode, Result};
+pub use future::{block_on, LocalBoxFuture, ReadFuture};
+pub use kv::{KvCache, KvLayout, KvView};
+pub use ops::Op;
 pub use profile::BrowserProfile;
 pub use quant::{QuantSpec, QuantizedMatrix, Scheme};

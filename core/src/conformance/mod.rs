@@ -1,0 +1,1 @@
+//! The op conformance suite every backend runs (being written).
