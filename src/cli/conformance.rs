@@ -50,7 +50,10 @@ pub fn run(a: &ConformanceArgs) -> Result<()> {
     let (plan, _) = RunPlan::resolve(&req)?;
     let opts = plan.backend_options()?;
     let names: Vec<String> = match a.backend.as_str() {
-        "all" => lowbit::core::registry::backend_names(),
+        "all" => lowbit::core::registry::backend_names()
+            .into_iter()
+            .map(str::to_owned)
+            .collect(),
         list => list.split(',').map(|s| s.trim().to_owned()).collect(),
     };
     let mut out = results::open_output(a.output.as_deref())?;
