@@ -43,7 +43,11 @@ fn linear_case(f: Format, rows: usize, cols: usize, n: usize, bias: bool, acc: b
     let x = b.input(n * cols);
     // Bias and accumulator of the outputs' own size, so dropping either fails by far.
     let bias = bias.then(|| b.input(rows));
-    let out = if acc { b.input(n * rows) } else { b.zeros(n * rows) };
+    let out = if acc {
+        b.input(n * rows)
+    } else {
+        b.zeros(n * rows)
+    };
     b.op(Op::Linear {
         w,
         bias,
@@ -75,7 +79,14 @@ fn linear() -> Vec<Case> {
         v.push(linear_case(f, 9, 160, 64, true, true));
     }
     // A single output row.
-    v.push(linear_case(q(3, 32, Scheme::Symmetric), 1, 96, 3, true, false));
+    v.push(linear_case(
+        q(3, 32, Scheme::Symmetric),
+        1,
+        96,
+        17,
+        true,
+        false,
+    ));
     v
 }
 
@@ -165,7 +176,11 @@ fn activation() -> Vec<Case> {
     let mut v = Vec::new();
     for (i, act) in ACTIVATIONS.into_iter().enumerate() {
         let in_place = i % 2 == 1;
-        let shape = format!("{} len=97{}", act.name(), if in_place { " in place" } else { "" });
+        let shape = format!(
+            "{} len=97{}",
+            act.name(),
+            if in_place { " in place" } else { "" }
+        );
         let mut b = CaseBuilder::new("activation", shape, "f32", F32_MATH);
         let xs = b.random(97, 5.0);
         let x = b.data(xs);
@@ -312,9 +327,8 @@ fn attention_case(
     hd: usize,
     mask: Mask,
 ) -> Case {
-    let shape = format!(
-        "n={n_tokens} pos0={pos0} kv_len={kv_len} heads={n_heads}/{n_kv} hd={hd} {mask:?}"
-    );
+    let shape =
+        format!("n={n_tokens} pos0={pos0} kv_len={kv_len} heads={n_heads}/{n_kv} hd={hd} {mask:?}");
     let mut b = CaseBuilder::new("attention", shape, "f32", F32_MATH);
     // Queries of a few units, so the softmax is neither flat nor one-hot.
     let qs = b.random(n_tokens * n_heads * hd, 3.0);
@@ -417,7 +431,12 @@ fn argmax() -> Vec<Case> {
     nan[0] = f32::NAN;
     nan[20] = f32::NAN;
     nan[33] = 2.0;
-    let inf = vec![f32::NEG_INFINITY, f32::NEG_INFINITY, -3.0, f32::NEG_INFINITY];
+    let inf = vec![
+        f32::NEG_INFINITY,
+        f32::NEG_INFINITY,
+        -3.0,
+        f32::NEG_INFINITY,
+    ];
     vec![
         argmax_case("random", random, 0),
         argmax_case("ties first", ties, 1),
@@ -429,42 +448,54 @@ fn argmax() -> Vec<Case> {
 
 fn im2col() -> Vec<Case> {
     let shapes = [
-        ("conv1d k3 s1 p1", Im2col {
-            channels: 5,
-            height: 1,
-            width: 23,
-            kernel_h: 1,
-            kernel_w: 3,
-            stride: 1,
-            pad: 1,
-        }),
-        ("conv1d k3 s2 p1", Im2col {
-            channels: 4,
-            height: 1,
-            width: 24,
-            kernel_h: 1,
-            kernel_w: 3,
-            stride: 2,
-            pad: 1,
-        }),
-        ("patches 4x4", Im2col {
-            channels: 3,
-            height: 12,
-            width: 12,
-            kernel_h: 4,
-            kernel_w: 4,
-            stride: 4,
-            pad: 0,
-        }),
-        ("conv2d k3 s2 p1", Im2col {
-            channels: 2,
-            height: 7,
-            width: 9,
-            kernel_h: 3,
-            kernel_w: 3,
-            stride: 2,
-            pad: 1,
-        }),
+        (
+            "conv1d k3 s1 p1",
+            Im2col {
+                channels: 5,
+                height: 1,
+                width: 23,
+                kernel_h: 1,
+                kernel_w: 3,
+                stride: 1,
+                pad: 1,
+            },
+        ),
+        (
+            "conv1d k3 s2 p1",
+            Im2col {
+                channels: 4,
+                height: 1,
+                width: 24,
+                kernel_h: 1,
+                kernel_w: 3,
+                stride: 2,
+                pad: 1,
+            },
+        ),
+        (
+            "patches 4x4",
+            Im2col {
+                channels: 3,
+                height: 12,
+                width: 12,
+                kernel_h: 4,
+                kernel_w: 4,
+                stride: 4,
+                pad: 0,
+            },
+        ),
+        (
+            "conv2d k3 s2 p1",
+            Im2col {
+                channels: 2,
+                height: 7,
+                width: 9,
+                kernel_h: 3,
+                kernel_w: 3,
+                stride: 2,
+                pad: 1,
+            },
+        ),
     ];
     shapes
         .into_iter()

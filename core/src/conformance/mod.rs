@@ -86,7 +86,8 @@ pub struct CaseResult {
     pub format: String,
     /// Backend name and kernels (`cpu (avx2)`, `webgpu (…)`).
     pub backend: String,
-    /// NMSE of the values (0 or infinity for an index check alone).
+    /// The largest NMSE of the compared ranges (0, or infinity on a wrong index, for index checks
+    /// alone).
     pub nmse: f64,
     /// The case's tolerance.
     pub tolerance: f64,
@@ -151,7 +152,15 @@ pub async fn run_all(backend: &dyn Backend) -> Vec<CaseResult> {
 /// The results as a fixed-width text table: op, shape, format, backend, error (NMSE),
 /// tolerance, pass.
 pub fn table(results: &[CaseResult]) -> String {
-    let head = ["op", "shape", "format", "backend", "error (NMSE)", "tolerance", "pass"];
+    let head = [
+        "op",
+        "shape",
+        "format",
+        "backend",
+        "error (NMSE)",
+        "tolerance",
+        "pass",
+    ];
     let rows: Vec<[String; 7]> = results
         .iter()
         .map(|r| {
@@ -223,7 +232,11 @@ async fn run_on_backend(
     for w in &case.weights {
         weights.push(backend.upload_weight(w.clone())?);
     }
-    let ops: Vec<Op> = case.ops.iter().map(|op| remap(op, bufs, &weights)).collect();
+    let ops: Vec<Op> = case
+        .ops
+        .iter()
+        .map(|op| remap(op, bufs, &weights))
+        .collect();
     backend.run(&ops)?;
     let mut out = Vec::with_capacity(case.checks.len());
     for c in &case.checks {
@@ -233,9 +246,10 @@ async fn run_on_backend(
     Ok(out)
 }
 
-/// Sets `row.nmse` and `row.passed` from the backend's values and the reference's.
+/// Sets `row.nmse` (the largest NMSE of the value checks, each range a tensor of its own as in
+/// llama.cpp, so an untouched range cannot dilute a wrong one) and `row.passed`.
 fn compare(case: &Case, got: &[Vec<f32>], want: &[Vec<f64>], row: &mut CaseResult) {
-    let (mut err, mut norm, mut values) = (0.0f64, 0.0f64, false);
+    let mut worst: Option<f64> = None;
     let mut mismatch = None;
     for ((c, g), w) in case.checks.iter().zip(got).zip(want) {
         if g.len() != w.len() {
@@ -244,11 +258,17 @@ fn compare(case: &Case, got: &[Vec<f32>], want: &[Vec<f64>], row: &mut CaseResul
         }
         match c.kind {
             CheckKind::Values => {
-                values = true;
+                let (mut err, mut norm) = (0.0f64, 0.0f64);
                 for (&a, &b) in g.iter().zip(w) {
                     err += (f64::from(a) - b).powi(2);
                     norm += b * b;
                 }
+                let nmse = if norm > 0.0 { err / norm } else { err };
+                // NaN (a NaN output) must win the comparison, so it is kept explicitly.
+                worst = Some(match worst {
+                    Some(m) if m.is_nan() || m >= nmse => m,
+                    _ => nmse,
+                });
             }
             CheckKind::Index => {
                 for (&a, &b) in g.iter().zip(w) {
@@ -259,16 +279,10 @@ fn compare(case: &Case, got: &[Vec<f32>], want: &[Vec<f64>], row: &mut CaseResul
             }
         }
     }
-    row.nmse = if !values {
-        if mismatch.is_some() {
-            f64::INFINITY
-        } else {
-            0.0
-        }
-    } else if norm > 0.0 {
-        err / norm
-    } else {
-        err
+    row.nmse = match worst {
+        Some(v) => v,
+        None if mismatch.is_some() => f64::INFINITY,
+        None => 0.0,
     };
     row.passed = mismatch.is_none() && row.nmse <= row.tolerance;
     row.error = mismatch;
@@ -277,7 +291,11 @@ fn compare(case: &Case, got: &[Vec<f32>], want: &[Vec<f64>], row: &mut CaseResul
 /// `op` with the case's local buffer and weight ids replaced by the backend's. A local id
 /// without a backend id maps to `u32::MAX`, which the backend rejects as unknown.
 fn remap(op: &Op, bufs: &[BufferId], weights: &[WeightId]) -> Op {
-    let b = |id: BufferId| bufs.get(id.0 as usize).copied().unwrap_or(BufferId(u32::MAX));
+    let b = |id: BufferId| {
+        bufs.get(id.0 as usize)
+            .copied()
+            .unwrap_or(BufferId(u32::MAX))
+    };
     let w = |id: WeightId| {
         weights
             .get(id.0 as usize)

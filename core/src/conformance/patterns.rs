@@ -5,7 +5,7 @@
 //! linear).
 
 use super::build::{CaseBuilder, Format};
-use super::tolerance::LINEAR;
+use super::tolerance::{LINEAR, MODEL};
 use super::Case;
 use crate::backend::{BufferId, DType, WeightId};
 use crate::kv::{KvLayout, KvView};
@@ -63,7 +63,7 @@ struct Scratch {
 }
 
 fn layer(b: &mut CaseBuilder, f: Format) -> Layer {
-    let mut norm = |b: &mut CaseBuilder| {
+    let norm = |b: &mut CaseBuilder| {
         let w = b.uniform(DIM, 0.5, 1.5);
         b.data(w)
     };
@@ -191,7 +191,7 @@ fn record_layer(b: &mut CaseBuilder, l: &Layer, s: &Scratch, x: BufferId, n: usi
 fn llama_layers(f: Format, n: usize, pos0: usize) -> Case {
     let step = if n == 1 { "decode" } else { "prefill" };
     let shape = format!("2 layers {step} n={n} pos0={pos0} dim={DIM} heads={N_HEADS}/{N_KV}");
-    let mut b = CaseBuilder::new("llama_layer", shape, f.name(), LINEAR);
+    let mut b = CaseBuilder::new("llama_layer", shape, f.name(), MODEL);
     let layers = [layer(&mut b, f), layer(&mut b, f)];
     let s = scratch(&mut b, n);
     let x = b.input(n * DIM);
@@ -214,7 +214,7 @@ const VOCAB: usize = 50;
 /// slot 1 into slot 0, so the second step reads a token the device chose.
 fn greedy_steps(f: Format) -> Case {
     let shape = format!("2 steps pos0=3 vocab={VOCAB} dim={DIM} tied embeddings");
-    let mut b = CaseBuilder::new("greedy_step", shape, f.name(), LINEAR);
+    let mut b = CaseBuilder::new("greedy_step", shape, f.name(), MODEL);
     let l = layer(&mut b, f);
     let table = b.weight(f, VOCAB, DIM);
     let output_norm = {
@@ -258,10 +258,20 @@ fn pairs() -> Vec<Case> {
 
     // Norm + Linear.
     for (kind, f, n, dim, rows, bias) in [
-        (NormKind::Rms, Format::quant(4, 32, Scheme::Asymmetric), 1, 160, 96, false),
+        (
+            NormKind::Rms,
+            Format::quant(4, 32, Scheme::Asymmetric),
+            1,
+            160,
+            96,
+            false,
+        ),
         (NormKind::Layer, Format::F16, 7, 224, 64, true),
     ] {
-        let shape = format!("{kind:?} {n}x{dim} -> {rows}{}", if bias { " +bias" } else { "" });
+        let shape = format!(
+            "{kind:?} {n}x{dim} -> {rows}{}",
+            if bias { " +bias" } else { "" }
+        );
         let mut b = CaseBuilder::new("norm+linear", shape, f.name(), LINEAR);
         let x = b.input(n * dim);
         let wn = b.uniform(dim, 0.5, 1.5);
@@ -295,7 +305,14 @@ fn pairs() -> Vec<Case> {
 
     // Attention + Linear(accumulate): the output projection into the residual.
     for (f, n, pos0, kv_len, mask, bias) in [
-        (Format::quant(8, 32, Scheme::Symmetric), 1, 9, 10, Mask::Causal, false),
+        (
+            Format::quant(8, 32, Scheme::Symmetric),
+            1,
+            9,
+            10,
+            Mask::Causal,
+            false,
+        ),
         (Format::F16, 5, 0, 7, Mask::None, true),
     ] {
         let (heads, kv_heads, hd) = (4, 2, 64);
@@ -336,8 +353,18 @@ fn pairs() -> Vec<Case> {
 
     // Glu + Linear(accumulate): the FFN's down projection into the residual.
     for (act, f, n, width) in [
-        (Activation::Silu, Format::quant(4, 64, Scheme::Symmetric), 1, 160),
-        (Activation::Gelu, Format::quant(3, 32, Scheme::Asymmetric), 7, 96),
+        (
+            Activation::Silu,
+            Format::quant(4, 64, Scheme::Symmetric),
+            1,
+            160,
+        ),
+        (
+            Activation::Gelu,
+            Format::quant(3, 32, Scheme::Asymmetric),
+            7,
+            96,
+        ),
     ] {
         let shape = format!("{} n={n} width={width} -> 96", act.name());
         let mut b = CaseBuilder::new("glu+linear", shape, f.name(), LINEAR);
@@ -360,34 +387,51 @@ fn pairs() -> Vec<Case> {
 
     // Im2col + Linear(bias) + GELU: Whisper's conv front end and a ViT patch embedding.
     for (name, f, s, out_ch) in [
-        ("conv1d", Format::quant(8, 32, Scheme::Symmetric), Im2col {
-            channels: 32,
-            height: 1,
-            width: 20,
-            kernel_h: 1,
-            kernel_w: 3,
-            stride: 1,
-            pad: 1,
-        }, 48),
-        ("patch embed", Format::F16, Im2col {
-            channels: 3,
-            height: 8,
-            width: 8,
-            kernel_h: 4,
-            kernel_w: 4,
-            stride: 4,
-            pad: 0,
-        }, 64),
+        (
+            "conv1d",
+            Format::quant(8, 32, Scheme::Symmetric),
+            Im2col {
+                channels: 32,
+                height: 1,
+                width: 20,
+                kernel_h: 1,
+                kernel_w: 3,
+                stride: 1,
+                pad: 1,
+            },
+            48,
+        ),
+        (
+            "patch embed",
+            Format::F16,
+            Im2col {
+                channels: 3,
+                height: 8,
+                width: 8,
+                kernel_h: 4,
+                kernel_w: 4,
+                stride: 4,
+                pad: 0,
+            },
+            64,
+        ),
     ] {
         let rows = s.out_rows();
-        let shape = format!("{name} {}x{}x{} -> {rows}x{out_ch}", s.channels, s.height, s.width);
+        let shape = format!(
+            "{name} {}x{}x{} -> {rows}x{out_ch}",
+            s.channels, s.height, s.width
+        );
         let mut b = CaseBuilder::new("im2col+linear", shape, f.name(), LINEAR);
         let x = b.input(s.channels * s.height * s.width);
         let cols = b.scratch(rows * s.row_len());
         let w = b.weight(f, out_ch, s.row_len());
         let bias = Some(b.input(out_ch));
         let out = b.zeros(rows * out_ch);
-        b.op(Op::Im2col { x, out: cols, shape: s });
+        b.op(Op::Im2col {
+            x,
+            out: cols,
+            shape: s,
+        });
         b.op(Op::Linear {
             w,
             bias,
@@ -414,7 +458,8 @@ mod tests {
     use super::*;
 
     /// The greedy steps' reference logits have a clear winner, so an index check is fair to a
-    /// backend that quantizes activations (NMSE 1e-3 puts its logits off by ≈ 3e-2 of their spread).
+    /// backend that quantizes activations (NMSE within [`MODEL`] puts its logits off by up to
+    /// ≈ 0.1 of their spread; the gap is required to be five times that).
     #[test]
     fn greedy_steps_have_a_clear_winner() {
         let case = greedy_steps(Format::quant(4, 32, Scheme::Asymmetric));
@@ -427,19 +472,24 @@ mod tests {
             s.sort_by(|a, b| b.total_cmp(a));
             let spread = (s.iter().map(|v| v * v).sum::<f64>() / s.len() as f64).sqrt();
             let gap = s[0] - s[1];
-            assert!(gap > 0.1 * spread, "top-2 gap {gap} of spread {spread}");
+            assert!(gap > 0.5 * spread, "top-2 gap {gap} of spread {spread}");
         }
     }
 
     #[test]
     fn every_case_runs_on_the_reference() {
         for case in super::super::cases() {
-            let out = reference::run(&case)
-                .unwrap_or_else(|e| panic!("{} {}: {e}", case.op, case.shape));
+            let out =
+                reference::run(&case).unwrap_or_else(|e| panic!("{} {}: {e}", case.op, case.shape));
             for (c, o) in case.checks.iter().zip(&out) {
                 assert_eq!(o.len(), c.len);
                 if c.kind == CheckKind::Values {
-                    assert!(o.iter().all(|v| v.is_finite()), "{} {}", case.op, case.shape);
+                    assert!(
+                        o.iter().all(|v| v.is_finite()),
+                        "{} {}",
+                        case.op,
+                        case.shape
+                    );
                 }
             }
         }

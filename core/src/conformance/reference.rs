@@ -136,7 +136,12 @@ fn apply(op: &Op, bufs: &mut [Vec<f64>], weights: &[Dense]) -> Result<()> {
                 // Ids outside the table leave their rows unwritten.
                 if id >= 0.0 && id.fract() == 0.0 && (id as usize) < t.rows {
                     let r = id as usize;
-                    put(bufs, *out, i * t.cols, &t.data[r * t.cols..(r + 1) * t.cols])?;
+                    put(
+                        bufs,
+                        *out,
+                        i * t.cols,
+                        &t.data[r * t.cols..(r + 1) * t.cols],
+                    )?;
                 }
             }
         }
@@ -402,7 +407,12 @@ mod tests {
         }
     }
 
-    fn case(buffers: Vec<BufferInit>, weights: Vec<WeightMatrix>, ops: Vec<Op>, out: usize) -> Case {
+    fn case(
+        buffers: Vec<BufferInit>,
+        weights: Vec<WeightMatrix>,
+        ops: Vec<Op>,
+        out: usize,
+    ) -> Case {
         let len = buffers[out].len;
         Case {
             op: "t".into(),
@@ -481,7 +491,10 @@ mod tests {
             0,
         );
         let s = 1.25f64.sqrt();
-        let want: Vec<f64> = [-1.5, -0.5, 0.5, 1.5].iter().map(|d| d / s * 2.0 + 1.0).collect();
+        let want: Vec<f64> = [-1.5, -0.5, 0.5, 1.5]
+            .iter()
+            .map(|d| d / s * 2.0 + 1.0)
+            .collect();
         close(&run(&c).unwrap()[0], &want);
     }
 

@@ -16,13 +16,22 @@ pub const F32_MATH: f64 = 1e-7;
 /// rounding is ≈ 0.
 pub const Q8_STORAGE: f64 = 1e-4;
 
-/// Every op list with a [`crate::ops::Op::Linear`]. A backend may quantize the activations to
+/// Op lists with a [`crate::ops::Op::Linear`] (alone or in the pairs a backend fuses). A backend may quantize the activations to
 /// int8 blocks of 32 on the fly (the CPU backend unless `exact_activations`, the WebGPU decode
 /// matvec): each activation is then off by up to half a step of `max|block| / 127`, an error
 /// of variance ≈ step²/12 per value, which for Gaussian-like activations (block max ≈ 2.5σ)
-/// gives NMSE ≈ (2.5/127)²/12 ≈ 3e-5 per linear, a few times that through a layer whose
-/// heavy-tailed GLU products widen the blocks. 1e-3 leaves a margin of ten and more; a real
+/// gives NMSE ≈ (2.5/127)²/12 ≈ 3e-5 per linear, a few times that after a GLU whose
+/// heavy-tailed products widen the blocks (the CPU backend: at most 1.1e-4 on these cases).
+/// 1e-3 leaves a margin of ten and more; a real
 /// bug — a wrong weight row, a wrong group scale or offset, a dropped or doubled bias, a
 /// missing accumulate — changes outputs by their own size (NMSE ≳ 0.05), orders of magnitude
 /// above it. With exact f32 activations a correct backend is near 1e-13.
 pub const LINEAR: f64 = 1e-3;
+
+/// Whole model steps (two LLaMA layers, greedy decode steps): four linears a layer each add
+/// the int8 activation error of [`LINEAR`], and RMSNorm, attention's softmax and the SwiGLU
+/// product carry relative errors on to the next op, so a backend that quantizes activations
+/// lands near 1e-4 … 2e-3 (the CPU backend: at most 1.6e-3 on these cases). A fusion bug — a
+/// skipped write, a wrong buffer or view, a position off by one — changes a layer's output by
+/// NMSE ≳ 0.1, still ten times and more above this.
+pub const MODEL: f64 = 1e-2;
