@@ -1,16 +1,23 @@
 //! LLaMA-family text decoders (LLaMA 2/3, SmolLM2, Mistral-style): grouped-query attention,
 //! RoPE, RMSNorm, SwiGLU feed-forward, optionally tied embeddings.
 
+use crate::blocks::{
+    record_lm_head, DecoderAttention, DecoderAttentionBuffers, GatedFfn, GatedFfnBuffers, Heads,
+    Norm, Rope,
+};
+use crate::loader::{Loader, WeightTotals};
 use crate::tensor_source::TensorSource;
 use lowbit_core::adapter::ProgressFn;
-use lowbit_core::backend::{AttentionParams, PendingRead, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::formats::gguf::GgufFile;
+use lowbit_core::future::LocalBoxFuture;
+use lowbit_core::ops::{Activation, NormKind, RopeStyle, TokenIds};
 use lowbit_core::registry::AdapterRegistration;
 use lowbit_core::tokenizer::Tokenizer;
 use lowbit_core::{
-    Backend, BufferId, Error, KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, Result,
-    TextModel, TextModelConfig, WeightId, WeightMatrix, WeightPrecision,
+    Backend, BufferId, DType, Error, KvCache, KvLayout, LoadedModel, Logits, ModelAdapter,
+    ModelSource, Op, QuantPlan, ReadFuture, Result, TextModel, TextModelConfig, WeightId,
 };
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 /// Architectures this adapter loads (GGUF `general.architecture`).
@@ -86,18 +93,12 @@ impl Hparams {
     }
 }
 
-/// One decoder block. The q, k and v projections are stored stacked as one matrix (and gate
-/// and up likewise), so each pair of norms is followed by one matmul instead of three (two):
-/// the plan gives every projection of a layer the same format, so stacking is exact.
+/// One decoder block: the q, k and v projections are stored stacked as one matrix (and gate
+/// and up likewise), so each norm is followed by one matmul instead of three (two): the plan
+/// gives every projection of a layer the same format, so stacking is exact.
 struct Layer {
-    attn_norm: BufferId,
-    /// Rows `q (dim) | k (kv_dim) | v (kv_dim)`.
-    wqkv: WeightId,
-    wo: WeightId,
-    ffn_norm: BufferId,
-    /// Rows `gate (ffn) | up (ffn)`.
-    w_gate_up: WeightId,
-    w_down: WeightId,
+    attn: DecoderAttention,
+    ffn: GatedFfn,
 }
 
 /// A loaded LLaMA-family model.
@@ -108,91 +109,13 @@ pub struct LlamaModel {
     backend: Arc<dyn Backend>,
     embedding: WeightId,
     layers: Vec<Layer>,
-    output_norm: BufferId,
+    output_norm: Norm,
     lm_head: WeightId,
     plan: QuantPlan,
-    weight_bytes: usize,
-    weight_bits: f64,
-    n_weights: usize,
-    /// One-row buffers of batched decoding (fused q|k|v, query, attention output), made on first
-    /// use.
-    batch_tmp: Mutex<Option<[BufferId; 3]>>,
-}
-
-/// Loads tensors onto the backend, keeping count of size and bits.
-struct Loader<'a, 'p> {
-    src: TensorSource<'a>,
-    backend: &'a Arc<dyn Backend>,
-    progress: &'a mut ProgressFn<'p>,
-    done: usize,
-    total: usize,
-    bytes: usize,
-    bits: f64,
-    n_weights: usize,
-}
-
-impl Loader<'_, '_> {
-    fn tick(&mut self, what: &str) {
-        self.done += 1;
-        (self.progress)(self.done, self.total, what);
-    }
-
-    fn matrix(
-        &mut self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        p: WeightPrecision,
-    ) -> Result<WeightId> {
-        let w = self.make(name, rows, cols, p)?;
-        let id = self.backend.upload_weight(w)?;
-        self.tick(name);
-        Ok(id)
-    }
-
-    /// Several matrices of `cols` columns stacked by rows into one upload, in order.
-    fn stacked(
-        &mut self,
-        parts: &[(String, usize)],
-        cols: usize,
-        p: WeightPrecision,
-    ) -> Result<WeightId> {
-        let mut mats = Vec::with_capacity(parts.len());
-        for (name, rows) in parts {
-            let (name, rows) = (name.as_str(), *rows);
-            mats.push(self.make(name, rows, cols, p)?);
-            self.tick(name);
-        }
-        self.backend.upload_weight(WeightMatrix::concat_rows(mats)?)
-    }
-
-    /// One matrix in precision `p`, read from the file (or made up), counted in the totals.
-    fn make(
-        &mut self,
-        name: &str,
-        rows: usize,
-        cols: usize,
-        p: WeightPrecision,
-    ) -> Result<WeightMatrix> {
-        let w = self.src.matrix(name, rows, cols, p, self.done as u64)?;
-        self.bytes += w.size_bytes();
-        self.bits += w.size_bytes() as f64 * 8.0;
-        self.n_weights += rows * cols;
-        Ok(w)
-    }
-
-    fn vector(&mut self, name: &str, len: usize) -> Result<BufferId> {
-        let data = self.src.vector(name, len)?;
-        if data.len() != len {
-            return Err(Error::model_loading(format!(
-                "tensor {name} has {} values, expected {len}",
-                data.len()
-            )));
-        }
-        let id = self.backend.upload(&data)?;
-        self.tick(name);
-        Ok(id)
-    }
+    totals: WeightTotals,
+    /// Op lists kept for reuse, so recording a step allocates nothing once warm (one per
+    /// caller recording at the same time).
+    op_lists: Mutex<Vec<Vec<Op>>>,
 }
 
 impl ModelAdapter for LlamaAdapter {
@@ -206,20 +129,20 @@ impl ModelAdapter for LlamaAdapter {
             .is_some_and(|a| ARCHITECTURES.contains(&a.as_str()))
     }
 
-    fn load_text(
+    fn load(
         &self,
         source: &ModelSource,
         plan: &QuantPlan,
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
-    ) -> Result<Box<dyn TextModel>> {
+    ) -> Result<LoadedModel> {
         let ModelSource::Gguf(g) = source;
         let arch = source.architecture().unwrap_or_default();
         let hp = Hparams::from_gguf(g, &arch)?;
         let tokenizer = Tokenizer::from_gguf(g)?;
         let tied = g.tensor_dims("output.weight").is_none();
         let name = g.get_str("general.name").unwrap_or("unnamed").to_owned();
-        build(
+        let model = build(
             TensorSource::Gguf(g),
             hp,
             tied,
@@ -228,7 +151,8 @@ impl ModelAdapter for LlamaAdapter {
             plan,
             backend,
             progress,
-        )
+        )?;
+        Ok(LoadedModel::Text(Box::new(model)))
     }
 }
 
@@ -241,7 +165,7 @@ pub(crate) fn build_random(
     plan: &QuantPlan,
     backend: Arc<dyn Backend>,
     progress: &mut ProgressFn<'_>,
-) -> Result<Box<dyn TextModel>> {
+) -> Result<LlamaModel> {
     let names = (name, "llama".to_string());
     build(
         TensorSource::Random,
@@ -266,238 +190,289 @@ fn build(
     plan: &QuantPlan,
     backend: Arc<dyn Backend>,
     progress: &mut ProgressFn<'_>,
-) -> Result<Box<dyn TextModel>> {
-    {
-        let total = 2 + hp.n_layers * 9 + usize::from(!tied) + 1;
-        let mut ld = Loader {
-            src,
-            backend: &backend,
-            progress,
-            done: 0,
-            total,
-            bytes: 0,
-            bits: 0.0,
-            n_weights: 0,
+) -> Result<LlamaModel> {
+    let total = 2 + hp.n_layers * 9 + usize::from(!tied) + 1;
+    let mut ld = Loader::new(src, &backend, progress, total);
+    let (dim, kv_dim, ffn) = (hp.dim, hp.kv_dim(), hp.ffn_dim);
+    let heads = Heads {
+        n_heads: hp.n_heads,
+        n_kv_heads: hp.n_kv_heads,
+        head_dim: hp.head_dim,
+    };
+    let rms = |weight| Norm {
+        kind: NormKind::Rms,
+        weight,
+        bias: None,
+        dim,
+        eps: hp.eps,
+    };
+    let embedding = ld.matrix("token_embd.weight", hp.vocab, dim, plan.embedding)?;
+    let mut layers = Vec::with_capacity(hp.n_layers);
+    for i in 0..hp.n_layers {
+        let n = |t: &str| format!("blk.{i}.{t}.weight");
+        let (att, ff) = (plan.attention, plan.feedforward);
+        let qkv = [
+            (n("attn_q"), heads.q_dim()),
+            (n("attn_k"), kv_dim),
+            (n("attn_v"), kv_dim),
+        ];
+        let gate_up = [(n("ffn_gate"), ffn), (n("ffn_up"), ffn)];
+        let attn = DecoderAttention {
+            norm: rms(ld.vector(&n("attn_norm"), dim)?),
+            wqkv: ld.stacked(&qkv, dim, att)?,
+            wo: ld.matrix(&n("attn_output"), dim, heads.q_dim(), att)?,
+            heads,
+            rope: Rope {
+                theta: hp.rope_theta,
+                // GGUF's converter permutes q/k rows for adjacent pairs.
+                style: RopeStyle::Adjacent,
+            },
         };
-        let (dim, kv_dim, ffn) = (hp.dim, hp.kv_dim(), hp.ffn_dim);
-        let embedding = ld.matrix("token_embd.weight", hp.vocab, dim, plan.embedding)?;
-        let mut layers = Vec::with_capacity(hp.n_layers);
-        for i in 0..hp.n_layers {
-            let n = |t: &str| format!("blk.{i}.{t}.weight");
-            let (att, ff) = (plan.attention, plan.feedforward);
-            let qkv = [
-                (n("attn_q"), dim),
-                (n("attn_k"), kv_dim),
-                (n("attn_v"), kv_dim),
-            ];
-            let gate_up = [(n("ffn_gate"), ffn), (n("ffn_up"), ffn)];
-            layers.push(Layer {
-                attn_norm: ld.vector(&n("attn_norm"), dim)?,
-                wqkv: ld.stacked(&qkv, dim, att)?,
-                wo: ld.matrix(&n("attn_output"), dim, dim, att)?,
-                ffn_norm: ld.vector(&n("ffn_norm"), dim)?,
-                w_gate_up: ld.stacked(&gate_up, dim, ff)?,
-                w_down: ld.matrix(&n("ffn_down"), dim, ffn, ff)?,
-            });
-        }
-        let output_norm = ld.vector("output_norm.weight", dim)?;
-        // A tied output projection shares the embedding's values; it is stored once per
-        // precision: reuse the embedding upload when the plan gives both the same format.
-        let lm_head = if !tied {
-            ld.matrix("output.weight", hp.vocab, dim, plan.lm_head)?
-        } else if plan.lm_head == plan.embedding {
-            ld.tick("output (tied)");
-            embedding
-        } else {
-            // Tied, but stored in its own precision: the embedding values again.
-            ld.matrix("token_embd.weight", hp.vocab, dim, plan.lm_head)?
-        };
-        let (weight_bytes, weight_bits, n_weights) = (ld.bytes, ld.bits, ld.n_weights);
-        let n_params = hp.vocab * dim * (1 + usize::from(!tied))
-            + hp.n_layers * (2 * dim * dim + 2 * kv_dim * dim + 3 * ffn * dim + 2 * dim)
-            + dim;
-        let config = TextModelConfig {
-            name,
-            architecture: arch,
-            vocab_size: hp.vocab,
-            context_length: hp.context_length,
-            n_layers: hp.n_layers,
-            dim,
-            n_heads: hp.n_heads,
-            n_kv_heads: hp.n_kv_heads,
+        let ffn = GatedFfn {
+            norm: rms(ld.vector(&n("ffn_norm"), dim)?),
+            w_gate_up: ld.stacked(&gate_up, dim, ff)?,
+            w_down: ld.matrix(&n("ffn_down"), dim, ffn, ff)?,
+            act: Activation::Silu,
             ffn_dim: ffn,
-            n_params,
         };
-        Ok(Box::new(LlamaModel {
-            hp,
-            config,
-            tokenizer,
-            backend,
-            embedding,
-            layers,
-            output_norm,
-            lm_head,
-            plan: *plan,
-            weight_bytes,
-            weight_bits,
-            n_weights,
-            batch_tmp: Mutex::new(None),
-        }))
+        layers.push(Layer { attn, ffn });
     }
+    let output_norm = rms(ld.vector("output_norm.weight", dim)?);
+    // A tied output projection shares the embedding's values; it is stored once per
+    // precision: reuse the embedding upload when the plan gives both the same format.
+    let lm_head = if !tied {
+        ld.matrix("output.weight", hp.vocab, dim, plan.lm_head)?
+    } else if plan.lm_head == plan.embedding {
+        ld.tick("output (tied)");
+        embedding
+    } else {
+        // Tied, but stored in its own precision: the embedding values again.
+        ld.matrix("token_embd.weight", hp.vocab, dim, plan.lm_head)?
+    };
+    let totals = ld.totals();
+    let n_params = hp.vocab * dim * (1 + usize::from(!tied))
+        + hp.n_layers * (2 * dim * dim + 2 * kv_dim * dim + 3 * ffn * dim + 2 * dim)
+        + dim;
+    let config = TextModelConfig {
+        name,
+        architecture: arch,
+        vocab_size: hp.vocab,
+        context_length: hp.context_length,
+        n_layers: hp.n_layers,
+        dim,
+        n_heads: hp.n_heads,
+        n_kv_heads: hp.n_kv_heads,
+        ffn_dim: ffn,
+        n_params,
+    };
+    Ok(LlamaModel {
+        hp,
+        config,
+        tokenizer,
+        backend,
+        embedding,
+        layers,
+        output_norm,
+        lm_head,
+        plan: *plan,
+        totals,
+        op_lists: Mutex::new(Vec::new()),
+    })
 }
 
 /// Indices into `KvCache::scratch`.
+/// Residual stream (an ordinary buffer: it carries values from one `run` to the next).
 const S_X: usize = 0;
+/// Normalised rows.
 const S_H: usize = 1;
 /// Rotated queries.
 const S_Q: usize = 2;
 /// Fused q|k|v projection.
 const S_QKV: usize = 3;
+/// Attention output.
 const S_ATT: usize = 4;
 /// Fused gate|up projection.
 const S_GATE_UP: usize = 5;
 /// SwiGLU output.
 const S_FF: usize = 6;
+/// Logits (an ordinary buffer: read back).
 const S_LOGITS: usize = 7;
-/// Two token-id slots of device-side greedy decoding (f32 values).
+/// Two token-id slots of device-side greedy decoding (f32 values; an ordinary buffer).
 const S_TOK: usize = 8;
+/// One query row of batched decoding (attention reads whole buffers).
+const S_ROW_Q: usize = 9;
+/// One attention-output row of batched decoding.
+const S_ROW_ATT: usize = 10;
 /// Scratch buffers per cache.
-const N_SCRATCH: usize = 9;
+const N_SCRATCH: usize = 11;
+
+/// The scratch buffers of one call.
+type Scratch = [BufferId; N_SCRATCH];
 
 impl LlamaModel {
-    /// Attention over the cache for `n` query rows starting at position `pos0`.
-    fn attention_params(&self, n: usize, pos0: usize) -> AttentionParams {
-        let hp = &self.hp;
-        AttentionParams {
-            n_tokens: n,
-            pos0,
-            n_heads: hp.n_heads,
-            n_kv_heads: hp.n_kv_heads,
-            head_dim: hp.head_dim,
-            scale: 1.0 / (hp.head_dim as f32).sqrt(),
+    /// Records with `record` into a reused op list and runs it as one [`Backend::run`] call.
+    fn run(&self, record: impl FnOnce(&mut Vec<Op>) -> Result<()>) -> Result<()> {
+        let mut ops = self
+            .op_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pop()
+            .unwrap_or_default();
+        ops.clear();
+        let result = record(&mut ops).and_then(|()| self.backend.run(&ops));
+        ops.clear();
+        self.op_lists
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ops);
+        result
+    }
+
+    /// Errors with `INVALID_CONFIG` naming the first id of `tokens` outside the vocabulary.
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().find(|&&t| t as usize >= self.hp.vocab) {
+            Some(t) => Err(Error::invalid_config(format!(
+                "token id {t} is outside the vocabulary ({})",
+                self.hp.vocab
+            ))),
+            None => Ok(()),
         }
     }
 
-    /// The feed-forward half of a layer over `n` rows (after the attention output projection
-    /// and residual): RMSNorm, SwiGLU feed-forward and residual.
-    fn ffn(&self, layer: &Layer, s: &[BufferId; N_SCRATCH], n: usize) -> Result<()> {
-        let (b, hp) = (&self.backend, &self.hp);
-        let norm = self.norm(layer.ffn_norm);
-        b.ffn_swiglu(
-            s[S_X],
-            &norm,
-            s[S_H],
-            layer.w_gate_up,
-            s[S_GATE_UP],
-            s[S_FF],
-            layer.w_down,
-            n,
-            hp.ffn_dim,
-        )
+    fn attention_buffers(s: &Scratch) -> DecoderAttentionBuffers {
+        DecoderAttentionBuffers {
+            x: s[S_X],
+            h: s[S_H],
+            qkv: s[S_QKV],
+            q: s[S_Q],
+            att: s[S_ATT],
+        }
     }
 
-    /// Every decoder block over the `n` embedded rows in `s[S_X]`, at positions `pos0 ..` of
-    /// `cache` (the caller advances `cache.pos`).
-    fn layers_at(
+    fn ffn_buffers(s: &Scratch) -> GatedFfnBuffers {
+        GatedFfnBuffers {
+            x: s[S_X],
+            h: s[S_H],
+            gate_up: s[S_GATE_UP],
+            ff: s[S_FF],
+        }
+    }
+
+    /// Records every decoder block over the `n` embedded rows in `s[S_X]`, at positions
+    /// `pos0 ..` of `cache` (the caller advances `cache.pos`).
+    fn record_layers(
         &self,
+        ops: &mut Vec<Op>,
         cache: &KvCache,
-        s: &[BufferId; N_SCRATCH],
+        s: &Scratch,
         n: usize,
         pos0: usize,
     ) -> Result<()> {
-        let b = &self.backend;
-        let att = self.attention_params(n, pos0);
-        let qkv = self.qkv_params(n, pos0);
+        let (att, ffn) = (Self::attention_buffers(s), Self::ffn_buffers(s));
         for (l, layer) in self.layers.iter().enumerate() {
-            let (kc, vc) = (cache.buffers[2 * l], cache.buffers[2 * l + 1]);
-            let norm = self.norm(layer.attn_norm);
-            b.rms_norm_qkv_rope(
-                s[S_X], &norm, s[S_H], layer.wqkv, s[S_QKV], s[S_Q], kc, vc, &qkv,
-            )?;
-            // Each residual add may prepare the norm after it (`Backend::expect_norm`).
-            b.expect_norm(s[S_X], &self.norm(layer.ffn_norm), layer.w_gate_up)?;
-            b.attention_matmul_add(s[S_Q], kc, vc, s[S_ATT], &att, layer.wo, s[S_X])?;
-            let (next_norm, next_w) = match self.layers.get(l + 1) {
-                Some(next) => (next.attn_norm, next.wqkv),
-                None => (self.output_norm, self.lm_head),
-            };
-            b.expect_norm(s[S_X], &self.norm(next_norm), next_w)?;
-            self.ffn(layer, s, n)?;
+            layer.attn.record(ops, &att, cache.layer(l)?, n, pos0);
+            layer.ffn.record(ops, &ffn, n);
         }
         Ok(())
     }
 
-    /// Records greedy decode step `k` of [`TextModel::decode_greedy`] at position `pos`: the
-    /// token id comes from slot `k % 2` of `s[S_TOK]`, the selected one goes to the other slot,
-    /// and its read-back starts (one submission per step).
+    /// Records and runs greedy decode step `k` of [`TextModel::decode_greedy`] at position
+    /// `pos` as one op list: the token id comes from slot `k % 2` of `s[S_TOK]`, the selected
+    /// one goes to the other slot, whose read is returned (started, not awaited). Every step
+    /// records the same ops over the same buffers; only the position and the slots change.
     fn greedy_step(
         &self,
         cache: &KvCache,
-        s: &[BufferId; N_SCRATCH],
+        s: &Scratch,
         k: usize,
         pos: usize,
-    ) -> Result<PendingRead> {
-        let (b, hp) = (&self.backend, &self.hp);
+    ) -> Result<ReadFuture> {
         let (src, dst) = (k % 2, (k + 1) % 2);
-        b.embed_indirect(self.embedding, s[S_TOK], src, 1, s[S_X])?;
-        self.layers_at(cache, s, 1, pos)?;
-        let norm = self.norm(self.output_norm);
-        b.rms_norm_matmul(s[S_X], &norm, s[S_H], self.lm_head, s[S_LOGITS], 1)?;
-        b.argmax(s[S_LOGITS], hp.vocab, s[S_TOK], dst)?;
-        b.read_start(s[S_TOK], dst, 1)
+        self.run(|ops| {
+            ops.push(Op::Embed {
+                table: self.embedding,
+                ids: TokenIds::Device {
+                    buf: s[S_TOK],
+                    offset: src,
+                    n: 1,
+                },
+                out: s[S_X],
+            });
+            self.record_layers(ops, cache, s, 1, pos)?;
+            record_lm_head(
+                ops,
+                &self.output_norm,
+                self.lm_head,
+                s[S_X],
+                s[S_H],
+                s[S_LOGITS],
+                1,
+            );
+            ops.push(Op::Argmax {
+                x: s[S_LOGITS],
+                len: self.hp.vocab,
+                out: s[S_TOK],
+                out_offset: dst,
+            });
+            Ok(())
+        })?;
+        Ok(self.backend.read(s[S_TOK], dst, 1))
     }
 
     /// The scratch buffers of `cache`, allocated for at least `n` rows.
-    fn scratch(&self, cache: &mut KvCache, n: usize) -> Result<[BufferId; N_SCRATCH]> {
+    ///
+    /// Errors with `INVALID_CONFIG` for a cache made by another model.
+    fn scratch(&self, cache: &mut KvCache, n: usize) -> Result<Scratch> {
+        let fits = cache.n_layers() == self.hp.n_layers
+            && (self.hp.n_layers == 0 || cache.layer(0)?.layout.row_len() == self.hp.kv_dim());
+        if !fits {
+            return Err(Error::invalid_config(
+                "the KV cache was made for another model",
+            ));
+        }
         if cache.scratch_rows < n {
-            self.ensure_scratch(cache, n)?;
+            self.alloc_scratch(cache, n)?;
         }
         cache.scratch[..]
             .try_into()
             .map_err(|_| Error::invalid_config("KV cache scratch buffers of another model"))
     }
 
-    /// The model's RMSNorm with per-column weights `weight`.
-    fn norm(&self, weight: BufferId) -> RmsNorm {
-        RmsNorm {
-            weight,
-            dim: self.hp.dim,
-            eps: self.hp.eps,
-        }
-    }
-
-    /// RoPE and cache layout of `n` fused q|k|v rows at positions `pos0 ..`.
-    fn qkv_params(&self, n: usize, pos0: usize) -> QkvParams {
-        let hp = &self.hp;
-        QkvParams {
-            n_tokens: n,
-            pos0,
-            n_heads: hp.n_heads,
-            n_kv_heads: hp.n_kv_heads,
-            head_dim: hp.head_dim,
-            theta: hp.rope_theta,
-            style: RopeStyle::Adjacent,
-        }
-    }
-
-    /// (Re)allocates the scratch buffers for `n` token rows (logits included).
-    fn ensure_scratch(&self, cache: &mut KvCache, n: usize) -> Result<()> {
+    /// (Re)allocates the scratch buffers of `cache` for `n` token rows (logits included).
+    fn alloc_scratch(&self, cache: &mut KvCache, n: usize) -> Result<()> {
         let hp = &self.hp;
         let b = &self.backend;
-        let sizes: [usize; N_SCRATCH] = [
-            n * hp.dim,
-            n * hp.dim,
-            n * hp.dim,
-            n * (hp.dim + 2 * hp.kv_dim()),
-            n * hp.dim,
-            n * 2 * hp.ffn_dim,
-            n * hp.ffn_dim,
-            n * hp.vocab,
-            2,
+        let q_dim = hp.n_heads * hp.head_dim;
+        // (values, whether the buffer carries values across runs or to the host)
+        let sizes: [(usize, bool); N_SCRATCH] = [
+            (n * hp.dim, true),
+            (n * hp.dim, false),
+            (n * q_dim.max(hp.dim), false),
+            (n * (q_dim + 2 * hp.kv_dim()), false),
+            (n * q_dim, false),
+            (n * 2 * hp.ffn_dim, false),
+            (n * hp.ffn_dim, false),
+            (n * hp.vocab, true),
+            (2, true),
+            (q_dim, false),
+            (q_dim, false),
         ];
         let mut bufs = Vec::with_capacity(sizes.len());
-        for s in sizes {
-            bufs.push(b.alloc(s)?);
+        for (len, kept) in sizes {
+            let made = if kept {
+                b.alloc(DType::F32, len)
+            } else {
+                b.alloc_scratch(len)
+            };
+            match made {
+                Ok(id) => bufs.push(id),
+                Err(e) => {
+                    for id in bufs {
+                        b.free(id);
+                    }
+                    return Err(e);
+                }
+            }
         }
         cache.set_scratch(bufs, n);
         Ok(())
@@ -514,154 +489,165 @@ impl TextModel for LlamaModel {
     }
 
     fn new_cache(&self, max_seq: usize) -> Result<KvCache> {
-        let hp = &self.hp;
-        let mut bufs = Vec::with_capacity(hp.n_layers * 2);
-        for _ in 0..hp.n_layers * 2 {
-            bufs.push(self.backend.alloc(max_seq * hp.kv_dim())?);
-        }
-        let bytes = hp.n_layers * 2 * max_seq * hp.kv_dim() * 4;
-        Ok(KvCache::new(self.backend.clone(), bufs, max_seq, bytes))
+        let layout = KvLayout {
+            n_kv_heads: self.hp.n_kv_heads,
+            head_dim: self.hp.head_dim,
+            rows: max_seq,
+            dtype: DType::F32,
+        };
+        KvCache::new(self.backend.clone(), self.hp.n_layers, layout)
     }
 
-    fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>> {
-        let n = tokens.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        cache.ensure_room(n)?;
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.hp.vocab) {
-            return Err(Error::invalid_config(format!(
-                "token id {t} is outside the vocabulary ({})",
-                self.hp.vocab
-            )));
-        }
-        let s = self.scratch(cache, n)?;
-        let hp = &self.hp;
-        let b = &self.backend;
-        let dim = hp.dim;
-        b.embed(self.embedding, tokens, s[S_X])?;
-        self.layers_at(cache, &s, n, cache.pos)?;
-        let out = match logits {
-            Logits::All => {
-                b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
-                b.matmul(self.lm_head, s[S_H], s[S_LOGITS], n)?;
-                b.read(s[S_LOGITS], 0, n * hp.vocab)?
+    fn forward<'a>(
+        &'a self,
+        cache: &'a mut KvCache,
+        tokens: &'a [u32],
+        logits: Logits,
+    ) -> LocalBoxFuture<'a, Result<Vec<f32>>> {
+        Box::pin(async move {
+            let n = tokens.len();
+            if n == 0 {
+                return Ok(Vec::new());
             }
-            Logits::Last => {
-                // Only the last row is normalised and projected.
-                let last = if n == 1 {
+            cache.ensure_room(n)?;
+            self.check_tokens(tokens)?;
+            let s = self.scratch(cache, n)?;
+            let (dim, vocab) = (self.hp.dim, self.hp.vocab);
+            let rows = match logits {
+                Logits::All => n,
+                Logits::Last => 1,
+            };
+            self.run(|ops| {
+                ops.push(Op::Embed {
+                    table: self.embedding,
+                    ids: TokenIds::Host(tokens.to_vec()),
+                    out: s[S_X],
+                });
+                self.record_layers(ops, cache, &s, n, cache.pos)?;
+                // `Logits::Last` normalises and projects only the last row.
+                let last = if rows == n {
                     s[S_X]
                 } else {
-                    b.copy(s[S_X], (n - 1) * dim, s[S_Q], 0, dim)?;
+                    ops.push(Op::Copy {
+                        src: s[S_X],
+                        src_offset: (n - 1) * dim,
+                        dst: s[S_Q],
+                        dst_offset: 0,
+                        len: dim,
+                    });
                     s[S_Q]
                 };
-                let norm = self.norm(self.output_norm);
-                b.rms_norm_matmul(last, &norm, s[S_H], self.lm_head, s[S_LOGITS], 1)?;
-                b.read(s[S_LOGITS], 0, hp.vocab)?
-            }
-        };
-        cache.pos += n;
-        Ok(out)
+                let (w, h, out) = (self.lm_head, s[S_H], s[S_LOGITS]);
+                record_lm_head(ops, &self.output_norm, w, last, h, out, rows);
+                Ok(())
+            })?;
+            let out = self.backend.read(s[S_LOGITS], 0, rows * vocab).await?;
+            cache.pos += n;
+            Ok(out)
+        })
     }
 
-    fn forward_batch(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        let n = tokens.len();
-        if caches.len() != n {
-            return Err(Error::invalid_config(format!(
-                "forward_batch: {} caches for {n} tokens",
-                caches.len()
-            )));
-        }
-        if n <= 1 {
-            return caches
-                .iter_mut()
-                .zip(tokens)
-                .map(|(c, t)| self.forward(c, &[*t], Logits::Last))
-                .collect();
-        }
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.hp.vocab) {
-            return Err(Error::invalid_config(format!(
-                "token id {t} is outside the vocabulary ({})",
-                self.hp.vocab
-            )));
-        }
-        for c in caches.iter_mut() {
-            c.ensure_room(1)?;
-        }
-        let hp = &self.hp;
-        let b = &self.backend;
-        // The first cache's scratch serves the whole batch: n rows of every activation.
-        let s = self.scratch(caches[0], n)?;
-        let mut tmp_slot = self.batch_tmp.lock().unwrap_or_else(|e| e.into_inner());
-        let row = hp.dim + 2 * hp.kv_dim();
-        let [t_qkv, t_q, t_att] = match *tmp_slot {
-            Some(t) => t,
-            None => {
-                let t = [
-                    b.alloc(row)?,
-                    b.alloc(hp.n_heads * hp.head_dim)?,
-                    b.alloc(hp.n_heads * hp.head_dim)?,
-                ];
-                *tmp_slot = Some(t);
-                t
+    fn forward_batch<'a>(
+        &'a self,
+        caches: &'a mut [&mut KvCache],
+        tokens: &'a [u32],
+    ) -> LocalBoxFuture<'a, Result<Vec<Vec<f32>>>> {
+        Box::pin(async move {
+            let n = tokens.len();
+            if caches.len() != n {
+                return Err(Error::invalid_config(format!(
+                    "forward_batch: {} caches for {n} tokens",
+                    caches.len()
+                )));
             }
-        };
-        let dim = hp.dim;
-        let q_dim = hp.n_heads * hp.head_dim;
-        b.embed(self.embedding, tokens, s[S_X])?;
-        for (l, layer) in self.layers.iter().enumerate() {
-            // Every matrix is read once for the whole batch (n activation rows).
-            b.rms_norm(s[S_X], layer.attn_norm, s[S_H], n, dim, hp.eps)?;
-            b.matmul(layer.wqkv, s[S_H], s[S_QKV], n)?;
-            // RoPE, the cache write and attention per sequence, at its own position.
-            for (i, c) in caches.iter().enumerate() {
-                let pos = c.pos;
-                let (kc, vc) = (c.buffers[2 * l], c.buffers[2 * l + 1]);
-                b.copy(s[S_QKV], i * row, t_qkv, 0, row)?;
-                b.rope_store_qkv(t_qkv, t_q, kc, vc, &self.qkv_params(1, pos))?;
-                let att = self.attention_params(1, pos);
-                b.attention(t_q, kc, vc, t_att, &att)?;
-                b.copy(t_att, 0, s[S_ATT], i * q_dim, q_dim)?;
+            if n <= 1 {
+                let mut out = Vec::with_capacity(n);
+                for (c, t) in caches.iter_mut().zip(tokens) {
+                    out.push(
+                        self.forward(c, std::slice::from_ref(t), Logits::Last)
+                            .await?,
+                    );
+                }
+                return Ok(out);
             }
-            b.matmul_add(layer.wo, s[S_ATT], s[S_X], n)?;
-            self.ffn(layer, &s, n)?;
-        }
-        b.rms_norm(s[S_X], self.output_norm, s[S_H], n, dim, hp.eps)?;
-        b.matmul(self.lm_head, s[S_H], s[S_LOGITS], n)?;
-        let all = b.read(s[S_LOGITS], 0, n * hp.vocab)?;
-        for c in caches.iter_mut() {
-            c.pos += 1;
-        }
-        Ok(all.chunks_exact(hp.vocab).map(|r| r.to_vec()).collect())
+            self.check_tokens(tokens)?;
+            let mut views = Vec::with_capacity(n);
+            for c in caches.iter_mut() {
+                c.ensure_room(1)?;
+                // Checks each cache fits the model (its own scratch stays unused).
+                self.scratch(c, 1)?;
+            }
+            for l in 0..self.hp.n_layers {
+                for c in caches.iter() {
+                    views.push(c.layer(l)?);
+                }
+            }
+            let positions: Vec<usize> = caches.iter().map(|c| c.pos).collect();
+            // The first cache's scratch serves the whole batch: n rows of every activation.
+            let s = self.scratch(caches[0], n)?;
+            let q_dim = self.hp.n_heads * self.hp.head_dim;
+            let vocab = self.hp.vocab;
+            self.run(|ops| {
+                ops.push(Op::Embed {
+                    table: self.embedding,
+                    ids: TokenIds::Host(tokens.to_vec()),
+                    out: s[S_X],
+                });
+                let ffn_buffers = Self::ffn_buffers(&s);
+                for (l, layer) in self.layers.iter().enumerate() {
+                    let attn = &layer.attn;
+                    // Every matrix is read once for the whole batch (n activation rows).
+                    attn.record_qkv(ops, s[S_X], s[S_H], s[S_QKV], n);
+                    // RoPE, the cache write and attention per sequence, at its own position.
+                    for (i, &pos) in positions.iter().enumerate() {
+                        let kv = views[l * n + i];
+                        let (q, att) = (s[S_ROW_Q], s[S_ROW_ATT]);
+                        attn.record_attend(ops, s[S_QKV], i, q, att, kv, 1, pos);
+                        ops.push(Op::Copy {
+                            src: att,
+                            src_offset: 0,
+                            dst: s[S_ATT],
+                            dst_offset: i * q_dim,
+                            len: q_dim,
+                        });
+                    }
+                    attn.record_out(ops, s[S_ATT], s[S_X], n);
+                    layer.ffn.record(ops, &ffn_buffers, n);
+                }
+                let (w, h, out) = (self.lm_head, s[S_H], s[S_LOGITS]);
+                record_lm_head(ops, &self.output_norm, w, s[S_X], h, out, n);
+                Ok(())
+            })?;
+            let all = self.backend.read(s[S_LOGITS], 0, n * vocab).await?;
+            for c in caches.iter_mut() {
+                c.pos += 1;
+            }
+            Ok(all.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+        })
     }
 
-    fn decode_greedy(
-        &self,
-        cache: &mut KvCache,
+    fn decode_greedy<'a>(
+        &'a self,
+        cache: &'a mut KvCache,
         first: u32,
         max_steps: usize,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<()> {
-        if max_steps == 0 {
-            return Ok(());
-        }
-        if first as usize >= self.hp.vocab {
-            return Err(Error::invalid_config(format!(
-                "token id {first} is outside the vocabulary ({})",
-                self.hp.vocab
-            )));
-        }
-        cache.ensure_room(1)?;
-        let s = self.scratch(cache, 1)?;
-        let b = &self.backend;
-        b.write(s[S_TOK], 0, &[first as f32])?;
-        // On a device that queues work, step k + 1 is recorded and submitted before step k's
-        // token is read, so the device always has the next step while the host waits and
-        // records. A step recorded past the end only wrote cache rows beyond `cache.pos`,
-        // which later steps overwrite. Where operations run at once there is nothing to gain.
-        let ahead = b.queues_work();
-        let mut pending = std::collections::VecDeque::new();
-        let result = (|| -> Result<()> {
+        on_token: &'a mut dyn FnMut(u32) -> bool,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            if max_steps == 0 {
+                return Ok(());
+            }
+            self.check_tokens(&[first])?;
+            cache.ensure_room(1)?;
+            let s = self.scratch(cache, 1)?;
+            self.backend.write(s[S_TOK], 0, &[first as f32])?;
+            // On a device that queues work, step k + 1 is recorded and submitted before step
+            // k's token is awaited, so the device always has the next step while the host
+            // waits and records. A step recorded past the end only wrote cache rows beyond
+            // `cache.pos`, which later calls overwrite, and its read is dropped unawaited.
+            // Where operations run at once there is nothing to gain.
+            let ahead = self.backend.queues_work();
+            let mut pending: VecDeque<ReadFuture> = VecDeque::with_capacity(2);
             pending.push_back(self.greedy_step(cache, &s, 0, cache.pos)?);
             for k in 0..max_steps {
                 let next_pos = cache.pos + 1;
@@ -671,7 +657,7 @@ impl TextModel for LlamaModel {
                 let read = pending
                     .pop_front()
                     .ok_or_else(|| Error::context_overflow("no room left for the next step"))?;
-                let tok = b.read_finish(read)?.first().copied().unwrap_or_default() as u32;
+                let tok = read.await?.first().copied().unwrap_or_default() as u32;
                 cache.pos += 1;
                 if !on_token(tok) || k + 1 == max_steps {
                     return Ok(());
@@ -682,20 +668,15 @@ impl TextModel for LlamaModel {
                 }
             }
             Ok(())
-        })();
-        // Redeem reads still in flight (a refused token, an error) so none is left behind.
-        for read in pending {
-            let _ = b.read_finish(read);
-        }
-        result
+        })
     }
 
     fn weight_bytes(&self) -> usize {
-        self.weight_bytes
+        self.totals.bytes
     }
 
     fn bits_per_weight(&self) -> f64 {
-        self.weight_bits / self.n_weights.max(1) as f64
+        self.totals.bits_per_weight()
     }
 
     fn plan(&self) -> QuantPlan {
