@@ -407,3 +407,107 @@ pub fn record_lm_head(
         accumulate: false,
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lowbit_core::DType;
+    use lowbit_core::KvLayout;
+
+    fn attention() -> DecoderAttention {
+        DecoderAttention {
+            norm: Norm {
+                kind: NormKind::Rms,
+                weight: BufferId(90),
+                bias: None,
+                dim: 8,
+                eps: 1e-5,
+            },
+            wqkv: WeightId(1),
+            wo: WeightId(2),
+            heads: Heads {
+                n_heads: 4,
+                n_kv_heads: 2,
+                head_dim: 2,
+            },
+            rope: Rope {
+                theta: 10_000.0,
+                style: RopeStyle::Adjacent,
+            },
+        }
+    }
+
+    fn kv() -> KvView {
+        KvView {
+            k: BufferId(20),
+            v: BufferId(21),
+            layout: KvLayout {
+                n_kv_heads: 2,
+                head_dim: 2,
+                rows: 16,
+                dtype: DType::F32,
+            },
+        }
+    }
+
+    #[test]
+    fn decoder_attention_records_the_llama_sequence_over_qkv_columns() {
+        let bufs = DecoderAttentionBuffers {
+            x: BufferId(10),
+            h: BufferId(11),
+            qkv: BufferId(12),
+            q: BufferId(13),
+            att: BufferId(14),
+        };
+        let mut ops = Vec::new();
+        attention().record(&mut ops, &bufs, kv(), 3, 5);
+        let names: Vec<_> = ops.iter().map(Op::name).collect();
+        let want = [
+            "norm",
+            "linear",
+            "rope",
+            "rope",
+            "kv_write",
+            "attention",
+            "linear",
+        ];
+        assert_eq!(names, want);
+        // q | k | v rows of 8 + 4 + 4 values: keys rotated in place from column 8, values at 12.
+        let Op::Rope { x, out, shape } = &ops[3] else {
+            panic!("{:?}", ops[3])
+        };
+        assert_eq!(
+            (x, out),
+            (&Cols::new(bufs.qkv, 8, 16), &Cols::new(bufs.qkv, 8, 16))
+        );
+        assert_eq!((shape.n_heads, shape.n_tokens, shape.pos0), (2, 3, 5));
+        let Op::KvWrite { v, pos0, .. } = &ops[4] else {
+            panic!("{:?}", ops[4])
+        };
+        assert_eq!((v, *pos0), (&Cols::new(bufs.qkv, 12, 16), 5));
+        let Op::Attention { shape, .. } = &ops[5] else {
+            panic!("{:?}", ops[5])
+        };
+        assert_eq!((shape.kv_len, shape.mask), (8, Mask::Causal));
+        assert!(matches!(ops[6], Op::Linear { accumulate: true, out, .. } if out == bufs.x));
+    }
+
+    #[test]
+    fn one_row_of_a_batch_is_addressed_by_its_row_offset() {
+        let mut ops = Vec::new();
+        let (qkv, q, att) = (BufferId(12), BufferId(13), BufferId(14));
+        attention().record_attend(&mut ops, qkv, 2, q, att, kv(), 1, 7);
+        let Op::Rope { x, out, shape } = &ops[0] else {
+            panic!("{:?}", ops[0])
+        };
+        assert_eq!((x.offset, x.stride, out.offset), (32, 16, 0));
+        assert_eq!(shape.pos0, 7);
+        let Op::KvWrite {
+            k, pos0, n_tokens, ..
+        } = &ops[2]
+        else {
+            panic!("{:?}", ops[2])
+        };
+        assert_eq!((k.offset, *pos0, *n_tokens), (40, 7, 1));
+    }
+}
