@@ -184,15 +184,23 @@ fn bench_model(
 /// GB/s with read and write counted.
 fn copy_bandwidth(b: &dyn lowbit::core::Backend) -> Result<f64> {
     let len = 16 << 20; // f32 values
-    let (src, dst) = (b.alloc(len)?, b.alloc(len)?);
-    b.copy(src, 0, dst, 0, len)?;
-    b.read(dst, 0, 1)?;
+    let f32 = lowbit::core::DType::F32;
+    let (src, dst) = (b.alloc(f32, len)?, b.alloc(f32, len)?);
+    let copy = [lowbit::core::Op::Copy {
+        src,
+        src_offset: 0,
+        dst,
+        dst_offset: 0,
+        len,
+    }];
+    b.run(&copy)?;
+    block_on(b.read(dst, 0, 1))?;
     let reps = 50;
     let t = Instant::now();
     for _ in 0..reps {
-        b.copy(src, 0, dst, 0, len)?;
+        b.run(&copy)?;
     }
-    b.read(dst, 0, 1)?;
+    block_on(b.read(dst, 0, 1))?;
     let s = t.elapsed().as_secs_f64();
     b.free(src);
     b.free(dst);

@@ -75,6 +75,15 @@ pub struct Case {
     pub checks: Vec<Check>,
 }
 
+impl Case {
+    /// Whether the op family, shape or format contains `text` (`lowbit conformance --filter`).
+    pub fn matches(&self, text: &str) -> bool {
+        [&self.op, &self.shape, &self.format]
+            .iter()
+            .any(|s| s.contains(text))
+    }
+}
+
 /// The outcome of one case on one backend (a row of [`table`]).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct CaseResult {
