@@ -440,3 +440,81 @@ fn remap(op: &Op, bufs: &[BufferId], weights: &[WeightId]) -> Op {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn as_f32(v: &[Vec<f64>]) -> Vec<Vec<f32>> {
+        v.iter()
+            .map(|r| r.iter().map(|&x| x as f32).collect())
+            .collect()
+    }
+
+    fn row(case: &Case, got: &[Vec<f32>], want: &[Vec<f64>]) -> CaseResult {
+        let mut r = CaseResult {
+            op: case.op.clone(),
+            shape: case.shape.clone(),
+            format: case.format.clone(),
+            backend: "test".into(),
+            nmse: 0.0,
+            tolerance: case.tolerance,
+            passed: false,
+            error: None,
+        };
+        compare(case, got, want, &mut r);
+        r
+    }
+
+    /// The reference rounded to f32 passes every case; the bugs the linear tolerance is meant to
+    /// catch (a dropped bias, a wrong group scale, a swapped output row) fail by orders of
+    /// magnitude.
+    #[test]
+    fn tolerances_pass_the_reference_and_fail_real_bugs() {
+        let all = cases();
+        assert!(all.len() > 100);
+        for case in &all {
+            let want = reference::run(case).unwrap();
+            let r = row(case, &as_f32(&want), &want);
+            assert!(
+                r.passed,
+                "{} {} {}: {}",
+                case.op, case.shape, case.format, r.nmse
+            );
+        }
+        let linear = |f: &str| {
+            all.iter()
+                .find(|c| c.op == "linear" && c.format == f && c.shape.contains("+bias"))
+                .unwrap()
+                .clone()
+        };
+        let case = linear("q4_sym_g32");
+        let want = reference::run(&case).unwrap();
+        let fails_by = |bad: &Case, factor: f64| {
+            let got = as_f32(&reference::run(bad).unwrap());
+            let r = row(&case, &got, &want);
+            assert!(r.nmse > factor * case.tolerance, "{} ≤ {factor}×", r.nmse);
+        };
+        let mut no_bias = case.clone();
+        if let Op::Linear { bias, .. } = &mut no_bias.ops[0] {
+            *bias = None;
+        }
+        fails_by(&no_bias, 100.0);
+        let mut scaled = case.clone();
+        if let WeightMatrix::Quantized(q) = &mut scaled.weights[0] {
+            // Group 1 of every row scaled by 1.5, as a kernel reading the wrong scale would.
+            let groups = q.groups_per_row();
+            for s in q.scales.iter_mut().skip(1).step_by(groups) {
+                *s = half::f16::from_f32(s.to_f32() * 1.5);
+            }
+        }
+        fails_by(&scaled, 10.0);
+        let mut swapped = case.clone();
+        if let WeightMatrix::Quantized(q) = &mut swapped.weights[0] {
+            let w = q.row_words();
+            let (a, b) = q.data.split_at_mut(w);
+            a.swap_with_slice(&mut b[..w]);
+        }
+        fails_by(&swapped, 100.0);
+    }
+}
