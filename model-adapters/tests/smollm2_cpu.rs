@@ -11,7 +11,7 @@ use lowbit_core::{
 use lowbit_cpu::CpuBackend;
 use lowbit_models::LlamaAdapter;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// `The capital of France is` as SmolLM2's tokenizer encodes it (no BOS: the model's
 /// `add_bos_token` is false).
@@ -64,10 +64,17 @@ fn greedy(model: &dyn TextModel, n: usize) -> Vec<u32> {
     out
 }
 
+/// The fp32 model, loaded once for every test of this file.
+fn fp32() -> &'static dyn TextModel {
+    static MODEL: OnceLock<Box<dyn TextModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| load("fp32", Scheme::Symmetric))
+        .as_ref()
+}
+
 #[test]
 fn greedy_tokens_match_the_binary_before_the_port() {
-    let fp32 = load("fp32", Scheme::Symmetric);
-    assert_eq!(greedy(fp32.as_ref(), 24), GREEDY_FP32, "fp32");
+    assert_eq!(greedy(fp32(), 24), GREEDY_FP32, "fp32");
     let int4 = load("int4", Scheme::Asymmetric);
     assert_eq!(greedy(int4.as_ref(), 24), GREEDY_INT4, "int4");
 }
@@ -88,8 +95,7 @@ fn prefill(model: &dyn TextModel, tokens: &[u32]) -> (KvCache, Vec<f32>) {
 
 #[test]
 fn forward_paths_agree() {
-    let model = load("fp32", Scheme::Symmetric);
-    let m = model.as_ref();
+    let m = fp32();
     let vocab = m.config().vocab_size;
     let (_, last) = prefill(m, &PROMPT);
     assert_eq!(last.len(), vocab);
@@ -130,8 +136,7 @@ fn forward_paths_agree() {
 
 #[test]
 fn token_ids_outside_the_vocabulary_are_refused() {
-    let model = load("fp32", Scheme::Symmetric);
-    let m = model.as_ref();
+    let m = fp32();
     let bad = m.config().vocab_size as u32;
     let mut cache = m.new_cache(8).expect("cache");
     fn code<T>(r: lowbit_core::Result<T>) -> Option<ErrorCode> {
