@@ -159,3 +159,31 @@ fn token_ids_outside_the_vocabulary_are_refused() {
     );
     assert_eq!(cache.pos, 0, "a refused call feeds nothing");
 }
+
+#[test]
+fn greedy_decoding_stops_where_asked_and_at_the_cache_end() {
+    let m = fp32();
+    // `on_token` refusing the third token: three tokens selected, two of them fed.
+    let (mut cache, logits) = prefill(m, &PROMPT);
+    let first = argmax(&logits);
+    let mut got = Vec::new();
+    let mut take_three = |t| {
+        got.push(t);
+        got.len() < 3
+    };
+    block_on(m.decode_greedy(&mut cache, first, 10, &mut take_three)).expect("decode");
+    assert_eq!(got, GREEDY_FP32[1..4]);
+    assert_eq!(cache.pos, PROMPT.len() + 3);
+    // A cache with room for two more tokens: both are selected, then CONTEXT_OVERFLOW.
+    let mut cache = m.new_cache(PROMPT.len() + 2).expect("cache");
+    block_on(m.forward(&mut cache, &PROMPT, Logits::Last)).expect("prefill");
+    let mut got = Vec::new();
+    let mut all = |t| {
+        got.push(t);
+        true
+    };
+    let err = block_on(m.decode_greedy(&mut cache, first, 10, &mut all)).expect_err("overflow");
+    assert_eq!(err.code, ErrorCode::ContextOverflow);
+    assert_eq!(got, GREEDY_FP32[1..3]);
+    assert_eq!(cache.pos, PROMPT.len() + 2);
+}
