@@ -33,10 +33,15 @@ fn run(b: &WgpuBackend, ops: &[Op], fused: bool) {
 /// Prefill of 5 tokens then 3 decode steps, fused or op by op: the logits of each step, the
 /// last step's KV cache of layer 0, and the dispatches of the last decode step.
 fn steps(opts: &WgpuOptions, shape: LlamaShape, fused: bool) -> (Vec<Vec<f32>>, Vec<f32>, u64) {
-    let b = WgpuBackend::new(opts).expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
+    let b =
+        WgpuBackend::new(opts).expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
     let m = Llama::new(&b, shape, 7);
     let mut out = Vec::new();
-    run(&b, &m.step(TokenIds::Host(vec![3, 1, 4, 1, 5]), 0, None), fused);
+    run(
+        &b,
+        &m.step(TokenIds::Host(vec![3, 1, 4, 1, 5]), 0, None),
+        fused,
+    );
     out.push(b.read_now(m.logits, 4 * m.vocab, m.vocab).unwrap());
     let mut dispatches = 0;
     for (k, t) in [9u32, 2, 6].iter().enumerate() {
@@ -57,7 +62,12 @@ fn check_equal(opts: &WgpuOptions, shape: LlamaShape, what: &str) {
         // Fused decode steps quantize activations to 8 bits where the single ops keep f32:
         // differences well under a percent of the largest logit.
         let top = s.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let e = f.iter().zip(s).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / top;
+        let e = f
+            .iter()
+            .zip(s)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+            / top;
         assert!(e < 2e-2, "{what}: step {i} logits off by {e}");
         assert!(f.iter().all(|v| v.is_finite()), "{what}: step {i}");
     }
@@ -176,7 +186,8 @@ fn the_decode_layer_takes_the_fused_groups() {
     // Positions do not change the plan; a buffer that is not scratch, or a value read later,
     // keeps the ops apart.
     assert_eq!(
-        b.fusion_plan(&m.step(TokenIds::Host(vec![2]), 9, Some(0))).groups,
+        b.fusion_plan(&m.step(TokenIds::Host(vec![2]), 9, Some(0)))
+            .groups,
         want
     );
     let mut read_later = ops.clone();

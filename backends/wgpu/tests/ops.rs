@@ -280,7 +280,8 @@ fn wide_matvec_every_format() {
                             eps: 1e-5,
                         };
                         b.rms_norm_matmul(x, &norm, scratch, id, out, 1).unwrap();
-                        let err = max_rel(&b.read_now(out, 0, rows).unwrap(), &want_n, &mag_n, 1e-3);
+                        let err =
+                            max_rel(&b.read_now(out, 0, rows).unwrap(), &want_n, &mag_n, 1e-3);
                         assert!(
                             err < matmul_tol(b),
                             "norm + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
@@ -299,7 +300,8 @@ fn wide_matvec_every_format() {
                         let gu = b.upload(&guv).unwrap();
                         b.write(out, 0, &o0).unwrap();
                         b.swiglu_matmul_add(gu, scratch, id, out, 1, cols).unwrap();
-                        let err = max_rel(&b.read_now(out, 0, rows).unwrap(), &want_s, &mag_s, 1e-3);
+                        let err =
+                            max_rel(&b.read_now(out, 0, rows).unwrap(), &want_s, &mag_s, 1e-3);
                         assert!(
                             err < matmul_tol(b),
                             "swiglu + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
@@ -742,7 +744,10 @@ fn argmax_and_indirect_embedding() {
         .unwrap();
     let toks = [7u32, 299, 0];
     let ids = b.upload(&[5.0, 7.0, 299.0, 0.0]).unwrap();
-    let (direct, indirect) = (b.alloc_f32(3 * cols).unwrap(), b.alloc_f32(3 * cols).unwrap());
+    let (direct, indirect) = (
+        b.alloc_f32(3 * cols).unwrap(),
+        b.alloc_f32(3 * cols).unwrap(),
+    );
     b.embed(table, &toks, direct).unwrap();
     b.embed_indirect(table, ids, 1, 3, indirect).unwrap();
     assert_eq!(
@@ -880,9 +885,15 @@ fn errors_are_typed() {
     assert_eq!(e.code, ErrorCode::OutOfMemory);
     assert!(e.message.contains("bytes"), "{e}");
     let x = b.alloc_f32(4).unwrap();
-    assert_eq!(b.read_now(x, 2, 4).unwrap_err().code, ErrorCode::InvalidConfig);
+    assert_eq!(
+        b.read_now(x, 2, 4).unwrap_err().code,
+        ErrorCode::InvalidConfig
+    );
     b.free(x);
-    assert_eq!(b.read_now(x, 0, 1).unwrap_err().code, ErrorCode::InvalidConfig);
+    assert_eq!(
+        b.read_now(x, 0, 1).unwrap_err().code,
+        ErrorCode::InvalidConfig
+    );
     let e = b
         .upload_weight(WeightMatrix::F32 {
             rows: 2,
