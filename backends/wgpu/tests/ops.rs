@@ -1396,3 +1396,69 @@ fn coop_prefill_every_format() {
         );
     }
 }
+
+/// A linear map's bias (`Linear{bias}`, the `BIAS` epilogue) on the paths the conformance
+/// suite's small matrices never take: the wide decode matvec (2080 columns) and the integer
+/// tiled prefill, storing and accumulating. Both quantize the activations to 8-bit blocks, so
+/// the reference is the dequantized weights times those, plus the bias (and the old output).
+#[test]
+fn linear_bias_on_wide_matvec_and_int_prefill() {
+    let mut rng = StdRng::seed_from_u64(47);
+    let b = WgpuBackend::new(&WgpuOptions {
+        wide_matvec: true,
+        int_prefill: true,
+        ..WgpuOptions::software()
+    })
+    .unwrap();
+    let (rows, cols) = (13usize, 2080usize);
+    let w = rand_vec(&mut rng, rows * cols);
+    let q = quantize(
+        &w,
+        rows,
+        cols,
+        QuantSpec::new(4, 32, Scheme::Symmetric).unwrap(),
+    )
+    .unwrap();
+    let dense = q.dequantize();
+    let id = b.upload_weight(WeightMatrix::Quantized(q)).unwrap();
+    let bias_v: Vec<f32> = rand_vec(&mut rng, rows).iter().map(|v| 4.0 * v).collect();
+    let bias = b.upload(&bias_v).unwrap();
+    for n in [1usize, 5] {
+        for accumulate in [false, true] {
+            let xv = rand_vec(&mut rng, n * cols);
+            let o0 = rand_vec(&mut rng, n * rows);
+            let (mut want, mag) =
+                reference::matmul(&dense, rows, cols, &reference::q8_blocks(&xv), n);
+            for (i, w) in want.iter_mut().enumerate() {
+                *w += bias_v[i % rows] + if accumulate { o0[i] } else { 0.0 };
+            }
+            let (x, out) = (b.upload(&xv).unwrap(), b.upload(&o0).unwrap());
+            b.run(&[Op::Linear {
+                w: id,
+                bias: Some(bias),
+                x,
+                out,
+                n,
+                accumulate,
+            }])
+            .unwrap();
+            let got = block_on(b.read(out, 0, n * rows)).unwrap();
+            let err = max_rel(&got, &want, &mag, 1e-3);
+            assert!(
+                err < matmul_tol(&b),
+                "n={n} accumulate={accumulate} {:?}: relative error {err}",
+                b.paths()
+            );
+            b.free(x);
+            b.free(out);
+        }
+    }
+    let k = b.compiled_kernels();
+    for (entry, path) in [("matvec[", "WIDE=1"), ("matmul_tiled[", "INT_TILED=1")] {
+        assert!(
+            k.iter()
+                .any(|l| l.starts_with(entry) && l.contains(path) && l.contains("BIAS=1")),
+            "no {entry}{path} kernel with a bias: {k:?}"
+        );
+    }
+}
