@@ -894,11 +894,12 @@ fn errors_are_typed() {
         b.read_now(x, 0, 1).unwrap_err().code,
         ErrorCode::InvalidConfig
     );
+    // Dense matrices of any width upload (padded to whole blocks); an empty one does not.
     let e = b
         .upload_weight(WeightMatrix::F32 {
-            rows: 2,
+            rows: 0,
             cols: 20,
-            data: vec![0.0; 40],
+            data: Vec::new(),
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::UnsupportedModel);
@@ -1385,6 +1386,30 @@ fn coop_prefill_every_format() {
     assert!(
         err < matmul_tol(&b),
         "coop 4-bit n={n}: relative error {err}"
+    );
+    // The bias epilogue on the cooperative tiles, accumulating into 0.5.
+    let bias_v = rand_vec(&mut rng, rows);
+    let (x, bias) = (b.upload(&xv).unwrap(), b.upload(&bias_v).unwrap());
+    let out = b.upload(&vec![0.5; n * rows]).unwrap();
+    b.run(&[Op::Linear {
+        w: id,
+        bias: Some(bias),
+        x,
+        out,
+        n,
+        accumulate: true,
+    }])
+    .unwrap();
+    let got: Vec<f32> = block_on(b.read(out, 0, n * rows))
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v - 0.5 - bias_v[i % rows])
+        .collect();
+    let err = max_rel(&got, &want, &mag, 1e-3);
+    assert!(
+        err < matmul_tol(&b),
+        "coop 4-bit n={n} with bias: relative error {err}"
     );
     let k = b.compiled_kernels();
     for bits in [8, 4, 3, 2] {
