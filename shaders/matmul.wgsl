@@ -4,7 +4,7 @@
 // ROPE: the q|k|v epilogue below; SWIGLU: the gate|up epilogue below, writing silu(gate)·up
 // as 8-bit words with their own scales, which the down matvec reads with WORD_SCALES;
 // NORM_OUT: the residual add's epilogue also prepares the next RMSNorm's input, which RMS_IN
-// reads; see below).
+// reads; see below; BIAS: bias[row] is added to every sum, with the plain store or ACCUMULATE).
 // `matvec`: decode (few tokens); a workgroup reduces ROWS_PER_WG rows over WORKGROUP_SIZE lanes
 // (WIDE: whole 32-value blocks per lane step, 2-, 3-, 4- and 8-bit codes against 8-bit activations
 // in the codes' order ORDER, see q8.wgsl).
@@ -55,6 +55,10 @@ struct Params {
 // sums the partials for 1/rms(x) and scales its sums by it: its rows are g · x / rms(x).
 @group(0) @binding(5) var<storage, read> norm_g: array<f32>;
 @group(0) @binding(6) var<storage, read_write> xn: array<vec4<u32>>;
+#endif
+#if BIAS
+// A linear map's bias (the plain store or ACCUMULATE epilogue, no other binding after `out`).
+@group(0) @binding(5) var<storage, read> bias: array<f32>;
 #endif
 #if NORM
 // The RMSNorm fused into a narrow decode matvec: its weights (x · g is summed, 1/rms applied after).
@@ -222,8 +226,13 @@ fn dot8(w: array<vec4<wt>, 2>, x0: vec4<f32>, x1: vec4<f32>) -> f32 {
 
 #if !SWIGLU
 // Writes (or, ACCUMULATE, adds) output `t` of row `r` of this piece.
-fn store(t: u32, r: u32, v: f32) {
+fn store(t: u32, r: u32, sum: f32) {
     let i = t * p.out_stride + p.row_offset + r;
+#if BIAS
+    let v = sum + bias[p.row_offset + r];
+#else
+    let v = sum;
+#endif
 #if ACCUMULATE
     out[i] = out[i] + v;
 #else
@@ -566,7 +575,11 @@ fn matvec(inv: Invocation) {
     norm_out_store(res + total, g, row0, inv.lid);
 #else
     if inv.lid < ROWS_PER_WG && row0 + inv.lid < p.rows {
+#if BIAS
+        out[t * p.out_stride + p.row_offset + row0 + inv.lid] = res + (total + bias[p.row_offset + row0 + inv.lid]);
+#else
         out[t * p.out_stride + p.row_offset + row0 + inv.lid] = res + total;
+#endif
     }
 #endif
 #endif

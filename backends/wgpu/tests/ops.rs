@@ -841,11 +841,12 @@ fn errors_are_typed() {
         b.read_now(x, 0, 1).unwrap_err().code,
         ErrorCode::InvalidConfig
     );
+    // Dense matrices of any width upload (padded to whole blocks); an empty one does not.
     let e = b
         .upload_weight(WeightMatrix::F32 {
-            rows: 2,
+            rows: 0,
             cols: 20,
-            data: vec![0.0; 40],
+            data: Vec::new(),
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::UnsupportedModel);
@@ -1333,6 +1334,30 @@ fn coop_prefill_every_format() {
         err < matmul_tol(&b),
         "coop 4-bit n={n}: relative error {err}"
     );
+    // The bias epilogue on the cooperative tiles, accumulating into 0.5.
+    let bias_v = rand_vec(&mut rng, rows);
+    let (x, bias) = (b.upload(&xv).unwrap(), b.upload(&bias_v).unwrap());
+    let out = b.upload(&vec![0.5; n * rows]).unwrap();
+    b.run(&[Op::Linear {
+        w: id,
+        bias: Some(bias),
+        x,
+        out,
+        n,
+        accumulate: true,
+    }])
+    .unwrap();
+    let got: Vec<f32> = block_on(b.read(out, 0, n * rows))
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v - 0.5 - bias_v[i % rows])
+        .collect();
+    let err = max_rel(&got, &want, &mag, 1e-3);
+    assert!(
+        err < matmul_tol(&b),
+        "coop 4-bit n={n} with bias: relative error {err}"
+    );
     let k = b.compiled_kernels();
     for bits in [8, 4, 3, 2] {
         assert!(
@@ -1340,6 +1365,72 @@ fn coop_prefill_every_format() {
                 && l.contains(&format!(",BITS={bits},"))
                 && l.contains("COOP_TILED=1")),
             "no cooperative-matrix {bits}-bit kernel: {k:?}"
+        );
+    }
+}
+
+/// A linear map's bias (`Linear{bias}`, the `BIAS` epilogue) on the paths the conformance
+/// suite's small matrices never take: the wide decode matvec (2080 columns) and the integer
+/// tiled prefill, storing and accumulating. Both quantize the activations to 8-bit blocks, so
+/// the reference is the dequantized weights times those, plus the bias (and the old output).
+#[test]
+fn linear_bias_on_wide_matvec_and_int_prefill() {
+    let mut rng = StdRng::seed_from_u64(47);
+    let b = WgpuBackend::new(&WgpuOptions {
+        wide_matvec: true,
+        int_prefill: true,
+        ..WgpuOptions::software()
+    })
+    .unwrap();
+    let (rows, cols) = (13usize, 2080usize);
+    let w = rand_vec(&mut rng, rows * cols);
+    let q = quantize(
+        &w,
+        rows,
+        cols,
+        QuantSpec::new(4, 32, Scheme::Symmetric).unwrap(),
+    )
+    .unwrap();
+    let dense = q.dequantize();
+    let id = b.upload_weight(WeightMatrix::Quantized(q)).unwrap();
+    let bias_v: Vec<f32> = rand_vec(&mut rng, rows).iter().map(|v| 4.0 * v).collect();
+    let bias = b.upload(&bias_v).unwrap();
+    for n in [1usize, 5] {
+        for accumulate in [false, true] {
+            let xv = rand_vec(&mut rng, n * cols);
+            let o0 = rand_vec(&mut rng, n * rows);
+            let (mut want, mag) =
+                reference::matmul(&dense, rows, cols, &reference::q8_blocks(&xv), n);
+            for (i, w) in want.iter_mut().enumerate() {
+                *w += bias_v[i % rows] + if accumulate { o0[i] } else { 0.0 };
+            }
+            let (x, out) = (b.upload(&xv).unwrap(), b.upload(&o0).unwrap());
+            b.run(&[Op::Linear {
+                w: id,
+                bias: Some(bias),
+                x,
+                out,
+                n,
+                accumulate,
+            }])
+            .unwrap();
+            let got = block_on(b.read(out, 0, n * rows)).unwrap();
+            let err = max_rel(&got, &want, &mag, 1e-3);
+            assert!(
+                err < matmul_tol(&b),
+                "n={n} accumulate={accumulate} {:?}: relative error {err}",
+                b.paths()
+            );
+            b.free(x);
+            b.free(out);
+        }
+    }
+    let k = b.compiled_kernels();
+    for (entry, path) in [("matvec[", "WIDE=1"), ("matmul_tiled[", "INT_TILED=1")] {
+        assert!(
+            k.iter()
+                .any(|l| l.starts_with(entry) && l.contains(path) && l.contains("BIAS=1")),
+            "no {entry}{path} kernel with a bias: {k:?}"
         );
     }
 }
