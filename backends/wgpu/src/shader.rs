@@ -52,11 +52,8 @@ fn include_source(name: &str) -> Option<&'static str> {
         "weights.wgsl" => Some(include_str!("../../../shaders/weights.wgsl")),
         "q8.wgsl" => Some(include_str!("../../../shaders/q8.wgsl")),
         "q8_out.wgsl" => Some(include_str!("../../../shaders/q8_out.wgsl")),
-<<<<<<< HEAD
         "matmul_tiled.wgsl" => Some(include_str!("../../../shaders/matmul_tiled.wgsl")),
-=======
         "activation.wgsl" => Some(include_str!("../../../shaders/activation.wgsl")),
->>>>>>> wip-wgpu2
         _ => None,
     }
 }
