@@ -88,7 +88,7 @@ fn check_equal(opts: &WgpuOptions, shape: LlamaShape, what: &str) {
 
 /// Wide 8-bit decode matvecs: rows of 2048 values.
 const WIDE: LlamaShape = LlamaShape {
-    layers: 2,
+    layers: 1,
     dim: 2048,
     heads: 16,
     kv_heads: 4,
@@ -112,11 +112,14 @@ fn fused_steps_equal_single_ops_on_the_wide_path() {
     b.run(&m.step(TokenIds::Host(vec![1]), 0, None)).unwrap();
     b.read_now(m.logits, 0, 1).unwrap();
     let k = b.compiled_kernels();
+    // q|k|v with RoPE on the norm's 8-bit blocks; attention's blocks into o, whose add
+    // prepares the next norm; gate|up with SwiGLU on it; down preparing the head's norm.
     for defines in [
-        ["ROPE=1", "RMS_IN=1"],
-        ["SWIGLU=1", "RMS_IN=1"],
-        ["NORM_OUT=1", "ACCUMULATE=1"],
-        ["XQ8=1", "ACCUMULATE=1"],
+        ["ROPE=1", "XQ8=1", "WORD_SCALES=0"],
+        ["NORM_OUT=1", "ACCUMULATE=1", "WORD_SCALES=0"],
+        ["SWIGLU=1", "RMS_IN=1", "ACCUMULATE=0"],
+        ["NORM_OUT=1", "ACCUMULATE=1", "WORD_SCALES=1"],
+        ["RMS_IN=1", "SWIGLU=0", "ACCUMULATE=0"],
     ] {
         assert!(
             k.iter()

@@ -443,59 +443,6 @@ fn weights_split_into_row_pieces() {
     }
 }
 
-#[test]
-fn embed_every_format() {
-    let mut rng = StdRng::seed_from_u64(4);
-    let (rows, cols) = (50, 96);
-    let w = rand_vec(&mut rng, rows * cols);
-    let tokens = [3u32, 49, 0, 3, 27];
-    let b = backend(false, false);
-    let mut cases: Vec<(WeightMatrix, Vec<f32>)> = vec![(
-        WeightMatrix::F32 {
-            rows,
-            cols,
-            data: w.clone(),
-        },
-        w.clone(),
-    )];
-    let w16: Vec<half::f16> = w.iter().map(|v| half::f16::from_f32(*v)).collect();
-    cases.push((
-        WeightMatrix::F16 {
-            rows,
-            cols,
-            data: w16.clone(),
-        },
-        w16.iter().map(|v| v.to_f32()).collect(),
-    ));
-    for bits in [8u8, 4, 3, 2] {
-        for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
-            let q = quantize(&w, rows, cols, QuantSpec::new(bits, 64, scheme).unwrap()).unwrap();
-            let d = q.dequantize();
-            cases.push((WeightMatrix::Quantized(q), d));
-        }
-    }
-    for (m, dense) in cases {
-        let id = b.upload_weight(m).unwrap();
-        let out = b.alloc_f32(tokens.len() * cols).unwrap();
-        b.embed(id, &tokens, out).unwrap();
-        let got = b.read_now(out, 0, tokens.len() * cols).unwrap();
-        for (i, &t) in tokens.iter().enumerate() {
-            let want = &dense[t as usize * cols..(t as usize + 1) * cols];
-            assert!(max_abs(&got[i * cols..(i + 1) * cols], want) < 1e-6);
-        }
-    }
-    let id = b
-        .upload_weight(WeightMatrix::F32 {
-            rows,
-            cols,
-            data: w,
-        })
-        .unwrap();
-    let out = b.alloc_f32(cols).unwrap();
-    let e = b.embed(id, &[50], out).unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidConfig);
-}
-
 /// `rms_norm_qkv_rope` for one decode token on wide and narrow backends (the q|k|v matvec
 /// rotates and stores as it writes: no RoPE pass) equals the unfused sequence (norm, matvec into `qkv`,
 /// `rope_store_qkv`) on the same backend: q, the stored cache row, and every other cache row
