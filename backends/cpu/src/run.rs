@@ -354,7 +354,7 @@ impl CpuBackend {
 
     fn kv_write(&self, k: &Cols, v: &Cols, kv: &KvView, pos0: usize, n: usize) -> Result<()> {
         const OP: &str = "kv_write";
-        let row = kv.layout.row_len();
+        let row = span(OP, &[kv.layout.n_kv_heads, kv.layout.head_dim])?;
         let end_row = pos0.saturating_add(n);
         require(OP, end_row <= kv.layout.rows, || {
             format!(
