@@ -266,7 +266,6 @@ fn encoder_layer_matches_bert_on_cpu() {
 }
 
 #[test]
-#[ignore = "awaiting WebGPU kernels for Linear bias, LayerNorm, GELU and Mask::None/Padding (the backend answers UNSUPPORTED_MODEL 'not implemented yet'); run with --ignored"]
 fn encoder_layer_matches_bert_on_webgpu() {
     let gpu = WgpuBackend::new(&WgpuOptions::software())
         .expect("a software WebGPU adapter (install mesa-vulkan-drivers)");

@@ -52,8 +52,8 @@ fn include_source(name: &str) -> Option<&'static str> {
         "weights.wgsl" => Some(include_str!("../../../shaders/weights.wgsl")),
         "q8.wgsl" => Some(include_str!("../../../shaders/q8.wgsl")),
         "q8_out.wgsl" => Some(include_str!("../../../shaders/q8_out.wgsl")),
-        "matmul_tiled.wgsl" => Some(include_str!("../../../shaders/matmul_tiled.wgsl")),
         "activation.wgsl" => Some(include_str!("../../../shaders/activation.wgsl")),
+        "matmul_tiled.wgsl" => Some(include_str!("../../../shaders/matmul_tiled.wgsl")),
         _ => None,
     }
 }

@@ -9,7 +9,7 @@ mod calls;
 
 use calls::{AttentionParams, Calls, QkvParams, RmsNorm};
 use lowbit_core::future::block_on;
-use lowbit_core::ops::{Op, RopeStyle};
+use lowbit_core::ops::{Cols, Op, RopeStyle};
 use lowbit_core::quant::quantize;
 use lowbit_core::{Backend, ErrorCode, QuantSpec, Scheme, WeightMatrix};
 use lowbit_wgpu::{KernelPaths, WgpuBackend, WgpuOptions};
@@ -1433,4 +1433,56 @@ fn linear_bias_on_wide_matvec_and_int_prefill() {
             "no {entry}{path} kernel with a bias: {k:?}"
         );
     }
+}
+
+/// RoPE between two views of one buffer that share no element (each row's first half rotated
+/// into its second half) equals RoPE between two buffers; overlapping views that are not the
+/// same view are refused.
+#[test]
+fn rope_between_disjoint_views_of_one_buffer() {
+    let b = backend(false, false);
+    let mut rng = StdRng::seed_from_u64(53);
+    let (n, heads, hd) = (3usize, 2usize, 16usize);
+    let width = heads * hd;
+    let shape = lowbit_core::ops::RopeShape {
+        n_tokens: n,
+        n_heads: heads,
+        head_dim: hd,
+        pos0: 5,
+        theta_bits: 10_000f32.to_bits(),
+        style: RopeStyle::Halves,
+    };
+    let rows = rand_vec(&mut rng, n * 2 * width);
+    // Reference: the first halves as their own buffer, rotated into another.
+    let firsts: Vec<f32> = rows
+        .chunks(2 * width)
+        .flat_map(|r| r[..width].to_vec())
+        .collect();
+    let (src, dst) = (b.upload(&firsts).unwrap(), b.alloc_f32(n * width).unwrap());
+    b.run(&[Op::Rope {
+        x: Cols::dense(src, width),
+        out: Cols::dense(dst, width),
+        shape,
+    }])
+    .unwrap();
+    let want = b.read_now(dst, 0, n * width).unwrap();
+    let both = b.upload(&rows).unwrap();
+    b.run(&[Op::Rope {
+        x: Cols::new(both, 0, 2 * width),
+        out: Cols::new(both, width, 2 * width),
+        shape,
+    }])
+    .unwrap();
+    let got = b.read_now(both, 0, n * 2 * width).unwrap();
+    for t in 0..n {
+        let row = &got[t * 2 * width..(t + 1) * 2 * width];
+        assert_eq!(&row[..width], &rows[t * 2 * width..t * 2 * width + width]);
+        assert_eq!(&row[width..], &want[t * width..(t + 1) * width], "row {t}");
+    }
+    let overlapping = b.run(&[Op::Rope {
+        x: Cols::new(both, 0, 2 * width),
+        out: Cols::new(both, 4, 2 * width),
+        shape,
+    }]);
+    assert_eq!(overlapping.unwrap_err().code, ErrorCode::InvalidConfig);
 }
