@@ -269,5 +269,7 @@ fn encoder_layer_matches_bert_on_cpu() {
 fn encoder_layer_matches_bert_on_webgpu() {
     let gpu = WgpuBackend::new(&WgpuOptions::software())
         .expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
-    check("webgpu", &gpu, 1e-5, 1e-5);
+    // Measured on lavapipe (2026-12-03): 4.7e-9 (f32 weights), 2.1e-8 (int8 weights; 8-bit
+    // activation blocks on the wide matvec), f16 arithmetic where the adapter has it.
+    check("webgpu", &gpu, 1e-6, 1e-6);
 }
