@@ -222,7 +222,8 @@ impl Ct2Model {
         // Each variable takes at least a name length, a rank, a dtype and a byte count.
         if count > c.remaining() / 8 {
             return Err(fail(format!(
-                "absurd count of variables {count} for {} remaining bytes",
+                "truncated: {count} variables need at least {} bytes, {} remain",
+                count.saturating_mul(8),
                 c.remaining()
             )));
         }
@@ -277,7 +278,8 @@ impl Ct2Model {
             let n = c.u32("alias count")? as usize;
             if n > c.remaining() / 4 {
                 return Err(fail(format!(
-                    "absurd count of aliases {n} for {} remaining bytes",
+                    "truncated: {n} aliases need at least {} bytes, {} remain",
+                    n.saturating_mul(4),
                     c.remaining()
                 )));
             }
