@@ -54,9 +54,9 @@ impl ModelSource {
             return Ok(ModelSource::Ct2(Arc::new(Ct2Folder::open(dir)?)));
         }
         let safetensors = head.len() > 8 && head[8] == b'{';
-        let side_file = path.file_name().is_some_and(|n| {
-            n == "config.json" || n == crate::formats::model_folder::SHARD_INDEX
-        });
+        let side_file = path
+            .file_name()
+            .is_some_and(|n| n == "config.json" || n == crate::formats::model_folder::SHARD_INDEX);
         if (safetensors || side_file) && HfFolder::looks_like(dir) {
             return Ok(ModelSource::HuggingFace(Arc::new(HfFolder::open(dir)?)));
         }

@@ -109,7 +109,11 @@ fn older_binary_versions() {
     for version in [0, 1, 7, 1_000_000] {
         let e = Ct2Model::from_bytes(ct2_version(version, "TransformerSpec", 1, &vars, &[]))
             .unwrap_err();
-        assert_eq!(e.code, ErrorCode::UnsupportedModel, "version {version}: {e}");
+        assert_eq!(
+            e.code,
+            ErrorCode::UnsupportedModel,
+            "version {version}: {e}"
+        );
         assert!(e.message.contains("binary version"), "{e}");
     }
 }
@@ -161,7 +165,10 @@ fn seeded_corruption_never_panics() {
         }
     }
     // Both outcomes occur: data bytes corrupt silently, header bytes are caught.
-    assert!(opened > 100 && failed > 100, "opened {opened}, failed {failed}");
+    assert!(
+        opened > 100 && failed > 100,
+        "opened {opened}, failed {failed}"
+    );
 }
 
 fn expect_error(bytes: Vec<u8>, needle: &str) {
@@ -272,20 +279,34 @@ fn whisper_tiny_en_layout() {
     for side in ["encoder", "decoder"] {
         for l in 0..4 {
             let p = format!("{side}/layer_{l}");
-            assert_eq!(shape(&format!("{p}/self_attention/linear_0/weight")), [1152, 384]);
+            assert_eq!(
+                shape(&format!("{p}/self_attention/linear_0/weight")),
+                [1152, 384]
+            );
             assert_eq!(shape(&format!("{p}/self_attention/linear_0/bias")), [1152]);
-            assert_eq!(shape(&format!("{p}/self_attention/linear_1/weight")), [384, 384]);
+            assert_eq!(
+                shape(&format!("{p}/self_attention/linear_1/weight")),
+                [384, 384]
+            );
             assert_eq!(shape(&format!("{p}/ffn/linear_0/weight")), [1536, 384]);
             assert_eq!(shape(&format!("{p}/ffn/linear_1/weight")), [384, 1536]);
             assert_eq!(shape(&format!("{p}/ffn/layer_norm/gamma")), [384]);
         }
-        assert!(m.variable(&format!("{side}/layer_4/ffn/layer_norm/gamma")).is_none());
+        assert!(m
+            .variable(&format!("{side}/layer_4/ffn/layer_norm/gamma"))
+            .is_none());
         assert_eq!(m.variable_f32(&format!("{side}/num_heads")).unwrap(), [6.0]);
     }
     for l in 0..4 {
         // Cross-attention: queries from the decoder, fused keys|values from the encoder.
-        assert_eq!(shape(&format!("decoder/layer_{l}/attention/linear_0/weight")), [384, 384]);
-        assert_eq!(shape(&format!("decoder/layer_{l}/attention/linear_1/weight")), [768, 384]);
+        assert_eq!(
+            shape(&format!("decoder/layer_{l}/attention/linear_0/weight")),
+            [384, 384]
+        );
+        assert_eq!(
+            shape(&format!("decoder/layer_{l}/attention/linear_1/weight")),
+            [768, 384]
+        );
     }
     assert_eq!(shape("encoder/conv1/weight"), [384, 80, 3]);
     assert_eq!(shape("encoder/conv2/weight"), [384, 384, 3]);
@@ -294,7 +315,9 @@ fn whisper_tiny_en_layout() {
     assert_eq!(shape("decoder/embeddings/weight"), [51864, 384]);
     // The output projection is tied to the embedding table through an alias.
     assert_eq!(
-        m.aliases().get("decoder/projection/weight").map(String::as_str),
+        m.aliases()
+            .get("decoder/projection/weight")
+            .map(String::as_str),
         Some("decoder/embeddings/weight")
     );
     assert_eq!(shape("decoder/projection/weight"), [51864, 384]);
@@ -319,7 +342,9 @@ fn whisper_tiny_en_values() {
     // The encoder's positions are Whisper's fixed sinusoids (sin of the first 192 channels,
     // cos of the last 192, timescales 1 .. 10000), stored in f16: an independent reference
     // for the f16 conversion over the whole tensor.
-    let pos = m.variable_f32("encoder/position_encodings/encodings").unwrap();
+    let pos = m
+        .variable_f32("encoder/position_encodings/encodings")
+        .unwrap();
     let half = 192;
     let step = (10_000f64).ln() / (half - 1) as f64;
     let mut worst = 0f64;
@@ -339,7 +364,9 @@ fn whisper_tiny_en_values() {
     // its key third zero (Whisper's key projection has no bias).
     for l in 0..4 {
         let g = m
-            .variable_f32(&format!("encoder/layer_{l}/self_attention/layer_norm/gamma"))
+            .variable_f32(&format!(
+                "encoder/layer_{l}/self_attention/layer_norm/gamma"
+            ))
             .unwrap();
         assert!(g.iter().all(|v| v.is_finite()) && g.iter().any(|&v| v != 0.0));
         let b = m

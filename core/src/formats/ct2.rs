@@ -250,10 +250,7 @@ impl Ct2Model {
                 let size = c.u8("item size")?;
                 let dtype = Ct2Dtype::from_item_size(size)
                     .ok_or_else(|| what(format!("unknown item size {size}")))?;
-                (
-                    dtype,
-                    u64::from(c.u32("element count")?) * u64::from(size),
-                )
+                (dtype, u64::from(c.u32("element count")?) * u64::from(size))
             };
             let expected = shape
                 .iter()
@@ -418,7 +415,9 @@ impl Ct2Model {
             }
         };
         if scales.iter().any(|s| !s.is_finite() || *s == 0.0) {
-            return Err(fail(format!("{scale_name:?} holds a zero or non-finite scale")));
+            return Err(fail(format!(
+                "{scale_name:?} holds a zero or non-finite scale"
+            )));
         }
         if per_row > 0 {
             for (row, s) in values.chunks_mut(per_row).zip(scales.iter().cycle()) {

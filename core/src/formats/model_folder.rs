@@ -79,9 +79,13 @@ impl FolderFiles {
 /// Reads a JSON object from a file of at most [`MAX_JSON_BYTES`].
 fn read_json_object(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>> {
     let fail = |m: String| Error::model_loading(format!("{}: {m}", path.display()));
-    let len = std::fs::metadata(path).map_err(|e| fail(e.to_string()))?.len();
+    let len = std::fs::metadata(path)
+        .map_err(|e| fail(e.to_string()))?
+        .len();
     if len > MAX_JSON_BYTES {
-        return Err(fail(format!("{len} bytes is too large for a JSON side file")));
+        return Err(fail(format!(
+            "{len} bytes is too large for a JSON side file"
+        )));
     }
     let text = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
     match serde_json::from_slice(&text) {
@@ -122,8 +126,8 @@ impl HfFolder {
         let (shard_names, weight_map) = if single.is_file() {
             (vec!["model.safetensors".to_owned()], None)
         } else if index.is_file() {
-            let (names, map) = read_shard_index(&index)?;
-            (names, Some(map))
+            let index = read_shard_index(&index)?;
+            (index.shards, Some(index.weight_map))
         } else {
             let names = unindexed_shards(dir);
             if names.is_empty() {
@@ -231,9 +235,16 @@ fn unindexed_shards(dir: &Path) -> Vec<String> {
     names
 }
 
-/// Reads a shard index: the distinct shard file names in order of first mention, and the
-/// `weight_map` of tensor name to shard file.
-fn read_shard_index(path: &Path) -> Result<(Vec<String>, Vec<(String, String)>)> {
+/// A shard index's content.
+struct ShardIndex {
+    /// The distinct shard file names, in order of first mention.
+    shards: Vec<String>,
+    /// `weight_map`: tensor name and the shard file holding it.
+    weight_map: Vec<(String, String)>,
+}
+
+/// Reads a shard index, checking that every shard is a plain file name in the folder.
+fn read_shard_index(path: &Path) -> Result<ShardIndex> {
     let fail = |m: String| Error::model_loading(format!("{}: {m}", path.display()));
     let index = read_json_object(path)?;
     let map = index
@@ -261,7 +272,7 @@ fn read_shard_index(path: &Path) -> Result<(Vec<String>, Vec<(String, String)>)>
     if shards.is_empty() {
         return Err(fail("weight_map is empty".into()));
     }
-    Ok((shards, weight_map))
+    Ok(ShardIndex { shards, weight_map })
 }
 
 /// A CTranslate2 model folder: `model.bin` plus `config.json` and a vocabulary or

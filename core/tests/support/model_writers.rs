@@ -14,7 +14,12 @@ pub struct Var {
 
 impl Var {
     pub fn f32(name: &str, shape: &[u32], values: &[f32]) -> Var {
-        Var::raw(name, shape, 0, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        Var::raw(
+            name,
+            shape,
+            0,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
     }
     pub fn f16(name: &str, shape: &[u32], values: &[f32]) -> Var {
         let data = values
@@ -34,10 +39,20 @@ impl Var {
         Var::raw(name, shape, 1, values.iter().map(|&v| v as u8).collect())
     }
     pub fn i16(name: &str, shape: &[u32], values: &[i16]) -> Var {
-        Var::raw(name, shape, 2, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        Var::raw(
+            name,
+            shape,
+            2,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
     }
     pub fn i32(name: &str, shape: &[u32], values: &[i32]) -> Var {
-        Var::raw(name, shape, 3, values.iter().flat_map(|v| v.to_le_bytes()).collect())
+        Var::raw(
+            name,
+            shape,
+            3,
+            values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        )
     }
     pub fn raw(name: &str, shape: &[u32], dtype: u8, data: Vec<u8>) -> Var {
         Var {
