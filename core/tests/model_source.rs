@@ -92,8 +92,8 @@ fn minilm_folder_and_file() {
     let emb = hf.tensor_f32("embeddings.word_embeddings.weight").unwrap();
     assert_eq!(emb.len(), 30522 * 384);
     assert_eq!(
-        &emb[..4],
-        &[
+        emb[..4].iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        [
             -0.019989013671875,
             -0.0034027099609375,
             -0.014678955078125,
