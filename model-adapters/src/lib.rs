@@ -4,6 +4,6 @@
 
 pub mod llama;
 pub mod synthetic;
-mod tensor_source;
+pub mod tensor_source;
 
 pub use llama::LlamaAdapter;

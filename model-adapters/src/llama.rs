@@ -1,7 +1,7 @@
 //! LLaMA-family text decoders (LLaMA 2/3, SmolLM2, Mistral-style): grouped-query attention,
 //! RoPE, RMSNorm, SwiGLU feed-forward, optionally tied embeddings.
 
-use crate::tensor_source::TensorSource;
+use crate::tensor_source::{GgufTensors, RandomTensors, TensorSource};
 use lowbit_core::adapter::ProgressFn;
 use lowbit_core::backend::{AttentionParams, PendingRead, QkvParams, RmsNorm, RopeStyle};
 use lowbit_core::formats::gguf::GgufFile;
@@ -121,7 +121,7 @@ pub struct LlamaModel {
 
 /// Loads tensors onto the backend, keeping count of size and bits.
 struct Loader<'a, 'p> {
-    src: TensorSource<'a>,
+    src: &'a dyn TensorSource,
     backend: &'a Arc<dyn Backend>,
     progress: &'a mut ProgressFn<'p>,
     done: usize,
@@ -201,9 +201,11 @@ impl ModelAdapter for LlamaAdapter {
     }
 
     fn supports(&self, source: &ModelSource) -> bool {
-        source
-            .architecture()
-            .is_some_and(|a| ARCHITECTURES.contains(&a.as_str()))
+        // Only GGUF names (`blk.0.attn_q.weight`) are mapped so far.
+        matches!(source, ModelSource::Gguf(_))
+            && source
+                .architecture()
+                .is_some_and(|a| ARCHITECTURES.contains(&a.as_str()))
     }
 
     fn load_text(
@@ -213,14 +215,19 @@ impl ModelAdapter for LlamaAdapter {
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
     ) -> Result<Box<dyn TextModel>> {
-        let ModelSource::Gguf(g) = source;
+        let ModelSource::Gguf(g) = source else {
+            return Err(Error::unsupported(format!(
+                "the llama adapter reads GGUF files, not {}",
+                source.format_name()
+            )));
+        };
         let arch = source.architecture().unwrap_or_default();
         let hp = Hparams::from_gguf(g, &arch)?;
         let tokenizer = Tokenizer::from_gguf(g)?;
         let tied = g.tensor_dims("output.weight").is_none();
         let name = g.get_str("general.name").unwrap_or("unnamed").to_owned();
         build(
-            TensorSource::Gguf(g),
+            &GgufTensors(g),
             hp,
             tied,
             tokenizer,
@@ -244,7 +251,7 @@ pub(crate) fn build_random(
 ) -> Result<Box<dyn TextModel>> {
     let names = (name, "llama".to_string());
     build(
-        TensorSource::Random,
+        &RandomTensors,
         hp,
         tied,
         tokenizer,
@@ -255,10 +262,10 @@ pub(crate) fn build_random(
     )
 }
 
-/// Loads (or makes, for [`TensorSource::Random`]) every tensor and assembles the model.
+/// Loads (or makes, for [`RandomTensors`]) every tensor and assembles the model.
 #[allow(clippy::too_many_arguments)]
 fn build(
-    src: TensorSource<'_>,
+    src: &dyn TensorSource,
     hp: Hparams,
     tied: bool,
     tokenizer: Tokenizer,
