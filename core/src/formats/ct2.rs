@@ -262,8 +262,7 @@ impl Ct2Model {
                 )));
             }
             let start = c.pos;
-            c.take(n_bytes as usize, "variable data")
-                .map_err(|e| what(e.message))?;
+            c.take(n_bytes as usize, &format!("the data of variable {name:?}"))?;
             if by_name.insert(name.clone(), variables.len()).is_some() {
                 return Err(fail(format!("variable {name:?} appears twice")));
             }
