@@ -41,7 +41,11 @@ impl ModelSource {
             .parent()
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        if head.starts_with(b"GGUF") {
+        // A `.gguf` name without the magic is a damaged GGUF file: its reader says what is wrong.
+        let gguf_name = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        if head.starts_with(b"GGUF") || gguf_name {
             return Ok(ModelSource::Gguf(Arc::new(GgufFile::open(path)?)));
         }
         if Ct2Model::looks_like(&head) {

@@ -245,6 +245,12 @@ fn unknown_input_is_unsupported() {
     std::fs::write(dir.join("weights.dat"), ct2("WhisperSpec", 1, &[], &[])).unwrap();
     let e = open_err(&dir.join("weights.dat"));
     assert_eq!(e.code, ErrorCode::UnsupportedModel, "{e}");
+    // A damaged GGUF file (by its name) is a loading failure of the GGUF reader.
+    for (name, bytes) in [("bad.gguf", &b"GGUX0000"[..]), ("short.GGUF", &b"GG"[..])] {
+        std::fs::write(dir.join(name), bytes).unwrap();
+        let e = open_err(&dir.join(name));
+        assert_eq!(e.code, ErrorCode::ModelLoadingFailed, "{name}: {e}");
+    }
     // A missing path.
     let e = open_err(&dir.join("absent.gguf"));
     assert_eq!(e.code, ErrorCode::ModelLoadingFailed, "{e}");
