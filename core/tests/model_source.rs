@@ -320,3 +320,27 @@ fn real_files_truncated() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn folder_tokenizers_load() {
+    use lowbit_core::tokenizer::Tokenizer;
+    let ModelSource::HuggingFace(hf) =
+        ModelSource::open(&models().join("all-MiniLM-L6-v2")).unwrap()
+    else {
+        panic!("not Hugging Face")
+    };
+    let bert = Tokenizer::from_file(hf.files().tokenizer_json.as_ref().unwrap()).unwrap();
+    // bert-base-uncased WordPiece: [CLS] hello world [SEP], lower-cased.
+    assert_eq!(
+        bert.encode("Hello World", true).unwrap(),
+        [101, 7592, 2088, 102]
+    );
+    let ModelSource::Ct2(c) = ModelSource::open(&models().join("whisper-tiny.en")).unwrap() else {
+        panic!("not CTranslate2")
+    };
+    let whisper = Tokenizer::from_file(c.files().tokenizer_json.as_ref().unwrap()).unwrap();
+    let text = " The quick brown fox.";
+    let ids = whisper.encode(text, false).unwrap();
+    assert!(!ids.is_empty() && ids.iter().all(|&i| i < 51864), "{ids:?}");
+    assert_eq!(whisper.decode(&ids), text);
+}
