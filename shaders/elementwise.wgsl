@@ -1,5 +1,5 @@
 // Elementwise kernels over `len` values, one invocation each (`swiglu`: over a fused gate|up). `copy` moves `len` values between
-// distinct buffers (the source may be host data in the upload ring), so copies stay inside the
+// distinct buffers (STRIDED: rows of `width` values between views of different row strides) (the source may be host data in the upload ring), so copies stay inside the
 // step's compute pass. WebGPU forbids a writable binding
 // that aliases another, so an input that is the output buffer is read through the output
 // binding: ALIAS_SELF (add: src is dst), ALIAS_GATE / ALIAS_UP / ALIAS_GATE_UP (silu_mul: which
@@ -10,7 +10,9 @@ struct Params {
     len: u32,
     src_offset: u32, // copy only
     dst_offset: u32, // copy only
-    width: u32,      // swiglu only: values of one gate (or up) half-row
+    width: u32,      // swiglu: values of one gate (or up) half-row; strided copy: values per row
+    src_stride: u32, // strided copy only: values between source rows
+    dst_stride: u32, // strided copy only: values between destination rows
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -129,6 +131,13 @@ fn copy(inv: Invocation) {
     if i >= p.len {
         return;
     }
+#if STRIDED
+    // Rows of `width` values between row-major matrices of different strides.
+    let row = i / p.width;
+    let col = i % p.width;
+    dst[p.dst_offset + row * p.dst_stride + col] = src[p.src_offset + row * p.src_stride + col];
+#else
     dst[p.dst_offset + i] = src[p.src_offset + i];
+#endif
 }
 #endif

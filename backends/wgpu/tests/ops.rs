@@ -5,7 +5,11 @@
 
 mod reference;
 
-use lowbit_core::backend::{AttentionParams, QkvParams, RmsNorm, RopeStyle};
+mod calls;
+
+use calls::{AttentionParams, Calls, QkvParams, RmsNorm};
+use lowbit_core::future::block_on;
+use lowbit_core::ops::{Op, RopeStyle};
 use lowbit_core::quant::quantize;
 use lowbit_core::{Backend, ErrorCode, QuantSpec, Scheme, WeightMatrix};
 use lowbit_wgpu::{KernelPaths, WgpuBackend, WgpuOptions};
@@ -114,9 +118,9 @@ fn check_matmul(
     for n in [1usize, 3, 17, 64] {
         let xv = rand_vec(&mut rng, n * cols);
         let x = b.upload(&xv).unwrap();
-        let out = b.alloc(n * rows).unwrap();
+        let out = b.alloc_f32(n * rows).unwrap();
         b.matmul(id, x, out, n).unwrap();
-        let got = b.read(out, 0, n * rows).unwrap();
+        let got = b.read_now(out, 0, n * rows).unwrap();
         let (want, mag) = reference::matmul(dense, rows, cols, &xv, n);
         let err = max_rel(&got, &want, &mag, 1e-3);
         assert!(
@@ -128,7 +132,7 @@ fn check_matmul(
         let base = rand_vec(&mut rng, n * rows);
         b.write(out, 0, &base).unwrap();
         b.matmul_add(id, x, out, n).unwrap();
-        let summed = b.read(out, 0, n * rows).unwrap();
+        let summed = b.read_now(out, 0, n * rows).unwrap();
         for ((s, g), r) in summed.iter().zip(&got).zip(&base) {
             assert!(
                 (s - (g + r)).abs() <= 1e-6 * (1.0 + g.abs() + r.abs()),
@@ -153,7 +157,7 @@ fn matmul_add_to_half(
     let out = b.upload(&vec![0.5; n * rows]).unwrap();
     b.matmul_add(id, x, out, n).unwrap();
     let got = b
-        .read(out, 0, n * rows)
+        .read_now(out, 0, n * rows)
         .unwrap()
         .iter()
         .map(|v| v - 0.5)
@@ -249,9 +253,9 @@ fn wide_matvec_every_format() {
                     let (exact, _) = reference::matmul(&dense, rows, cols, &xv, 1);
                     for (b, _) in &backends {
                         let id = b.upload_weight(WeightMatrix::Quantized(q.clone())).unwrap();
-                        let (x, out) = (b.upload(&xv).unwrap(), b.alloc(rows).unwrap());
+                        let (x, out) = (b.upload(&xv).unwrap(), b.alloc_f32(rows).unwrap());
                         b.matmul(id, x, out, 1).unwrap();
-                        let got = b.read(out, 0, rows).unwrap();
+                        let got = b.read_now(out, 0, rows).unwrap();
                         let err = max_rel(&got, &want, &mag, 1e-3);
                         assert!(
                             err < matmul_tol(b),
@@ -269,14 +273,14 @@ fn wide_matvec_every_format() {
                         let normed = reference::rms_norm(&xv, &gv, cols, 1e-5);
                         let want_n = reference::matmul(&dense, rows, cols, &act(&normed), 1).0;
                         let (_, mag_n) = reference::matmul(&dense, rows, cols, &normed, 1);
-                        let (g, scratch) = (b.upload(&gv).unwrap(), b.alloc(cols).unwrap());
+                        let (g, scratch) = (b.upload(&gv).unwrap(), b.alloc_scratch(cols).unwrap());
                         let norm = RmsNorm {
                             weight: g,
                             dim: cols,
                             eps: 1e-5,
                         };
                         b.rms_norm_matmul(x, &norm, scratch, id, out, 1).unwrap();
-                        let err = max_rel(&b.read(out, 0, rows).unwrap(), &want_n, &mag_n, 1e-3);
+                        let err = max_rel(&b.read_now(out, 0, rows).unwrap(), &want_n, &mag_n, 1e-3);
                         assert!(
                             err < matmul_tol(b),
                             "norm + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
@@ -295,7 +299,7 @@ fn wide_matvec_every_format() {
                         let gu = b.upload(&guv).unwrap();
                         b.write(out, 0, &o0).unwrap();
                         b.swiglu_matmul_add(gu, scratch, id, out, 1, cols).unwrap();
-                        let err = max_rel(&b.read(out, 0, rows).unwrap(), &want_s, &mag_s, 1e-3);
+                        let err = max_rel(&b.read_now(out, 0, rows).unwrap(), &want_s, &mag_s, 1e-3);
                         assert!(
                             err < matmul_tol(b),
                             "swiglu + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
@@ -424,9 +428,9 @@ fn weights_split_into_row_pieces() {
         "pieces",
     );
     let tokens = [0u32, 202, 17, 18, 100];
-    let out = b.alloc(tokens.len() * cols).unwrap();
+    let out = b.alloc_f32(tokens.len() * cols).unwrap();
     b.embed(id, &tokens, out).unwrap();
-    let got = b.read(out, 0, tokens.len() * cols).unwrap();
+    let got = b.read_now(out, 0, tokens.len() * cols).unwrap();
     for (i, &t) in tokens.iter().enumerate() {
         let want = &dense[t as usize * cols..(t as usize + 1) * cols];
         // A lookup is the dequantization formula evaluated once in f32: exact up to fma.
@@ -470,9 +474,9 @@ fn embed_every_format() {
     }
     for (m, dense) in cases {
         let id = b.upload_weight(m).unwrap();
-        let out = b.alloc(tokens.len() * cols).unwrap();
+        let out = b.alloc_f32(tokens.len() * cols).unwrap();
         b.embed(id, &tokens, out).unwrap();
-        let got = b.read(out, 0, tokens.len() * cols).unwrap();
+        let got = b.read_now(out, 0, tokens.len() * cols).unwrap();
         for (i, &t) in tokens.iter().enumerate() {
             let want = &dense[t as usize * cols..(t as usize + 1) * cols];
             assert!(max_abs(&got[i * cols..(i + 1) * cols], want) < 1e-6);
@@ -485,56 +489,9 @@ fn embed_every_format() {
             data: w,
         })
         .unwrap();
-    let out = b.alloc(cols).unwrap();
+    let out = b.alloc_f32(cols).unwrap();
     let e = b.embed(id, &[50], out).unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidConfig);
-}
-
-#[test]
-fn rms_norm_out_of_place_and_in_place() {
-    let mut rng = StdRng::seed_from_u64(5);
-    for b in variants() {
-        for (rows, dim) in [(1usize, 576usize), (5, 100), (3, 1000)] {
-            let xv: Vec<f32> = rand_vec(&mut rng, rows * dim)
-                .iter()
-                .map(|v| v * 3.0)
-                .collect();
-            let wv = rand_vec(&mut rng, dim);
-            let want = reference::rms_norm(&xv, &wv, dim, 1e-5);
-            let (x, w, out) = (
-                b.upload(&xv).unwrap(),
-                b.upload(&wv).unwrap(),
-                b.alloc(rows * dim).unwrap(),
-            );
-            b.rms_norm(x, w, out, rows, dim, 1e-5).unwrap();
-            // Outputs are O(1); f32 sum of squares over ≤ 1000 terms and inverseSqrt: 1e-5.
-            assert!(max_abs(&b.read(out, 0, rows * dim).unwrap(), &want) < 1e-5);
-            b.rms_norm(x, w, x, rows, dim, 1e-5).unwrap();
-            assert!(max_abs(&b.read(x, 0, rows * dim).unwrap(), &want) < 1e-5);
-        }
-    }
-}
-
-#[test]
-fn rope_both_styles() {
-    let mut rng = StdRng::seed_from_u64(6);
-    let b = backend(false, false);
-    for style in [RopeStyle::Adjacent, RopeStyle::Halves] {
-        for (n, heads, hd, pos0) in [
-            (1usize, 9usize, 64usize, 1234usize),
-            (7, 3, 96, 5),
-            (19, 2, 128, 0),
-        ] {
-            let xv = rand_vec(&mut rng, n * heads * hd);
-            let mut want = xv.clone();
-            reference::rope(&mut want, heads, hd, pos0, 10000.0, style);
-            let x = b.upload(&xv).unwrap();
-            b.rope(x, n, heads, hd, pos0, 10000.0, style).unwrap();
-            // The (cos, sin) table is exact f64 rounded to f32; one f32 rotation: 1e-6.
-            let err = max_abs(&b.read(x, 0, xv.len()).unwrap(), &want);
-            assert!(err < 1e-6, "{style:?} n={n} hd={hd} pos0={pos0}: {err}");
-        }
-    }
 }
 
 /// `rms_norm_qkv_rope` for one decode token on wide and narrow backends (the q|k|v matvec
@@ -587,9 +544,9 @@ fn qkv_matvec_with_rope_epilogue() {
                     let run = |fused: bool| {
                         let [kc, vc] = [0; 2].map(|_| b.upload(&sentinel).unwrap());
                         let (h, qkv, q) = (
-                            b.alloc(cols).unwrap(),
-                            b.alloc(rows).unwrap(),
-                            b.alloc(q_dim).unwrap(),
+                            b.alloc_scratch(cols).unwrap(),
+                            b.alloc_scratch(rows).unwrap(),
+                            b.alloc_f32(q_dim).unwrap(),
                         );
                         if fused {
                             b.rms_norm_qkv_rope(x, &norm, h, id, qkv, q, kc, vc, &p)
@@ -600,7 +557,7 @@ fn qkv_matvec_with_rope_epilogue() {
                         }
                         let cache = cache_rows * kv_dim;
                         let out = [(q, q_dim), (kc, cache), (vc, cache)]
-                            .map(|(buf, len)| b.read(buf, 0, len).unwrap());
+                            .map(|(buf, len)| b.read_now(buf, 0, len).unwrap());
                         for buf in [kc, vc, h, qkv, q] {
                             b.free(buf);
                         }
@@ -679,18 +636,18 @@ fn rope_store_qkv_equals_rope_and_kv_store() {
             let sentinel = vec![7.0f32; cache_rows * kv_dim];
             let (qkv, q, kc, vc) = (
                 b.upload(&src).unwrap(),
-                b.alloc(n * q_dim).unwrap(),
+                b.alloc_f32(n * q_dim).unwrap(),
                 b.upload(&sentinel).unwrap(),
                 b.upload(&sentinel).unwrap(),
             );
             b.rope_store_qkv(qkv, q, kc, vc, &p).unwrap();
             let what = format!("{style:?} n={n} heads={heads}/{kv_heads} hd={hd} pos0={pos0}");
             // One f32 rotation with exact table values: 1e-6.
-            let err = max_abs(&b.read(q, 0, n * q_dim).unwrap(), &want_q);
+            let err = max_abs(&b.read_now(q, 0, n * q_dim).unwrap(), &want_q);
             assert!(err < 1e-6, "{what}: q {err}");
             let (k_all, v_all) = (
-                b.read(kc, 0, cache_rows * kv_dim).unwrap(),
-                b.read(vc, 0, cache_rows * kv_dim).unwrap(),
+                b.read_now(kc, 0, cache_rows * kv_dim).unwrap(),
+                b.read_now(vc, 0, cache_rows * kv_dim).unwrap(),
             );
             let rows = pos0 * kv_dim..(pos0 + n) * kv_dim;
             let err = max_abs(&k_all[rows.clone()], &want_k);
@@ -751,7 +708,7 @@ fn argmax_and_indirect_embedding() {
     for (i, v) in cases.iter().enumerate() {
         let x = b.upload(v).unwrap();
         b.argmax(x, v.len(), out, 1).unwrap();
-        let got = b.read(out, 0, 3).unwrap();
+        let got = b.read_now(out, 0, 3).unwrap();
         assert_eq!(got[1], lowbit_core::generate::argmax(v) as f32, "case {i}");
         assert_eq!(
             (got[0], got[2]),
@@ -785,45 +742,20 @@ fn argmax_and_indirect_embedding() {
         .unwrap();
     let toks = [7u32, 299, 0];
     let ids = b.upload(&[5.0, 7.0, 299.0, 0.0]).unwrap();
-    let (direct, indirect) = (b.alloc(3 * cols).unwrap(), b.alloc(3 * cols).unwrap());
+    let (direct, indirect) = (b.alloc_f32(3 * cols).unwrap(), b.alloc_f32(3 * cols).unwrap());
     b.embed(table, &toks, direct).unwrap();
     b.embed_indirect(table, ids, 1, 3, indirect).unwrap();
     assert_eq!(
-        b.read(indirect, 0, 3 * cols).unwrap(),
-        b.read(direct, 0, 3 * cols).unwrap()
+        b.read_now(indirect, 0, 3 * cols).unwrap(),
+        b.read_now(direct, 0, 3 * cols).unwrap()
     );
     assert!(b.embed_indirect(table, ids, 2, 3, indirect).is_err());
 
     // A pipelined read: started, more work recorded, then redeemed.
-    let pending = b.read_start(ids, 1, 2).unwrap();
+    let pending = lowbit_core::Backend::read(&b, ids, 1, 2);
     b.argmax(ids, 4, out, 0).unwrap();
-    assert_eq!(b.read_finish(pending).unwrap(), vec![7.0, 299.0]);
-    assert_eq!(b.read(out, 0, 1).unwrap(), vec![2.0]);
-}
-
-fn check_attention(b: &WgpuBackend, p: AttentionParams, seed: u64) {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let hd = p.head_dim;
-    let kv = (p.pos0 + p.n_tokens) * p.n_kv_heads * hd;
-    // Scores of a few units: softmax neither flat nor one-hot.
-    let qv: Vec<f32> = rand_vec(&mut rng, p.n_tokens * p.n_heads * hd)
-        .iter()
-        .map(|v| v * 4.0)
-        .collect();
-    let kvv = rand_vec(&mut rng, kv);
-    let vvv = rand_vec(&mut rng, kv);
-    let want = reference::attention(&qv, &kvv, &vvv, &p);
-    let (q, k, v) = (
-        b.upload(&qv).unwrap(),
-        b.upload(&kvv).unwrap(),
-        b.upload(&vvv).unwrap(),
-    );
-    let out = b.alloc(qv.len()).unwrap();
-    b.attention(q, k, v, out, &p).unwrap();
-    // Outputs are convex combinations of values in [-1, 1]; f32 dots of ≤ 128 terms and exp:
-    // 2e-5 absolute.
-    let err = max_abs(&b.read(out, 0, qv.len()).unwrap(), &want);
-    assert!(err < 2e-5, "{p:?} {:?}: {err}", b.paths());
+    assert_eq!(block_on(pending).unwrap(), vec![7.0, 299.0]);
+    assert_eq!(b.read_now(out, 0, 1).unwrap(), vec![2.0]);
 }
 
 /// Decode attention into a wide output projection (`attention_matmul_add`): the attention
@@ -860,11 +792,11 @@ fn attention_feeds_output_projection_q8() {
                     let id = b.upload_weight(WeightMatrix::Quantized(q)).unwrap();
                     let bufs = [&qv, &kvv, &vvv, &o0].map(|v| b.upload(v).unwrap());
                     let [qb, kb, vb, out] = bufs;
-                    let scratch = b.alloc(cols).unwrap();
+                    let scratch = b.alloc_scratch(cols).unwrap();
                     // The f32 output, so the codes compare exactly (a value off by an ulp
                     // may round to the neighbouring code).
                     b.attention(qb, kb, vb, scratch, &p).unwrap();
-                    let att = b.read(scratch, 0, cols).unwrap();
+                    let att = b.read_now(scratch, 0, cols).unwrap();
                     let err = max_abs(&att, &reference::attention(&qv, &kvv, &vvv, &p));
                     assert!(err < 2e-5, "{p:?} {:?}: {err}", b.paths());
                     let (mut want, mag) =
@@ -874,7 +806,7 @@ fn attention_feeds_output_projection_q8() {
                     }
                     b.attention_matmul_add(qb, kb, vb, scratch, &p, id, out)
                         .unwrap();
-                    let err = max_rel(&b.read(out, 0, rows).unwrap(), &want, &mag, 1e-3);
+                    let err = max_rel(&b.read_now(out, 0, rows).unwrap(), &want, &mag, 1e-3);
                     assert!(
                         err < matmul_tol(&b),
                         "attention {heads}x{hd} pos {pos0} + {bits}-bit o {:?}: relative error {err}",
@@ -900,126 +832,6 @@ fn attention_feeds_output_projection_q8() {
     }
 }
 
-#[test]
-fn attention_decode_and_prefill_gqa() {
-    for b in variants() {
-        let mut seed = 10;
-        for (n_tokens, pos0) in [
-            (1usize, 0usize),
-            (1, 37),
-            (1, 600),
-            (19, 0),
-            (70, 5),
-            (3, 300),
-            (130, 250),
-        ] {
-            // 18: not a multiple of 4, the caches read as scalars.
-            for (heads, kv_heads, hd) in [
-                (9usize, 3usize, 64usize),
-                (4, 4, 48),
-                (6, 2, 128),
-                (4, 2, 18),
-            ] {
-                seed += 1;
-                let p = AttentionParams {
-                    n_tokens,
-                    pos0,
-                    n_heads: heads,
-                    n_kv_heads: kv_heads,
-                    head_dim: hd,
-                    scale: 1.0 / (hd as f32).sqrt(),
-                };
-                check_attention(&b, p, seed);
-            }
-        }
-        let k = b.compiled_kernels();
-        for e in ["attn_split[", "attn_merge[", "attn_prefill["] {
-            assert!(k.iter().any(|l| l.starts_with(e)), "{e} never ran");
-        }
-        for v in ["VEC4=1", "VEC4=0"] {
-            assert!(
-                k.iter()
-                    .any(|l| l.starts_with("attn_split[") && l.contains(v)),
-                "attn_split with {v} never ran: {k:?}"
-            );
-        }
-    }
-}
-
-#[test]
-fn elementwise_kv_store_copy() {
-    let mut rng = StdRng::seed_from_u64(7);
-    let b = backend(false, false);
-    let len = 1000;
-    let (gv, uv) = (rand_vec(&mut rng, len), rand_vec(&mut rng, len));
-    let want = reference::silu_mul(&gv, &uv);
-    // exp and one division in f32: 1e-6 on O(1) values.
-    let (g, u, o) = (
-        b.upload(&gv).unwrap(),
-        b.upload(&uv).unwrap(),
-        b.alloc(len).unwrap(),
-    );
-    b.silu_mul(g, u, o, len).unwrap();
-    assert!(max_abs(&b.read(o, 0, len).unwrap(), &want) < 1e-6);
-    b.silu_mul(g, u, g, len).unwrap();
-    assert!(max_abs(&b.read(g, 0, len).unwrap(), &want) < 1e-6);
-    b.write(g, 0, &gv).unwrap();
-    b.silu_mul(g, u, u, len).unwrap();
-    assert!(max_abs(&b.read(u, 0, len).unwrap(), &want) < 1e-6);
-    b.silu_mul(g, g, g, len).unwrap();
-    let gg = reference::silu_mul(&gv, &gv);
-    assert!(max_abs(&b.read(g, 0, len).unwrap(), &gg) < 1e-6);
-
-    // swiglu over 3 rows of a fused gate|up (width not a multiple of the workgroup).
-    let (rows, width) = (3, 333);
-    let gu = rand_vec(&mut rng, rows * 2 * width);
-    let (gates, ups): (Vec<f32>, Vec<f32>) = (
-        gu.chunks_exact(2 * width)
-            .flat_map(|r| r[..width].to_vec())
-            .collect(),
-        gu.chunks_exact(2 * width)
-            .flat_map(|r| r[width..].to_vec())
-            .collect(),
-    );
-    let (gub, o) = (b.upload(&gu).unwrap(), b.alloc(rows * width).unwrap());
-    b.swiglu(gub, o, rows, width).unwrap();
-    let want = reference::silu_mul(&gates, &ups);
-    assert!(max_abs(&b.read(o, 0, rows * width).unwrap(), &want) < 1e-6);
-    assert!(b.swiglu(gub, gub, rows, width).is_err());
-
-    // add, including dst == src; sums of two f32 are exact up to rounding.
-    let (av, bv) = (rand_vec(&mut rng, len), rand_vec(&mut rng, len));
-    let (a, c) = (b.upload(&av).unwrap(), b.upload(&bv).unwrap());
-    b.add(a, c, 777).unwrap();
-    let got = b.read(a, 0, len).unwrap();
-    for i in 0..len {
-        let want = if i < 777 { av[i] + bv[i] } else { av[i] };
-        assert_eq!(got[i], want);
-    }
-    b.add(c, c, len).unwrap();
-    assert_eq!(
-        b.read(c, 0, len).unwrap(),
-        bv.iter().map(|v| v + v).collect::<Vec<_>>()
-    );
-
-    // kv_store rows 5..8 of a 10-row cache; copy within and across buffers.
-    let row = 12;
-    let src: Vec<f32> = (0..3 * row).map(|i| i as f32).collect();
-    let (s, cache) = (b.upload(&src).unwrap(), b.alloc(10 * row).unwrap());
-    b.kv_store(s, cache, 5, 3, row).unwrap();
-    let got = b.read(cache, 0, 10 * row).unwrap();
-    assert!(got[..5 * row].iter().all(|v| *v == 0.0));
-    assert_eq!(&got[5 * row..8 * row], &src[..]);
-    let e = b.kv_store(s, cache, 8, 3, row).unwrap_err();
-    assert_eq!(e.code, ErrorCode::ContextOverflow);
-    b.copy(s, 2, s, 5, 10).unwrap();
-    let mut want = src.clone();
-    want.copy_within(2..12, 5);
-    assert_eq!(b.read(s, 0, src.len()).unwrap(), want);
-    b.copy(s, 0, cache, 1, 4).unwrap();
-    assert_eq!(b.read(cache, 1, 4).unwrap(), &want[..4]);
-}
-
 /// A tiny decode-like step (embed, norm, residual, norm, output matmul) on `b`: the logits,
 /// the submissions made while recording, and the submissions in all.
 fn tiny_step(b: &WgpuBackend) -> (Vec<f32>, u64, u64) {
@@ -1038,9 +850,9 @@ fn tiny_step(b: &WgpuBackend) -> (Vec<f32>, u64, u64) {
         .unwrap();
     let wn = b.upload(&vec![1.0; dim]).unwrap();
     let (x, h, logits) = (
-        b.alloc(dim).unwrap(),
-        b.alloc(dim).unwrap(),
-        b.alloc(vocab).unwrap(),
+        b.alloc_f32(dim).unwrap(),
+        b.alloc_f32(dim).unwrap(),
+        b.alloc_f32(vocab).unwrap(),
     );
     let before = b.submits();
     b.embed(table, &[5], x).unwrap();
@@ -1049,7 +861,7 @@ fn tiny_step(b: &WgpuBackend) -> (Vec<f32>, u64, u64) {
     b.rms_norm(x, wn, h, 1, dim, 1e-5).unwrap();
     b.matmul(table, h, logits, 1).unwrap();
     let recording = b.submits() - before;
-    let l = b.read(logits, 0, vocab).unwrap();
+    let l = b.read_now(logits, 0, vocab).unwrap();
     (l, recording, b.submits() - before)
 }
 
@@ -1064,13 +876,13 @@ fn a_step_is_one_submission() {
 #[test]
 fn errors_are_typed() {
     let b = backend(false, false);
-    let e = b.alloc(usize::MAX / 8).unwrap_err();
+    let e = b.alloc_f32(usize::MAX / 8).unwrap_err();
     assert_eq!(e.code, ErrorCode::OutOfMemory);
     assert!(e.message.contains("bytes"), "{e}");
-    let x = b.alloc(4).unwrap();
-    assert_eq!(b.read(x, 2, 4).unwrap_err().code, ErrorCode::InvalidConfig);
+    let x = b.alloc_f32(4).unwrap();
+    assert_eq!(b.read_now(x, 2, 4).unwrap_err().code, ErrorCode::InvalidConfig);
     b.free(x);
-    assert_eq!(b.read(x, 0, 1).unwrap_err().code, ErrorCode::InvalidConfig);
+    assert_eq!(b.read_now(x, 0, 1).unwrap_err().code, ErrorCode::InvalidConfig);
     let e = b
         .upload_weight(WeightMatrix::F32 {
             rows: 2,
@@ -1111,7 +923,7 @@ fn profiling_counts_kernels_when_supported() {
     let x = b.upload(&[1.0; 300]).unwrap();
     b.add(x, x, 300).unwrap();
     b.add(x, x, 300).unwrap();
-    assert_eq!(b.read(x, 0, 1).unwrap(), vec![4.0]);
+    assert_eq!(b.read_now(x, 0, 1).unwrap(), vec![4.0]);
     let t = b.kernel_timings().expect("profiling on");
     // The two adds, and the one gap between them (barrier and launch).
     assert_eq!(t.len(), 2, "{t:?}");
@@ -1172,8 +984,11 @@ fn ffn_swiglu_epilogue() {
             let w_d = b.upload_weight(WeightMatrix::Quantized(qd)).unwrap();
             let run = |fused: bool| {
                 let (x, g) = (b.upload(&xv).unwrap(), b.upload(&gv).unwrap());
-                let normed = b.alloc(dim).unwrap();
-                let (gate_up, hidden) = (b.alloc(2 * width).unwrap(), b.alloc(width).unwrap());
+                let normed = b.alloc_scratch(dim).unwrap();
+                let (gate_up, hidden) = (
+                    b.alloc_scratch(2 * width).unwrap(),
+                    b.alloc_scratch(width).unwrap(),
+                );
                 let norm = RmsNorm {
                     weight: g,
                     dim,
@@ -1188,7 +1003,7 @@ fn ffn_swiglu_epilogue() {
                     b.swiglu_matmul_add(gate_up, hidden, w_d, x, 1, width)
                         .unwrap();
                 }
-                b.read(x, 0, dim).unwrap()
+                b.read_now(x, 0, dim).unwrap()
             };
             let (fused, unfused) = (run(true), run(false));
             // Both quantize the normed row and the SwiGLU output to 8 bits.
@@ -1208,10 +1023,10 @@ fn ffn_swiglu_epilogue() {
     }
 }
 
-/// Residual adds that prepare the next RMSNorm's input (`Backend::expect_norm`: the down
+/// Residual adds that prepare the next RMSNorm's input (the fusion pass's hint: the down
 /// matvec's epilogue writes g · x as 8-bit words and partial sums of x², and the next gate|up,
-/// q|k|v and head matvecs scale by 1 / rms(x)) against the same chain without the hints, for
-/// 8-, 4-, 3- and 2-bit weights on every kernel path; and a write or an add to x between the
+/// q|k|v and head matvecs scale by 1 / rms(x)) against the same chain run list by list, for
+/// 8-, 4-, 3- and 2-bit weights on every kernel path; and a copy or an add to x between the
 /// residual add and the norm, which must leave the prepared input unused.
 #[test]
 fn residual_add_prepares_next_norm() {
@@ -1259,39 +1074,55 @@ fn residual_add_prepares_next_norm() {
                 eps: 1e-5,
             });
             let [na, nb, nc, nd] = [&norms[0], &norms[1], &norms[2], &norms[3]];
-            // hints: announce each norm; between: 1 overwrites x after the first residual add,
+            // hints: one op list; between: 1 overwrites x after the first residual add,
             // 2 adds to it there.
             let run = |hints: bool, between: u8| {
                 let x = b.upload(&xv).unwrap();
                 let other = b.upload(&overwrite).unwrap();
-                let [normed, hidden] = [dim, width].map(|n| b.alloc(n).unwrap());
-                let [gate_up, qkv, q] = [2 * width, rows, p.q_dim()].map(|n| b.alloc(n).unwrap());
+                let [normed, hidden, gate_up, qkv] =
+                    [dim, width, 2 * width, rows].map(|n| b.alloc_scratch(n).unwrap());
+                let q = b.alloc_f32(p.q_dim()).unwrap();
                 let cache = (p.pos0 + 1) * p.kv_dim();
-                let [kc, vc] = [0; 2].map(|_| b.alloc(cache).unwrap());
-                let logits = b.alloc(vocab).unwrap();
-                let hint = |n: &RmsNorm, w| {
-                    if hints {
-                        b.expect_norm(x, n, w).unwrap();
-                    }
-                };
+                let [kc, vc] = [0; 2].map(|_| b.alloc_f32(cache).unwrap());
+                let logits = b.alloc_f32(vocab).unwrap();
+                // With hints, the whole chain is one op list (the fusion pass finds each
+                // residual add's next norm); without, each block is its own list.
+                let mut lists: Vec<Vec<Op>> = Vec::new();
                 let ffn = |n: &RmsNorm, gu, d| {
-                    b.ffn_swiglu(x, n, normed, gu, gate_up, hidden, d, 1, width)
-                        .unwrap();
+                    calls::ffn_ops(x, n, normed, gu, gate_up, hidden, d, 1, width)
                 };
-                hint(nb, gu_b);
-                ffn(na, gu_a, d_a);
+                lists.push(ffn(na, gu_a, d_a));
                 match between {
-                    1 => b.write(x, 0, &overwrite).unwrap(),
-                    2 => b.add(x, other, dim).unwrap(),
+                    1 => lists.push(vec![Op::Copy {
+                        src: other,
+                        src_offset: 0,
+                        dst: x,
+                        dst_offset: 0,
+                        len: dim,
+                    }]),
+                    2 => lists.push(vec![Op::Add {
+                        dst: x,
+                        src: other,
+                        len: dim,
+                    }]),
                     _ => {}
                 }
-                hint(nc, qkv_w);
-                ffn(nb, gu_b, d_b);
-                b.rms_norm_qkv_rope(x, nc, normed, qkv_w, qkv, q, kc, vc, &p)
-                    .unwrap();
-                hint(nd, head);
-                ffn(na, gu_a, d_a);
-                b.rms_norm_matmul(x, nd, normed, head, logits, 1).unwrap();
+                lists.push(ffn(nb, gu_b, d_b));
+                let mut qkv_list = vec![calls::norm_op(x, nc, normed, 1)];
+                qkv_list.extend(calls::qkv_rope_ops(qkv_w, normed, qkv, q, kc, vc, &p));
+                lists.push(qkv_list);
+                lists.push(ffn(na, gu_a, d_a));
+                lists.push(vec![
+                    calls::norm_op(x, nd, normed, 1),
+                    calls::linear_op(head, normed, logits, 1, false),
+                ]);
+                if hints {
+                    b.run(&lists.concat()).unwrap();
+                } else {
+                    for ops in &lists {
+                        b.run(ops).unwrap();
+                    }
+                }
                 let out = [
                     (x, dim),
                     (q, p.q_dim()),
@@ -1299,7 +1130,7 @@ fn residual_add_prepares_next_norm() {
                     (vc, cache),
                     (logits, vocab),
                 ]
-                .map(|(buf, len)| b.read(buf, 0, len).unwrap());
+                .map(|(buf, len)| b.read_now(buf, 0, len).unwrap());
                 for buf in [x, other, normed, hidden, gate_up, qkv, q, kc, vc, logits] {
                     b.free(buf);
                 }
@@ -1380,14 +1211,21 @@ fn prepared_norm_feeds_a_split_head() {
     let run = |hint: bool| {
         let x = b.upload(&xv).unwrap();
         let [normed, hidden, gate_up, logits] =
-            [dim, width, 2 * width, vocab].map(|n| b.alloc(n).unwrap());
+            [dim, width, 2 * width, vocab].map(|n| b.alloc_scratch(n).unwrap());
+        let mut ops = calls::ffn_ops(x, &na, normed, gu, gate_up, hidden, down, 1, width);
+        let head_ops = [
+            calls::norm_op(x, &nb, normed, 1),
+            calls::linear_op(head, normed, logits, 1, false),
+        ];
+        // One list: the fusion pass prepares the head's norm in the down matvec's epilogue.
         if hint {
-            b.expect_norm(x, &nb, head).unwrap();
+            ops.extend(head_ops);
+            b.run(&ops).unwrap();
+        } else {
+            b.run(&ops).unwrap();
+            b.run(&head_ops).unwrap();
         }
-        b.ffn_swiglu(x, &na, normed, gu, gate_up, hidden, down, 1, width)
-            .unwrap();
-        b.rms_norm_matmul(x, &nb, normed, head, logits, 1).unwrap();
-        let out = b.read(logits, 0, vocab).unwrap();
+        let out = b.read_now(logits, 0, vocab).unwrap();
         for buf in [x, normed, hidden, gate_up, logits] {
             b.free(buf);
         }
