@@ -1,5 +1,6 @@
-//! CTranslate2 `model.bin` reader: every dtype and binary version on files written here with
-//! ctranslate2's layout, malformed files (every prefix, seeded corruption, hand-made bad
+//! CTranslate2 `model.bin` reader: files written by ctranslate2 itself (int8, int16, float16
+//! quantization of known weights; `fixtures/make_ct2_fixtures.py`), every dtype and binary
+//! version on files written here with its layout, malformed files (every prefix, seeded corruption, hand-made bad
 //! headers) giving clean errors, and the real Whisper tiny.en model.
 
 #[path = "support/model_writers.rs"]
@@ -385,5 +386,70 @@ fn whisper_tiny_en_truncated() {
         let e = Ct2Model::from_bytes(full[..len].to_vec()).unwrap_err();
         assert_eq!(e.code, ErrorCode::ModelLoadingFailed, "prefix {len}: {e}");
         assert!(e.message.contains("truncated"), "prefix {len}: {e}");
+    }
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The float32 weight [4, 8] and bias [4] that `make_ct2_fixtures.py` gave ctranslate2.
+fn original_weights() -> (Vec<f32>, Vec<f32>) {
+    let raw = std::fs::read(fixture("ct2_weights.f32")).unwrap();
+    let v: Vec<f32> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    (v[..32].to_vec(), v[32..].to_vec())
+}
+
+#[test]
+fn files_written_by_ctranslate2() {
+    let (weight, bias) = original_weights();
+    for (file, dtype) in [
+        ("ct2_int8.bin", Ct2Dtype::I8),
+        ("ct2_int16.bin", Ct2Dtype::I16),
+        ("ct2_float16.bin", Ct2Dtype::F16),
+    ] {
+        let m = Ct2Model::open(&fixture(file)).unwrap();
+        assert_eq!(
+            (m.spec(), m.spec_revision(), m.binary_version()),
+            ("TinySpec", 2, 6)
+        );
+        assert_eq!(m.architecture(), "tiny");
+        let w = m.variable("proj/weight").unwrap();
+        assert_eq!((w.dtype, w.shape.clone()), (dtype, vec![4, 8]), "{file}");
+        assert_eq!(m.variable_f32("heads").unwrap(), [6.0], "{file}");
+        // The writer aliases the identical layer, scale included.
+        assert_eq!(
+            m.variable_f32("tied/weight").unwrap(),
+            m.variable_f32("proj/weight").unwrap()
+        );
+        let got = m.variable_f32("proj/weight").unwrap();
+        // Rows span 0.01 .. 10: each value within half a quantization step of the original.
+        for (r, (want_row, got_row)) in weight.chunks(8).zip(got.chunks(8)).enumerate() {
+            let amax = want_row.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let step = match dtype {
+                Ct2Dtype::I8 => amax / 127.0, // per-row scale 127 / amax
+                Ct2Dtype::I16 => weight.iter().fold(0f32, |a, v| a.max(v.abs())) / 1024.0,
+                _ => amax / 1024.0, // f16: 11 significant bits
+            };
+            for (want, got) in want_row.iter().zip(got_row) {
+                assert!(
+                    (want - got).abs() <= step * 0.5 + 1e-7,
+                    "{file} row {r}: {got} for {want} (step {step})"
+                );
+            }
+        }
+        // Biases stay float (f16 only in the float16 file).
+        let b = m.variable_f32("proj/bias").unwrap();
+        for (want, got) in bias.iter().zip(&b) {
+            assert!(
+                (want - got).abs() <= want.abs() / 1024.0,
+                "{file}: {got} vs {want}"
+            );
+        }
     }
 }
