@@ -1,7 +1,7 @@
 //! CTranslate2 `model.bin` reader: files written by ctranslate2 itself (int8, int16, float16
 //! quantization of known weights; `fixtures/make_ct2_fixtures.py`), every dtype and binary
-//! version on files written here with its layout, malformed files (every prefix, seeded corruption, hand-made bad
-//! headers) giving clean errors, and the real Whisper tiny.en model.
+//! version on files written here with its layout, malformed files (every prefix, seeded
+//! corruption, hand-made bad headers) giving clean errors, and the real Whisper tiny.en model.
 
 #[path = "support/model_writers.rs"]
 mod model_writers;
