@@ -346,9 +346,9 @@ pub trait TextModel: MaybeSend + MaybeSync {
     /// `caches[i].pos` of its own cache. Returns one row of logits per sequence. Adapters
     /// override it to share every weight read across the batch (continuous batching); this
     /// default runs the sequences one after another.
-    fn forward_batch<'a, 'c>(
+    fn forward_batch<'a>(
         &'a self,
-        caches: &'a mut [&'c mut KvCache],
+        caches: &'a mut [&mut KvCache],
         tokens: &'a [u32],
     ) -> LocalBoxFuture<'a, Result<Vec<Vec<f32>>>> {
         Box::pin(async move {

@@ -32,7 +32,9 @@ pub use adapter::{
 };
 pub use backend::{Backend, BackendInfo, BufferId, DType, KernelTiming, WeightId, WeightMatrix};
 pub use error::{Error, ErrorCode, Result};
-pub use future::{block_on, LocalBoxFuture, ReadFuture};
+#[cfg(not(target_arch = "wasm32"))]
+pub use future::block_on;
+pub use future::{LocalBoxFuture, ReadFuture};
 pub use kv::{KvCache, KvLayout, KvView};
 pub use ops::Op;
 pub use profile::BrowserProfile;

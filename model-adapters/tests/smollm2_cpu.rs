@@ -11,7 +11,7 @@ use lowbit_core::{
 use lowbit_cpu::CpuBackend;
 use lowbit_models::LlamaAdapter;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// `The capital of France is` as SmolLM2's tokenizer encodes it (no BOS: the model's
 /// `add_bos_token` is false).
@@ -53,20 +53,28 @@ fn load(method: &str, scheme: Scheme) -> Box<dyn TextModel> {
 fn greedy(model: &dyn TextModel, n: usize) -> Vec<u32> {
     let mut cache = model.new_cache(64).expect("cache");
     let logits = block_on(model.forward(&mut cache, &PROMPT, Logits::Last)).expect("prefill");
-    let mut out = vec![argmax(&logits)];
+    let first = argmax(&logits);
+    let mut out = vec![first];
     let mut push = |t| {
         out.push(t);
         true
     };
-    block_on(model.decode_greedy(&mut cache, out[0], n - 1, &mut push)).expect("decode");
+    block_on(model.decode_greedy(&mut cache, first, n - 1, &mut push)).expect("decode");
     assert_eq!(cache.pos, PROMPT.len() + n - 1);
     out
 }
 
+/// The fp32 model, loaded once for every test of this file.
+fn fp32() -> &'static dyn TextModel {
+    static MODEL: OnceLock<Box<dyn TextModel>> = OnceLock::new();
+    MODEL
+        .get_or_init(|| load("fp32", Scheme::Symmetric))
+        .as_ref()
+}
+
 #[test]
 fn greedy_tokens_match_the_binary_before_the_port() {
-    let fp32 = load("fp32", Scheme::Symmetric);
-    assert_eq!(greedy(fp32.as_ref(), 24), GREEDY_FP32, "fp32");
+    assert_eq!(greedy(fp32(), 24), GREEDY_FP32, "fp32");
     let int4 = load("int4", Scheme::Asymmetric);
     assert_eq!(greedy(int4.as_ref(), 24), GREEDY_INT4, "int4");
 }
@@ -87,8 +95,7 @@ fn prefill(model: &dyn TextModel, tokens: &[u32]) -> (KvCache, Vec<f32>) {
 
 #[test]
 fn forward_paths_agree() {
-    let model = load("fp32", Scheme::Symmetric);
-    let m = model.as_ref();
+    let m = fp32();
     let vocab = m.config().vocab_size;
     let (_, last) = prefill(m, &PROMPT);
     assert_eq!(last.len(), vocab);
@@ -98,6 +105,7 @@ fn forward_paths_agree() {
     let all = block_on(m.forward(&mut cache, &PROMPT, Logits::All)).expect("all rows");
     assert_eq!(all.len(), PROMPT.len() * vocab);
     let d = max_abs_diff(&all[(PROMPT.len() - 1) * vocab..], &last);
+    println!("all rows vs last row: max |diff| {d:.2e}");
     assert!(d < 1e-3, "all-rows last row differs by {d}");
 
     // Prefill in two chunks, as the engine feeds long prompts.
@@ -106,6 +114,7 @@ fn forward_paths_agree() {
     let chunked = block_on(m.forward(&mut cache, &PROMPT[2..], Logits::Last)).expect("chunk 2");
     assert_eq!(cache.pos, PROMPT.len());
     let d = max_abs_diff(&chunked, &last);
+    println!("chunked prefill vs one call: max |diff| {d:.2e}");
     assert!(d < 1e-3, "chunked prefill differs by {d}");
 
     // Batched decoding of two sequences at different positions equals decoding each alone.
@@ -119,6 +128,7 @@ fn forward_paths_agree() {
         let (mut c, _) = prefill(m, prompt);
         let alone = block_on(m.forward(&mut c, &next[i..=i], Logits::Last)).expect("alone");
         let d = max_abs_diff(&batch[i], &alone);
+        println!("sequence {i}: batched vs alone: max |diff| {d:.2e}");
         assert!(d < 1e-2, "sequence {i}: batched logits differ by {d}");
         assert_eq!(argmax(&batch[i]), argmax(&alone));
     }
@@ -126,11 +136,12 @@ fn forward_paths_agree() {
 
 #[test]
 fn token_ids_outside_the_vocabulary_are_refused() {
-    let model = load("fp32", Scheme::Symmetric);
-    let m = model.as_ref();
+    let m = fp32();
     let bad = m.config().vocab_size as u32;
     let mut cache = m.new_cache(8).expect("cache");
-    let code = |r: lowbit_core::Result<_>| r.err().map(|e: lowbit_core::Error| e.code);
+    fn code<T>(r: lowbit_core::Result<T>) -> Option<ErrorCode> {
+        r.err().map(|e| e.code)
+    }
     assert_eq!(
         code(block_on(m.forward(&mut cache, &[1, bad], Logits::Last))),
         Some(ErrorCode::InvalidConfig)
@@ -147,4 +158,32 @@ fn token_ids_outside_the_vocabulary_are_refused() {
         Some(ErrorCode::InvalidConfig)
     );
     assert_eq!(cache.pos, 0, "a refused call feeds nothing");
+}
+
+#[test]
+fn greedy_decoding_stops_where_asked_and_at_the_cache_end() {
+    let m = fp32();
+    // `on_token` refusing the third token: three tokens selected, two of them fed.
+    let (mut cache, logits) = prefill(m, &PROMPT);
+    let first = argmax(&logits);
+    let mut got = Vec::new();
+    let mut take_three = |t| {
+        got.push(t);
+        got.len() < 3
+    };
+    block_on(m.decode_greedy(&mut cache, first, 10, &mut take_three)).expect("decode");
+    assert_eq!(got, GREEDY_FP32[1..4]);
+    assert_eq!(cache.pos, PROMPT.len() + 3);
+    // A cache with room for two more tokens: both are selected, then CONTEXT_OVERFLOW.
+    let mut cache = m.new_cache(PROMPT.len() + 2).expect("cache");
+    block_on(m.forward(&mut cache, &PROMPT, Logits::Last)).expect("prefill");
+    let mut got = Vec::new();
+    let mut all = |t| {
+        got.push(t);
+        true
+    };
+    let err = block_on(m.decode_greedy(&mut cache, first, 10, &mut all)).expect_err("overflow");
+    assert_eq!(err.code, ErrorCode::ContextOverflow);
+    assert_eq!(got, GREEDY_FP32[1..3]);
+    assert_eq!(cache.pos, PROMPT.len() + 2);
 }

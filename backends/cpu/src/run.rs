@@ -4,7 +4,7 @@
 use crate::backend::{ensure, span, CpuBackend};
 use crate::kernels::scalar;
 use crate::ops::attention::Geometry;
-use crate::ops::norm::Affine;
+use crate::ops::norm::NormParams;
 use crate::{matmul, ops};
 use half::f16;
 use lowbit_core::backend::{BufferId, WeightId, WeightMatrix};
@@ -299,12 +299,15 @@ impl CpuBackend {
         let inputs: Vec<BufferId> = [x, weight].into_iter().chain(bias).collect();
         self.buffers.with(&inputs, out, |ins, o| {
             ensure(OP, "output buffer", o.len(), need)?;
-            let affine = Affine {
+            let params = NormParams {
+                kind,
                 weight: &ins[1][..dim],
                 bias: ins.get(2).map(|b| &b[..dim]),
+                dim,
+                eps,
             };
             let (x, o) = (&ins[0][..need], &mut o[..need]);
-            ops::norm::norm(&self.pool, self.isa, kind, x, &affine, o, dim, eps);
+            ops::norm::norm(&self.pool, self.isa, x, &params, o);
             Ok(())
         })
     }
@@ -351,7 +354,7 @@ impl CpuBackend {
 
     fn kv_write(&self, k: &Cols, v: &Cols, kv: &KvView, pos0: usize, n: usize) -> Result<()> {
         const OP: &str = "kv_write";
-        let row = kv.layout.row_len();
+        let row = span(OP, &[kv.layout.n_kv_heads, kv.layout.head_dim])?;
         let end_row = pos0.saturating_add(n);
         require(OP, end_row <= kv.layout.rows, || {
             format!(

@@ -68,7 +68,7 @@ impl WgpuBackend {
             rec: Recorder::new(&dev),
             rope: Vec::new(),
             scratch: [None, None],
-            internal: [None; 3],
+            internal: [None; 4],
             norm_hint: None,
             norm_ready: None,
             plans: HashMap::new(),

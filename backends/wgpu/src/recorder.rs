@@ -90,6 +90,8 @@ pub(crate) struct Recorder {
 pub(crate) struct InFlight {
     buffer: wgpu::Buffer,
     bytes: u64,
+    /// Waited on natively; a browser's map callback fires after it on its own.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     submission: wgpu::SubmissionIndex,
     mapped: MapSignal,
 }

@@ -33,10 +33,15 @@ fn run(b: &WgpuBackend, ops: &[Op], fused: bool) {
 /// Prefill of 5 tokens then 3 decode steps, fused or op by op: the logits of each step, the
 /// last step's KV cache of layer 0, and the dispatches of the last decode step.
 fn steps(opts: &WgpuOptions, shape: LlamaShape, fused: bool) -> (Vec<Vec<f32>>, Vec<f32>, u64) {
-    let b = WgpuBackend::new(opts).expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
+    let b =
+        WgpuBackend::new(opts).expect("a software WebGPU adapter (install mesa-vulkan-drivers)");
     let m = Llama::new(&b, shape, 7);
     let mut out = Vec::new();
-    run(&b, &m.step(TokenIds::Host(vec![3, 1, 4, 1, 5]), 0, None), fused);
+    run(
+        &b,
+        &m.step(TokenIds::Host(vec![3, 1, 4, 1, 5]), 0, None),
+        fused,
+    );
     out.push(b.read_now(m.logits, 4 * m.vocab, m.vocab).unwrap());
     let mut dispatches = 0;
     for (k, t) in [9u32, 2, 6].iter().enumerate() {
@@ -57,7 +62,12 @@ fn check_equal(opts: &WgpuOptions, shape: LlamaShape, what: &str) {
         // Fused decode steps quantize activations to 8 bits where the single ops keep f32:
         // differences well under a percent of the largest logit.
         let top = s.iter().fold(1.0f32, |m, v| m.max(v.abs()));
-        let e = f.iter().zip(s).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max) / top;
+        let e = f
+            .iter()
+            .zip(s)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+            / top;
         assert!(e < 2e-2, "{what}: step {i} logits off by {e}");
         assert!(f.iter().all(|v| v.is_finite()), "{what}: step {i}");
     }
@@ -78,7 +88,7 @@ fn check_equal(opts: &WgpuOptions, shape: LlamaShape, what: &str) {
 
 /// Wide 8-bit decode matvecs: rows of 2048 values.
 const WIDE: LlamaShape = LlamaShape {
-    layers: 2,
+    layers: 1,
     dim: 2048,
     heads: 16,
     kv_heads: 4,
@@ -102,11 +112,14 @@ fn fused_steps_equal_single_ops_on_the_wide_path() {
     b.run(&m.step(TokenIds::Host(vec![1]), 0, None)).unwrap();
     b.read_now(m.logits, 0, 1).unwrap();
     let k = b.compiled_kernels();
+    // q|k|v with RoPE on the norm's 8-bit blocks; attention's blocks into o, whose add
+    // prepares the next norm; gate|up with SwiGLU on it; down preparing the head's norm.
     for defines in [
-        ["ROPE=1", "RMS_IN=1"],
-        ["SWIGLU=1", "RMS_IN=1"],
-        ["NORM_OUT=1", "ACCUMULATE=1"],
-        ["XQ8=1", "ACCUMULATE=1"],
+        ["ROPE=1", "XQ8=1", "WORD_SCALES=0"],
+        ["NORM_OUT=1", "ACCUMULATE=1", "WORD_SCALES=0"],
+        ["SWIGLU=1", "RMS_IN=1", "ACCUMULATE=0"],
+        ["NORM_OUT=1", "ACCUMULATE=1", "WORD_SCALES=1"],
+        ["RMS_IN=1", "SWIGLU=0", "ACCUMULATE=0"],
     ] {
         assert!(
             k.iter()
@@ -176,7 +189,8 @@ fn the_decode_layer_takes_the_fused_groups() {
     // Positions do not change the plan; a buffer that is not scratch, or a value read later,
     // keeps the ops apart.
     assert_eq!(
-        b.fusion_plan(&m.step(TokenIds::Host(vec![2]), 9, Some(0))).groups,
+        b.fusion_plan(&m.step(TokenIds::Host(vec![2]), 9, Some(0)))
+            .groups,
         want
     );
     let mut read_later = ops.clone();

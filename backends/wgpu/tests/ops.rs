@@ -280,7 +280,8 @@ fn wide_matvec_every_format() {
                             eps: 1e-5,
                         };
                         b.rms_norm_matmul(x, &norm, scratch, id, out, 1).unwrap();
-                        let err = max_rel(&b.read_now(out, 0, rows).unwrap(), &want_n, &mag_n, 1e-3);
+                        let err =
+                            max_rel(&b.read_now(out, 0, rows).unwrap(), &want_n, &mag_n, 1e-3);
                         assert!(
                             err < matmul_tol(b),
                             "norm + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
@@ -299,7 +300,8 @@ fn wide_matvec_every_format() {
                         let gu = b.upload(&guv).unwrap();
                         b.write(out, 0, &o0).unwrap();
                         b.swiglu_matmul_add(gu, scratch, id, out, 1, cols).unwrap();
-                        let err = max_rel(&b.read_now(out, 0, rows).unwrap(), &want_s, &mag_s, 1e-3);
+                        let err =
+                            max_rel(&b.read_now(out, 0, rows).unwrap(), &want_s, &mag_s, 1e-3);
                         assert!(
                             err < matmul_tol(b),
                             "swiglu + {bits}-bit g{group} {scheme:?} {:?}: relative error {err}",
@@ -439,59 +441,6 @@ fn weights_split_into_row_pieces() {
             "token {t}"
         );
     }
-}
-
-#[test]
-fn embed_every_format() {
-    let mut rng = StdRng::seed_from_u64(4);
-    let (rows, cols) = (50, 96);
-    let w = rand_vec(&mut rng, rows * cols);
-    let tokens = [3u32, 49, 0, 3, 27];
-    let b = backend(false, false);
-    let mut cases: Vec<(WeightMatrix, Vec<f32>)> = vec![(
-        WeightMatrix::F32 {
-            rows,
-            cols,
-            data: w.clone(),
-        },
-        w.clone(),
-    )];
-    let w16: Vec<half::f16> = w.iter().map(|v| half::f16::from_f32(*v)).collect();
-    cases.push((
-        WeightMatrix::F16 {
-            rows,
-            cols,
-            data: w16.clone(),
-        },
-        w16.iter().map(|v| v.to_f32()).collect(),
-    ));
-    for bits in [8u8, 4, 3, 2] {
-        for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
-            let q = quantize(&w, rows, cols, QuantSpec::new(bits, 64, scheme).unwrap()).unwrap();
-            let d = q.dequantize();
-            cases.push((WeightMatrix::Quantized(q), d));
-        }
-    }
-    for (m, dense) in cases {
-        let id = b.upload_weight(m).unwrap();
-        let out = b.alloc_f32(tokens.len() * cols).unwrap();
-        b.embed(id, &tokens, out).unwrap();
-        let got = b.read_now(out, 0, tokens.len() * cols).unwrap();
-        for (i, &t) in tokens.iter().enumerate() {
-            let want = &dense[t as usize * cols..(t as usize + 1) * cols];
-            assert!(max_abs(&got[i * cols..(i + 1) * cols], want) < 1e-6);
-        }
-    }
-    let id = b
-        .upload_weight(WeightMatrix::F32 {
-            rows,
-            cols,
-            data: w,
-        })
-        .unwrap();
-    let out = b.alloc_f32(cols).unwrap();
-    let e = b.embed(id, &[50], out).unwrap_err();
-    assert_eq!(e.code, ErrorCode::InvalidConfig);
 }
 
 /// `rms_norm_qkv_rope` for one decode token on wide and narrow backends (the q|k|v matvec
@@ -742,7 +691,10 @@ fn argmax_and_indirect_embedding() {
         .unwrap();
     let toks = [7u32, 299, 0];
     let ids = b.upload(&[5.0, 7.0, 299.0, 0.0]).unwrap();
-    let (direct, indirect) = (b.alloc_f32(3 * cols).unwrap(), b.alloc_f32(3 * cols).unwrap());
+    let (direct, indirect) = (
+        b.alloc_f32(3 * cols).unwrap(),
+        b.alloc_f32(3 * cols).unwrap(),
+    );
     b.embed(table, &toks, direct).unwrap();
     b.embed_indirect(table, ids, 1, 3, indirect).unwrap();
     assert_eq!(
@@ -880,14 +832,21 @@ fn errors_are_typed() {
     assert_eq!(e.code, ErrorCode::OutOfMemory);
     assert!(e.message.contains("bytes"), "{e}");
     let x = b.alloc_f32(4).unwrap();
-    assert_eq!(b.read_now(x, 2, 4).unwrap_err().code, ErrorCode::InvalidConfig);
+    assert_eq!(
+        b.read_now(x, 2, 4).unwrap_err().code,
+        ErrorCode::InvalidConfig
+    );
     b.free(x);
-    assert_eq!(b.read_now(x, 0, 1).unwrap_err().code, ErrorCode::InvalidConfig);
+    assert_eq!(
+        b.read_now(x, 0, 1).unwrap_err().code,
+        ErrorCode::InvalidConfig
+    );
+    // Dense matrices of any width upload (padded to whole blocks); an empty one does not.
     let e = b
         .upload_weight(WeightMatrix::F32 {
-            rows: 2,
+            rows: 0,
             cols: 20,
-            data: vec![0.0; 40],
+            data: Vec::new(),
         })
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::UnsupportedModel);
@@ -1375,6 +1334,30 @@ fn coop_prefill_every_format() {
         err < matmul_tol(&b),
         "coop 4-bit n={n}: relative error {err}"
     );
+    // The bias epilogue on the cooperative tiles, accumulating into 0.5.
+    let bias_v = rand_vec(&mut rng, rows);
+    let (x, bias) = (b.upload(&xv).unwrap(), b.upload(&bias_v).unwrap());
+    let out = b.upload(&vec![0.5; n * rows]).unwrap();
+    b.run(&[Op::Linear {
+        w: id,
+        bias: Some(bias),
+        x,
+        out,
+        n,
+        accumulate: true,
+    }])
+    .unwrap();
+    let got: Vec<f32> = block_on(b.read(out, 0, n * rows))
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, v)| v - 0.5 - bias_v[i % rows])
+        .collect();
+    let err = max_rel(&got, &want, &mag, 1e-3);
+    assert!(
+        err < matmul_tol(&b),
+        "coop 4-bit n={n} with bias: relative error {err}"
+    );
     let k = b.compiled_kernels();
     for bits in [8, 4, 3, 2] {
         assert!(
@@ -1382,6 +1365,72 @@ fn coop_prefill_every_format() {
                 && l.contains(&format!(",BITS={bits},"))
                 && l.contains("COOP_TILED=1")),
             "no cooperative-matrix {bits}-bit kernel: {k:?}"
+        );
+    }
+}
+
+/// A linear map's bias (`Linear{bias}`, the `BIAS` epilogue) on the paths the conformance
+/// suite's small matrices never take: the wide decode matvec (2080 columns) and the integer
+/// tiled prefill, storing and accumulating. Both quantize the activations to 8-bit blocks, so
+/// the reference is the dequantized weights times those, plus the bias (and the old output).
+#[test]
+fn linear_bias_on_wide_matvec_and_int_prefill() {
+    let mut rng = StdRng::seed_from_u64(47);
+    let b = WgpuBackend::new(&WgpuOptions {
+        wide_matvec: true,
+        int_prefill: true,
+        ..WgpuOptions::software()
+    })
+    .unwrap();
+    let (rows, cols) = (13usize, 2080usize);
+    let w = rand_vec(&mut rng, rows * cols);
+    let q = quantize(
+        &w,
+        rows,
+        cols,
+        QuantSpec::new(4, 32, Scheme::Symmetric).unwrap(),
+    )
+    .unwrap();
+    let dense = q.dequantize();
+    let id = b.upload_weight(WeightMatrix::Quantized(q)).unwrap();
+    let bias_v: Vec<f32> = rand_vec(&mut rng, rows).iter().map(|v| 4.0 * v).collect();
+    let bias = b.upload(&bias_v).unwrap();
+    for n in [1usize, 5] {
+        for accumulate in [false, true] {
+            let xv = rand_vec(&mut rng, n * cols);
+            let o0 = rand_vec(&mut rng, n * rows);
+            let (mut want, mag) =
+                reference::matmul(&dense, rows, cols, &reference::q8_blocks(&xv), n);
+            for (i, w) in want.iter_mut().enumerate() {
+                *w += bias_v[i % rows] + if accumulate { o0[i] } else { 0.0 };
+            }
+            let (x, out) = (b.upload(&xv).unwrap(), b.upload(&o0).unwrap());
+            b.run(&[Op::Linear {
+                w: id,
+                bias: Some(bias),
+                x,
+                out,
+                n,
+                accumulate,
+            }])
+            .unwrap();
+            let got = block_on(b.read(out, 0, n * rows)).unwrap();
+            let err = max_rel(&got, &want, &mag, 1e-3);
+            assert!(
+                err < matmul_tol(&b),
+                "n={n} accumulate={accumulate} {:?}: relative error {err}",
+                b.paths()
+            );
+            b.free(x);
+            b.free(out);
+        }
+    }
+    let k = b.compiled_kernels();
+    for (entry, path) in [("matvec[", "WIDE=1"), ("matmul_tiled[", "INT_TILED=1")] {
+        assert!(
+            k.iter()
+                .any(|l| l.starts_with(entry) && l.contains(path) && l.contains("BIAS=1")),
+            "no {entry}{path} kernel with a bias: {k:?}"
         );
     }
 }

@@ -4,7 +4,6 @@
 //! each profile's workgroup sizes, and a profile that forbids f16 or subgroups builds no
 //! kernel using them.
 
-#[allow(dead_code)] // rope and silu_mul are not in this subset
 mod calls;
 mod reference;
 

@@ -67,7 +67,10 @@ fn decode_step_recording_time() {
     }
     let last = block_on(pending.take().unwrap()).unwrap();
     assert!((last[0] as usize) < SHAPE.vocab);
-    assert!(submits.iter().all(|&s| s == 1), "submissions per step: {submits:?}");
+    assert!(
+        submits.iter().all(|&s| s == 1),
+        "submissions per step: {submits:?}"
+    );
     assert_eq!(
         creations[4],
         creations[creations.len() - 1],

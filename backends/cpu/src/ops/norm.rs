@@ -4,24 +4,19 @@ use crate::kernels::{self, Isa};
 use crate::pool::{SharedMut, SpinPool};
 use lowbit_core::ops::NormKind;
 
-/// Per-column weights and optional biases of a norm.
-pub(crate) struct Affine<'a> {
+/// What a norm applies to each row: the kind, per-column weights and optional biases.
+pub(crate) struct NormParams<'a> {
+    pub kind: NormKind,
     pub weight: &'a [f32],
     pub bias: Option<&'a [f32]>,
+    pub dim: usize,
+    pub eps: f32,
 }
 
 /// `out = (x − mean) / sqrt(var + eps) · weight (+ bias)` for each row of `dim` in `x`, with
 /// `mean = 0` and `var = mean(x²)` for RMSNorm.
-pub(crate) fn norm(
-    pool: &SpinPool,
-    isa: Isa,
-    kind: NormKind,
-    x: &[f32],
-    a: &Affine<'_>,
-    out: &mut [f32],
-    dim: usize,
-    eps: f32,
-) {
+pub(crate) fn norm(pool: &SpinPool, isa: Isa, x: &[f32], a: &NormParams<'_>, out: &mut [f32]) {
+    let (kind, dim, eps) = (a.kind, a.dim, a.eps);
     let norm_row = |o: &mut [f32], xr: &[f32]| {
         let mean = match kind {
             NormKind::Rms => 0.0,

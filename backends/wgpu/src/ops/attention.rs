@@ -1,5 +1,6 @@
-//! Causal attention over the KV cache: split + merge passes at decode (optionally writing
-//! 8-bit blocks for the output projection), one tiled pass for prefill, the fused
+//! Attention over the KV cache (or encoder states): split + merge passes at decode
+//! (optionally writing 8-bit blocks for the output projection), one tiled pass for prefill,
+//! either causal or, compiled with `MASKED`, over any mask and `kv_len`; the fused
 //! `Attention + Linear(accumulate)`, and the `Attention` op.
 
 use crate::backend::WgpuBackend;
@@ -9,6 +10,7 @@ use crate::ops::not_yet;
 use crate::pipelines::Slot;
 use crate::recorder::{Bind, Dispatch};
 use crate::shader::{Define, KernelKey, ShaderFile};
+use crate::tuning::Tuning;
 use lowbit_core::kv::KvView;
 use lowbit_core::ops::{AttentionShape, Mask};
 use lowbit_core::{BufferId, DType, Error, Result, WeightId};
@@ -16,8 +18,8 @@ use lowbit_core::{BufferId, DType, Error, Result, WeightId};
 /// Largest head dimension the attention kernels hold in registers.
 const MAX_HEAD_DIM: usize = 256;
 
-/// Causal attention of `n_tokens` query rows at positions `pos0 ..` over the first
-/// `pos0 + n_tokens` rows of a KV cache.
+/// Attention of `n_tokens` query rows at positions `pos0 ..` over the first `kv_len` rows of
+/// a KV view, per `mask` (causal over `pos0 + n_tokens` rows: the decoder kernels).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct AttentionParams {
     pub n_tokens: usize,
@@ -26,17 +28,15 @@ pub(crate) struct AttentionParams {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub scale: f32,
+    pub kv_len: usize,
+    pub mask: Mask,
 }
 
 impl AttentionParams {
-    /// The parameters of an `Attention` op the kernels run: causal over `pos0 + n_tokens`
-    /// rows of an f32 view.
+    /// The parameters of an `Attention` op over an f32 view.
     pub(crate) fn of(kv: &KvView, shape: &AttentionShape) -> Result<Self> {
-        if shape.mask != Mask::Causal {
-            return Err(not_yet(&format!("attention with mask {:?}", shape.mask)));
-        }
-        if shape.kv_len != shape.pos0 + shape.n_tokens {
-            return Err(not_yet("attention over kv_len other than pos0 + n_tokens"));
+        if let Mask::Window { window: 0 } = shape.mask {
+            return Err(Error::invalid_config("attention: a window of 0 keys"));
         }
         if kv.layout.dtype != DType::F32 {
             return Err(not_yet(&format!(
@@ -57,7 +57,37 @@ impl AttentionParams {
             n_kv_heads: kv.layout.n_kv_heads,
             head_dim: kv.layout.head_dim,
             scale: shape.scale,
+            kv_len: shape.kv_len,
+            mask: shape.mask,
         })
+    }
+
+    /// Causal attention of `n_tokens` rows at `pos0 ..` over `pos0 + n_tokens` rows.
+    pub(crate) fn causal(&self) -> bool {
+        self.mask == Mask::Causal && self.kv_len == self.pos0 + self.n_tokens
+    }
+
+    /// Key rows the last query row sees up to (every query sees fewer or as many).
+    fn keys_end(&self) -> usize {
+        self.mask
+            .keys(self.pos0, self.n_tokens.saturating_sub(1), self.kv_len)
+            .1
+    }
+
+    /// The `MASKED` kernels' extra parameters: rows any query may see, causal, window.
+    fn mask_params(&self) -> [u32; 3] {
+        let (limit, causal, window) = match self.mask {
+            Mask::Causal => (self.kv_len, true, u32::MAX),
+            Mask::None => (self.kv_len, false, u32::MAX),
+            Mask::Padding { valid } => (valid.min(self.kv_len), false, u32::MAX),
+            Mask::Window { window } => (self.kv_len, true, window.max(1) as u32),
+        };
+        [limit as u32, u32::from(causal), window]
+    }
+
+    /// Splits of the decode kernel.
+    fn n_splits(&self, t: &Tuning) -> u32 {
+        t.n_splits(self.keys_end())
     }
 }
 
@@ -106,7 +136,8 @@ impl WgpuBackend {
         let t = self.tuning;
         let hd = p.head_dim;
         let q_len = p.n_tokens * p.n_heads * hd;
-        let kv_len = (p.pos0 + p.n_tokens) * p.n_kv_heads * hd;
+        let masked = !p.causal();
+        let kv_len = p.keys_end() * p.n_kv_heads * hd;
         let decode = p.n_tokens == 1;
         let wg = t.attn_wg_for(&self.dev.limits);
         if q8.is_some() && (!decode || !hd.is_multiple_of(32) || wg < 8) {
@@ -114,7 +145,7 @@ impl WgpuBackend {
                 "8-bit attention output needs one decode row, whole 32-value blocks per head and 8+ lanes",
             ));
         }
-        let n_splits = t.n_splits(p.pos0 + p.n_tokens);
+        let n_splits = p.n_splits(&t);
         let part_len = if decode {
             p.n_tokens * p.n_heads * n_splits as usize * (hd + 2)
         } else {
@@ -143,11 +174,12 @@ impl WgpuBackend {
             ("SPLIT_LEN", Define::U32(t.split_len)),
             ("Q8_OUT", Define::Bool(q8.is_some())),
             ("ORDER", Define::U32(q8.unwrap_or(0))),
+            ("MASKED", Define::Bool(masked)),
         ]);
         let (q_rows, k_tile) = t.prefill_tiles(hd);
         use Slot::*;
         let slots = [Uniform, Read, Read, Read, ReadWrite, ReadWrite];
-        let params = [
+        let mut params = vec![
             p.n_tokens as u32,
             p.pos0 as u32,
             p.n_heads as u32,
@@ -155,6 +187,9 @@ impl WgpuBackend {
             p.scale.to_bits(),
             n_splits,
         ];
+        if masked {
+            params.extend(p.mask_params());
+        }
         let bindings = [&qb, &kb, &vb, &ob, &part].map(Bind::Buffer);
         let key = |entry| {
             let mut defines = defines.clone();

@@ -1,11 +1,11 @@
-//! Elementwise kernels: residual add, copies (dense, strided, from host data), SwiGLU (f32 or
-//! 8-bit blocks), the fused SwiGLU feed-forward, and the `Add`, `Copy` and `Glu` ops.
+//! Elementwise kernels: residual add, copies (dense, strided, from host data), activations, GLUs
+//! (SwiGLU also as 8-bit blocks), the fused SwiGLU feed-forward, and the `Add`, `Copy`,
+//! `Activation` and `Glu` ops.
 
 use crate::backend::WgpuBackend;
 use crate::buffers::{check_len, distinct, weight, Internal, State};
 use crate::ops::linear::{q8_len, q8_words_len, Epilogue, Input};
 use crate::ops::norm::RmsNorm;
-use crate::ops::not_yet;
 use crate::pipelines::Slot;
 use crate::recorder::{Bind, Dispatch};
 use crate::shader::{Define, KernelKey, ShaderFile};
@@ -22,6 +22,9 @@ pub(crate) struct CopyRows {
     pub width: usize,
     pub src_stride: usize,
     pub dst_stride: usize,
+    /// Write whole destination rows, columns `width .. dst_stride` as zeros (the copy's `len`
+    /// then counts destination values).
+    pub zero_pad: bool,
 }
 
 impl WgpuBackend {
@@ -34,16 +37,64 @@ impl WgpuBackend {
         n: usize,
         width: usize,
     ) -> Result<()> {
-        if act != Activation::Silu {
-            return Err(not_yet(&format!("glu with {}", act.name())));
+        self.glu_into(act, x, out, n, width, None)
+    }
+
+    /// The `Activation` op: `out[i] = act(x[i])` over `len` values (`x` may be `out`).
+    pub(crate) fn activation(
+        &self,
+        act: Activation,
+        x: BufferId,
+        out: BufferId,
+        len: usize,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
         }
-        self.swiglu_into(x, out, n, width, None)
+        let same = x == out;
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        check_len("activation input", st.buf(x)?, len)?;
+        check_len("activation output", st.buf(out)?, len)?;
+        let (ob, xb) = (st.buf(out)?.buffer.clone(), st.buf(x)?.buffer.clone());
+        let mut defines = self.elementwise_defines(wg, "OP_ACTIVATION");
+        defines.push(("ALIAS_SELF", Define::Bool(same)));
+        defines.push(("ACT", Define::U32(act_code(act))));
+        let key = KernelKey {
+            file: ShaderFile::Elementwise,
+            entry: "activation",
+            defines,
+        };
+        use Slot::*;
+        let all = [Bind::Buffer(&ob), Bind::Buffer(&xb)];
+        let (slots, bindings): (&[Slot], &[Bind]) = if same {
+            (&[Uniform, ReadWrite], &all[..1])
+        } else {
+            (&[Uniform, ReadWrite, Read], &all)
+        };
+        let kernel = st.pipelines.get(&self.dev, &key, slots)?;
+        let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[len as u32],
+                bindings,
+                groups: [gx, gy, 1],
+            },
+        )
     }
 
     /// Base defines of `elementwise.wgsl` with exactly the operation `op` (`OP_ADD`, …) on.
     pub(crate) fn elementwise_defines(&self, wg: u32, op: &str) -> Vec<(&'static str, Define)> {
         let mut defines = self.base_defines(wg);
-        for name in ["OP_ADD", "OP_SILU_MUL", "OP_COPY", "OP_SWIGLU"] {
+        for name in [
+            "OP_ADD",
+            "OP_SILU_MUL",
+            "OP_COPY",
+            "OP_SWIGLU",
+            "OP_ACTIVATION",
+        ] {
             defines.push((name, Define::Bool(name == op)));
         }
         defines
@@ -70,6 +121,7 @@ impl WgpuBackend {
         let mut defines = self.elementwise_defines(wg, "OP_COPY");
         defines.push(("SRC_UPLOAD", Define::Bool(upload)));
         defines.push(("STRIDED", Define::Bool(rows.is_some())));
+        defines.push(("ZERO_PAD", Define::Bool(rows.is_some_and(|r| r.zero_pad))));
         let key = KernelKey {
             file: ShaderFile::Elementwise,
             entry: "copy",
@@ -84,6 +136,7 @@ impl WgpuBackend {
             width: 0,
             src_stride: 0,
             dst_stride: 0,
+            zero_pad: false,
         });
         st.rec.dispatch(
             &self.dev,
@@ -103,10 +156,12 @@ impl WgpuBackend {
         )
     }
 
-    /// SwiGLU; with `q8` (`Some(order)`, see [`code_order`]; widths of a multiple of 32) `out` receives 8-bit
-    /// activation blocks for a wide matvec (`q8.wgsl`) instead.
-    pub(crate) fn swiglu_into(
+    /// A GLU with `act` on the gate (SiLU: SwiGLU); with `q8` (`Some(order)`, see
+    /// [`code_order`]; widths of a multiple of 32) `out` receives 8-bit activation blocks for a
+    /// wide matvec (`q8.wgsl`) instead.
+    pub(crate) fn glu_into(
         &self,
+        act: Activation,
         gate_up: BufferId,
         out: BufferId,
         n: usize,
@@ -117,20 +172,16 @@ impl WgpuBackend {
         if len == 0 {
             return Ok(());
         }
-        distinct("swiglu", gate_up, out)?;
+        distinct("glu", gate_up, out)?;
         if q8.is_some() && (!width.is_multiple_of(32) || self.tuning.elementwise_wg < 8) {
             return Err(Error::invalid_config(
-                "8-bit swiglu output needs a width of a multiple of 32 and 8 lanes",
+                "8-bit glu output needs a width of a multiple of 32 and 8 lanes",
             ));
         }
         let wg = self.tuning.elementwise_wg;
         let mut st = self.lock();
-        check_len("swiglu input", st.buf(gate_up)?, 2 * len)?;
-        check_len(
-            "swiglu output",
-            st.buf(out)?,
-            n * q8_len(width, q8.is_some()),
-        )?;
+        check_len("glu input", st.buf(gate_up)?, 2 * len)?;
+        check_len("glu output", st.buf(out)?, n * q8_len(width, q8.is_some()))?;
         let (ob, gb) = (st.buf(out)?.buffer.clone(), st.buf(gate_up)?.buffer.clone());
         let key = KernelKey {
             file: ShaderFile::Elementwise,
@@ -140,6 +191,7 @@ impl WgpuBackend {
                 d.extend([
                     ("Q8_OUT", Define::Bool(q8.is_some())),
                     ("ORDER", Define::U32(q8.unwrap_or(0))),
+                    ("ACT", Define::U32(act_code(act))),
                 ]);
                 d
             },
@@ -236,11 +288,11 @@ impl WgpuBackend {
             Some(order) => {
                 // The blocks go to the backend's own buffer: `scratch` stays unwritten.
                 let blocks = self.internal(Internal::Blocks, n * q8_len(width, true))?;
-                self.swiglu_into(gate_up, blocks, n, width, Some(order))?;
+                self.glu_into(Activation::Silu, gate_up, blocks, n, width, Some(order))?;
                 self.matmul_into(w, blocks, out, n, Epilogue::Add, Input::Q8)
             }
             None => {
-                self.swiglu_into(gate_up, scratch, n, width, None)?;
+                self.glu_into(Activation::Silu, gate_up, scratch, n, width, None)?;
                 self.matmul_into(w, scratch, out, n, Epilogue::Add, Input::F32)
             }
         }
@@ -282,6 +334,37 @@ impl WgpuBackend {
                 groups: [gx, gy, 1],
             },
         )
+    }
+
+    /// `n` rows of `cols` values of `x` widened with zero columns to `stored` values each, in
+    /// the backend's own buffer (returned): the input of a matmul over a padded dense matrix.
+    pub(crate) fn pad_rows(
+        &self,
+        x: BufferId,
+        n: usize,
+        cols: usize,
+        stored: usize,
+    ) -> Result<BufferId> {
+        let padded = self.internal(Internal::PaddedRows, n * stored)?;
+        let mut st = self.lock();
+        check_len("matmul input", st.buf(x)?, n * cols)?;
+        let (xb, pb) = (st.buf(x)?.buffer.clone(), st.buf(padded)?.buffer.clone());
+        let rows = CopyRows {
+            width: cols,
+            src_stride: cols,
+            dst_stride: stored,
+            zero_pad: true,
+        };
+        self.copy_values(
+            &mut st,
+            &pb,
+            0,
+            Bind::Buffer(&xb),
+            0,
+            n * stored,
+            Some(rows),
+        )?;
+        Ok(padded)
     }
 
     /// The `Copy` op (memmove semantics within one buffer).
@@ -330,5 +413,15 @@ impl WgpuBackend {
         st.rec.copy(&self.dev, &s, so, &tmp, 0, bytes);
         st.rec.copy(&self.dev, &tmp, 0, &s, doff, bytes);
         Ok(())
+    }
+}
+
+/// The `ACT` constant of `activation.wgsl` for `act`.
+fn act_code(act: Activation) -> u32 {
+    match act {
+        Activation::Silu => 0,
+        Activation::Gelu => 1,
+        Activation::GeluTanh => 2,
+        Activation::QuickGelu => 3,
     }
 }

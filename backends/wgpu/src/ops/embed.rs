@@ -85,6 +85,12 @@ impl WgpuBackend {
             .get(&out.0)
             .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", out.0)))?;
         check_len("embed output", o, n * w.cols)?;
+        if w.stored_cols != w.cols {
+            return Err(Error::unsupported(format!(
+                "webgpu: embedding tables need a multiple of 32 columns, got {}",
+                w.cols
+            )));
+        }
         let mut defines = self.base_defines(wg);
         defines.extend(Self::weight_defines(w.kind, false));
         defines.push(("INDIRECT", Define::Bool(indirect)));

@@ -1,13 +1,13 @@
 //! Linear maps: the decode matvec (narrow, or wide on 8-bit activation blocks) and the tiled
 //! (or cooperative-matrix) prefill matmul of `matmul.wgsl`, their inputs (`Input`) and
-//! epilogues (`Epilogue`: store, residual add, RoPE + KV store, SwiGLU, next norm's input),
+//! epilogues (`Epilogue`: store, residual add, either with a bias, RoPE + KV store, SwiGLU,
+//! next norm's input),
 //! and the `Linear` op.
 
 use crate::backend::WgpuBackend;
 use crate::buffers::{check_len, distinct, weight, NormReady, State};
 use crate::device::{COOP_TILE_K, COOP_TILE_R, COOP_TILE_T};
 use crate::ops::norm::RmsNorm;
-use crate::ops::not_yet;
 use crate::ops::rope::QkvParams;
 use crate::pipelines::Slot;
 use crate::recorder::{Bind, Dispatch};
@@ -50,6 +50,10 @@ pub(crate) enum Epilogue<'a> {
     Store,
     /// `out += sums` (a residual add).
     Add,
+    /// `out = sums + bias` (a linear map's bias, `rows` values).
+    StoreBias(BufferId),
+    /// `out += sums + bias`.
+    AddBias(BufferId),
     /// The q|k|v rows of one decode token (one piece; see `rope_epilogue`): RoPE(q) to `out`,
     /// RoPE(k) and v to row `p.pos0` of the caches.
     Rope {
@@ -100,14 +104,12 @@ impl WgpuBackend {
         n: usize,
         accumulate: bool,
     ) -> Result<()> {
-        if bias.is_some() {
-            return Err(not_yet("a linear map with bias"));
-        }
         distinct("linear", x, out)?;
-        let epilogue = if accumulate {
-            Epilogue::Add
-        } else {
-            Epilogue::Store
+        let epilogue = match (bias, accumulate) {
+            (None, false) => Epilogue::Store,
+            (None, true) => Epilogue::Add,
+            (Some(b), false) => Epilogue::StoreBias(b),
+            (Some(b), true) => Epilogue::AddBias(b),
         };
         self.matmul_into(w, x, out, n, epilogue, Input::F32)
     }
@@ -152,6 +154,22 @@ impl WgpuBackend {
         if n == 0 {
             return Ok(());
         }
+        // A dense matrix stored with zero columns reads rows widened to match.
+        let (cols, stored) = {
+            let st = self.lock();
+            let gw = weight(&st.weights, w)?;
+            (gw.cols, gw.stored_cols)
+        };
+        let x = if stored == cols {
+            x
+        } else if matches!(input, Input::F32) {
+            distinct("linear", x, out)?;
+            self.pad_rows(x, n, cols, stored)?
+        } else {
+            return Err(Error::invalid_config(
+                "a matrix of columns not a multiple of 32 takes f32 rows only",
+            ));
+        };
         let (norm, xq8, words) = match input {
             Input::F32 => (None, false, false),
             Input::Norm(nm) => (Some(nm), false, false),
@@ -219,7 +237,22 @@ impl WgpuBackend {
             }
             _ => None,
         };
-        let accumulate = matches!(epilogue, Epilogue::Add | Epilogue::AddNorm { .. });
+        let accumulate = matches!(
+            epilogue,
+            Epilogue::Add | Epilogue::AddBias(_) | Epilogue::AddNorm { .. }
+        );
+        let bias = match epilogue {
+            Epilogue::StoreBias(b) | Epilogue::AddBias(b) => {
+                if norm.is_some() {
+                    return Err(Error::invalid_config(
+                        "a linear map's bias does not combine with a fused RMSNorm",
+                    ));
+                }
+                distinct("linear bias", b, out)?;
+                Some(b)
+            }
+            _ => None,
+        };
         let State {
             buffers,
             weights,
@@ -235,10 +268,18 @@ impl WgpuBackend {
                 .ok_or_else(|| Error::invalid_config(format!("unknown buffer {}", id.0)))
         };
         let (xb, ob) = (get(x)?, get(out)?);
+        let bias_b = match bias {
+            Some(b) => {
+                let bb = get(b)?;
+                check_len("linear bias", bb, gw.rows)?;
+                Some(bb.buffer.clone())
+            }
+            None => None,
+        };
         let in_len = if words {
             q8_words_len(gw.cols) + rms_in.map_or(0, |(parts, _)| parts as usize)
         } else {
-            q8_len(gw.cols, xq8)
+            q8_len(gw.stored_cols, xq8)
         };
         check_len("matmul input", xb, n * in_len)?;
         if swiglu.is_some() {
@@ -373,6 +414,7 @@ impl WgpuBackend {
             ("NORM_OUT", Define::Bool(norm_out.is_some())),
             ("RMS_IN", Define::Bool(rms_in.is_some())),
             ("OUT_ORDER", Define::U32(out_order.unwrap_or(0))),
+            ("BIAS", Define::Bool(bias_b.is_some())),
         ]);
         let key = KernelKey {
             file: ShaderFile::Matmul,
@@ -392,6 +434,9 @@ impl WgpuBackend {
         if norm_out.is_some() {
             slots.extend([Read, ReadWrite]);
         }
+        if bias_b.is_some() {
+            slots.push(Read);
+        }
         let kernel = pipelines.get(&self.dev, &key, &slots)?;
         for p in &gw.pieces {
             let groups = if tiled {
@@ -409,7 +454,7 @@ impl WgpuBackend {
             };
             let mut params = vec![
                 p.rows as u32,
-                gw.cols as u32,
+                gw.stored_cols as u32,
                 n as u32,
                 gw.rows as u32,
                 p.row_start as u32,
@@ -442,6 +487,9 @@ impl WgpuBackend {
             }
             if let Some((g, wb, ..)) = &norm_out {
                 bindings.extend([g, wb].map(Bind::Buffer));
+            }
+            if let Some(bb) = &bias_b {
+                bindings.push(Bind::Buffer(bb));
             }
             rec.dispatch(
                 &self.dev,

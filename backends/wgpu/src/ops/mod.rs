@@ -5,9 +5,11 @@
 pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod embed;
+pub(crate) mod im2col;
 pub(crate) mod linear;
 pub(crate) mod norm;
 pub(crate) mod rope;
+pub(crate) mod softmax;
 
 use crate::backend::WgpuBackend;
 use crate::shader::Define;
@@ -38,7 +40,7 @@ impl WgpuBackend {
                 accumulate,
             } => self.linear(*w, *bias, *x, *out, *n, *accumulate),
             Op::Norm { .. } => self.norm(op),
-            Op::Activation { act, .. } => Err(not_yet(&format!("activation {}", act.name()))),
+            Op::Activation { act, x, out, len } => self.activation(*act, *x, *out, *len),
             Op::Glu {
                 act,
                 x,
@@ -56,7 +58,7 @@ impl WgpuBackend {
             } => self.kv_write(k, v, kv, *pos0, *n_tokens),
             Op::Attention { q, kv, out, shape } => self.attention(*q, kv, *out, shape),
             Op::Add { dst, src, len } => self.add(*dst, *src, *len),
-            Op::Softmax { .. } => Err(not_yet("softmax")),
+            Op::Softmax { x, rows, len } => self.softmax(*x, *rows, *len),
             Op::Argmax {
                 x,
                 len,
@@ -70,7 +72,7 @@ impl WgpuBackend {
                 dst_offset,
                 len,
             } => self.copy(*src, *src_offset, *dst, *dst_offset, *len),
-            Op::Im2col { .. } => Err(not_yet("im2col")),
+            Op::Im2col { x, out, shape } => self.im2col(*x, *out, shape),
         }
     }
 

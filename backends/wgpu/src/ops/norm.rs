@@ -1,11 +1,10 @@
-//! RMSNorm: the norm kernel (f32 rows, or 8-bit blocks for a wide matvec), its fusions into
+//! Norms: the RMSNorm kernel (f32 rows, or 8-bit blocks for a wide matvec), its fusions into
 //! the matmul after it (normalise on load, 8-bit feed, or the words a residual add prepared),
-//! and the `Norm` op.
+//! the LayerNorm kernel, and the `Norm` op (either kind, with or without bias).
 
 use crate::backend::WgpuBackend;
 use crate::buffers::{check_len, distinct, weight, Internal};
 use crate::ops::linear::{q8_len, q8_words_len, Epilogue, Input};
-use crate::ops::not_yet;
 use crate::pipelines::Slot;
 use crate::recorder::{Bind, Dispatch};
 use crate::shader::{Define, KernelKey, ShaderFile};
@@ -48,13 +47,91 @@ impl WgpuBackend {
         else {
             return Err(Error::invalid_config("norm: not a norm op"));
         };
-        if kind != NormKind::Rms {
-            return Err(not_yet("layer norm"));
+        if kind == NormKind::Rms && bias.is_none() {
+            return self.norm_into(x, weight, out, rows, dim, eps, None);
         }
-        if bias.is_some() {
-            return Err(not_yet("a norm with bias"));
+        self.norm_rows(kind, x, weight, bias, out, rows, dim, eps)
+    }
+
+    /// A norm of `rows` f32 rows of `dim` values from `x` into `out` (may be `x`): LayerNorm
+    /// (`layer_norm`) or RMSNorm (`rms_norm`), either with `bias` added after the weights.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn norm_rows(
+        &self,
+        kind: NormKind,
+        x: BufferId,
+        weight: BufferId,
+        bias: Option<BufferId>,
+        out: BufferId,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        if rows == 0 || dim == 0 {
+            return Ok(());
         }
-        self.norm_into(x, weight, out, rows, dim, eps, None)
+        distinct("norm weight", weight, out)?;
+        if let Some(b) = bias {
+            distinct("norm bias", b, out)?;
+        }
+        let in_place = x == out;
+        let wg = self.tuning.norm_wg;
+        let mut st = self.lock();
+        check_len("norm input", st.buf(x)?, rows * dim)?;
+        check_len("norm weight", st.buf(weight)?, dim)?;
+        check_len("norm output", st.buf(out)?, rows * dim)?;
+        let bb = match bias {
+            Some(b) => {
+                check_len("norm bias", st.buf(b)?, dim)?;
+                Some(st.buf(b)?.buffer.clone())
+            }
+            None => None,
+        };
+        let (xb, wb, ob) = (
+            st.buf(x)?.buffer.clone(),
+            st.buf(weight)?.buffer.clone(),
+            st.buf(out)?.buffer.clone(),
+        );
+        let mut defines = self.base_defines(wg);
+        defines.extend([
+            ("IN_PLACE", Define::Bool(in_place)),
+            ("Q8_OUT", Define::Bool(false)),
+            ("ORDER", Define::U32(0)),
+            ("BIAS", Define::Bool(bias.is_some())),
+        ]);
+        let key = KernelKey {
+            file: ShaderFile::Norm,
+            entry: match kind {
+                NormKind::Rms => "rms_norm",
+                NormKind::Layer => "layer_norm",
+            },
+            defines,
+        };
+        use Slot::*;
+        let mut slots = vec![Uniform, Read];
+        let mut bindings = vec![Bind::Buffer(&wb)];
+        if in_place {
+            slots.push(ReadWrite);
+            bindings.push(Bind::Buffer(&xb));
+        } else {
+            slots.extend([Read, ReadWrite]);
+            bindings.extend([Bind::Buffer(&xb), Bind::Buffer(&ob)]);
+        }
+        if let Some(bb) = &bb {
+            slots.push(Read);
+            bindings.push(Bind::Buffer(bb));
+        }
+        let kernel = st.pipelines.get(&self.dev, &key, &slots)?;
+        let (gx, gy) = fold(rows as u32, self.max_groups());
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &[dim as u32, eps.to_bits()],
+                bindings: &bindings,
+                groups: [gx, gy, 1],
+            },
+        )
     }
 
     /// RMSNorm of `rows` rows; with `q8` (`Some(order)`, see [`code_order`]; decode rows of a multiple of 32
@@ -92,6 +169,7 @@ impl WgpuBackend {
             ("IN_PLACE", Define::Bool(in_place)),
             ("Q8_OUT", Define::Bool(q8.is_some())),
             ("ORDER", Define::U32(q8.unwrap_or(0))),
+            ("BIAS", Define::Bool(false)),
         ]);
         let key = KernelKey {
             file: ShaderFile::Norm,
@@ -142,6 +220,7 @@ impl WgpuBackend {
             && n == 1
             && !self.wide_matvec(gw, n)
             && gw.cols == dim
+            && gw.stored_cols == dim
             && dim.is_multiple_of(8)
             && t.fuse_norm_into_narrow(&self.dev.limits, gw.rows, gw.cols);
         Ok(if fuse { NormFeed::Fused } else { NormFeed::F32 })

@@ -304,7 +304,7 @@ impl WgpuBackend {
     }
 
     /// The `Rope` op: RoPE of the heads of `x`'s rows into `out`'s (the same view: in place).
-    /// Two views of one buffer must be the same view.
+    /// Two views of one buffer must be the same view or share no element.
     pub(crate) fn rope(&self, x: &Cols, out: &Cols, s: &RopeShape) -> Result<()> {
         if s.n_tokens == 0 || s.n_heads == 0 {
             return Ok(());
@@ -316,10 +316,14 @@ impl WgpuBackend {
             )));
         }
         let in_place = x.buf == out.buf;
-        if in_place && x != out {
-            return Err(not_yet("rope between different views of one buffer"));
-        }
         let width = s.width();
+        // Each invocation reads one pair of `x` and writes the same pair of `out`: two views of
+        // one buffer work when they are the same view or share no element.
+        if in_place && x != out && views_overlap(x, out, s.n_tokens, width) {
+            return Err(Error::invalid_config(
+                "rope: the source and destination views of one buffer overlap without being the same view",
+            ));
+        }
         if x.stride < width || out.stride < width {
             return Err(Error::invalid_config(format!(
                 "rope: rows of {width} values need a stride of at least {width}"
@@ -419,6 +423,7 @@ impl WgpuBackend {
                 width: row,
                 src_stride: src.stride,
                 dst_stride: row,
+                zero_pad: false,
             });
             self.copy_values(
                 &mut st,
@@ -432,4 +437,23 @@ impl WgpuBackend {
         }
         Ok(())
     }
+}
+
+/// Whether `rows` rows of `width` values of views `a` and `b` (of one buffer) share an element.
+fn views_overlap(a: &Cols, b: &Cols, rows: usize, width: usize) -> bool {
+    if rows == 0 || width == 0 {
+        return false;
+    }
+    let (a_end, b_end) = (a.span(rows, width), b.span(rows, width));
+    if a_end <= b.offset || b_end <= a.offset {
+        return false;
+    }
+    if a.stride != b.stride {
+        // Interleaved views of different strides: conservatively, overlapping spans overlap.
+        return true;
+    }
+    // Equal strides: row r of `a` meets row r' of `b` when |d + (r − r')·stride| < width.
+    let (d, stride) = (a.offset as i64 - b.offset as i64, a.stride as i64);
+    let last = rows as i64 - 1;
+    (-last..=last).any(|k| (d + k * stride).abs() < width as i64)
 }

@@ -33,7 +33,13 @@ pub struct AttentionParams {
 impl AttentionParams {
     /// The cache view over `k` and `v` (rows up to this step's).
     pub fn view(&self, k: BufferId, v: BufferId) -> KvView {
-        kv_view(k, v, self.n_kv_heads, self.head_dim, self.pos0 + self.n_tokens)
+        kv_view(
+            k,
+            v,
+            self.n_kv_heads,
+            self.head_dim,
+            self.pos0 + self.n_tokens,
+        )
     }
 }
 
@@ -72,7 +78,13 @@ impl QkvParams {
 }
 
 /// A view of f32 caches `k`, `v` of `rows` rows.
-pub fn kv_view(k: BufferId, v: BufferId, n_kv_heads: usize, head_dim: usize, rows: usize) -> KvView {
+pub fn kv_view(
+    k: BufferId,
+    v: BufferId,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rows: usize,
+) -> KvView {
     KvView {
         k,
         v,
@@ -125,7 +137,13 @@ pub fn qkv_rope_ops(
 }
 
 /// `Rope(q) + Rope(k in place) + KvWrite` over fused rows `qkv`.
-pub fn rope_store_ops(qkv: BufferId, q: BufferId, kc: BufferId, vc: BufferId, p: &QkvParams) -> Vec<Op> {
+pub fn rope_store_ops(
+    qkv: BufferId,
+    q: BufferId,
+    kc: BufferId,
+    vc: BufferId,
+    p: &QkvParams,
+) -> Vec<Op> {
     let (q_dim, kv_dim, row) = (p.q_dim(), p.kv_dim(), p.row_len());
     let k = Cols::new(qkv, q_dim, row);
     vec![
@@ -149,7 +167,13 @@ pub fn rope_store_ops(qkv: BufferId, q: BufferId, kc: BufferId, vc: BufferId, p:
     ]
 }
 
-pub fn attention_op(q: BufferId, kc: BufferId, vc: BufferId, out: BufferId, p: &AttentionParams) -> Op {
+pub fn attention_op(
+    q: BufferId,
+    kc: BufferId,
+    vc: BufferId,
+    out: BufferId,
+    p: &AttentionParams,
+) -> Op {
     Op::Attention {
         q,
         kv: p.view(kc, vc),
@@ -198,23 +222,106 @@ pub trait Calls {
     fn alloc_f32(&self, len: usize) -> Result<BufferId>;
     fn matmul(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()>;
     fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()>;
-    fn rms_norm(&self, x: BufferId, g: BufferId, out: BufferId, rows: usize, dim: usize, eps: f32) -> Result<()>;
-    fn rms_norm_matmul(&self, x: BufferId, n: &RmsNorm, h: BufferId, w: WeightId, out: BufferId, rows: usize) -> Result<()>;
+    fn rms_norm(
+        &self,
+        x: BufferId,
+        g: BufferId,
+        out: BufferId,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()>;
+    fn rms_norm_matmul(
+        &self,
+        x: BufferId,
+        n: &RmsNorm,
+        h: BufferId,
+        w: WeightId,
+        out: BufferId,
+        rows: usize,
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn rms_norm_qkv_rope(&self, x: BufferId, n: &RmsNorm, h: BufferId, w: WeightId, qkv: BufferId, q: BufferId, kc: BufferId, vc: BufferId, p: &QkvParams) -> Result<()>;
-    fn rope_store_qkv(&self, qkv: BufferId, q: BufferId, kc: BufferId, vc: BufferId, p: &QkvParams) -> Result<()>;
-    fn attention(&self, q: BufferId, kc: BufferId, vc: BufferId, out: BufferId, p: &AttentionParams) -> Result<()>;
+    fn rms_norm_qkv_rope(
+        &self,
+        x: BufferId,
+        n: &RmsNorm,
+        h: BufferId,
+        w: WeightId,
+        qkv: BufferId,
+        q: BufferId,
+        kc: BufferId,
+        vc: BufferId,
+        p: &QkvParams,
+    ) -> Result<()>;
+    fn rope_store_qkv(
+        &self,
+        qkv: BufferId,
+        q: BufferId,
+        kc: BufferId,
+        vc: BufferId,
+        p: &QkvParams,
+    ) -> Result<()>;
+    fn attention(
+        &self,
+        q: BufferId,
+        kc: BufferId,
+        vc: BufferId,
+        out: BufferId,
+        p: &AttentionParams,
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn attention_matmul_add(&self, q: BufferId, kc: BufferId, vc: BufferId, att: BufferId, p: &AttentionParams, w: WeightId, out: BufferId) -> Result<()>;
+    fn attention_matmul_add(
+        &self,
+        q: BufferId,
+        kc: BufferId,
+        vc: BufferId,
+        att: BufferId,
+        p: &AttentionParams,
+        w: WeightId,
+        out: BufferId,
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn ffn_swiglu(&self, x: BufferId, n: &RmsNorm, h: BufferId, w_gu: WeightId, gu: BufferId, ff: BufferId, w_down: WeightId, rows: usize, width: usize) -> Result<()>;
+    fn ffn_swiglu(
+        &self,
+        x: BufferId,
+        n: &RmsNorm,
+        h: BufferId,
+        w_gu: WeightId,
+        gu: BufferId,
+        ff: BufferId,
+        w_down: WeightId,
+        rows: usize,
+        width: usize,
+    ) -> Result<()>;
     fn swiglu(&self, gu: BufferId, out: BufferId, n: usize, width: usize) -> Result<()>;
-    fn swiglu_matmul_add(&self, gu: BufferId, ff: BufferId, w: WeightId, out: BufferId, n: usize, width: usize) -> Result<()>;
+    fn swiglu_matmul_add(
+        &self,
+        gu: BufferId,
+        ff: BufferId,
+        w: WeightId,
+        out: BufferId,
+        n: usize,
+        width: usize,
+    ) -> Result<()>;
     fn embed(&self, table: WeightId, ids: &[u32], out: BufferId) -> Result<()>;
-    fn embed_indirect(&self, table: WeightId, ids: BufferId, offset: usize, n: usize, out: BufferId) -> Result<()>;
+    fn embed_indirect(
+        &self,
+        table: WeightId,
+        ids: BufferId,
+        offset: usize,
+        n: usize,
+        out: BufferId,
+    ) -> Result<()>;
     fn argmax(&self, x: BufferId, len: usize, out: BufferId, out_offset: usize) -> Result<()>;
     fn add(&self, dst: BufferId, src: BufferId, len: usize) -> Result<()>;
-    fn copy(&self, src: BufferId, src_offset: usize, dst: BufferId, dst_offset: usize, len: usize) -> Result<()>;
+    fn copy(
+        &self,
+        src: BufferId,
+        src_offset: usize,
+        dst: BufferId,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()>;
 }
 
 impl<B: Backend + ?Sized> Calls for B {
@@ -230,53 +337,178 @@ impl<B: Backend + ?Sized> Calls for B {
     fn matmul_add(&self, w: WeightId, x: BufferId, out: BufferId, n: usize) -> Result<()> {
         self.run(&[linear_op(w, x, out, n, true)])
     }
-    fn rms_norm(&self, x: BufferId, g: BufferId, out: BufferId, rows: usize, dim: usize, eps: f32) -> Result<()> {
-        let n = RmsNorm { weight: g, dim, eps };
+    fn rms_norm(
+        &self,
+        x: BufferId,
+        g: BufferId,
+        out: BufferId,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let n = RmsNorm {
+            weight: g,
+            dim,
+            eps,
+        };
         self.run(&[norm_op(x, &n, out, rows)])
     }
-    fn rms_norm_matmul(&self, x: BufferId, n: &RmsNorm, h: BufferId, w: WeightId, out: BufferId, rows: usize) -> Result<()> {
+    fn rms_norm_matmul(
+        &self,
+        x: BufferId,
+        n: &RmsNorm,
+        h: BufferId,
+        w: WeightId,
+        out: BufferId,
+        rows: usize,
+    ) -> Result<()> {
         self.run(&[norm_op(x, n, h, rows), linear_op(w, h, out, rows, false)])
     }
-    fn rms_norm_qkv_rope(&self, x: BufferId, n: &RmsNorm, h: BufferId, w: WeightId, qkv: BufferId, q: BufferId, kc: BufferId, vc: BufferId, p: &QkvParams) -> Result<()> {
+    fn rms_norm_qkv_rope(
+        &self,
+        x: BufferId,
+        n: &RmsNorm,
+        h: BufferId,
+        w: WeightId,
+        qkv: BufferId,
+        q: BufferId,
+        kc: BufferId,
+        vc: BufferId,
+        p: &QkvParams,
+    ) -> Result<()> {
         let mut ops = vec![norm_op(x, n, h, p.n_tokens)];
         ops.extend(qkv_rope_ops(w, h, qkv, q, kc, vc, p));
         self.run(&ops)
     }
-    fn rope_store_qkv(&self, qkv: BufferId, q: BufferId, kc: BufferId, vc: BufferId, p: &QkvParams) -> Result<()> {
+    fn rope_store_qkv(
+        &self,
+        qkv: BufferId,
+        q: BufferId,
+        kc: BufferId,
+        vc: BufferId,
+        p: &QkvParams,
+    ) -> Result<()> {
         self.run(&rope_store_ops(qkv, q, kc, vc, p))
     }
-    fn attention(&self, q: BufferId, kc: BufferId, vc: BufferId, out: BufferId, p: &AttentionParams) -> Result<()> {
+    fn attention(
+        &self,
+        q: BufferId,
+        kc: BufferId,
+        vc: BufferId,
+        out: BufferId,
+        p: &AttentionParams,
+    ) -> Result<()> {
         self.run(&[attention_op(q, kc, vc, out, p)])
     }
-    fn attention_matmul_add(&self, q: BufferId, kc: BufferId, vc: BufferId, att: BufferId, p: &AttentionParams, w: WeightId, out: BufferId) -> Result<()> {
-        self.run(&[attention_op(q, kc, vc, att, p), linear_op(w, att, out, p.n_tokens, true)])
+    fn attention_matmul_add(
+        &self,
+        q: BufferId,
+        kc: BufferId,
+        vc: BufferId,
+        att: BufferId,
+        p: &AttentionParams,
+        w: WeightId,
+        out: BufferId,
+    ) -> Result<()> {
+        self.run(&[
+            attention_op(q, kc, vc, att, p),
+            linear_op(w, att, out, p.n_tokens, true),
+        ])
     }
-    fn ffn_swiglu(&self, x: BufferId, n: &RmsNorm, h: BufferId, w_gu: WeightId, gu: BufferId, ff: BufferId, w_down: WeightId, rows: usize, width: usize) -> Result<()> {
+    fn ffn_swiglu(
+        &self,
+        x: BufferId,
+        n: &RmsNorm,
+        h: BufferId,
+        w_gu: WeightId,
+        gu: BufferId,
+        ff: BufferId,
+        w_down: WeightId,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
         self.run(&ffn_ops(x, n, h, w_gu, gu, ff, w_down, rows, width))
     }
     fn swiglu(&self, gu: BufferId, out: BufferId, n: usize, width: usize) -> Result<()> {
-        self.run(&[Op::Glu { act: Activation::Silu, x: gu, out, n, width }])
+        self.run(&[Op::Glu {
+            act: Activation::Silu,
+            x: gu,
+            out,
+            n,
+            width,
+        }])
     }
-    fn swiglu_matmul_add(&self, gu: BufferId, ff: BufferId, w: WeightId, out: BufferId, n: usize, width: usize) -> Result<()> {
+    fn swiglu_matmul_add(
+        &self,
+        gu: BufferId,
+        ff: BufferId,
+        w: WeightId,
+        out: BufferId,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
         self.run(&[
-            Op::Glu { act: Activation::Silu, x: gu, out: ff, n, width },
+            Op::Glu {
+                act: Activation::Silu,
+                x: gu,
+                out: ff,
+                n,
+                width,
+            },
             linear_op(w, ff, out, n, true),
         ])
     }
     fn embed(&self, table: WeightId, ids: &[u32], out: BufferId) -> Result<()> {
-        self.run(&[Op::Embed { table, ids: TokenIds::Host(ids.to_vec()), out }])
+        self.run(&[Op::Embed {
+            table,
+            ids: TokenIds::Host(ids.to_vec()),
+            out,
+        }])
     }
-    fn embed_indirect(&self, table: WeightId, ids: BufferId, offset: usize, n: usize, out: BufferId) -> Result<()> {
-        self.run(&[Op::Embed { table, ids: TokenIds::Device { buf: ids, offset, n }, out }])
+    fn embed_indirect(
+        &self,
+        table: WeightId,
+        ids: BufferId,
+        offset: usize,
+        n: usize,
+        out: BufferId,
+    ) -> Result<()> {
+        self.run(&[Op::Embed {
+            table,
+            ids: TokenIds::Device {
+                buf: ids,
+                offset,
+                n,
+            },
+            out,
+        }])
     }
     fn argmax(&self, x: BufferId, len: usize, out: BufferId, out_offset: usize) -> Result<()> {
-        self.run(&[Op::Argmax { x, len, out, out_offset }])
+        self.run(&[Op::Argmax {
+            x,
+            len,
+            out,
+            out_offset,
+        }])
     }
     fn add(&self, dst: BufferId, src: BufferId, len: usize) -> Result<()> {
         self.run(&[Op::Add { dst, src, len }])
     }
-    fn copy(&self, src: BufferId, src_offset: usize, dst: BufferId, dst_offset: usize, len: usize) -> Result<()> {
-        self.run(&[Op::Copy { src, src_offset, dst, dst_offset, len }])
+    fn copy(
+        &self,
+        src: BufferId,
+        src_offset: usize,
+        dst: BufferId,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result<()> {
+        self.run(&[Op::Copy {
+            src,
+            src_offset,
+            dst,
+            dst_offset,
+            len,
+        }])
     }
 }
 
@@ -395,8 +627,10 @@ impl Llama {
             // Scaled so activations stay near 1 through the layers, as trained weights keep them.
             let s = 1.0 / (cols as f32).sqrt();
             let v: Vec<f32> = (0..rows * cols).map(|_| rng.gen_range(-s..s)).collect();
-            b.upload_weight(WeightMatrix::Quantized(quantize(&v, rows, cols, spec).unwrap()))
-                .unwrap()
+            b.upload_weight(WeightMatrix::Quantized(
+                quantize(&v, rows, cols, spec).unwrap(),
+            ))
+            .unwrap()
         };
         let (dim, kv_dim) = (sh.dim, sh.kv_heads * sh.head_dim);
         let q_dim = sh.heads * sh.head_dim;
