@@ -3,33 +3,13 @@
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::formats::gguf::GgufFile;
 use crate::future::{LocalBoxFuture, MaybeSend, MaybeSync};
 use crate::kv::KvCache;
 use crate::quant::{QuantSpec, Scheme};
 use crate::tokenizer::Tokenizer;
-use std::path::Path;
 use std::sync::Arc;
 
-/// An opened model file, before any adapter has read its weights.
-pub enum ModelSource {
-    /// A GGUF file (metadata, tokenizer and tensors in one file).
-    Gguf(Arc<GgufFile>),
-}
-
-impl ModelSource {
-    /// Opens a model file, recognising the format from its content.
-    pub fn open(path: &Path) -> Result<Self> {
-        Ok(ModelSource::Gguf(Arc::new(GgufFile::open(path)?)))
-    }
-
-    /// The architecture name (`general.architecture` for GGUF), if the file states one.
-    pub fn architecture(&self) -> Option<String> {
-        match self {
-            ModelSource::Gguf(g) => g.get_str("general.architecture").map(str::to_owned),
-        }
-    }
-}
+pub use crate::model_source::ModelSource;
 
 /// Storage of one weight tensor on the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

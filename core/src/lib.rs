@@ -1,6 +1,7 @@
 //! lowbit-core: the traits every backend and model adapter implements ([`Backend`],
 //! [`ModelAdapter`], [`BrowserProfile`]), the low-bit quantization formats, model-file readers
-//! (GGUF, safetensors), tokenizers, the plugin registry and the generation engine.
+//! (GGUF, safetensors, CTranslate2) and the model sources built on them ([`ModelSource`]),
+//! tokenizers, the plugin registry and the generation engine.
 //!
 //! Data flows top to bottom: a model file is read ([`formats`]), its weights quantized
 //! ([`quant`]) and uploaded to a [`Backend`] by a [`ModelAdapter`]; the [`generate`] engine then
@@ -16,6 +17,7 @@ pub mod formats;
 pub mod future;
 pub mod generate;
 pub mod kv;
+pub mod model_source;
 pub mod ops;
 #[cfg(feature = "native")]
 pub mod plugin;

@@ -6,6 +6,6 @@ pub mod blocks;
 pub mod llama;
 mod loader;
 pub mod synthetic;
-mod tensor_source;
+pub mod tensor_source;
 
 pub use llama::LlamaAdapter;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 /// Reads tensors from a [`TensorSource`] and uploads them, keeping count of progress, bytes,
 /// bits and weights.
 pub(crate) struct Loader<'a, 'p> {
-    src: TensorSource<'a>,
+    src: &'a dyn TensorSource,
     backend: &'a Arc<dyn Backend>,
     progress: &'a mut ProgressFn<'p>,
     done: usize,
@@ -41,7 +41,7 @@ impl WeightTotals {
 impl<'a, 'p> Loader<'a, 'p> {
     /// A loader of `total` tensors (the denominator of progress reports).
     pub(crate) fn new(
-        src: TensorSource<'a>,
+        src: &'a dyn TensorSource,
         backend: &'a Arc<dyn Backend>,
         progress: &'a mut ProgressFn<'p>,
         total: usize,

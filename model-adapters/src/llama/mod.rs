@@ -3,7 +3,7 @@
 
 use crate::blocks::{DecoderAttention, GatedFfn, Heads, Norm, Rope};
 use crate::loader::Loader;
-use crate::tensor_source::TensorSource;
+use crate::tensor_source::{GgufTensors, RandomTensors, TensorSource};
 use lowbit_core::adapter::ProgressFn;
 use lowbit_core::formats::gguf::GgufFile;
 use lowbit_core::ops::{Activation, NormKind, RopeStyle};
@@ -98,9 +98,11 @@ impl ModelAdapter for LlamaAdapter {
     }
 
     fn supports(&self, source: &ModelSource) -> bool {
-        source
-            .architecture()
-            .is_some_and(|a| ARCHITECTURES.contains(&a.as_str()))
+        // Only GGUF names (`blk.0.attn_q.weight`) are mapped so far.
+        matches!(source, ModelSource::Gguf(_))
+            && source
+                .architecture()
+                .is_some_and(|a| ARCHITECTURES.contains(&a.as_str()))
     }
 
     fn load(
@@ -110,14 +112,19 @@ impl ModelAdapter for LlamaAdapter {
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
     ) -> Result<LoadedModel> {
-        let ModelSource::Gguf(g) = source;
+        let ModelSource::Gguf(g) = source else {
+            return Err(Error::unsupported(format!(
+                "the llama adapter reads GGUF files, not {}",
+                source.format_name()
+            )));
+        };
         let arch = source.architecture().unwrap_or_default();
         let hp = Hparams::from_gguf(g, &arch)?;
         let tokenizer = Tokenizer::from_gguf(g)?;
         let tied = g.tensor_dims("output.weight").is_none();
         let name = g.get_str("general.name").unwrap_or("unnamed").to_owned();
         let model = build(
-            TensorSource::Gguf(g),
+            &GgufTensors(g),
             hp,
             tied,
             tokenizer,
@@ -142,7 +149,7 @@ pub(crate) fn build_random(
 ) -> Result<LlamaModel> {
     let names = (name, "llama".to_string());
     build(
-        TensorSource::Random,
+        &RandomTensors,
         hp,
         tied,
         tokenizer,
@@ -153,10 +160,10 @@ pub(crate) fn build_random(
     )
 }
 
-/// Loads (or makes, for [`TensorSource::Random`]) every tensor and assembles the model.
+/// Loads (or makes, for [`RandomTensors`]) every tensor and assembles the model.
 #[allow(clippy::too_many_arguments)]
 fn build(
-    src: TensorSource<'_>,
+    src: &dyn TensorSource,
     hp: Hparams,
     tied: bool,
     tokenizer: Tokenizer,
