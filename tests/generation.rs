@@ -144,7 +144,14 @@ fn generation_stops_at_the_context_limit() {
         max_tokens: 100,
         ..Default::default()
     };
-    let g = block_on(generate(m.as_ref(), &mut cache, &ids, &opts, &mut |_, _| {})).unwrap();
+    let g = block_on(generate(
+        m.as_ref(),
+        &mut cache,
+        &ids,
+        &opts,
+        &mut |_, _| {},
+    ))
+    .unwrap();
     assert_eq!(g.finish_reason, FinishReason::Length);
     assert!(g.tokens.len() <= 5);
 }

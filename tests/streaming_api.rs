@@ -72,7 +72,14 @@ async fn async_stream_matches_the_sync_callback_and_the_engine() {
     let m = model();
     let ids = m.tokenizer().encode(prompt, true).unwrap();
     let mut cache = m.new_cache(256).unwrap();
-    let g = block_on(generate(m.as_ref(), &mut cache, &ids, &greedy(12), &mut |_, _| {})).unwrap();
+    let g = block_on(generate(
+        m.as_ref(),
+        &mut cache,
+        &ids,
+        &greedy(12),
+        &mut |_, _| {},
+    ))
+    .unwrap();
     assert_eq!(g.text, text);
 
     let mut s = e.generate_async(prompt, greedy(12)).unwrap();

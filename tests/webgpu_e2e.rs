@@ -35,9 +35,15 @@ fn greedy(backend: &str, prompt: &str, tuning: &BackendTuning) -> Vec<u32> {
         max_tokens: 16,
         ..Default::default()
     };
-    let tokens = block_on(generate(model.as_ref(), &mut cache, &ids, &opts, &mut |_, _| {}))
-        .unwrap()
-        .tokens;
+    let tokens = block_on(generate(
+        model.as_ref(),
+        &mut cache,
+        &ids,
+        &opts,
+        &mut |_, _| {},
+    ))
+    .unwrap()
+    .tokens;
     // `generate` selects greedy tokens on the device with the next step queued ahead
     // (`decode_greedy`); step by step with host argmax must give the same tokens.
     let mut cache = model.new_cache(64).unwrap();

@@ -45,7 +45,8 @@ pub fn run(a: &ConformanceArgs) -> Result<()> {
     };
     for item in &a.set {
         let (key, value) = parse_set(item)?;
-        req.cli.push(key, value, Source::Cli(format!("--set {item}")));
+        req.cli
+            .push(key, value, Source::Cli(format!("--set {item}")));
     }
     let (plan, _) = RunPlan::resolve(&req)?;
     let opts = plan.backend_options()?;
@@ -85,9 +86,11 @@ pub fn run(a: &ConformanceArgs) -> Result<()> {
         for case in &cases {
             let r = block_on(conformance::run_case(backend.as_ref(), case));
             if let Some(out) = &mut out {
-                out.write(serde_json::to_value(&r).map_err(|e| {
-                    Error::invalid_config(format!("cannot encode a result: {e}"))
-                })?)?;
+                out.write(
+                    serde_json::to_value(&r).map_err(|e| {
+                        Error::invalid_config(format!("cannot encode a result: {e}"))
+                    })?,
+                )?;
             }
             all.push(r);
         }

@@ -2,8 +2,8 @@
 
 use super::common::{mb, ModelArgs};
 use clap::Args;
-use lowbit::core::generate::{generate, GenerateOptions, SamplingParams};
 use lowbit::core::block_on;
+use lowbit::core::generate::{generate, GenerateOptions, SamplingParams};
 use lowbit::{Error, Result};
 use std::io::Write;
 
@@ -86,7 +86,13 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
             let _ = out.flush();
         }
     };
-    let g = block_on(generate(model.as_ref(), &mut cache, &prompt, &opts, &mut print))?;
+    let g = block_on(generate(
+        model.as_ref(),
+        &mut cache,
+        &prompt,
+        &opts,
+        &mut print,
+    ))?;
     drop(out);
     if json {
         let v = serde_json::json!({
