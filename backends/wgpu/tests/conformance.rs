@@ -4,7 +4,7 @@
 //! reductions where it has them) with the wide decode matvec and the norm fused into the
 //! narrow one, and f32 arithmetic with workgroup-memory reductions and neither fusion. (Each
 //! configuration compiles its own kernels, minutes of LLVM on a cold Mesa shader cache, so the
-//! other two combinations are left to `tests/ops.rs`.) Run with `--nocapture` to see the table.
+//! other two combinations are left to `tests/ops/`.) Run with `--nocapture` to see the table.
 
 use lowbit_core::block_on;
 use lowbit_core::conformance::{run_all, table};

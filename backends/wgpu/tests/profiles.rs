@@ -43,7 +43,7 @@ fn run_subset(b: &WgpuBackend, name: &str) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(7);
     let (rows, cols) = (67usize, 576usize);
     let w = rand_vec(&mut rng, rows * cols);
-    // Same bounds as tests/ops.rs: relative to Σ|w·x|; f16 kernels round to 11-bit mantissas.
+    // Same bounds as tests/ops/main.rs (`matmul_tol`): relative to Σ|w·x|; f16 kernels round to 11-bit mantissas.
     let tol = if b.paths().f16 { 4e-3 } else { 1e-5 };
     for bits in [8u8, 4, 3, 2] {
         for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
@@ -89,7 +89,7 @@ fn run_subset(b: &WgpuBackend, name: &str) -> Vec<String> {
         );
         let out = b.alloc_f32(qv.len()).unwrap();
         b.attention(q, k, v, out, &p).unwrap();
-        // Convex combinations of values in [-1, 1]: 2e-5 absolute, as in tests/ops.rs.
+        // Convex combinations of values in [-1, 1]: 2e-5 absolute, as in tests/ops/epilogues.rs.
         let err = max_abs(&b.read_now(out, 0, qv.len()).unwrap(), &want);
         assert!(err < 2e-5, "{name}: attention {n_tokens}@{pos0}: {err}");
     }
