@@ -51,38 +51,8 @@ impl WgpuBackend {
         if len == 0 {
             return Ok(());
         }
-        let same = x == out;
-        let wg = self.tuning.elementwise_wg;
-        let mut st = self.lock();
-        check_len("activation input", st.buf(x)?, len)?;
-        check_len("activation output", st.buf(out)?, len)?;
-        let (ob, xb) = (st.buf(out)?.buffer.clone(), st.buf(x)?.buffer.clone());
-        let mut defines = self.elementwise_defines(wg, "OP_ACTIVATION");
-        defines.push(("ALIAS_SELF", Define::Bool(same)));
-        defines.push(("ACT", Define::U32(act_code(act))));
-        let key = KernelKey {
-            file: ShaderFile::Elementwise,
-            entry: "activation",
-            defines,
-        };
-        use Slot::*;
-        let all = [Bind::Buffer(&ob), Bind::Buffer(&xb)];
-        let (slots, bindings): (&[Slot], &[Bind]) = if same {
-            (&[Uniform, ReadWrite], &all[..1])
-        } else {
-            (&[Uniform, ReadWrite, Read], &all)
-        };
-        let kernel = st.pipelines.get(&self.dev, &key, slots)?;
-        let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
-        st.rec.dispatch(
-            &self.dev,
-            &Dispatch {
-                kernel: &kernel,
-                params: &[len as u32],
-                bindings,
-                groups: [gx, gy, 1],
-            },
-        )
+        let code = ("ACT", Define::U32(act_code(act)));
+        self.elementwise_pair("activation", "OP_ACTIVATION", Some(code), out, x, len)
     }
 
     /// Base defines of `elementwise.wgsl` with exactly the operation `op` (`OP_ADD`, …) on.
@@ -303,21 +273,37 @@ impl WgpuBackend {
         if len == 0 {
             return Ok(());
         }
-        let same = dst == src;
+        self.elementwise_pair("add", "OP_ADD", None, dst, src, len)
+    }
+
+    /// One elementwise kernel of `elementwise.wgsl` (entry `entry`, operation `op`, plus an
+    /// optional define) over `len` values: `out` written from `input` (and itself, for `add`),
+    /// bound once when they are the same buffer.
+    fn elementwise_pair(
+        &self,
+        entry: &'static str,
+        op: &str,
+        extra: Option<(&'static str, Define)>,
+        out: BufferId,
+        input: BufferId,
+        len: usize,
+    ) -> Result<()> {
+        let same = out == input;
         let wg = self.tuning.elementwise_wg;
         let mut st = self.lock();
-        check_len("add destination", st.buf(dst)?, len)?;
-        check_len("add source", st.buf(src)?, len)?;
-        let (db, sb) = (st.buf(dst)?.buffer.clone(), st.buf(src)?.buffer.clone());
-        let mut defines = self.elementwise_defines(wg, "OP_ADD");
+        check_len(&format!("{entry} input"), st.buf(input)?, len)?;
+        check_len(&format!("{entry} output"), st.buf(out)?, len)?;
+        let (ob, ib) = (st.buf(out)?.buffer.clone(), st.buf(input)?.buffer.clone());
+        let mut defines = self.elementwise_defines(wg, op);
         defines.push(("ALIAS_SELF", Define::Bool(same)));
+        defines.extend(extra);
         let key = KernelKey {
             file: ShaderFile::Elementwise,
-            entry: "add",
+            entry,
             defines,
         };
         use Slot::*;
-        let all = [Bind::Buffer(&db), Bind::Buffer(&sb)];
+        let all = [Bind::Buffer(&ob), Bind::Buffer(&ib)];
         let (slots, bindings): (&[Slot], &[Bind]) = if same {
             (&[Uniform, ReadWrite], &all[..1])
         } else {
