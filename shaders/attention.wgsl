@@ -1,5 +1,8 @@
 // Causal grouped-query attention over a KV cache of rows `n_kv_heads * HEAD_DIM`; query row `i`
 // (token pos0 + i) sees cache rows 0 ..= pos0 + i, and query head h reads kv head h / group.
+// MASKED (every other mask, or a causal one over kv_len other than pos0 + n_tokens): query row
+// i sees the rows `key_range(i)` instead (keys below kv_limit, up to itself when `causal`, the
+// last `window` of those); the causal decoder kernels compile without it, unchanged.
 //
 // Decode: `attn_split` computes, per (query row, head, split of SPLIT_LEN keys), the split's
 // max score m, Σ exp(s - m) and the unnormalised Σ exp(s - m)·v; `attn_merge` rescales and
@@ -15,6 +18,11 @@ struct Params {
     n_kv_heads: u32,
     scale: f32,
     n_splits: u32,
+#if MASKED
+    kv_limit: u32, // rows any query may see (kv_len, or the valid rows of a padded one)
+    causal: u32,   // 1: query i sees rows up to pos0 + i only
+    window: u32,   // a query sees at most this many of its last rows (sliding window)
+#endif
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -66,6 +74,21 @@ fn store_head_q8(row: u32, lid: u32) {
 
 const PART: u32 = HEAD_DIM + 2u;
 
+#if MASKED
+// The key rows start .. end that query row `i` sees.
+fn key_range(i: u32) -> vec2<u32> {
+    var end = p.kv_limit;
+    if p.causal != 0u {
+        end = min(end, p.pos0 + i + 1u);
+    }
+    var start = 0u;
+    if end > p.window {
+        start = end - p.window;
+    }
+    return vec2<u32>(start, end);
+}
+#endif
+
 fn kv_base(t: u32, h: u32) -> u32 {
     return t * p.n_kv_heads * HEAD_DIM + (h / (p.n_heads / p.n_kv_heads)) * HEAD_DIM;
 }
@@ -111,9 +134,16 @@ fn attn_split(inv: Invocation) {
     let s = inv.wid.x;
     let h = inv.wid.y;
     let i = inv.wid.z;
+#if MASKED
+    // This split's keys that the query sees (none: start ≥ end).
+    let keys = key_range(i);
+    let start = max(s * SPLIT_LEN, keys.x);
+    let end = min(s * SPLIT_LEN + SPLIT_LEN, keys.y);
+#else
     let len = p.pos0 + i + 1u;
     let start = s * SPLIT_LEN;
     let end = min(start + SPLIT_LEN, len);
+#endif
     let qb = (i * p.n_heads + h) * HEAD_DIM;
 #if VEC4
     // KEY_LANES lanes per key (a power of two, from the host), each summing every KEY_LANES-th
@@ -190,6 +220,12 @@ fn attn_split(inv: Invocation) {
     }
     // The reduction's barriers also publish `scores` to the whole workgroup.
     l = workgroup_sum(l, inv);
+#if MASKED
+    // A query that sees no key at all gets zeros (Σ = 0 would make 0 / 0).
+    let l_div = select(l, 1.0, l == 0.0);
+#else
+    let l_div = l;
+#endif
     let pb = ((i * p.n_heads + h) * p.n_splits + s) * PART;
 #if VEC4
     for (var e = inv.lid; e < SLOTS * D4; e += WORKGROUP_SIZE) {
@@ -218,7 +254,7 @@ fn attn_split(inv: Invocation) {
         }
         if p.n_splits == 1u {
             // One split holds every key: the result is final and attn_merge is not run.
-            o /= l;
+            o /= l_div;
 #if Q8_OUT
             head_out[4u * j] = o.x;
             head_out[4u * j + 1u] = o.y;
@@ -247,9 +283,9 @@ fn attn_split(inv: Invocation) {
         if p.n_splits == 1u {
             // One split holds every key: the result is final and attn_merge is not run.
 #if Q8_OUT
-            head_out[d] = o / l;
+            head_out[d] = o / l_div;
 #else
-            out[(i * p.n_heads + h) * HEAD_DIM + d] = o / l;
+            out[(i * p.n_heads + h) * HEAD_DIM + d] = o / l_div;
 #endif
         } else {
             part[pb + d] = o;
@@ -289,6 +325,12 @@ fn attn_merge(inv: Invocation) {
             l += ls * exp(part[pb + HEAD_DIM] - mx);
         }
     }
+#if MASKED
+    // No split saw a key: zeros.
+    if l == 0.0 {
+        l = 1.0;
+    }
+#endif
     for (var d = inv.lid; d < HEAD_DIM; d += WORKGROUP_SIZE) {
         var o = 0.0;
         for (var s = 0u; s < p.n_splits; s++) {
@@ -333,7 +375,14 @@ fn attn_prefill(inv: Invocation) {
     let i0 = inv.wid.x * Q_ROWS;
     let rows = min(Q_ROWS, p.n_tokens - i0);
     // Keys any row of this workgroup can see.
+#if MASKED
+    let kv_end = key_range(i0 + rows - 1u).y;
+    // Whole tiles before the first row's first key are skipped.
+    let kv_begin = (min(key_range(i0).x, kv_end) / K_TILE) * K_TILE;
+#else
     let kv_end = p.pos0 + i0 + rows;
+    let kv_begin = 0u;
+#endif
     for (var e = inv.lid; e < Q_ROWS * HEAD_DIM; e += WORKGROUP_SIZE) {
         let r = e / HEAD_DIM;
         var v = 0.0;
@@ -347,7 +396,7 @@ fn attn_prefill(inv: Invocation) {
         row_l[inv.lid] = 0.0;
     }
     var o: array<f32, O_PER>;
-    for (var t0 = 0u; t0 < kv_end; t0 += K_TILE) {
+    for (var t0 = kv_begin; t0 < kv_end; t0 += K_TILE) {
         for (var e = inv.lid; e < K_TILE * HEAD_DIM; e += WORKGROUP_SIZE) {
             let t = t0 + e / HEAD_DIM;
             var kv = vec2<f32>();
@@ -363,8 +412,14 @@ fn attn_prefill(inv: Invocation) {
             let r = e / K_TILE;
             let j = e % K_TILE;
             var sc = NEG_BIG;
+#if MASKED
+            let keys = key_range(i0 + r);
+            let seen = t0 + j >= keys.x && t0 + j < keys.y;
+#else
             // Causal mask: row r (token pos0 + i0 + r) sees keys up to itself.
-            if r < rows && t0 + j <= p.pos0 + i0 + r {
+            let seen = t0 + j <= p.pos0 + i0 + r;
+#endif
+            if r < rows && seen {
                 sc = 0.0;
                 for (var d = 0u; d < HEAD_DIM; d++) {
                     sc += q_tile[r * HEAD_DIM + d] * k_tile[j * K_STRIDE + d];
@@ -414,7 +469,13 @@ fn attn_prefill(inv: Invocation) {
         let e = inv.lid + k * WORKGROUP_SIZE;
         let r = e / HEAD_DIM;
         if e < Q_ROWS * HEAD_DIM && r < rows {
-            out[((i0 + r) * p.n_heads + h) * HEAD_DIM + e % HEAD_DIM] = o[k] / row_l[r];
+#if MASKED
+            // A row that sees no key gets zeros.
+            let l = select(row_l[r], 1.0, row_l[r] == 0.0);
+#else
+            let l = row_l[r];
+#endif
+            out[((i0 + r) * p.n_heads + h) * HEAD_DIM + e % HEAD_DIM] = o[k] / l;
         }
     }
 }

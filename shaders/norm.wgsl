@@ -1,4 +1,7 @@
-// RMSNorm, one workgroup per row: out = x / sqrt(mean(x²) + eps) * weight.
+// RMSNorm, one workgroup per row: out = x / sqrt(mean(x²) + eps) * weight (BIAS: + bias).
+// `layer_norm` (f32 rows only): out = (x - mean(x)) / sqrt(var(x) + eps) * weight (BIAS: + bias),
+// the mean and then the variance about it summed by the whole workgroup (two passes over the
+// row, so the variance never cancels as E[x²] - mean² would).
 // IN_PLACE binds x once and writes the result over it (x == out), since WebGPU forbids a
 // writable binding that aliases another. Q8_OUT writes the row as 8-bit activation blocks
 // for the decode matvec instead (q8.wgsl; ORDER: the codes' order; dim a multiple of 32).
@@ -22,6 +25,14 @@ struct Params {
 #else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#endif
+#endif
+#if BIAS
+// After the other bindings (f32 rows only).
+#if IN_PLACE
+@group(0) @binding(3) var<storage, read> bias: array<f32>;
+#else
+@group(0) @binding(4) var<storage, read> bias: array<f32>;
 #endif
 #endif
 
@@ -86,15 +97,47 @@ fn rms_norm(inv: Invocation) {
     }
 }
 #else
+// Normalised value `v` of column `i` scaled by its weight (and shifted by its bias).
+fn affine(v: f32, i: u32) -> f32 {
+#if BIAS
+    return v * weight[i] + bias[i];
+#else
+    return v * weight[i];
+#endif
+}
+
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rms_norm(inv: Invocation) {
     let base = wg_index(inv) * p.dim;
     let r = inv_rms(base, inv);
     for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
 #if IN_PLACE
-        x[base + i] = x[base + i] * r * weight[i];
+        x[base + i] = affine(x[base + i] * r, i);
 #else
-        out[base + i] = x[base + i] * r * weight[i];
+        out[base + i] = affine(x[base + i] * r, i);
+#endif
+    }
+}
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn layer_norm(inv: Invocation) {
+    let base = wg_index(inv) * p.dim;
+    var s = 0.0;
+    for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
+        s += x[base + i];
+    }
+    let mean = workgroup_sum(s, inv) / f32(p.dim);
+    var ss = 0.0;
+    for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
+        let d = x[base + i] - mean;
+        ss += d * d;
+    }
+    let r = inverseSqrt(workgroup_sum(ss, inv) / f32(p.dim) + p.eps);
+    for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
+#if IN_PLACE
+        x[base + i] = affine((x[base + i] - mean) * r, i);
+#else
+        out[base + i] = affine((x[base + i] - mean) * r, i);
 #endif
     }
 }

@@ -1,7 +1,7 @@
 // Rotary position embedding. The (cos, sin) table, one pair per (position, frequency) from
 // position 0 on, is computed on the host in f64 (GPU sin/cos of large angles is not accurate
 // enough) and kept across steps.
-// `rope`: rotates `x` in place. `rope_qkv` (QKV): reads rows `q | k | v` of a fused projection,
+// `rope`: rotates the rows of a strided view of `x` into a view of `out` (IN_PLACE: of `x`). `rope_qkv` (QKV): reads rows `q | k | v` of a fused projection,
 // writes RoPE(q) to `q_out` and RoPE(k), v to the KV cache rows of their positions, one pass.
 #include common.wgsl
 
@@ -76,10 +76,20 @@ struct Params {
     head_dim: u32,
     adjacent: u32, // 1: pairs (2i, 2i+1); 0: pairs (i, i + head_dim/2)
     pos0: u32,     // position of the first token
+    x_offset: u32, // element of row 0's first value in the source
+    x_stride: u32, // values between source rows
+    out_offset: u32,
+    out_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
+#if IN_PLACE
+// Source and destination views of one buffer (WebGPU forbids a writable binding aliasing another).
 @group(0) @binding(2) var<storage, read_write> x: array<f32>;
+#else
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<f32>;
+#endif
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rope(inv: Invocation) {
@@ -91,9 +101,16 @@ fn rope(inv: Invocation) {
     let f = i % half;
     let th = i / half; // token * n_heads + head
     let t = th / p.n_heads;
-    let ab = pair(th * p.head_dim, f, half, p.adjacent);
+    let h = th % p.n_heads;
+    let ab = pair(p.x_offset + t * p.x_stride + h * p.head_dim, f, half, p.adjacent);
+    let d = pair(p.out_offset + t * p.out_stride + h * p.head_dim, f, half, p.adjacent);
     let r = rotate(vec2<f32>(x[ab.x], x[ab.y]), p.pos0 + t, f, half);
-    x[ab.x] = r.x;
-    x[ab.y] = r.y;
+#if IN_PLACE
+    x[d.x] = r.x;
+    x[d.y] = r.y;
+#else
+    out[d.x] = r.x;
+    out[d.y] = r.y;
+#endif
 }
 #endif

@@ -8,14 +8,17 @@
 //!
 //! ```no_run
 //! use lowbit::plan::RunPlan;
+//! use lowbit::core::block_on;
 //! use lowbit::core::generate::{generate, GenerateOptions};
 //!
 //! // The schema's defaults (int4, groups of 32, asymmetric; the default model in ./models).
 //! let (model, _backend) = RunPlan::default().load(&mut |_, _, _| {})?;
 //! let prompt = model.tokenizer().encode("The capital of France is", true)?;
 //! let mut cache = model.new_cache(2048)?;
-//! let out = generate(model.as_ref(), &mut cache, &prompt, &GenerateOptions::default(),
-//!     &mut |text, _last| print!("{text}"))?;
+//! // Model calls are futures (a browser cannot block on the device); native code waits for
+//! // them at its top level.
+//! let out = block_on(generate(model.as_ref(), &mut cache, &prompt, &GenerateOptions::default(),
+//!     &mut |text, _last| print!("{text}")))?;
 //! println!("\n{:.1} tokens/s", out.stats.decode_tokens_per_s);
 //! # Ok::<(), lowbit::core::Error>(())
 //! ```

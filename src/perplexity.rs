@@ -5,7 +5,7 @@
 //! predict the tokens after them.
 
 use lowbit_core::adapter::{Logits, TextModel};
-use lowbit_core::{Error, Result};
+use lowbit_core::{block_on, Error, Result};
 use serde::Serialize;
 
 /// Result of a perplexity run.
@@ -80,7 +80,7 @@ pub fn perplexity(
             chunk[0] = b;
         }
         cache.clear();
-        let logits = model.forward(&mut cache, &chunk, Logits::All)?;
+        let logits = block_on(model.forward(&mut cache, &chunk, Logits::All))?;
         for j in first..ctx - 1 {
             let lp = log_prob(&logits[j * vocab..(j + 1) * vocab], chunk[j + 1]);
             nll -= lp;

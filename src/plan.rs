@@ -15,7 +15,7 @@ use lowbit_core::registry::{
     create_backend, find_adapter, find_profile, BackendOptions, BackendTuning, CpuTuning,
     MatvecShape, WebGpuTuning,
 };
-use lowbit_core::{Backend, Error, ErrorCode, Result};
+use lowbit_core::{block_on, Backend, Error, ErrorCode, Result};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -273,7 +273,9 @@ impl RunPlan {
                 let source = ModelSource::open(&path)?;
                 let adapter = find_adapter(&source)?;
                 let backend = create_backend(&self.backend.name, &backend_opts)?;
-                let model = adapter.load_text(&source, &self.weights, backend.clone(), progress)?;
+                let model = adapter
+                    .load(&source, &self.weights, backend.clone(), progress)?
+                    .into_text()?;
                 (model, backend)
             }
         };
@@ -308,8 +310,8 @@ pub fn warm_up(model: &dyn TextModel, backend: &dyn Backend) -> Result<WarmUp> {
     let t = std::time::Instant::now();
     let tok = model.tokenizer().bos_id().unwrap_or(0);
     let mut cache = model.new_cache(4)?;
-    model.forward(&mut cache, &[tok, tok], Logits::Last)?;
-    model.forward(&mut cache, &[tok], Logits::Last)?;
+    block_on(model.forward(&mut cache, &[tok, tok], Logits::Last))?;
+    block_on(model.forward(&mut cache, &[tok], Logits::Last))?;
     drop(cache);
     let pipeline_cache_warm = backend.save_compiled()?;
     Ok(WarmUp {

@@ -82,7 +82,14 @@ fn simd_features() -> Vec<String> {
 
 /// Model facts from a GGUF header (no weights are read).
 pub fn model_facts(path: &Path) -> Result<ModelFacts> {
-    let ModelSource::Gguf(g) = ModelSource::open(path)?;
+    let source = ModelSource::open(path)?;
+    let ModelSource::Gguf(g) = &source else {
+        return Err(lowbit_core::Error::unsupported(format!(
+            "{}: model facts are read from GGUF headers, not {}",
+            path.display(),
+            source.format_name()
+        )));
+    };
     let arch = g
         .get_str("general.architecture")
         .unwrap_or("llama")

@@ -5,7 +5,7 @@ mod common;
 
 use lowbit::core::adapter::TextModel;
 use lowbit::core::generate::{generate, FinishReason, GenerateOptions, SamplingParams};
-use lowbit::core::ErrorCode;
+use lowbit::core::{block_on, ErrorCode};
 
 fn model() -> Box<dyn TextModel> {
     common::smollm2_plan("cpu", "int8")
@@ -25,9 +25,9 @@ fn run(
     let ids = m.tokenizer().encode(prompt, true).unwrap();
     let mut cache = m.new_cache(128).unwrap();
     let mut calls = Vec::new();
-    let g = generate(m, &mut cache, &ids, opts, &mut |t, last| {
+    let g = block_on(generate(m, &mut cache, &ids, opts, &mut |t, last| {
         calls.push((t.to_owned(), last))
-    });
+    }));
     (g, calls)
 }
 
@@ -112,22 +112,22 @@ fn prompt_longer_than_context_is_context_overflow_and_empty_prompt_is_rejected()
     let m = model();
     let ids = m.tokenizer().encode(&"word ".repeat(200), true).unwrap();
     let mut cache = m.new_cache(64).unwrap();
-    let e = generate(
+    let e = block_on(generate(
         m.as_ref(),
         &mut cache,
         &ids,
         &GenerateOptions::default(),
         &mut |_, _| {},
-    )
+    ))
     .unwrap_err();
     assert_eq!(e.code, ErrorCode::ContextOverflow);
-    let e = generate(
+    let e = block_on(generate(
         m.as_ref(),
         &mut cache,
         &[],
         &GenerateOptions::default(),
         &mut |_, _| {},
-    )
+    ))
     .unwrap_err();
     assert_eq!(e.code, ErrorCode::InvalidConfig);
 }
@@ -144,7 +144,14 @@ fn generation_stops_at_the_context_limit() {
         max_tokens: 100,
         ..Default::default()
     };
-    let g = generate(m.as_ref(), &mut cache, &ids, &opts, &mut |_, _| {}).unwrap();
+    let g = block_on(generate(
+        m.as_ref(),
+        &mut cache,
+        &ids,
+        &opts,
+        &mut |_, _| {},
+    ))
+    .unwrap();
     assert_eq!(g.finish_reason, FinishReason::Length);
     assert!(g.tokens.len() <= 5);
 }

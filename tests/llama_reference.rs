@@ -5,6 +5,7 @@
 mod common;
 
 use lowbit::core::adapter::TextModel;
+use lowbit::core::block_on;
 use lowbit::core::generate::{generate, GenerateOptions, SamplingParams};
 use lowbit::perplexity::perplexity;
 
@@ -59,7 +60,14 @@ fn greedy_fp32_matches_llama_cpp_on_at_least_4_of_5_prompts() {
             },
             ..Default::default()
         };
-        let g = generate(model.as_ref(), &mut cache, &ids, &opts, &mut |_, _| {}).unwrap();
+        let g = block_on(generate(
+            model.as_ref(),
+            &mut cache,
+            &ids,
+            &opts,
+            &mut |_, _| {},
+        ))
+        .unwrap();
         if g.tokens == want[..16] {
             matches += 1;
         } else {

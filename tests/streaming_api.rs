@@ -5,6 +5,7 @@
 mod server_common;
 
 use futures::StreamExt;
+use lowbit::core::block_on;
 use lowbit::core::generate::{generate, FinishReason, GenerateOptions, SamplingParams};
 use lowbit::streaming::{InferenceConfig, Prompt, TokenEvent};
 use server_common::*;
@@ -71,7 +72,14 @@ async fn async_stream_matches_the_sync_callback_and_the_engine() {
     let m = model();
     let ids = m.tokenizer().encode(prompt, true).unwrap();
     let mut cache = m.new_cache(256).unwrap();
-    let g = generate(m.as_ref(), &mut cache, &ids, &greedy(12), &mut |_, _| {}).unwrap();
+    let g = block_on(generate(
+        m.as_ref(),
+        &mut cache,
+        &ids,
+        &greedy(12),
+        &mut |_, _| {},
+    ))
+    .unwrap();
     assert_eq!(g.text, text);
 
     let mut s = e.generate_async(prompt, greedy(12)).unwrap();
@@ -194,7 +202,7 @@ fn timeout_and_memory_pressure_fire_their_callbacks() {
     );
 
     // Memory pressure: a KV budget that holds one request (~45 tokens) but not two.
-    let budget = model().new_cache(60).unwrap().bytes;
+    let budget = model().new_cache(60).unwrap().bytes();
     let e = Arc::new(
         lowbit::streaming::StreamingInference::from_model(
             model(),

@@ -7,6 +7,7 @@
 mod common;
 
 use lowbit::core::adapter::Logits;
+use lowbit::core::block_on;
 use lowbit::core::generate::{argmax, generate, GenerateOptions};
 use lowbit::core::registry::{BackendTuning, MatvecShape};
 use lowbit::perplexity::perplexity;
@@ -34,18 +35,24 @@ fn greedy(backend: &str, prompt: &str, tuning: &BackendTuning) -> Vec<u32> {
         max_tokens: 16,
         ..Default::default()
     };
-    let tokens = generate(model.as_ref(), &mut cache, &ids, &opts, &mut |_, _| {})
-        .unwrap()
-        .tokens;
+    let tokens = block_on(generate(
+        model.as_ref(),
+        &mut cache,
+        &ids,
+        &opts,
+        &mut |_, _| {},
+    ))
+    .unwrap()
+    .tokens;
     // `generate` selects greedy tokens on the device with the next step queued ahead
     // (`decode_greedy`); step by step with host argmax must give the same tokens.
     let mut cache = model.new_cache(64).unwrap();
-    let mut logits = model.forward(&mut cache, &ids, Logits::Last).unwrap();
+    let mut logits = block_on(model.forward(&mut cache, &ids, Logits::Last)).unwrap();
     let mut stepwise = Vec::new();
     for _ in 0..16 {
         let t = argmax(&logits);
         stepwise.push(t);
-        logits = model.forward(&mut cache, &[t], Logits::Last).unwrap();
+        logits = block_on(model.forward(&mut cache, &[t], Logits::Last)).unwrap();
     }
     assert_eq!(
         tokens, stepwise,
@@ -53,14 +60,13 @@ fn greedy(backend: &str, prompt: &str, tuning: &BackendTuning) -> Vec<u32> {
     );
     // Refusing a token stops decoding with only the accepted tokens fed to the cache.
     let mut cache = model.new_cache(64).unwrap();
-    model.forward(&mut cache, &ids, Logits::Last).unwrap();
+    block_on(model.forward(&mut cache, &ids, Logits::Last)).unwrap();
     let mut got = Vec::new();
-    model
-        .decode_greedy(&mut cache, stepwise[0], 16, &mut |t| {
-            got.push(t);
-            got.len() < 5
-        })
-        .unwrap();
+    let mut keep = |t| {
+        got.push(t);
+        got.len() < 5
+    };
+    block_on(model.decode_greedy(&mut cache, stepwise[0], 16, &mut keep)).unwrap();
     assert_eq!(got, stepwise[1..6], "{backend}: early stop");
     assert_eq!(
         cache.pos,

@@ -1,33 +1,15 @@
 //! The [`ModelAdapter`] trait (recognise a model file, load it onto a backend) and the
 //! [`TextModel`] it returns for text decoders.
 
-use crate::backend::{Backend, BufferId};
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::formats::gguf::GgufFile;
+use crate::future::{LocalBoxFuture, MaybeSend, MaybeSync};
+use crate::kv::KvCache;
 use crate::quant::{QuantSpec, Scheme};
 use crate::tokenizer::Tokenizer;
-use std::path::Path;
 use std::sync::Arc;
 
-/// An opened model file, before any adapter has read its weights.
-pub enum ModelSource {
-    /// A GGUF file (metadata, tokenizer and tensors in one file).
-    Gguf(Arc<GgufFile>),
-}
-
-impl ModelSource {
-    /// Opens a model file, recognising the format from its content.
-    pub fn open(path: &Path) -> Result<Self> {
-        Ok(ModelSource::Gguf(Arc::new(GgufFile::open(path)?)))
-    }
-
-    /// The architecture name (`general.architecture` for GGUF), if the file states one.
-    pub fn architecture(&self) -> Option<String> {
-        match self {
-            ModelSource::Gguf(g) => g.get_str("general.architecture").map(str::to_owned),
-        }
-    }
-}
+pub use crate::model_source::ModelSource;
 
 /// Storage of one weight tensor on the backend.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -204,20 +186,109 @@ impl QuantPlan {
 /// Load progress reported by adapters: `(done, total, what)`.
 pub type ProgressFn<'a> = dyn FnMut(usize, usize, &str) + 'a;
 
+/// A loaded model, by what it computes.
+pub enum LoadedModel {
+    /// A text decoder: tokens in, next-token logits out.
+    Text(Box<dyn TextModel>),
+    /// An encoder: tokens (or patches, or audio frames) in, hidden states and a pooled
+    /// embedding out.
+    Encoder(Box<dyn EncoderModel>),
+    /// An encoder-decoder (speech recognition, translation): an encoder feeding a text decoder
+    /// through cross-attention.
+    EncoderDecoder(Box<dyn EncoderDecoderModel>),
+}
+
+impl LoadedModel {
+    /// What kind of model it is (`text decoder`, `encoder`, `encoder-decoder`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LoadedModel::Text(_) => "text decoder",
+            LoadedModel::Encoder(_) => "encoder",
+            LoadedModel::EncoderDecoder(_) => "encoder-decoder",
+        }
+    }
+
+    /// The text decoder, or `MODEL_LOADING_FAILED` naming what the model is instead.
+    pub fn into_text(self) -> Result<Box<dyn TextModel>> {
+        match self {
+            LoadedModel::Text(m) => Ok(m),
+            other => Err(Error::model_loading(format!(
+                "this model is an {}, not a text decoder: it cannot generate text",
+                other.kind()
+            ))),
+        }
+    }
+}
+
 /// Recognises model files and loads them onto a [`Backend`].
 pub trait ModelAdapter: Send + Sync {
     /// Registry name, e.g. `llama`.
     fn name(&self) -> &'static str;
     /// Whether this adapter can load `source`.
     fn supports(&self, source: &ModelSource) -> bool;
-    /// Loads a text decoder, quantizing its weights per `plan`.
-    fn load_text(
+    /// Loads the model, quantizing its weights per `plan`.
+    fn load(
         &self,
         source: &ModelSource,
         plan: &QuantPlan,
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
-    ) -> Result<Box<dyn TextModel>>;
+    ) -> Result<LoadedModel>;
+}
+
+/// Hyper-parameters of an encoder that callers need.
+#[derive(Clone, Debug)]
+pub struct EncoderConfig {
+    /// Model name.
+    pub name: String,
+    /// Architecture (`bert`, `vit`, …).
+    pub architecture: String,
+    /// Hidden size (values per output row).
+    pub dim: usize,
+    /// Size of the pooled embedding.
+    pub embedding_dim: usize,
+    /// Longest input in rows (tokens, patches or frames).
+    pub max_rows: usize,
+    /// Transformer blocks.
+    pub n_layers: usize,
+}
+
+/// A loaded encoder.
+pub trait EncoderModel: MaybeSend + MaybeSync {
+    /// Hyper-parameters.
+    fn config(&self) -> &EncoderConfig;
+    /// The model's tokenizer, for text encoders.
+    fn tokenizer(&self) -> Option<&Tokenizer>;
+    /// Hidden states of the last layer for `tokens`: `tokens.len() × dim` values.
+    fn encode<'a>(&'a self, tokens: &'a [u32]) -> LocalBoxFuture<'a, Result<Vec<f32>>>;
+    /// The pooled (and, where the model says so, normalised) embedding of `tokens`.
+    fn embed<'a>(&'a self, tokens: &'a [u32]) -> LocalBoxFuture<'a, Result<Vec<f32>>>;
+    /// Bytes of weights on the backend.
+    fn weight_bytes(&self) -> usize;
+}
+
+/// A loaded encoder-decoder: the encoder runs once per input, the decoder attends to its
+/// states through cross-attention while it generates.
+pub trait EncoderDecoderModel: MaybeSend + MaybeSync {
+    /// The decoder's hyper-parameters (vocabulary, layers).
+    fn config(&self) -> &TextModelConfig;
+    /// The decoder's tokenizer.
+    fn tokenizer(&self) -> &Tokenizer;
+    /// Encodes `input` (log-mel frames, `n_frames × n_mels` values) and returns a decoder cache
+    /// for up to `max_seq` tokens whose cross-attention views hold the encoder states.
+    fn encode<'a>(
+        &'a self,
+        input: &'a [f32],
+        max_seq: usize,
+    ) -> LocalBoxFuture<'a, Result<KvCache>>;
+    /// Runs decoder `tokens` at positions `cache.pos..` and returns the last row's logits.
+    fn decode<'a>(
+        &'a self,
+        cache: &'a mut KvCache,
+        tokens: &'a [u32],
+    ) -> LocalBoxFuture<'a, Result<Vec<f32>>>;
+    /// Bytes of weights on the backend.
+    fn weight_bytes(&self) -> usize;
 }
 
 /// Hyper-parameters of a text decoder that callers need.
@@ -245,77 +316,6 @@ pub struct TextModelConfig {
     pub n_params: usize,
 }
 
-/// The attention cache of one sequence plus its scratch buffers, owned by the backend that
-/// made it and freed on drop.
-pub struct KvCache {
-    /// Tokens already in the cache (position of the next token).
-    pub pos: usize,
-    /// Capacity in tokens.
-    pub max_seq: usize,
-    /// Bytes held by keys and values.
-    pub bytes: usize,
-    /// Backend buffers holding keys and values (layout chosen by the model).
-    pub buffers: Vec<BufferId>,
-    /// Scratch activation buffers (layout chosen by the model), reused between calls.
-    pub scratch: Vec<BufferId>,
-    /// Token rows the scratch buffers were sized for (0 = none yet).
-    pub scratch_rows: usize,
-    backend: Arc<dyn Backend>,
-}
-
-impl KvCache {
-    /// Wraps buffers allocated on `backend`; they are freed when the cache drops.
-    pub fn new(
-        backend: Arc<dyn Backend>,
-        buffers: Vec<BufferId>,
-        max_seq: usize,
-        bytes: usize,
-    ) -> Self {
-        KvCache {
-            pos: 0,
-            max_seq,
-            bytes,
-            buffers,
-            scratch: Vec::new(),
-            scratch_rows: 0,
-            backend,
-        }
-    }
-
-    /// Replaces the scratch buffers (the old ones are freed).
-    pub fn set_scratch(&mut self, scratch: Vec<BufferId>, rows: usize) {
-        for b in self.scratch.drain(..) {
-            self.backend.free(b);
-        }
-        self.scratch = scratch;
-        self.scratch_rows = rows;
-    }
-
-    /// Forgets all tokens (buffers are reused).
-    pub fn clear(&mut self) {
-        self.pos = 0;
-    }
-
-    /// Checks that `n` more tokens fit.
-    pub fn ensure_room(&self, n: usize) -> Result<()> {
-        if self.pos + n > self.max_seq {
-            return Err(Error::context_overflow(format!(
-                "{} tokens in the cache + {n} new > capacity {}",
-                self.pos, self.max_seq
-            )));
-        }
-        Ok(())
-    }
-}
-
-impl Drop for KvCache {
-    fn drop(&mut self) {
-        for b in self.buffers.iter().chain(&self.scratch) {
-            self.backend.free(*b);
-        }
-    }
-}
-
 /// Which rows of logits a forward pass returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Logits {
@@ -325,8 +325,9 @@ pub enum Logits {
     All,
 }
 
-/// A loaded text decoder.
-pub trait TextModel: Send + Sync {
+/// A loaded text decoder. Its calls are futures (they await device reads); native callers
+/// wait at their top level with [`crate::future::block_on`].
+pub trait TextModel: MaybeSend + MaybeSync {
     /// Hyper-parameters.
     fn config(&self) -> &TextModelConfig;
     /// The model's tokenizer.
@@ -335,24 +336,38 @@ pub trait TextModel: Send + Sync {
     fn new_cache(&self, max_seq: usize) -> Result<KvCache>;
     /// Runs `tokens` at positions `cache.pos..`, appends them to the cache, returns logits
     /// (`vocab_size` per returned row).
-    fn forward(&self, cache: &mut KvCache, tokens: &[u32], logits: Logits) -> Result<Vec<f32>>;
+    fn forward<'a>(
+        &'a self,
+        cache: &'a mut KvCache,
+        tokens: &'a [u32],
+        logits: Logits,
+    ) -> LocalBoxFuture<'a, Result<Vec<f32>>>;
     /// One decode step for several sequences at once: `tokens[i]` runs at position
     /// `caches[i].pos` of its own cache. Returns one row of logits per sequence. Adapters
     /// override it to share every weight read across the batch (continuous batching); this
     /// default runs the sequences one after another.
-    fn forward_batch(&self, caches: &mut [&mut KvCache], tokens: &[u32]) -> Result<Vec<Vec<f32>>> {
-        if caches.len() != tokens.len() {
-            return Err(Error::invalid_config(format!(
-                "forward_batch: {} caches for {} tokens",
-                caches.len(),
-                tokens.len()
-            )));
-        }
-        caches
-            .iter_mut()
-            .zip(tokens)
-            .map(|(c, t)| self.forward(c, &[*t], Logits::Last))
-            .collect()
+    fn forward_batch<'a>(
+        &'a self,
+        caches: &'a mut [&mut KvCache],
+        tokens: &'a [u32],
+    ) -> LocalBoxFuture<'a, Result<Vec<Vec<f32>>>> {
+        Box::pin(async move {
+            if caches.len() != tokens.len() {
+                return Err(Error::invalid_config(format!(
+                    "forward_batch: {} caches for {} tokens",
+                    caches.len(),
+                    tokens.len()
+                )));
+            }
+            let mut out = Vec::with_capacity(tokens.len());
+            for (c, t) in caches.iter_mut().zip(tokens) {
+                out.push(
+                    self.forward(c, std::slice::from_ref(t), Logits::Last)
+                        .await?,
+                );
+            }
+            Ok(out)
+        })
     }
     /// Greedy decoding: feeds `first` at position `cache.pos`, then each step's most likely
     /// token to the next step, and hands every selected token to `on_token` until it returns
@@ -361,22 +376,24 @@ pub trait TextModel: Send + Sync {
     /// [`TextModel::forward`] plus [`crate::generate::argmax`] would; adapters override it to
     /// select on the device and record step `k + 1` while the device runs step `k`. This
     /// default runs the steps one after another.
-    fn decode_greedy(
-        &self,
-        cache: &mut KvCache,
+    fn decode_greedy<'a>(
+        &'a self,
+        cache: &'a mut KvCache,
         first: u32,
         max_steps: usize,
-        on_token: &mut dyn FnMut(u32) -> bool,
-    ) -> Result<()> {
-        let mut tok = first;
-        for _ in 0..max_steps {
-            let logits = self.forward(cache, &[tok], Logits::Last)?;
-            tok = crate::generate::argmax(&logits);
-            if !on_token(tok) {
-                break;
+        on_token: &'a mut dyn FnMut(u32) -> bool,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut tok = first;
+            for _ in 0..max_steps {
+                let logits = self.forward(cache, &[tok], Logits::Last).await?;
+                tok = crate::generate::argmax(&logits);
+                if !on_token(tok) {
+                    break;
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
     /// Bytes of weights on the backend.
     fn weight_bytes(&self) -> usize;

@@ -2,8 +2,10 @@
 //! quantizes its weights per plan onto a [`lowbit_core::Backend`], and returns a model object
 //! whose forward pass is written once against the backend trait.
 
+pub mod blocks;
 pub mod llama;
+mod loader;
 pub mod synthetic;
-mod tensor_source;
+pub mod tensor_source;
 
 pub use llama::LlamaAdapter;

@@ -140,7 +140,7 @@ pub fn load_synthetic(
         eps: 1e-5,
         rope_theta: p.rope_theta,
     };
-    crate::llama::build_random(
+    let model = crate::llama::build_random(
         hp,
         p.tied,
         byte_tokenizer()?,
@@ -148,5 +148,6 @@ pub fn load_synthetic(
         plan,
         backend,
         progress,
-    )
+    )?;
+    Ok(Box::new(model))
 }

@@ -4,6 +4,7 @@ use super::bench_rows::{run_config, Row, RowSink};
 use super::common::{mb, ModelArgs};
 use clap::Args;
 use lowbit::core::adapter::{Logits, TextModel};
+use lowbit::core::block_on;
 use lowbit::core::generate::peak_rss_bytes;
 use lowbit::results;
 use lowbit::{Error, Result};
@@ -142,7 +143,7 @@ fn bench_model(
         for rep in 0..=a.reps {
             cache.clear();
             let t = Instant::now();
-            model.forward(&mut cache, &toks, Logits::Last)?;
+            block_on(model.forward(&mut cache, &toks, Logits::Last))?;
             if rep > 0 {
                 v.push(a.prompt_tokens as f64 / t.elapsed().as_secs_f64());
             }
@@ -161,10 +162,11 @@ fn bench_model(
             cache.clear();
             let t = Instant::now();
             let mut produced = 0usize;
-            model.decode_greedy(&mut cache, first, a.gen_tokens, &mut |_| {
+            let mut count = |_| {
                 produced += 1;
                 true
-            })?;
+            };
+            block_on(model.decode_greedy(&mut cache, first, a.gen_tokens, &mut count))?;
             if rep > 0 {
                 v.push(produced as f64 / t.elapsed().as_secs_f64());
             }
@@ -175,22 +177,30 @@ fn bench_model(
         sink.emit(&row)?;
         rows.push(row);
     }
-    Ok((rows, cache.bytes))
+    Ok((rows, cache.bytes()))
 }
 
 /// Times buffer-to-buffer copies of 64 MiB (fits every storage-binding limit) on the backend:
 /// GB/s with read and write counted.
 fn copy_bandwidth(b: &dyn lowbit::core::Backend) -> Result<f64> {
     let len = 16 << 20; // f32 values
-    let (src, dst) = (b.alloc(len)?, b.alloc(len)?);
-    b.copy(src, 0, dst, 0, len)?;
-    b.read(dst, 0, 1)?;
+    let f32 = lowbit::core::DType::F32;
+    let (src, dst) = (b.alloc(f32, len)?, b.alloc(f32, len)?);
+    let copy = [lowbit::core::Op::Copy {
+        src,
+        src_offset: 0,
+        dst,
+        dst_offset: 0,
+        len,
+    }];
+    b.run(&copy)?;
+    block_on(b.read(dst, 0, 1))?;
     let reps = 50;
     let t = Instant::now();
     for _ in 0..reps {
-        b.copy(src, 0, dst, 0, len)?;
+        b.run(&copy)?;
     }
-    b.read(dst, 0, 1)?;
+    block_on(b.read(dst, 0, 1))?;
     let s = t.elapsed().as_secs_f64();
     b.free(src);
     b.free(dst);
@@ -313,7 +323,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let toks = random_tokens(n, model.config().vocab_size, 3);
             let mut cache = model.new_cache(n + 1)?;
             let t = Instant::now();
-            let logits = model.forward(&mut cache, &toks, Logits::Last)?;
+            let logits = block_on(model.forward(&mut cache, &toks, Logits::Last))?;
             let _first = lowbit::core::generate::argmax(&logits);
             let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
             let start = json!({

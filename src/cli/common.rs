@@ -65,7 +65,7 @@ pub struct ModelArgs {
 
 /// `KEY=VALUE` of `--set`: the value as a TOML literal where it parses as one (`false`, `8`,
 /// `[64, 1, 1]`), else as a string.
-fn parse_set(item: &str) -> Result<(String, toml::Value)> {
+pub fn parse_set(item: &str) -> Result<(String, toml::Value)> {
     let (key, value) = item
         .split_once('=')
         .ok_or_else(|| Error::invalid_config(format!("--set {item}: expected KEY=VALUE")))?;

@@ -2,6 +2,7 @@
 
 use super::common::{mb, ModelArgs};
 use clap::Args;
+use lowbit::core::block_on;
 use lowbit::core::generate::{generate, GenerateOptions, SamplingParams};
 use lowbit::{Error, Result};
 use std::io::Write;
@@ -79,18 +80,19 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     };
     let json = a.model.json;
     let mut out = std::io::stdout().lock();
-    let g = generate(
+    let mut print = |piece: &str, _last| {
+        if !json {
+            let _ = out.write_all(piece.as_bytes());
+            let _ = out.flush();
+        }
+    };
+    let g = block_on(generate(
         model.as_ref(),
         &mut cache,
         &prompt,
         &opts,
-        &mut |piece, _last| {
-            if !json {
-                let _ = out.write_all(piece.as_bytes());
-                let _ = out.flush();
-            }
-        },
-    )?;
+        &mut print,
+    ))?;
     drop(out);
     if json {
         let v = serde_json::json!({

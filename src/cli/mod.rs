@@ -6,6 +6,7 @@ mod bench_rows;
 mod bench_serve;
 mod common;
 mod config;
+mod conformance;
 mod doctor;
 mod generate;
 mod perplexity;
@@ -41,6 +42,9 @@ enum Command {
     Config(config::ConfigArgs),
     /// List WebGPU adapters and CPU features, and say which backend and profile `auto` picks.
     Doctor(doctor::DoctorArgs),
+    /// Check every op and fused op pattern on each backend against a float64 reference, as a
+    /// table (op, shape, weight format, backend, error, tolerance).
+    Conformance(conformance::ConformanceArgs),
 }
 
 /// Parses arguments, runs the command, returns the exit code.
@@ -61,6 +65,7 @@ pub fn run() -> i32 {
         Command::BenchServe(a) => (bench_serve::run(a), a.model.json),
         Command::Config(a) => return config::run(a),
         Command::Doctor(a) => (doctor::run(a), a.json),
+        Command::Conformance(a) => (conformance::run(a), false),
     };
     match result {
         Ok(()) => 0,

@@ -7,9 +7,10 @@ use super::error::InferenceError;
 use super::events::{EventHandlers, MemoryPressure, TimeoutEvent};
 use super::stats::StatsAccumulator;
 use super::{Completion, InferenceConfig, TokenEvent, Usage};
-use lowbit_core::adapter::{KvCache, TextModel};
+use lowbit_core::adapter::TextModel;
 use lowbit_core::generate::{FinishReason, GenerateOptions, Sequence, StepOutput};
 use lowbit_core::Error;
+use lowbit_core::{block_on, KvCache};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -121,7 +122,7 @@ pub(crate) fn run(
     // KV bytes grow linearly with capacity: measure one token's worth once.
     let kv_per_token = model
         .new_cache(16)
-        .map(|c| c.bytes.div_ceil(16))
+        .map(|c| c.bytes().div_ceil(16))
         .unwrap_or(0);
     let mut waiting: VecDeque<Job> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
@@ -167,7 +168,7 @@ pub(crate) fn run(
         expire_waiting(&mut waiting, &config, &shared);
 
         // Admit waiting requests up to the batch size and the KV budget.
-        let mut kv_running: usize = running.iter().map(|r| r.cache.bytes).sum();
+        let mut kv_running: usize = running.iter().map(|r| r.cache.bytes()).sum();
         while running.len() < batch {
             let Some(job) = waiting.front() else { break };
             let max_seq = (job.prompt.len() + job.opts.max_tokens + 1).min(ctx);
@@ -206,7 +207,7 @@ pub(crate) fn run(
             });
             match started {
                 Ok((seq, cache)) => {
-                    kv_running += cache.bytes;
+                    kv_running += cache.bytes();
                     running.push(Running {
                         job,
                         seq,
@@ -246,9 +247,8 @@ pub(crate) fn run(
                 batch_rows.push((i, token));
                 continue;
             } else {
-                r.seq
-                    .step(model.as_ref(), &mut r.cache)
-                    .map_err(InferenceError::from)
+                // The scheduler thread is native code's top level: it waits for the device here.
+                block_on(r.seq.step(model.as_ref(), &mut r.cache)).map_err(InferenceError::from)
             };
             settle(r, out, &shared, model.as_ref());
         }
@@ -267,7 +267,7 @@ pub(crate) fn run(
                 .filter(|(_, b)| **b)
                 .map(|(r, _)| &mut r.cache)
                 .collect();
-            let result = model.forward_batch(&mut caches, &tokens);
+            let result = block_on(model.forward_batch(&mut caches, &tokens));
             drop(caches);
             decode_ms = t.elapsed().as_secs_f64() * 1e3;
             lock(&shared.stats).decode_batch(decoding);
@@ -292,7 +292,7 @@ pub(crate) fn run(
         }
         running.retain(|r| r.seq.finished().is_none());
         shared.running.store(running.len(), Ordering::SeqCst);
-        let kv_now: usize = running.iter().map(|r| r.cache.bytes).sum();
+        let kv_now: usize = running.iter().map(|r| r.cache.bytes()).sum();
         lock(&shared.stats).step(step_start.elapsed().as_secs_f64() * 1e3, kv_now, stepped);
 
         if decoding == 1 {

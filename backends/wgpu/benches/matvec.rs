@@ -8,7 +8,13 @@
 //! A table, no assertions: speed is measured here, never in tests.
 
 use half::f16;
-use lowbit_core::backend::{AttentionParams, QkvParams, RmsNorm, RopeStyle};
+// The tests' op lists of the former backend calls (one `run` each, fused where they form a
+// fused group).
+#[path = "../tests/calls/mod.rs"]
+mod calls;
+
+use calls::{AttentionParams, Calls, QkvParams, RmsNorm};
+use lowbit_core::ops::RopeStyle;
 use lowbit_core::quant::QuantizedMatrix;
 use lowbit_core::{Backend, QuantSpec, Scheme, WeightId, WeightMatrix};
 use lowbit_wgpu::{WgpuBackend, WgpuOptions};
@@ -65,12 +71,12 @@ fn time_calls(b: &WgpuBackend, probe: lowbit_core::BufferId, call: &dyn Fn(usize
     for i in 0..CALLS {
         call(i);
     }
-    b.read(probe, 0, 1).expect("read");
+    b.read_now(probe, 0, 1).expect("read");
     for i in 0..CALLS {
         call(i);
     }
     b.reset_timings();
-    b.read(probe, 0, 1).expect("read");
+    b.read_now(probe, 0, 1).expect("read");
     let wait = b
         .host_timings()
         .into_iter()
@@ -113,7 +119,9 @@ fn main() {
     // outputs (no dependence, no barrier).
     {
         let src = b.upload(&[1.0; 64]).expect("upload");
-        let outs: Vec<_> = (0..CALLS).map(|_| b.alloc(64).expect("alloc")).collect();
+        let outs: Vec<_> = (0..CALLS)
+            .map(|_| b.alloc_f32(64).expect("alloc"))
+            .collect();
         for (label, distinct) in [("chained", false), ("independent", true)] {
             let s = time_calls(&b, outs[0], &|i| {
                 let dst = if distinct { outs[i] } else { outs[0] };
@@ -129,7 +137,9 @@ fn main() {
             let (ids, bytes) = weight_copies(&b, rows, cols, bits);
             let copies = ids.len();
             let x = b.upload(&activations(cols)).expect("upload");
-            let outs: Vec<_> = (0..CALLS).map(|_| b.alloc(rows).expect("alloc")).collect();
+            let outs: Vec<_> = (0..CALLS)
+                .map(|_| b.alloc_f32(rows).expect("alloc"))
+                .collect();
             let mut cells = Vec::new();
             for distinct in [false, true] {
                 let s = time_calls(&b, outs[0], &|i| {
@@ -161,10 +171,12 @@ fn step_kernels(b: &WgpuBackend, others: bool) {
     let row = dim + 2 * kv_heads * hd;
     let ctx = 512;
     let buf = |n: usize| b.upload(&vec![0.01; n]).expect("upload");
-    let (x, g, normed) = (buf(dim), buf(dim), buf(dim));
-    let (qkv, q, att) = (buf(row), buf(dim), buf(dim));
+    // Intermediates are scratch, as a model's are, so fused groups may leave them unwritten.
+    let scratch = |n: usize| b.alloc_scratch(n).expect("alloc");
+    let (x, g, normed) = (buf(dim), buf(dim), scratch(dim));
+    let (qkv, q, att) = (scratch(row), buf(dim), scratch(dim));
     let (kc, vc) = (buf(ctx * kv_heads * hd), buf(ctx * kv_heads * hd));
-    let (gu, ffo, logits, tok) = (buf(2 * ff), buf(ff), buf(vocab), buf(4));
+    let (gu, ffo, logits, tok) = (buf(2 * ff), scratch(ff), buf(vocab), buf(4));
     let qp = |pos0| QkvParams {
         n_tokens: 1,
         pos0,
@@ -280,7 +292,10 @@ fn decode_matvecs(b: &WgpuBackend) {
         let (ids, bytes) = weight_copies(b, rows, cols, bits);
         let copies = ids.len();
         let gu = b.upload(&activations(2 * cols)).expect("upload");
-        let (h, out) = (b.alloc(cols).expect("alloc"), b.alloc(rows).expect("alloc"));
+        let (h, out) = (
+            b.alloc_scratch(cols).expect("alloc"),
+            b.alloc_f32(rows).expect("alloc"),
+        );
         let s = time_calls(b, h, &|_| b.swiglu(gu, h, 1, cols).expect("swiglu"));
         let pair = time_calls(b, out, &|i| {
             b.swiglu_matmul_add(gu, h, ids[i % copies], out, 1, cols)

@@ -8,7 +8,10 @@
 //! explicitly with [`WgpuOptions::software`], so `auto` never prefers it over the CPU backend.
 
 mod backend;
+mod buffers;
 mod device;
+mod fusion;
+mod ops;
 mod pipelines;
 mod probe;
 mod profiling;
@@ -19,6 +22,7 @@ mod weights;
 
 pub use backend::{KernelPaths, WgpuBackend};
 pub use device::{MatvecShape, WgpuOptions};
+pub use fusion::{Fused, Group, Plan};
 pub use probe::{probe_adapters, AdapterReport};
 pub use profiling::KernelTiming;
 

@@ -12,6 +12,10 @@ use crate::device::GpuDevice;
 use crate::pipelines::{FastMap, Kernel};
 use crate::profiling::Profiler;
 use lowbit_core::{Error, Result};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
 /// Bytes of one parameter block (16 scalars).
 const PARAMS_BYTES: u64 = 64;
@@ -74,11 +78,9 @@ pub(crate) struct Recorder {
     pub host: HostTimes,
     /// When the first dispatch of the open submission was recorded.
     open_since: Option<std::time::Instant>,
-    /// Reads begun with [`Recorder::read_start`] and not yet redeemed, by ticket.
-    pending: FastMap<u64, InFlight>,
-    /// Readback buffers of redeemed reads, for reuse.
-    spare_readbacks: Vec<wgpu::Buffer>,
-    next_ticket: u64,
+    /// Readback buffers of redeemed reads and the time spent waiting for them, shared with the
+    /// read futures (which redeem without the backend's lock).
+    pub readbacks: Arc<Mutex<Readbacks>>,
     /// Dispatches in the open submission.
     open_dispatches: usize,
 }
@@ -88,8 +90,28 @@ pub(crate) struct Recorder {
 pub(crate) struct InFlight {
     buffer: wgpu::Buffer,
     bytes: u64,
+    /// Waited on natively; a browser's map callback fires after it on its own.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     submission: wgpu::SubmissionIndex,
-    mapped: std::sync::mpsc::Receiver<MapResult>,
+    mapped: MapSignal,
+}
+
+/// Readback buffers kept for reuse, and the host's waits for reads.
+#[derive(Default)]
+pub(crate) struct Readbacks {
+    spare: Vec<wgpu::Buffer>,
+    /// Blocked on read-backs (the GPU running, then mapping), nanoseconds.
+    pub wait_ns: u64,
+    /// Read-backs redeemed.
+    pub reads: u64,
+}
+
+impl Readbacks {
+    fn recycle(&mut self, buffer: wgpu::Buffer) {
+        if self.spare.len() < MAX_SPARE_READBACKS {
+            self.spare.push(buffer);
+        }
+    }
 }
 
 /// Readback buffers kept for reuse (two reads in flight is the decode pipeline's depth).
@@ -103,14 +125,10 @@ pub(crate) struct HostTimes {
     pub record_ns: u64,
     /// Finishing the encoder and `queue.submit`.
     pub submit_ns: u64,
-    /// Blocked on read-backs (the GPU running, then mapping).
-    pub wait_ns: u64,
     /// Dispatches recorded.
     pub dispatches: u64,
     /// Submissions.
     pub submits: u64,
-    /// Read-backs.
-    pub reads: u64,
 }
 
 fn ring_buffer(dev: &GpuDevice, size: u64) -> wgpu::Buffer {
@@ -143,9 +161,7 @@ impl Recorder {
             host: HostTimes::default(),
             open_since: None,
             open_dispatches: 0,
-            pending: FastMap::default(),
-            spare_readbacks: Vec::new(),
-            next_ticket: 0,
+            readbacks: Arc::default(),
         }
     }
 
@@ -346,41 +362,22 @@ impl Recorder {
         }
     }
 
-    /// Copies `bytes` from `src` at `offset` into a readback buffer (kept for reuse), submits,
-    /// waits and returns them: [`Recorder::read_start`] redeemed at once.
-    pub fn read(
-        &mut self,
-        dev: &GpuDevice,
-        src: &wgpu::Buffer,
-        offset: u64,
-        bytes: u64,
-    ) -> Result<Vec<u8>> {
-        let ticket = self.read_start(dev, src, offset, bytes)?;
-        let in_flight = self.take_read(ticket)?;
-        let t = std::time::Instant::now();
-        let (out, buffer) = wait_read(dev, in_flight)?;
-        self.finish_read(t.elapsed(), buffer);
-        Ok(out)
-    }
-
-    /// Books a redeemed read: its wait in the host timings, its buffer kept for reuse.
-    pub fn finish_read(&mut self, waited: std::time::Duration, buffer: wgpu::Buffer) {
-        self.host.wait_ns += waited.as_nanos() as u64;
-        self.host.reads += 1;
-        self.recycle(buffer);
-    }
-
     /// Copies `bytes` of `src` at `offset` into a readback buffer, submits, and starts mapping
-    /// it without waiting; returns a ticket for [`Recorder::take_read`].
+    /// it without waiting; [`ReadBack`] redeems it.
     pub fn read_start(
         &mut self,
         dev: &GpuDevice,
         src: &wgpu::Buffer,
         offset: u64,
         bytes: u64,
-    ) -> Result<u64> {
-        let buffer = match self.spare_readbacks.iter().position(|b| b.size() >= bytes) {
-            Some(i) => self.spare_readbacks.swap_remove(i),
+    ) -> Result<InFlight> {
+        let spare = {
+            let mut r = self.readbacks.lock().unwrap_or_else(|p| p.into_inner());
+            let i = r.spare.iter().position(|b| b.size() >= bytes);
+            i.map(|i| r.spare.swap_remove(i))
+        };
+        let buffer = match spare {
+            Some(b) => b,
             None => dev.device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("pipelined readback"),
                 size: bytes.next_power_of_two().max(256),
@@ -393,34 +390,12 @@ impl Recorder {
             .submit(dev)?
             .ok_or_else(|| Error::invalid_config("a read of zero bytes has nothing to submit"))?;
         let mapped = start_map(&buffer, bytes);
-        let ticket = self.next_ticket;
-        self.next_ticket += 1;
-        self.pending.insert(
-            ticket,
-            InFlight {
-                buffer,
-                bytes,
-                submission,
-                mapped,
-            },
-        );
-        Ok(ticket)
-    }
-
-    /// Removes the read of `ticket` for [`wait_read`] (which runs without the backend's lock).
-    pub fn take_read(&mut self, ticket: u64) -> Result<InFlight> {
-        self.pending.remove(&ticket).ok_or_else(|| {
-            Error::invalid_config(format!(
-                "read ticket {ticket} is unknown or already redeemed"
-            ))
+        Ok(InFlight {
+            buffer,
+            bytes,
+            submission,
+            mapped,
         })
-    }
-
-    /// Keeps a redeemed read's buffer for reuse.
-    fn recycle(&mut self, buffer: wgpu::Buffer) {
-        if self.spare_readbacks.len() < MAX_SPARE_READBACKS {
-            self.spare_readbacks.push(buffer);
-        }
     }
 
     /// Submits everything recorded; returns after the queue accepted it (not after it ran),
@@ -459,57 +434,144 @@ impl Recorder {
     }
 }
 
-/// Waits (without the backend's lock) for a read begun with [`Recorder::read_start`]: only for
-/// its own submission, not for later ones, which keep the GPU busy meanwhile. Returns the bytes
-/// and the buffer, for [`Recorder::finish_read`].
-pub(crate) fn wait_read(dev: &GpuDevice, r: InFlight) -> Result<(Vec<u8>, wgpu::Buffer)> {
-    let out = finish_map(dev, &r.buffer, r.bytes, &r.mapped, Some(r.submission))?;
-    Ok((out, r.buffer))
+/// A submitted read, redeemed when polled: natively it waits on the device for its own
+/// submission only (later ones keep the GPU busy meanwhile); in a browser it is woken by the
+/// map callback. Dropped unredeemed, it just releases its buffer.
+pub(crate) struct ReadBack<T> {
+    dev: Arc<GpuDevice>,
+    in_flight: Option<InFlight>,
+    readbacks: Arc<Mutex<Readbacks>>,
+    /// Turns the read bytes into the caller's values.
+    convert: T,
 }
 
-/// Maps the first `bytes` of `buf` for reading, waits for all submitted work, and returns them.
+impl<T> ReadBack<T> {
+    pub fn new(
+        dev: Arc<GpuDevice>,
+        in_flight: InFlight,
+        readbacks: Arc<Mutex<Readbacks>>,
+        convert: T,
+    ) -> Self {
+        ReadBack {
+            dev,
+            in_flight: Some(in_flight),
+            readbacks,
+            convert,
+        }
+    }
+}
+
+impl<T: Fn(&[u8]) -> Vec<f32> + Unpin> Future for ReadBack<T> {
+    type Output = Result<Vec<f32>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(r) = this.in_flight.as_ref() else {
+            return Poll::Ready(Err(Error::invalid_config(
+                "a read was polled after it finished",
+            )));
+        };
+        let t = std::time::Instant::now();
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Err(e) = wait_for(&this.dev, Some(r.submission.clone())) {
+            this.in_flight = None;
+            return Poll::Ready(Err(e));
+        }
+        let result = {
+            let mut m = r.mapped.lock().unwrap_or_else(|p| p.into_inner());
+            let res = m.result.take();
+            if res.is_none() && cfg!(target_arch = "wasm32") {
+                m.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            res
+        };
+        let Some(result) = result else {
+            this.in_flight = None;
+            return Poll::Ready(Err(gpu_err("reading a result", &"the GPU never answered")));
+        };
+        let Some(r) = this.in_flight.take() else {
+            return Poll::Ready(Err(Error::invalid_config(
+                "a read was polled after it finished",
+            )));
+        };
+        let out = result
+            .map_err(|e| gpu_err("mapping a result buffer", &e))
+            .and_then(|()| copy_out(&r.buffer, r.bytes))
+            .map(|bytes| (this.convert)(&bytes));
+        let mut rb = this.readbacks.lock().unwrap_or_else(|p| p.into_inner());
+        rb.wait_ns += t.elapsed().as_nanos() as u64;
+        rb.reads += 1;
+        if out.is_ok() {
+            rb.recycle(r.buffer);
+        }
+        Poll::Ready(out.and_then(|v| this.dev.take_error().map(|()| v)))
+    }
+}
+
+/// Maps the first `bytes` of `buf` for reading, waits for all submitted work, and returns them
+/// (native only: the profiler's timestamps).
 pub(crate) fn read_mapped(dev: &GpuDevice, buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
-    finish_map(dev, buf, bytes, &start_map(buf, bytes), None)
+    let mapped = start_map(buf, bytes);
+    wait_for(dev, None)?;
+    let result = mapped
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .result
+        .take();
+    match result {
+        Some(Ok(())) => copy_out(buf, bytes),
+        Some(Err(e)) => Err(gpu_err("mapping a result buffer", &e)),
+        None => Err(gpu_err("reading a result", &"the GPU never answered")),
+    }
 }
 
 type MapResult = std::result::Result<(), wgpu::BufferAsyncError>;
 
-/// Starts mapping the first `bytes` of `buf`; the receiver hears when the map is done.
-fn start_map(buf: &wgpu::Buffer, bytes: u64) -> std::sync::mpsc::Receiver<MapResult> {
-    let (tx, rx) = std::sync::mpsc::channel();
-    buf.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
-        let _ = tx.send(r);
-    });
-    rx
+/// Where a map callback leaves its result, and the task it wakes.
+#[derive(Default)]
+pub(crate) struct MapState {
+    result: Option<MapResult>,
+    waker: Option<Waker>,
 }
 
-/// Waits for `submission` (the latest one when `None`) and the map begun by [`start_map`],
-/// then copies the bytes out and unmaps.
-fn finish_map(
-    dev: &GpuDevice,
-    buf: &wgpu::Buffer,
-    bytes: u64,
-    mapped: &std::sync::mpsc::Receiver<MapResult>,
-    submission: Option<wgpu::SubmissionIndex>,
-) -> Result<Vec<u8>> {
-    let gpu_err = |what: &str, e: &dyn std::fmt::Display| {
-        Error::new(
-            lowbit_core::ErrorCode::WebgpuNotSupported,
-            format!("{what}: {e}"),
-        )
-    };
+type MapSignal = Arc<Mutex<MapState>>;
+
+fn gpu_err(what: &str, e: &dyn std::fmt::Display) -> Error {
+    Error::new(
+        lowbit_core::ErrorCode::WebgpuNotSupported,
+        format!("{what}: {e}"),
+    )
+}
+
+/// Starts mapping the first `bytes` of `buf`; the callback records the result and wakes the
+/// task that waits for it.
+fn start_map(buf: &wgpu::Buffer, bytes: u64) -> MapSignal {
+    let signal = MapSignal::default();
+    let s = signal.clone();
+    buf.slice(..bytes).map_async(wgpu::MapMode::Read, move |r| {
+        let mut m = s.lock().unwrap_or_else(|p| p.into_inner());
+        m.result = Some(r);
+        if let Some(w) = m.waker.take() {
+            w.wake();
+        }
+    });
+    signal
+}
+
+/// Blocks until `submission` (the latest one when `None`) ran and its callbacks fired.
+fn wait_for(dev: &GpuDevice, submission: Option<wgpu::SubmissionIndex>) -> Result<()> {
     dev.device
         .poll(wgpu::PollType::Wait {
             submission_index: submission,
             timeout: None,
         })
         .map_err(|e| gpu_err("waiting for the GPU", &e))?;
-    dev.take_error()?;
-    match mapped.recv() {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(gpu_err("mapping a result buffer", &e)),
-        Err(_) => return Err(gpu_err("reading a result", &"the GPU never answered")),
-    }
+    dev.take_error()
+}
+
+/// The first `bytes` of mapped `buf`, which is then unmapped.
+fn copy_out(buf: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
     let out = buf
         .slice(..bytes)
         .get_mapped_range()

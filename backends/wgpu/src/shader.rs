@@ -19,8 +19,12 @@ pub enum ShaderFile {
     Rope,
     /// Decode and prefill attention.
     Attention,
-    /// add, silu_mul, swiglu, copy.
+    /// add, silu_mul, swiglu (any GLU), activation, copy.
     Elementwise,
+    /// Row-wise softmax.
+    Softmax,
+    /// Convolution columns (im2col).
+    Im2col,
     /// Token selection (argmax).
     Sample,
 }
@@ -34,6 +38,8 @@ impl ShaderFile {
             ShaderFile::Rope => include_str!("../../../shaders/rope.wgsl"),
             ShaderFile::Attention => include_str!("../../../shaders/attention.wgsl"),
             ShaderFile::Elementwise => include_str!("../../../shaders/elementwise.wgsl"),
+            ShaderFile::Softmax => include_str!("../../../shaders/softmax.wgsl"),
+            ShaderFile::Im2col => include_str!("../../../shaders/im2col.wgsl"),
             ShaderFile::Sample => include_str!("../../../shaders/sample.wgsl"),
         }
     }
@@ -46,6 +52,8 @@ fn include_source(name: &str) -> Option<&'static str> {
         "weights.wgsl" => Some(include_str!("../../../shaders/weights.wgsl")),
         "q8.wgsl" => Some(include_str!("../../../shaders/q8.wgsl")),
         "q8_out.wgsl" => Some(include_str!("../../../shaders/q8_out.wgsl")),
+        "activation.wgsl" => Some(include_str!("../../../shaders/activation.wgsl")),
+        "matmul_tiled.wgsl" => Some(include_str!("../../../shaders/matmul_tiled.wgsl")),
         _ => None,
     }
 }
@@ -258,6 +266,7 @@ mod tests {
                     ("NORM_OUT", Define::Bool(false)),
                     ("RMS_IN", Define::Bool(false)),
                     ("OUT_ORDER", Define::U32(0)),
+                    ("BIAS", Define::Bool(accumulate)),
                 ];
                 let src = specialise(ShaderFile::Matmul.source(), &d).unwrap();
                 assert!(src.contains("enable wgpu_cooperative_matrix;"));

@@ -32,6 +32,10 @@ pub(crate) struct Piece {
 pub(crate) struct GpuWeight {
     pub rows: usize,
     pub cols: usize,
+    /// Columns as stored: `cols` rounded up to a multiple of 32 with zero columns (dense
+    /// matrices only; a quantized one's groups make `cols` a multiple of 32 already), which the
+    /// matmul kernels reduce over.
+    pub stored_cols: usize,
     pub kind: WeightKind,
     pub pieces: Vec<Piece>,
     /// Device bytes held.
@@ -106,15 +110,18 @@ fn storage(dev: &GpuDevice, label: &str, mut words: Vec<u32>) -> wgpu::Buffer {
 /// Uploads `w`, splitting it into pieces of at most `max_binding` bytes each.
 pub(crate) fn upload(dev: &GpuDevice, w: WeightMatrix, max_binding: u64) -> Result<GpuWeight> {
     let (rows, cols) = w.shape();
-    if cols == 0 || cols % 32 != 0 || rows == 0 {
+    let quantized = matches!(w, WeightMatrix::Quantized(_));
+    if cols == 0 || rows == 0 || (quantized && cols % 32 != 0) {
         return Err(Error::unsupported(format!(
-            "the WebGPU backend needs weight matrices with rows and a multiple of 32 columns, got {rows}×{cols}"
+            "the WebGPU backend needs weight matrices with rows and columns (a multiple of 32 when quantized), got {rows}×{cols}"
         )));
     }
+    // Dense rows are padded with zero columns to whole 32-value blocks.
+    let stored = cols.next_multiple_of(32);
     let (kind, row_words) = match &w {
         WeightMatrix::Quantized(q) => (WeightKind::Quant(q.spec), q.row_words()),
-        WeightMatrix::F32 { .. } => (WeightKind::F32, cols),
-        WeightMatrix::F16 { .. } => (WeightKind::F16, cols / 2),
+        WeightMatrix::F32 { .. } => (WeightKind::F32, stored),
+        WeightMatrix::F16 { .. } => (WeightKind::F16, stored / 2),
     };
     let row_bytes = row_words as u64 * 4;
     let usable = max_binding.saturating_sub(16);
@@ -136,11 +143,23 @@ pub(crate) fn upload(dev: &GpuDevice, w: WeightMatrix, max_binding: u64) -> Resu
                 .collect(),
             WeightMatrix::Quantized(q) => q.data[r0 * row_words..(r0 + n) * row_words].to_vec(),
             WeightMatrix::F32 { data, .. } => data[r0 * cols..(r0 + n) * cols]
-                .iter()
-                .map(|v| v.to_bits())
+                .chunks(cols)
+                .flat_map(|row| {
+                    let pad = std::iter::repeat_n(0, stored - cols);
+                    row.iter().map(|v| v.to_bits()).chain(pad)
+                })
                 .collect(),
             WeightMatrix::F16 { data, .. } => {
-                cast_slice(&data[r0 * cols..(r0 + n) * cols]).to_vec()
+                let zero = half::f16::ZERO;
+                let padded: Vec<half::f16> = data[r0 * cols..(r0 + n) * cols]
+                    .chunks(cols)
+                    .flat_map(|row| {
+                        row.iter()
+                            .copied()
+                            .chain(std::iter::repeat_n(zero, stored - cols))
+                    })
+                    .collect();
+                cast_slice(&padded).to_vec()
             }
         };
         let params = match &w {
@@ -161,6 +180,7 @@ pub(crate) fn upload(dev: &GpuDevice, w: WeightMatrix, max_binding: u64) -> Resu
     Ok(GpuWeight {
         rows,
         cols,
+        stored_cols: stored,
         kind,
         pieces,
         bytes,

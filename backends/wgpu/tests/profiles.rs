@@ -4,10 +4,10 @@
 //! each profile's workgroup sizes, and a profile that forbids f16 or subgroups builds no
 //! kernel using them.
 
-#[allow(dead_code)] // rope and silu_mul are not in this subset
+mod calls;
 mod reference;
 
-use lowbit_core::backend::AttentionParams;
+use calls::{AttentionParams, Calls};
 use lowbit_core::quant::quantize;
 use lowbit_core::registry::{find_profile, profile_names};
 use lowbit_core::{Backend, QuantSpec, Scheme, WeightMatrix};
@@ -43,7 +43,7 @@ fn run_subset(b: &WgpuBackend, name: &str) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(7);
     let (rows, cols) = (67usize, 576usize);
     let w = rand_vec(&mut rng, rows * cols);
-    // Same bounds as tests/ops.rs: relative to Σ|w·x|; f16 kernels round to 11-bit mantissas.
+    // Same bounds as tests/ops/main.rs (`matmul_tol`): relative to Σ|w·x|; f16 kernels round to 11-bit mantissas.
     let tol = if b.paths().f16 { 4e-3 } else { 1e-5 };
     for bits in [8u8, 4, 3, 2] {
         for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
@@ -52,9 +52,9 @@ fn run_subset(b: &WgpuBackend, name: &str) -> Vec<String> {
             let id = b.upload_weight(WeightMatrix::Quantized(q)).unwrap();
             for n in [1usize, 17] {
                 let xv = rand_vec(&mut rng, n * cols);
-                let (x, out) = (b.upload(&xv).unwrap(), b.alloc(n * rows).unwrap());
+                let (x, out) = (b.upload(&xv).unwrap(), b.alloc_f32(n * rows).unwrap());
                 b.matmul(id, x, out, n).unwrap();
-                let got = b.read(out, 0, n * rows).unwrap();
+                let got = b.read_now(out, 0, n * rows).unwrap();
                 let (want, mag) = reference::matmul(&dense, rows, cols, &xv, n);
                 let err = got
                     .iter()
@@ -87,10 +87,10 @@ fn run_subset(b: &WgpuBackend, name: &str) -> Vec<String> {
             b.upload(&kvv).unwrap(),
             b.upload(&vvv).unwrap(),
         );
-        let out = b.alloc(qv.len()).unwrap();
+        let out = b.alloc_f32(qv.len()).unwrap();
         b.attention(q, k, v, out, &p).unwrap();
-        // Convex combinations of values in [-1, 1]: 2e-5 absolute, as in tests/ops.rs.
-        let err = max_abs(&b.read(out, 0, qv.len()).unwrap(), &want);
+        // Convex combinations of values in [-1, 1]: 2e-5 absolute, as in tests/ops/epilogues.rs.
+        let err = max_abs(&b.read_now(out, 0, qv.len()).unwrap(), &want);
         assert!(err < 2e-5, "{name}: attention {n_tokens}@{pos0}: {err}");
     }
     let (r, dim) = (3usize, 1000usize);
@@ -99,11 +99,11 @@ fn run_subset(b: &WgpuBackend, name: &str) -> Vec<String> {
     let (x, wb, out) = (
         b.upload(&xv).unwrap(),
         b.upload(&wv).unwrap(),
-        b.alloc(r * dim).unwrap(),
+        b.alloc_f32(r * dim).unwrap(),
     );
     b.rms_norm(x, wb, out, r, dim, 1e-5).unwrap();
     let err = max_abs(
-        &b.read(out, 0, r * dim).unwrap(),
+        &b.read_now(out, 0, r * dim).unwrap(),
         &reference::rms_norm(&xv, &wv, dim, 1e-5),
     );
     assert!(err < 1e-5, "{name}: rms_norm {err}");

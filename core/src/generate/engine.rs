@@ -4,8 +4,9 @@
 use super::sampler::SamplingParams;
 use super::sequence::Sequence;
 use super::stats::GenerationStats;
-use crate::adapter::{KvCache, TextModel};
+use crate::adapter::TextModel;
 use crate::error::{ErrorCode, Result};
+use crate::kv::KvCache;
 use serde::Serialize;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -63,7 +64,7 @@ pub struct Generation {
 /// `opts.max_tokens` tokens. `callback(text, is_last)` fires once per generated token with the
 /// text that became safe to show (whole UTF-8 characters, never part of a stop string); the
 /// call with `is_last = true` comes exactly once, at the end.
-pub fn generate(
+pub async fn generate(
     model: &dyn TextModel,
     cache: &mut KvCache,
     prompt: &[u32],
@@ -77,12 +78,13 @@ pub fn generate(
         if seq.prefilled() && seq.is_greedy() {
             seq.decode_rest_greedy(model, cache, &mut |out| {
                 callback(&out.text, out.finished.is_some());
-            })?;
+            })
+            .await?;
             if seq.finished().is_some() {
                 return Ok(seq.generation(model, cache));
             }
         }
-        let out = match seq.step(model, cache) {
+        let out = match seq.step(model, cache).await {
             Ok(out) => out,
             Err(e) => {
                 if e.code == ErrorCode::Cancelled {

@@ -7,8 +7,9 @@ use super::engine::{FinishReason, GenerateOptions, Generation};
 use super::sampler::Sampler;
 use super::stats::{peak_rss_bytes, percentile, GenerationStats};
 use super::text_stream::TextStream;
-use crate::adapter::{KvCache, Logits, TextModel};
+use crate::adapter::{Logits, TextModel};
 use crate::error::{Error, ErrorCode, Result};
+use crate::kv::KvCache;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -137,7 +138,7 @@ impl Sequence {
     /// [`GenerateOptions::cancel`]) ends without running the model.
     ///
     /// Errors: `CANCELLED` when cancelled during prefill; backend errors from the forward pass.
-    pub fn step(&mut self, model: &dyn TextModel, cache: &mut KvCache) -> Result<StepOutput> {
+    pub async fn step(&mut self, model: &dyn TextModel, cache: &mut KvCache) -> Result<StepOutput> {
         if self.finished.is_some() {
             return Ok(StepOutput {
                 finished: self.finished,
@@ -151,7 +152,7 @@ impl Sequence {
                     self.finished = Some(FinishReason::Cancelled);
                     return Err(Error::new(ErrorCode::Cancelled, "cancelled during prefill"));
                 }
-                self.logits = model.forward(cache, chunk, Logits::Last)?;
+                self.logits = model.forward(cache, chunk, Logits::Last).await?;
             }
             self.prefilled = true;
             self.prefill_ms = ms(self.start);
@@ -160,7 +161,7 @@ impl Sequence {
                 return Ok(self.cancel());
             }
             let last = self.tokens.last().copied().unwrap_or_default();
-            self.logits = model.forward(cache, &[last], Logits::Last)?;
+            self.logits = model.forward(cache, &[last], Logits::Last).await?;
         }
         self.sample_next(model, cache, t0)
     }
@@ -219,7 +220,7 @@ impl Sequence {
     /// Produces exactly the outputs repeated [`Sequence::step`] calls would.
     ///
     /// Errors: `INVALID_CONFIG` for a sequence that samples; backend errors.
-    pub fn decode_rest_greedy(
+    pub async fn decode_rest_greedy(
         &mut self,
         model: &dyn TextModel,
         cache: &mut KvCache,
@@ -239,13 +240,16 @@ impl Sequence {
         let (pos0, max_seq) = (cache.pos, cache.max_seq);
         let mut fed = 0;
         let mut t0 = Instant::now();
-        model.decode_greedy(cache, first, budget.min(room), &mut |id| {
+        let mut on_token = |id| {
             fed += 1;
             let out = self.accept(model, id, pos0 + fed, max_seq, t0);
             t0 = Instant::now();
             emit(&out);
             out.finished.is_none()
-        })
+        };
+        model
+            .decode_greedy(cache, first, budget.min(room), &mut on_token)
+            .await
     }
 
     /// Takes `id` as the sampled token when the cache holds `pos` of `max_seq` positions:
@@ -315,7 +319,7 @@ impl Sequence {
             token_latency_p95_ms: percentile(lat, 95.0),
             total_ms: ms(self.start),
             weight_bytes: model.weight_bytes(),
-            kv_cache_bytes: cache.bytes,
+            kv_cache_bytes: cache.bytes(),
             peak_rss_bytes: peak_rss_bytes(),
         };
         Generation {

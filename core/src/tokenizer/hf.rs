@@ -37,7 +37,12 @@ impl HfTokenizer {
         let fail =
             |e: &dyn std::fmt::Display| Error::model_loading(format!("{}: {e}", path.display()));
         let json = std::fs::read_to_string(path).map_err(|e| fail(&e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| fail(&e))?;
+        let mut inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| fail(&e))?;
+        // Padding and truncation in a tokenizer.json (sentence-transformers ship Fixed(128)
+        // padding) would append pad ids or silently drop tokens; callers see every token and
+        // the model's own length limits instead.
+        inner.with_padding(None);
+        inner.with_truncation(None).map_err(|e| fail(&e))?;
         let parsed: serde_json::Value = serde_json::from_str(&json).map_err(|e| fail(&e))?;
         let decoder = parsed
             .get("decoder")

@@ -9,7 +9,7 @@
 //! `lowbit generate --plugin target/release/liblowbit_plugin_adapter.so ...` or
 //! `plugins = ["target/release/liblowbit_plugin_adapter.so"]` in a config file.
 
-use lowbit_core::adapter::{ModelAdapter, ModelSource, ProgressFn, QuantPlan, TextModel};
+use lowbit_core::adapter::{LoadedModel, ModelAdapter, ModelSource, ProgressFn, QuantPlan};
 use lowbit_core::plugin::PluginRegistrar;
 use lowbit_core::profile::ProfileData;
 use lowbit_core::{Backend, Result};
@@ -31,14 +31,14 @@ impl ModelAdapter for TinyLlamaAlias {
         source.architecture().as_deref() == Some(ARCH)
     }
 
-    fn load_text(
+    fn load(
         &self,
         source: &ModelSource,
         plan: &QuantPlan,
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
-    ) -> Result<Box<dyn TextModel>> {
-        LlamaAdapter.load_text(source, plan, backend, progress)
+    ) -> Result<LoadedModel> {
+        LlamaAdapter.load(source, plan, backend, progress)
     }
 }
 

@@ -1,12 +1,20 @@
-//! Causal grouped-query attention over the KV cache.
+//! Scaled dot-product attention over a KV view, grouped-query, with every [`Mask`].
 
 use crate::kernels::{self, Isa};
 use crate::pool::{SharedMut, SpinPool};
-use lowbit_core::backend::AttentionParams;
+use lowbit_core::ops::AttentionShape;
 
-/// Writes `softmax(q·Kᵀ·scale)·V` per (query row, head) to `out`; query `i` sees cache rows
-/// `0 ..= pos0 + i`. Query head `h` reads kv head `h / (n_heads / n_kv_heads)`. Every
-/// (row, head) pair is one task, so decode (one row) still spreads heads across threads.
+/// The geometry of one attention call: `shape` plus the view's head layout.
+pub(crate) struct Geometry {
+    pub shape: AttentionShape,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// Writes `softmax(q·Kᵀ·scale)·V` per (query row, head) to `out`, over the key rows the mask
+/// gives query `i` ([`lowbit_core::ops::Mask::keys`]). Query head `h` reads kv head
+/// `h / (n_heads / n_kv_heads)`. Every (row, head) pair is one task, so decode (one row) still
+/// spreads heads across threads. A query that sees no key gets zeros.
 pub(crate) fn attention(
     pool: &SpinPool,
     isa: Isa,
@@ -14,26 +22,31 @@ pub(crate) fn attention(
     k: &[f32],
     v: &[f32],
     out: &mut [f32],
-    p: &AttentionParams,
+    g: &Geometry,
 ) {
-    let hd = p.head_dim;
-    let kv_row = p.n_kv_heads * hd;
-    let group = p.n_heads / p.n_kv_heads;
+    let p = &g.shape;
+    let hd = g.head_dim;
+    let kv_row = g.n_kv_heads * hd;
+    let group = p.n_heads / g.n_kv_heads;
     let pairs = p.n_tokens * p.n_heads;
     let shared = SharedMut::new(&mut out[..pairs * hd]);
     // A few (row, head) pairs per task, each task with its own score buffer.
     let per_task = pairs.div_ceil(pool.threads() * 4).max(1);
     pool.run(pairs.div_ceil(per_task), &|t| {
-        let mut scores: Vec<f32> = Vec::with_capacity(p.pos0 + p.n_tokens);
+        let mut scores: Vec<f32> = Vec::with_capacity(p.kv_len);
         for idx in t * per_task..((t + 1) * per_task).min(pairs) {
             // SAFETY: pair `idx` owns `out[idx * hd ..][..hd]`; `out` outlives `run`.
             let o = unsafe { shared.slice(idx * hd, hd) };
             let (i, h) = (idx / p.n_heads, idx % p.n_heads);
             let kv_off = (h / group) * hd;
             let qv = &q[idx * hd..(idx + 1) * hd];
-            let len = p.pos0 + i + 1;
+            let (start, end) = p.mask.keys(p.pos0, i, p.kv_len);
+            o.fill(0.0);
+            if start >= end {
+                continue;
+            }
             scores.clear();
-            scores.extend((0..len).map(|t| {
+            scores.extend((start..end).map(|t| {
                 let kt = &k[t * kv_row + kv_off..t * kv_row + kv_off + hd];
                 kernels::dot(isa, qv, kt) * p.scale
             }));
@@ -45,8 +58,7 @@ pub(crate) fn attention(
                 sum += *s;
             }
             let inv = 1.0 / sum;
-            o.fill(0.0);
-            for (t, s) in scores.iter().enumerate() {
+            for (t, s) in (start..end).zip(&scores) {
                 let vt = &v[t * kv_row + kv_off..t * kv_row + kv_off + hd];
                 kernels::axpy(isa, s * inv, vt, o);
             }

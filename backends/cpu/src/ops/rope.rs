@@ -1,6 +1,6 @@
 //! Rotary position embedding.
 
-use lowbit_core::backend::RopeStyle;
+use lowbit_core::ops::RopeStyle;
 
 /// Rotates `x` (`n_tokens × n_heads × head_dim`) in place; token `i` sits at `pos0 + i`. Pair `i`
 /// of a head rotates by `pos · theta^(-2i/head_dim)`.

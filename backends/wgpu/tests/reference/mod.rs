@@ -1,6 +1,10 @@
 //! Straightforward scalar references for the kernel tests (f64 accumulation).
 
-use lowbit_core::backend::{AttentionParams, RopeStyle};
+// Shared by several test crates, each using a part.
+#![allow(dead_code)]
+
+use crate::calls::AttentionParams;
+use lowbit_core::ops::RopeStyle;
 
 /// `out[t, r] = Σ_c w[r, c] x[t, c]` and, per output, `Σ_c |w x|` (the scale of its rounding
 /// error).

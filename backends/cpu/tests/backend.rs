@@ -1,0 +1,243 @@
+//! CPU-only behaviour around the ops: registration, typed buffers, and bad input refused with
+//! `INVALID_CONFIG` (never a panic), leaving buffers as they were.
+
+mod common;
+
+use lowbit_core::backend::{Backend, BufferId, DType, WeightId, WeightMatrix};
+use lowbit_core::kv::KvView;
+use lowbit_core::ops::{AttentionShape, Cols, Mask, NormKind, Op, RopeShape, RopeStyle, TokenIds};
+use lowbit_core::quant::Scheme;
+use lowbit_core::{block_on, ErrorCode};
+use lowbit_cpu::CpuBackend;
+
+fn read(b: &CpuBackend, buf: BufferId, len: usize) -> Vec<f32> {
+    block_on(b.read(buf, 0, len)).unwrap()
+}
+
+/// Runs `op` and returns its error message, asserting the code.
+fn refused(b: &CpuBackend, op: Op) -> String {
+    let e = b.run(&[op]).unwrap_err();
+    assert_eq!(e.code, ErrorCode::InvalidConfig, "{e}");
+    e.message
+}
+
+#[test]
+fn registered_and_described() {
+    let b = lowbit_core::registry::create_backend(
+        "cpu",
+        &lowbit_core::registry::BackendOptions {
+            threads: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let info = b.info();
+    assert_eq!(info.name, "cpu");
+    assert_eq!(info.threads, 2);
+    assert!(!info.device.is_empty());
+}
+
+#[test]
+fn typed_buffers_convert_on_write_and_read() {
+    let b = CpuBackend::new(1).unwrap();
+    // f16: 1/3 rounds to the nearest half, 65504 is the largest finite one.
+    let h = b.alloc(DType::F16, 4).unwrap();
+    b.write(h, 1, &[1.0 / 3.0, 65504.0]).unwrap();
+    let got = read(&b, h, 4);
+    assert_eq!(
+        got,
+        vec![0.0, half::f16::from_f32(1.0 / 3.0).to_f32(), 65504.0, 0.0]
+    );
+    // Int8 blocks: scale max/127, so 127·k values are exact and the rest round to the grid.
+    let q = b.alloc(DType::Q8Block, 40).unwrap();
+    let mut x: Vec<f32> = (0..32).map(|i| i as f32 * 0.5).collect();
+    x[31] = 127.0 * 0.25;
+    b.write(q, 0, &x).unwrap();
+    let got = read(&b, q, 32);
+    assert_eq!(got[31], 31.75);
+    assert_eq!(got[4], 2.0);
+    assert_eq!(got[1], 0.5);
+    // A last, partial block may be written whole; a write inside a block is refused.
+    b.write(q, 32, &[1.0; 8]).unwrap();
+    assert_eq!(read(&b, q, 40)[32..], [1.0; 8]);
+    let e = b.write(q, 4, &[1.0; 4]).unwrap_err();
+    assert!(e.message.contains("whole blocks"), "{e}");
+    // Ops compute on f32 buffers only.
+    let out = b.alloc(DType::F32, 4).unwrap();
+    let msg = refused(
+        &b,
+        Op::Copy {
+            src: h,
+            src_offset: 0,
+            dst: out,
+            dst_offset: 0,
+            len: 4,
+        },
+    );
+    assert!(msg.contains("f16"), "{msg}");
+    assert!(block_on(b.read(h, 2, 3)).is_err());
+}
+
+#[test]
+fn bad_input_is_refused_and_writes_nothing() {
+    let b = CpuBackend::new(2).unwrap();
+    let w = b
+        .upload_weight(WeightMatrix::F32 {
+            rows: 4,
+            cols: 8,
+            data: vec![1.0; 32],
+        })
+        .unwrap();
+    let x = b.upload(&[1.0; 8]).unwrap();
+    let small = b.upload(&[1.0; 3]).unwrap();
+    let out = b.upload(&[7.0; 4]).unwrap();
+    let lin = |x, out, n, bias| Op::Linear {
+        w,
+        bias,
+        x,
+        out,
+        n,
+        accumulate: false,
+    };
+    assert!(refused(&b, lin(small, out, 1, None)).contains("x holds 3"));
+    assert!(refused(&b, lin(x, small, 1, None)).contains("output buffer"));
+    assert!(refused(&b, lin(x, out, 2, None)).contains("x holds 8"));
+    assert!(refused(&b, lin(x, out, 1, Some(small))).contains("bias"));
+    assert!(refused(&b, lin(x, x, 1, None)).contains("distinct"));
+    assert!(refused(
+        &b,
+        Op::Linear {
+            w: WeightId(99),
+            bias: None,
+            x,
+            out,
+            n: 1,
+            accumulate: false
+        }
+    )
+    .contains("unknown CPU weight"));
+    assert_eq!(read(&b, out, 4), vec![7.0; 4], "a refused op wrote");
+
+    let norm = |dim| Op::Norm {
+        kind: NormKind::Layer,
+        x,
+        out,
+        weight: small,
+        bias: None,
+        rows: 1,
+        dim,
+        eps: 1e-5,
+    };
+    assert!(refused(&b, norm(0)).contains("dim"));
+    assert!(refused(&b, norm(4)).contains("weight"));
+
+    let rope = |head_dim, offset| Op::Rope {
+        x: Cols::new(x, offset, 8),
+        out: Cols::new(x, offset, 8),
+        shape: RopeShape {
+            n_tokens: 1,
+            n_heads: 1,
+            head_dim,
+            pos0: 3,
+            theta_bits: 10_000f32.to_bits(),
+            style: RopeStyle::Halves,
+        },
+    };
+    assert!(refused(&b, rope(3, 0)).contains("even"));
+    assert!(refused(&b, rope(8, 1)).contains("x holds 8"));
+    assert!(refused(&b, rope(8, usize::MAX)).contains("overflows"));
+
+    // KV rows past the cache, and a short value source: neither store is touched.
+    let k = b.upload(&[5.0; 8]).unwrap();
+    let v = b.upload(&[5.0; 8]).unwrap();
+    let kv = KvView::over(k, v, 1, 4, 2);
+    let write = |v_src, pos0| Op::KvWrite {
+        k: Cols::dense(x, 4),
+        v: Cols::dense(v_src, 4),
+        kv,
+        pos0,
+        n_tokens: 1,
+    };
+    assert!(refused(&b, write(x, 2)).contains("past the cache"));
+    assert!(refused(&b, write(small, 0)).contains("values holds 3"));
+    assert_eq!(read(&b, k, 8), vec![5.0; 8]);
+
+    let att = |kv, n_heads, kv_len, mask| Op::Attention {
+        q: x,
+        kv,
+        out,
+        shape: AttentionShape {
+            n_tokens: 1,
+            pos0: 0,
+            kv_len,
+            n_heads,
+            scale: 0.5,
+            mask,
+        },
+    };
+    assert!(refused(&b, att(kv, 1, 3, Mask::None)).contains("kv_len"));
+    assert!(refused(&b, att(kv, 1, 2, Mask::Padding { valid: 3 })).contains("padding"));
+    let two_heads = KvView::over(k, v, 2, 2, 2);
+    assert!(refused(&b, att(two_heads, 3, 2, Mask::Causal)).contains("multiple"));
+
+    let table = b
+        .upload_weight(WeightMatrix::F32 {
+            rows: 2,
+            cols: 4,
+            data: vec![0.0; 8],
+        })
+        .unwrap();
+    let embed = |ids| Op::Embed { table, ids, out };
+    assert!(refused(&b, embed(TokenIds::Host(vec![0, 2]))).contains("token 2"));
+    assert!(refused(&b, embed(TokenIds::Host(vec![0, 1]))).contains("output buffer"));
+    assert!(refused(
+        &b,
+        embed(TokenIds::Device {
+            buf: small,
+            offset: 2,
+            n: 2
+        })
+    )
+    .contains("ids"));
+
+    assert!(refused(
+        &b,
+        Op::Argmax {
+            x,
+            len: 8,
+            out,
+            out_offset: 4
+        }
+    )
+    .contains("output buffer"));
+    assert!(refused(
+        &b,
+        Op::Copy {
+            src: x,
+            src_offset: usize::MAX,
+            dst: out,
+            dst_offset: 0,
+            len: 2
+        }
+    )
+    .contains("source"));
+    b.free(small);
+    assert!(refused(&b, lin(small, out, 1, None)).contains("unknown CPU buffer"));
+    assert_eq!(read(&b, out, 4), vec![7.0; 4], "a refused op wrote");
+}
+
+#[test]
+fn inconsistent_weights_are_refused() {
+    let b = CpuBackend::new(1).unwrap();
+    assert!(b
+        .upload_weight(WeightMatrix::F32 {
+            rows: 4,
+            cols: 8,
+            data: vec![0.0; 31]
+        })
+        .is_err());
+    let mut rng = common::rng(4);
+    let (mut m, _) = common::random_matrix(&mut rng, 4, 64, 3, 32, Scheme::Asymmetric);
+    m.offsets.pop();
+    assert!(b.upload_weight(WeightMatrix::Quantized(m)).is_err());
+}

@@ -1,0 +1,172 @@
+//! The KV cache: per layer, a key store and a value store on the backend with a stated layout
+//! and precision ([`KvLayout`]), read by [`crate::ops::Op::Attention`] through a [`KvView`].
+//!
+//! The cache is owned by core, not by a model: a model asks for one with its shape
+//! ([`KvCache::new`]) and records [`crate::ops::Op::KvWrite`] and attention over
+//! [`KvCache::layer`]. Cross-attention over encoder states is a [`KvView`] too
+//! ([`KvView::over`]).
+
+use crate::backend::{Backend, BufferId, DType};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Shape and precision of one layer's keys (and, the same, its values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KvLayout {
+    /// Key/value heads per row.
+    pub n_kv_heads: usize,
+    /// Dimension of one head.
+    pub head_dim: usize,
+    /// Rows (tokens) the store holds.
+    pub rows: usize,
+    /// Element type of the stored rows.
+    pub dtype: DType,
+}
+
+impl KvLayout {
+    /// Values per row (`n_kv_heads × head_dim`).
+    pub fn row_len(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// Bytes one store (keys, or values) of this layout takes.
+    pub fn store_bytes(&self) -> usize {
+        self.dtype.bytes_for(self.rows * self.row_len())
+    }
+}
+
+/// Keys and values an attention op reads: row `r` of `k` (and `v`) holds
+/// [`KvLayout::row_len`] values, heads one after another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KvView {
+    /// Key rows.
+    pub k: BufferId,
+    /// Value rows.
+    pub v: BufferId,
+    /// Their layout.
+    pub layout: KvLayout,
+}
+
+impl KvView {
+    /// A view of `rows` f32 rows of `n_kv_heads × head_dim` in `k` and `v` (encoder states
+    /// projected to keys and values, for cross-attention).
+    pub fn over(k: BufferId, v: BufferId, n_kv_heads: usize, head_dim: usize, rows: usize) -> Self {
+        KvView {
+            k,
+            v,
+            layout: KvLayout {
+                n_kv_heads,
+                head_dim,
+                rows,
+                dtype: DType::F32,
+            },
+        }
+    }
+}
+
+/// The attention cache of one sequence (a [`KvView`] per layer) plus the model's scratch
+/// buffers, owned by the backend that made them and freed on drop.
+pub struct KvCache {
+    /// Tokens already in the cache (position of the next token).
+    pub pos: usize,
+    /// Capacity in tokens.
+    pub max_seq: usize,
+    layers: Vec<KvView>,
+    /// Scratch activation buffers (layout chosen by the model), reused between calls.
+    pub scratch: Vec<BufferId>,
+    /// Token rows the scratch buffers were sized for (0 = none yet).
+    pub scratch_rows: usize,
+    backend: Arc<dyn Backend>,
+}
+
+impl KvCache {
+    /// Allocates `n_layers` key and value stores of `layout` on `backend` (capacity
+    /// `layout.rows` tokens); they are freed when the cache drops.
+    ///
+    /// Errors with the backend's allocation error (`OUT_OF_MEMORY` where a device refuses).
+    pub fn new(backend: Arc<dyn Backend>, n_layers: usize, layout: KvLayout) -> Result<Self> {
+        let mut cache = KvCache {
+            pos: 0,
+            max_seq: layout.rows,
+            layers: Vec::with_capacity(n_layers),
+            scratch: Vec::new(),
+            scratch_rows: 0,
+            backend,
+        };
+        let len = layout.rows * layout.row_len();
+        for _ in 0..n_layers {
+            // Pushed one by one so a failure frees what was made (drop).
+            let k = cache.backend.alloc(layout.dtype, len)?;
+            let v = match cache.backend.alloc(layout.dtype, len) {
+                Ok(v) => v,
+                Err(e) => {
+                    cache.backend.free(k);
+                    return Err(e);
+                }
+            };
+            cache.layers.push(KvView { k, v, layout });
+        }
+        Ok(cache)
+    }
+
+    /// The view of layer `l`.
+    ///
+    /// Errors with `INVALID_CONFIG` when the cache has no such layer.
+    pub fn layer(&self, l: usize) -> Result<KvView> {
+        self.layers.get(l).copied().ok_or_else(|| {
+            Error::invalid_config(format!(
+                "the KV cache has {} layers; layer {l} was asked",
+                self.layers.len()
+            ))
+        })
+    }
+
+    /// Layers.
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Bytes held by keys and values.
+    pub fn bytes(&self) -> usize {
+        self.layers.iter().map(|l| 2 * l.layout.store_bytes()).sum()
+    }
+
+    /// Replaces the scratch buffers (the old ones are freed).
+    pub fn set_scratch(&mut self, scratch: Vec<BufferId>, rows: usize) {
+        for b in self.scratch.drain(..) {
+            self.backend.free(b);
+        }
+        self.scratch = scratch;
+        self.scratch_rows = rows;
+    }
+
+    /// Forgets all tokens (buffers are reused).
+    pub fn clear(&mut self) {
+        self.pos = 0;
+    }
+
+    /// Checks that `n` more tokens fit.
+    ///
+    /// Errors with `CONTEXT_OVERFLOW` when they do not.
+    pub fn ensure_room(&self, n: usize) -> Result<()> {
+        if self.pos + n > self.max_seq {
+            return Err(Error::context_overflow(format!(
+                "{} tokens in the cache + {n} new > capacity {}",
+                self.pos, self.max_seq
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for KvCache {
+    fn drop(&mut self) {
+        for l in &self.layers {
+            self.backend.free(l.k);
+            self.backend.free(l.v);
+        }
+        for b in &self.scratch {
+            self.backend.free(*b);
+        }
+    }
+}
