@@ -4,7 +4,7 @@
 //!
 //! - `Norm{Rms} + Linear` → `rms_norm_matmul` (normalise on load, or an 8-bit feed);
 //! - `[Norm{Rms}] + Linear(q|k|v) + Rope(q) + Rope(k, in place) + KvWrite` →
-//!   `rms_norm_qkv_rope` / `qkv_rope` (the decode matvec's RoPE epilogue, or `rope_store_qkv`);
+//!   `qkv_rope`, with or without the norm (the decode matvec's RoPE epilogue, or `rope_store_qkv`);
 //! - `Attention + Linear(accumulate)` → `attention_matmul_add`;
 //! - `[Norm{Rms} + Linear(gate|up)] + Glu{Silu} + Linear(accumulate into the norm's input)` →
 //!   `ffn_swiglu` / `swiglu_matmul_add`;
@@ -476,13 +476,15 @@ impl WgpuBackend {
             Fused::QkvRope { norm: with_norm } => {
                 let q_ops = if with_norm { &ops[1..] } else { ops };
                 let (p, w, x, qkv, q, kv) = qkv_parts(q_ops)?;
-                if with_norm {
+                let nm = if with_norm {
                     let (nx, h, nm, _) = norm(&ops[0])?;
                     debug_assert_eq!(h, x);
-                    self.rms_norm_qkv_rope(nx, &nm, h, w, qkv, q, kv.k, kv.v, &p)
+                    Some((nx, nm))
                 } else {
-                    self.qkv_rope(x, w, qkv, q, kv.k, kv.v, &p)
-                }
+                    None
+                };
+                let nm = nm.as_ref().map(|(nx, nm)| (*nx, nm));
+                self.qkv_rope(nm, x, w, qkv, q, kv.k, kv.v, &p)
             }
             Fused::AttentionLinear => {
                 let Op::Attention { q, kv, out, shape } = &ops[0] else {

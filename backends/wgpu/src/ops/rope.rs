@@ -172,40 +172,14 @@ impl WgpuBackend {
             && self.dev.limits.max_storage_buffers_per_shader_stage >= 8)
     }
 
-    /// `[Norm +] Linear(q|k|v) + Rope(q) + Rope(k) + KvWrite` fused (`qkv` unused at decode).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn rms_norm_qkv_rope(
-        &self,
-        x: BufferId,
-        norm: &RmsNorm,
-        scratch: BufferId,
-        w: WeightId,
-        qkv: BufferId,
-        q_out: BufferId,
-        k_cache: BufferId,
-        v_cache: BufferId,
-        p: &QkvParams,
-    ) -> Result<()> {
-        // One decode token: the q|k|v matvec rotates and stores as it writes (no RoPE
-        // dispatch, `qkv` unused).
-        p.check_head_dim()?;
-        if self.rope_epilogue(&self.lock(), w, p)? {
-            let epilogue = Epilogue::Rope {
-                k_cache,
-                v_cache,
-                p,
-            };
-            return self.norm_matmul_into(x, norm, scratch, w, q_out, 1, epilogue);
-        }
-        self.rms_norm_matmul(x, norm, scratch, w, qkv, p.n_tokens)?;
-        self.rope_store_qkv(qkv, q_out, k_cache, v_cache, p)
-    }
-
-    /// `Linear(q|k|v) + Rope(q) + Rope(k) + KvWrite` fused, the q|k|v rows' input `x` given:
-    /// the decode matvec's RoPE epilogue, else the matmul and `rope_store_qkv`.
+    /// `[Norm +] Linear(q|k|v) + Rope(q) + Rope(k) + KvWrite` fused: the decode matvec's RoPE
+    /// epilogue (no RoPE dispatch, `qkv` unused), else the [norm and] matmul and
+    /// `rope_store_qkv`. `x` is the linear's input; with `norm = Some((nx, norm))` it is the
+    /// norm's output (scratch) and `nx` the norm's input.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn qkv_rope(
         &self,
+        norm: Option<(BufferId, &RmsNorm)>,
         x: BufferId,
         w: WeightId,
         qkv: BufferId,
@@ -221,9 +195,15 @@ impl WgpuBackend {
                 v_cache,
                 p,
             };
-            return self.matmul_into(w, x, q_out, 1, epilogue, Input::F32);
+            return match norm {
+                Some((nx, nm)) => self.norm_matmul_into(nx, nm, x, w, q_out, 1, epilogue),
+                None => self.matmul_into(w, x, q_out, 1, epilogue, Input::F32),
+            };
         }
-        self.matmul_into(w, x, qkv, p.n_tokens, Epilogue::Store, Input::F32)?;
+        match norm {
+            Some((nx, nm)) => self.rms_norm_matmul(nx, nm, x, w, qkv, p.n_tokens)?,
+            None => self.matmul_into(w, x, qkv, p.n_tokens, Epilogue::Store, Input::F32)?,
+        }
         self.rope_store_qkv(qkv, q_out, k_cache, v_cache, p)
     }
 
