@@ -5,15 +5,12 @@
 //! CLI/env/file/profile → validated config → plan → adapter → backend → engine.
 
 use crate::selection::{resolve, ConfigRequest, Resolved};
-use lowbit_core::adapter::{
-    method_bits, Logits, ModelSource, QuantPlan, TextModel, WeightPrecision,
-};
+use lowbit_core::adapter::{ModelSource, QuantPlan, TextModel};
+pub use lowbit_core::config::{tuning_from_config, weights_from_config};
 use lowbit_core::config::Config;
 use lowbit_core::profile::BrowserProfile;
-use lowbit_core::quant::Scheme;
 use lowbit_core::registry::{
-    create_backend, find_adapter, find_profile, BackendOptions, BackendTuning, CpuTuning,
-    MatvecShape, WebGpuTuning,
+    create_backend, find_adapter, find_profile, BackendOptions, BackendTuning,
 };
 use lowbit_core::{block_on, Backend, Error, ErrorCode, Result};
 use std::path::{Path, PathBuf};
@@ -89,83 +86,6 @@ impl Default for RunPlan {
             .and_then(|p| RunPlan::from_config(&Config::default(), p.as_ref()))
             .expect("the schema's defaults form a valid plan (tested)")
     }
-}
-
-fn scheme_of(c: &Config) -> Scheme {
-    let name = c.str("quantization.scheme");
-    [Scheme::Symmetric, Scheme::Asymmetric]
-        .into_iter()
-        .find(|s| s.config_name() == name)
-        .unwrap_or(Scheme::Symmetric)
-}
-
-/// `auto` → `None`, `on` → `Some(true)`, `off` → `Some(false)`.
-fn tri_state(c: &Config, key: &str) -> Option<bool> {
-    match c.str(key).as_str() {
-        "on" => Some(true),
-        "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// The weight plan of a validated configuration: `quantization.method` names a uniform width,
-/// or `mixed` takes each role's bits from `[quantization.layers]`.
-pub fn weights_from_config(c: &Config) -> Result<QuantPlan> {
-    let group = c.int("quantization.group_size") as usize;
-    let scheme = scheme_of(c);
-    let method = c.str("quantization.method");
-    if method_bits(&method).is_some() {
-        return QuantPlan::for_method(&method, group, scheme);
-    }
-    if method != "mixed" {
-        return Err(Error::invalid_config(format!(
-            "unknown quantization.method `{method}`"
-        )));
-    }
-    let role = |key: &str| {
-        let bits = u32::try_from(c.int(key))
-            .map_err(|_| Error::invalid_config(format!("`{key}` must be a positive bit width")))?;
-        WeightPrecision::from_bits(bits, group, scheme)
-            .map_err(|e| Error::invalid_config(format!("`{key}`: {}", e.message)))
-    };
-    Ok(QuantPlan {
-        attention: role("quantization.layers.attention")?,
-        feedforward: role("quantization.layers.feedforward")?,
-        embedding: role("quantization.layers.embedding")?,
-        lm_head: role("quantization.layers.lm_head")?,
-    })
-}
-
-/// The backend switches of a validated configuration.
-pub fn tuning_from_config(c: &Config) -> Result<BackendTuning> {
-    let shape = c.str("backend.webgpu.matvec_shape");
-    let matvec_shape = match shape.trim() {
-        "" => None,
-        s => Some(MatvecShape::parse(s).ok_or_else(|| {
-            Error::invalid_config(format!(
-                "backend.webgpu.matvec_shape = \"{s}\": expected LANESxROWS or \
-                 LANESxROWSxUNROLL (UNROLL 1, 2 or 4), e.g. \"128x8\""
-            ))
-        })?),
-    };
-    let per_submit = c.int("backend.webgpu.dispatches_per_submit").max(0) as usize;
-    Ok(BackendTuning {
-        webgpu: WebGpuTuning {
-            allow_software_adapter: c.bool("backend.webgpu.allow_software_adapter"),
-            wide_matvec: c.bool("backend.webgpu.wide_matvec"),
-            fused_norm: c.bool("backend.webgpu.fused_norm"),
-            int_prefill: c.bool("backend.webgpu.int_prefill"),
-            cooperative_matrix: tri_state(c, "backend.webgpu.cooperative_matrix"),
-            matvec_shape,
-            checked_shaders: c.bool("backend.webgpu.checked_shaders"),
-            dispatches_per_submit: (per_submit > 0).then_some(per_submit),
-            f16: tri_state(c, "runtime.f16"),
-            subgroups: tri_state(c, "runtime.subgroups"),
-        },
-        cpu: CpuTuning {
-            exact_activations: c.bool("backend.cpu.exact_activations"),
-        },
-    })
 }
 
 impl RunPlan {
@@ -308,11 +228,7 @@ pub struct WarmUp {
 /// backend's pipeline cache.
 pub fn warm_up(model: &dyn TextModel, backend: &dyn Backend) -> Result<WarmUp> {
     let t = std::time::Instant::now();
-    let tok = model.tokenizer().bos_id().unwrap_or(0);
-    let mut cache = model.new_cache(4)?;
-    block_on(model.forward(&mut cache, &[tok, tok], Logits::Last))?;
-    block_on(model.forward(&mut cache, &[tok], Logits::Last))?;
-    drop(cache);
+    block_on(lowbit_core::adapter::compile_kernels(model))?;
     let pipeline_cache_warm = backend.save_compiled()?;
     Ok(WarmUp {
         ms: t.elapsed().as_secs_f64() * 1e3,

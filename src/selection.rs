@@ -5,7 +5,8 @@
 
 use lowbit_core::adapter::ModelSource;
 use lowbit_core::config::{
-    validate, BackendAvailability, Capabilities, Config, Layer, ModelFacts, Source, Validation,
+    resolve_layers, BackendAvailability, Capabilities, Config, Layer, ModelFacts, Resolution, Source,
+    Validation,
 };
 use lowbit_core::profile::BrowserProfile;
 use lowbit_core::registry::find_profile;
@@ -302,25 +303,21 @@ pub fn resolve(req: &ConfigRequest) -> Result<Resolved> {
         model.as_deref(),
         first.bool("backend.webgpu.allow_software_adapter"),
     );
-    let asked = first.str("runtime.profile");
-    let (profile, profile_reason) = match find_profile(&asked) {
-        Ok(p) => (p, format!("runtime.profile = \"{asked}\"")),
-        // `auto`, or a name the validator will correct: the detected profile.
-        Err(_) => (
-            find_profile(&detection.profile.name)?,
-            format!("auto: {}", detection.profile.reason),
-        ),
-    };
-    let mut profile_layer = Layer::new(Source::Profile(profile.name().to_owned()));
-    for (k, v) in profile.config_defaults() {
-        profile_layer.push(k, v, Source::Profile(profile.name().to_owned()));
-    }
-    let mut layers: Vec<&Layer> = vec![&req.command_defaults, &profile_layer];
-    layers.extend(file.as_ref());
-    layers.push(&env);
-    layers.push(&req.cli);
-    let merged = Config::from_layers(layers);
-    let validation = validate(&merged, &detection.capabilities, profile.as_ref());
+    let mut user: Vec<&Layer> = file.iter().collect();
+    user.push(&env);
+    user.push(&req.cli);
+    let Resolution {
+        merged,
+        profile,
+        profile_reason,
+        validation,
+    } = resolve_layers(
+        &req.command_defaults,
+        &user,
+        &detection.profile.name,
+        &detection.profile.reason,
+        &detection.capabilities,
+    )?;
     Ok(Resolved {
         merged,
         profile,

@@ -402,3 +402,14 @@ pub trait TextModel: MaybeSend + MaybeSync {
     /// The precision plan the weights were loaded with.
     fn plan(&self) -> QuantPlan;
 }
+
+/// Runs every kernel `model` uses once, so none compiles during a request: a two-token prefill
+/// and a one-token decode step on a scratch cache (the tiled and the vector paths, attention
+/// in both modes).
+pub async fn compile_kernels(model: &dyn TextModel) -> Result<()> {
+    let tok = model.tokenizer().bos_id().unwrap_or(0);
+    let mut cache = model.new_cache(4)?;
+    model.forward(&mut cache, &[tok, tok], Logits::Last).await?;
+    model.forward(&mut cache, &[tok], Logits::Last).await?;
+    Ok(())
+}

@@ -295,9 +295,41 @@ builtin_profile!("safari");
 builtin_profile!("mobile");
 builtin_profile!("native");
 
+/// The built-in profile of a browser, named (`chrome`, `edge`, `firefox`, `safari`, `mobile`)
+/// or given by its user-agent string, and why. Mobile devices come first (an iPhone's Safari is
+/// `mobile`), then Edge (whose agent also says Chrome), Firefox, Chrome and Chromium, Safari;
+/// anything else gets `chrome`, the most common engine, and says so.
+pub fn profile_for_browser(browser: &str) -> (&'static str, String) {
+    let named = browser.trim().to_ascii_lowercase();
+    for name in ["chrome", "edge", "firefox", "safari", "mobile"] {
+        if named == name {
+            return (name, format!("browser \"{name}\""));
+        }
+    }
+    let has = |s: &str| browser.contains(s);
+    let (name, why) = if has("Android") || has("iPhone") || has("iPad") || has("Mobile") {
+        ("mobile", "a mobile device")
+    } else if has("Edg/") {
+        ("edge", "Edge")
+    } else if has("Firefox/") {
+        ("firefox", "Firefox")
+    } else if has("Chrome/") || has("Chromium/") {
+        ("chrome", "Chrome or Chromium")
+    } else if has("Safari/") {
+        ("safari", "Safari")
+    } else {
+        return (
+            "chrome",
+            format!("unrecognised browser \"{browser}\": the chrome profile"),
+        );
+    };
+    (name, format!("user agent says {why}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::registry::find_profile;
 
     #[test]
     fn every_builtin_profile_parses_and_keeps_its_name() {
@@ -347,6 +379,23 @@ mod tests {
         ] {
             let e = ProfileData::from_toml(bad).unwrap_err();
             assert_eq!(e.code, crate::ErrorCode::InvalidConfig, "{bad}");
+        }
+    }
+
+    #[test]
+    fn browsers_map_to_their_profiles() {
+        let cases = [
+            ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) HeadlessChrome/156.0.0.0 Safari/537.36", "chrome"),
+            ("Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36 Edg/131.0.0.0", "edge"),
+            ("Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0", "firefox"),
+            ("Mozilla/5.0 (Macintosh; Intel Mac OS X 14_7) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Safari/605.1.15", "safari"),
+            ("Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.1 Mobile/15E148 Safari/604.1", "mobile"),
+            ("Safari", "safari"),
+            ("something else", "chrome"),
+        ];
+        for (ua, want) in cases {
+            assert_eq!(profile_for_browser(ua).0, want, "{ua}");
+            assert!(find_profile(want).is_ok());
         }
     }
 }

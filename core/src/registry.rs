@@ -65,6 +65,9 @@ pub struct WebGpuTuning {
     pub matvec_shape: Option<MatvecShape>,
     /// naga's runtime bounds checks in every kernel, as browsers do (`checked_shaders`).
     pub checked_shaders: bool,
+    /// With `checked_shaders`: naga's loop-bounding counters as well, as Firefox's wgpu
+    /// inserts (Chrome's Tint clamps indices only) (`loop_bounding`).
+    pub loop_bounding: bool,
     /// Split a step into submissions of at most this many dispatches; `None`: one submission
     /// (`dispatches_per_submit`, 0 = none).
     pub dispatches_per_submit: Option<usize>,
@@ -84,6 +87,7 @@ impl Default for WebGpuTuning {
             cooperative_matrix: None,
             matvec_shape: None,
             checked_shaders: false,
+            loop_bounding: false,
             dispatches_per_submit: None,
             f16: None,
             subgroups: None,

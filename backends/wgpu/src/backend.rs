@@ -35,9 +35,15 @@ pub struct WgpuBackend {
 }
 
 impl WgpuBackend {
-    /// Opens a device per `opts`.
+    /// Opens a device per `opts` (native: waits for [`WgpuBackend::new_async`]).
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn new(opts: &WgpuOptions) -> Result<Self> {
-        let dev = Arc::new(GpuDevice::open(opts)?);
+        pollster::block_on(Self::new_async(opts))
+    }
+
+    /// Opens a device per `opts`; in a browser, on the page's `navigator.gpu`.
+    pub async fn new_async(opts: &WgpuOptions) -> Result<Self> {
+        let dev = Arc::new(GpuDevice::open_async(opts).await?);
         let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
         tuning.wide_matvec = opts.wide_matvec;
         tuning.fused_norm = opts.fused_norm;

@@ -50,11 +50,15 @@ pub struct WgpuOptions {
     /// `from_tuning` uses `LOWBIT_PIPELINE_CACHE_DIR`, else `$XDG_CACHE_HOME/lowbit/pipelines` or
     /// `~/.cache/lowbit/pipelines`; `LOWBIT_PIPELINE_CACHE=0` turns it off.
     pub pipeline_cache_dir: Option<std::path::PathBuf>,
-    /// Compile kernels with naga's runtime checks (index clamping, loop bounding, guarded
-    /// integer division), as a browser's WebGPU always does. Off by default: the kernels are
-    /// lowbit's own, tested on every path, and buffer accesses stay protected by the driver's
-    /// robust buffer access. Config key `backend.webgpu.checked_shaders`.
+    /// Compile kernels with naga's runtime bounds checks (index clamping, guarded integer
+    /// division), as a browser's WebGPU always does. Off by default: the kernels are lowbit's
+    /// own, tested on every path, and buffer accesses stay protected by the driver's robust
+    /// buffer access. Config key `backend.webgpu.checked_shaders`.
     pub checked_shaders: bool,
+    /// With [`WgpuOptions::checked_shaders`]: naga's loop-bounding counters as well (every loop
+    /// gets a 64-bit iteration counter and an exit), as Firefox's wgpu compiles WGSL; Chrome's
+    /// Tint adds no such counters. Config key `backend.webgpu.loop_bounding`.
+    pub loop_bounding: bool,
     /// Split a step's work into submissions of at most this many dispatches, so the GPU starts
     /// on the first layers while the host still records (and wgpu finishes) the rest. `None`
     /// (the default): one submission per step. Config key
@@ -107,6 +111,7 @@ impl WgpuOptions {
             matvec_shape: t.matvec_shape,
             pipeline_cache_dir: default_pipeline_cache_dir(),
             checked_shaders: t.checked_shaders,
+            loop_bounding: t.loop_bounding,
             dispatches_per_submit: t.dispatches_per_submit,
             ..Default::default()
         }
@@ -210,6 +215,8 @@ pub(crate) struct GpuDevice {
     pub pipeline_cache: Option<DiskPipelineCache>,
     /// Kernels keep naga's runtime checks ([`WgpuOptions::checked_shaders`]).
     pub checked_shaders: bool,
+    /// Checked kernels also get loop-bounding counters ([`WgpuOptions::loop_bounding`]).
+    pub loop_bounding: bool,
     /// [`WgpuOptions::dispatches_per_submit`].
     pub dispatches_per_submit: Option<usize>,
     /// Errors reported outside error scopes, drained by [`GpuDevice::take_error`].
@@ -255,13 +262,25 @@ fn resolve(what: &str, want: Option<bool>, has: bool) -> Result<bool> {
 }
 
 impl GpuDevice {
-    /// Picks an adapter and opens a device with the limits the kernels may use.
-    pub fn open(opts: &WgpuOptions) -> Result<Self> {
+    /// Picks an adapter and opens a device with the limits the kernels may use. In a browser
+    /// the instance is the page's `navigator.gpu`, and its one adapter is what it offers.
+    pub async fn open_async(opts: &WgpuOptions) -> Result<Self> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY),
             ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        #[cfg(not(target_arch = "wasm32"))]
+        let adapters = instance.enumerate_adapters(wgpu::Backends::all()).await;
+        // A browser lists no adapters: it hands out the one it chose for the page.
+        #[cfg(target_arch = "wasm32")]
+        let adapters: Vec<wgpu::Adapter> = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .into_iter()
+            .collect();
         let mut seen = Vec::new();
         let mut best: Option<(u32, wgpu::Adapter)> = None;
         for a in adapters {
@@ -358,7 +377,8 @@ impl GpuDevice {
         };
         // Everything the adapter offers: large weights need its full binding and buffer sizes.
         let limits = adapter.limits();
-        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
             label: Some("lowbit"),
             required_features: required,
             required_limits: limits.clone(),
@@ -371,8 +391,9 @@ impl GpuDevice {
                 wgpu::ExperimentalFeatures::disabled()
             },
             ..Default::default()
-        }))
-        .map_err(|e| not_supported(format!("cannot open a device on {}: {e}", info.name)))?;
+            })
+            .await
+            .map_err(|e| not_supported(format!("cannot open a device on {}: {e}", info.name)))?;
         let errors = Arc::new(Mutex::new(Vec::new()));
         let lost = Arc::new(Mutex::new(None));
         {
@@ -410,6 +431,7 @@ impl GpuDevice {
             timestamps,
             pipeline_cache,
             checked_shaders: opts.checked_shaders,
+            loop_bounding: opts.loop_bounding,
             dispatches_per_submit: opts.dispatches_per_submit,
             errors,
             lost,
@@ -438,7 +460,19 @@ impl GpuDevice {
     }
 
     /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch into
+    /// typed errors. In a browser the scopes answer asynchronously and nothing may block, so
+    /// there errors reach [`GpuDevice::take_error`] through the uncaptured-error handler.
+    #[cfg(target_arch = "wasm32")]
+    pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
+        let v = f();
+        self.take_error()
+            .map_err(|e| Error::new(e.code, format!("{what}: {}", e.message)))?;
+        Ok(v)
+    }
+
+    /// Runs `f` inside validation and out-of-memory error scopes and turns what they catch into
     /// typed errors.
+    #[cfg(not(target_arch = "wasm32"))]
     pub fn scoped<T>(&self, what: &str, f: impl FnOnce() -> T) -> Result<T> {
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let val = self.device.push_error_scope(wgpu::ErrorFilter::Validation);

@@ -13,6 +13,7 @@ mod device;
 mod fusion;
 mod ops;
 mod pipelines;
+#[cfg(not(target_arch = "wasm32"))]
 mod probe;
 mod profiling;
 mod recorder;
@@ -23,6 +24,7 @@ mod weights;
 pub use backend::{KernelPaths, WgpuBackend};
 pub use device::{MatvecShape, WgpuOptions};
 pub use fusion::{Fused, Group, Plan};
+#[cfg(not(target_arch = "wasm32"))]
 pub use probe::{probe_adapters, AdapterReport};
 pub use profiling::KernelTiming;
 
@@ -32,15 +34,33 @@ use std::sync::Arc;
 
 /// The registry constructor: the best adapter the options' tuning allows (see
 /// [`WgpuOptions::from_tuning`]).
+#[cfg(not(target_arch = "wasm32"))]
 pub fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
-    let mut o = WgpuOptions {
+    Ok(Arc::new(WgpuBackend::new(&options(opts))?))
+}
+
+/// The registry constructor in a browser: an error, because a browser opens its device
+/// asynchronously and nothing there may block; use [`options`] with
+/// [`WgpuBackend::new_async`].
+#[cfg(target_arch = "wasm32")]
+pub fn create(_: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    Err(lowbit_core::Error::new(
+        lowbit_core::ErrorCode::WebgpuNotSupported,
+        "in a browser the WebGPU backend is opened with WgpuBackend::new_async",
+    ))
+}
+
+/// The device options of the registry's backend options: the tuning's switches, profiling, and
+/// the profile's limits and workgroup sizes.
+pub fn options(opts: &BackendOptions) -> WgpuOptions {
+    let o = WgpuOptions {
         profiling: opts.profiling,
         ..WgpuOptions::from_tuning(&opts.tuning.webgpu)
     };
-    if let Some(p) = &opts.profile {
-        o = o.with_profile(p.as_ref());
+    match &opts.profile {
+        Some(p) => o.with_profile(p.as_ref()),
+        None => o,
     }
-    Ok(Arc::new(WgpuBackend::new(&o)?))
 }
 
 inventory::submit! { BackendRegistration { name: "webgpu", priority: 20, create } }

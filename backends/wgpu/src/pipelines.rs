@@ -124,8 +124,19 @@ impl PipelineCache {
                 label: Some(&label),
                 source: wgpu::ShaderSource::Wgsl(source.into()),
             };
-            let module = if dev.checked_shaders {
+            let module = if dev.checked_shaders && dev.loop_bounding {
                 d.create_shader_module(desc)
+            } else if dev.checked_shaders {
+                // SAFETY: as below for loop bounding; bounds checks stay on.
+                unsafe {
+                    d.create_shader_module_trusted(
+                        desc,
+                        wgpu::ShaderRuntimeChecks {
+                            force_loop_bounding: false,
+                            ..wgpu::ShaderRuntimeChecks::checked()
+                        },
+                    )
+                }
             } else {
                 // SAFETY: the source is one of lowbit's own kernels (never user input): every
                 // loop is bounded by its parameters, no division has a zero divisor, and the

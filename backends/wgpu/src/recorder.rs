@@ -77,7 +77,7 @@ pub(crate) struct Recorder {
     /// Host-side time: recording dispatches, submitting, and waiting for read-backs.
     pub host: HostTimes,
     /// When the first dispatch of the open submission was recorded.
-    open_since: Option<std::time::Instant>,
+    open_since: Option<web_time::Instant>,
     /// Readback buffers of redeemed reads and the time spent waiting for them, shared with the
     /// read futures (which redeem without the backend's lock).
     pub readbacks: Arc<Mutex<Readbacks>>,
@@ -196,7 +196,7 @@ impl Recorder {
         if x == 0 || y == 0 || z == 0 {
             return Ok(());
         }
-        self.open_since.get_or_insert_with(std::time::Instant::now);
+        self.open_since.get_or_insert_with(web_time::Instant::now);
         self.host.dispatches += 1;
         if d.params.len() * 4 > PARAMS_BYTES as usize || d.bindings.len() > MAX_BINDINGS {
             return Err(Error::invalid_config(format!(
@@ -412,7 +412,7 @@ impl Recorder {
         if let Some(p) = self.profiler.as_mut() {
             p.resolve(&mut enc);
         }
-        let t = std::time::Instant::now();
+        let t = web_time::Instant::now();
         if let Some(s) = self.open_since.take() {
             self.host.record_ns += t.duration_since(s).as_nanos() as u64;
         }
@@ -471,7 +471,7 @@ impl<T: Fn(&[u8]) -> Vec<f32> + Unpin> Future for ReadBack<T> {
                 "a read was polled after it finished",
             )));
         };
-        let t = std::time::Instant::now();
+        let t = web_time::Instant::now();
         #[cfg(not(target_arch = "wasm32"))]
         if let Err(e) = wait_for(&this.dev, Some(r.submission.clone())) {
             this.in_flight = None;

@@ -10,12 +10,16 @@
 //! Values are kept as raw `toml::Value`s until validation, so a value of the wrong type is
 //! reported with its key path instead of failing a deserializer.
 
+pub mod resolve;
 pub mod schema;
+mod typed;
 pub mod validate;
 
 pub use schema::{KeySpec, Kind, KEYS};
 /// The TOML crate the config types are built on (its `Value` appears in their API).
+pub use resolve::{resolve_layers, Resolution};
 pub use toml;
+pub use typed::{tuning_from_config, weights_from_config};
 pub use validate::{
     validate, BackendAvailability, Capabilities, Correction, GpuCapabilities, Issue, ModelFacts,
     Validation, ValidationStatus,
@@ -42,6 +46,8 @@ pub enum Source {
     Env(String),
     /// A command-line flag.
     Cli(String),
+    /// A library caller's settings (JavaScript's `config` object).
+    Api,
     /// Set by the validator's auto-correction.
     Corrected,
 }
@@ -55,6 +61,7 @@ impl fmt::Display for Source {
             Source::File(p) => write!(f, "file {}", p.display()),
             Source::Env(v) => write!(f, "env {v}"),
             Source::Cli(flag) => write!(f, "flag {flag}"),
+            Source::Api => f.write_str("api"),
             Source::Corrected => f.write_str("auto-corrected"),
         }
     }

@@ -11,7 +11,7 @@ use crate::adapter::{Logits, TextModel};
 use crate::error::{Error, ErrorCode, Result};
 use crate::kv::KvCache;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use web_time::Instant;
 
 /// Prompt tokens per forward call during prefill (bounds scratch and logits memory).
 const PREFILL_CHUNK: usize = 512;
