@@ -22,7 +22,8 @@ use lowbit_core::error::Result;
 use lowbit_core::registry::{BackendOptions, BackendRegistration};
 use std::sync::Arc;
 
-fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
+/// The registry constructor (`cpu`): [`CpuBackend`] with the options' threads and switches.
+pub fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
     Ok(Arc::new(
         CpuBackend::new(opts.threads)?.exact_activations(opts.tuning.cpu.exact_activations),
     ))

@@ -25,6 +25,25 @@ pub struct KernelPaths {
     pub subgroups: bool,
 }
 
+/// An adapter's identity, features and kernel-relevant limits ([`WgpuBackend::adapter_details`]).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AdapterDetails {
+    /// Adapter name (`SwiftShader Device (Subzero)`, `NVIDIA H200`).
+    pub name: String,
+    /// Driver and version, where reported.
+    pub driver: String,
+    /// wgpu backend (`Vulkan`, `BrowserWebGpu`).
+    pub backend: String,
+    /// `DiscreteGpu`, `Cpu`, …
+    pub device_type: String,
+    /// A software adapter (a browser's fallback adapter, lavapipe).
+    pub software: bool,
+    /// The adapter's features, by wgpu's names (`SHADER_F16`, `SUBGROUP`, …).
+    pub features: Vec<String>,
+    /// Limits the kernels depend on, by WebGPU's names.
+    pub limits: Vec<(&'static str, u64)>,
+}
+
 /// The WebGPU backend.
 pub struct WgpuBackend {
     pub(crate) dev: Arc<GpuDevice>,
@@ -90,6 +109,36 @@ impl WgpuBackend {
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What the adapter is and offers: names, its features (wgpu's flag names) and the limits
+    /// the kernels depend on, for capability reports.
+    pub fn adapter_details(&self) -> AdapterDetails {
+        let l = &self.dev.limits;
+        AdapterDetails {
+            name: self.dev.info.name.clone(),
+            driver: self.dev.driver(),
+            backend: format!("{:?}", self.dev.info.backend),
+            device_type: format!("{:?}", self.dev.info.device_type),
+            software: self.dev.info.device_type == wgpu::DeviceType::Cpu,
+            features: self
+                .dev
+                .adapter_features
+                .iter_names()
+                .map(|(n, _)| n.to_owned())
+                .collect(),
+            limits: vec![
+                ("maxStorageBufferBindingSize", u64::from(l.max_storage_buffer_binding_size)),
+                ("maxBufferSize", l.max_buffer_size),
+                ("maxComputeWorkgroupStorageSize", u64::from(l.max_compute_workgroup_storage_size)),
+                ("maxComputeInvocationsPerWorkgroup", u64::from(l.max_compute_invocations_per_workgroup)),
+                ("maxComputeWorkgroupSizeX", u64::from(l.max_compute_workgroup_size_x)),
+                ("maxComputeWorkgroupsPerDimension", u64::from(l.max_compute_workgroups_per_dimension)),
+                ("maxStorageBuffersPerShaderStage", u64::from(l.max_storage_buffers_per_shader_stage)),
+                ("minSubgroupSize", u64::from(self.dev.info.subgroup_min_size)),
+                ("maxSubgroupSize", u64::from(self.dev.info.subgroup_max_size)),
+            ],
+        }
     }
 
     /// The kernel variants in use.

@@ -205,6 +205,8 @@ pub(crate) struct GpuDevice {
     pub queue: wgpu::Queue,
     pub info: wgpu::AdapterInfo,
     pub limits: wgpu::Limits,
+    /// Everything the adapter offers (the device enables only what the kernels use).
+    pub adapter_features: wgpu::Features,
     pub f16: bool,
     pub subgroups: bool,
     /// Cooperative-matrix prefill ([`WgpuOptions::coop_matrix`]).
@@ -425,6 +427,7 @@ impl GpuDevice {
             queue,
             info,
             limits,
+            adapter_features: features,
             f16,
             subgroups,
             coop_matrix,

@@ -21,7 +21,7 @@ mod shader;
 mod tuning;
 mod weights;
 
-pub use backend::{KernelPaths, WgpuBackend};
+pub use backend::{AdapterDetails, KernelPaths, WgpuBackend};
 pub use device::{MatvecShape, WgpuOptions};
 pub use fusion::{Fused, Group, Plan};
 #[cfg(not(target_arch = "wasm32"))]
