@@ -130,10 +130,10 @@ var<workgroup> scores: array<f32, SPLIT_LEN>;
 
 // Dispatch (n_splits, n_heads, n_tokens).
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn attn_split(inv: Invocation) {
-    let s = inv.wid.x;
-    let h = inv.wid.y;
-    let i = inv.wid.z;
+fn attn_split(inv: Invocation, grp: Group) {
+    let s = grp.wid.x;
+    let h = grp.wid.y;
+    let i = grp.wid.z;
 #if MASKED
     // This split's keys that the query sees (none: start ≥ end).
     let keys = key_range(i);
@@ -306,9 +306,9 @@ fn attn_split(inv: Invocation) {
 
 // Dispatch (n_heads, n_tokens).
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn attn_merge(inv: Invocation) {
-    let h = inv.wid.x;
-    let i = inv.wid.y;
+fn attn_merge(inv: Invocation, grp: Group) {
+    let h = grp.wid.x;
+    let i = grp.wid.y;
     let row = i * p.n_heads + h;
     var mx = NEG_BIG;
     for (var s = 0u; s < p.n_splits; s++) {
@@ -370,9 +370,9 @@ const O_PER: u32 = (Q_ROWS * HEAD_DIM + WORKGROUP_SIZE - 1u) / WORKGROUP_SIZE;
 
 // Dispatch (ceil(n_tokens / Q_ROWS), n_heads).
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn attn_prefill(inv: Invocation) {
-    let h = inv.wid.y;
-    let i0 = inv.wid.x * Q_ROWS;
+fn attn_prefill(inv: Invocation, grp: Group) {
+    let h = grp.wid.y;
+    let i0 = grp.wid.x * Q_ROWS;
     let rows = min(Q_ROWS, p.n_tokens - i0);
     // Keys any row of this workgroup can see.
 #if MASKED

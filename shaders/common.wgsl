@@ -1,10 +1,9 @@
 // Shared by every kernel: invocation builtins, linear workgroup index, workgroup reductions.
 // Needs WORKGROUP_SIZE (a power of two) and USE_SUBGROUPS from the preprocessor.
 
+// The invocation's own builtins (non-uniform: they differ between a workgroup's lanes).
 struct Invocation {
     @builtin(local_invocation_index) lid: u32,
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
 #if USE_SUBGROUPS
     @builtin(subgroup_invocation_id) sg_lane: u32,
     @builtin(subgroup_id) sg_id: u32,
@@ -12,9 +11,17 @@ struct Invocation {
 #endif
 }
 
+// The workgroup's builtins, apart from the invocation's: WGSL's uniformity analysis tracks a
+// parameter as a whole, so values derived from these stay workgroup-uniform (branches on them
+// may precede a barrier, as browsers' compilers check) only when no lane id shares the struct.
+struct Group {
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+}
+
 // Dispatches wider than 65535 workgroups are folded into x and y; z stays free for kernels.
-fn wg_index(inv: Invocation) -> u32 {
-    return inv.wid.x + inv.wid.y * inv.nwg.x;
+fn wg_index(grp: Group) -> u32 {
+    return grp.wid.x + grp.wid.y * grp.nwg.x;
 }
 
 var<workgroup> red_scratch: array<f32, WORKGROUP_SIZE>;

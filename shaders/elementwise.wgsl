@@ -24,8 +24,8 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-fn index(inv: Invocation) -> u32 {
-    return wg_index(inv) * WORKGROUP_SIZE + inv.lid;
+fn index(inv: Invocation, grp: Group) -> u32 {
+    return wg_index(grp) * WORKGROUP_SIZE + inv.lid;
 }
 
 #if OP_ADD
@@ -35,8 +35,8 @@ fn index(inv: Invocation) -> u32 {
 #endif
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn add(inv: Invocation) {
-    let i = index(inv);
+fn add(inv: Invocation, grp: Group) {
+    let i = index(inv, grp);
     if i >= p.len {
         return;
     }
@@ -61,8 +61,8 @@ fn add(inv: Invocation) {
 #endif
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn silu_mul(inv: Invocation) {
-    let i = index(inv);
+fn silu_mul(inv: Invocation, grp: Group) {
+    let i = index(inv, grp);
     if i >= p.len {
         return;
     }
@@ -95,8 +95,8 @@ fn silu_mul(inv: Invocation) {
 // Eight invocations per 32-value block (the dispatch covers len / 4 invocations in whole
 // workgroups: no invocation returns before the block's barriers).
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn swiglu(inv: Invocation) {
-    let i = index(inv);
+fn swiglu(inv: Invocation, grp: Group) {
+    let i = index(inv, grp);
     let b = i / 8u;
     let w = i % 8u;
     let blocks = p.width / 32u;
@@ -117,8 +117,8 @@ fn swiglu(inv: Invocation) {
 @group(0) @binding(1) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn swiglu(inv: Invocation) {
-    let i = index(inv);
+fn swiglu(inv: Invocation, grp: Group) {
+    let i = index(inv, grp);
     if i >= p.len {
         return;
     }
@@ -135,8 +135,8 @@ fn swiglu(inv: Invocation) {
 #endif
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn activation(inv: Invocation) {
-    let i = index(inv);
+fn activation(inv: Invocation, grp: Group) {
+    let i = index(inv, grp);
     if i >= p.len {
         return;
     }
@@ -153,8 +153,8 @@ fn activation(inv: Invocation) {
 @group(0) @binding(2) var<storage, read> src: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn copy(inv: Invocation) {
-    let i = index(inv);
+fn copy(inv: Invocation, grp: Group) {
+    let i = index(inv, grp);
     if i >= p.len {
         return;
     }

@@ -24,8 +24,8 @@ struct Params {
 #include weights.wgsl
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn embed(inv: Invocation) {
-    let i = wg_index(inv) * WORKGROUP_SIZE + inv.lid;
+fn embed(inv: Invocation, grp: Group) {
+    let i = wg_index(grp) * WORKGROUP_SIZE + inv.lid;
     let spans = p.cols / 8u;
     if i >= p.n * spans {
         return;

@@ -21,8 +21,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn im2col(inv: Invocation) {
-    let i = wg_index(inv) * WORKGROUP_SIZE + inv.lid;
+fn im2col(inv: Invocation, grp: Group) {
+    let i = wg_index(grp) * WORKGROUP_SIZE + inv.lid;
     if i >= p.total {
         return;
     }

@@ -463,9 +463,9 @@ fn scaled_dot(c: array<vec4<u32>, CODE_VECS>, x: BlockXW) -> f32 {
 #endif
 #endif
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn matvec(inv: Invocation) {
-    let row0 = wg_index(inv) * ROWS_PER_WG;
-    let t = inv.wid.z;
+fn matvec(inv: Invocation, grp: Group) {
+    let row0 = wg_index(grp) * ROWS_PER_WG;
+    let t = grp.wid.z;
     if row0 >= p.rows {
         return;
     }

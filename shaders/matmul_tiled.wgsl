@@ -55,9 +55,9 @@ fn coop_fetch(r: u32, t: u32, k: u32) -> CoopStep {
 }
 
 @compute @workgroup_size(256)
-fn matmul_tiled(inv: Invocation) {
-    let r_base = inv.wid.x * TILE_R;
-    let t_base = inv.wid.y * TILE_T;
+fn matmul_tiled(inv: Invocation, grp: Group) {
+    let r_base = grp.wid.x * TILE_R;
+    let t_base = grp.wid.y * TILE_T;
     let st = (inv.sg_id / 2u) * 32u;
     let sr = (inv.sg_id % 2u) * 64u;
     var c00 = coop_mat16x16<f32, C>();
@@ -190,9 +190,9 @@ fn code_words(r: u32, b: u32, cols: u32) -> array<u32, 8> {
 }
 
 @compute @workgroup_size(256)
-fn matmul_tiled(inv: Invocation) {
-    let r_base = inv.wid.x * TILE_R;
-    let t_base = inv.wid.y * TILE_T;
+fn matmul_tiled(inv: Invocation, grp: Group) {
+    let r_base = grp.wid.x * TILE_R;
+    let t_base = grp.wid.y * TILE_T;
     let tx = inv.lid % 16u;
     let ty = inv.lid / 16u;
     var acc: array<f32, PER_T * PER_R>;
@@ -264,9 +264,9 @@ var<workgroup> w_tile: array<f32, TILE_K * TILE_R>;
 var<workgroup> x_tile: array<f32, TILE_K * TILE_T>;
 
 @compute @workgroup_size(256)
-fn matmul_tiled(inv: Invocation) {
-    let r_base = inv.wid.x * TILE_R;
-    let t_base = inv.wid.y * TILE_T;
+fn matmul_tiled(inv: Invocation, grp: Group) {
+    let r_base = grp.wid.x * TILE_R;
+    let t_base = grp.wid.y * TILE_T;
     let tx = inv.lid % 16u;
     let ty = inv.lid / 16u;
     var acc: array<f32, PER_T * PER_R>;

@@ -76,11 +76,11 @@ fn inv_rms(base: u32, inv: Invocation) -> f32 {
 // Dispatch (ceil(8 · dim / 32 / WORKGROUP_SIZE), rows): every workgroup sums the squares of its
 // whole row, then its lanes quantize eight words per block.
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn rms_norm(inv: Invocation) {
-    let row = inv.wid.y;
+fn rms_norm(inv: Invocation, grp: Group) {
+    let row = grp.wid.y;
     let base = row * p.dim;
     let nb = p.dim / 32u;
-    let b = inv.wid.x * (WORKGROUP_SIZE / 8u) + inv.lid / 8u;
+    let b = grp.wid.x * (WORKGROUP_SIZE / 8u) + inv.lid / 8u;
     let w = inv.lid % 8u;
     // This lane's word (values and weights) is requested before the row's sum of squares.
     var v = vec4<f32>(0.0);
@@ -107,8 +107,8 @@ fn affine(v: f32, i: u32) -> f32 {
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn rms_norm(inv: Invocation) {
-    let base = wg_index(inv) * p.dim;
+fn rms_norm(inv: Invocation, grp: Group) {
+    let base = wg_index(grp) * p.dim;
     let r = inv_rms(base, inv);
     for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
 #if IN_PLACE
@@ -120,8 +120,8 @@ fn rms_norm(inv: Invocation) {
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn layer_norm(inv: Invocation) {
-    let base = wg_index(inv) * p.dim;
+fn layer_norm(inv: Invocation, grp: Group) {
+    let base = wg_index(grp) * p.dim;
     var s = 0.0;
     for (var i = inv.lid; i < p.dim; i += WORKGROUP_SIZE) {
         s += x[base + i];

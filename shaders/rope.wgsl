@@ -38,10 +38,10 @@ struct Params {
 
 // One invocation per (token, head of q | k | v, pair).
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn rope_qkv(inv: Invocation) {
+fn rope_qkv(inv: Invocation, grp: Group) {
     let half = p.head_dim / 2u;
     let heads = p.n_heads + 2u * p.n_kv_heads;
-    let i = wg_index(inv) * WORKGROUP_SIZE + inv.lid;
+    let i = wg_index(grp) * WORKGROUP_SIZE + inv.lid;
     if i >= p.n_tokens * heads * half {
         return;
     }
@@ -92,9 +92,9 @@ struct Params {
 #endif
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn rope(inv: Invocation) {
+fn rope(inv: Invocation, grp: Group) {
     let half = p.head_dim / 2u;
-    let i = wg_index(inv) * WORKGROUP_SIZE + inv.lid;
+    let i = wg_index(grp) * WORKGROUP_SIZE + inv.lid;
     if i >= p.n_tokens * p.n_heads * half {
         return;
     }

@@ -33,12 +33,12 @@ fn better(v: f32, i: u32, bv: f32, bi: u32) -> bool {
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn argmax(inv: Invocation) {
+fn argmax(inv: Invocation, grp: Group) {
     // No candidate yet: the lowest finite value with no index, so -inf and NaN never win.
-    var bv = -3.40282347e38f;
+    var bv = bitcast<f32>(0xff7fffffu); // -f32::MAX (a decimal literal rounds past it in some compilers)
     var bi = 0xffffffffu;
 #if PARTIAL
-    let start = wg_index(inv) * p.per_wg;
+    let start = wg_index(grp) * p.per_wg;
     let end = min(start + p.per_wg, p.len);
 #else
     let start = 0u;
@@ -73,7 +73,7 @@ fn argmax(inv: Invocation) {
     }
     if inv.lid == 0u {
 #if PARTIAL
-        pairs_out[wg_index(inv)] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]);
+        pairs_out[wg_index(grp)] = vec2<u32>(bitcast<u32>(best_v[0]), best_i[0]);
 #else
         // All NaN (or empty): index 0, as on the host.
         out[p.out_offset] = f32(select(best_i[0], 0u, best_i[0] == 0xffffffffu));

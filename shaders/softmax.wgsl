@@ -10,8 +10,8 @@ struct Params {
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
-fn softmax(inv: Invocation) {
-    let base = wg_index(inv) * p.len;
+fn softmax(inv: Invocation, grp: Group) {
+    let base = wg_index(grp) * p.len;
     var m = NEG_BIG;
     for (var i = inv.lid; i < p.len; i += WORKGROUP_SIZE) {
         m = max(m, x[base + i]);

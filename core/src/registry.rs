@@ -101,6 +101,10 @@ pub struct CpuTuning {
     /// Reference mode: quantized matmuls on f32 activations instead of 8-bit activation
     /// blocks (slow; isolates the weight format's own error) (`exact_activations`).
     pub exact_activations: bool,
+    /// The kernels' instruction set: `None` the best this machine has, else `scalar`, `avx2`
+    /// or `simd128` (`kernels`; comparing builds for different machines runs both on the
+    /// portable kernels).
+    pub kernels: Option<String>,
 }
 
 /// A decode matvec shape forced by configuration (`backend.webgpu.matvec_shape`).

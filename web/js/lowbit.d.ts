@@ -144,6 +144,7 @@ export class WebGPUStreamingInference {
   generateDetailed(options: GenerateOptions): Promise<GenerationResult>;
   stream(options: Omit<GenerateOptions, 'callback'>): AsyncGenerator<TokenEvent>;
   stop(): Promise<{ stopped: boolean }>;
+  score(prompt: string, tokens: number[]): Promise<{ argmax: number; gap: number }[]>;
   getPerformanceStats(): PerformanceStats;
   detectCapabilities(): Promise<Capabilities>;
   optimizeForLatency(): Promise<Config>;

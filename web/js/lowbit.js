@@ -150,6 +150,15 @@ export class WebGPUStreamingInference {
     return r;
   }
 
+  /**
+   * Teacher-forced agreement with a reference continuation (token ids): for each, this engine's
+   * own argmax there and the reference token's logit gap below it (0 where they agree).
+   */
+  async score(prompt, tokens) {
+    await this.ready;
+    return this.engine.request('score', { prompt, tokens });
+  }
+
   /** Async iterator of `{token, isLast, tokenId}` events of one generation. */
   async *stream(options = {}) {
     const queue = [];

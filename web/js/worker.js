@@ -130,6 +130,9 @@ async function handle(msg) {
         running = null;
       }
     }
+    case 'score':
+      if (!engine) throw codedError('INVALID_CONFIG', 'the engine is not created');
+      return JSON.parse(await engine.score(msg.prompt, JSON.stringify(msg.tokens)));
     case 'stop':
       if (engine) engine.stop();
       return { stopped: running !== null };

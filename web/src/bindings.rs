@@ -4,7 +4,7 @@
 
 use crate::settings::{self, WebPlan};
 use js_sys::{Function, Promise, Reflect};
-use lowbit_core::adapter::{compile_kernels, ModelSource, TextModel};
+use lowbit_core::adapter::{compile_kernels, Logits, ModelSource, TextModel};
 use lowbit_core::config::validate::{BackendAvailability, Capabilities, GpuCapabilities};
 use lowbit_core::formats::GgufFile;
 use lowbit_core::generate::{FinishReason, GenerateOptions, SamplingParams, Sequence};
@@ -313,6 +313,39 @@ impl Engine {
         });
         *self.model.borrow_mut() = Some(Rc::new(Loaded { model, info: info.clone() }));
         Ok(to_text(&info))
+    }
+
+    /// Teacher-forced agreement with a reference continuation: runs `prompt` followed by
+    /// `tokens_json` (token ids) in one pass and, for each reference token, answers this
+    /// engine's own choice there and how far (in logits) the reference token is below it
+    /// (`[{argmax, gap}]`; gap 0 where they agree). Compares engines across machines without
+    /// letting one near-tie flip every later token.
+    pub async fn score(&self, prompt: String, tokens_json: String) -> std::result::Result<String, JsValue> {
+        let loaded = self
+            .model
+            .borrow()
+            .clone()
+            .ok_or_else(|| js_error(&Error::invalid_config("no model is loaded")))?;
+        let reference: Vec<u32> = serde_json::from_str(&tokens_json)
+            .map_err(|e| js_error(&Error::invalid_config(format!("tokens: {e}"))))?;
+        let model = loaded.model.as_ref();
+        let mut ids = js(model.tokenizer().encode(&prompt, true))?;
+        let n_prompt = ids.len();
+        ids.extend_from_slice(&reference);
+        let mut cache = js(model.new_cache(ids.len() + 1))?;
+        let logits = js(model.forward(&mut cache, &ids, Logits::All).await)?;
+        let vocab = model.config().vocab_size;
+        let rows: Vec<Value> = reference
+            .iter()
+            .enumerate()
+            .map(|(i, &want)| {
+                let row = &logits[(n_prompt + i - 1) * vocab..(n_prompt + i) * vocab];
+                let best = lowbit_core::generate::argmax(row);
+                let gap = row[best as usize] - row.get(want as usize).copied().unwrap_or(f32::NEG_INFINITY);
+                json!({ "argmax": best, "gap": gap })
+            })
+            .collect();
+        Ok(to_text(&Value::Array(rows)))
     }
 
     /// Ends the running generation within one token (its promise resolves with

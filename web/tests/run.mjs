@@ -52,8 +52,9 @@ if (path.resolve(MODELS) !== path.join(ROOT, 'models')) {
 const MODEL_PATH = path.resolve(MODELS) === path.join(ROOT, 'models') ? `/models/${MODEL_FILE}` : `/web/tests/.models/${MODEL_FILE}`;
 
 /** The native CPU backend's greedy tokens for the same prompt and precision. */
-function nativeTokens(quant) {
+function nativeTokens(quant, kernels) {
   const out = execFileSync(NATIVE, ['generate', '--backend', 'cpu', '--quant', quant, '--temperature', '0',
+    '--set', `backend.cpu.kernels=${kernels}`,
     '-n', String(N_TOKENS), '--json', '--model', path.join(MODELS, MODEL_FILE), '--prompt', PROMPT],
   { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], env: { ...process.env, HOME: process.env.HOME || '/tmp' } });
   return JSON.parse(out).tokens;
@@ -116,21 +117,42 @@ for (const backend of ['webgpu', 'cpu']) {
   });
 }
 
-for (const backend of ['webgpu', 'cpu']) {
-  test(`greedy-int4-${backend}`, async () => {
-    const want = nativeTokens('int4');
+// Greedy decoding against the native CPU backend. A 135M model at 4 bits meets near-ties
+// (two tokens within a fraction of a logit) within a few tokens, where kernels that sum in
+// another order (AVX2 vs simd128 vs GPU; natively, AVX2 vs scalar already differ) pick
+// differently and every later token follows. So: the page's 16 tokens must equal the native
+// ones up to the first near-tie, and, teacher-forced on the native continuation, every native
+// token must be the page's choice or within NEAR_TIE logits of it. With the portable kernels
+// on both sides the 16 tokens must be equal outright.
+const NEAR_TIE = 0.5;
+for (const [backend, kernels] of [['webgpu', 'auto'], ['cpu', 'auto'], ['cpu', 'scalar']]) {
+  test(`greedy-int4-${backend}-${kernels}`, async () => {
+    const want = nativeTokens('int4', kernels);
     const page = await openPage();
-    const got = await page.evaluate(async ({ model, backend, prompt, n }) => {
-      const llm = new window.lowbit.WebGPUStreamingInference({ model, config: { runtime: { backend }, quantization: { method: 'int4' } } });
+    const got = await page.evaluate(async ({ model, backend, kernels, prompt, n, want }) => {
+      const llm = new window.lowbit.WebGPUStreamingInference({ model, config: { runtime: { backend }, quantization: { method: 'int4' }, backend: { cpu: { kernels } } } });
       await llm.ready;
       const r = await llm.generateDetailed({ prompt, maxTokens: n, temperature: 0 });
+      const score = await llm.score(prompt, want);
       const caps = await llm.detectCapabilities();
       llm.dispose();
-      return { tokens: r.tokens, text: r.text, backend: caps.backend };
-    }, { model: MODEL_PATH, backend, prompt: PROMPT, n: N_TOKENS });
+      return { tokens: r.tokens, text: r.text, backend: caps.backend, score };
+    }, { model: MODEL_PATH, backend, kernels, prompt: PROMPT, n: N_TOKENS, want });
     eq(got.backend, backend, 'backend');
-    console.log(`  ${backend}: ${JSON.stringify(got.text)}`);
-    eq(got.tokens, want, `16 greedy tokens on ${backend} vs the native CPU backend`);
+    const same = got.tokens.findIndex((t, i) => t !== want[i]);
+    const agree = same < 0 ? want.length : same;
+    const gaps = got.score.map((s) => s.gap);
+    console.log(`  ${backend}/${kernels}: ${JSON.stringify(got.text)}; equal for ${agree}/${want.length} tokens; ` +
+      `teacher-forced gaps ${gaps.map((g) => g.toFixed(2)).join(' ')}`);
+    if (kernels === 'scalar') {
+      eq(got.tokens, want, '16 greedy tokens, portable kernels in the page and natively');
+      return;
+    }
+    gaps.forEach((g, i) => ok(g <= NEAR_TIE, `native token ${i} (${want[i]}) is ${g.toFixed(3)} logits below the page's choice ${got.score[i].argmax}`));
+    if (agree < want.length) {
+      ok(gaps[agree] > 0 || got.score[agree].argmax !== want[agree], 'a divergence where the teacher-forced choice agrees');
+      ok(gaps[agree] <= NEAR_TIE, `first divergence at token ${agree} is a near-tie`);
+    }
     await page.close();
   });
 }
@@ -138,7 +160,7 @@ for (const backend of ['webgpu', 'cpu']) {
 test('stop-and-reuse', async () => {
   const page = await openPage();
   const r = await page.evaluate(async ({ model, prompt }) => {
-    const llm = new window.lowbit.WebGPUStreamingInference({ model, config: { quantization: { method: 'int4' } } });
+    const llm = new window.lowbit.WebGPUStreamingInference({ model, config: { runtime: { backend: 'cpu' }, quantization: { method: 'int4' } } });
     await llm.ready;
     let n = 0;
     let atStop = -1;
@@ -223,6 +245,8 @@ test('demo-screenshot', async () => {
   page.on('pageerror', (e) => console.error(`  [page error] ${e.message}`));
   await page.goto(`${server.url}/web/demo/`);
   await page.fill('#model-url', MODEL_PATH);
+  // The in-page CPU backend: SwiftShader's WebGPU takes seconds per token here.
+  await page.selectOption('#backend', 'cpu');
   await page.click('#load');
   await page.waitForFunction(() => !document.getElementById('send').disabled, null, { timeout: 600000 });
   await page.fill('#max-tokens', '48');

@@ -24,8 +24,17 @@ use std::sync::Arc;
 
 /// The registry constructor (`cpu`): [`CpuBackend`] with the options' threads and switches.
 pub fn create(opts: &BackendOptions) -> Result<Arc<dyn Backend>> {
+    let isa = match opts.tuning.cpu.kernels.as_deref() {
+        None => Isa::detect(),
+        Some(name) => Isa::parse(name).ok_or_else(|| {
+            lowbit_core::Error::invalid_config(format!(
+                "backend.cpu.kernels = \"{name}\": expected auto, scalar, avx2 or simd128"
+            ))
+        })?,
+    };
     Ok(Arc::new(
-        CpuBackend::new(opts.threads)?.exact_activations(opts.tuning.cpu.exact_activations),
+        CpuBackend::with_isa(opts.threads, isa)?
+            .exact_activations(opts.tuning.cpu.exact_activations),
     ))
 }
 

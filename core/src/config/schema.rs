@@ -153,6 +153,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("backend.webgpu.checked_shaders", Kind::Bool, "false", "naga's runtime bounds checks in every kernel, as browsers do"),
     key!("backend.webgpu.loop_bounding", Kind::Bool, "false", "with checked_shaders: naga's loop-bounding counters too, as Firefox's wgpu adds (Chrome's Tint does not)"),
     key!("backend.webgpu.dispatches_per_submit", Kind::Int { min: 0, max: 1 << 20 }, "0", "split a step into submissions of at most N dispatches; 0 = one submission"),
+    key!("backend.cpu.kernels", Kind::Choice(&["auto", "scalar", "avx2", "simd128"]), "\"auto\"", "CPU kernels' instruction set: auto = the best this machine has; scalar = the portable ones (compare builds across machines)"),
     key!("backend.cpu.exact_activations", Kind::Bool, "false", "reference mode: f32 activations on quantized weights (slow; what the WebGPU perplexity test compares against)"),
     key!("server.host", Kind::Text, "\"127.0.0.1\"", "address the server listens on"),
     key!("server.port", Kind::Int { min: 0, max: 65535 }, "8765", "port the server listens on; 0 = any free one"),

@@ -81,6 +81,7 @@ pub fn tuning_from_config(c: &Config) -> Result<BackendTuning> {
         },
         cpu: CpuTuning {
             exact_activations: c.bool("backend.cpu.exact_activations"),
+            kernels: Some(c.str("backend.cpu.kernels")).filter(|k| k != "auto"),
         },
     })
 }

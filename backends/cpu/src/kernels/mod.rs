@@ -52,6 +52,13 @@ impl Isa {
         }
     }
 
+    /// The instruction set named `name` ([`Isa::name`]).
+    pub fn parse(name: &str) -> Option<Isa> {
+        [Isa::Scalar, Isa::Avx2, Isa::Simd128]
+            .into_iter()
+            .find(|i| i.name() == name)
+    }
+
     /// Short name: `scalar`, `avx2`, `simd128`.
     pub fn name(self) -> &'static str {
         match self {
