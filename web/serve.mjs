@@ -31,7 +31,8 @@ export function startServer({ port = 0, isolate = true, root = ROOT } = {}) {
   const requests = new Map();
   const server = http.createServer((req, res) => {
     const url = new URL(req.url, 'http://localhost');
-    const rel = decodeURIComponent(url.pathname);
+    let rel = decodeURIComponent(url.pathname);
+    if (rel.endsWith('/')) rel += 'index.html';
     requests.set(rel, (requests.get(rel) || 0) + 1);
     const file = path.resolve(root, '.' + rel);
     const headers = { 'Cache-Control': 'no-store' };

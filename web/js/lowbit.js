@@ -136,16 +136,25 @@ export class WebGPUStreamingInference {
     let prev = performance.now();
     const t0 = prev;
     let first = null;
+    let count = 0;
+    this.live = { timeToFirstTokenMs: null, tokensPerSecond: null, generatedTokens: 0 };
     const r = await this.engine.request('generate', { prompt, params }, {
       onToken: (ev) => {
         const now = performance.now();
+        count += 1;
         if (first === null) first = now - t0;
         else this.latencies.push(now - prev);
+        this.live = {
+          timeToFirstTokenMs: first,
+          tokensPerSecond: count > 1 ? ((count - 1) * 1000) / (now - t0 - first) : null,
+          generatedTokens: count,
+        };
         if (this.latencies.length > LATENCY_WINDOW) this.latencies.splice(0, this.latencies.length - LATENCY_WINDOW);
         prev = now;
         if (callback) callback(ev.text, ev.isLast, ev.tokenId);
       },
     });
+    this.live = null;
     this.last = { ...r.stats, pageTtftMs: first, wallMs: performance.now() - t0, finishReason: r.finishReason };
     return r;
   }
@@ -200,6 +209,20 @@ export class WebGPUStreamingInference {
   getPerformanceStats() {
     const sorted = [...this.latencies].sort((a, b) => a - b);
     const s = this.last || {};
+    if (this.live) {
+      // Mid-generation: what the page has seen so far.
+      return {
+        ...this.live,
+        prefillTokensPerSecond: null,
+        promptTokens: 0,
+        latencyP50Ms: percentile(sorted, 50),
+        latencyP95Ms: percentile(sorted, 95),
+        memory: { weightBytes: this.model ? this.model.weightBytes : 0, kvCacheBytes: 0, jsHeapBytes: null },
+        backend: this.capabilities ? this.capabilities.backend : null,
+        profile: this.capabilities ? this.capabilities.profile : null,
+        running: true,
+      };
+    }
     return {
       timeToFirstTokenMs: s.time_to_first_token_ms ?? null,
       prefillTokensPerSecond: s.prefill_tokens_per_s ?? null,
@@ -215,6 +238,7 @@ export class WebGPUStreamingInference {
       },
       backend: this.capabilities ? this.capabilities.backend : null,
       profile: this.capabilities ? this.capabilities.profile : null,
+      running: false,
     };
   }
 
