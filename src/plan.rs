@@ -6,8 +6,8 @@
 
 use crate::selection::{resolve, ConfigRequest, Resolved};
 use lowbit_core::adapter::{ModelSource, QuantPlan, TextModel};
-pub use lowbit_core::config::{tuning_from_config, weights_from_config};
 use lowbit_core::config::Config;
+pub use lowbit_core::config::{tuning_from_config, weights_from_config};
 use lowbit_core::profile::BrowserProfile;
 use lowbit_core::registry::{
     create_backend, find_adapter, find_profile, BackendOptions, BackendTuning,

@@ -5,8 +5,8 @@
 
 use lowbit_core::adapter::ModelSource;
 use lowbit_core::config::{
-    resolve_layers, BackendAvailability, Capabilities, Config, Layer, ModelFacts, Resolution, Source,
-    Validation,
+    resolve_layers, BackendAvailability, Capabilities, Config, Layer, ModelFacts, Resolution,
+    Source, Validation,
 };
 use lowbit_core::profile::BrowserProfile;
 use lowbit_core::registry::find_profile;

@@ -42,7 +42,9 @@ pub fn start() {
     if find_adapter_by_name("llama").is_none() {
         let _ = lowbit_core::registry::register_adapter(Box::new(lowbit_models::LlamaAdapter));
     }
-    std::panic::set_hook(Box::new(|info| console_error(&format!("lowbit panicked: {info}"))));
+    std::panic::set_hook(Box::new(|info| {
+        console_error(&format!("lowbit panicked: {info}"))
+    }));
 }
 
 fn find_adapter_by_name(name: &str) -> Option<String> {
@@ -120,6 +122,8 @@ struct Opened {
 /// Opens the backend the plan asks for: WebGPU on the page's adapter unless `runtime.backend`
 /// is `cpu`, the CPU backend when WebGPU is missing or fails and fallback is allowed.
 /// Returns it with why it was chosen.
+// `Backend` is shared as an `Arc` (as natively); in a page everything runs on one thread.
+#[allow(clippy::arc_with_non_send_sync)]
 async fn open_backend(plan: &WebPlan) -> Result<Opened> {
     let cpu = |why: String| -> Result<Opened> {
         Ok(Opened {
@@ -137,7 +141,10 @@ async fn open_backend(plan: &WebPlan) -> Result<Opened> {
     options.tuning.webgpu.allow_software_adapter = true;
     match WgpuBackend::new_async(&lowbit_wgpu::options(&options)).await {
         Ok(b) => Ok(Opened {
-            why: format!("runtime.backend = \"{}\": the page's WebGPU adapter", plan.backend),
+            why: format!(
+                "runtime.backend = \"{}\": the page's WebGPU adapter",
+                plan.backend
+            ),
             adapter: Some(b.adapter_details()),
             backend: Arc::new(b),
         }),
@@ -178,7 +185,12 @@ fn capabilities_json(o: &Opened, r: &lowbit_core::config::Resolution) -> Value {
 }
 
 fn gpu_capabilities(a: &AdapterDetails) -> GpuCapabilities {
-    let limit = |k: &str| a.limits.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
+    let limit = |k: &str| {
+        a.limits
+            .iter()
+            .find(|(n, _)| *n == k)
+            .map_or(0, |(_, v)| *v)
+    };
     let has = |f: &str| a.features.iter().any(|x| x == f);
     GpuCapabilities {
         name: a.name.clone(),
@@ -204,8 +216,15 @@ async fn settle(v: JsValue) -> std::result::Result<JsValue, JsValue> {
 impl Engine {
     /// Resolves `config_json` under the browser `user_agent`'s profile, opens the backend and
     /// validates again against what its adapter offers.
-    pub async fn create(config_json: String, user_agent: String) -> std::result::Result<Engine, JsValue> {
-        let first = js(settings::resolve(&config_json, &user_agent, &Capabilities::unconstrained()))?;
+    pub async fn create(
+        config_json: String,
+        user_agent: String,
+    ) -> std::result::Result<Engine, JsValue> {
+        let first = js(settings::resolve(
+            &config_json,
+            &user_agent,
+            &Capabilities::unconstrained(),
+        ))?;
         let plan0 = js(WebPlan::from_resolution(&first))?;
         let opened = js(open_backend(&plan0).await)?;
         let info = opened.backend.info();
@@ -247,19 +266,19 @@ impl Engine {
     /// page never holds the whole file in one `ArrayBuffer`.
     pub fn begin_load(&self, total: f64) -> std::result::Result<(), JsValue> {
         if self.busy.get() {
-            return Err(js_error(&Error::invalid_config("the engine is busy generating")));
+            return Err(js_error(&Error::invalid_config(
+                "the engine is busy generating",
+            )));
         }
         *self.model.borrow_mut() = None;
         let mut staged = self.staged.borrow_mut();
         *staged = Vec::new();
         if total > 0.0 {
-            staged
-                .try_reserve_exact(total as usize)
-                .map_err(|_| {
-                    js_error(&Error::out_of_memory(format!(
-                        "the model file has {total} bytes; this page's wasm memory cannot hold them"
-                    )))
-                })?;
+            staged.try_reserve_exact(total as usize).map_err(|_| {
+                js_error(&Error::out_of_memory(format!(
+                    "the model file has {total} bytes; this page's wasm memory cannot hold them"
+                )))
+            })?;
         }
         Ok(())
     }
@@ -282,17 +301,29 @@ impl Engine {
     /// per tensor), uploads, and compiles every kernel. Returns the model's description.
     pub async fn finish_load(&self, progress: Function) -> std::result::Result<String, JsValue> {
         if self.busy.get() {
-            return Err(js_error(&Error::invalid_config("the engine is busy generating")));
+            return Err(js_error(&Error::invalid_config(
+                "the engine is busy generating",
+            )));
         }
         let bytes = std::mem::take(&mut *self.staged.borrow_mut());
         let g = js(GgufFile::from_bytes(bytes))?;
         let source = ModelSource::Gguf(Arc::new(g));
         let adapter = js(find_adapter(&source))?;
         let mut report = |done: usize, total: usize, name: &str| {
-            let _ = progress.call3(&JsValue::NULL, &(done as f64).into(), &(total as f64).into(), &name.into());
+            let _ = progress.call3(
+                &JsValue::NULL,
+                &(done as f64).into(),
+                &(total as f64).into(),
+                &name.into(),
+            );
         };
         let model = js(adapter
-            .load(&source, &self.plan.weights, self.backend.clone(), &mut report)
+            .load(
+                &source,
+                &self.plan.weights,
+                self.backend.clone(),
+                &mut report,
+            )
             .and_then(|m| m.into_text()))?;
         drop(source);
         report(0, 1, "compiling kernels");
@@ -311,7 +342,10 @@ impl Engine {
             "weightBytes": self.backend.weight_bytes(),
             "backend": self.backend.info().name,
         });
-        *self.model.borrow_mut() = Some(Rc::new(Loaded { model, info: info.clone() }));
+        *self.model.borrow_mut() = Some(Rc::new(Loaded {
+            model,
+            info: info.clone(),
+        }));
         Ok(to_text(&info))
     }
 
@@ -320,7 +354,11 @@ impl Engine {
     /// engine's own choice there and how far (in logits) the reference token is below it
     /// (`[{argmax, gap}]`; gap 0 where they agree). Compares engines across machines without
     /// letting one near-tie flip every later token.
-    pub async fn score(&self, prompt: String, tokens_json: String) -> std::result::Result<String, JsValue> {
+    pub async fn score(
+        &self,
+        prompt: String,
+        tokens_json: String,
+    ) -> std::result::Result<String, JsValue> {
         let loaded = self
             .model
             .borrow()
@@ -341,7 +379,8 @@ impl Engine {
             .map(|(i, &want)| {
                 let row = &logits[(n_prompt + i - 1) * vocab..(n_prompt + i) * vocab];
                 let best = lowbit_core::generate::argmax(row);
-                let gap = row[best as usize] - row.get(want as usize).copied().unwrap_or(f32::NEG_INFINITY);
+                let gap = row[best as usize]
+                    - row.get(want as usize).copied().unwrap_or(f32::NEG_INFINITY);
                 json!({ "argmax": best, "gap": gap })
             })
             .collect();
@@ -371,7 +410,9 @@ impl Engine {
             .clone()
             .ok_or_else(|| js_error(&Error::invalid_config("no model is loaded")))?;
         if self.busy.replace(true) {
-            return Err(js_error(&Error::invalid_config("a generation is already running")));
+            return Err(js_error(&Error::invalid_config(
+                "a generation is already running",
+            )));
         }
         self.cancel.store(false, Ordering::Relaxed);
         let out = self.run(&loaded, &prompt, &params_json, &on_token).await;
@@ -386,8 +427,12 @@ impl Engine {
         params_json: &str,
         on_token: &Function,
     ) -> std::result::Result<Value, JsValue> {
-        let p: Value = serde_json::from_str(if params_json.is_empty() { "{}" } else { params_json })
-            .map_err(|e| js_error(&Error::invalid_config(format!("generate parameters: {e}"))))?;
+        let p: Value = serde_json::from_str(if params_json.is_empty() {
+            "{}"
+        } else {
+            params_json
+        })
+        .map_err(|e| js_error(&Error::invalid_config(format!("generate parameters: {e}"))))?;
         let plan = &self.plan;
         let num = |k: &str| p.get(k).and_then(Value::as_f64);
         let opts = GenerateOptions {
@@ -401,7 +446,11 @@ impl Engine {
             stop: p
                 .get("stop")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default(),
             cancel: Some(self.cancel.clone()),
         };
@@ -452,7 +501,11 @@ pub async fn run_conformance(
     user_agent: String,
     filter: String,
 ) -> std::result::Result<String, JsValue> {
-    let r = js(settings::resolve(&config_json, &user_agent, &Capabilities::unconstrained()))?;
+    let r = js(settings::resolve(
+        &config_json,
+        &user_agent,
+        &Capabilities::unconstrained(),
+    ))?;
     let mut plan = js(WebPlan::from_resolution(&r))?;
     plan.fallback = false;
     let b = js(open_backend(&plan).await)?.backend;

@@ -61,6 +61,9 @@ impl WgpuBackend {
     }
 
     /// Opens a device per `opts`; in a browser, on the page's `navigator.gpu`.
+    // In a browser the device is neither `Send` nor `Sync` (one thread); natively it is both
+    // and the `Arc` is shared across threads.
+    #[cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
     pub async fn new_async(opts: &WgpuOptions) -> Result<Self> {
         let dev = Arc::new(GpuDevice::open_async(opts).await?);
         let mut tuning = Tuning::for_profile(&dev.limits, opts.workgroups.as_ref());
@@ -128,15 +131,39 @@ impl WgpuBackend {
                 .map(|(n, _)| n.to_owned())
                 .collect(),
             limits: vec![
-                ("maxStorageBufferBindingSize", u64::from(l.max_storage_buffer_binding_size)),
+                (
+                    "maxStorageBufferBindingSize",
+                    l.max_storage_buffer_binding_size,
+                ),
                 ("maxBufferSize", l.max_buffer_size),
-                ("maxComputeWorkgroupStorageSize", u64::from(l.max_compute_workgroup_storage_size)),
-                ("maxComputeInvocationsPerWorkgroup", u64::from(l.max_compute_invocations_per_workgroup)),
-                ("maxComputeWorkgroupSizeX", u64::from(l.max_compute_workgroup_size_x)),
-                ("maxComputeWorkgroupsPerDimension", u64::from(l.max_compute_workgroups_per_dimension)),
-                ("maxStorageBuffersPerShaderStage", u64::from(l.max_storage_buffers_per_shader_stage)),
-                ("minSubgroupSize", u64::from(self.dev.info.subgroup_min_size)),
-                ("maxSubgroupSize", u64::from(self.dev.info.subgroup_max_size)),
+                (
+                    "maxComputeWorkgroupStorageSize",
+                    u64::from(l.max_compute_workgroup_storage_size),
+                ),
+                (
+                    "maxComputeInvocationsPerWorkgroup",
+                    u64::from(l.max_compute_invocations_per_workgroup),
+                ),
+                (
+                    "maxComputeWorkgroupSizeX",
+                    u64::from(l.max_compute_workgroup_size_x),
+                ),
+                (
+                    "maxComputeWorkgroupsPerDimension",
+                    u64::from(l.max_compute_workgroups_per_dimension),
+                ),
+                (
+                    "maxStorageBuffersPerShaderStage",
+                    u64::from(l.max_storage_buffers_per_shader_stage),
+                ),
+                (
+                    "minSubgroupSize",
+                    u64::from(self.dev.info.subgroup_min_size),
+                ),
+                (
+                    "maxSubgroupSize",
+                    u64::from(self.dev.info.subgroup_max_size),
+                ),
             ],
         }
     }

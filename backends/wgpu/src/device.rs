@@ -381,18 +381,18 @@ impl GpuDevice {
         let limits = adapter.limits();
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
-            label: Some("lowbit"),
-            required_features: required,
-            required_limits: limits.clone(),
-            // SAFETY: the only experimental feature requested is cooperative matrices, used by
-            // one kernel whose every path is checked against the CPU backend
-            // (`coop_prefill_every_format`); wgpu still validates its shaders.
-            experimental_features: if coop_matrix {
-                unsafe { wgpu::ExperimentalFeatures::enabled() }
-            } else {
-                wgpu::ExperimentalFeatures::disabled()
-            },
-            ..Default::default()
+                label: Some("lowbit"),
+                required_features: required,
+                required_limits: limits.clone(),
+                // SAFETY: the only experimental feature requested is cooperative matrices, used by
+                // one kernel whose every path is checked against the CPU backend
+                // (`coop_prefill_every_format`); wgpu still validates its shaders.
+                experimental_features: if coop_matrix {
+                    unsafe { wgpu::ExperimentalFeatures::enabled() }
+                } else {
+                    wgpu::ExperimentalFeatures::disabled()
+                },
+                ..Default::default()
             })
             .await
             .map_err(|e| not_supported(format!("cannot open a device on {}: {e}", info.name)))?;

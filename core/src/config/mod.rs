@@ -15,9 +15,9 @@ pub mod schema;
 mod typed;
 pub mod validate;
 
-pub use schema::{KeySpec, Kind, KEYS};
 /// The TOML crate the config types are built on (its `Value` appears in their API).
 pub use resolve::{resolve_layers, Resolution};
+pub use schema::{KeySpec, Kind, KEYS};
 pub use toml;
 pub use typed::{tuning_from_config, weights_from_config};
 pub use validate::{
