@@ -1,0 +1,119 @@
+// The wllama engine adapter: llama.cpp compiled to wasm (`@wllama/wllama` from npm), the browser peer.
+//
+// Contract of an engine adapter (see bench.js): `{name, version, load(url, opts), prefillAndDecode(prompt,
+// nTokens), info(), unload()}`. `opts` = `{threads, backend}` with backend `cpu` (wasm SIMD) or `webgpu`.
+import { Wllama } from '../node_modules/@wllama/wllama/esm/index.js';
+
+// The worker that wllama starts is a blob, so the wasm path must be absolute.
+const PACKAGE_URL = new URL('../node_modules/@wllama/wllama/', import.meta.url);
+const WASM_URL = new URL('esm/wasm/wllama.wasm', PACKAGE_URL).href;
+const PACKAGE_VERSION = (await (await fetch(new URL('package.json', PACKAGE_URL))).json()).version;
+
+/** wllama: `cpu` runs every layer in wasm SIMD (n_gpu_layers 0), `webgpu` offloads all layers. */
+export function createEngine() {
+  let wllama = null;
+  let loaded = null; // what load() asked for and what wllama made of it
+
+  return {
+    name: 'wllama',
+    version: `@wllama/wllama ${PACKAGE_VERSION} (llama.cpp ${Wllama.getLibllamaVersion()})`,
+    backends: ['cpu', 'webgpu'],
+
+    async load(url, { threads, backend }) {
+      if (!this.backends.includes(backend)) throw new Error(`wllama: unknown backend ${backend}`);
+      wllama = new Wllama({ default: WASM_URL }, { suppressNativeLog: true });
+      // Fetching ourselves (not loadModelFromUrl) keeps the download out of wllama's cache manager,
+      // so every load is the same cold path: HTTP body -> Blob -> wasm.
+      const t0 = performance.now();
+      const resp = await fetch(url);
+      if (!resp.ok) throw new Error(`wllama: GET ${url}: HTTP ${resp.status}`);
+      const blob = await resp.blob();
+      const fetchMs = performance.now() - t0;
+      await wllama.loadModel([blob], {
+        n_threads: threads,
+        n_gpu_layers: backend === 'webgpu' ? 999 : 0,
+        n_ctx: 512,
+        // one sequence: the batch sizes stay llama.cpp's defaults, as in llama-bench
+        warmup: true,
+      });
+      loaded = {
+        fetch_ms: fetchMs,
+        threads_requested: threads,
+        threads_used: wllama.getNumThreads(),
+        multithread: wllama.isMultithread(),
+        webgpu_supported: wllama.isSupportWebGPU(),
+        backend,
+        model_bytes: blob.size,
+      };
+      return loaded;
+    },
+
+    async prefillAndDecode(prompt, nTokens) {
+      if (!wllama) throw new Error('wllama: load() first');
+      let tFirst = null;
+      let tLast = null;
+      let chunks = 0;
+      let text = '';
+      let last = null;
+      const t0 = performance.now();
+      await wllama.createCompletion({
+        prompt,
+        max_tokens: nTokens,
+        temperature: 0,
+        top_k: 1,
+        ignore_eos: true,
+        // every repetition must prefill the whole prompt again
+        cache_prompt: false,
+        stream: true,
+        onData: (chunk) => {
+          const now = performance.now();
+          const piece = chunk.choices?.[0]?.text ?? '';
+          if (piece.length > 0 || chunk.timings?.predicted_n > 0) {
+            if (tFirst === null) tFirst = now;
+            tLast = now;
+            chunks += 1;
+          }
+          text += piece;
+          last = chunk;
+        },
+      });
+      const tEnd = performance.now();
+      const timings = last?.timings ?? null;
+      if (!timings) throw new Error('wllama: the last stream chunk carries no timings');
+      if (timings.cache_n > 0) throw new Error(`wllama: ${timings.cache_n} prompt tokens came from the cache`);
+      if (timings.predicted_n !== nTokens) {
+        throw new Error(`wllama: generated ${timings.predicted_n} tokens, asked for ${nTokens}`);
+      }
+      return {
+        prompt_tokens: timings.prompt_n,
+        gen_tokens: timings.predicted_n,
+        // in-page: the first token arrives when the prompt is processed (and one token sampled)
+        prefill_ms: tFirst - t0,
+        // the tokens after the first, from the first to the last arrival
+        decode_ms: tLast - tFirst,
+        decode_tokens: timings.predicted_n - 1,
+        total_ms: tEnd - t0,
+        stream_chunks: chunks,
+        text,
+        engine_timings: {
+          prompt_n: timings.prompt_n,
+          prompt_ms: timings.prompt_ms,
+          prompt_per_second: timings.prompt_per_second,
+          predicted_n: timings.predicted_n,
+          predicted_ms: timings.predicted_ms,
+          predicted_per_second: timings.predicted_per_second,
+        },
+      };
+    },
+
+    info() {
+      return loaded;
+    },
+
+    async unload() {
+      if (wllama) await wllama.exit();
+      wllama = null;
+      loaded = null;
+    },
+  };
+}
