@@ -45,7 +45,7 @@ Options:
   --tokens N          greedy tokens to decode (default 32)
   --reps N            measured repetitions per row after one warm-up; medians are reported (default 3)
   --prompt-file FILE  prompt text (default: models/brown.txt, its first --prompt-lines lines)
-  --prompt-lines N    lines of the prompt file to use (default 4: about 100 tokens)
+  --prompt-lines N    lines of the prompt file to use (default 3: about 120 tokens)
   --models-dir DIR    models folder (default $LOWBIT_MODELS_DIR, else <repo>/models)
   --no-isolation      serve without COOP/COEP: no SharedArrayBuffer, so wasm runs on one thread
   --chromium PATH     browser binary (default $CHROMIUM, else /usr/lib/chromium/chromium)
@@ -75,7 +75,7 @@ function parseArgs(argv) {
     tokens: 32,
     reps: 3,
     promptFile: null,
-    promptLines: 4,
+    promptLines: 3,
     modelsDir: process.env.LOWBIT_MODELS_DIR || path.join(repo, 'models'),
     isolate: true,
     chromium: process.env.CHROMIUM || '/usr/lib/chromium/chromium',
@@ -277,7 +277,7 @@ async function main() {
         const run = page.evaluate((j) => window.benchRun(j), {
           engine: job.engine,
           modelUrl: `/models/${job.model.file}`,
-          modelOpts: job.model.opts ?? {},
+          modelOpts: { ...(job.model.opts ?? {}), verbose: o.verbose },
           threads: job.threads,
           backend: job.backend,
           prompt,

@@ -9,6 +9,17 @@ const PACKAGE_URL = new URL('../node_modules/@wllama/wllama/', import.meta.url);
 const WASM_URL = new URL('esm/wasm/wllama.wasm', PACKAGE_URL).href;
 const PACKAGE_VERSION = (await (await fetch(new URL('package.json', PACKAGE_URL))).json()).version;
 
+/** What llama.cpp's load log says about where the weights and the compute went. */
+function placement(lines) {
+  const text = lines.join('\n');
+  const offloaded = text.match(/offloaded (\d+)\/(\d+) layers to GPU/);
+  return {
+    layers_on_gpu: offloaded ? Number(offloaded[1]) : null,
+    layers_total: offloaded ? Number(offloaded[2]) : null,
+    buffers: [...text.matchAll(/(\S+) model buffer size =\s*([\d.]+) MiB/g)].map((m) => `${m[1]} ${m[2]} MiB`),
+  };
+}
+
 /** wllama: `cpu` runs every layer in wasm SIMD (n_gpu_layers 0), `webgpu` offloads all layers. */
 export function createEngine() {
   let wllama = null;
@@ -19,9 +30,17 @@ export function createEngine() {
     version: `@wllama/wllama ${PACKAGE_VERSION} (llama.cpp ${Wllama.getLibllamaVersion()})`,
     backends: ['cpu', 'webgpu'],
 
-    async load(url, { threads, backend }) {
+    async load(url, { threads, backend, verbose = false }) {
       if (!this.backends.includes(backend)) throw new Error(`wllama: unknown backend ${backend}`);
-      wllama = new Wllama({ default: WASM_URL }, { suppressNativeLog: true });
+      // llama.cpp's own log says where the layers went: kept to check the backend, shown with --verbose
+      const nativeLog = [];
+      const keep = (level) => (...args) => {
+        const line = args.map(String).join(' ');
+        nativeLog.push(line);
+        if (verbose) console[level](line);
+      };
+      const logger = { debug: keep('debug'), log: keep('log'), warn: keep('warn'), error: keep('error') };
+      wllama = new Wllama({ default: WASM_URL }, { logger });
       // Fetching ourselves (not loadModelFromUrl) keeps the download out of wllama's cache manager,
       // so every load is the same cold path: HTTP body -> Blob -> wasm.
       const t0 = performance.now();
@@ -35,6 +54,7 @@ export function createEngine() {
         n_ctx: 512,
         // one sequence: the batch sizes stay llama.cpp's defaults, as in llama-bench
         warmup: true,
+        log_level: verbose ? 1 : 2,
       });
       loaded = {
         fetch_ms: fetchMs,
@@ -44,7 +64,16 @@ export function createEngine() {
         webgpu_supported: wllama.isSupportWebGPU(),
         backend,
         model_bytes: blob.size,
+        ...placement(nativeLog),
       };
+      // wllama falls back to the CPU silently when llama.cpp finds no usable WebGPU device (its
+      // WebGPU backend needs shader-f16, which SwiftShader lacks): a webgpu row must not hide that.
+      if (backend === 'webgpu' && !loaded.buffers.some((b) => !b.startsWith('CPU'))) {
+        const where = loaded.buffers.join(', ') || 'nowhere (no buffer lines in the log)';
+        await this.unload();
+        throw new Error(`wllama: WebGPU asked, but llama.cpp put the weights on the CPU (${where}); ` +
+          'its WebGPU backend needs the shader-f16 feature');
+      }
       return loaded;
     },
 
