@@ -77,6 +77,8 @@ async function runJob(job) {
       gen_tokens: runs[0].gen_tokens,
       prefill_tokens_per_s: median(prefill),
       decode_tokens_per_s: median(decode),
+      prefill_range: [Math.min(...prefill), Math.max(...prefill)],
+      decode_range: [Math.min(...decode), Math.max(...decode)],
       engine_prefill_tokens_per_s: reported.length ? median(reported.map((r) => r.engine_timings.prompt_per_second)) : null,
       engine_decode_tokens_per_s: reported.length ? median(reported.map((r) => r.engine_timings.predicted_per_second)) : null,
       text: runs[0].text,

@@ -192,17 +192,19 @@ async function loadPlaywright() {
 }
 
 const fmt = (x, d = 1) => (x === null || x === undefined || Number.isNaN(x) ? '-' : x.toFixed(d));
+// median, then the range over the repetitions when they differ (a shared machine shows here)
+const withRange = (x, range) => (range && range[0] !== range[1] ? `${fmt(x)} (${fmt(range[0])}–${fmt(range[1])})` : fmt(x));
 
 function tableOf(rows) {
   const head = [
-    '| engine | model | quant | backend | threads (used) | isolated | load s | prefill tok/s | decode tok/s | tokens (prompt+gen) | engine-reported prefill / decode tok/s |',
+    '| engine | model | quant | backend | threads (used) | isolated | load s | prefill tok/s (min–max) | decode tok/s (min–max) | tokens (prompt+gen) | engine-reported prefill / decode tok/s |',
     '|---|---|---|---|---:|---|---:|---:|---:|---:|---:|',
   ];
   const body = rows.map((r) => {
     if (r.error) {
       return `| ${r.engine} | ${r.model} | ${r.quant} | ${r.backend} | ${r.threads} | - | - | - | - | - | error: ${r.error.split('\n')[0]} |`;
     }
-    return `| ${r.engine} | ${r.model} | ${r.quant} | ${r.backend} | ${r.threads} (${r.threads_used}) | ${r.cross_origin_isolated ? 'yes' : 'no'} | ${fmt(r.load_s, 2)} | ${fmt(r.prefill_tokens_per_s)} | ${fmt(r.decode_tokens_per_s)} | ${r.prompt_tokens}+${r.gen_tokens} | ${fmt(r.engine_prefill_tokens_per_s)} / ${fmt(r.engine_decode_tokens_per_s)} |`;
+    return `| ${r.engine} | ${r.model} | ${r.quant} | ${r.backend} | ${r.threads} (${r.threads_used}) | ${r.cross_origin_isolated ? 'yes' : 'no'} | ${fmt(r.load_s, 2)} | ${withRange(r.prefill_tokens_per_s, r.prefill_range)} | ${withRange(r.decode_tokens_per_s, r.decode_range)} | ${r.prompt_tokens}+${r.gen_tokens} | ${fmt(r.engine_prefill_tokens_per_s)} / ${fmt(r.engine_decode_tokens_per_s)} |`;
   });
   return [...head, ...body].join('\n');
 }
@@ -304,6 +306,8 @@ async function main() {
           load_s: r.load.ms / 1000,
           prefill_tokens_per_s: r.prefill_tokens_per_s,
           decode_tokens_per_s: r.decode_tokens_per_s,
+          prefill_range: r.prefill_range,
+          decode_range: r.decode_range,
           engine_prefill_tokens_per_s: r.engine_prefill_tokens_per_s,
           engine_decode_tokens_per_s: r.engine_decode_tokens_per_s,
           load: r.load,
@@ -313,8 +317,10 @@ async function main() {
           text: r.text,
         });
         process.stderr.write(` load ${fmt(row.load_s, 2)} s, prefill ${fmt(row.prefill_tokens_per_s)} tok/s, decode ${fmt(row.decode_tokens_per_s)} tok/s (${((Date.now() - t0) / 1000).toFixed(0)} s)\n`);
+        // the machine may be shared: the 1-minute load average when the row ended, to judge the figures
+        row.load_average_1m = os.loadavg()[0];
       } catch (e) {
-        row.error = String(e?.message ?? e);
+        row.error = String(e?.message ?? e).replace(/^page\.evaluate: (Error: )?/, '');
         process.stderr.write(` error: ${row.error.split('\n')[0]}\n`);
       } finally {
         await context.close();

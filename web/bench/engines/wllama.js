@@ -96,8 +96,11 @@ export function createEngine() {
         stream: true,
         onData: (chunk) => {
           const now = performance.now();
-          const piece = chunk.choices?.[0]?.text ?? '';
-          if (piece.length > 0 || chunk.timings?.predicted_n > 0) {
+          const choice = chunk.choices?.[0];
+          const piece = choice?.text ?? '';
+          // one chunk per token (its text may be empty: part of a UTF-8 character); the closing
+          // chunk carries finish_reason and the timings, no token
+          if (choice && !choice.finish_reason) {
             if (tFirst === null) tFirst = now;
             tLast = now;
             chunks += 1;
