@@ -53,6 +53,7 @@ Options:
   --timeout S         seconds allowed per row (default 900)
   --output FILE       append one JSON line per row to FILE (.jsonl)
   --serve             only serve the page and models, print the URL, run until Ctrl-C
+  --table FILE        print the table of the JSON lines in FILE (a past --output) and exit
   --verbose           print the page's console and failed requests
   -h, --help          this text
 
@@ -83,6 +84,7 @@ function parseArgs(argv) {
     timeout: 900,
     output: null,
     serve: false,
+    table: null,
     verbose: false,
   };
   const list = (s) => s.split(',').map((x) => x.trim()).filter(Boolean);
@@ -118,6 +120,7 @@ function parseArgs(argv) {
       case '--timeout': o.timeout = int(val(), a); break;
       case '--output': o.output = val(); break;
       case '--serve': o.serve = true; break;
+      case '--table': o.table = val(); break;
       case '--verbose': o.verbose = true; break;
       default: die(`unknown argument: ${a} (try --help)`);
     }
@@ -197,20 +200,26 @@ const withRange = (x, range) => (range && range[0] !== range[1] ? `${fmt(x)} (${
 
 function tableOf(rows) {
   const head = [
-    '| engine | model | quant | backend | threads (used) | isolated | load s | prefill tok/s (min–max) | decode tok/s (min–max) | tokens (prompt+gen) | engine-reported prefill / decode tok/s |',
-    '|---|---|---|---|---:|---|---:|---:|---:|---:|---:|',
+    '| engine | model | quant | backend | threads (used) | isolated | load s | prefill tok/s (min–max) | decode tok/s (min–max) | tokens (prompt+gen) | engine-reported prefill / decode tok/s | load avg 1m |',
+    '|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|',
   ];
   const body = rows.map((r) => {
     if (r.error) {
-      return `| ${r.engine} | ${r.model} | ${r.quant} | ${r.backend} | ${r.threads} | - | - | - | - | - | error: ${r.error.split('\n')[0]} |`;
+      return `| ${r.engine} | ${r.model} | ${r.quant} | ${r.backend} | ${r.threads} | - | - | - | - | - | error: ${r.error.split('\n')[0]} | - |`;
     }
-    return `| ${r.engine} | ${r.model} | ${r.quant} | ${r.backend} | ${r.threads} (${r.threads_used}) | ${r.cross_origin_isolated ? 'yes' : 'no'} | ${fmt(r.load_s, 2)} | ${withRange(r.prefill_tokens_per_s, r.prefill_range)} | ${withRange(r.decode_tokens_per_s, r.decode_range)} | ${r.prompt_tokens}+${r.gen_tokens} | ${fmt(r.engine_prefill_tokens_per_s)} / ${fmt(r.engine_decode_tokens_per_s)} |`;
+    return `| ${r.engine} | ${r.model} | ${r.quant} | ${r.backend} | ${r.threads} (${r.threads_used}) | ${r.cross_origin_isolated ? 'yes' : 'no'} | ${fmt(r.load_s, 2)} | ${withRange(r.prefill_tokens_per_s, r.prefill_range)} | ${withRange(r.decode_tokens_per_s, r.decode_range)} | ${r.prompt_tokens}+${r.gen_tokens} | ${fmt(r.engine_prefill_tokens_per_s)} / ${fmt(r.engine_decode_tokens_per_s)} | ${fmt(r.load_average_1m, 2)} |`;
   });
   return [...head, ...body].join('\n');
 }
 
 async function main() {
   const o = parseArgs(process.argv.slice(2));
+  if (o.table) {
+    if (!existsSync(o.table)) die(`${o.table} not found`);
+    const rows = readFileSync(o.table, 'utf8').split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l));
+    process.stdout.write(tableOf(rows) + '\n');
+    return;
+  }
   const jobs = o.serve ? [] : planJobs(o);
   const prompt = o.serve ? '' : readPrompt(o);
   if (!o.serve && !existsSync(o.chromium)) {
