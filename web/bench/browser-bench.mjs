@@ -239,7 +239,7 @@ async function main() {
     return;
   }
 
-  const browser = await chromium.launch({
+  const launch = () => chromium.launch({
     executablePath: o.chromium,
     headless: true,
     args: [
@@ -247,6 +247,7 @@ async function main() {
       '--disable-background-networking', '--disable-component-update', '--disable-sync', '--enable-unsafe-webgpu',
     ],
   });
+  let browser = await launch();
   const base = {
     date: new Date().toISOString().replace(/\.\d+Z$/, 'Z'),
     commit: gitCommit(),
@@ -263,12 +264,8 @@ async function main() {
     for (const job of jobs) {
       const label = `${job.engine} ${job.model.quant} ${job.backend} t${job.threads}`;
       process.stderr.write(`  ${label} ...`);
-      const context = await browser.newContext();
-      const page = await context.newPage();
-      if (o.verbose) {
-        page.on('console', (m) => process.stderr.write(`\n[page ${m.type()}] ${m.text()}`));
-        page.on('pageerror', (e) => process.stderr.write(`\n[page error] ${e.message}`));
-      }
+      // a browser that died under the previous row must not take the remaining rows with it
+      if (!browser.isConnected()) browser = await launch();
       const row = {
         ...base,
         engine: job.engine,
@@ -278,7 +275,14 @@ async function main() {
         threads: job.threads,
       };
       const t0 = Date.now();
+      let context = null;
       try {
+        context = await browser.newContext();
+        const page = await context.newPage();
+        if (o.verbose) {
+          page.on('console', (m) => process.stderr.write(`\n[page ${m.type()}] ${m.text()}`));
+          page.on('pageerror', (e) => process.stderr.write(`\n[page error] ${e.message}`));
+        }
         await page.goto(pageUrl);
         await page.waitForFunction(() => window.benchReady === true, null, { timeout: 60_000 });
         let timer;
@@ -332,7 +336,7 @@ async function main() {
         row.error = String(e?.message ?? e).replace(/^page\.evaluate: (Error: )?/, '');
         process.stderr.write(` error: ${row.error.split('\n')[0]}\n`);
       } finally {
-        await context.close();
+        await context?.close().catch(() => {});
       }
       rows.push(row);
       if (o.output) appendFileSync(o.output, JSON.stringify(row) + '\n');
