@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Browser benchmark: serves web/ and the models on 127.0.0.1, opens web/bench/bench.html in Debian's
+// Browser benchmark: serves the repository and the models on 127.0.0.1, opens web/bench/bench.html in Debian's
 // headless Chromium (Playwright), and has the page load each model and time a prefill and a greedy
 // decode with each engine. Prints a markdown table; --output appends JSON lines. --help says more.
 import { execFileSync } from 'node:child_process';
@@ -228,12 +228,12 @@ async function main() {
   const chromium = o.serve ? null : await loadPlaywright();
   const log = o.verbose ? (l) => process.stderr.write(`[server] ${l}\n`) : () => {};
   const server = await startStaticServer({
-    webRoot: path.join(repo, 'web'),
+    root: repo,
     modelsDir: o.modelsDir,
     isolate: o.isolate,
     log,
   });
-  const pageUrl = `${server.url}/bench/bench.html`;
+  const pageUrl = `${server.url}/web/bench/bench.html`;
   if (o.serve) {
     process.stderr.write(`serving ${pageUrl} (models from ${o.modelsDir}${o.isolate ? ', cross-origin isolated' : ''}); Ctrl-C stops\n`);
     return;

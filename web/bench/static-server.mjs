@@ -1,5 +1,5 @@
-// A tiny static file server on 127.0.0.1 for the browser benchmark: the repository's web/ folder at
-// `/` and a models folder at `/models/`. With `isolate` it sends COOP/COEP (and CORP) headers, so the
+// A tiny static file server on 127.0.0.1 for the browser benchmark: the repository at `/` (pages
+// under `/web/`) and a models folder at `/models/`, the same URLs as web/serve.mjs gives. With `isolate` it sends COOP/COEP (and CORP) headers, so the
 // page is cross-origin isolated: SharedArrayBuffer and wasm threads work only then.
 import { createReadStream } from 'node:fs';
 import { stat } from 'node:fs/promises';
@@ -34,13 +34,13 @@ function resolveFile(roots, urlPath) {
 }
 
 /**
- * Starts the server. `webRoot` is served at `/`, `modelsDir` at `/models/`; `port` 0 picks a free
+ * Starts the server. `root` is served at `/`, `modelsDir` at `/models/`; `port` 0 picks a free
  * one. Resolves to `{url, close()}`; `log(line)` receives one line per request that failed.
  */
-export async function startStaticServer({ webRoot, modelsDir, isolate, port = 0, log = () => {} }) {
+export async function startStaticServer({ root, modelsDir, isolate, port = 0, log = () => {} }) {
   const roots = [
     ['/models/', path.resolve(modelsDir)],
-    ['/', path.resolve(webRoot)],
+    ['/', path.resolve(root)],
   ];
   const server = createServer(async (req, res) => {
     const headers = { 'Cache-Control': 'no-store' };
