@@ -1,7 +1,8 @@
 // The wllama engine adapter: llama.cpp compiled to wasm (`@wllama/wllama` from npm), the browser peer.
 //
 // Contract of an engine adapter (see bench.js): `{name, version, load(url, opts), prefillAndDecode(prompt,
-// nTokens), info(), unload()}`. `opts` = `{threads, backend}` with backend `cpu` (wasm SIMD) or `webgpu`.
+// nTokens), info(), unload()}`. `opts` = `{threads, backend, verbose}` with backend `cpu` (wasm SIMD)
+// or `webgpu`; verbose passes llama.cpp's log to the console.
 import { Wllama } from '../node_modules/@wllama/wllama/esm/index.js';
 
 // The worker that wllama starts is a blob, so the wasm path must be absolute.
