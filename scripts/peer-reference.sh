@@ -8,9 +8,11 @@
 #   tests/fixtures/llamacpp_greedy.json  greedy completions (text + token ids) of 5 plain prompts
 # OUT is bench/results/DATE-DEVICE/peer (today, e.g. 2core-x86), or $PEER_OUT.
 #
-# Usage: scripts/peer-reference.sh [--force]
+# Usage: scripts/peer-reference.sh [--force] [--browser-ggufs]
 #   Idempotent: each step whose output already exists is skipped, unless --force.
 #   The parsed results (json / md) are always rebuilt from the raw logs in models/peer/logs/.
+#   --browser-ggufs: only step 1 for Q8_0, Q4_0 and Q2_K (the models of web/bench/browser-bench.mjs);
+#   needs only llama-quantize, built alone when no llama.cpp build is there yet.
 # Environment:
 #   LLAMACPP_BIN   folder of the llama.cpp binaries (default: ../shared/tools/build-llamacpp.sh cpu)
 #   PEER_THREADS   threads for llama.cpp (default 2)     PEER_NICE   nice level (default 5)
@@ -22,10 +24,12 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 force=0
+ggufs_only=0
 for a in "$@"; do
   case $a in
     --force) force=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    --browser-ggufs) ggufs_only=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "unknown argument: $a (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -41,6 +45,7 @@ out=${PEER_OUT:-bench/results/$(date -u +%F)-$(nproc)core-${arch%_64}/peer}
 fixtures=tests/fixtures
 f32=$peer/smollm2-f32.gguf
 quants=(Q8_0 Q4_0 Q4_K_M Q3_K_M Q2_K)
+[ "$ggufs_only" = 1 ] && quants=(Q8_0 Q4_0 Q2_K)
 ppl_ctx=512
 ppl_chunks=20
 ppl_chunks_quick=4
@@ -61,25 +66,36 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 for f in "$src_model" "$text"; do
   [ -s "$f" ] || die "$f is missing: run scripts/fetch-models.sh first"
 done
+# build-llamacpp.sh's default build folder: reused target by target (--browser-ggufs builds one)
+default_build=$HOME/.cache/llamacpp-peer/build-cpu
+if [ -z "${LLAMACPP_BIN:-}" ] && [ "$ggufs_only" = 1 ] && [ -f "$default_build/CMakeCache.txt" ]; then
+  step "building llama-quantize alone in $default_build"
+  nice -n "$nicelvl" cmake --build "$default_build" --target llama-quantize -j"$threads" >&2
+  LLAMACPP_BIN=$default_build/bin
+fi
 if [ -z "${LLAMACPP_BIN:-}" ]; then
   step "locating llama.cpp (../shared/tools/build-llamacpp.sh cpu)"
   LLAMACPP_BIN=$(bash "$root/../shared/tools/build-llamacpp.sh" cpu)
 fi
 bin=$LLAMACPP_BIN
-for t in llama-quantize llama-perplexity llama-completion llama-bench llama-server; do
+tools=(llama-quantize llama-perplexity llama-completion llama-bench llama-server)
+[ "$ggufs_only" = 1 ] && tools=(llama-quantize)
+for t in "${tools[@]}"; do
   [ -x "$bin/$t" ] || die "$bin/$t not found"
 done
 llama_build=$(cd "$bin/.." && pwd)
-if [ ! -x "$bin/llama-tokenize" ]; then
-  step "building llama-tokenize (extra target, for prompt token ids)"
-  nice -n "$nicelvl" cmake --build "$llama_build" --target llama-tokenize -j"$threads" >&2
+if [ "$ggufs_only" = 0 ]; then
+  if [ ! -x "$bin/llama-tokenize" ]; then
+    step "building llama-tokenize (extra target, for prompt token ids)"
+    nice -n "$nicelvl" cmake --build "$llama_build" --target llama-tokenize -j"$threads" >&2
+  fi
+  gguf_py=$(cd "$llama_build/.." && pwd)/src/gguf-py
+  [ -d "$gguf_py" ] || die "llama.cpp's gguf-py not found at $gguf_py"
+  PYTHONPATH="$gguf_py" python3 -c 'import gguf' 2>/dev/null || die "python3 cannot import gguf-py (needs numpy)"
+  command -v curl >/dev/null || die "curl is needed (greedy token ids come from llama-server)"
+  mkdir -p "$out" "$fixtures"
 fi
-gguf_py=$(cd "$llama_build/.." && pwd)/src/gguf-py
-[ -d "$gguf_py" ] || die "llama.cpp's gguf-py not found at $gguf_py"
-PYTHONPATH="$gguf_py" python3 -c 'import gguf' 2>/dev/null || die "python3 cannot import gguf-py (needs numpy)"
-command -v curl >/dev/null || die "curl is needed (greedy token ids come from llama-server)"
-
-mkdir -p "$peer" "$logs" "$out" "$fixtures"
+mkdir -p "$peer" "$logs"
 
 # every command that produces a result is recorded here (with $LLAMA_BIN for the binaries folder)
 cmds=()
@@ -126,6 +142,10 @@ for q in "${quants[@]}"; do
 done
 # README records the final paths, not the .part ones
 cmds=("${cmds[@]//.gguf.part/.gguf}")
+if [ "$ggufs_only" = 1 ]; then
+  step "done: $(for q in "${quants[@]}"; do printf '%s ' "$(gguf_of "$q")"; done)"
+  exit 0
+fi
 
 # ---------------------------------------------------------------- 2. perplexity
 step "2/5 perplexity: -c $ppl_ctx --chunks $ppl_chunks on ${text} (F32 also --chunks $ppl_chunks_quick)"
