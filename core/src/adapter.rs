@@ -234,6 +234,21 @@ pub trait ModelAdapter: Send + Sync {
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
     ) -> Result<LoadedModel>;
+
+    /// As [`ModelAdapter::load`], taking each weight matrix from `store` when it holds one of
+    /// that name, shape and precision (quantized by an earlier load of the same file and plan)
+    /// and noting in it those it makes. Adapters that do not support stores just load.
+    fn load_stored(
+        &self,
+        source: &ModelSource,
+        plan: &QuantPlan,
+        backend: Arc<dyn Backend>,
+        progress: &mut ProgressFn<'_>,
+        store: &mut crate::quant::WeightStore,
+    ) -> Result<LoadedModel> {
+        let _ = store;
+        self.load(source, plan, backend, progress)
+    }
 }
 
 /// Hyper-parameters of an encoder that callers need.

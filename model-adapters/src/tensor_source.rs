@@ -6,7 +6,7 @@
 use half::f16;
 use lowbit_core::adapter::{ModelSource, WeightPrecision};
 use lowbit_core::formats::{Ct2Model, GgufFile, HfFolder};
-use lowbit_core::quant::{quantize, QuantizedMatrix, Scheme};
+use lowbit_core::quant::{quantize, QuantizedMatrix, Scheme, WeightStore};
 use lowbit_core::{Error, Result, WeightMatrix};
 use rayon::prelude::*;
 
@@ -249,6 +249,46 @@ pub(crate) fn random_weight(
             })
         }
     })
+}
+
+/// A source whose matrices come from a [`WeightStore`] when it holds them (an earlier load's
+/// quantization of the same file and plan), else from `inner`, noted in the store.
+pub struct StoredTensors<'a> {
+    /// Where tensors the store lacks come from.
+    pub inner: &'a dyn TensorSource,
+    /// The store.
+    pub store: std::cell::RefCell<&'a mut WeightStore>,
+}
+
+impl TensorSource for StoredTensors<'_> {
+    fn dims(&self, name: &str) -> Option<Vec<usize>> {
+        self.inner.dims(name)
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        self.inner.read_f32(name)
+    }
+
+    fn matrix(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        p: WeightPrecision,
+        seed: u64,
+    ) -> Result<WeightMatrix> {
+        let key = WeightStore::key(name, rows, cols, &p.label());
+        if let Some(w) = self.store.borrow_mut().take(&key, rows, cols) {
+            return Ok(w);
+        }
+        let w = self.inner.matrix(name, rows, cols, p, seed)?;
+        self.store.borrow_mut().keep(key, &w);
+        Ok(w)
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
+        self.inner.vector(name, len)
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! The model is fetched by `scripts/fetch-models.sh`; a missing file fails the test.
 
 use lowbit_core::generate::argmax;
+use lowbit_core::quant::WeightStore;
 use lowbit_core::{
     block_on, Backend, ErrorCode, KvCache, Logits, ModelAdapter, ModelSource, QuantPlan, Scheme,
     TextModel,
@@ -29,11 +30,14 @@ const GREEDY_INT4: [u32; 24] = [
     504, 2988, 314,
 ];
 
-fn load(method: &str, scheme: Scheme) -> Box<dyn TextModel> {
-    let dir = std::env::var_os("LOWBIT_MODELS_DIR")
+fn models_dir() -> PathBuf {
+    std::env::var_os("LOWBIT_MODELS_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"));
-    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models"))
+}
+
+fn load(method: &str, scheme: Scheme) -> Box<dyn TextModel> {
+    let path = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         path.exists(),
         "{} is missing: run scripts/fetch-models.sh",
@@ -91,6 +95,42 @@ fn prefill(model: &dyn TextModel, tokens: &[u32]) -> (KvCache, Vec<f32>) {
     let mut cache = model.new_cache(32).expect("cache");
     let logits = block_on(model.forward(&mut cache, tokens, Logits::Last)).expect("forward");
     (cache, logits)
+}
+
+/// A reload through a weight store quantizes nothing and gives the same model.
+#[test]
+fn a_stored_load_skips_quantization() {
+    let path = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let source = ModelSource::open(&path).expect("open the model");
+    let plan = QuantPlan::for_method("int4", 32, Scheme::Asymmetric).expect("plan");
+    let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(0).expect("CPU backend"));
+    let mut first = WeightStore::recording();
+    let m = LlamaAdapter
+        .load_stored(
+            &source,
+            &plan,
+            backend.clone(),
+            &mut |_, _, _| {},
+            &mut first,
+        )
+        .and_then(|m| m.into_text())
+        .expect("load");
+    assert!(first.changed());
+    assert_eq!(first.hits, 0);
+    let made = first.misses;
+    assert!(made > 30 * 4, "every matrix made: {made}");
+    let tokens = greedy(m.as_ref(), 8);
+    drop(m);
+    let mut second = WeightStore::from_bytes(&first.to_bytes()).expect("read back");
+    second.record = true;
+    let again = LlamaAdapter
+        .load_stored(&source, &plan, backend, &mut |_, _, _| {}, &mut second)
+        .and_then(|m| m.into_text())
+        .expect("stored load");
+    assert_eq!((second.hits, second.misses), (made, 0));
+    assert!(!second.changed());
+    assert_eq!(greedy(again.as_ref(), 8), tokens);
+    assert_eq!(&tokens[..], &GREEDY_INT4[..8]);
 }
 
 #[test]

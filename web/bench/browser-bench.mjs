@@ -25,6 +25,11 @@ const ENGINES = {
     ],
     missing: 'run scripts/peer-reference.sh --browser-ggufs first',
   },
+  lowbit: {
+    // lowbit quantizes the same source GGUF to each precision at load (web/build.sh first).
+    models: ['int8', 'int4', 'int2'].map((q) => ({ quant: q, file: 'SmolLM2-135M-Instruct.Q4_1.gguf', opts: { quant: q } })),
+    missing: 'run scripts/fetch-models.sh smollm2 first',
+  },
 };
 
 const HELP = `usage: node web/bench/browser-bench.mjs [options]
@@ -148,6 +153,9 @@ function planJobs(o) {
         for (const threads of o.threads) jobs.push({ engine, model: m, file, backend, threads });
       }
     }
+  }
+  if (o.engines.includes('lowbit') && !existsSync(path.join(repo, 'web/pkg/lowbit_web_bg.wasm'))) {
+    missing.push('web/pkg/lowbit_web_bg.wasm (lowbit): run web/build.sh first');
   }
   if (missing.length) die(`model files missing:\n  ${missing.join('\n  ')}`);
   return jobs;

@@ -90,12 +90,34 @@ async function load(id, msg) {
   }
   if (src.stored) await src.stored;
   const downloadMs = performance.now() - t0;
+  // Weights quantized by an earlier load of the same bytes with the same plan.
+  const weightsUrl = new URL(`/__lowbit_weights__/${engine.weights_key()}`, self.location.origin).href;
+  let weightsCache = null;
+  if (msg.cache !== false && self.caches) {
+    try {
+      weightsCache = await caches.open(CACHE);
+      const hit = await weightsCache.match(weightsUrl);
+      if (hit) {
+        try {
+          engine.provide_weights(new Uint8Array(await hit.arrayBuffer()));
+        } catch (e) {
+          await weightsCache.delete(weightsUrl); // damaged: quantize again and replace it
+        }
+      }
+    } catch (e) {
+      weightsCache = null;
+    }
+  }
   const info = JSON.parse(
     await engine.finish_load((done, total, detail) => {
       const phase = detail === 'compiling kernels' ? 'compile' : 'quantize';
       progress(id, phase, done, total, detail);
     }),
   );
+  if (weightsCache) {
+    const made = engine.take_weights();
+    if (made) await weightsCache.put(weightsUrl, new Response(made)).catch(() => {});
+  }
   info.fromCache = src.cached;
   info.bytesFetched = src.cached ? 0 : loaded;
   info.downloadMs = downloadMs;

@@ -8,6 +8,7 @@ use lowbit_core::adapter::{compile_kernels, Logits, ModelSource, TextModel};
 use lowbit_core::config::validate::{BackendAvailability, Capabilities, GpuCapabilities};
 use lowbit_core::formats::GgufFile;
 use lowbit_core::generate::{FinishReason, GenerateOptions, SamplingParams, Sequence};
+use lowbit_core::quant::WeightStore;
 use lowbit_core::registry::{adapter_names, find_adapter};
 use lowbit_core::{Backend, Error, ErrorCode, Result};
 use lowbit_wgpu::{AdapterDetails, WgpuBackend};
@@ -92,6 +93,9 @@ pub fn validate_configuration(
     Ok(to_text(&settings::validation_json(&r)))
 }
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
 /// A loaded model and its description.
 struct Loaded {
     model: Box<dyn TextModel>,
@@ -108,6 +112,10 @@ pub struct Engine {
     model: RefCell<Option<Rc<Loaded>>>,
     /// A model file being received.
     staged: RefCell<Vec<u8>>,
+    /// FNV-1a of the bytes received (the weight store's key, with their length).
+    hash: Cell<u64>,
+    /// Matrices quantized on an earlier load of the same file and plan, then what a load made.
+    store: RefCell<WeightStore>,
     cancel: Arc<AtomicBool>,
     busy: Cell<bool>,
 }
@@ -246,6 +254,8 @@ impl Engine {
             plan,
             model: RefCell::new(None),
             staged: RefCell::new(Vec::new()),
+            hash: Cell::new(FNV_OFFSET),
+            store: RefCell::new(WeightStore::recording()),
             cancel: Arc::new(AtomicBool::new(false)),
             busy: Cell::new(false),
         })
@@ -271,6 +281,8 @@ impl Engine {
             )));
         }
         *self.model.borrow_mut() = None;
+        self.hash.set(FNV_OFFSET);
+        *self.store.borrow_mut() = WeightStore::recording();
         let mut staged = self.staged.borrow_mut();
         *staged = Vec::new();
         if total > 0.0 {
@@ -294,7 +306,39 @@ impl Engine {
             )))
         })?;
         staged.extend_from_slice(chunk);
+        let mut h = self.hash.get();
+        for &b in chunk {
+            h = (h ^ u64::from(b)).wrapping_mul(FNV_PRIME);
+        }
+        self.hash.set(h);
         Ok(())
+    }
+
+    /// The key of the received file and this engine's weight plan, under which its quantized
+    /// weights are stored: `<fnv64 hex>-<bytes>/<plan>`.
+    pub fn weights_key(&self) -> String {
+        format!(
+            "{:016x}-{}/{}",
+            self.hash.get(),
+            self.staged.borrow().len(),
+            self.plan.weights.label().replace([' ', ','], "")
+        )
+    }
+
+    /// Hands over matrices an earlier load stored (its [`Engine::take_weights`]); a damaged
+    /// blob is refused with its error (the load then quantizes).
+    pub fn provide_weights(&self, bytes: &[u8]) -> std::result::Result<(), JsValue> {
+        let mut store = js(WeightStore::from_bytes(bytes))?;
+        store.record = true;
+        *self.store.borrow_mut() = store;
+        Ok(())
+    }
+
+    /// The weights the last load quantized, to be stored for the next one (`undefined` when
+    /// it quantized nothing).
+    pub fn take_weights(&self) -> Option<Vec<u8>> {
+        let store = std::mem::take(&mut *self.store.borrow_mut());
+        store.changed().then(|| store.to_bytes())
     }
 
     /// Loads the GGUF model received: quantizes per the plan (`progress(done, total, tensor)`
@@ -309,6 +353,8 @@ impl Engine {
         let g = js(GgufFile::from_bytes(bytes))?;
         let source = ModelSource::Gguf(Arc::new(g));
         let adapter = js(find_adapter(&source))?;
+        let mut store = std::mem::take(&mut *self.store.borrow_mut());
+        store.record = true;
         let mut report = |done: usize, total: usize, name: &str| {
             let _ = progress.call3(
                 &JsValue::NULL,
@@ -318,14 +364,17 @@ impl Engine {
             );
         };
         let model = js(adapter
-            .load(
+            .load_stored(
                 &source,
                 &self.plan.weights,
                 self.backend.clone(),
                 &mut report,
+                &mut store,
             )
             .and_then(|m| m.into_text()))?;
         drop(source);
+        let (from_store, quantized) = (store.hits, store.misses);
+        *self.store.borrow_mut() = store;
         report(0, 1, "compiling kernels");
         js(compile_kernels(model.as_ref()).await)?;
         report(1, 1, "compiling kernels");
@@ -341,6 +390,8 @@ impl Engine {
             "weights": self.plan.weights.label(),
             "weightBytes": self.backend.weight_bytes(),
             "backend": self.backend.info().name,
+            "matricesFromCache": from_store,
+            "matricesQuantized": quantized,
         });
         *self.model.borrow_mut() = Some(Rc::new(Loaded {
             model,

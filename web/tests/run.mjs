@@ -233,10 +233,13 @@ test('cached-reload', async () => {
   await page.waitForFunction(() => window.lowbit !== undefined);
   const second = await run();
   const afterSecond = server.requests.get(MODEL_PATH) || 0;
-  console.log(`  first load ${first.loadMs.toFixed(0)} ms (${first.bytesFetched} bytes fetched), reload ${second.loadMs.toFixed(0)} ms from cache`);
+  console.log(`  first load ${first.loadMs.toFixed(0)} ms (${first.bytesFetched} bytes fetched, ${first.matricesQuantized} matrices quantized), ` +
+    `reload ${second.loadMs.toFixed(0)} ms (${second.bytesFetched} bytes fetched, ${second.matricesFromCache} matrices from cache)`);
   eq(afterFirst - before, 1, 'the first load fetches the model once');
   eq(afterSecond - afterFirst, 0, 'the reload makes no request for the model');
   ok(second.fromCache && second.bytesFetched === 0, `reload from Cache Storage: ${JSON.stringify(second)}`);
+  ok(first.matricesQuantized > 0 && first.matricesFromCache === 0, `the first load quantizes: ${JSON.stringify(first)}`);
+  eq([second.matricesFromCache, second.matricesQuantized], [first.matricesQuantized, 0], 'the reload quantizes nothing');
   await ctx.close();
 });
 

@@ -19,11 +19,13 @@
 
 mod pack;
 mod search;
+mod store;
 #[cfg(test)]
 mod tests;
 
 pub use pack::{pack_codes, unpack_codes};
 pub use search::{quantize_group, quantize_group_weighted};
+pub use store::WeightStore;
 
 use crate::error::{Error, Result};
 use half::f16;

@@ -3,10 +3,11 @@
 
 use crate::blocks::{DecoderAttention, GatedFfn, Heads, Norm, Rope};
 use crate::loader::Loader;
-use crate::tensor_source::{GgufTensors, RandomTensors, TensorSource};
+use crate::tensor_source::{GgufTensors, RandomTensors, StoredTensors, TensorSource};
 use lowbit_core::adapter::ProgressFn;
 use lowbit_core::formats::gguf::GgufFile;
 use lowbit_core::ops::{Activation, NormKind, RopeStyle};
+use lowbit_core::quant::WeightStore;
 use lowbit_core::registry::AdapterRegistration;
 use lowbit_core::tokenizer::Tokenizer;
 use lowbit_core::{
@@ -112,6 +113,17 @@ impl ModelAdapter for LlamaAdapter {
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
     ) -> Result<LoadedModel> {
+        self.load_stored(source, plan, backend, progress, &mut WeightStore::default())
+    }
+
+    fn load_stored(
+        &self,
+        source: &ModelSource,
+        plan: &QuantPlan,
+        backend: Arc<dyn Backend>,
+        progress: &mut ProgressFn<'_>,
+        store: &mut WeightStore,
+    ) -> Result<LoadedModel> {
         let ModelSource::Gguf(g) = source else {
             return Err(Error::unsupported(format!(
                 "the llama adapter reads GGUF files, not {}",
@@ -123,8 +135,12 @@ impl ModelAdapter for LlamaAdapter {
         let tokenizer = Tokenizer::from_gguf(g)?;
         let tied = g.tensor_dims("output.weight").is_none();
         let name = g.get_str("general.name").unwrap_or("unnamed").to_owned();
+        let stored = StoredTensors {
+            inner: &GgufTensors(g),
+            store: std::cell::RefCell::new(store),
+        };
         let model = build(
-            &GgufTensors(g),
+            &stored,
             hp,
             tied,
             tokenizer,
