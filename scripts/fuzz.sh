@@ -13,7 +13,7 @@ cd "$root/fuzz"
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(gguf safetensors ct2 config protocol)
+[ ${#targets[@]} -gt 0 ] || targets=(gguf safetensors ct2 weight_store config protocol)
 
 # What `cargo fuzz build -s none` passes, all stable codegen options: SanitizerCoverage edge
 # counters and comparison tracing (the coverage guidance), plus overflow checks and debug
