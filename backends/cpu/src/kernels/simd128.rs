@@ -1,7 +1,7 @@
 //! wasm32 `simd128` kernels (built only with `-C target-feature=+simd128`).
 //!
-//! Codes are unpacked into a 32-byte block in natural column order (8- and 4-bit with SIMD
-//! masks and shifts, 2- and 3-bit with the scalar bit-stream reader), then dotted with the int8
+//! Codes are unpacked into a 32-byte block in natural column order (8-, 4- and 2-bit with SIMD
+//! masks, shifts and shuffles, 3-bit with the scalar bit-stream reader), then dotted with the int8
 //! activations through `i32x4_dot_i16x8`.
 
 use super::scalar::code_at;
@@ -77,6 +77,29 @@ fn unpack_block(words: &[u32], bits: usize, b: usize, out: &mut [u8]) {
                 );
                 v128_store(o, a);
                 v128_store(o.add(1), b);
+            }
+            2 => {
+                // Code c sits at bits 2c.. of the little-endian stream: byte c / 4, shift
+                // 2 (c % 4). Split the 8 bytes into the four shifts, then interleave them back
+                // into column order.
+                let v = v128_load(p);
+                let m3 = u8x16_splat(3);
+                let c0 = v128_and(v, m3);
+                let c1 = v128_and(u8x16_shr(v, 2), m3);
+                let c2 = v128_and(u8x16_shr(v, 4), m3);
+                let c3 = u8x16_shr(v, 6);
+                let ab =
+                    i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(c0, c1);
+                let cd =
+                    i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(c2, c3);
+                let lo =
+                    i8x16_shuffle::<0, 1, 16, 17, 2, 3, 18, 19, 4, 5, 20, 21, 6, 7, 22, 23>(ab, cd);
+                let hi =
+                    i8x16_shuffle::<8, 9, 24, 25, 10, 11, 26, 27, 12, 13, 28, 29, 14, 15, 30, 31>(
+                        ab, cd,
+                    );
+                v128_store(o, lo);
+                v128_store(o.add(1), hi);
             }
             _ => {
                 for (k, ok) in out.iter_mut().enumerate() {
