@@ -228,12 +228,7 @@ impl Engine {
         config_json: String,
         user_agent: String,
     ) -> std::result::Result<Engine, JsValue> {
-        let first = js(settings::resolve(
-            &config_json,
-            &user_agent,
-            &Capabilities::unconstrained(),
-        ))?;
-        let plan0 = js(WebPlan::from_resolution(&first))?;
+        let (_, plan0) = js(settings::plan_unconstrained(&config_json, &user_agent))?;
         let opened = js(open_backend(&plan0).await)?;
         let info = opened.backend.info();
         let caps = Capabilities {
@@ -552,12 +547,7 @@ pub async fn run_conformance(
     user_agent: String,
     filter: String,
 ) -> std::result::Result<String, JsValue> {
-    let r = js(settings::resolve(
-        &config_json,
-        &user_agent,
-        &Capabilities::unconstrained(),
-    ))?;
-    let mut plan = js(WebPlan::from_resolution(&r))?;
+    let (r, mut plan) = js(settings::plan_unconstrained(&config_json, &user_agent))?;
     plan.fallback = false;
     let b = js(open_backend(&plan).await)?.backend;
     let mut rows = Vec::new();

@@ -86,6 +86,15 @@ pub fn resolve(config_json: &str, browser: &str, caps: &Capabilities) -> Result<
     )
 }
 
+/// [`resolve`] without device limits (none is open yet), and the plan of the result.
+///
+/// Errors: `INVALID_CONFIG` for a config that is not an object or does not validate.
+pub fn plan_unconstrained(config_json: &str, browser: &str) -> Result<(Resolution, WebPlan)> {
+    let r = resolve(config_json, browser, &Capabilities::unconstrained())?;
+    let plan = WebPlan::from_resolution(&r)?;
+    Ok((r, plan))
+}
+
 /// A configuration as a JSON object of sections (`{"quantization": {"method": "int4", …}, …}`).
 pub fn config_json(c: &Config) -> Value {
     let mut root = Map::new();
