@@ -39,8 +39,8 @@ const filter = fi >= 0 ? args[fi + 1] : '';
 need(fs.existsSync(CHROMIUM), `${CHROMIUM} not found (apt-get install chromium)`);
 need(fs.existsSync(path.join(ROOT, 'web/pkg/lowbit_web_bg.wasm')), 'web/pkg missing: run web/build.sh');
 need(fs.existsSync(path.join(MODELS, MODEL_FILE)), `${MODELS}/${MODEL_FILE} missing: scripts/fetch-models.sh smollm2`);
-const NATIVE = path.join(ROOT, 'target/release/lowbit');
-need(fs.existsSync(NATIVE), 'target/release/lowbit missing: cargo build --release');
+const NATIVE = path.join(path.resolve(ROOT, process.env.CARGO_TARGET_DIR || 'target'), 'release/lowbit');
+need(fs.existsSync(NATIVE), `${NATIVE} missing: cargo build --release`);
 
 // Served paths: the model under /models/ (a symlink-free copy is not needed: the server reads
 // the repository, and LOWBIT_MODELS_DIR may point elsewhere, so serve it through a link).
