@@ -135,8 +135,8 @@ impl WeightStore {
             let key =
                 String::from_utf8(r.take(klen)?.to_vec()).map_err(|_| bad("a key is not UTF-8"))?;
             let kind = r.take(1)?[0];
-            let rows = r.len()?;
-            let cols = r.len()?;
+            let rows = r.size()?;
+            let cols = r.size()?;
             let values = rows
                 .checked_mul(cols)
                 .ok_or_else(|| bad(format!("{key}: {rows} x {cols} overflows")))?;
@@ -165,7 +165,7 @@ impl WeightStore {
                 }
                 2 => {
                     let bits = r.take(1)?[0];
-                    let group_size = r.len()?;
+                    let group_size = r.size()?;
                     let scheme = if r.take(1)?[0] == 1 {
                         Scheme::Asymmetric
                     } else {
@@ -185,6 +185,11 @@ impl WeightStore {
                         .collect();
                     let scales = r.halves()?;
                     let offsets = r.halves()?;
+                    if cols % 32 != 0 || cols.checked_mul(8).is_none() {
+                        return Err(bad(format!(
+                            "{key}: {cols} columns (a quantized matrix has a multiple of 32)"
+                        )));
+                    }
                     let q = QuantizedMatrix {
                         rows,
                         cols,
@@ -265,6 +270,14 @@ impl Reader<'_> {
     fn u32(&mut self) -> Result<u32> {
         let s = self.take(4)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    /// A dimension (rows, columns, group size): any value that fits a `usize`; what is
+    /// allocated is bounded by the array lengths ([`Reader::len`]).
+    fn size(&mut self) -> Result<usize> {
+        let s = self.take(8)?;
+        let v = u64::from_le_bytes([s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7]]);
+        usize::try_from(v).map_err(|_| bad(format!("size {v} does not fit this machine")))
     }
 
     /// A length, which must fit what is left of the blob (so no allocation exceeds it).
