@@ -405,16 +405,17 @@ impl Engine {
         prompt: String,
         tokens_json: String,
     ) -> std::result::Result<String, JsValue> {
-        let loaded = self
-            .model
-            .borrow()
-            .clone()
-            .ok_or_else(|| js_error(&Error::invalid_config("no model is loaded")))?;
+        let loaded = self.loaded()?;
         let reference: Vec<u32> = serde_json::from_str(&tokens_json)
             .map_err(|e| js_error(&Error::invalid_config(format!("tokens: {e}"))))?;
         let model = loaded.model.as_ref();
         let mut ids = js(model.tokenizer().encode(&prompt, true))?;
         let n_prompt = ids.len();
+        if n_prompt == 0 {
+            return Err(js_error(&Error::invalid_config(
+                "the prompt is empty (no tokens)",
+            )));
+        }
         ids.extend_from_slice(&reference);
         let mut cache = js(model.new_cache(ids.len() + 1))?;
         let logits = js(model.forward(&mut cache, &ids, Logits::All).await)?;
@@ -431,6 +432,14 @@ impl Engine {
             })
             .collect();
         Ok(to_text(&Value::Array(rows)))
+    }
+
+    /// The loaded model, shared with a generation that is running.
+    fn loaded(&self) -> std::result::Result<Rc<Loaded>, JsValue> {
+        self.model
+            .borrow()
+            .clone()
+            .ok_or_else(|| js_error(&Error::invalid_config("no model is loaded")))
     }
 
     /// Ends the running generation within one token (its promise resolves with
@@ -450,11 +459,7 @@ impl Engine {
         params_json: String,
         on_token: Function,
     ) -> std::result::Result<String, JsValue> {
-        let loaded = self
-            .model
-            .borrow()
-            .clone()
-            .ok_or_else(|| js_error(&Error::invalid_config("no model is loaded")))?;
+        let loaded = self.loaded()?;
         if self.busy.replace(true) {
             return Err(js_error(&Error::invalid_config(
                 "a generation is already running",
