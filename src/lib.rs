@@ -23,6 +23,7 @@
 //! # Ok::<(), lowbit::core::Error>(())
 //! ```
 
+pub mod calibrate;
 pub mod perplexity;
 pub mod plan;
 pub mod results;

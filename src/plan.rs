@@ -5,7 +5,8 @@
 //! CLI/env/file/profile → validated config → plan → adapter → backend → engine.
 
 use crate::selection::{resolve, ConfigRequest, Resolved};
-use lowbit_core::adapter::{ModelSource, QuantPlan, TextModel};
+use lowbit_core::adapter::{LoadContext, ModelSource, QuantPlan, TextModel, WeightPrecision};
+use lowbit_core::quant::{parse_overrides, Quantizer};
 use lowbit_core::config::Config;
 pub use lowbit_core::config::{tuning_from_config, weights_from_config};
 use lowbit_core::profile::BrowserProfile;
@@ -76,6 +77,60 @@ pub struct RunPlan {
     /// Run [`warm_up`] at the end of loading, so every kernel is compiled (and the backend's
     /// pipeline cache saved) before the first request instead of during it.
     pub warm_up: bool,
+    /// How matrices are quantized beyond their formats.
+    pub methods: QuantMethods,
+}
+
+/// The quantization methods of a run (`quantization.rotation`, `quantization.calibration.*`,
+/// `quantization.overrides`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QuantMethods {
+    /// Quantize in a randomized-Hadamard basis.
+    pub rotation: bool,
+    /// Calibration text, if any.
+    pub calibration_file: Option<PathBuf>,
+    /// Chunks of the calibration text to run.
+    pub calibration_chunks: usize,
+    /// Error-feedback rounding (with calibration).
+    pub error_feedback: bool,
+    /// Per-tensor widths `(pattern, bits)`.
+    pub overrides: Vec<(String, u32)>,
+}
+
+impl QuantMethods {
+    /// The methods of a validated configuration.
+    ///
+    /// Errors: `INVALID_CONFIG` for malformed `quantization.overrides`.
+    pub fn from_config(c: &Config) -> Result<Self> {
+        let file = c.str("quantization.calibration.file");
+        Ok(QuantMethods {
+            rotation: c.bool("quantization.rotation"),
+            calibration_file: (!file.is_empty()).then(|| PathBuf::from(file)),
+            calibration_chunks: c.int("quantization.calibration.chunks").max(1) as usize,
+            error_feedback: c.bool("quantization.calibration.error_feedback"),
+            overrides: parse_overrides(&c.str("quantization.overrides"))?,
+        })
+    }
+
+    /// The methods as a label suffix (`+rot+gptq`, `+imp`, `+mixed`); empty when plain.
+    pub fn label_suffix(&self) -> String {
+        let mut s = String::new();
+        if self.rotation {
+            s.push_str("+rot");
+        }
+        if self.calibration_file.is_some() {
+            s.push_str(if self.error_feedback { "+gptq" } else { "+imp" });
+        }
+        if !self.overrides.is_empty() {
+            s.push_str("+mixed");
+        }
+        s
+    }
+
+    /// Whether a load needs the quantizer (anything but the plain search at the plan's widths).
+    pub fn is_plain(&self) -> bool {
+        !self.rotation && self.calibration_file.is_none() && self.overrides.is_empty()
+    }
 }
 
 impl Default for RunPlan {
@@ -116,6 +171,7 @@ impl RunPlan {
             },
             profiling: false,
             warm_up: true,
+            methods: QuantMethods::from_config(c)?,
         })
     }
 
@@ -169,6 +225,47 @@ impl RunPlan {
         }
     }
 
+    /// The quantizer of this plan's methods for the model at `path`: calibrates first when
+    /// the plan names a calibration text (see [`crate::calibrate`]).
+    ///
+    /// Errors: as [`crate::calibrate::calibrate`]; `INVALID_CONFIG` for a bad override width.
+    pub fn quantizer(
+        &self,
+        path: &Path,
+        progress: &mut dyn FnMut(usize, usize, &str),
+    ) -> Result<Quantizer> {
+        let m = &self.methods;
+        if m.is_plain() {
+            return Ok(Quantizer::default());
+        }
+        let (group, scheme) = self
+            .weights
+            .group_scheme()
+            .unwrap_or((32, lowbit_core::Scheme::Asymmetric));
+        let overrides = m
+            .overrides
+            .iter()
+            .map(|(pat, bits)| Ok((pat.clone(), WeightPrecision::from_bits(*bits, group, scheme)?)))
+            .collect::<Result<Vec<_>>>()?;
+        let calibration = match &m.calibration_file {
+            Some(f) => Some(crate::calibrate::calibrate(
+                path,
+                f,
+                m.calibration_chunks,
+                self.backend.threads,
+                progress,
+            )?),
+            None => None,
+        };
+        Ok(Quantizer {
+            rotation: m.rotation,
+            error_feedback: m.error_feedback,
+            calibration,
+            overrides,
+            damp: 0.01,
+        })
+    }
+
     /// Opens the model, builds the backend and loads the model per plan.
     /// `progress(done, total, tensor)` reports per-tensor loading/quantizing progress.
     pub fn load(
@@ -190,11 +287,15 @@ impl RunPlan {
             }
             _ => {
                 let path = self.model_path()?.unwrap_or_default();
+                let mut ctx = LoadContext {
+                    quantizer: self.quantizer(&path, progress)?,
+                    ..Default::default()
+                };
                 let source = ModelSource::open(&path)?;
                 let adapter = find_adapter(&source)?;
                 let backend = create_backend(&self.backend.name, &backend_opts)?;
                 let model = adapter
-                    .load(&source, &self.weights, backend.clone(), progress)?
+                    .load_with(&source, &self.weights, backend.clone(), progress, &mut ctx)?
                     .into_text()?;
                 (model, backend)
             }

@@ -235,20 +235,34 @@ pub trait ModelAdapter: Send + Sync {
         progress: &mut ProgressFn<'_>,
     ) -> Result<LoadedModel>;
 
-    /// As [`ModelAdapter::load`], taking each weight matrix from `store` when it holds one of
-    /// that name, shape and precision (quantized by an earlier load of the same file and plan)
-    /// and noting in it those it makes. Adapters that do not support stores just load.
-    fn load_stored(
+    /// As [`ModelAdapter::load`], with `ctx`: each weight matrix is taken from `ctx.store`
+    /// when it holds one of that name, shape, precision and method (quantized by an earlier load
+    /// of the same file and plan), else made by `ctx.quantizer` and noted in the store; each
+    /// upload's tensor names are listed in `ctx.uploads`. Adapters that do not support these
+    /// just load.
+    fn load_with(
         &self,
         source: &ModelSource,
         plan: &QuantPlan,
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
-        store: &mut crate::quant::WeightStore,
+        ctx: &mut LoadContext,
     ) -> Result<LoadedModel> {
-        let _ = store;
+        let _ = ctx;
         self.load(source, plan, backend, progress)
     }
+}
+
+/// What a load may reuse and how it quantizes (see [`ModelAdapter::load_with`]), and what it
+/// reports back.
+#[derive(Default)]
+pub struct LoadContext {
+    /// Matrices of an earlier load to reuse, and those this load makes.
+    pub store: crate::quant::WeightStore,
+    /// How matrices are quantized.
+    pub quantizer: crate::quant::Quantizer,
+    /// Each weight upload with the tensor names it holds (several when stacked), in order.
+    pub uploads: Vec<(crate::backend::WeightId, Vec<String>)>,
 }
 
 /// Hyper-parameters of an encoder that callers need.

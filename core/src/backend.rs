@@ -140,7 +140,9 @@ impl WeightMatrix {
                     *rows += r;
                     data.extend(d);
                 }
-                (WeightMatrix::Quantized(a), WeightMatrix::Quantized(b)) if a.spec == b.spec => {
+                (WeightMatrix::Quantized(a), WeightMatrix::Quantized(b))
+                    if a.spec == b.spec && a.rotation == b.rotation =>
+                {
                     a.rows += b.rows;
                     a.data.extend(b.data);
                     a.scales.extend(b.scales);

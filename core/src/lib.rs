@@ -9,6 +9,8 @@
 
 pub mod adapter;
 pub mod backend;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod calibration;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -75,8 +75,10 @@ impl<'a, 'p> Loader<'a, 'p> {
         cols: usize,
         p: WeightPrecision,
     ) -> Result<WeightId> {
+        let p = self.src.precision_for(name, p);
         let w = self.make(name, rows, cols, p)?;
         let id = self.backend.upload_weight(w)?;
+        self.src.uploaded(id, &[name]);
         self.tick(name);
         Ok(id)
     }
@@ -91,12 +93,23 @@ impl<'a, 'p> Loader<'a, 'p> {
         cols: usize,
         p: WeightPrecision,
     ) -> Result<WeightId> {
+        // One format for the whole stack: the widest any part asks for.
+        let p = parts
+            .iter()
+            .map(|(name, _)| self.src.precision_for(name, p))
+            .max_by_key(|q| q.bits())
+            .unwrap_or(p);
         let mut mats = Vec::with_capacity(parts.len());
         for (name, rows) in parts {
             mats.push(self.make(name, *rows, cols, p)?);
             self.tick(name);
         }
-        self.backend.upload_weight(WeightMatrix::concat_rows(mats)?)
+        let id = self
+            .backend
+            .upload_weight(WeightMatrix::concat_rows(mats)?)?;
+        let names: Vec<&str> = parts.iter().map(|(n, _)| n.as_str()).collect();
+        self.src.uploaded(id, &names);
+        Ok(id)
     }
 
     /// One matrix in precision `p`, read from the source, counted in the totals.

@@ -4,10 +4,10 @@
 //! format's own names; the synthetic presets only name shapes.
 
 use half::f16;
-use lowbit_core::adapter::{ModelSource, WeightPrecision};
+use lowbit_core::adapter::{LoadContext, ModelSource, WeightPrecision};
 use lowbit_core::formats::{Ct2Model, GgufFile, HfFolder};
 use lowbit_core::quant::{quantize, QuantizedMatrix, Scheme, WeightStore};
-use lowbit_core::{Error, Result, WeightMatrix};
+use lowbit_core::{Error, Result, WeightId, WeightMatrix};
 use rayon::prelude::*;
 
 /// Converts a dense f32 matrix into the backend format the plan asks for.
@@ -60,19 +60,20 @@ pub trait TensorSource {
         seed: u64,
     ) -> Result<WeightMatrix> {
         let _ = seed;
-        let dims = self
-            .dims(name)
-            .ok_or_else(|| Error::model_loading(format!("missing tensor {name}")))?;
-        let flat_cols = dims
-            .iter()
-            .skip(1)
-            .try_fold(1usize, |a, &d| a.checked_mul(d));
-        if dims.len() < 2 || dims[0] != rows || flat_cols != Some(cols) {
-            return Err(Error::model_loading(format!(
-                "tensor {name} has shape {dims:?}, expected [{rows}, {cols}]"
-            )));
-        }
+        check_matrix(self, name, rows, cols)?;
         to_weight(self.read_f32(name)?, rows, cols, p)
+    }
+
+    /// The precision tensor `name` is stored in when its role's is `role` (a source with
+    /// per-tensor widths overrides it).
+    fn precision_for(&self, name: &str, role: WeightPrecision) -> WeightPrecision {
+        let _ = name;
+        role
+    }
+
+    /// Told that `names` were uploaded as weight `id` (several when stacked).
+    fn uploaded(&self, id: WeightId, names: &[&str]) {
+        let _ = (id, names);
     }
 
     /// The `len` values of tensor `name` (ones for a random source: norm weights that keep
@@ -89,6 +90,31 @@ pub trait TensorSource {
         }
         Ok(v)
     }
+}
+
+/// Checks that `src` holds `name` as a `rows × cols` matrix (dimensions past the first
+/// flattened).
+///
+/// Errors: `MODEL_LOADING_FAILED` for a missing tensor or one of another shape.
+fn check_matrix<S: TensorSource + ?Sized>(
+    src: &S,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> Result<()> {
+    let dims = src
+        .dims(name)
+        .ok_or_else(|| Error::model_loading(format!("missing tensor {name}")))?;
+    let flat_cols = dims
+        .iter()
+        .skip(1)
+        .try_fold(1usize, |a, &d| a.checked_mul(d));
+    if dims.len() < 2 || dims[0] != rows || flat_cols != Some(cols) {
+        return Err(Error::model_loading(format!(
+            "tensor {name} has shape {dims:?}, expected [{rows}, {cols}]"
+        )));
+    }
+    Ok(())
 }
 
 /// The tensor source of an opened model file or folder.
@@ -246,18 +272,20 @@ pub(crate) fn random_weight(
                 data,
                 scales,
                 offsets,
+                rotation: None,
             })
         }
     })
 }
 
-/// A source whose matrices come from a [`WeightStore`] when it holds them (an earlier load's
-/// quantization of the same file and plan), else from `inner`, noted in the store.
+/// A source whose matrices come from the load context's [`WeightStore`] when it holds them (an
+/// earlier load's quantization of the same file, plan and methods), else from `inner`,
+/// quantized by the context's [`lowbit_core::quant::Quantizer`] and noted in the store.
 pub struct StoredTensors<'a> {
     /// Where tensors the store lacks come from.
     pub inner: &'a dyn TensorSource,
-    /// The store.
-    pub store: std::cell::RefCell<&'a mut WeightStore>,
+    /// The load context.
+    pub ctx: std::cell::RefCell<&'a mut LoadContext>,
 }
 
 impl TensorSource for StoredTensors<'_> {
@@ -277,17 +305,43 @@ impl TensorSource for StoredTensors<'_> {
         p: WeightPrecision,
         seed: u64,
     ) -> Result<WeightMatrix> {
-        let key = WeightStore::key(name, rows, cols, &p.label());
-        if let Some(w) = self.store.borrow_mut().take(&key, rows, cols) {
+        let tag = self.ctx.borrow().quantizer.tag();
+        let label = match (tag.is_empty(), p) {
+            (false, WeightPrecision::Quant(_)) => format!("{}+{tag}", p.label()),
+            _ => p.label(),
+        };
+        let key = WeightStore::key(name, rows, cols, &label);
+        if let Some(w) = self.ctx.borrow_mut().store.take(&key, rows, cols) {
             return Ok(w);
         }
-        let w = self.inner.matrix(name, rows, cols, p, seed)?;
-        self.store.borrow_mut().keep(key, &w);
+        let plain = self.ctx.borrow().quantizer.is_plain();
+        let w = if plain {
+            self.inner.matrix(name, rows, cols, p, seed)?
+        } else {
+            check_matrix(self.inner, name, rows, cols)?;
+            let data = self.inner.read_f32(name)?;
+            self.ctx
+                .borrow()
+                .quantizer
+                .quantize(name, data, rows, cols, p)?
+        };
+        self.ctx.borrow_mut().store.keep(key, &w);
         Ok(w)
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>> {
         self.inner.vector(name, len)
+    }
+
+    fn precision_for(&self, name: &str, role: WeightPrecision) -> WeightPrecision {
+        self.ctx.borrow().quantizer.precision_for(name, role)
+    }
+
+    fn uploaded(&self, id: WeightId, names: &[&str]) {
+        self.ctx
+            .borrow_mut()
+            .uploads
+            .push((id, names.iter().map(|n| n.to_string()).collect()));
     }
 }
 

@@ -3,6 +3,7 @@
 //! other (prefill in chunks, all-rows logits, batched decoding, device-side greedy decoding).
 //! The model is fetched by `scripts/fetch-models.sh`; a missing file fails the test.
 
+use lowbit_core::adapter::LoadContext;
 use lowbit_core::generate::argmax;
 use lowbit_core::quant::WeightStore;
 use lowbit_core::{
@@ -104,9 +105,12 @@ fn a_stored_load_skips_quantization() {
     let source = ModelSource::open(&path).expect("open the model");
     let plan = QuantPlan::for_method("int4", 32, Scheme::Asymmetric).expect("plan");
     let backend: Arc<dyn Backend> = Arc::new(CpuBackend::new(0).expect("CPU backend"));
-    let mut first = WeightStore::recording();
+    let mut first = LoadContext {
+        store: WeightStore::recording(),
+        ..Default::default()
+    };
     let m = LlamaAdapter
-        .load_stored(
+        .load_with(
             &source,
             &plan,
             backend.clone(),
@@ -115,20 +119,28 @@ fn a_stored_load_skips_quantization() {
         )
         .and_then(|m| m.into_text())
         .expect("load");
-    assert!(first.changed());
-    assert_eq!(first.hits, 0);
-    let made = first.misses;
+    assert!(first.store.changed());
+    assert_eq!(first.store.hits, 0);
+    let made = first.store.misses;
     assert!(made > 30 * 4, "every matrix made: {made}");
+    // Every stacked upload names its parts.
+    assert!(first
+        .uploads
+        .iter()
+        .any(|(_, names)| names.len() == 3 && names[0] == "blk.0.attn_q.weight"));
     let tokens = greedy(m.as_ref(), 8);
     drop(m);
-    let mut second = WeightStore::from_bytes(&first.to_bytes()).expect("read back");
-    second.record = true;
+    let mut second = LoadContext {
+        store: WeightStore::from_bytes(&first.store.to_bytes()).expect("read back"),
+        ..Default::default()
+    };
+    second.store.record = true;
     let again = LlamaAdapter
-        .load_stored(&source, &plan, backend, &mut |_, _, _| {}, &mut second)
+        .load_with(&source, &plan, backend, &mut |_, _, _| {}, &mut second)
         .and_then(|m| m.into_text())
         .expect("stored load");
-    assert_eq!((second.hits, second.misses), (made, 0));
-    assert!(!second.changed());
+    assert_eq!((second.store.hits, second.store.misses), (made, 0));
+    assert!(!second.store.changed());
     assert_eq!(greedy(again.as_ref(), 8), tokens);
     assert_eq!(&tokens[..], &GREEDY_INT4[..8]);
 }

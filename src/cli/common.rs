@@ -37,6 +37,17 @@ pub struct ModelArgs {
     /// SmolLM2 where sym loses 19.6%].
     #[arg(long, value_parser = ["sym", "asym", "symmetric", "asymmetric"])]
     pub scheme: Option<String>,
+    /// Calibration text: run the model on it first and use its layers' input statistics for
+    /// importance-weighted scales and error-feedback rounding [config:
+    /// quantization.calibration.file; default none]. Use text disjoint from what you evaluate
+    /// (models/brown-calib.txt is disjoint from models/brown.txt's perplexity chunks).
+    #[arg(long, value_name = "FILE")]
+    pub calibrate: Option<PathBuf>,
+    /// Quantize every matrix in a randomized-Hadamard basis of its input dimension
+    /// (incoherence processing; undone on the activations by the backend) [config:
+    /// quantization.rotation; default false].
+    #[arg(long)]
+    pub rotate: bool,
     /// Backend: auto | webgpu | cpu [config: runtime.backend; default auto].
     #[arg(long)]
     pub backend: Option<String>,
@@ -126,6 +137,16 @@ impl ModelArgs {
                 "symmetric"
             };
             cli.push("quantization.scheme", scheme.into(), flag("scheme"));
+        }
+        if let Some(f) = &self.calibrate {
+            cli.push(
+                "quantization.calibration.file",
+                f.display().to_string().into(),
+                flag("calibrate"),
+            );
+        }
+        if self.rotate {
+            cli.push("quantization.rotation", true.into(), flag("rotate"));
         }
         if let Some(b) = &self.backend {
             cli.push("runtime.backend", b.as_str().into(), flag("backend"));

@@ -68,7 +68,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             },
         )?;
         bar.finish_and_clear();
-        let label = model.plan().label();
+        let label = format!("{}{}", model.plan().label(), plan.methods.label_suffix());
         if !a.model.json {
             println!(
                 "| {label} | {:.3} | {:.1} | {:.4} | {:.4} | {} | {} |",

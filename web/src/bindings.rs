@@ -4,7 +4,7 @@
 
 use crate::settings::{self, WebPlan};
 use js_sys::{Function, Promise, Reflect};
-use lowbit_core::adapter::{compile_kernels, Logits, ModelSource, TextModel};
+use lowbit_core::adapter::{compile_kernels, LoadContext, Logits, ModelSource, TextModel};
 use lowbit_core::config::validate::{BackendAvailability, Capabilities, GpuCapabilities};
 use lowbit_core::formats::GgufFile;
 use lowbit_core::generate::{FinishReason, GenerateOptions, SamplingParams, Sequence};
@@ -348,8 +348,11 @@ impl Engine {
         let g = js(GgufFile::from_bytes(bytes))?;
         let source = ModelSource::Gguf(Arc::new(g));
         let adapter = js(find_adapter(&source))?;
-        let mut store = std::mem::take(&mut *self.store.borrow_mut());
-        store.record = true;
+        let mut ctx = LoadContext {
+            store: std::mem::take(&mut *self.store.borrow_mut()),
+            ..Default::default()
+        };
+        ctx.store.record = true;
         let mut report = |done: usize, total: usize, name: &str| {
             let _ = progress.call3(
                 &JsValue::NULL,
@@ -359,17 +362,17 @@ impl Engine {
             );
         };
         let model = js(adapter
-            .load_stored(
+            .load_with(
                 &source,
                 &self.plan.weights,
                 self.backend.clone(),
                 &mut report,
-                &mut store,
+                &mut ctx,
             )
             .and_then(|m| m.into_text()))?;
         drop(source);
-        let (from_store, quantized) = (store.hits, store.misses);
-        *self.store.borrow_mut() = store;
+        let (from_store, quantized) = (ctx.store.hits, ctx.store.misses);
+        *self.store.borrow_mut() = ctx.store;
         report(0, 1, "compiling kernels");
         js(compile_kernels(model.as_ref()).await)?;
         report(1, 1, "compiling kernels");

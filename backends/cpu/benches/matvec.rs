@@ -32,6 +32,7 @@ fn matrix(rows: usize, cols: usize, bits: u8) -> QuantizedMatrix {
             .map(|_| f16::from_f32(0.01 + (next() % 100) as f32 * 1e-3))
             .collect(),
         offsets: Vec::new(),
+        rotation: None,
     }
 }
 

@@ -40,6 +40,7 @@ fn main() -> lowbit_core::Result<()> {
                     .map(|_| f16::from_f32(rng.gen_range(0.001..0.01)))
                     .collect(),
                 offsets: Vec::new(),
+                rotation: None,
             };
             let bytes = m.size_bytes();
             for threads in [1usize, 2] {

@@ -100,6 +100,10 @@ fn validate_quantized(m: &QuantizedMatrix) -> Result<()> {
     } else {
         0
     };
+    if let Some(rot) = m.rotation {
+        rot.check(m.cols)
+            .map_err(|e| Error::invalid_config(format!("upload_weight: {}", e.message)))?;
+    }
     if m.offsets.len() != offsets {
         return fail(format!(
             "expected {offsets} offsets, got {}",

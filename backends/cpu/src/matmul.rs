@@ -31,6 +31,20 @@ pub(crate) fn matmul(
     out: &mut [f32],
 ) {
     let (rows, cols) = w.shape();
+    // A matrix stored in a rotated basis multiplies rotated activations (`W x = (W Rᵀ)(R x)`).
+    let rotated;
+    let x = match w {
+        WeightMatrix::Quantized(QuantizedMatrix {
+            rotation: Some(rot),
+            ..
+        }) => {
+            let mut r = x[..n * cols].to_vec();
+            rot.rotate(&rot.signs(cols), &mut r);
+            rotated = r;
+            &rotated[..]
+        }
+        _ => x,
+    };
     let ops = match w {
         WeightMatrix::Quantized(m) if exact => Operands::Exact(m),
         WeightMatrix::Quantized(m) => {

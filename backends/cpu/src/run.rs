@@ -226,7 +226,12 @@ impl CpuBackend {
                             *d = f16::to_f32(*s);
                         }
                     }
-                    WeightMatrix::Quantized(m) => scalar::dequantize_row(m, r, dst),
+                    WeightMatrix::Quantized(m) => {
+                        scalar::dequantize_row(m, r, dst);
+                        if let Some(rot) = m.rotation {
+                            rot.unrotate(&rot.signs(cols), dst);
+                        }
+                    }
                 }
             }
             Ok(())

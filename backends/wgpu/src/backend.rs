@@ -307,6 +307,14 @@ impl Backend for WgpuBackend {
     }
 
     fn upload_weight(&self, weight: WeightMatrix) -> Result<WeightId> {
+        if let WeightMatrix::Quantized(q) = &weight {
+            if q.rotation.is_some() {
+                return Err(Error::unsupported(
+                    "the WebGPU backend does not run matrices quantized in a rotated basis yet \
+                     (quantization.rotation); use the CPU backend",
+                ));
+            }
+        }
         let w = upload(&self.dev, weight, self.max_binding)?;
         let mut st = self.lock();
         let id = st.next_weight;

@@ -235,6 +235,7 @@ mod tests {
             data: vec![0; 3 * 12],
             scales,
             offsets: vec![],
+            rotation: None,
         };
         let p = pack_params(&q, 1, 2); // scales 3, 4, 5, 6
         let h = |w: u32, i: u32| f16::from_bits((w >> (16 * i)) as u16).to_f32();

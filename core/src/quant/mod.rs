@@ -17,13 +17,19 @@
 //! Kernels therefore compute a group's dot product as
 //! `scale * Σ q·x + bias * Σ x` with `bias = -scale * 2^(bits-1)` (symmetric) or `offset`.
 
+mod gptq;
 mod pack;
+mod quantizer;
+mod rotation;
 mod search;
 mod store;
 #[cfg(test)]
 mod tests;
 
+pub use gptq::{quantize_gptq, Hessian};
 pub use pack::{pack_codes, unpack_codes};
+pub use quantizer::{parse_overrides, Calibration, Quantizer, MAX_ROTATION_BLOCK};
+pub use rotation::{fwht, rotate_f64, Rotation};
 pub use search::{quantize_group, quantize_group_weighted};
 pub use store::WeightStore;
 
@@ -131,6 +137,7 @@ pub fn quantize_weighted(
         data,
         scales,
         offsets,
+        rotation: None,
     })
 }
 
@@ -210,6 +217,9 @@ pub struct QuantizedMatrix {
     pub scales: Vec<f16>,
     /// One f16 offset per group when asymmetric, empty when symmetric.
     pub offsets: Vec<f16>,
+    /// The rotation of the input dimension the codes were made in, if any: the stored rows
+    /// are those of `W Rᵀ` (see [`Rotation`]); [`Self::dequantize_row`] rotates them back.
+    pub rotation: Option<Rotation>,
 }
 
 impl QuantizedMatrix {
@@ -253,11 +263,24 @@ impl QuantizedMatrix {
         (scale, bias)
     }
 
-    /// Dequantizes row `r` into `out` (`cols` values).
+    /// Dequantizes row `r` into `out` (`cols` values): a row of the matrix the codes stand
+    /// for, rotated back when the matrix was quantized in a rotated basis.
     ///
     /// # Panics
     /// If `r >= rows` or `out.len() != cols`.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        self.dequantize_stored_row(r, out);
+        if let Some(rot) = self.rotation {
+            rot.unrotate(&rot.signs(self.cols), out);
+        }
+    }
+
+    /// Dequantizes row `r` as stored: in the rotated basis when [`Self::rotation`] is set (what
+    /// a kernel multiplies with rotated activations).
+    ///
+    /// # Panics
+    /// If `r >= rows` or `out.len() != cols`.
+    pub fn dequantize_stored_row(&self, r: usize, out: &mut [f32]) {
         assert_eq!(
             out.len(),
             self.cols,
@@ -278,11 +301,14 @@ impl QuantizedMatrix {
         }
     }
 
-    /// Dequantizes the whole matrix, row-major.
+    /// Dequantizes the whole matrix, row-major (rotated back, like [`Self::dequantize_row`]).
     pub fn dequantize(&self) -> Vec<f32> {
         let mut out = vec![0.0; self.rows * self.cols];
         for (r, row) in out.chunks_mut(self.cols).enumerate() {
-            self.dequantize_row(r, row);
+            self.dequantize_stored_row(r, row);
+        }
+        if let Some(rot) = self.rotation {
+            rot.unrotate(&rot.signs(self.cols), &mut out);
         }
         out
     }

@@ -5,7 +5,7 @@
 //! key (`name|rows x cols|precision`) with its format and arrays, little-endian. Reading
 //! checks every length, so a damaged blob is an error, never a wrong model.
 
-use super::{QuantSpec, QuantizedMatrix, Scheme};
+use super::{QuantSpec, QuantizedMatrix, Rotation, Scheme};
 use crate::backend::WeightMatrix;
 use crate::error::{Error, Result};
 use half::f16;
@@ -95,7 +95,8 @@ impl WeightStore {
                     put_halves(&mut out, data);
                 }
                 WeightMatrix::Quantized(q) => {
-                    out.push(2);
+                    // Kind 3 is kind 2 followed by the rotation (block, seed).
+                    out.push(if q.rotation.is_some() { 3 } else { 2 });
                     put_u64(&mut out, rows as u64);
                     put_u64(&mut out, cols as u64);
                     out.push(q.spec.bits);
@@ -107,6 +108,10 @@ impl WeightStore {
                         .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
                     put_halves(&mut out, &q.scales);
                     put_halves(&mut out, &q.offsets);
+                    if let Some(rot) = q.rotation {
+                        put_u64(&mut out, rot.block as u64);
+                        put_u64(&mut out, rot.seed);
+                    }
                 }
             }
         }
@@ -163,7 +168,7 @@ impl WeightStore {
                     }
                     WeightMatrix::F16 { rows, cols, data }
                 }
-                2 => {
+                2 | 3 => {
                     let bits = r.take(1)?[0];
                     let group_size = r.size()?;
                     let scheme = if r.take(1)?[0] == 1 {
@@ -185,6 +190,17 @@ impl WeightStore {
                         .collect();
                     let scales = r.halves()?;
                     let offsets = r.halves()?;
+                    let rotation = if kind == 3 {
+                        let rot = Rotation {
+                            block: r.size()?,
+                            seed: r.u64()?,
+                        };
+                        rot.check(cols)
+                            .map_err(|e| bad(format!("{key}: {}", e.message)))?;
+                        Some(rot)
+                    } else {
+                        None
+                    };
                     if cols % 32 != 0 || cols.checked_mul(8).is_none() {
                         return Err(bad(format!(
                             "{key}: {cols} columns (a quantized matrix has a multiple of 32)"
@@ -197,6 +213,7 @@ impl WeightStore {
                         data,
                         scales,
                         offsets,
+                        rotation,
                     };
                     let groups = rows
                         .checked_mul(q.groups_per_row())
@@ -272,6 +289,13 @@ impl Reader<'_> {
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
 
+    fn u64(&mut self) -> Result<u64> {
+        let s = self.take(8)?;
+        Ok(u64::from_le_bytes([
+            s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7],
+        ]))
+    }
+
     /// A dimension (rows, columns, group size): any value that fits a `usize`; what is
     /// allocated is bounded by the array lengths ([`Reader::len`]).
     fn size(&mut self) -> Result<usize> {
@@ -321,6 +345,15 @@ mod tests {
                 WeightMatrix::Quantized(quantize(&data, 4, 64, spec).unwrap()),
             ));
         }
+        let mut rotated = quantize(
+            &data,
+            4,
+            64,
+            QuantSpec::new(2, 32, Scheme::Symmetric).unwrap(),
+        )
+        .unwrap();
+        rotated.rotation = Some(Rotation { block: 64, seed: 9 });
+        out.push(("q2-rotated".into(), WeightMatrix::Quantized(rotated)));
         out.push((
             "f32".into(),
             WeightMatrix::F32 {
@@ -355,7 +388,7 @@ mod tests {
             let got = back.take(&k, 4, 64).expect("stored");
             assert_eq!(format!("{got:?}"), format!("{w:?}"), "{k}");
         }
-        assert_eq!(back.hits, 5);
+        assert_eq!(back.hits, 6);
         assert!(!back.changed());
     }
 

@@ -4,10 +4,9 @@
 use crate::blocks::{DecoderAttention, GatedFfn, Heads, Norm, Rope};
 use crate::loader::Loader;
 use crate::tensor_source::{GgufTensors, RandomTensors, StoredTensors, TensorSource};
-use lowbit_core::adapter::ProgressFn;
+use lowbit_core::adapter::{LoadContext, ProgressFn};
 use lowbit_core::formats::gguf::GgufFile;
 use lowbit_core::ops::{Activation, NormKind, RopeStyle};
-use lowbit_core::quant::WeightStore;
 use lowbit_core::registry::AdapterRegistration;
 use lowbit_core::tokenizer::Tokenizer;
 use lowbit_core::{
@@ -113,16 +112,16 @@ impl ModelAdapter for LlamaAdapter {
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
     ) -> Result<LoadedModel> {
-        self.load_stored(source, plan, backend, progress, &mut WeightStore::default())
+        self.load_with(source, plan, backend, progress, &mut LoadContext::default())
     }
 
-    fn load_stored(
+    fn load_with(
         &self,
         source: &ModelSource,
         plan: &QuantPlan,
         backend: Arc<dyn Backend>,
         progress: &mut ProgressFn<'_>,
-        store: &mut WeightStore,
+        ctx: &mut LoadContext,
     ) -> Result<LoadedModel> {
         let ModelSource::Gguf(g) = source else {
             return Err(Error::unsupported(format!(
@@ -137,7 +136,7 @@ impl ModelAdapter for LlamaAdapter {
         let name = g.get_str("general.name").unwrap_or("unnamed").to_owned();
         let stored = StoredTensors {
             inner: &GgufTensors(g),
-            store: std::cell::RefCell::new(store),
+            ctx: std::cell::RefCell::new(ctx),
         };
         let model = build(
             &stored,

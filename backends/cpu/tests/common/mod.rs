@@ -73,6 +73,7 @@ pub fn random_matrix(
         data: pack_rows(&codes, rows, cols, bits as usize),
         scales,
         offsets,
+        rotation: None,
     };
     (m, codes)
 }
