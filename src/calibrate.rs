@@ -103,11 +103,10 @@ pub fn calibrate(
         hessians,
         provenance: format!(
             "{} (fnv64 {:016x}, {} bytes): {n} chunks of {CALIBRATION_CTX} tokens",
-            text_file
-                .file_name()
-                .map_or_else(|| text_file.display().to_string(), |f| f
-                    .to_string_lossy()
-                    .into_owned()),
+            text_file.file_name().map_or_else(
+                || text_file.display().to_string(),
+                |f| f.to_string_lossy().into_owned()
+            ),
             fnv64(&bytes),
             bytes.len()
         ),

@@ -26,6 +26,7 @@
 pub mod calibrate;
 pub mod perplexity;
 pub mod plan;
+pub mod quantize;
 pub mod results;
 pub mod selection;
 pub mod server;

@@ -6,10 +6,10 @@
 
 use crate::selection::{resolve, ConfigRequest, Resolved};
 use lowbit_core::adapter::{LoadContext, ModelSource, QuantPlan, TextModel, WeightPrecision};
-use lowbit_core::quant::{parse_overrides, Quantizer};
 use lowbit_core::config::Config;
 pub use lowbit_core::config::{tuning_from_config, weights_from_config};
 use lowbit_core::profile::BrowserProfile;
+use lowbit_core::quant::{model_file, parse_overrides, Quantizer};
 use lowbit_core::registry::{
     create_backend, find_adapter, find_profile, BackendOptions, BackendTuning,
 };
@@ -245,7 +245,12 @@ impl RunPlan {
         let overrides = m
             .overrides
             .iter()
-            .map(|(pat, bits)| Ok((pat.clone(), WeightPrecision::from_bits(*bits, group, scheme)?)))
+            .map(|(pat, bits)| {
+                Ok((
+                    pat.clone(),
+                    WeightPrecision::from_bits(*bits, group, scheme)?,
+                ))
+            })
             .collect::<Result<Vec<_>>>()?;
         let calibration = match &m.calibration_file {
             Some(f) => Some(crate::calibrate::calibrate(
@@ -287,16 +292,36 @@ impl RunPlan {
             }
             _ => {
                 let path = self.model_path()?.unwrap_or_default();
-                let mut ctx = LoadContext {
-                    quantizer: self.quantizer(&path, progress)?,
-                    ..Default::default()
-                };
                 let source = ModelSource::open(&path)?;
+                let mut weights = self.weights;
+                let mut ctx = LoadContext::default();
+                match &source {
+                    // A quantized model file (`lowbit quantize`): its matrices and plan.
+                    ModelSource::Gguf(g) if model_file::is_model_file(g) => {
+                        let (store, info) = model_file::read_model_file(g)?;
+                        weights = crate::quantize::plan_of_json(&info.plan_json)?;
+                        if !self.methods.is_plain() {
+                            tracing::warn!(
+                                "{} is already quantized: quantization methods are ignored",
+                                path.display()
+                            );
+                        }
+                        ctx.store = store;
+                    }
+                    _ => ctx.quantizer = self.quantizer(&path, progress)?,
+                }
                 let adapter = find_adapter(&source)?;
                 let backend = create_backend(&self.backend.name, &backend_opts)?;
                 let model = adapter
-                    .load_with(&source, &self.weights, backend.clone(), progress, &mut ctx)?
+                    .load_with(&source, &weights, backend.clone(), progress, &mut ctx)?
                     .into_text()?;
+                if ctx.store.by_name && ctx.store.misses > 0 {
+                    return Err(Error::model_loading(format!(
+                        "{}: {} matrices are missing from lowbit.weights",
+                        path.display(),
+                        ctx.store.misses
+                    )));
+                }
                 (model, backend)
             }
         };

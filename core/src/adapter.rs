@@ -40,6 +40,38 @@ impl WeightPrecision {
         }
     }
 
+    /// The precision a [`WeightPrecision::label`] names (`fp32`, `fp16`, `int4-g32-asym`).
+    ///
+    /// Errors: `INVALID_CONFIG` for anything else.
+    pub fn parse_label(label: &str) -> Result<Self> {
+        let bad = || Error::invalid_config(format!("`{label}` is not a weight precision"));
+        match label {
+            "fp32" => return Ok(WeightPrecision::F32),
+            "fp16" => return Ok(WeightPrecision::F16),
+            _ => {}
+        }
+        let mut it = label.split('-');
+        let bits = it
+            .next()
+            .and_then(|b| b.strip_prefix("int"))
+            .ok_or_else(bad)?;
+        let group = it
+            .next()
+            .and_then(|g| g.strip_prefix('g'))
+            .ok_or_else(bad)?;
+        let scheme = match it.next() {
+            Some("sym") => Scheme::Symmetric,
+            Some("asym") => Scheme::Asymmetric,
+            _ => return Err(bad()),
+        };
+        if it.next().is_some() {
+            return Err(bad());
+        }
+        let bits: u32 = bits.parse().map_err(|_| bad())?;
+        let group: usize = group.parse().map_err(|_| bad())?;
+        Self::from_bits(bits, group, scheme)
+    }
+
     /// The precision of `bits` per weight: 32 and 16 are dense floats, 2, 3, 4 and 8 packed
     /// integers in groups of `group_size` (the bit widths of `quantization.layers.*`).
     ///

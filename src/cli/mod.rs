@@ -10,6 +10,7 @@ mod conformance;
 mod doctor;
 mod generate;
 mod perplexity;
+mod quantize;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,10 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure perplexity on a text file, by the same method as llama.cpp's llama-perplexity.
     Perplexity(perplexity::PerplexityArgs),
+    /// Quantize a model once (optionally calibrated, rotated, with per-tensor widths) into a
+    /// quantized model file that later runs load directly; --report prints each tensor's width
+    /// and measured error.
+    Quantize(quantize::QuantizeArgs),
     /// Measure prefill and decode speed (tokens/s) and memory, as a table; optionally run
     /// llama.cpp's llama-bench side by side in the same run.
     Bench(bench::BenchArgs),
@@ -60,6 +65,7 @@ pub fn run() -> i32 {
     let (result, json) = match &cli.command {
         Command::Generate(a) => (generate::run(a), a.model.json),
         Command::Perplexity(a) => (perplexity::run(a), a.model.json),
+        Command::Quantize(a) => (quantize::run(a), a.model.json),
         Command::Bench(a) => (bench::run(a), a.model.json),
         Command::Serve(a) => (serve::run(a), a.model.json),
         Command::BenchServe(a) => (bench_serve::run(a), a.model.json),

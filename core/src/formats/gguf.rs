@@ -185,8 +185,20 @@ impl GgufFile {
         self.by_name.get(name).map(|&i| &self.tensors[i])
     }
     /// The dims of a tensor in GGML order (`dims[0]` is the row length).
+    ///
+    /// In a quantized model file (`lowbit quantize`) a matrix stored in `lowbit.weights` has its
+    /// dimensions under `lowbit.dims.NAME`; they are returned for it too.
     pub fn tensor_dims(&self, name: &str) -> Option<Vec<u64>> {
-        self.tensor_info(name).map(|t| t.dims.clone())
+        if let Some(t) = self.tensor_info(name) {
+            return Some(t.dims.clone());
+        }
+        let dims = self.get_array(&format!("lowbit.dims.{name}"))?;
+        dims.iter()
+            .map(|d| match d {
+                GgufValue::U64(v) => Some(*v),
+                _ => None,
+            })
+            .collect()
     }
 
     /// The raw (still quantized) bytes of tensor `name`.

@@ -9,6 +9,7 @@ pub mod ct2;
 pub mod file_bytes;
 pub mod ggml;
 pub mod gguf;
+pub mod gguf_write;
 pub mod model_folder;
 pub mod safetensors;
 
@@ -16,5 +17,6 @@ pub use ct2::{Ct2Dtype, Ct2Model, Ct2Variable};
 pub use file_bytes::FileBytes;
 pub use ggml::GgmlType;
 pub use gguf::{GgufFile, GgufTensorInfo, GgufValue};
+pub use gguf_write::GgufWriter;
 pub use model_folder::{Ct2Folder, FolderFiles, HfFolder};
 pub use safetensors::{SafeDtype, SafeTensorInfo, SafeTensors};

@@ -46,17 +46,26 @@ impl Hessian {
             return;
         }
         let xs = &x[..n * d];
-        self.xtx.par_chunks_mut(d).enumerate().for_each(|(i, out)| {
-            for row in xs.chunks_exact(d) {
-                let xi = f64::from(row[i]);
-                if xi == 0.0 {
-                    continue;
+        // f32 sums over one call's rows (they vectorise), added to the f64 totals.
+        self.xtx.par_chunks_mut(d).enumerate().for_each_init(
+            || vec![0f32; d],
+            |acc, (i, out)| {
+                let acc = &mut acc[i..];
+                acc.iter_mut().for_each(|a| *a = 0.0);
+                for row in xs.chunks_exact(d) {
+                    let xi = row[i];
+                    if xi == 0.0 {
+                        continue;
+                    }
+                    for (a, &xj) in acc.iter_mut().zip(&row[i..]) {
+                        *a += xi * xj;
+                    }
                 }
-                for (o, &xj) in out[i..].iter_mut().zip(&row[i..]) {
-                    *o += xi * f64::from(xj);
+                for (o, &a) in out[i..].iter_mut().zip(acc.iter()) {
+                    *o += f64::from(a);
                 }
-            }
-        });
+            },
+        );
         self.rows += n as u64;
     }
 

@@ -18,6 +18,7 @@
 //! `scale * Σ q·x + bias * Σ x` with `bias = -scale * 2^(bits-1)` (symmetric) or `offset`.
 
 mod gptq;
+pub mod model_file;
 mod pack;
 mod quantizer;
 mod rotation;

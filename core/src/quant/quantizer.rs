@@ -227,7 +227,10 @@ mod tests {
         assert!(parse_overrides("x=5").is_err());
         let p = |b| WeightPrecision::from_bits(b, 32, Scheme::Symmetric).unwrap();
         let q = Quantizer {
-            overrides: vec![("ffn_down.weight".into(), p(4)), ("blk.3.ffn_down.weight".into(), p(8))],
+            overrides: vec![
+                ("ffn_down.weight".into(), p(4)),
+                ("blk.3.ffn_down.weight".into(), p(8)),
+            ],
             ..Default::default()
         };
         assert_eq!(q.precision_for("blk.0.ffn_down.weight", p(2)), p(4));

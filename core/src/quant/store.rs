@@ -25,6 +25,17 @@ pub struct WeightStore {
     pub misses: usize,
     /// Keep what is made (for [`WeightStore::to_bytes`]).
     pub record: bool,
+    /// Match given matrices by name and shape alone, whatever precision a load asks for (a
+    /// quantized model file: its matrices are the model).
+    pub by_name: bool,
+}
+
+/// `name|rows x cols` of a key (the part [`WeightStore::by_name`] matches).
+fn name_part(key: &str) -> &str {
+    match key.match_indices('|').nth(1) {
+        Some((i, _)) => &key[..i],
+        None => key,
+    }
 }
 
 impl WeightStore {
@@ -43,11 +54,30 @@ impl WeightStore {
 
     /// Takes the matrix under `key`, if the store was given one of that shape.
     pub fn take(&mut self, key: &str, rows: usize, cols: usize) -> Option<WeightMatrix> {
+        let key = if self.by_name { name_part(key) } else { key };
         if self.given.get(key)?.shape() != (rows, cols) {
             return None;
         }
         self.hits += 1;
         self.given.remove(key)
+    }
+
+    /// A store whose matrices are matched by name and shape alone (see
+    /// [`WeightStore::by_name`]); `from_bytes`' errors.
+    pub fn from_bytes_by_name(bytes: &[u8]) -> Result<Self> {
+        let mut s = Self::from_bytes(bytes)?;
+        s.given = s
+            .given
+            .into_iter()
+            .map(|(k, w)| (name_part(&k).to_string(), w))
+            .collect();
+        s.by_name = true;
+        Ok(s)
+    }
+
+    /// The matrices made since the start, with their keys.
+    pub fn made(&self) -> &[(String, WeightMatrix)] {
+        &self.made
     }
 
     /// Notes a matrix that was made (kept when recording).
