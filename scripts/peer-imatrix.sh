@@ -174,7 +174,7 @@ version=$("$bin/llama-perplexity" --version 2>&1 | grep -E '^(version|built with
 step "writing $fixture and $out/perplexity.md"
 PYTHONPATH="$gguf_py" python3 - "$peer" "$logs" "$out" "$fixture" "$calib" "$calib_sha" "$text" \
   "$ppl_ctx" "$ppl_chunks" "${version:-unknown}" "${quants[*]}" <<'PY'
-import json, os, re, sys
+import hashlib, json, os, re, sys
 from collections import Counter
 import gguf
 
@@ -191,7 +191,10 @@ def model_info(path):
     size = sum(int(t.n_bytes) for t in r.tensors)          # = llama.cpp's "model size"
     params = sum(int(t.n_elements) for t in r.tensors)     # = llama.cpp's "n_params"
     kinds = Counter(t.tensor_type.name for t in r.tensors)
-    return dict(size=size, params=params, name=field_str(r, "general.name"),
+    h = hashlib.sha256()                                    # tensor data only: not the file type
+    for t in r.tensors:
+        h.update(t.name.encode() + t.tensor_type.name.encode() + t.data.tobytes())
+    return dict(size=size, params=params, name=field_str(r, "general.name"), data_sha256=h.hexdigest(),
                 kinds=dict(sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0]))))
 
 def ppl_of(log):
@@ -202,14 +205,25 @@ def ppl_of(log):
     return float(m.group(1)), float(m.group(2))
 
 def fallbacks(log):
-    """llama-quantize's fallback lines: '... not divisible by 256, required for q2_K - using
-    fallback quantization q4_0' -> Counter({'q2_K -> q4_0': n})."""
+    """llama-quantize's fallback lines: 'warning: blk.0.attn_k.weight - ncols 576 not divisible by
+    256 (required for type q4_K) -> falling back to q5_0' -> {'q4_K -> q5_0': n}."""
     if not os.path.exists(log):
         return {}
     s = open(log, errors="replace").read()
     c = Counter(f"{a} -> {b}" for a, b in
-                re.findall(r"required for (\S+) - using fallback quantization (\S+)", s))
+                re.findall(r"required for type\s+(\S+)\) -> falling back to\s+(\S+)", s))
     return dict(sorted(c.items(), key=lambda kv: -kv[1]))
+
+def imatrix_used(log):
+    """What llama-quantize says it read: the imatrix's datasets and chunks, and how many tensors
+    needed a fallback type."""
+    s = open(log, errors="replace").read() if os.path.exists(log) else ""
+    d = re.search(r"imatrix datasets=\[([^\]]*)\]", s)
+    c = re.search(r"importance matrix entries from \S+ computed on (\d+) chunks", s)
+    f = re.search(r"(\d+) of (\d+) tensor\(s\) required fallback quantization", s)
+    return dict(imatrix_datasets=[x.strip(" '\"") for x in d.group(1).split(",")] if d else None,
+                imatrix_chunks_used=int(c.group(1)) if c else None,
+                fallback_tensors=int(f.group(1)) if f else 0)
 
 def imatrix_chunks(log):
     m = re.search(r"computing over (\d+) chunks", open(log, errors="replace").read()) if os.path.exists(log) else None
@@ -233,11 +247,13 @@ for model in MODELS:
                    bits_per_weight=round(info["size"] * 8 / info["params"], 4),
                    size_bytes=info["size"], n_params=info["params"], ppl=ppl, ppl_err=err,
                    chunks=chunks, ctx=ctx, text=text, tensor_types=info["kinds"],
-                   file=os.path.basename(path), llama_cpp_version=version)
+                   file=os.path.basename(path), tensor_data_sha256=info["data_sha256"],
+                   llama_cpp_version=version)
         if t != "F32":
             row.update(imatrix=f"{model}.imatrix", calibration=calib, calibration_sha256=calib_sha,
                        imatrix_chunks=imatrix_chunks(os.path.join(logs, f"imatrix-{model}.log")), imatrix_ctx=ctx,
-                       fallbacks=fallbacks(os.path.join(logs, f"quantize-{model}-imatrix-{t.lower()}.log")))
+                       fallbacks=fallbacks(os.path.join(logs, f"quantize-{model}-imatrix-{t.lower()}.log")),
+                       **imatrix_used(os.path.join(logs, f"quantize-{model}-imatrix-{t.lower()}.log")))
         rows.append(row)
 
 with open(fixture, "w") as f:
@@ -266,6 +282,13 @@ for model in MODELS:
         fb = ", ".join(f"{k} ×{v}" for k, v in r.get("fallbacks", {}).items()) or "-"
         md.append(f"| {r['type']} | {r['bits_per_weight']:.3f} | {r['size_bytes'] / 2**20:.2f} | {r['ppl']:.4f} | "
                   f"{r['ppl_err']:.4f} | {d} | {kinds} | {fb} |")
+    same = {}
+    for r in mr:
+        same.setdefault(r["tensor_data_sha256"], []).append(r["type"])
+    for types in same.values():
+        if len(types) > 1:
+            md += ["", f"{' and '.join(types)} hold the same tensors (names, types and bytes: one sha256 of the tensor data);",
+                   "only the file type in the metadata differs: with this model's row widths their mixes fall back alike."]
     md.append("")
 with open(os.path.join(out, "perplexity.md"), "w") as f:
     f.write("\n".join(md))
