@@ -324,8 +324,10 @@ step "writing $out/README.md"
   echo "## Fallbacks"
   echo
   echo "A k-quant or i-quant block covers 256 weights of a row; llama-quantize stores a tensor whose rows are not a"
-  echo "multiple of 256 wide in a fallback type instead (SmolLM2's rows are 576 or 1536 wide; only the 1536-wide"
-  echo "\`ffn_down\` rows divide). It also keeps norms in F32 and picks its own type for the embedding / output and"
+  echo "multiple of 256 wide in a fallback type instead. SmolLM2 (dim 576, feed-forward 1536): only \`ffn_down\`"
+  echo "(rows 1536 wide) divides; every other matrix falls back. Gemma 3 270M (dim 640, 4 query heads of 256, feed-forward"
+  echo "2048): \`attn_output\` (1024) and \`ffn_down\` (2048) divide; \`attn_q/k/v\`, \`ffn_gate/up\` and the embedding"
+  echo "(all 640 wide) fall back. It also keeps norms in F32 and picks its own type for the embedding / output and"
   echo "some attention and feed-forward tensors per mix (the \`_S\` / \`_M\` suffix). The \`tensor types\` and"
   echo "\`fallbacks\` columns of \`perplexity.md\` count them per file, read from the GGUF and from llama-quantize's log."
   echo

@@ -121,6 +121,45 @@ def family(config):
     return m.group(1).lstrip("-") or "default" if m else config
 
 
+def place_labels(ax, pending):
+    """Annotates each (x, y, text, color) at the first of a few offsets whose box overlaps no
+    label placed before and no marker, with a leader line when it had to move away."""
+    ax.get_xlim()                                      # settle autoscaling before transforming
+    to_px = ax.transData.transform
+    w_char, h = 5.2, 11.0                              # fontsize 7 at the figure's dpi, roughly
+    markers = [to_px((x, y)) for x, y, _, _ in pending]
+    placed = []
+
+    frame = ax.get_window_extent()
+
+    def free(box):
+        x0, y0, x1, y1 = box
+        if x0 < frame.x0 or x1 > frame.x1 or y0 < frame.y0 or y1 > frame.y1:
+            return False
+        for bx0, by0, bx1, by1 in placed:
+            if x0 < bx1 and bx0 < x1 and y0 < by1 and by0 < y1:
+                return False
+        return all(not (x0 - 4 < mx < x1 + 4 and y0 - 4 < my < y1 + 4) for mx, my in markers)
+
+    offsets = [(5, 3), (5, -13), (-5, 3), (-5, -13)] + \
+              [(dx, dy) for k in range(1, 8) for dy in (3 + 13 * k, -13 - 13 * k) for dx in (8, -8)]
+    scale = ax.figure.dpi / 72.0
+    for x, y, text, color in sorted(pending, key=lambda p: (p[0], p[1])):
+        px, py = to_px((x, y))
+        w = w_char * len(text) * scale / 1.67
+        for dx, dy in offsets:
+            ox, oy = dx * scale, dy * scale
+            x0 = px + ox if dx > 0 else px + ox - w
+            box = (x0, py + oy, x0 + w, py + oy + h * scale / 1.67)
+            if free(box):
+                break
+        placed.append(box)
+        far = abs(dy) > 13
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7, color=color,
+                    ha="left" if dx > 0 else "right",
+                    arrowprops=dict(arrowstyle="-", color=color, lw=0.5, alpha=0.6) if far else None)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("lowbit", nargs="*")
@@ -137,7 +176,13 @@ def main():
     import matplotlib.pyplot as plt
 
     peer_files = a.peer or [os.path.join(ROOT, "tests/fixtures/llamacpp_imatrix_perplexity.json")]
-    peer = [r for p in peer_files for r in read_peer(p)]
+    peer, seen = [], set()
+    for r in (r for p in peer_files for r in read_peer(p)):
+        # the same F32 model from two fixtures is one baseline: the first file's row counts
+        k = (r["model"], r["config"], r["imatrix"] and r["config"] != "F32", r["chunks"], r["ctx"])
+        if k not in seen:
+            seen.add(k)
+            peer.append(r)
     names = {}                                         # normalized name or key -> model key
     display = {}
     for r in peer:
@@ -220,17 +265,23 @@ def main():
             xs = [r["bits_per_weight"] for r in rows]
             ys = [min(r["ppl"], cap) for r in rows]
             ax.plot(xs, ys, style, color=color, label=label, markersize=6, linewidth=1.2)
+            # points on the same spot (two types that came out identical) share one label
+            labels = {}
             for r, x, y in zip(rows, xs, ys):
-                text = annotate(r) if annotate else ""
+                labels.setdefault((x, y), []).append(annotate(r) if annotate else "")
+            done = set()
+            for r, x, y in zip(rows, xs, ys):
+                if (x, y) in done:
+                    continue
+                done.add((x, y))
+                text = "=".join(labels[(x, y)])
                 if r["ppl"] > cap:                     # off the axis: on the top edge, with its value
                     ax.plot([x], [y], "^", color=color, markersize=9)
                     text = f"{text} {r['ppl']:.0f}".strip()
-                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(4, -12), fontsize=7,
-                                color=color, rotation=-30)
-                elif text:
-                    ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7,
-                                color=color)
+                if text:
+                    pending.append((x, y, text, color))
 
+        pending = []                                   # labels, placed once the axes are final
         colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
         fams = {}
         for r in lb:
@@ -241,10 +292,12 @@ def main():
             plot_series(rows, "o-", colors[(i + 1) % len(colors)], f"lowbit {fam}",
                         lambda r: re.match(r"^(int\d+)", r["config"]).group(1)
                         if re.match(r"^int\d+", r["config"]) else r["config"])
-        pq = [r for r in pc if r["config"] != "F32"]
-        if pq:
-            imat = any(r.get("imatrix") for r in pq)
-            plot_series(pq, "s", "black", "llama.cpp" + (" (imatrix)" if imat else ""), lambda r: r["config"])
+        # llama.cpp's plain quants (scripts/peer-reference.sh) and its imatrix ones apart
+        for imat, style, color, label in ((True, "s", "black", "llama.cpp, imatrix"),
+                                          (False, "D", "dimgrey", "llama.cpp, no imatrix")):
+            pq = [r for r in pc if r["config"] != "F32" and bool(r.get("imatrix")) == imat]
+            if pq:
+                plot_series(pq, style, color, label, lambda r: r["config"])
         if base:
             src = "llama.cpp" if pc_f32 else "lowbit"
             ax.axhline(base, color="grey", linestyle="--", linewidth=1)
@@ -252,9 +305,10 @@ def main():
                         xytext=(4, 4), fontsize=8, color="grey")
         ax.set_ylim(ylo, yhi)
         from matplotlib.ticker import LogLocator, ScalarFormatter
-        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        ax.yaxis.set_major_locator(LogLocator(subs=(1, 1.5, 2, 3, 4, 5, 7)))
         ax.yaxis.set_major_formatter(ScalarFormatter())
         ax.yaxis.set_minor_formatter(plt.NullFormatter())
+        place_labels(ax, pending)
         ax.set_xlabel("bits per weight, whole model (tensor bytes x 8 / parameters)")
         ax.set_ylabel(f"perplexity (log scale), {a.chunks} x {a.ctx} tokens")
         ax.set_title(f"{display.get(model, model)}: perplexity vs bits/weight")
