@@ -91,6 +91,7 @@ pub fn calibrate(
     drop(loaded);
     let by_id = recorder.take_hessians();
     let mut hessians = HashMap::new();
+    let units = ctx.uploads.iter().map(|(_, n)| n.clone()).collect();
     for (id, names) in ctx.uploads {
         if let Some(h) = by_id.get(&id) {
             let h = Arc::new(h.clone());
@@ -101,6 +102,7 @@ pub fn calibrate(
     }
     let cal = Arc::new(Calibration {
         hessians,
+        units,
         provenance: format!(
             "{} (fnv64 {:016x}, {} bytes): {n} chunks of {CALIBRATION_CTX} tokens",
             text_file.file_name().map_or_else(

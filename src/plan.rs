@@ -95,6 +95,8 @@ pub struct QuantMethods {
     pub error_feedback: bool,
     /// Per-tensor widths `(pattern, bits)`.
     pub overrides: Vec<(String, u32)>,
+    /// Whole-model bits per weight for the width allocator; 0 = off.
+    pub target_bits: f64,
 }
 
 impl QuantMethods {
@@ -109,6 +111,7 @@ impl QuantMethods {
             calibration_chunks: c.int("quantization.calibration.chunks").max(1) as usize,
             error_feedback: c.bool("quantization.calibration.error_feedback"),
             overrides: parse_overrides(&c.str("quantization.overrides"))?,
+            target_bits: c.float("quantization.target_bits"),
         })
     }
 
@@ -121,6 +124,9 @@ impl QuantMethods {
         if self.calibration_file.is_some() {
             s.push_str(if self.error_feedback { "+gptq" } else { "+imp" });
         }
+        if self.target_bits > 0.0 {
+            s.push_str(&format!("+alloc{}", self.target_bits));
+        }
         if !self.overrides.is_empty() {
             s.push_str("+mixed");
         }
@@ -129,7 +135,10 @@ impl QuantMethods {
 
     /// Whether a load needs the quantizer (anything but the plain search at the plan's widths).
     pub fn is_plain(&self) -> bool {
-        !self.rotation && self.calibration_file.is_none() && self.overrides.is_empty()
+        !self.rotation
+            && self.calibration_file.is_none()
+            && self.overrides.is_empty()
+            && self.target_bits <= 0.0
     }
 }
 
@@ -262,13 +271,25 @@ impl RunPlan {
             )?),
             None => None,
         };
-        Ok(Quantizer {
+        let mut q = Quantizer {
             rotation: m.rotation,
             error_feedback: m.error_feedback,
             calibration,
             overrides,
             damp: 0.01,
-        })
+        };
+        if m.target_bits > 0.0 {
+            let widths =
+                crate::quantize::allocate_widths(&q, path, group, scheme, m.target_bits, progress)?;
+            // Explicit overrides stay last, so they win.
+            let mut all = widths
+                .into_iter()
+                .map(|(n, b)| Ok((n, WeightPrecision::from_bits(b, group, scheme)?)))
+                .collect::<Result<Vec<_>>>()?;
+            all.append(&mut q.overrides);
+            q.overrides = all;
+        }
+        Ok(q)
     }
 
     /// Opens the model, builds the backend and loads the model per plan.

@@ -181,3 +181,105 @@ pub fn quantize_model(
         plan: info.plan_json,
     })
 }
+
+/// Chooses each weight unit's width (2, 3, 4 or 8 bits in `group`/`scheme` groups) so the
+/// matrices of the model at `input` average at most `target_bpw` bits per weight with the
+/// least calibration-weighted error (see [`lowbit_core::quant::allocate`]). The error of each
+/// unit at each width is measured by quantizing it with `quantizer`'s rotation and the
+/// calibration's importance weights. Returns `(tensor name, bits)` overrides.
+///
+/// Errors: `INVALID_CONFIG` without calibration or when even 2 bits everywhere exceed the
+/// target; `MODEL_LOADING_FAILED` for tensors that cannot be read.
+pub fn allocate_widths(
+    quantizer: &lowbit_core::quant::Quantizer,
+    input: &Path,
+    group: usize,
+    scheme: lowbit_core::Scheme,
+    target_bpw: f64,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Vec<(String, u32)>> {
+    use lowbit_core::quant::allocate::{allocate, Choice, Unit};
+    let cal = quantizer.calibration.clone().ok_or_else(|| {
+        Error::invalid_config(
+            "quantization.target_bits needs calibration (--calibrate FILE) to measure errors",
+        )
+    })?;
+    let source = ModelSource::open(input)?;
+    let ModelSource::Gguf(g) = &source else {
+        return Err(Error::unsupported("width allocation reads GGUF models"));
+    };
+    // Errors measured with importance weights only (fast); the final quantization may add
+    // error feedback.
+    let measure = lowbit_core::quant::Quantizer {
+        error_feedback: false,
+        overrides: Vec::new(),
+        ..quantizer.clone()
+    };
+    const WIDTHS: [u32; 4] = [2, 3, 4, 8];
+    let mut units = Vec::new();
+    let mut params = 0usize;
+    for (k, names) in cal.units.iter().enumerate() {
+        progress(k, cal.units.len(), "measuring widths");
+        let mut choices: Vec<Choice> = WIDTHS
+            .iter()
+            .map(|&bits| Choice {
+                bits,
+                cost: 0.0,
+                error: 0.0,
+            })
+            .collect();
+        for name in names {
+            let dims = g
+                .tensor_dims(name)
+                .ok_or_else(|| Error::model_loading(format!("missing tensor {name}")))?;
+            let (cols, rows) = (dims[0] as usize, dims[1..].iter().product::<u64>() as usize);
+            if cols % 32 != 0 {
+                continue;
+            }
+            params += rows * cols;
+            let data = g.dequantize(name)?;
+            let diag = cal
+                .hessians
+                .get(name)
+                .filter(|h| h.dim == cols)
+                .map(|h| h.diag());
+            for c in choices.iter_mut() {
+                let p = WeightPrecision::from_bits(c.bits, group, scheme)?;
+                let q = measure.quantize(name, data.clone(), rows, cols, p)?;
+                let deq = match &q {
+                    WeightMatrix::Quantized(m) => m.dequantize(),
+                    _ => data.clone(),
+                };
+                c.cost += q.size_bytes() as f64 * 8.0;
+                c.error += data
+                    .iter()
+                    .zip(&deq)
+                    .enumerate()
+                    .map(|(i, (a, b))| {
+                        let h = diag.as_ref().map_or(1.0, |d| f64::from(d[i % cols]));
+                        h * f64::from(a - b).powi(2)
+                    })
+                    .sum::<f64>();
+            }
+        }
+        units.push(Unit {
+            names: names.clone(),
+            choices,
+        });
+    }
+    progress(cal.units.len(), cal.units.len(), "measuring widths");
+    let budget = target_bpw * params as f64;
+    let picked = allocate(&units, budget).ok_or_else(|| {
+        Error::invalid_config(format!(
+            "quantization.target_bits = {target_bpw}: even 2 bits everywhere take more"
+        ))
+    })?;
+    Ok(units
+        .iter()
+        .zip(picked)
+        .flat_map(|(u, i)| {
+            let bits = u.choices[i].bits;
+            u.names.iter().map(move |n| (n.clone(), bits))
+        })
+        .collect())
+}

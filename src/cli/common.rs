@@ -48,6 +48,12 @@ pub struct ModelArgs {
     /// quantization.rotation; default false].
     #[arg(long)]
     pub rotate: bool,
+    /// Mixed precision: with --calibrate, give each weight unit its own width (2, 3, 4 or 8
+    /// bits) so the whole model (embedding and output projection included) averages at most
+    /// this many bits per weight, the bits going where the measured error is highest [config:
+    /// quantization.target_bits; default 0 = off].
+    #[arg(long, value_name = "BITS")]
+    pub target_bits: Option<f64>,
     /// Backend: auto | webgpu | cpu [config: runtime.backend; default auto].
     #[arg(long)]
     pub backend: Option<String>,
@@ -144,6 +150,9 @@ impl ModelArgs {
                 f.display().to_string().into(),
                 flag("calibrate"),
             );
+        }
+        if let Some(b) = self.target_bits {
+            cli.push("quantization.target_bits", b.into(), flag("target-bits"));
         }
         if self.rotate {
             cli.push("quantization.rotation", true.into(), flag("rotate"));

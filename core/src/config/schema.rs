@@ -124,6 +124,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("quantization.calibration.file", Kind::Text, "\"\"", "text to calibrate on (importance weights, error feedback); empty = no calibration"),
     key!("quantization.calibration.chunks", Kind::Int { min: 1, max: 100000 }, "32", "chunks of 512 tokens of the calibration text to run"),
     key!("quantization.calibration.error_feedback", Kind::Bool, "true", "with calibration: GPTQ-style error-feedback rounding (else importance weights only)"),
+    key!("quantization.target_bits", Kind::Float { min: 0.0, max: 32.0 }, "0", "with calibration: give each weight unit its own width (2/3/4/8) so the whole model averages at most this many bits per weight, bits going where the measured error is highest; 0 = off"),
     key!("quantization.overrides", Kind::Text, "\"\"", "per-tensor widths NAME=BITS, comma-separated; NAME a tensor name or its suffix (ffn_down.weight = every layer's)"),
     key!("quantization.layers.embedding", Kind::IntOneOf(WEIGHT_BITS), "8", "bits of the embedding table (method = mixed)"),
     key!("quantization.layers.attention", Kind::IntOneOf(WEIGHT_BITS), "4", "bits of the q/k/v/o matrices (method = mixed)"),

@@ -17,6 +17,7 @@
 //! Kernels therefore compute a group's dot product as
 //! `scale * Σ q·x + bias * Σ x` with `bias = -scale * 2^(bits-1)` (symmetric) or `offset`.
 
+pub mod allocate;
 mod gptq;
 pub mod model_file;
 mod pack;

@@ -22,6 +22,9 @@ pub struct Calibration {
     pub hessians: HashMap<String, Arc<Hessian>>,
     /// What text calibrated, for provenance: file name, its bytes' FNV-64 hash, tokens.
     pub provenance: String,
+    /// The weight units of the model: the tensor names of each upload (several when stacked
+    /// into one), in load order.
+    pub units: Vec<Vec<String>>,
 }
 
 /// The quantization methods of a load.

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Low-bit quality sweep: perplexity and whole-model bits/weight of lowbit's quantization
+# methods, each as an ablation step (plain search → + calibration importance → + error
+# feedback → + rotation → + mixed-width allocation), on one model and the Brown text
+# (ctx 512, CHUNKS chunks), calibrated on models/brown-calib.txt (disjoint from the scored
+# text). Runs JOBS lowbit processes of THREADS CPU threads at a time; every row is appended to
+# OUT/results.jsonl as it is measured (`lowbit perplexity --output`), each job's table to
+# OUT/<job>.md. Then: scripts/quality-plot.py OUT/results.jsonl for the table and the PNG.
+#
+# Usage: scripts/quality-sweep.sh [MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf] [CHUNKS=20]
+# Environment: LOWBIT_BIN (default target/release/lowbit), JOBS (default 1), THREADS (default
+#   nproc / JOBS), OUT (default bench/results/DATE-<nproc>core-ARCH/quality-sweep),
+#   CALIB_CHUNKS (default 32), ONLY (a regex: run only jobs whose name matches).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd); cd "$root"
+model=${1:-models/SmolLM2-135M-Instruct.Q4_1.gguf}; chunks=${2:-20}
+bin=${LOWBIT_BIN:-target/release/lowbit}
+[ -x "$bin" ] || cargo build --release --bin lowbit
+jobs=${JOBS:-1}; threads=${THREADS:-$(( $(nproc) / jobs ))}; [ "$threads" -ge 1 ] || threads=1
+arch=$(uname -m)
+out=${OUT:-bench/results/$(date -u +%F)-$(nproc)core-${arch%_64}/quality-sweep}; mkdir -p "$out"
+calib="--calibrate models/brown-calib.txt --set quantization.calibration.chunks=${CALIB_CHUNKS:-32}"
+imp="$calib --set quantization.calibration.error_feedback=false"
+emb4="--set quantization.overrides=token_embd.weight=4"
+# name | flags (each job may measure several widths: calibration runs once per job)
+sweep=(
+  "plain-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32"
+  "imp-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $imp"
+  "gptq-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib"
+  "gptq-rot-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 --rotate $calib"
+  "gptq-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib"
+  "gptq-emb4-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib $emb4"
+  "gptq-emb4-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib $emb4"
+  "alloc5.0-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 5.0"
+  "alloc4.3-g32-sym|--quant int3 --scheme sym --group-size 32 $calib --target-bits 4.3"
+  "alloc3.6-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.6"
+  "alloc3.3-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.3"
+)
+run_job() { # name flags
+  local name=$1 flags=$2
+  [ -s "$out/$name.md" ] && { echo "exists: $out/$name.md" >&2; return; }
+  echo "== $name: lowbit perplexity $flags" >&2
+  # shellcheck disable=SC2086
+  "$bin" perplexity --backend cpu -t "$threads" -m "$model" -f models/brown.txt --ctx 512 \
+    --chunks "$chunks" --output "$out/results.jsonl" $flags > "$out/$name.md.part" 2> "$out/$name.log" \
+    && mv "$out/$name.md.part" "$out/$name.md" || echo "FAILED: $name (see $out/$name.log)" >&2
+}
+running=0
+for item in "${sweep[@]}"; do
+  name=${item%%|*}; flags=${item#*|}
+  if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
+  run_job "$name" "$flags" &
+  running=$((running + 1))
+  if [ "$running" -ge "$jobs" ]; then wait -n || true; running=$((running - 1)); fi
+done
+wait
+cat "$out"/*.md | grep '^| int\|^| fp' | sort -u
