@@ -24,6 +24,8 @@ imp="$calib --set quantization.calibration.error_feedback=false"
 emb4="--set quantization.overrides=token_embd.weight=4"
 # name | flags (each job may measure several widths: calibration runs once per job)
 sweep=(
+  # First: it measures the sensitivities the other alloc jobs reuse (the longest job).
+  "alloc5.0-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 5.0"
   "plain-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32"
   "imp-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $imp"
   "gptq-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib"
@@ -31,10 +33,11 @@ sweep=(
   "gptq-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib"
   "gptq-emb4-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib $emb4"
   "gptq-emb4-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib $emb4"
-  "alloc5.0-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 5.0"
-  "alloc4.3-g32-sym|--quant int3 --scheme sym --group-size 32 $calib --target-bits 4.3"
-  "alloc3.6-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.6"
-  "alloc3.3-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.3"
+  # Phase 2 (after the rest): these reuse the sensitivities alloc5.0 measured (kept on disk).
+  "2:alloc4.3-g32-sym|--quant int3 --scheme sym --group-size 32 $calib --target-bits 4.3"
+  "2:alloc3.6-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.6"
+  "2:alloc3.3-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.3"
+  "2:alloc4.6-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 4.6"
 )
 run_job() { # name flags
   local name=$1 flags=$2
@@ -46,8 +49,13 @@ run_job() { # name flags
     && mv "$out/$name.md.part" "$out/$name.md" || echo "FAILED: $name (see $out/$name.log)" >&2
 }
 running=0
+phase=1
 for item in "${sweep[@]}"; do
   name=${item%%|*}; flags=${item#*|}
+  if [[ $name == 2:* ]]; then
+    name=${name#2:}
+    if [ "$phase" = 1 ]; then wait; running=0; phase=2; fi
+  fi
   if [ -n "${ONLY:-}" ] && ! [[ $name =~ $ONLY ]]; then continue; fi
   run_job "$name" "$flags" &
   running=$((running + 1))

@@ -23,7 +23,7 @@ fn cache() -> &'static Mutex<HashMap<Key, Arc<Calibration>>> {
 }
 
 /// FNV-1a 64 of `bytes` (provenance: which text calibrated).
-fn fnv64(bytes: &[u8]) -> u64 {
+pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })

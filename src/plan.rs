@@ -97,6 +97,8 @@ pub struct QuantMethods {
     pub overrides: Vec<(String, u32)>,
     /// Whole-model bits per weight for the width allocator; 0 = off.
     pub target_bits: f64,
+    /// Calibration tokens the allocator's sensitivity runs score.
+    pub sensitivity_tokens: usize,
 }
 
 impl QuantMethods {
@@ -110,8 +112,21 @@ impl QuantMethods {
             calibration_file: (!file.is_empty()).then(|| PathBuf::from(file)),
             calibration_chunks: c.int("quantization.calibration.chunks").max(1) as usize,
             error_feedback: c.bool("quantization.calibration.error_feedback"),
-            overrides: parse_overrides(&c.str("quantization.overrides"))?,
+            overrides: {
+                // Per-role widths first, explicit overrides after (the last match wins).
+                let mut o: Vec<(String, u32)> = lowbit_core::config::schema::ROLE_KEYS
+                    .iter()
+                    .filter_map(|(key, suffix)| {
+                        let bits = c.int(key);
+                        (bits > 0).then(|| (suffix.to_string(), bits as u32))
+                    })
+                    .collect();
+                o.extend(parse_overrides(&c.str("quantization.overrides"))?);
+                o
+            },
             target_bits: c.float("quantization.target_bits"),
+            sensitivity_tokens: c.int("quantization.calibration.sensitivity_tokens").max(16)
+                as usize,
         })
     }
 
@@ -279,8 +294,22 @@ impl RunPlan {
             damp: 0.01,
         };
         if m.target_bits > 0.0 {
-            let widths =
-                crate::quantize::allocate_widths(&q, path, group, scheme, m.target_bits, progress)?;
+            let text = m.calibration_file.as_deref().ok_or_else(|| {
+                lowbit_core::Error::invalid_config(
+                    "quantization.target_bits needs calibration (--calibrate FILE)",
+                )
+            })?;
+            let (widths, _) = crate::quantize::allocate_widths(
+                &q,
+                path,
+                text,
+                m.sensitivity_tokens,
+                self.backend.threads,
+                group,
+                scheme,
+                m.target_bits,
+                progress,
+            )?;
             // Explicit overrides stay last, so they win.
             let mut all = widths
                 .into_iter()
@@ -448,6 +477,30 @@ mod tests {
         assert_eq!((w.embedding.bits(), w.lm_head.bits()), (8, 8));
         assert_eq!(w.method(), "mixed");
         assert_eq!(w.label(), "attn int4-g32-asym, ffn int2-g32-asym");
+    }
+
+    #[test]
+    fn role_keys_become_overrides_before_explicit_ones() {
+        let mut c = Config::default();
+        let src = lowbit_core::config::Source::Default;
+        c.set("quantization.layers.attn_v", 8.into(), src.clone());
+        c.set("quantization.layers.ffn_down", 3.into(), src.clone());
+        c.set(
+            "quantization.overrides",
+            "blk.0.ffn_down.weight=8".into(),
+            src,
+        );
+        let m = QuantMethods::from_config(&c).unwrap();
+        assert_eq!(
+            m.overrides,
+            vec![
+                ("attn_v.weight".to_string(), 8),
+                ("ffn_down.weight".to_string(), 3),
+                ("blk.0.ffn_down.weight".to_string(), 8),
+            ]
+        );
+        assert_eq!(m.label_suffix(), "+mixed");
+        assert!(!m.is_plain());
     }
 
     #[test]

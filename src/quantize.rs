@@ -182,104 +182,257 @@ pub fn quantize_model(
     })
 }
 
-/// Chooses each weight unit's width (2, 3, 4 or 8 bits in `group`/`scheme` groups) so the
-/// matrices of the model at `input` average at most `target_bpw` bits per weight with the
-/// least calibration-weighted error (see [`lowbit_core::quant::allocate`]). The error of each
-/// unit at each width is measured by quantizing it with `quantizer`'s rotation and the
-/// calibration's importance weights. Returns `(tensor name, bits)` overrides.
+/// Measures each weight unit's damage at 2, 3, 4 and 8 bits.
 ///
-/// Errors: `INVALID_CONFIG` without calibration or when even 2 bits everywhere exceed the
-/// target; `MODEL_LOADING_FAILED` for tensors that cannot be read.
+/// The damage of a unit at a width is its **sensitivity**: the mean KL divergence of the
+/// model's next-token distribution, over the first `tokens` tokens of the calibration text
+/// `text`, when that unit alone is quantized at that width (with `quantizer`'s methods: rotation,
+/// importance, error feedback) and everything else stays f32. One f32 model is loaded on the CPU
+/// backend ([`SwappingBackend`] swaps one unit for its quantized stand-in per run), so this
+/// costs one forward pass per unit and width (2, 3 and 4 bits; 8 bits, too small to measure on
+/// a short text, is taken as 4 bits' divergence / 256, a grid's squared error falling about 4×
+/// per bit). KL divergences of separate small changes add up
+/// to first order, which is what the allocator's sum assumes.
+///
+/// Errors: `INVALID_CONFIG` without calibration or for a text shorter than 16 tokens; the
+/// model's loading errors.
+#[allow(clippy::too_many_arguments)]
+pub fn measure_sensitivities(
+    quantizer: &lowbit_core::quant::Quantizer,
+    input: &Path,
+    text: &Path,
+    tokens: usize,
+    threads: usize,
+    group: usize,
+    scheme: lowbit_core::Scheme,
+    progress: &mut dyn FnMut(usize, usize, &str),
+) -> Result<Vec<Sensitivity>> {
+    use lowbit_core::adapter::Logits;
+    use lowbit_core::calibration::SwappingBackend;
+    if quantizer.calibration.is_none() {
+        return Err(Error::invalid_config(
+            "quantization.target_bits needs calibration (--calibrate FILE) to measure sensitivities",
+        ));
+    }
+    let bytes = std::fs::read(text).map_err(|e| {
+        Error::invalid_config(format!(
+            "cannot read calibration text {}: {e}",
+            text.display()
+        ))
+    })?;
+    let source = ModelSource::open(input)?;
+    let adapter = find_adapter(&source)?;
+    let cpu: Arc<dyn Backend> = Arc::new(lowbit_cpu::CpuBackend::new(threads)?);
+    let swap = Arc::new(SwappingBackend::new(cpu));
+    let mut ctx = LoadContext::default();
+    let model = adapter
+        .load_with(
+            &source,
+            &QuantPlan::uniform(WeightPrecision::F32),
+            swap.clone(),
+            progress,
+            &mut ctx,
+        )?
+        .into_text()?;
+    let tok = model.tokenizer();
+    let mut ids = tok.encode(&String::from_utf8_lossy(&bytes), true)?;
+    ids.truncate(tokens.min(crate::calibrate::CALIBRATION_CTX));
+    if ids.len() < 16 {
+        return Err(Error::invalid_config(format!(
+            "the calibration text {} has {} tokens; sensitivities need at least 16",
+            text.display(),
+            ids.len()
+        )));
+    }
+    if let (true, Some(b)) = (tok.add_bos(), tok.bos_id()) {
+        ids[0] = b;
+    }
+    let vocab = model.config().vocab_size;
+    let mut cache = model.new_cache(ids.len())?;
+    let log_probs = |cache: &mut lowbit_core::kv::KvCache| -> Result<Vec<f32>> {
+        cache.clear();
+        let mut l = lowbit_core::block_on(model.forward(cache, &ids, Logits::All))?;
+        for row in l.chunks_mut(vocab) {
+            let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+            let lse = max + row.iter().map(|&v| (v - max).exp()).sum::<f32>().ln();
+            row.iter_mut().for_each(|v| *v -= lse);
+        }
+        Ok(l)
+    };
+    let reference = log_probs(&mut cache)?;
+    let kl = |q: &[f32]| -> f64 {
+        let rows = reference.len() / vocab;
+        reference
+            .chunks(vocab)
+            .zip(q.chunks(vocab))
+            .map(|(p, q)| {
+                p.iter()
+                    .zip(q)
+                    .map(|(&lp, &lq)| f64::from(lp.exp()) * f64::from(lp - lq))
+                    .sum::<f64>()
+            })
+            .sum::<f64>()
+            / rows as f64
+    };
+    const WIDTHS: [u32; 4] = [2, 3, 4, 8];
+    let mut table = Vec::new();
+    let total = ctx.uploads.len();
+    for (k, (id, names)) in ctx.uploads.iter().enumerate() {
+        progress(k, total, "measuring sensitivities");
+        let Some((rows, cols, data)) = swap.take_weight(*id) else {
+            continue;
+        };
+        if cols % 32 != 0 {
+            continue;
+        }
+        let mut widths = Vec::new();
+        for &bits in &WIDTHS {
+            let p = WeightPrecision::from_bits(bits, group, scheme)?;
+            let q = quantizer.quantize(&names[0], data.clone(), rows, cols, p)?;
+            let cost = q.size_bytes() as f64 * 8.0;
+            if bits == 8 {
+                // Too small to measure on a short text: each extra bit divides a grid's squared
+                // error by about 4, so 8 bits leave about 4⁻⁴ of 4 bits' divergence.
+                let kl4 = widths.last().map_or(0.0, |&(_, _, e): &(u32, f64, f64)| e);
+                widths.push((bits, cost, kl4 / 256.0));
+                continue;
+            }
+            let stand_in = swap.inner().upload_weight(q)?;
+            swap.swap(Some((*id, stand_in)));
+            let out = log_probs(&mut cache);
+            swap.swap(None);
+            widths.push((bits, cost, kl(&out?).max(0.0)));
+        }
+        table.push(Sensitivity {
+            names: names.clone(),
+            params: rows * cols,
+            widths,
+        });
+    }
+    progress(total, total, "measuring sensitivities");
+    Ok(table)
+}
+
+/// Chooses each weight unit's width (2, 3, 4 or 8 bits in `group`/`scheme` groups) so the
+/// matrices of the model at `input` average at most `target_bpw` bits per weight with the least
+/// summed sensitivity ([`measure_sensitivities`], kept on disk between runs under
+/// `~/.cache/lowbit/sensitivity` keyed by model, calibration, methods and format; see
+/// [`lowbit_core::quant::allocate`]). Returns `(tensor name, bits)` overrides and the table.
+///
+/// Errors: as [`measure_sensitivities`]; `INVALID_CONFIG` when even 2 bits everywhere exceed
+/// the target.
+#[allow(clippy::too_many_arguments)]
 pub fn allocate_widths(
     quantizer: &lowbit_core::quant::Quantizer,
     input: &Path,
+    text: &Path,
+    tokens: usize,
+    threads: usize,
     group: usize,
     scheme: lowbit_core::Scheme,
     target_bpw: f64,
     progress: &mut dyn FnMut(usize, usize, &str),
-) -> Result<Vec<(String, u32)>> {
+) -> Result<(Vec<(String, u32)>, Vec<Sensitivity>)> {
     use lowbit_core::quant::allocate::{allocate, Choice, Unit};
-    let cal = quantizer.calibration.clone().ok_or_else(|| {
-        Error::invalid_config(
-            "quantization.target_bits needs calibration (--calibrate FILE) to measure errors",
-        )
-    })?;
-    let source = ModelSource::open(input)?;
-    let ModelSource::Gguf(g) = &source else {
-        return Err(Error::unsupported("width allocation reads GGUF models"));
-    };
-    // Errors measured with importance weights only (fast); the final quantization may add
-    // error feedback.
-    let measure = lowbit_core::quant::Quantizer {
-        error_feedback: false,
-        overrides: Vec::new(),
-        ..quantizer.clone()
-    };
-    const WIDTHS: [u32; 4] = [2, 3, 4, 8];
-    let mut units = Vec::new();
-    let mut params = 0usize;
-    for (k, names) in cal.units.iter().enumerate() {
-        progress(k, cal.units.len(), "measuring widths");
-        let mut choices: Vec<Choice> = WIDTHS
-            .iter()
-            .map(|&bits| Choice {
-                bits,
-                cost: 0.0,
-                error: 0.0,
-            })
-            .collect();
-        for name in names {
-            let dims = g
-                .tensor_dims(name)
-                .ok_or_else(|| Error::model_loading(format!("missing tensor {name}")))?;
-            let (cols, rows) = (dims[0] as usize, dims[1..].iter().product::<u64>() as usize);
-            if cols % 32 != 0 {
-                continue;
+    let meta = std::fs::metadata(input)
+        .map_err(|e| Error::model_loading(format!("cannot read {}: {e}", input.display())))?;
+    let key = format!(
+        "v1|{}|{}|{}|{}|{}|{}|{}|{:?}|{}",
+        std::fs::canonicalize(input)
+            .unwrap_or_else(|_| input.to_path_buf())
+            .display(),
+        meta.len(),
+        quantizer
+            .calibration
+            .as_ref()
+            .map_or(String::new(), |c| c.provenance.clone()),
+        tokens,
+        quantizer.tag(),
+        quantizer.damp,
+        group,
+        scheme,
+        text.display()
+    );
+    let file = sensitivity_cache_dir().map(|d| {
+        d.join(format!(
+            "{:016x}.json",
+            crate::calibrate::fnv64(key.as_bytes())
+        ))
+    });
+    let cached: Option<Vec<Sensitivity>> = file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|b| serde_json::from_slice::<(String, Vec<Sensitivity>)>(&b).ok())
+        .filter(|(k, _)| *k == key)
+        .map(|(_, t)| t);
+    let table = match cached {
+        Some(t) => t,
+        None => {
+            let t = measure_sensitivities(
+                quantizer, input, text, tokens, threads, group, scheme, progress,
+            )?;
+            if let Some(f) = &file {
+                // A cache that cannot be written only costs the next run the measurement.
+                let _ = f
+                    .parent()
+                    .map(std::fs::create_dir_all)
+                    .transpose()
+                    .ok()
+                    .and_then(|_| serde_json::to_vec(&(&key, &t)).ok())
+                    .map(|b| std::fs::write(f, b));
             }
-            params += rows * cols;
-            let data = g.dequantize(name)?;
-            let diag = cal
-                .hessians
-                .get(name)
-                .filter(|h| h.dim == cols)
-                .map(|h| h.diag());
-            for c in choices.iter_mut() {
-                let p = WeightPrecision::from_bits(c.bits, group, scheme)?;
-                let q = measure.quantize(name, data.clone(), rows, cols, p)?;
-                let deq = match &q {
-                    WeightMatrix::Quantized(m) => m.dequantize(),
-                    _ => data.clone(),
-                };
-                c.cost += q.size_bytes() as f64 * 8.0;
-                c.error += data
-                    .iter()
-                    .zip(&deq)
-                    .enumerate()
-                    .map(|(i, (a, b))| {
-                        let h = diag.as_ref().map_or(1.0, |d| f64::from(d[i % cols]));
-                        h * f64::from(a - b).powi(2)
-                    })
-                    .sum::<f64>();
-            }
+            t
         }
-        units.push(Unit {
-            names: names.clone(),
-            choices,
-        });
-    }
-    progress(cal.units.len(), cal.units.len(), "measuring widths");
+    };
+    let params: usize = table.iter().map(|t| t.params).sum();
+    let units: Vec<Unit> = table
+        .iter()
+        .map(|t| Unit {
+            names: t.names.clone(),
+            choices: t
+                .widths
+                .iter()
+                .map(|&(bits, cost, error)| Choice { bits, cost, error })
+                .collect(),
+        })
+        .collect();
     let budget = target_bpw * params as f64;
     let picked = allocate(&units, budget).ok_or_else(|| {
         Error::invalid_config(format!(
             "quantization.target_bits = {target_bpw}: even 2 bits everywhere take more"
         ))
     })?;
-    Ok(units
+    let widths = units
         .iter()
         .zip(picked)
         .flat_map(|(u, i)| {
             let bits = u.choices[i].bits;
             u.names.iter().map(move |n| (n.clone(), bits))
         })
-        .collect())
+        .collect();
+    Ok((widths, table))
+}
+
+/// One weight unit's measured sensitivity (see [`allocate_widths`]).
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct Sensitivity {
+    /// Tensors of the unit (several when stacked into one upload).
+    pub names: Vec<String>,
+    /// Values.
+    pub params: usize,
+    /// `(bits, stored bits of the unit, mean KL divergence in nats)` per width.
+    pub widths: Vec<(u32, f64, f64)>,
+}
+
+/// Where measured sensitivities are kept between runs: `LOWBIT_SENSITIVITY_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/lowbit/sensitivity` or `~/.cache/lowbit/sensitivity`; `None` when no
+/// home is known.
+fn sensitivity_cache_dir() -> Option<std::path::PathBuf> {
+    if let Some(d) = std::env::var_os("LOWBIT_SENSITIVITY_CACHE_DIR") {
+        return Some(d.into());
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+    Some(base.join("lowbit").join("sensitivity"))
 }

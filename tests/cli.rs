@@ -466,3 +466,71 @@ fn measuring_commands_write_one_json_line_per_row() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// The greedy tokens `generate --json` produces from `model` with `extra` flags.
+fn greedy_tokens(model: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let out = succeed(
+        lowbit()
+            .args(["generate", "--json", "-n", "6", "--threads", "2"])
+            .args(extra)
+            .args(["--prompt", "The capital of France is", "--model"])
+            .arg(model),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["tokens"].clone()
+}
+
+/// `lowbit quantize` writes a file that loads directly and reproduces quantizing at load
+/// (same greedy tokens), records its plan, and any damage to it (truncation, one changed byte
+/// in the matrices, a wrong format version) is `MODEL_LOADING_FAILED`, never a panic.
+#[test]
+fn quantized_model_file_round_trips_and_damage_is_model_loading_failed() {
+    let dir = std::env::temp_dir().join(format!("lowbit-qfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("smol-int3.gguf");
+    let out = succeed(
+        lowbit()
+            .args(["quantize", "--json", "--quant", "int3", "--threads", "2"])
+            .arg(common::smollm2())
+            .arg("-o")
+            .arg(&file),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bpw = v["report"]["bits_per_weight"].as_f64().unwrap();
+    assert!(bpw > 3.0 && bpw < 8.0, "{v}");
+    assert_eq!(
+        greedy_tokens(&file, &[]),
+        greedy_tokens(&common::smollm2(), &["--quant", "int3"]),
+        "the file reproduces quantizing at load"
+    );
+    let bytes = std::fs::read(&file).unwrap();
+    let find = |needle: &[u8]| {
+        bytes
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("key present")
+    };
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    cases.push(("truncated", bytes[..bytes.len() * 2 / 3].to_vec()));
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - bytes.len() / 5; // inside lowbit.weights, the last tensor
+    flipped[at] ^= 0x10;
+    cases.push(("one byte changed", flipped));
+    // lowbit.format_version: key, then type (u32 10 = u64), then the value.
+    let mut version = bytes.clone();
+    let k = find(b"lowbit.format_version") + "lowbit.format_version".len() + 4;
+    version[k..k + 8].copy_from_slice(&99u64.to_le_bytes());
+    cases.push(("future version", version));
+    for (what, damaged) in cases {
+        let bad = dir.join("damaged.gguf");
+        std::fs::write(&bad, &damaged).unwrap();
+        let out = lowbit()
+            .args(["generate", "--json", "-n", "2", "--prompt", "hi", "--model"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        let msg = json_error(out, "MODEL_LOADING_FAILED", what);
+        assert!(!msg.is_empty(), "{what}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

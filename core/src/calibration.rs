@@ -118,3 +118,117 @@ impl Backend for CalibratingBackend {
         self.inner.kernel_timings()
     }
 }
+
+/// A backend that runs a model with one weight swapped for another: every op reading the
+/// weight `from` reads `to` instead while [`SwappingBackend::swap`] is set. The width
+/// allocator uses it to measure how much quantizing one matrix alone changes the output
+/// (its sensitivity) with one loaded model and no reload per matrix.
+pub struct SwappingBackend {
+    inner: Arc<dyn Backend>,
+    active: Mutex<Option<(WeightId, WeightId)>>,
+    /// Dense f32 uploads, kept so stand-ins can be made from exactly what was uploaded.
+    kept: Mutex<HashMap<WeightId, (usize, usize, Vec<f32>)>>,
+}
+
+impl SwappingBackend {
+    /// Wraps `inner`, with no swap.
+    pub fn new(inner: Arc<dyn Backend>) -> Self {
+        SwappingBackend {
+            inner,
+            active: Mutex::new(None),
+            kept: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The dense f32 matrix uploaded as `id` (`(rows, cols, values)`), taken out; `None` when
+    /// `id` was not a dense f32 upload or was taken already.
+    pub fn take_weight(&self, id: WeightId) -> Option<(usize, usize, Vec<f32>)> {
+        self.kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id)
+    }
+
+    /// Makes ops read `to` where they name `from` (`None`: no swap).
+    pub fn swap(&self, pair: Option<(WeightId, WeightId)>) {
+        *self.active.lock().unwrap_or_else(|e| e.into_inner()) = pair;
+    }
+
+    /// The wrapped backend (to upload the stand-in weights).
+    pub fn inner(&self) -> &Arc<dyn Backend> {
+        &self.inner
+    }
+}
+
+impl Backend for SwappingBackend {
+    fn info(&self) -> BackendInfo {
+        self.inner.info()
+    }
+
+    fn upload_weight(&self, weight: WeightMatrix) -> Result<WeightId> {
+        let kept = match &weight {
+            WeightMatrix::F32 { rows, cols, data } => Some((*rows, *cols, data.clone())),
+            _ => None,
+        };
+        let id = self.inner.upload_weight(weight)?;
+        if let Some(k) = kept {
+            self.kept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(id, k);
+        }
+        Ok(id)
+    }
+
+    fn upload(&self, data: &[f32]) -> Result<BufferId> {
+        self.inner.upload(data)
+    }
+
+    fn alloc(&self, dtype: DType, len: usize) -> Result<BufferId> {
+        self.inner.alloc(dtype, len)
+    }
+
+    fn free(&self, buf: BufferId) {
+        self.inner.free(buf)
+    }
+
+    fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()> {
+        self.inner.write(buf, offset, data)
+    }
+
+    fn read(&self, buf: BufferId, offset: usize, len: usize) -> ReadFuture {
+        self.inner.read(buf, offset, len)
+    }
+
+    fn run(&self, ops: &[Op]) -> Result<()> {
+        let active = *self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((from, to)) = active else {
+            return self.inner.run(ops);
+        };
+        let swapped: Vec<Op> = ops
+            .iter()
+            .map(|op| {
+                let mut op = op.clone();
+                match &mut op {
+                    Op::Linear { w, .. } if *w == from => *w = to,
+                    Op::Embed { table, .. } if *table == from => *table = to,
+                    _ => {}
+                }
+                op
+            })
+            .collect();
+        self.inner.run(&swapped)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.inner.flush()
+    }
+
+    fn weight_bytes(&self) -> usize {
+        self.inner.weight_bytes()
+    }
+
+    fn kernel_timings(&self) -> Vec<KernelTiming> {
+        self.inner.kernel_timings()
+    }
+}

@@ -91,6 +91,18 @@ pub fn parse_literal(text: &str) -> Option<toml::Value> {
 pub use crate::adapter::METHODS;
 /// Bit widths of per-role weights.
 pub const WEIGHT_BITS: &[i64] = &[2, 3, 4, 8, 16, 32];
+/// Widths a per-matrix role key (`quantization.layers.attn_q`, …) takes: 0 = unset.
+pub const ROLE_BITS: &[i64] = &[0, 2, 3, 4, 8, 16, 32];
+/// The per-matrix role keys under `quantization.layers` and the tensor-name suffix each sets.
+pub const ROLE_KEYS: &[(&str, &str)] = &[
+    ("quantization.layers.attn_q", "attn_q.weight"),
+    ("quantization.layers.attn_k", "attn_k.weight"),
+    ("quantization.layers.attn_v", "attn_v.weight"),
+    ("quantization.layers.attn_output", "attn_output.weight"),
+    ("quantization.layers.ffn_gate", "ffn_gate.weight"),
+    ("quantization.layers.ffn_up", "ffn_up.weight"),
+    ("quantization.layers.ffn_down", "ffn_down.weight"),
+];
 /// Bit widths of the KV cache.
 pub const KV_BITS: &[i64] = &[2, 3, 4, 8, 16];
 /// Backend names of `runtime.backend`.
@@ -124,12 +136,20 @@ pub const KEYS: &[KeySpec] = &[
     key!("quantization.calibration.file", Kind::Text, "\"\"", "text to calibrate on (importance weights, error feedback); empty = no calibration"),
     key!("quantization.calibration.chunks", Kind::Int { min: 1, max: 100000 }, "32", "chunks of 512 tokens of the calibration text to run"),
     key!("quantization.calibration.error_feedback", Kind::Bool, "true", "with calibration: GPTQ-style error-feedback rounding (else importance weights only)"),
-    key!("quantization.target_bits", Kind::Float { min: 0.0, max: 32.0 }, "0", "with calibration: give each weight unit its own width (2/3/4/8) so the whole model averages at most this many bits per weight, bits going where the measured error is highest; 0 = off"),
+    key!("quantization.target_bits", Kind::Float { min: 0.0, max: 32.0 }, "0.0", "with calibration: give each weight unit its own width (2/3/4/8) so the whole model averages at most this many bits per weight, bits going where the measured error is highest; 0 = off"),
+    key!("quantization.calibration.sensitivity_tokens", Kind::Int { min: 16, max: 512 }, "256", "with target_bits: calibration tokens scored per sensitivity run (one run per weight unit and width)"),
     key!("quantization.overrides", Kind::Text, "\"\"", "per-tensor widths NAME=BITS, comma-separated; NAME a tensor name or its suffix (ffn_down.weight = every layer's)"),
     key!("quantization.layers.embedding", Kind::IntOneOf(WEIGHT_BITS), "8", "bits of the embedding table (method = mixed)"),
     key!("quantization.layers.attention", Kind::IntOneOf(WEIGHT_BITS), "4", "bits of the q/k/v/o matrices (method = mixed)"),
     key!("quantization.layers.feedforward", Kind::IntOneOf(WEIGHT_BITS), "4", "bits of the feed-forward matrices (method = mixed)"),
     key!("quantization.layers.lm_head", Kind::IntOneOf(WEIGHT_BITS), "8", "bits of the output projection (method = mixed)"),
+    key!("quantization.layers.attn_q", Kind::IntOneOf(ROLE_BITS), "0", "bits of every layer's query matrix (`attn_q`), any method; 0 = the attention/feed-forward width. Matrices stored stacked (q|k|v, gate|up) take the widest width asked of the stack; one layer's own width goes in quantization.overrides (blk.N.attn_q.weight=8)"),
+    key!("quantization.layers.attn_k", Kind::IntOneOf(ROLE_BITS), "0", "bits of every layer's key matrix (`attn_k`), any method; 0 = the attention/feed-forward width. Matrices stored stacked (q|k|v, gate|up) take the widest width asked of the stack; one layer's own width goes in quantization.overrides (blk.N.attn_k.weight=8)"),
+    key!("quantization.layers.attn_v", Kind::IntOneOf(ROLE_BITS), "0", "bits of every layer's value matrix (`attn_v`), any method; 0 = the attention/feed-forward width. Matrices stored stacked (q|k|v, gate|up) take the widest width asked of the stack; one layer's own width goes in quantization.overrides (blk.N.attn_v.weight=8)"),
+    key!("quantization.layers.attn_output", Kind::IntOneOf(ROLE_BITS), "0", "bits of every layer's attention output matrix (`attn_output`), any method; 0 = the attention/feed-forward width. Matrices stored stacked (q|k|v, gate|up) take the widest width asked of the stack; one layer's own width goes in quantization.overrides (blk.N.attn_output.weight=8)"),
+    key!("quantization.layers.ffn_gate", Kind::IntOneOf(ROLE_BITS), "0", "bits of every layer's feed-forward gate matrix (`ffn_gate`), any method; 0 = the attention/feed-forward width. Matrices stored stacked (q|k|v, gate|up) take the widest width asked of the stack; one layer's own width goes in quantization.overrides (blk.N.ffn_gate.weight=8)"),
+    key!("quantization.layers.ffn_up", Kind::IntOneOf(ROLE_BITS), "0", "bits of every layer's feed-forward up matrix (`ffn_up`), any method; 0 = the attention/feed-forward width. Matrices stored stacked (q|k|v, gate|up) take the widest width asked of the stack; one layer's own width goes in quantization.overrides (blk.N.ffn_up.weight=8)"),
+    key!("quantization.layers.ffn_down", Kind::IntOneOf(ROLE_BITS), "0", "bits of every layer's feed-forward down matrix (`ffn_down`), any method; 0 = the attention/feed-forward width. Matrices stored stacked (q|k|v, gate|up) take the widest width asked of the stack; one layer's own width goes in quantization.overrides (blk.N.ffn_down.weight=8)"),
     key!("quantization.adaptive.enabled", Kind::Bool, "false", "lower the bits until the model fits memory_budget_mb"),
     key!("quantization.adaptive.memory_budget_mb", Kind::Int { min: 1, max: 1 << 24 }, "3800", "memory budget of the weights, MB"),
     key!("quantization.adaptive.critical_layers_bits", Kind::IntOneOf(WEIGHT_BITS), "8", "bits kept for the embedding and output projection"),

@@ -371,6 +371,7 @@ impl Checker<'_> {
             }
         }
         let mut keys = vec!["kv_cache.bits"];
+        keys.extend(super::schema::ROLE_KEYS.iter().map(|(k, _)| *k));
         if method == "mixed" {
             keys.extend([
                 "quantization.layers.embedding",

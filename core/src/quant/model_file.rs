@@ -11,7 +11,8 @@
 //! - for each quantized matrix `NAME`, its GGML-order dimensions as `lowbit.dims.NAME` (so
 //!   shape checks still find them), and all matrices in one tensor `lowbit.weights` (type I8):
 //!   a [`WeightStore`] blob (`LBWS`: per matrix its key, format, rotation, codes, scales and
-//!   offsets), whose reader checks every length: a damaged file is `MODEL_LOADING_FAILED`.
+//!   offsets), whose reader checks every length, and its checksum as
+//!   `lowbit.weights_checksum` ([`checksum`]): a damaged file is `MODEL_LOADING_FAILED`.
 
 use super::WeightStore;
 use crate::error::{Error, Result};
@@ -22,6 +23,27 @@ use std::collections::HashSet;
 pub const FORMAT_VERSION: u64 = 1;
 /// The tensor holding the quantized matrices.
 pub const WEIGHTS_TENSOR: &str = "lowbit.weights";
+/// The metadata key of the `lowbit.weights` blob's checksum ([`checksum`]).
+pub const CHECKSUM_KEY: &str = "lowbit.weights_checksum";
+
+/// A 64-bit checksum of `bytes` (multiply–rotate over little-endian words, then the length):
+/// every step is a bijection of the state for a given word, so any one changed word or byte
+/// changes the result. For catching damage, not tampering.
+pub fn checksum(bytes: &[u8]) -> u64 {
+    const P: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut h: u64 = 0x243F_6A88_85A3_08D3;
+    let mut words = bytes.chunks_exact(8);
+    for w in &mut words {
+        let v = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        h = (h ^ v).wrapping_mul(P).rotate_left(29);
+    }
+    let mut tail = [0u8; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    h = (h ^ u64::from_le_bytes(tail))
+        .wrapping_mul(P)
+        .rotate_left(29);
+    (h ^ bytes.len() as u64).wrapping_mul(P)
+}
 
 /// What a quantized model file records besides its matrices.
 #[derive(Clone, Debug)]
@@ -84,6 +106,7 @@ pub fn write_model_file(
         }
     }
     let blob = store.to_bytes();
+    w.set(CHECKSUM_KEY, GgufValue::U64(checksum(&blob)));
     let len = blob.len() as u64;
     w.add_tensor(WEIGHTS_TENSOR, vec![len], GgmlType::I8, blob)?;
     w.write(path)?;
@@ -105,6 +128,19 @@ pub fn read_model_file(g: &GgufFile) -> Result<(WeightStore, ModelFileInfo)> {
         }
     }
     let blob = g.tensor_bytes(WEIGHTS_TENSOR)?;
+    match g.get_u64(CHECKSUM_KEY) {
+        Some(sum) if sum == checksum(blob) => {}
+        Some(_) => {
+            return Err(Error::model_loading(format!(
+                "{WEIGHTS_TENSOR} is damaged: its checksum does not match {CHECKSUM_KEY}"
+            )))
+        }
+        None => {
+            return Err(Error::model_loading(format!(
+                "quantized model file without {CHECKSUM_KEY}"
+            )))
+        }
+    }
     let store = WeightStore::from_bytes_by_name(blob)
         .map_err(|e| Error::model_loading(format!("{WEIGHTS_TENSOR}: {}", e.message)))?;
     let text = |k: &str| g.get_str(k).unwrap_or("").to_string();
