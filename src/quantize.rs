@@ -398,7 +398,7 @@ pub fn allocate_widths(
                 .collect(),
         })
         .collect();
-    let by_target = (target_bpw > 0.0).then(|| target_bpw * params as f64);
+    let by_target = (target_bpw > 0.0).then_some(target_bpw * params as f64);
     let budget = match (by_target, budget_bits) {
         (Some(t), Some(b)) => t.min(b),
         (Some(t), None) => t,

@@ -62,6 +62,31 @@ impl CalibratingBackend {
     }
 }
 
+/// The buffer methods of a wrapping backend: straight to `self.inner`.
+macro_rules! forward_buffers {
+    () => {
+        fn upload(&self, data: &[f32]) -> Result<BufferId> {
+            self.inner.upload(data)
+        }
+
+        fn alloc(&self, dtype: DType, len: usize) -> Result<BufferId> {
+            self.inner.alloc(dtype, len)
+        }
+
+        fn free(&self, buf: BufferId) {
+            self.inner.free(buf)
+        }
+
+        fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()> {
+            self.inner.write(buf, offset, data)
+        }
+
+        fn read(&self, buf: BufferId, offset: usize, len: usize) -> ReadFuture {
+            self.inner.read(buf, offset, len)
+        }
+    };
+}
+
 impl Backend for CalibratingBackend {
     fn info(&self) -> BackendInfo {
         self.inner.info()
@@ -74,25 +99,7 @@ impl Backend for CalibratingBackend {
         Ok(id)
     }
 
-    fn upload(&self, data: &[f32]) -> Result<BufferId> {
-        self.inner.upload(data)
-    }
-
-    fn alloc(&self, dtype: DType, len: usize) -> Result<BufferId> {
-        self.inner.alloc(dtype, len)
-    }
-
-    fn free(&self, buf: BufferId) {
-        self.inner.free(buf)
-    }
-
-    fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()> {
-        self.inner.write(buf, offset, data)
-    }
-
-    fn read(&self, buf: BufferId, offset: usize, len: usize) -> ReadFuture {
-        self.inner.read(buf, offset, len)
-    }
+    forward_buffers!();
 
     fn run(&self, ops: &[Op]) -> Result<()> {
         let mut start = 0;
@@ -127,8 +134,11 @@ pub struct SwappingBackend {
     inner: Arc<dyn Backend>,
     active: Mutex<Option<(WeightId, WeightId)>>,
     /// Dense f32 uploads, kept so stand-ins can be made from exactly what was uploaded.
-    kept: Mutex<HashMap<WeightId, (usize, usize, Vec<f32>)>>,
+    kept: Mutex<HashMap<WeightId, DenseWeight>>,
 }
+
+/// A dense weight as uploaded: `(rows, cols, values)`.
+type DenseWeight = (usize, usize, Vec<f32>);
 
 impl SwappingBackend {
     /// Wraps `inner`, with no swap.
@@ -180,25 +190,7 @@ impl Backend for SwappingBackend {
         Ok(id)
     }
 
-    fn upload(&self, data: &[f32]) -> Result<BufferId> {
-        self.inner.upload(data)
-    }
-
-    fn alloc(&self, dtype: DType, len: usize) -> Result<BufferId> {
-        self.inner.alloc(dtype, len)
-    }
-
-    fn free(&self, buf: BufferId) {
-        self.inner.free(buf)
-    }
-
-    fn write(&self, buf: BufferId, offset: usize, data: &[f32]) -> Result<()> {
-        self.inner.write(buf, offset, data)
-    }
-
-    fn read(&self, buf: BufferId, offset: usize, len: usize) -> ReadFuture {
-        self.inner.read(buf, offset, len)
-    }
+    forward_buffers!();
 
     fn run(&self, ops: &[Op]) -> Result<()> {
         let active = *self.active.lock().unwrap_or_else(|e| e.into_inner());
