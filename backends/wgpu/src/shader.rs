@@ -27,6 +27,8 @@ pub enum ShaderFile {
     Im2col,
     /// Token selection (argmax).
     Sample,
+    /// Randomized Hadamard rotation of activation rows.
+    Rotate,
 }
 
 impl ShaderFile {
@@ -41,6 +43,7 @@ impl ShaderFile {
             ShaderFile::Softmax => include_str!("../../../shaders/softmax.wgsl"),
             ShaderFile::Im2col => include_str!("../../../shaders/im2col.wgsl"),
             ShaderFile::Sample => include_str!("../../../shaders/sample.wgsl"),
+            ShaderFile::Rotate => include_str!("../../../shaders/rotate.wgsl"),
         }
     }
 }
