@@ -97,14 +97,15 @@ fn rotated() -> Vec<Case> {
     use Scheme::{Asymmetric as Asym, Symmetric as Sym};
     let r = Format::rotated;
     let mut v = Vec::new();
+    // Rows enough that an NMSE over one token's outputs is not one unlucky output's.
     for (f, rows, cols, ns) in [
         (r(2, 32, Asym, 32), 7, 96, &[1, 5][..]),
         (r(3, 64, Sym, 64), 5, 576, &[1, 5]),
         (r(4, 128, Asym, 128), 5, 1536, &[1, 17]),
-        (r(8, 32, Sym, 512), 3, 1536, &[1, 3]),
-        (r(3, 32, Asym, 128), 4, 4096, &[1, 2]),
-        (r(4, 64, Sym, 4096), 3, 4096, &[1, 3]),
-        (r(4, 32, Asym, 2048), 2, 14336, &[1]),
+        (r(8, 32, Sym, 512), 7, 1536, &[1, 3]),
+        (r(3, 32, Asym, 128), 9, 4096, &[1, 2]),
+        (r(4, 64, Sym, 4096), 7, 4096, &[1, 3]),
+        (r(4, 32, Asym, 2048), 5, 14336, &[1]),
     ] {
         for (i, &n) in ns.iter().enumerate() {
             // Decode with a bias; prefill accumulating into a residual.
