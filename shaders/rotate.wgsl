@@ -49,13 +49,13 @@ fn rotate(inv: Invocation, grp: Group) {
     let base = r * p.cols + c0;
     // Every lane reaches every barrier: rows past the end (a folded dispatch) and rows of ids
     // outside the table only skip their loads and stores.
-    var active = r < p.rows;
+    var live = r < p.rows;
 #if IDS
-    if active {
-        active = u32(ids[p.id_offset + r]) < p.table_rows;
+    if live {
+        live = u32(ids[p.id_offset + r]) < p.table_rows;
     }
 #endif
-    if active {
+    if live {
         for (var k = inv.lid; k < BLOCK; k += WORKGROUP_SIZE) {
 #if IN_PLACE
             let v = dst[base + k];
@@ -81,7 +81,7 @@ fn rotate(inv: Invocation, grp: Group) {
         }
         workgroupBarrier();
     }
-    if active {
+    if live {
         for (var k = inv.lid; k < BLOCK; k += WORKGROUP_SIZE) {
 #if INVERSE
             dst[base + k] = blk[k] * signed_scale(c0 + k);

@@ -231,6 +231,38 @@ mod tests {
         assert!(specialise("#if A\n", &d(true, true)).is_err());
     }
 
+    /// Every variant of the rotation kernel parses and validates in naga: each direction, in
+    /// place or not, with and without the id check, at the smallest and largest blocks.
+    #[test]
+    fn rotate_kernel_validates_in_naga() {
+        use wgpu::naga;
+        for (block, wg) in [(32u32, 16u32), (4096, 256)] {
+            for (inverse, in_place, ids) in [
+                (false, false, false),
+                (true, true, false),
+                (true, true, true),
+            ] {
+                let d = vec![
+                    ("WORKGROUP_SIZE", Define::U32(wg)),
+                    ("USE_SUBGROUPS", Define::Bool(false)),
+                    ("BLOCK", Define::U32(block)),
+                    ("INVERSE", Define::Bool(inverse)),
+                    ("IN_PLACE", Define::Bool(in_place)),
+                    ("IDS", Define::Bool(ids)),
+                ];
+                let src = specialise(ShaderFile::Rotate.source(), &d).unwrap();
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&src)));
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::empty(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("block {block}: {}", e.emit_to_string(&src)));
+            }
+        }
+    }
+
     /// The cooperative-matrix prefill kernel (`COOP_TILED`) runs only on GPUs with
     /// `VK_KHR_cooperative_matrix` (CI's lavapipe has none), so naga's parser and validator check
     /// every variant here: each weight kind and width, with and without the residual add, at 32
