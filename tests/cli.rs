@@ -257,7 +257,9 @@ fn bench_synthetic_rotate_runs_a_rotated_model() {
             .args(["--reps", "1", "--threads", "2"]),
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let rows = v["rows"].as_array().unwrap_or_else(|| panic!("no rows: {v}"));
+    let rows = v["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rows: {v}"));
     assert_eq!(rows.len(), 2, "{v}");
     for r in rows {
         assert_eq!(r["model"], "synthetic smollm2-135m +rot", "{r}");
