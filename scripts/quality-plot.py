@@ -116,9 +116,21 @@ def read_peer(path):
 
 
 def family(config):
-    """lowbit's series: a precision without its leading width (int4-g32-asym -> g32-asym)."""
+    """lowbit's series: a precision without its leading width (int4-g32-asym -> g32-asym) and,
+    for mixed-width allocations, without the target (int2-g32-sym+gptq+alloc3.6 ->
+    g32-sym+gptq+alloc: one series over its targets)."""
     m = re.match(r"^int\d+(.*)$", config)
-    return m.group(1).lstrip("-") or "default" if m else config
+    fam = m.group(1).lstrip("-") or "default" if m else config
+    return re.sub(r"\+alloc[\d.]+", "+alloc", fam)
+
+
+def point_label(config):
+    """A point's label: its allocation target (alloc5.3) or its width (int4)."""
+    a = re.search(r"\+(alloc[\d.]+)", config)
+    if a:
+        return a.group(1)
+    m = re.match(r"^(int\d+)", config)
+    return m.group(1) if m else config
 
 
 def place_labels(ax, pending):
@@ -290,8 +302,7 @@ def main():
         for i, (fam, rows) in enumerate(sorted(fams.items())):
             rows.sort(key=lambda r: r["bits_per_weight"])
             plot_series(rows, "o-", colors[(i + 1) % len(colors)], f"lowbit {fam}",
-                        lambda r: re.match(r"^(int\d+)", r["config"]).group(1)
-                        if re.match(r"^int\d+", r["config"]) else r["config"])
+                        lambda r: point_label(r["config"]))
         # llama.cpp's plain quants (scripts/peer-reference.sh) and its imatrix ones apart
         for imat, style, color, label in ((True, "s", "black", "llama.cpp, imatrix"),
                                           (False, "D", "dimgrey", "llama.cpp, no imatrix")):

@@ -26,6 +26,7 @@ emb4="--set quantization.overrides=token_embd.weight=4"
 sweep=(
   # First: it measures the sensitivities the other alloc jobs reuse (the longest job).
   "alloc5.0-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 5.0"
+  "alloc5.0-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.0"
   "plain-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32"
   "imp-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $imp"
   "gptq-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib"
@@ -37,7 +38,11 @@ sweep=(
   "2:alloc4.3-g32-sym|--quant int3 --scheme sym --group-size 32 $calib --target-bits 4.3"
   "2:alloc3.6-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.6"
   "2:alloc3.3-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.3"
+  "2:alloc5.3-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.3"
+  "2:alloc5.9-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.9"
   "2:alloc4.6-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 4.6"
+  "2:alloc4.3-rot-g32-sym|--quant int3 --scheme sym --group-size 32 --rotate $calib --target-bits 4.3"
+  "2:alloc3.6-rot-g32-sym|--quant int2 --scheme sym --group-size 32 --rotate $calib --target-bits 3.6"
 )
 run_job() { # name flags
   local name=$1 flags=$2

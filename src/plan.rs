@@ -97,6 +97,10 @@ pub struct QuantMethods {
     pub overrides: Vec<(String, u32)>,
     /// Whole-model bits per weight for the width allocator; 0 = off.
     pub target_bits: f64,
+    /// Bits all weight matrices may take together (`quantization.adaptive.memory_budget_mb`
+    /// when `quantization.adaptive.enabled` and a calibration text is given): the width
+    /// allocator meets it, and `target_bits` too where both are set.
+    pub budget_bits: Option<f64>,
     /// Calibration tokens the allocator's sensitivity runs score.
     pub sensitivity_tokens: usize,
 }
@@ -109,7 +113,7 @@ impl QuantMethods {
         let file = c.str("quantization.calibration.file");
         Ok(QuantMethods {
             rotation: c.bool("quantization.rotation"),
-            calibration_file: (!file.is_empty()).then(|| PathBuf::from(file)),
+            calibration_file: (!file.is_empty()).then(|| PathBuf::from(&file)),
             calibration_chunks: c.int("quantization.calibration.chunks").max(1) as usize,
             error_feedback: c.bool("quantization.calibration.error_feedback"),
             overrides: {
@@ -125,6 +129,8 @@ impl QuantMethods {
                 o
             },
             target_bits: c.float("quantization.target_bits"),
+            budget_bits: (c.bool("quantization.adaptive.enabled") && !file.is_empty())
+                .then(|| c.int("quantization.adaptive.memory_budget_mb") as f64 * 8e6),
             sensitivity_tokens: c.int("quantization.calibration.sensitivity_tokens").max(16)
                 as usize,
         })
@@ -142,6 +148,9 @@ impl QuantMethods {
         if self.target_bits > 0.0 {
             s.push_str(&format!("+alloc{}", self.target_bits));
         }
+        if let Some(b) = self.budget_bits {
+            s.push_str(&format!("+budget{}MB", (b / 8e6).round()));
+        }
         if !self.overrides.is_empty() {
             s.push_str("+mixed");
         }
@@ -154,6 +163,7 @@ impl QuantMethods {
             && self.calibration_file.is_none()
             && self.overrides.is_empty()
             && self.target_bits <= 0.0
+            && self.budget_bits.is_none()
     }
 }
 
@@ -293,7 +303,7 @@ impl RunPlan {
             overrides,
             damp: 0.01,
         };
-        if m.target_bits > 0.0 {
+        if m.target_bits > 0.0 || m.budget_bits.is_some() {
             let text = m.calibration_file.as_deref().ok_or_else(|| {
                 lowbit_core::Error::invalid_config(
                     "quantization.target_bits needs calibration (--calibrate FILE)",
@@ -308,6 +318,7 @@ impl RunPlan {
                 group,
                 scheme,
                 m.target_bits,
+                m.budget_bits,
                 progress,
             )?;
             // Explicit overrides stay last, so they win.
@@ -500,6 +511,29 @@ mod tests {
             ]
         );
         assert_eq!(m.label_suffix(), "+mixed");
+        assert!(!m.is_plain());
+    }
+
+    #[test]
+    fn adaptive_budget_drives_the_allocator_only_with_calibration() {
+        let src = lowbit_core::config::Source::Default;
+        let mut c = Config::default();
+        c.set("quantization.adaptive.enabled", true.into(), src.clone());
+        c.set(
+            "quantization.adaptive.memory_budget_mb",
+            60.into(),
+            src.clone(),
+        );
+        let m = QuantMethods::from_config(&c).unwrap();
+        assert_eq!(
+            m.budget_bits, None,
+            "without calibration the validator's uniform width rules"
+        );
+        assert!(m.is_plain());
+        c.set("quantization.calibration.file", "calib.txt".into(), src);
+        let m = QuantMethods::from_config(&c).unwrap();
+        assert_eq!(m.budget_bits, Some(60.0 * 8e6));
+        assert_eq!(m.label_suffix(), "+gptq+budget60MB");
         assert!(!m.is_plain());
     }
 

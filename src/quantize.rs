@@ -314,13 +314,14 @@ pub fn measure_sensitivities(
 }
 
 /// Chooses each weight unit's width (2, 3, 4 or 8 bits in `group`/`scheme` groups) so the
-/// matrices of the model at `input` average at most `target_bpw` bits per weight with the least
+/// matrices of the model at `input` average at most `target_bpw` bits per weight (when it is
+/// positive) and take at most `budget_bits` together (when given) with the least
 /// summed sensitivity ([`measure_sensitivities`], kept on disk between runs under
 /// `~/.cache/lowbit/sensitivity` keyed by model, calibration, methods and format; see
 /// [`lowbit_core::quant::allocate`]). Returns `(tensor name, bits)` overrides and the table.
 ///
 /// Errors: as [`measure_sensitivities`]; `INVALID_CONFIG` when even 2 bits everywhere exceed
-/// the target.
+/// the target or the budget.
 #[allow(clippy::too_many_arguments)]
 pub fn allocate_widths(
     quantizer: &lowbit_core::quant::Quantizer,
@@ -331,6 +332,7 @@ pub fn allocate_widths(
     group: usize,
     scheme: lowbit_core::Scheme,
     target_bpw: f64,
+    budget_bits: Option<f64>,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<(Vec<(String, u32)>, Vec<Sensitivity>)> {
     use lowbit_core::quant::allocate::{allocate, Choice, Unit};
@@ -396,10 +398,37 @@ pub fn allocate_widths(
                 .collect(),
         })
         .collect();
-    let budget = target_bpw * params as f64;
+    let by_target = (target_bpw > 0.0).then(|| target_bpw * params as f64);
+    let budget = match (by_target, budget_bits) {
+        (Some(t), Some(b)) => t.min(b),
+        (Some(t), None) => t,
+        (None, Some(b)) => b,
+        (None, None) => {
+            return Err(Error::invalid_config(
+                "width allocation needs quantization.target_bits or an adaptive memory budget",
+            ))
+        }
+    };
     let picked = allocate(&units, budget).ok_or_else(|| {
         Error::invalid_config(format!(
-            "quantization.target_bits = {target_bpw}: even 2 bits everywhere take more"
+            "{}: even 2 bits everywhere take more ({:.1} MB for {params} weights)",
+            if by_target.is_some_and(|t| budget_bits.is_none_or(|b| t <= b)) {
+                format!("quantization.target_bits = {target_bpw}")
+            } else {
+                format!(
+                    "quantization.adaptive.memory_budget_mb = {:.0}",
+                    budget / 8e6
+                )
+            },
+            units
+                .iter()
+                .map(|u| u
+                    .choices
+                    .iter()
+                    .map(|c| c.cost)
+                    .fold(f64::INFINITY, f64::min))
+                .sum::<f64>()
+                / 8e6
         ))
     })?;
     let widths = units
