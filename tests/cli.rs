@@ -244,6 +244,29 @@ fn generate_json_streams_and_reports_stats() {
     assert!(v["text"].as_str().unwrap().contains("Paris"), "{v}");
 }
 
+/// `bench --synthetic --rotate` stores the synthetic model's integer matrices in a rotated
+/// basis (the backend rotates the activations), says so in the model's name and in each
+/// record's configuration, and measures it.
+#[test]
+fn bench_synthetic_rotate_runs_a_rotated_model() {
+    let out = succeed(
+        lowbit()
+            .args(["bench", "--json", "--backend", "cpu", "--synthetic"])
+            .args(["smollm2-135m", "--rotate", "--quants", "int4"])
+            .args(["--prompt-tokens", "4", "--gen-tokens", "2"])
+            .args(["--reps", "1", "--threads", "2"]),
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no rows: {v}"));
+    assert_eq!(rows.len(), 2, "{v}");
+    for r in rows {
+        assert_eq!(r["model"], "synthetic smollm2-135m +rot", "{r}");
+        assert!(r["tokens_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    }
+}
+
 /// `bench` says which backend and kernel paths produced its table, in text and in JSON; the
 /// table (printed row by row as each precision is measured) has one header and every row.
 #[test]

@@ -127,6 +127,21 @@ pub fn load_synthetic(
     backend: Arc<dyn Backend>,
     progress: &mut ProgressFn<'_>,
 ) -> Result<Box<dyn TextModel>> {
+    load_synthetic_with(name, plan, false, backend, progress)
+}
+
+/// [`load_synthetic`], with the integer matrices stored in a rotated basis of their input
+/// dimension when `rotation` is set (as `quantization.rotation` makes them: blocks of up to
+/// [`lowbit_core::quant::MAX_ROTATION_BLOCK`] columns), so decode speed with and without the
+/// backend's rotation of the activations can be compared. The model's name then ends in
+/// ` +rot`.
+pub fn load_synthetic_with(
+    name: &str,
+    plan: &QuantPlan,
+    rotation: bool,
+    backend: Arc<dyn Backend>,
+    progress: &mut ProgressFn<'_>,
+) -> Result<Box<dyn TextModel>> {
     let p = preset(name)?;
     let hp = crate::llama::Hparams {
         n_layers: p.n_layers,
@@ -144,8 +159,9 @@ pub fn load_synthetic(
         hp,
         p.tied,
         byte_tokenizer()?,
-        format!("synthetic {name}"),
+        format!("synthetic {name}{}", if rotation { " +rot" } else { "" }),
         plan,
+        rotation,
         backend,
         progress,
     )?;

@@ -6,7 +6,9 @@
 use half::f16;
 use lowbit_core::adapter::{LoadContext, ModelSource, WeightPrecision};
 use lowbit_core::formats::{Ct2Model, GgufFile, HfFolder};
-use lowbit_core::quant::{quantize, QuantizedMatrix, Scheme, WeightStore};
+use lowbit_core::quant::{
+    quantize, QuantizedMatrix, Rotation, Scheme, WeightStore, MAX_ROTATION_BLOCK, ROTATION_SEED,
+};
 use lowbit_core::{Error, Result, WeightId, WeightMatrix};
 use rayon::prelude::*;
 
@@ -175,7 +177,13 @@ impl TensorSource for Ct2Tensors<'_> {
 
 /// Random values of the right shape (speed benchmarks of published shapes): every matrix
 /// asked for is made, every vector is ones; it holds no named tensors.
-pub struct RandomTensors;
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RandomTensors {
+    /// Integer matrices are stored in a rotated basis of their input dimension, with the
+    /// rotation the quantizer would give them (`quantization.rotation`), so the backends'
+    /// rotation of the activations is part of what is measured.
+    pub rotation: bool,
+}
 
 impl TensorSource for RandomTensors {
     fn dims(&self, _name: &str) -> Option<Vec<usize>> {
@@ -196,7 +204,14 @@ impl TensorSource for RandomTensors {
         p: WeightPrecision,
         seed: u64,
     ) -> Result<WeightMatrix> {
-        random_weight(rows, cols, p, seed)
+        let mut w = random_weight(rows, cols, p, seed)?;
+        if let (true, WeightMatrix::Quantized(q)) = (self.rotation, &mut w) {
+            q.rotation = Rotation::block_for(cols, MAX_ROTATION_BLOCK).map(|block| Rotation {
+                block,
+                seed: ROTATION_SEED,
+            });
+        }
+        Ok(w)
     }
 
     fn vector(&self, _name: &str, len: usize) -> Result<Vec<f32>> {
@@ -495,7 +510,7 @@ mod tests {
 
     #[test]
     fn random_makes_what_it_is_asked() {
-        let t = RandomTensors;
+        let t = RandomTensors::default();
         assert!(!t.has("anything"));
         assert_eq!(t.vector("norm", 5).unwrap(), [1.0; 5]);
         let a = dense(t.matrix("w", 4, 64, WeightPrecision::F32, 7).unwrap());

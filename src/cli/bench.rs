@@ -32,7 +32,9 @@ pub struct BenchArgs {
     #[arg(long, short = 'r', default_value_t = 3)]
     pub reps: usize,
     /// Benchmark a synthetic model of this published shape with random weights made in memory
-    /// (smollm2-135m, llama-3.2-1b, llama-3-8b) instead of reading --model.
+    /// (smollm2-135m, llama-3.2-1b, llama-3-8b) instead of reading --model. With --rotate its
+    /// integer matrices are stored in a rotated basis, so the backend rotates the activations
+    /// (the model's name ends in `+rot`).
     #[arg(long)]
     pub synthetic: Option<String>,
     /// Print per-kernel device timings of the tests (GPU timestamp queries around a pass of
@@ -93,6 +95,32 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
             ((s >> 33) % vocab as u64) as u32
         })
         .collect()
+}
+
+/// The synthetic model `shape` with its integer matrices in a rotated basis
+/// (`quantization.rotation`, which the plan's own load of a synthetic model does not apply:
+/// its random codes are made packed, not quantized), on the plan's backend, warmed up as the
+/// plan says.
+fn load_rotated_synthetic(
+    plan: &lowbit::plan::RunPlan,
+    shape: &str,
+) -> Result<(
+    Box<dyn TextModel>,
+    std::sync::Arc<dyn lowbit::core::Backend>,
+)> {
+    let backend =
+        lowbit::core::registry::create_backend(&plan.backend.name, &plan.backend_options()?)?;
+    let model = lowbit::lowbit_models::synthetic::load_synthetic_with(
+        shape,
+        &plan.weights,
+        true,
+        backend.clone(),
+        &mut |_, _, _| {},
+    )?;
+    if plan.warm_up {
+        lowbit::plan::warm_up(model.as_ref(), backend.as_ref())?;
+    }
+    Ok((model, backend))
 }
 
 /// KV-cache positions the tests need (pp: the prompt's; tg: one first token's and its own; the
@@ -310,7 +338,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         plan.profiling = a.kernel_timings;
         plan.warm_up = !a.ttft;
         let t = Instant::now();
-        let (model, backend) = a.model.load(&plan)?;
+        let (model, backend) = match &a.synthetic {
+            Some(shape) if plan.methods.rotation => load_rotated_synthetic(&plan, shape)?,
+            _ => a.model.load(&plan)?,
+        };
         let positions = kv_positions(model.as_ref(), a)?;
         if let Some(out) = &mut sink.out {
             out.set_backend(&backend.info());

@@ -148,5 +148,6 @@ pub(super) fn run_config(plan: &RunPlan, a: &BenchArgs, threads: usize) -> Map<S
     c.insert("kernel_timings".into(), a.kernel_timings.into());
     c.insert("host_timings".into(), a.host_timings.into());
     c.insert("pipeline_warm_up".into(), plan.warm_up.into());
+    c.insert("rotation".into(), plan.methods.rotation.into());
     c
 }

@@ -96,7 +96,7 @@ impl WgpuBackend {
             rec: Recorder::new(&dev),
             rope: Vec::new(),
             scratch: [None, None],
-            internal: [None; 4],
+            internal: [None; 5],
             norm_hint: None,
             norm_ready: None,
             plans: HashMap::new(),
@@ -308,11 +308,8 @@ impl Backend for WgpuBackend {
 
     fn upload_weight(&self, weight: WeightMatrix) -> Result<WeightId> {
         if let WeightMatrix::Quantized(q) = &weight {
-            if q.rotation.is_some() {
-                return Err(Error::unsupported(
-                    "the WebGPU backend does not run matrices quantized in a rotated basis yet \
-                     (quantization.rotation); use the CPU backend",
-                ));
+            if let Some(rot) = &q.rotation {
+                self.check_rotation(rot, q.cols)?;
             }
         }
         let w = upload(&self.dev, weight, self.max_binding)?;

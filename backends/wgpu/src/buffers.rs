@@ -43,7 +43,7 @@ pub(crate) struct State {
     /// Internal scratch buffers (see `Scratch`), grown as needed.
     pub scratch: [Option<wgpu::Buffer>; 2],
     /// Where fused kernels exchange 8-bit activations (see `Internal`), grown as needed.
-    pub internal: [Option<BufferId>; 4],
+    pub internal: [Option<BufferId>; 5],
     /// Bound where a kernel's binding is unused (dense weights have no group parameters).
     pub dummy: wgpu::Buffer,
     /// The RMSNorm the fusion pass found after the next residual add into its `x`.
@@ -107,6 +107,8 @@ pub(crate) enum Internal {
     NormWords = 2,
     /// Rows widened with zero columns for a padded dense matrix (`WgpuBackend::pad_rows`).
     PaddedRows = 3,
+    /// Rows rotated for a matrix stored in a rotated basis (`WgpuBackend::rotate_rows`).
+    RotatedRows = 4,
 }
 
 impl State {

@@ -27,6 +27,8 @@ pub enum ShaderFile {
     Im2col,
     /// Token selection (argmax).
     Sample,
+    /// Randomized Hadamard rotation of activation rows.
+    Rotate,
 }
 
 impl ShaderFile {
@@ -41,6 +43,7 @@ impl ShaderFile {
             ShaderFile::Softmax => include_str!("../../../shaders/softmax.wgsl"),
             ShaderFile::Im2col => include_str!("../../../shaders/im2col.wgsl"),
             ShaderFile::Sample => include_str!("../../../shaders/sample.wgsl"),
+            ShaderFile::Rotate => include_str!("../../../shaders/rotate.wgsl"),
         }
     }
 }
@@ -226,6 +229,38 @@ mod tests {
             .contains("const N: u32 = 3u;"));
         assert!(specialise("#if X\n#endif", &[]).is_err());
         assert!(specialise("#if A\n", &d(true, true)).is_err());
+    }
+
+    /// Every variant of the rotation kernel parses and validates in naga: each direction, in
+    /// place or not, with and without the id check, at the smallest and largest blocks.
+    #[test]
+    fn rotate_kernel_validates_in_naga() {
+        use wgpu::naga;
+        for (block, wg) in [(32u32, 16u32), (4096, 256)] {
+            for (inverse, in_place, ids) in [
+                (false, false, false),
+                (true, true, false),
+                (true, true, true),
+            ] {
+                let d = vec![
+                    ("WORKGROUP_SIZE", Define::U32(wg)),
+                    ("USE_SUBGROUPS", Define::Bool(false)),
+                    ("BLOCK", Define::U32(block)),
+                    ("INVERSE", Define::Bool(inverse)),
+                    ("IN_PLACE", Define::Bool(in_place)),
+                    ("IDS", Define::Bool(ids)),
+                ];
+                let src = specialise(ShaderFile::Rotate.source(), &d).unwrap();
+                let module = naga::front::wgsl::parse_str(&src)
+                    .unwrap_or_else(|e| panic!("{}", e.emit_to_string(&src)));
+                naga::valid::Validator::new(
+                    naga::valid::ValidationFlags::all(),
+                    naga::valid::Capabilities::empty(),
+                )
+                .validate(&module)
+                .unwrap_or_else(|e| panic!("block {block}: {}", e.emit_to_string(&src)));
+            }
+        }
     }
 
     /// The cooperative-matrix prefill kernel (`COOP_TILED`) runs only on GPUs with

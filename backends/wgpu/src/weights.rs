@@ -3,7 +3,7 @@
 
 use crate::device::GpuDevice;
 use bytemuck::cast_slice;
-use lowbit_core::quant::{QuantSpec, Scheme};
+use lowbit_core::quant::{QuantSpec, Rotation, Scheme};
 use lowbit_core::{Error, Result, WeightMatrix};
 use wgpu::util::DeviceExt;
 
@@ -28,6 +28,15 @@ pub(crate) struct Piece {
     pub params: Option<wgpu::Buffer>,
 }
 
+/// The rotation of a matrix quantized in a rotated basis, as the rotation kernel
+/// (`rotate.wgsl`) reads it.
+pub(crate) struct GpuRotation {
+    /// The rotation (block size and seed).
+    pub rot: Rotation,
+    /// The sign bits of the matrix's columns ([`Rotation::sign_words`]).
+    pub signs: wgpu::Buffer,
+}
+
 /// An uploaded weight matrix.
 pub(crate) struct GpuWeight {
     pub rows: usize,
@@ -38,6 +47,9 @@ pub(crate) struct GpuWeight {
     pub stored_cols: usize,
     pub kind: WeightKind,
     pub pieces: Vec<Piece>,
+    /// The rotation of the input dimension the codes were made in, if any: a linear rotates
+    /// its input rows and an embedding lookup rotates its rows back (`ops/rotate.rs`).
+    pub rotation: Option<GpuRotation>,
     /// Device bytes held.
     pub bytes: usize,
 }
@@ -177,12 +189,28 @@ pub(crate) fn upload(dev: &GpuDevice, w: WeightMatrix, max_binding: u64) -> Resu
         })?;
         pieces.push(piece);
     }
+    let rotation = match &w {
+        WeightMatrix::Quantized(q) => q.rotation,
+        _ => None,
+    };
+    let rotation = match rotation {
+        Some(rot) => {
+            let words = rot.sign_words(cols);
+            bytes += words.len() * 4;
+            let signs = dev.scoped("uploading rotation signs", || {
+                storage(dev, "rotation signs", words)
+            })?;
+            Some(GpuRotation { rot, signs })
+        }
+        None => None,
+    };
     Ok(GpuWeight {
         rows,
         cols,
         stored_cols: stored,
         kind,
         pieces,
+        rotation,
         bytes,
     })
 }

@@ -4,7 +4,7 @@
 use super::{BufferInit, Case, Check, CheckKind};
 use crate::backend::{BufferId, DType, WeightId, WeightMatrix};
 use crate::ops::Op;
-use crate::quant::{quantize, QuantSpec, Scheme};
+use crate::quant::{quantize, QuantSpec, Rotation, Scheme, ROTATION_SEED};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,14 +15,19 @@ pub(super) enum Format {
     F32,
     F16,
     Quant(QuantSpec),
+    /// Quantized in a randomized-Hadamard basis of the input dimension ([`Rotation`]) as
+    /// `quantization.rotation` makes matrices: blocks of the largest power of two up to this
+    /// many columns (at least 32) that divides the matrix's columns.
+    Rotated(QuantSpec, usize),
 }
 
 impl Format {
-    /// `f32`, `f16`, `q4_sym_g32`, `q3_asym_g128`, …
+    /// `f32`, `f16`, `q4_sym_g32`, `q3_asym_g128`, `q4_asym_g32_rot64`, …
     pub fn name(self) -> String {
         match self {
             Format::F32 => "f32".into(),
             Format::F16 => "f16".into(),
+            Format::Rotated(s, block) => format!("{}_rot{block}", Format::Quant(s).name()),
             Format::Quant(s) => format!(
                 "q{}_{}_g{}",
                 s.bits,
@@ -42,6 +47,15 @@ impl Format {
             group_size: group,
             scheme,
         })
+    }
+
+    /// `quant(bits, group, scheme)` in a rotated basis of blocks of up to `block` columns (a
+    /// power of two from 32 to 4096).
+    pub fn rotated(bits: u8, group: usize, scheme: Scheme, block: usize) -> Format {
+        match Format::quant(bits, group, scheme) {
+            Format::Quant(s) => Format::Rotated(s, block),
+            f => f,
+        }
     }
 
     /// F32, F16 and every quantized format: ints 2/3/4/8, sym and asym, groups 32/64/128.
@@ -173,6 +187,29 @@ impl CaseBuilder {
                     data: Vec::new(),
                 },
             },
+            // As the quantizer makes them: the codes of W Rᵀ (every row rotated), the rotation
+            // noted; the reference dequantizes rows of W again.
+            Format::Rotated(spec, max_block) => {
+                let rot = Rotation::block_for(cols, max_block).map(|block| Rotation {
+                    block,
+                    seed: ROTATION_SEED,
+                });
+                let mut rotated = data;
+                if let Some(r) = rot {
+                    r.rotate(&r.signs(cols), &mut rotated);
+                }
+                match (rot, quantize(&rotated, rows, cols, spec)) {
+                    (Some(r), Ok(mut q)) => {
+                        q.rotation = Some(r);
+                        WeightMatrix::Quantized(q)
+                    }
+                    _ => WeightMatrix::F32 {
+                        rows,
+                        cols,
+                        data: Vec::new(),
+                    },
+                }
+            }
         };
         self.case.weights.push(w);
         WeightId(self.case.weights.len() as u32 - 1)

@@ -11,6 +11,7 @@ use crate::quant::Scheme;
 /// Every single-op case.
 pub(super) fn single_ops() -> Vec<Case> {
     let mut v = linear();
+    v.extend(rotated());
     v.extend(embed());
     v.extend(norm());
     v.extend(activation());
@@ -84,6 +85,68 @@ fn linear() -> Vec<Case> {
         true,
         false,
     ));
+    v
+}
+
+/// Matrices quantized in a rotated basis: a linear rotates its input rows, an embedding rotates
+/// its rows back. Every width, both schemes, groups of 32 to 128, and blocks from 32 to 4096:
+/// the ones the quantizer picks for SmolLM2 (576 → 64, 1536 → 128) and LLaMA-3-8B
+/// (4096 → 128), and the largest ones a rotation may have on such shapes (1536 → 512,
+/// 4096 → 4096, 14336 → 2048), at decode and prefill.
+fn rotated() -> Vec<Case> {
+    use Scheme::{Asymmetric as Asym, Symmetric as Sym};
+    let r = Format::rotated;
+    let mut v = Vec::new();
+    // Rows enough that an NMSE over one token's outputs is not one unlucky output's.
+    for (f, rows, cols, ns) in [
+        (r(2, 32, Asym, 32), 7, 96, &[1, 5][..]),
+        (r(3, 64, Sym, 64), 5, 576, &[1, 5]),
+        (r(4, 128, Asym, 128), 5, 1536, &[1, 17]),
+        (r(8, 32, Sym, 512), 7, 1536, &[1, 3]),
+        (r(3, 32, Asym, 128), 9, 4096, &[1, 2]),
+        (r(4, 64, Sym, 4096), 7, 4096, &[1, 3]),
+        (r(4, 32, Asym, 2048), 5, 14336, &[1]),
+    ] {
+        for (i, &n) in ns.iter().enumerate() {
+            // Decode with a bias; prefill accumulating into a residual.
+            v.push(linear_case(f, rows, cols, n, i == 0, i > 0));
+        }
+    }
+    for (f, cols, ids) in [
+        (r(4, 32, Asym, 32), 96, vec![3, 0, 10, 3]),
+        (r(8, 64, Sym, 64), 576, vec![10, 1]),
+        (r(2, 32, Asym, 4096), 4096, vec![2, 9, 2]),
+    ] {
+        let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+        let shape = format!("11x{cols} ids=[{}]", list.join(","));
+        let mut b = CaseBuilder::new("embed", shape, f.name(), DATA);
+        let table = b.weight(f, 11, cols);
+        let out = b.zeros(ids.len() * cols);
+        b.op(Op::Embed {
+            table,
+            ids: TokenIds::Host(ids),
+            out,
+        });
+        b.check_all(out);
+        v.push(b.finish());
+    }
+    // Device ids; id 100 is outside the table: its row stays as it was, not rotated back.
+    let f = r(3, 32, Sym, 128);
+    let mut b = CaseBuilder::new("embed", "11x256 device ids=[2,7,100,5]", f.name(), DATA);
+    let table = b.weight(f, 11, 256);
+    let ids = b.data(vec![9.0, 2.0, 7.0, 100.0, 5.0]);
+    let out = b.input(4 * 256);
+    b.op(Op::Embed {
+        table,
+        ids: TokenIds::Device {
+            buf: ids,
+            offset: 1,
+            n: 4,
+        },
+        out,
+    });
+    b.check_all(out);
+    v.push(b.finish());
     v
 }
 

@@ -26,6 +26,22 @@ pub(super) fn fused_patterns() -> Vec<Case> {
         v.push(llama_layers(f, 7, 0));
     }
     v.push(greedy_steps(Format::quant(4, 32, Scheme::Asymmetric)));
+    // In a rotated basis (blocks of 128 columns, 32 for the FFN's 160): every linear rotates
+    // its input, so no fused path may hand it anything else; the tied table is looked up and
+    // rotated back, and multiplies rotated rows as the output projection.
+    for f in [
+        Format::rotated(4, 32, Scheme::Asymmetric, 128),
+        Format::rotated(3, 64, Scheme::Symmetric, 128),
+    ] {
+        v.push(llama_layers(f, 1, 5));
+        v.push(llama_layers(f, 7, 0));
+    }
+    v.push(greedy_steps(Format::rotated(
+        4,
+        64,
+        Scheme::Asymmetric,
+        128,
+    )));
     v.extend(pairs());
     v
 }
@@ -267,6 +283,14 @@ fn pairs() -> Vec<Case> {
             false,
         ),
         (NormKind::Layer, Format::F16, 7, 224, 64, true),
+        (
+            NormKind::Rms,
+            Format::rotated(8, 32, Scheme::Symmetric, 32),
+            1,
+            160,
+            96,
+            false,
+        ),
     ] {
         let shape = format!(
             "{kind:?} {n}x{dim} -> {rows}{}",
@@ -314,6 +338,14 @@ fn pairs() -> Vec<Case> {
             false,
         ),
         (Format::F16, 5, 0, 7, Mask::None, true),
+        (
+            Format::rotated(4, 32, Scheme::Asymmetric, 256),
+            1,
+            9,
+            10,
+            Mask::Causal,
+            false,
+        ),
     ] {
         let (heads, kv_heads, hd) = (4, 2, 64);
         let shape = format!("n={n} pos0={pos0} kv_len={kv_len} heads={heads}/{kv_heads} {mask:?}");
@@ -364,6 +396,12 @@ fn pairs() -> Vec<Case> {
             Format::quant(3, 32, Scheme::Asymmetric),
             7,
             96,
+        ),
+        (
+            Activation::Silu,
+            Format::rotated(2, 32, Scheme::Asymmetric, 64),
+            1,
+            192,
         ),
     ] {
         let shape = format!("{} n={n} width={width} -> 96", act.name());
@@ -462,17 +500,26 @@ mod tests {
     /// ≈ 0.1 of their spread; the gap is required to be five times that).
     #[test]
     fn greedy_steps_have_a_clear_winner() {
-        let case = greedy_steps(Format::quant(4, 32, Scheme::Asymmetric));
-        let out = reference::run(&case).unwrap();
-        for (c, logits) in case.checks.iter().zip(&out) {
-            if c.kind != CheckKind::Values {
-                continue;
+        for f in [
+            Format::quant(4, 32, Scheme::Asymmetric),
+            Format::rotated(4, 64, Scheme::Asymmetric, 128),
+        ] {
+            let case = greedy_steps(f);
+            let out = reference::run(&case).unwrap();
+            for (c, logits) in case.checks.iter().zip(&out) {
+                if c.kind != CheckKind::Values {
+                    continue;
+                }
+                let mut s = logits.clone();
+                s.sort_by(|a, b| b.total_cmp(a));
+                let spread = (s.iter().map(|v| v * v).sum::<f64>() / s.len() as f64).sqrt();
+                let gap = s[0] - s[1];
+                assert!(
+                    gap > 0.5 * spread,
+                    "{}: top-2 gap {gap} of spread {spread}",
+                    f.name()
+                );
             }
-            let mut s = logits.clone();
-            s.sort_by(|a, b| b.total_cmp(a));
-            let spread = (s.iter().map(|v| v * v).sum::<f64>() / s.len() as f64).sqrt();
-            let gap = s[0] - s[1];
-            assert!(gap > 0.5 * spread, "top-2 gap {gap} of spread {spread}");
         }
     }
 

@@ -80,6 +80,44 @@ fn tolerances_pass_the_reference_and_fail_real_bugs() {
     fails_by(&swapped, 100.0);
 }
 
+/// The rotated formats make matrices in a rotated basis (not the empty f32 stand-in of a
+/// refused shape), with every block from 32 to 4096 the cases promise; a backend that ignored
+/// the rotation (multiplying the stored rows of `W Rᵀ` with unrotated inputs) fails by far.
+#[test]
+fn rotated_cases_carry_their_rotation_and_catch_a_missing_one() {
+    let all = cases();
+    let mut blocks = std::collections::BTreeSet::new();
+    for case in all.iter().filter(|c| c.format.contains("_rot")) {
+        for w in &case.weights {
+            let WeightMatrix::Quantized(q) = w else {
+                panic!("{} {}: not quantized", case.op, case.shape);
+            };
+            let r = q.rotation.expect("a rotation");
+            blocks.insert(r.block);
+        }
+    }
+    for b in [32, 64, 128, 256, 512, 2048, 4096] {
+        assert!(
+            blocks.contains(&b),
+            "no case with a block of {b}: {blocks:?}"
+        );
+    }
+    for (op, shape) in [("linear", "5x576 n=1"), ("embed", "11x96 ids=[3,0,10,3]")] {
+        let case = all
+            .iter()
+            .find(|c| c.op == op && c.shape.starts_with(shape) && c.format.contains("_rot"))
+            .unwrap_or_else(|| panic!("no rotated {op} {shape}"));
+        let want = reference::run(case).unwrap();
+        let mut unrotated = case.clone();
+        if let WeightMatrix::Quantized(q) = &mut unrotated.weights[0] {
+            q.rotation = None;
+        }
+        let got = as_f32(&reference::run(&unrotated).unwrap());
+        let r = row(case, &got, &want);
+        assert!(r.nmse > 100.0 * case.tolerance, "{op}: {}", r.nmse);
+    }
+}
+
 fn f32_buf(data: Vec<f32>) -> BufferInit {
     BufferInit {
         dtype: DType::F32,

@@ -30,7 +30,7 @@ mod tests;
 
 pub use gptq::{quantize_gptq, Hessian};
 pub use pack::{pack_codes, unpack_codes};
-pub use quantizer::{parse_overrides, Calibration, Quantizer, MAX_ROTATION_BLOCK};
+pub use quantizer::{parse_overrides, Calibration, Quantizer, MAX_ROTATION_BLOCK, ROTATION_SEED};
 pub use rotation::{fwht, rotate_f64, Rotation};
 pub use search::{quantize_group, quantize_group_weighted};
 pub use store::WeightStore;

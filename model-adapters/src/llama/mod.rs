@@ -152,19 +152,22 @@ impl ModelAdapter for LlamaAdapter {
     }
 }
 
-/// Builds a model of shape `hp` with random weights (see [`crate::synthetic`]).
+/// Builds a model of shape `hp` with random weights (see [`crate::synthetic`]), its integer
+/// matrices in a rotated basis when `rotation` is set.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build_random(
     hp: Hparams,
     tied: bool,
     tokenizer: Tokenizer,
     name: String,
     plan: &QuantPlan,
+    rotation: bool,
     backend: Arc<dyn Backend>,
     progress: &mut ProgressFn<'_>,
 ) -> Result<LlamaModel> {
     let names = (name, "llama".to_string());
     build(
-        &RandomTensors,
+        &RandomTensors { rotation },
         hp,
         tied,
         tokenizer,

@@ -3,6 +3,7 @@
 
 use crate::backend::WgpuBackend;
 use crate::buffers::{check_len, distinct, weight, Scratch, State};
+use crate::ops::rotate::RotateIo;
 use crate::pipelines::Slot;
 use crate::recorder::{Bind, Dispatch};
 use crate::shader::{Define, KernelKey, ShaderFile};
@@ -129,7 +130,22 @@ impl WgpuBackend {
                 },
             )?;
         }
-        Ok(())
+        // A table stored in a rotated basis: the gathered rows are rotated back in place (with
+        // device ids, only the rows the lookup wrote).
+        let Some(rot) = &w.rotation else {
+            return Ok(());
+        };
+        let (r, signs, cols, table_rows) = (rot.rot, rot.signs.clone(), w.cols, w.rows);
+        let out_buf = o.buffer.clone();
+        let id_buf = match id_bind {
+            Bind::Buffer(b) => Some(b.clone()),
+            Bind::Upload(_) => None,
+        };
+        let io = RotateIo::InPlace {
+            buf: &out_buf,
+            ids: id_buf.as_ref().map(|b| (b, id_offset, table_rows)),
+        };
+        self.rotate_dispatch(&mut st, r, &signs, io, n, cols, true)
     }
 
     /// The `Argmax` op.

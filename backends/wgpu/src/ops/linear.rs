@@ -135,7 +135,10 @@ impl WgpuBackend {
     ) -> Result<Option<u32>> {
         let st = self.lock();
         let gw = weight(&st.weights, w)?;
-        let (WeightKind::Quant(spec), true) = (gw.kind, self.wide_matvec(gw, n)) else {
+        // A matrix stored in a rotated basis reads its rows rotated, from f32 rows.
+        let (WeightKind::Quant(spec), true, None) =
+            (gw.kind, self.wide_matvec(gw, n), &gw.rotation)
+        else {
             return Ok(None);
         };
         Ok((gw.cols == cols && producer_lanes >= 8).then_some(code_order(spec.bits)))
@@ -154,13 +157,22 @@ impl WgpuBackend {
         if n == 0 {
             return Ok(());
         }
-        // A dense matrix stored with zero columns reads rows widened to match.
-        let (cols, stored) = {
+        // A dense matrix stored with zero columns reads rows widened to match; one stored in
+        // a rotated basis reads rotated rows.
+        let (cols, stored, rotated) = {
             let st = self.lock();
             let gw = weight(&st.weights, w)?;
-            (gw.cols, gw.stored_cols)
+            (gw.cols, gw.stored_cols, gw.rotation.is_some())
         };
-        let x = if stored == cols {
+        let x = if rotated {
+            if !matches!(input, Input::F32) {
+                return Err(Error::invalid_config(
+                    "a matrix quantized in a rotated basis takes f32 rows only",
+                ));
+            }
+            distinct("linear", x, out)?;
+            self.rotate_rows(w, x, n)?
+        } else if stored == cols {
             x
         } else if matches!(input, Input::F32) {
             distinct("linear", x, out)?;

@@ -9,6 +9,7 @@ pub(crate) mod im2col;
 pub(crate) mod linear;
 pub(crate) mod norm;
 pub(crate) mod rope;
+pub(crate) mod rotate;
 pub(crate) mod softmax;
 
 use crate::backend::WgpuBackend;

@@ -218,6 +218,7 @@ impl WgpuBackend {
         let gw = weight(&st.weights, w)?;
         let fuse = t.fused_norm
             && n == 1
+            && gw.rotation.is_none()
             && !self.wide_matvec(gw, n)
             && gw.cols == dim
             && gw.stored_cols == dim
