@@ -334,7 +334,7 @@ pub fn allocate_widths(
     target_bpw: f64,
     budget_bits: Option<f64>,
     progress: &mut dyn FnMut(usize, usize, &str),
-) -> Result<(Vec<(String, u32)>, Vec<Sensitivity>)> {
+) -> Result<(Widths, Vec<Sensitivity>)> {
     use lowbit_core::quant::allocate::{allocate, Choice, Unit};
     let meta = std::fs::metadata(input)
         .map_err(|e| Error::model_loading(format!("cannot read {}: {e}", input.display())))?;
@@ -441,6 +441,9 @@ pub fn allocate_widths(
         .collect();
     Ok((widths, table))
 }
+
+/// `(tensor name, bits)` per allocated tensor.
+pub type Widths = Vec<(String, u32)>;
 
 /// One weight unit's measured sensitivity (see [`allocate_widths`]).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
