@@ -343,9 +343,12 @@ impl RunPlan {
             ModelChoice::Synthetic(name) => {
                 lowbit_models::synthetic::preset(name)?;
                 let backend = create_backend(&self.backend.name, &backend_opts)?;
-                let model = lowbit_models::synthetic::load_synthetic(
+                // Random codes are made packed, not quantized: of the methods only the
+                // rotation applies (so decode with and without it can be compared).
+                let model = lowbit_models::synthetic::load_synthetic_with(
                     name,
                     &self.weights,
+                    self.methods.rotation,
                     backend.clone(),
                     progress,
                 )?;

@@ -97,32 +97,6 @@ fn random_tokens(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
         .collect()
 }
 
-/// The synthetic model `shape` with its integer matrices in a rotated basis
-/// (`quantization.rotation`, which the plan's own load of a synthetic model does not apply:
-/// its random codes are made packed, not quantized), on the plan's backend, warmed up as the
-/// plan says.
-fn load_rotated_synthetic(
-    plan: &lowbit::plan::RunPlan,
-    shape: &str,
-) -> Result<(
-    Box<dyn TextModel>,
-    std::sync::Arc<dyn lowbit::core::Backend>,
-)> {
-    let backend =
-        lowbit::core::registry::create_backend(&plan.backend.name, &plan.backend_options()?)?;
-    let model = lowbit::lowbit_models::synthetic::load_synthetic_with(
-        shape,
-        &plan.weights,
-        true,
-        backend.clone(),
-        &mut |_, _, _| {},
-    )?;
-    if plan.warm_up {
-        lowbit::plan::warm_up(model.as_ref(), backend.as_ref())?;
-    }
-    Ok((model, backend))
-}
-
 /// KV-cache positions the tests need (pp: the prompt's; tg: one first token's and its own; the
 /// TTFT prompt is pp's), or `INVALID_CONFIG` when that is more than the model's context.
 fn kv_positions(model: &dyn TextModel, a: &BenchArgs) -> Result<usize> {
@@ -338,10 +312,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         plan.profiling = a.kernel_timings;
         plan.warm_up = !a.ttft;
         let t = Instant::now();
-        let (model, backend) = match &a.synthetic {
-            Some(shape) if plan.methods.rotation => load_rotated_synthetic(&plan, shape)?,
-            _ => a.model.load(&plan)?,
-        };
+        let (model, backend) = a.model.load(&plan)?;
         let positions = kv_positions(model.as_ref(), a)?;
         if let Some(out) = &mut sink.out {
             out.set_backend(&backend.info());
