@@ -1,5 +1,6 @@
 //! The reusable pieces of transformer models, recorded as [`Op`]s: norms, a pre-norm decoder
-//! attention block, a gated feed-forward, a post-norm encoder layer (BERT) and the LM head.
+//! attention block (optionally with per-head q/k norms and a norm after it, Gemma's sandwich), a
+//! gated feed-forward, a post-norm encoder layer (BERT) and the LM head.
 //!
 //! Every model family is assembled from these, so each piece is written once. A block holds
 //! its weights and shape (plain structs); the buffers it works in are passed per call, and it
@@ -101,31 +102,91 @@ impl Rope {
 pub struct DecoderAttentionBuffers {
     /// Residual stream (`n × dim`): read, and the block's output added to it.
     pub x: BufferId,
-    /// Normalised rows (`n × dim`, scratch).
+    /// Normalised rows (`n × dim`, scratch); also the output projection before a post-norm.
     pub h: BufferId,
-    /// Fused q|k|v rows (`n × qkv_dim`, scratch).
+    /// Fused q|k|v rows (`n × qkv_dim`, scratch), or the keys (`n × kv_dim`) of separate
+    /// projections.
     pub qkv: BufferId,
+    /// Values of separate projections (`n × kv_dim`, scratch; unused by a stacked one).
+    pub v: BufferId,
     /// Rotated queries (`n × q_dim`, scratch).
     pub q: BufferId,
     /// Attention output (`n × q_dim`, scratch).
     pub att: BufferId,
 }
 
-/// Pre-norm causal self-attention of a decoder: norm → fused q|k|v linear → RoPE of queries and
-/// keys → KV write → causal attention over the cache → output projection added to the
-/// residual stream.
+/// How a decoder attention block projects its queries, keys and values.
+#[derive(Clone, Copy, Debug)]
+pub enum QkvProjection {
+    /// One stacked matrix, rows `q (q_dim) | k (kv_dim) | v (kv_dim)`: one matmul into fused
+    /// q|k|v rows (LLaMA).
+    Stacked(WeightId),
+    /// Three matrices into dense query, key and value rows, the queries and keys then
+    /// RMS-normalised per head before RoPE (Gemma 3's QK-norm; a norm reads dense rows, hence
+    /// the separate projections).
+    HeadNormed {
+        /// Query projection (`q_dim × dim`).
+        wq: WeightId,
+        /// Key projection (`kv_dim × dim`).
+        wk: WeightId,
+        /// Value projection (`kv_dim × dim`).
+        wv: WeightId,
+        /// Norm of each query head (`dim` = `head_dim`).
+        q_norm: Norm,
+        /// Norm of each key head (`dim` = `head_dim`).
+        k_norm: Norm,
+    },
+}
+
+/// Where the projected query, key and value rows of a [`DecoderAttention`] are: row 0 of each,
+/// one row per token.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvRows {
+    /// Query rows (`q_dim` values each).
+    pub q: Cols,
+    /// Key rows (`kv_dim` values each).
+    pub k: Cols,
+    /// Value rows (`kv_dim` values each).
+    pub v: Cols,
+}
+
+impl QkvRows {
+    /// The same views from row `r` on.
+    fn from_row(self, r: usize) -> Self {
+        let at = |c: Cols| Cols {
+            offset: c.offset + r * c.stride,
+            ..c
+        };
+        QkvRows {
+            q: at(self.q),
+            k: at(self.k),
+            v: at(self.v),
+        }
+    }
+}
+
+/// Pre-norm causal self-attention of a decoder: norm → q|k|v projection (→ per-head q/k norms)
+/// → RoPE of queries and keys → KV write → attention over the cache (causal or a sliding
+/// window) → output projection added to the residual stream (normalised first when the block
+/// has a post-norm: Gemma's sandwich).
 #[derive(Clone, Copy, Debug)]
 pub struct DecoderAttention {
     /// The norm before the block.
     pub norm: Norm,
-    /// Stacked projection, rows `q (q_dim) | k (kv_dim) | v (kv_dim)`.
-    pub wqkv: WeightId,
+    /// The q|k|v projection.
+    pub qkv: QkvProjection,
     /// Output projection (`dim × q_dim`).
     pub wo: WeightId,
+    /// Norm of the output projection before the residual add, if any.
+    pub post_norm: Option<Norm>,
     /// Head layout.
     pub heads: Heads,
     /// RoPE of queries and keys.
     pub rope: Rope,
+    /// [`Mask::Causal`], or [`Mask::Window`] on a sliding-window layer.
+    pub mask: Mask,
+    /// Score scale (usually [`Heads::scale`]).
+    pub scale: f32,
 }
 
 impl DecoderAttention {
@@ -138,32 +199,66 @@ impl DecoderAttention {
         n: usize,
         pos0: usize,
     ) {
-        self.record_qkv(ops, b.x, b.h, b.qkv, n);
-        self.record_attend(ops, b.qkv, 0, b.q, b.att, kv, n, pos0);
-        self.record_out(ops, b.att, b.x, n);
+        let rows = self.record_qkv(ops, b, n);
+        self.record_attend(ops, rows, 0, b.q, b.att, kv, n, pos0);
+        self.record_out(ops, b.att, b.x, b.h, n);
     }
 
-    /// Norm of `n` rows of `x` into `h`, then the fused q|k|v projection into `qkv`.
-    pub fn record_qkv(&self, ops: &mut Vec<Op>, x: BufferId, h: BufferId, qkv: BufferId, n: usize) {
-        self.norm.record(ops, x, h, n);
-        ops.push(Op::Linear {
-            w: self.wqkv,
-            bias: None,
-            x: h,
-            out: qkv,
-            n,
-            accumulate: false,
-        });
+    /// Norm of `n` rows of `b.x` into `b.h`, then the q|k|v projection (and the per-head
+    /// norms); returns where the rows are.
+    pub fn record_qkv(&self, ops: &mut Vec<Op>, b: &DecoderAttentionBuffers, n: usize) -> QkvRows {
+        let hd = self.heads;
+        self.norm.record(ops, b.x, b.h, n);
+        let linear = |ops: &mut Vec<Op>, w, out| {
+            ops.push(Op::Linear {
+                w,
+                bias: None,
+                x: b.h,
+                out,
+                n,
+                accumulate: false,
+            })
+        };
+        match self.qkv {
+            QkvProjection::Stacked(w) => {
+                linear(ops, w, b.qkv);
+                let row = hd.qkv_dim();
+                QkvRows {
+                    q: Cols::new(b.qkv, 0, row),
+                    k: Cols::new(b.qkv, hd.q_dim(), row),
+                    v: Cols::new(b.qkv, hd.q_dim() + hd.kv_dim(), row),
+                }
+            }
+            QkvProjection::HeadNormed {
+                wq,
+                wk,
+                wv,
+                q_norm,
+                k_norm,
+            } => {
+                linear(ops, wq, b.q);
+                linear(ops, wk, b.qkv);
+                linear(ops, wv, b.v);
+                q_norm.record(ops, b.q, b.q, n * hd.n_heads);
+                k_norm.record(ops, b.qkv, b.qkv, n * hd.n_kv_heads);
+                QkvRows {
+                    q: Cols::dense(b.q, hd.q_dim()),
+                    k: Cols::dense(b.qkv, hd.kv_dim()),
+                    v: Cols::dense(b.v, hd.kv_dim()),
+                }
+            }
+        }
     }
 
-    /// RoPE, KV write and causal attention of `n` fused q|k|v rows starting at row `row0` of
-    /// `qkv`, at positions `pos0 ..` of `kv`: rotated queries go to `q`, the attention output
-    /// to `att` (both from their start). Keys are rotated in place in `qkv`.
+    /// RoPE, KV write and attention of `n` projected rows starting at row `row0` of `rows`, at
+    /// positions `pos0 ..` of `kv`: rotated queries go to `q` (which may be where the queries
+    /// are: in place), the attention output to `att` (both from their start). Keys are
+    /// rotated in place.
     #[allow(clippy::too_many_arguments)]
     pub fn record_attend(
         &self,
         ops: &mut Vec<Op>,
-        qkv: BufferId,
+        rows: QkvRows,
         row0: usize,
         q: BufferId,
         att: BufferId,
@@ -172,27 +267,20 @@ impl DecoderAttention {
         pos0: usize,
     ) {
         let h = self.heads;
-        let row = h.qkv_dim();
-        let base = row0 * row;
-        let cols = |col: usize| Cols {
-            buf: qkv,
-            offset: base + col,
-            stride: row,
-        };
+        let rows = rows.from_row(row0);
         ops.push(Op::Rope {
-            x: cols(0),
+            x: rows.q,
             out: Cols::dense(q, h.q_dim()),
             shape: self.rope.shape(n, h.n_heads, h.head_dim, pos0),
         });
-        let k = cols(h.q_dim());
         ops.push(Op::Rope {
-            x: k,
-            out: k,
+            x: rows.k,
+            out: rows.k,
             shape: self.rope.shape(n, h.n_kv_heads, h.head_dim, pos0),
         });
         ops.push(Op::KvWrite {
-            k,
-            v: cols(h.q_dim() + h.kv_dim()),
+            k: rows.k,
+            v: rows.v,
             kv,
             pos0,
             n_tokens: n,
@@ -206,23 +294,55 @@ impl DecoderAttention {
                 pos0,
                 kv_len: pos0 + n,
                 n_heads: h.n_heads,
-                scale: h.scale(),
-                mask: Mask::Causal,
+                scale: self.scale,
+                mask: self.mask,
             },
         });
     }
 
-    /// The output projection of `n` rows of `att`, added to the residual stream `x`.
-    pub fn record_out(&self, ops: &mut Vec<Op>, att: BufferId, x: BufferId, n: usize) {
+    /// The output projection of `n` rows of `att`, added to the residual stream `x` (through
+    /// the post-norm in `h` when the block has one).
+    pub fn record_out(&self, ops: &mut Vec<Op>, att: BufferId, x: BufferId, h: BufferId, n: usize) {
+        record_residual(ops, self.wo, self.post_norm, att, x, h, n);
+    }
+}
+
+/// `x += W·input` for `n` rows, or `x += norm(W·input)` through `h` (scratch, `n × dim`) when
+/// there is a post-norm.
+fn record_residual(
+    ops: &mut Vec<Op>,
+    w: WeightId,
+    post_norm: Option<Norm>,
+    input: BufferId,
+    x: BufferId,
+    h: BufferId,
+    n: usize,
+) {
+    let Some(norm) = post_norm else {
         ops.push(Op::Linear {
-            w: self.wo,
+            w,
             bias: None,
-            x: att,
+            x: input,
             out: x,
             n,
             accumulate: true,
         });
-    }
+        return;
+    };
+    ops.push(Op::Linear {
+        w,
+        bias: None,
+        x: input,
+        out: h,
+        n,
+        accumulate: false,
+    });
+    norm.record(ops, h, h, n);
+    ops.push(Op::Add {
+        dst: x,
+        src: h,
+        len: n * norm.dim,
+    });
 }
 
 /// Buffers of [`GatedFfn`] over `n` rows.
@@ -239,11 +359,14 @@ pub struct GatedFfnBuffers {
 }
 
 /// Pre-norm gated feed-forward (SwiGLU, GeGLU): norm → gate|up linear → `act(gate) · up` →
-/// down projection added to the residual stream.
+/// down projection added to the residual stream (normalised first when the block has a
+/// post-norm).
 #[derive(Clone, Copy, Debug)]
 pub struct GatedFfn {
     /// The norm before the block.
     pub norm: Norm,
+    /// Norm of the down projection before the residual add, if any.
+    pub post_norm: Option<Norm>,
     /// Stacked projection, rows `gate (ffn_dim) | up (ffn_dim)`.
     pub w_gate_up: WeightId,
     /// Down projection (`dim × ffn_dim`).
@@ -273,14 +396,7 @@ impl GatedFfn {
             n,
             width: self.ffn_dim,
         });
-        ops.push(Op::Linear {
-            w: self.w_down,
-            bias: None,
-            x: b.ff,
-            out: b.x,
-            n,
-            accumulate: true,
-        });
+        record_residual(ops, self.w_down, self.post_norm, b.ff, b.x, b.h, n);
     }
 }
 
@@ -423,8 +539,9 @@ mod tests {
                 dim: 8,
                 eps: 1e-5,
             },
-            wqkv: WeightId(1),
+            qkv: QkvProjection::Stacked(WeightId(1)),
             wo: WeightId(2),
+            post_norm: None,
             heads: Heads {
                 n_heads: 4,
                 n_kv_heads: 2,
@@ -434,6 +551,19 @@ mod tests {
                 theta: 10_000.0,
                 style: RopeStyle::Adjacent,
             },
+            mask: Mask::Causal,
+            scale: 1.0 / 2f32.sqrt(),
+        }
+    }
+
+    fn buffers() -> DecoderAttentionBuffers {
+        DecoderAttentionBuffers {
+            x: BufferId(10),
+            h: BufferId(11),
+            qkv: BufferId(12),
+            q: BufferId(13),
+            att: BufferId(14),
+            v: BufferId(15),
         }
     }
 
@@ -452,13 +582,7 @@ mod tests {
 
     #[test]
     fn decoder_attention_records_the_llama_sequence_over_qkv_columns() {
-        let bufs = DecoderAttentionBuffers {
-            x: BufferId(10),
-            h: BufferId(11),
-            qkv: BufferId(12),
-            q: BufferId(13),
-            att: BufferId(14),
-        };
+        let bufs = buffers();
         let mut ops = Vec::new();
         attention().record(&mut ops, &bufs, kv(), 3, 5);
         let names: Vec<_> = ops.iter().map(Op::name).collect();
@@ -495,8 +619,9 @@ mod tests {
     #[test]
     fn one_row_of_a_batch_is_addressed_by_its_row_offset() {
         let mut ops = Vec::new();
-        let (qkv, q, att) = (BufferId(12), BufferId(13), BufferId(14));
-        attention().record_attend(&mut ops, qkv, 2, q, att, kv(), 1, 7);
+        let (q, att) = (BufferId(13), BufferId(14));
+        let rows = attention().record_qkv(&mut Vec::new(), &buffers(), 3);
+        attention().record_attend(&mut ops, rows, 2, q, att, kv(), 1, 7);
         let Op::Rope { x, out, shape } = &ops[0] else {
             panic!("{:?}", ops[0])
         };
