@@ -635,4 +635,72 @@ mod tests {
         };
         assert_eq!((k.offset, *pos0, *n_tokens), (40, 7, 1));
     }
+
+    #[test]
+    fn head_normed_attention_normalises_q_and_k_per_head_and_post_norms_the_output() {
+        let norm = |weight, dim| Norm {
+            kind: NormKind::Rms,
+            weight: BufferId(weight),
+            bias: None,
+            dim,
+            eps: 1e-6,
+        };
+        let gemma = DecoderAttention {
+            qkv: QkvProjection::HeadNormed {
+                wq: WeightId(3),
+                wk: WeightId(4),
+                wv: WeightId(5),
+                q_norm: norm(91, 2),
+                k_norm: norm(92, 2),
+            },
+            post_norm: Some(norm(93, 8)),
+            mask: Mask::Window { window: 4 },
+            ..attention()
+        };
+        let b = buffers();
+        let mut ops = Vec::new();
+        gemma.record(&mut ops, &b, kv(), 3, 5);
+        let names: Vec<_> = ops.iter().map(Op::name).collect();
+        let want = [
+            "norm",
+            "linear",
+            "linear",
+            "linear",
+            "norm",
+            "norm",
+            "rope",
+            "rope",
+            "kv_write",
+            "attention",
+            "linear",
+            "norm",
+            "add",
+        ];
+        assert_eq!(names, want);
+        // Per-head norms over dense rows: 3 tokens × 4 query heads, 3 × 2 key heads.
+        let Op::Norm { x, rows, dim, .. } = &ops[4] else {
+            panic!("{:?}", ops[4])
+        };
+        assert_eq!((*x, *rows, *dim), (b.q, 12, 2));
+        let Op::Norm { x, rows, .. } = &ops[5] else {
+            panic!("{:?}", ops[5])
+        };
+        assert_eq!((*x, *rows), (b.qkv, 6));
+        // Queries rotated in place; values read from their own buffer.
+        let Op::Rope { x, out, .. } = &ops[6] else {
+            panic!("{:?}", ops[6])
+        };
+        assert_eq!((x, out), (&Cols::dense(b.q, 8), &Cols::dense(b.q, 8)));
+        let Op::KvWrite { v, .. } = &ops[8] else {
+            panic!("{:?}", ops[8])
+        };
+        assert_eq!(v, &Cols::dense(b.v, 4));
+        let Op::Attention { shape, .. } = &ops[9] else {
+            panic!("{:?}", ops[9])
+        };
+        assert_eq!(shape.mask, Mask::Window { window: 4 });
+        // The output projection goes through the post-norm in `h`, then adds to `x`.
+        assert!(matches!(ops[10], Op::Linear { accumulate: false, out, .. } if out == b.h));
+        assert!(matches!(ops[12], Op::Add { dst, src, len: 24 } if dst == b.x && src == b.h));
+    }
 }

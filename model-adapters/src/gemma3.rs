@@ -7,15 +7,15 @@
 
 use crate::blocks::{DecoderAttention, GatedFfn, Norm, QkvProjection, Rope};
 use crate::decoder::{
-    is_gguf_of, load_gguf, load_lm_head, DecoderLayer, DecoderModel, DecoderSpec, DecoderWeights,
+    gguf_decoder_adapter, load_lm_head, DecoderLayer, DecoderModel, DecoderSpec, DecoderWeights,
 };
 use crate::loader::Loader;
 use crate::tensor_source::TensorSource;
-use lowbit_core::adapter::{LoadContext, ProgressFn};
+use lowbit_core::adapter::ProgressFn;
 use lowbit_core::formats::gguf::{GgufFile, GgufValue};
 use lowbit_core::ops::{Activation, Mask, NormKind, RopeStyle};
 use lowbit_core::registry::AdapterRegistration;
-use lowbit_core::{Backend, Error, LoadedModel, ModelAdapter, ModelSource, QuantPlan, Result};
+use lowbit_core::{Backend, Error, QuantPlan, Result};
 use std::sync::Arc;
 
 /// Architectures this adapter loads (GGUF `general.architecture`).
@@ -38,39 +38,7 @@ pub struct Gemma3Adapter;
 
 inventory::submit! { AdapterRegistration(&Gemma3Adapter) }
 
-impl ModelAdapter for Gemma3Adapter {
-    fn name(&self) -> &'static str {
-        "gemma3"
-    }
-
-    fn supports(&self, source: &ModelSource) -> bool {
-        is_gguf_of(source, ARCHITECTURES)
-    }
-
-    fn load(
-        &self,
-        source: &ModelSource,
-        plan: &QuantPlan,
-        backend: Arc<dyn Backend>,
-        progress: &mut ProgressFn<'_>,
-    ) -> Result<LoadedModel> {
-        self.load_with(source, plan, backend, progress, &mut LoadContext::default())
-    }
-
-    fn load_with(
-        &self,
-        source: &ModelSource,
-        plan: &QuantPlan,
-        backend: Arc<dyn Backend>,
-        progress: &mut ProgressFn<'_>,
-        ctx: &mut LoadContext,
-    ) -> Result<LoadedModel> {
-        load_gguf("gemma3", source, ctx, |src, g, spec| {
-            let local = LocalAttention::from_gguf(g, &spec)?;
-            build(src, spec, &local, plan, backend, progress)
-        })
-    }
-}
+gguf_decoder_adapter!(Gemma3Adapter, "gemma3", ARCHITECTURES, build_gguf);
 
 /// Which layers attend over a sliding window, and how.
 #[derive(Clone, Debug, PartialEq)]
@@ -98,14 +66,15 @@ impl LocalAttention {
                 "{arch}: RoPE scaling (factor {f}) is not supported"
             )));
         }
-        if let Some(c) = g.get_f32(&key("final_logit_softcapping")).filter(|&c| c != 0.0) {
+        if let Some(c) = g
+            .get_f32(&key("final_logit_softcapping"))
+            .filter(|&c| c != 0.0)
+        {
             return Err(Error::unsupported(format!(
                 "{arch}: a final logit soft-cap ({c}) is not supported"
             )));
         }
-        let window = g
-            .get_u64(&key("attention.sliding_window"))
-            .unwrap_or(0) as usize;
+        let window = g.get_u64(&key("attention.sliding_window")).unwrap_or(0) as usize;
         let pattern_key = key("attention.sliding_window_pattern");
         let is_local = match g.get_array(&pattern_key) {
             Some(flags) => {
@@ -125,9 +94,7 @@ impl LocalAttention {
                 let period = g
                     .get_u64(&pattern_key)
                     .map_or(DEFAULT_PATTERN, |p| p as usize);
-                (0..n_layers)
-                    .map(|l| period == 0 || l % period < period - 1)
-                    .collect()
+                periodic_local_layers(n_layers, period)
             }
         };
         let is_local = is_local.into_iter().map(|l| l && window > 0).collect();
@@ -141,15 +108,24 @@ impl LocalAttention {
     }
 }
 
-/// Loads every tensor and assembles the model.
-fn build(
+/// Which of `n_layers` layers are local when every `period`-th is global (llama.cpp's
+/// `set_swa_pattern`: the last of each period; a period of 0 makes every layer local).
+fn periodic_local_layers(n_layers: usize, period: usize) -> Vec<bool> {
+    (0..n_layers)
+        .map(|l| period == 0 || l % period < period - 1)
+        .collect()
+}
+
+/// Loads every tensor of `g` and assembles the model.
+fn build_gguf(
     src: &dyn TensorSource,
+    g: &GgufFile,
     spec: DecoderSpec,
-    local: &LocalAttention,
     plan: &QuantPlan,
     backend: Arc<dyn Backend>,
     progress: &mut ProgressFn<'_>,
 ) -> Result<DecoderModel> {
+    let local = LocalAttention::from_gguf(g, &spec)?;
     let (hp, tied) = (&spec.hp, spec.tied);
     let total = 1 + hp.n_layers * 13 + 1 + 1;
     let mut ld = Loader::new(src, &backend, progress, total);
@@ -214,9 +190,8 @@ fn build(
     let lm_head = load_lm_head(&mut ld, tied, embedding, (hp.vocab, dim), plan)?;
     let totals = ld.totals();
     let per_layer = 2 * heads.q_dim() * dim + 2 * kv_dim * dim + 3 * ffn * dim + 4 * dim;
-    let n_params = hp.vocab * dim * (1 + usize::from(!tied))
-        + hp.n_layers * (per_layer + 2 * head_dim)
-        + dim;
+    let n_params =
+        hp.vocab * dim * (1 + usize::from(!tied)) + hp.n_layers * (per_layer + 2 * head_dim) + dim;
     let weights = DecoderWeights {
         embedding,
         embed_scale: Some((dim as f32).sqrt()),
@@ -224,5 +199,22 @@ fn build(
         output_norm,
         lm_head,
     };
-    Ok(DecoderModel::new(spec, n_params, backend, plan, totals, weights))
+    Ok(DecoderModel::new(
+        spec, n_params, backend, plan, totals, weights,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sixth_layer_is_global() {
+        // Gemma 3 270M: 18 layers, global attention on layers 5, 11 and 17.
+        let local = periodic_local_layers(18, DEFAULT_PATTERN);
+        let global: Vec<usize> = (0..18).filter(|&l| !local[l]).collect();
+        assert_eq!(global, [5, 11, 17]);
+        assert!(periodic_local_layers(4, 0).iter().all(|&l| l));
+        assert_eq!(periodic_local_layers(3, 1), [false; 3]);
+    }
 }

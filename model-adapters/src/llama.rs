@@ -3,16 +3,17 @@
 
 use crate::blocks::{DecoderAttention, GatedFfn, Norm, QkvProjection, Rope};
 use crate::decoder::{
-    is_gguf_of, load_gguf, load_lm_head, DecoderLayer, DecoderModel, DecoderSpec, DecoderWeights,
+    gguf_decoder_adapter, load_lm_head, DecoderLayer, DecoderModel, DecoderSpec, DecoderWeights,
     Hparams,
 };
 use crate::loader::Loader;
 use crate::tensor_source::{RandomTensors, TensorSource};
-use lowbit_core::adapter::{LoadContext, ProgressFn};
+use lowbit_core::adapter::ProgressFn;
+use lowbit_core::formats::gguf::GgufFile;
 use lowbit_core::ops::{Activation, Mask, NormKind, RopeStyle};
 use lowbit_core::registry::AdapterRegistration;
 use lowbit_core::tokenizer::Tokenizer;
-use lowbit_core::{Backend, LoadedModel, ModelAdapter, ModelSource, QuantPlan, Result};
+use lowbit_core::{Backend, QuantPlan, Result};
 use std::sync::Arc;
 
 /// Architectures this adapter loads (GGUF `general.architecture`).
@@ -23,38 +24,7 @@ pub struct LlamaAdapter;
 
 inventory::submit! { AdapterRegistration(&LlamaAdapter) }
 
-impl ModelAdapter for LlamaAdapter {
-    fn name(&self) -> &'static str {
-        "llama"
-    }
-
-    fn supports(&self, source: &ModelSource) -> bool {
-        is_gguf_of(source, ARCHITECTURES)
-    }
-
-    fn load(
-        &self,
-        source: &ModelSource,
-        plan: &QuantPlan,
-        backend: Arc<dyn Backend>,
-        progress: &mut ProgressFn<'_>,
-    ) -> Result<LoadedModel> {
-        self.load_with(source, plan, backend, progress, &mut LoadContext::default())
-    }
-
-    fn load_with(
-        &self,
-        source: &ModelSource,
-        plan: &QuantPlan,
-        backend: Arc<dyn Backend>,
-        progress: &mut ProgressFn<'_>,
-        ctx: &mut LoadContext,
-    ) -> Result<LoadedModel> {
-        load_gguf("llama", source, ctx, |src, _, spec| {
-            build(src, spec, plan, backend, progress)
-        })
-    }
-}
+gguf_decoder_adapter!(LlamaAdapter, "llama", ARCHITECTURES, build_gguf);
 
 /// Builds a model of shape `hp` with random weights (see [`crate::synthetic`]).
 pub(crate) fn build_random(
@@ -73,6 +43,18 @@ pub(crate) fn build_random(
         names: (name, "llama".to_string()),
     };
     build(&RandomTensors, spec, plan, backend, progress)
+}
+
+/// Loads a GGUF file's tensors and assembles the model.
+fn build_gguf(
+    src: &dyn TensorSource,
+    _: &GgufFile,
+    spec: DecoderSpec,
+    plan: &QuantPlan,
+    backend: Arc<dyn Backend>,
+    progress: &mut ProgressFn<'_>,
+) -> Result<DecoderModel> {
+    build(src, spec, plan, backend, progress)
 }
 
 /// Loads (or makes, for [`RandomTensors`]) every tensor and assembles the model.
@@ -143,5 +125,7 @@ fn build(
         output_norm,
         lm_head,
     };
-    Ok(DecoderModel::new(spec, n_params, backend, plan, totals, weights))
+    Ok(DecoderModel::new(
+        spec, n_params, backend, plan, totals, weights,
+    ))
 }

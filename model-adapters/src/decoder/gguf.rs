@@ -137,7 +137,10 @@ pub(crate) fn load_gguf(
         hp: Hparams::from_gguf(g, &arch)?,
         tied: g.tensor_dims("output.weight").is_none(),
         tokenizer: Tokenizer::from_gguf(g)?,
-        names: (g.get_str("general.name").unwrap_or("unnamed").to_owned(), arch),
+        names: (
+            g.get_str("general.name").unwrap_or("unnamed").to_owned(),
+            arch,
+        ),
     };
     let stored = StoredTensors {
         inner: &GgufTensors(g),
@@ -145,6 +148,50 @@ pub(crate) fn load_gguf(
     };
     Ok(LoadedModel::Text(Box::new(build(&stored, g, spec)?)))
 }
+
+/// Implements [`lowbit_core::ModelAdapter`] for a GGUF decoder family's adapter type: its
+/// registry name, the `general.architecture`s it loads, and its builder
+/// `fn(&dyn TensorSource, &GgufFile, DecoderSpec, &QuantPlan, Arc<dyn Backend>, &mut ProgressFn)
+/// -> Result<DecoderModel>`.
+macro_rules! gguf_decoder_adapter {
+    ($adapter:ty, $name:literal, $architectures:expr, $build:path) => {
+        impl lowbit_core::ModelAdapter for $adapter {
+            fn name(&self) -> &'static str {
+                $name
+            }
+
+            fn supports(&self, source: &lowbit_core::ModelSource) -> bool {
+                $crate::decoder::is_gguf_of(source, $architectures)
+            }
+
+            fn load(
+                &self,
+                source: &lowbit_core::ModelSource,
+                plan: &lowbit_core::QuantPlan,
+                backend: std::sync::Arc<dyn lowbit_core::Backend>,
+                progress: &mut lowbit_core::adapter::ProgressFn<'_>,
+            ) -> lowbit_core::Result<lowbit_core::LoadedModel> {
+                let mut ctx = lowbit_core::adapter::LoadContext::default();
+                self.load_with(source, plan, backend, progress, &mut ctx)
+            }
+
+            fn load_with(
+                &self,
+                source: &lowbit_core::ModelSource,
+                plan: &lowbit_core::QuantPlan,
+                backend: std::sync::Arc<dyn lowbit_core::Backend>,
+                progress: &mut lowbit_core::adapter::ProgressFn<'_>,
+                ctx: &mut lowbit_core::adapter::LoadContext,
+            ) -> lowbit_core::Result<lowbit_core::LoadedModel> {
+                $crate::decoder::load_gguf($name, source, ctx, |src, file, spec| {
+                    $build(src, file, spec, plan, backend, progress)
+                })
+            }
+        }
+    };
+}
+pub(crate) use gguf_decoder_adapter;
+
 /// Loads the output projection: `output.weight`, or, tied, the embedding's values again (the
 /// embedding upload itself when the plan gives both one format: stored once).
 pub(crate) fn load_lm_head(

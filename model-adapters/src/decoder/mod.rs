@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex};
 
 mod gguf;
 
-pub(crate) use gguf::{is_gguf_of, load_gguf, load_lm_head, DecoderSpec, Hparams};
+pub(crate) use gguf::{
+    gguf_decoder_adapter, is_gguf_of, load_gguf, load_lm_head, DecoderSpec, Hparams,
+};
 
 /// One decoder block. Where the plan gives the projections of a layer one format, the q, k and
 /// v projections are stored stacked as one matrix (and gate and up likewise), so each norm is
@@ -69,7 +71,6 @@ pub struct DecoderModel {
     /// caller recording at the same time).
     pub(crate) op_lists: Mutex<Vec<Vec<Op>>>,
 }
-
 
 /// The weights of a [`DecoderModel`], as a family's builder loaded them.
 pub(crate) struct DecoderWeights {
@@ -249,7 +250,15 @@ impl DecoderModel {
             });
             s[S_Q]
         };
-        record_lm_head(ops, &self.output_norm, self.lm_head, x, s[S_H], s[S_LOGITS], m);
+        record_lm_head(
+            ops,
+            &self.output_norm,
+            self.lm_head,
+            x,
+            s[S_H],
+            s[S_LOGITS],
+            m,
+        );
     }
 
     /// The logits of `rows` final hidden rows of `src`, the first chunk of them already
@@ -496,7 +505,8 @@ impl TextModel for DecoderModel {
             let vocab = self.dims.vocab;
             self.run(|ops| {
                 self.record_embed(ops, TokenIds::Host(tokens.to_vec()), s[S_X]);
-                let (attn_buffers, ffn_buffers) = (Self::attention_buffers(&s), Self::ffn_buffers(&s));
+                let (attn_buffers, ffn_buffers) =
+                    (Self::attention_buffers(&s), Self::ffn_buffers(&s));
                 for (l, layer) in self.layers.iter().enumerate() {
                     let attn = &layer.attn;
                     // Every matrix is read once for the whole batch (n activation rows).

@@ -1,0 +1,111 @@
+//! Gemma 3 270M on the CPU backend against llama.cpp's outputs on the same weights dequantized
+//! to F32 (tests/fixtures/llamacpp_gemma3_greedy.json and llamacpp_gemma3_perplexity.json, made
+//! by scripts/peer-reference.sh --model gemma3): the second decoder family, checked end to end
+//! (tokenizer, embedding scale, QK-norm, sandwich norms, GeGLU, local/global layers, tied head,
+//! logits made in chunks of rows).
+
+mod common;
+
+use lowbit::core::adapter::TextModel;
+use lowbit::core::block_on;
+use lowbit::core::generate::{generate, GenerateOptions, SamplingParams};
+use lowbit::perplexity::perplexity;
+
+fn load(backend: &str, method: &str) -> Box<dyn TextModel> {
+    let mut plan = common::model_plan(common::gemma3(), backend, method);
+    plan.backend.tuning.webgpu.allow_software_adapter = true;
+    plan.load(&mut |_, _, _| {})
+        .unwrap_or_else(|e| panic!("load Gemma 3 {method} on {backend}: {e}"))
+        .0
+}
+
+fn fixture(path: &str) -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap()
+}
+
+fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// Greedy tokens of `prompt` (its ids as given), `n` of them.
+fn greedy(model: &dyn TextModel, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = model.new_cache(128).unwrap();
+    let opts = GenerateOptions {
+        max_tokens: n,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    block_on(generate(model, &mut cache, prompt, &opts, &mut |_, _| {}))
+        .unwrap()
+        .tokens
+}
+
+/// The prompts tokenize to llama.cpp's ids (BOS first: Gemma's `add_bos_token` is true, no
+/// space prefix), and greedy decoding at fp32 gives llama.cpp's tokens on every prompt.
+#[test]
+fn greedy_fp32_matches_llama_cpp() {
+    let model = load("cpu", "fp32");
+    let refs = fixture("tests/fixtures/llamacpp_gemma3_greedy.json");
+    let refs = refs.as_array().unwrap();
+    assert!(!refs.is_empty());
+    let mut differ = Vec::new();
+    for r in refs {
+        let prompt = r["prompt"].as_str().unwrap();
+        let want = ids(&r["token_ids"]);
+        let prompt_ids = model.tokenizer().encode(prompt, true).unwrap();
+        assert_eq!(
+            prompt_ids,
+            ids(&r["prompt_token_ids"]),
+            "prompt tokens of {prompt:?}"
+        );
+        let got = greedy(model.as_ref(), &prompt_ids, want.len());
+        if got != want {
+            differ.push(format!("{prompt:?}: {got:?}\n  llama.cpp {want:?}"));
+        }
+        assert_eq!(
+            model.tokenizer().decode(&want),
+            r["text"].as_str().unwrap(),
+            "detokenized llama.cpp tokens of {prompt:?}"
+        );
+    }
+    assert!(
+        differ.is_empty(),
+        "greedy tokens differ from llama.cpp:\n{}",
+        differ.join("\n")
+    );
+}
+
+/// lowbit's perplexity at fp32 and llama.cpp's on the F32 GGUF, 2 chunks of 512 tokens: the
+/// same method and weights, so they differ only by float summation order (measured: 0.002%).
+/// The bound is 1%.
+#[test]
+fn perplexity_fp32_within_1_percent_of_llama_cpp() {
+    let peer = fixture("tests/fixtures/llamacpp_gemma3_perplexity.json");
+    let want = peer
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "F32" && r["chunks"] == 2)
+        .expect("llama.cpp F32 2-chunk reference")["ppl"]
+        .as_f64()
+        .unwrap();
+    let text = std::fs::read_to_string(common::brown()).unwrap();
+    let model = load("cpu", "fp32");
+    let got = perplexity(model.as_ref(), &text, 512, 2, &mut |_, _, _| {})
+        .unwrap()
+        .perplexity;
+    let rel = (got / want - 1.0).abs();
+    assert!(
+        rel < 0.01,
+        "fp32 perplexity {got} vs llama.cpp {want}: {:.3}%",
+        rel * 100.0
+    );
+}
