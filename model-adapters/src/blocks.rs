@@ -152,7 +152,7 @@ pub struct QkvRows {
 
 impl QkvRows {
     /// The same views from row `r` on.
-    fn from_row(self, r: usize) -> Self {
+    fn rows_from(self, r: usize) -> Self {
         let at = |c: Cols| Cols {
             offset: c.offset + r * c.stride,
             ..c
@@ -267,7 +267,7 @@ impl DecoderAttention {
         pos0: usize,
     ) {
         let h = self.heads;
-        let rows = rows.from_row(row0);
+        let rows = rows.rows_from(row0);
         ops.push(Op::Rope {
             x: rows.q,
             out: Cols::dense(q, h.q_dim()),
