@@ -109,3 +109,20 @@ fn perplexity_fp32_within_1_percent_of_llama_cpp() {
         rel * 100.0
     );
 }
+
+/// The WebGPU backend (lavapipe in CI: no GPU) gives the CPU backend's greedy tokens on the same
+/// int8 weights: Gemma's ops (embedding scale, per-head norms, sandwich norms, GeGLU, windowed
+/// layers) through the WGSL kernels and the fusion pass. One short prompt: lavapipe runs a
+/// 262,144-row LM head per token.
+#[test]
+fn webgpu_greedy_int8_matches_cpu() {
+    let prompt = "The capital of France is";
+    let tokens = |backend: &str| {
+        let model = load(backend, "int8");
+        let ids = model.tokenizer().encode(prompt, true).unwrap();
+        greedy(model.as_ref(), &ids, 8)
+    };
+    let cpu = tokens("cpu");
+    assert_eq!(cpu.len(), 8);
+    assert_eq!(tokens("webgpu"), cpu, "webgpu vs cpu greedy tokens");
+}
