@@ -126,3 +126,55 @@ fn webgpu_greedy_int8_matches_cpu() {
     assert_eq!(cpu.len(), 8);
     assert_eq!(tokens("webgpu"), cpu, "webgpu vs cpu greedy tokens");
 }
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// The model's paths agree with each other: all-rows logits, made in chunks of 128 rows (the
+/// vocabulary is 262,144), equal the last-row logits of shorter calls across a chunk boundary,
+/// and batched decoding equals decoding each sequence alone.
+#[test]
+fn forward_paths_agree_across_logit_chunks_and_batches() {
+    use lowbit::core::adapter::Logits;
+    use lowbit::core::generate::argmax;
+    let m = load("cpu", "fp32");
+    let vocab = m.config().vocab_size;
+    let text = std::fs::read_to_string(common::brown()).unwrap();
+    let tokens = m.tokenizer().encode(&text[..4000], true).unwrap();
+    let tokens = &tokens[..200];
+    let mut cache = m.new_cache(256).unwrap();
+    let all = block_on(m.forward(&mut cache, tokens, Logits::All)).unwrap();
+    assert_eq!(all.len(), tokens.len() * vocab);
+    for end in [127, 128, 129, 200] {
+        let mut cache = m.new_cache(256).unwrap();
+        let last = block_on(m.forward(&mut cache, &tokens[..end], Logits::Last)).unwrap();
+        let d = max_abs_diff(&all[(end - 1) * vocab..end * vocab], &last);
+        assert!(
+            d < 1e-2,
+            "row {}: all-rows vs last-row logits differ by {d}",
+            end - 1
+        );
+    }
+    // Two sequences at different positions, one decode step batched and alone.
+    let (a_len, b_len) = (7, 3);
+    let next = [tokens[a_len], tokens[b_len]];
+    let prefill = |n: usize| {
+        let mut c = m.new_cache(32).unwrap();
+        block_on(m.forward(&mut c, &tokens[..n], Logits::Last)).unwrap();
+        c
+    };
+    let (mut a, mut b) = (prefill(a_len), prefill(b_len));
+    let batch = block_on(m.forward_batch(&mut [&mut a, &mut b], &next)).unwrap();
+    for (i, n) in [a_len, b_len].into_iter().enumerate() {
+        let mut c = prefill(n);
+        let alone = block_on(m.forward(&mut c, &next[i..=i], Logits::Last)).unwrap();
+        let d = max_abs_diff(&batch[i], &alone);
+        assert!(d < 1e-2, "sequence {i}: batched vs alone differ by {d}");
+        assert_eq!(argmax(&batch[i]), argmax(&alone));
+    }
+}
