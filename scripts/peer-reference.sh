@@ -7,8 +7,8 @@
 #   tests/fixtures/llamacpp_perplexity.json  the perplexities as data (tests compare against them)
 #   tests/fixtures/llamacpp_greedy.json  greedy completions (text + token ids) of 5 plain prompts
 # OUT is bench/results/DATE-DEVICE/peer (today, e.g. 2core-x86), or $PEER_OUT.
-# With --model gemma3 (Gemma 3 270M): only the F32 model, its perplexity (2 and 20 chunks) and the
-# greedy completions, into tests/fixtures/llamacpp_gemma3_{perplexity,greedy}.json and
+# With --model gemma3 (Gemma 3 270M): only the F32 model, its perplexity (2 and 20 chunks, and 2
+# chunks of 1024 tokens, where the sliding window binds) and the greedy completions, into tests/fixtures/llamacpp_gemma3_{perplexity,greedy}.json and
 # OUT = bench/results/DATE-DEVICE/peer-gemma3; no requantized types, no llama-bench.
 #
 # Usage: scripts/peer-reference.sh [--force] [--browser-ggufs] [--model smollm2|gemma3]
@@ -60,6 +60,7 @@ case $model in
     quants=(Q8_0 Q4_0 Q4_K_M Q3_K_M Q2_K)
     [ "$ggufs_only" = 1 ] && quants=(Q8_0 Q4_0 Q2_K)
     ppl_chunks_quick=4
+    long_ctx=0
     bos="none: the model's tokenizer.ggml.add_bos_token is false, llama.cpp's default follows it" ;;
   gemma3)
     [ "$ggufs_only" = 1 ] && { echo "--browser-ggufs is for smollm2" >&2; exit 2; }
@@ -71,7 +72,8 @@ case $model in
     fixture_greedy=$fixtures/llamacpp_gemma3_greedy.json
     quants=()
     ppl_chunks_quick=2
-    bos="BOS first: the model's tokenizer.ggml.add_bos_token is true, llama.cpp's default follows it" ;;
+    long_ctx=1024 # past the 512-token sliding window of the local layers
+    bos="first: the model's tokenizer.ggml.add_bos_token is true, llama.cpp's default follows it" ;;
   *) echo "unknown model: $model (smollm2 or gemma3)" >&2; exit 2 ;;
 esac
 f32=$peer/$model-f32.gguf
@@ -175,26 +177,32 @@ fi
 
 # ---------------------------------------------------------------- 2. perplexity
 step "2/5 perplexity: -c $ppl_ctx --chunks $ppl_chunks on ${text} (F32 also --chunks $ppl_chunks_quick)"
-ppl_run() { # type chunks
-  local t=$1 n=$2 m log
-  m=$(gguf_of "$t"); log=$logs/ppl-$(lower "$t")-c$n.log
+ppl_log() { # type chunks ctx
+  local suffix=""
+  [ "$3" = "$ppl_ctx" ] || suffix=-ctx$3
+  echo "$logs/ppl-$(lower "$1")-c$2$suffix.log"
+}
+ppl_run() { # type chunks [ctx]
+  local t=$1 n=$2 ctx=${3:-$ppl_ctx} m log
+  m=$(gguf_of "$t"); log=$(ppl_log "$t" "$n" "$ctx")
   if need "$log" || ! grep -q 'Final estimate' "$log"; then
-    info "llama-perplexity $t, $n chunks of $ppl_ctx (this takes a minute or two)..."
+    info "llama-perplexity $t, $n chunks of $ctx (this takes a minute or two)..."
     local t0=$SECONDS
-    llama llama-perplexity -m "$m" -f "$text" -c "$ppl_ctx" --chunks "$n" -t "$threads" >"$log" 2>&1 \
+    llama llama-perplexity -m "$m" -f "$text" -c "$ctx" --chunks "$n" -t "$threads" >"$log" 2>&1 \
       || { tail -20 "$log" >&2; die "llama-perplexity $t failed"; }
     info "$(grep -o 'Final estimate.*' "$log")  ($((SECONDS - t0)) s)"
   else
-    record "$bin/llama-perplexity" -m "$m" -f "$text" -c "$ppl_ctx" --chunks "$n" -t "$threads"
+    record "$bin/llama-perplexity" -m "$m" -f "$text" -c "$ctx" --chunks "$n" -t "$threads"
     info "exists: $log: $(grep -o 'Final estimate.*' "$log")"
   fi
 }
 ppl_run F32 "$ppl_chunks_quick"
 ppl_run F32 "$ppl_chunks"
+[ "$long_ctx" = 0 ] || ppl_run F32 "$ppl_chunks_quick" "$long_ctx"
 for q in ${quants[@]+"${quants[@]}"}; do ppl_run "$q" "$ppl_chunks"; done
 
 step "writing $fixture_ppl and $out/perplexity.md"
-PEER_PPL_JSON=$fixture_ppl PEER_MODEL=$model PEER_TITLE=$title PYTHONPATH="$gguf_py" \
+PEER_PPL_JSON=$fixture_ppl PEER_MODEL=$model PEER_TITLE=$title PEER_LONG_CTX=$long_ctx PYTHONPATH="$gguf_py" \
   python3 - "$peer" "$logs" "$out" "$ppl_ctx" "$ppl_chunks_quick" "$ppl_chunks" F32 ${quants[@]+"${quants[@]}"} <<'PY'
 import json, os, re, sys
 from collections import Counter
@@ -222,11 +230,16 @@ rows = []
 for t in types:
     path = os.path.join(peer, f"{os.environ['PEER_MODEL']}-{t.lower()}.gguf")
     size, params, kinds, file_bytes = model_info(path)
-    for n in ([quick, full] if t == "F32" else [full]):
-        ppl, err, by_chunk = ppl_of(os.path.join(logs, f"ppl-{t.lower()}-c{n}.log"))
+    runs = [(quick, ctx), (full, ctx)] if t == "F32" else [(full, ctx)]
+    long_ctx = int(os.environ.get("PEER_LONG_CTX", "0"))
+    if t == "F32" and long_ctx:
+        runs.append((quick, long_ctx))
+    for n, c in runs:
+        suffix = "" if c == ctx else f"-ctx{c}"
+        ppl, err, by_chunk = ppl_of(os.path.join(logs, f"ppl-{t.lower()}-c{n}{suffix}.log"))
         rows.append(dict(type=t, bits_per_weight=round(size * 8 / params, 4), size_bytes=size,
                          file_bytes=file_bytes, n_params=params, ppl=ppl, ppl_err=err,
-                         chunks=n, ctx=ctx, ppl_by_chunk=by_chunk, tensor_types=kinds,
+                         chunks=n, ctx=c, ppl_by_chunk=by_chunk, tensor_types=kinds,
                          model=os.path.basename(path)))
 
 with open(os.environ["PEER_PPL_JSON"], "w") as f:
@@ -250,8 +263,11 @@ for r in rows:
     kinds = ", ".join(f"{k} {v}" for k, v in r["tensor_types"].items())
     md.append(f"| {r['type']} | {r['bits_per_weight']:.3f} | {r['size_bytes'] / 2**20:.2f} | {r['ppl']:.4f} | "
               f"{r['ppl_err']:.4f} | {d:+.2f}% | {kinds} |")
-q = next(r for r in rows if r["type"] == "F32" and r["chunks"] == quick)
+q = next(r for r in rows if r["type"] == "F32" and r["chunks"] == quick and r["ctx"] == ctx)
 md += ["", f"Quick check (CI): F32, `--chunks {quick}`: PPL = {q['ppl']:.4f} ± {q['ppl_err']:.4f}", ""]
+for r in rows:
+    if r["ctx"] != ctx:
+        md += [f"Longer windows: F32, `-c {r['ctx']} --chunks {r['chunks']}`: PPL = {r['ppl']:.4f} ± {r['ppl_err']:.4f}", ""]
 with open(os.path.join(out, "perplexity.md"), "w") as f:
     f.write("\n".join(md))
 print("\n".join(md))
@@ -321,7 +337,10 @@ if [ "$server_needed" = 1 ]; then
 fi
 
 step "writing $fixture_greedy"
-PEER_F32=$f32 PEER_SRC=$src_model PEER_BOS=$bos python3 - "$logs" "$fixture_greedy" "$n_predict" "${prompts[@]}" <<'PY'
+made_by=scripts/peer-reference.sh
+[ "$model" = smollm2 ] || made_by+=" --model $model"
+PEER_F32=$f32 PEER_SRC=$src_model PEER_BOS=$bos PEER_MADE_BY=$made_by \
+  python3 - "$logs" "$fixture_greedy" "$n_predict" "${prompts[@]}" <<'PY'
 import os
 import json, sys
 logs, dst, n_predict, *prompts = sys.argv[1:]
@@ -348,7 +367,7 @@ meta = dict(model=f"{os.path.basename(os.environ['PEER_SRC'])} dequantized to F3
             generator="llama.cpp llama-completion -n 16 --temp 0 --top-k 1 -no-cnv --no-display-prompt "
                       "(text); llama-server /completion return_tokens (generated ids); llama-tokenize (prompt ids)",
             bos=os.environ["PEER_BOS"],
-            made_by="scripts/peer-reference.sh")
+            made_by=os.environ["PEER_MADE_BY"])
 with open(dst, "w") as f:
     json.dump(rows, f, indent=1, ensure_ascii=False)
     f.write("\n")
@@ -393,7 +412,7 @@ bench_build=$(grep -ho 'build: .*' "$logs/llama-bench.md" "$bench_md" 2>/dev/nul
 {
   echo "# llama.cpp reference figures (the peer)"
   echo
-  echo "Everything here is produced by \`scripts/peer-reference.sh\` (idempotent; \`--force\` redoes it)."
+  echo "Everything here is produced by \`$made_by\` (idempotent; \`--force\` redoes it)."
   echo "The GGUFs and raw logs go to \`models/peer/\` (git-ignored); this folder and"
   echo "\`$fixture_ppl\` and \`$fixture_greedy\` hold the parsed results ($title)."
   echo
@@ -438,5 +457,5 @@ bench_build=$(grep -ho 'build: .*' "$logs/llama-bench.md" "$bench_md" 2>/dev/nul
 step "done"
 info "perplexity: $out/perplexity.md, $fixture_ppl"
 info "greedy:     $fixture_greedy"
-info "bench:      $bench_md"
+[ "$model" = smollm2 ] && info "bench:      $bench_md"
 info "commands:   $out/README.md"
