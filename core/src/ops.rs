@@ -427,6 +427,15 @@ pub enum Op {
         /// Values.
         len: usize,
     },
+    /// `x[i] *= factor` over `len` values, in place (Gemma's embedding scale).
+    Scale {
+        /// The values.
+        x: BufferId,
+        /// Values.
+        len: usize,
+        /// The multiplier.
+        factor: f32,
+    },
     /// Row-wise softmax of `rows` rows of `len` values, in place.
     Softmax {
         /// The rows.
@@ -487,6 +496,7 @@ impl Op {
             Op::KvWrite { .. } => "kv_write",
             Op::Attention { .. } => "attention",
             Op::Add { .. } => "add",
+            Op::Scale { .. } => "scale",
             Op::Softmax { .. } => "softmax",
             Op::Argmax { .. } => "argmax",
             Op::Copy { .. } => "copy",
@@ -522,7 +532,10 @@ impl Op {
                 v.extend(bias);
                 v
             }
-            Op::Activation { x, .. } | Op::Glu { x, .. } | Op::Softmax { x, .. } => vec![*x],
+            Op::Activation { x, .. }
+            | Op::Glu { x, .. }
+            | Op::Scale { x, .. }
+            | Op::Softmax { x, .. } => vec![*x],
             Op::Rope { x, .. } => vec![x.buf],
             Op::KvWrite { k, v, .. } => vec![k.buf, v.buf],
             Op::Attention { q, kv, .. } => vec![*q, kv.k, kv.v],
@@ -547,7 +560,7 @@ impl Op {
             Op::Rope { out, .. } => vec![out.buf],
             Op::KvWrite { kv, .. } => vec![kv.k, kv.v],
             Op::Add { dst, .. } => vec![*dst],
-            Op::Softmax { x, .. } => vec![*x],
+            Op::Scale { x, .. } | Op::Softmax { x, .. } => vec![*x],
             Op::Copy { dst, .. } => vec![*dst],
         }
     }

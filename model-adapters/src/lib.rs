@@ -3,9 +3,13 @@
 //! whose forward pass is written once against the backend trait.
 
 pub mod blocks;
+pub mod decoder;
+pub mod gemma3;
 pub mod llama;
 mod loader;
 pub mod synthetic;
 pub mod tensor_source;
 
+pub use decoder::DecoderModel;
+pub use gemma3::Gemma3Adapter;
 pub use llama::LlamaAdapter;

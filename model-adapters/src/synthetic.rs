@@ -143,7 +143,7 @@ pub fn load_synthetic_with(
     progress: &mut ProgressFn<'_>,
 ) -> Result<Box<dyn TextModel>> {
     let p = preset(name)?;
-    let hp = crate::llama::Hparams {
+    let hp = crate::decoder::Hparams {
         n_layers: p.n_layers,
         dim: p.dim,
         n_heads: p.n_heads,

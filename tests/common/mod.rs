@@ -28,6 +28,11 @@ pub fn smollm2() -> PathBuf {
     model_file("SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 
+/// Gemma 3 270M (Q4_K_M GGUF).
+pub fn gemma3() -> PathBuf {
+    model_file("gemma-3-270m-q4_k_m.gguf")
+}
+
 /// The Brown corpus as running text.
 pub fn brown() -> PathBuf {
     model_file("brown.txt")
@@ -36,9 +41,14 @@ pub fn brown() -> PathBuf {
 /// A run plan of SmolLM2 on `backend` at `method` (`fp32` … `int2`), groups of 32, symmetric:
 /// the precision the tests' tolerances were measured with.
 pub fn smollm2_plan(backend: &str, method: &str) -> lowbit::plan::RunPlan {
+    model_plan(smollm2(), backend, method)
+}
+
+/// A run plan of the model file `path` on `backend` at `method`, groups of 32, symmetric.
+pub fn model_plan(path: PathBuf, backend: &str, method: &str) -> lowbit::plan::RunPlan {
     let defaults = lowbit::plan::RunPlan::default();
     lowbit::plan::RunPlan {
-        model: lowbit::plan::ModelChoice::File(smollm2()),
+        model: lowbit::plan::ModelChoice::File(path),
         weights: lowbit::core::adapter::QuantPlan::for_method(
             method,
             32,

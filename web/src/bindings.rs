@@ -43,6 +43,9 @@ pub fn start() {
     if find_adapter_by_name("llama").is_none() {
         let _ = lowbit_core::registry::register_adapter(Box::new(lowbit_models::LlamaAdapter));
     }
+    if find_adapter_by_name("gemma3").is_none() {
+        let _ = lowbit_core::registry::register_adapter(Box::new(lowbit_models::Gemma3Adapter));
+    }
     std::panic::set_hook(Box::new(|info| {
         console_error(&format!("lowbit panicked: {info}"))
     }));

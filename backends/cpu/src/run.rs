@@ -111,6 +111,14 @@ impl CpuBackend {
                     Ok(())
                 })
             }
+            Op::Scale { x, len, factor } => {
+                let len = *len;
+                self.buffers.write(*x, |b| {
+                    ensure("scale", "x", b.len(), len)?;
+                    ops::elementwise::scale(&mut b[..len], *factor);
+                    Ok(())
+                })
+            }
             Op::Softmax { x, rows, len } => {
                 let (rows, len) = (*rows, *len);
                 let need = span("softmax", &[rows, len])?;

@@ -150,6 +150,7 @@ fn shape_key(ops: &[Op]) -> u64 {
                 shape.mask.hash(&mut h);
             }
             Op::Add { dst, src, len } => (dst, src, len).hash(&mut h),
+            Op::Scale { x, len, factor } => (x, len, factor.to_bits()).hash(&mut h),
             Op::Softmax { x, rows, len } => (x, rows, len).hash(&mut h),
             Op::Argmax {
                 x,

@@ -289,6 +289,17 @@ fn elementwise() -> Vec<Case> {
     b.check_all(dst);
     v.push(b.finish());
 
+    // Gemma's embedding scale (√640) over an odd length.
+    let mut b = CaseBuilder::new("scale", "len=97 x25.3", "f32", F32_MATH);
+    let x = b.input(97);
+    b.op(Op::Scale {
+        x,
+        len: 97,
+        factor: 640f32.sqrt(),
+    });
+    b.check_all(x);
+    v.push(b.finish());
+
     let mut b = CaseBuilder::new("copy", "40 values src@7 dst@3", "f32", DATA);
     let src = b.input(100);
     let dst = b.input(50);

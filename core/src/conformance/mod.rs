@@ -13,6 +13,7 @@ mod patterns;
 mod positions;
 pub mod reference;
 mod remap;
+mod sandwich;
 #[cfg(test)]
 mod tests;
 pub mod tolerance;
@@ -114,6 +115,7 @@ pub struct CaseResult {
 pub fn cases() -> Vec<Case> {
     let mut all = cases::single_ops();
     all.extend(patterns::fused_patterns());
+    all.extend(sandwich::gemma_layers());
     all
 }
 

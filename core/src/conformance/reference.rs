@@ -315,6 +315,11 @@ fn apply(op: &Op, bufs: &mut [Vec<f64>], weights: &[Dense]) -> Result<()> {
                 .collect();
             put(bufs, *dst, 0, &d)?;
         }
+        Op::Scale { x, len, factor } => {
+            let f = f64::from(*factor);
+            let o: Vec<f64> = take(bufs, *x, 0, *len)?.iter().map(|v| v * f).collect();
+            put(bufs, *x, 0, &o)?;
+        }
         Op::Softmax { x, rows, len } => {
             let xs = take(bufs, *x, 0, rows * len)?;
             let o: Vec<f64> = xs.chunks((*len).max(1)).flat_map(softmax).collect();

@@ -124,6 +124,11 @@ pub(super) fn remap(op: &Op, bufs: &[BufferId], weights: &[WeightId]) -> Op {
             src: b(src),
             len,
         },
+        Op::Scale { x, len, factor } => Op::Scale {
+            x: b(x),
+            len,
+            factor,
+        },
         Op::Softmax { x, rows, len } => Op::Softmax { x: b(x), rows, len },
         Op::Argmax {
             x,

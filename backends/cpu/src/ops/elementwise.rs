@@ -44,6 +44,13 @@ pub(crate) fn add(dst: &mut [f32], src: &[f32]) {
     }
 }
 
+/// `x *= factor` in place.
+pub(crate) fn scale(x: &mut [f32], factor: f32) {
+    for v in x {
+        *v *= factor;
+    }
+}
+
 /// Softmax of one row in place, the max subtracted so any range stays finite.
 pub(crate) fn softmax(row: &mut [f32]) {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));

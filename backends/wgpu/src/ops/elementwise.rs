@@ -64,6 +64,7 @@ impl WgpuBackend {
             "OP_COPY",
             "OP_SWIGLU",
             "OP_ACTIVATION",
+            "OP_SCALE",
         ] {
             defines.push((name, Define::Bool(name == op)));
         }
@@ -274,6 +275,38 @@ impl WgpuBackend {
             return Ok(());
         }
         self.elementwise_pair("add", "OP_ADD", None, dst, src, len)
+    }
+
+    /// The `Scale` op: `x *= factor` in place (the factor a parameter, not a define, so one
+    /// pipeline serves every factor).
+    pub(crate) fn scale(&self, x: BufferId, len: usize, factor: f32) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let wg = self.tuning.elementwise_wg;
+        let mut st = self.lock();
+        check_len("scale", st.buf(x)?, len)?;
+        let xb = st.buf(x)?.buffer.clone();
+        let key = KernelKey {
+            file: ShaderFile::Elementwise,
+            entry: "scale",
+            defines: self.elementwise_defines(wg, "OP_SCALE"),
+        };
+        let kernel = st
+            .pipelines
+            .get(&self.dev, &key, &[Slot::Uniform, Slot::ReadWrite])?;
+        let (gx, gy) = fold(len.div_ceil(wg as usize) as u32, self.max_groups());
+        // Params: len, then the copy/swiglu fields unused here, then the factor's bits.
+        let params = [len as u32, 0, 0, 0, 0, 0, factor.to_bits()];
+        st.rec.dispatch(
+            &self.dev,
+            &Dispatch {
+                kernel: &kernel,
+                params: &params,
+                bindings: &[Bind::Buffer(&xb)],
+                groups: [gx, gy, 1],
+            },
+        )
     }
 
     /// One elementwise kernel of `elementwise.wgsl` (entry `entry`, operation `op`, plus an

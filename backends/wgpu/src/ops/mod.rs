@@ -59,6 +59,7 @@ impl WgpuBackend {
             } => self.kv_write(k, v, kv, *pos0, *n_tokens),
             Op::Attention { q, kv, out, shape } => self.attention(*q, kv, *out, shape),
             Op::Add { dst, src, len } => self.add(*dst, *src, *len),
+            Op::Scale { x, len, factor } => self.scale(*x, *len, *factor),
             Op::Softmax { x, rows, len } => self.softmax(*x, *rows, *len),
             Op::Argmax {
                 x,

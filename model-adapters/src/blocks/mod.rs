@@ -1,13 +1,18 @@
 //! The reusable pieces of transformer models, recorded as [`Op`]s: norms, a pre-norm decoder
-//! attention block, a gated feed-forward, a post-norm encoder layer (BERT) and the LM head.
+//! attention block (optionally with per-head q/k norms and a norm after it, Gemma's sandwich), a
+//! gated feed-forward, a post-norm encoder layer (BERT) and the LM head.
 //!
 //! Every model family is assembled from these, so each piece is written once. A block holds
 //! its weights and shape (plain structs); the buffers it works in are passed per call, and it
 //! only appends ops to a list the caller hands to [`lowbit_core::Backend::run`]. Blocks never
 //! name a backend or a fused kernel: backends fuse neighbouring ops themselves.
 
-use lowbit_core::ops::{Activation, AttentionShape, Cols, Mask, NormKind, RopeShape, RopeStyle};
+use lowbit_core::ops::{Activation, AttentionShape, Mask, NormKind, RopeShape, RopeStyle};
 use lowbit_core::{BufferId, KvView, Op, WeightId};
+
+mod attention;
+
+pub use attention::{DecoderAttention, DecoderAttentionBuffers, QkvProjection, QkvRows};
 
 /// A row-wise norm with its weights.
 #[derive(Clone, Copy, Debug)]
@@ -96,133 +101,42 @@ impl Rope {
     }
 }
 
-/// Buffers of [`DecoderAttention`] over `n` rows.
-#[derive(Clone, Copy, Debug)]
-pub struct DecoderAttentionBuffers {
-    /// Residual stream (`n × dim`): read, and the block's output added to it.
-    pub x: BufferId,
-    /// Normalised rows (`n × dim`, scratch).
-    pub h: BufferId,
-    /// Fused q|k|v rows (`n × qkv_dim`, scratch).
-    pub qkv: BufferId,
-    /// Rotated queries (`n × q_dim`, scratch).
-    pub q: BufferId,
-    /// Attention output (`n × q_dim`, scratch).
-    pub att: BufferId,
-}
-
-/// Pre-norm causal self-attention of a decoder: norm → fused q|k|v linear → RoPE of queries and
-/// keys → KV write → causal attention over the cache → output projection added to the
-/// residual stream.
-#[derive(Clone, Copy, Debug)]
-pub struct DecoderAttention {
-    /// The norm before the block.
-    pub norm: Norm,
-    /// Stacked projection, rows `q (q_dim) | k (kv_dim) | v (kv_dim)`.
-    pub wqkv: WeightId,
-    /// Output projection (`dim × q_dim`).
-    pub wo: WeightId,
-    /// Head layout.
-    pub heads: Heads,
-    /// RoPE of queries and keys.
-    pub rope: Rope,
-}
-
-impl DecoderAttention {
-    /// Records the whole block for `n` rows at positions `pos0 ..` of the layer cache `kv`.
-    pub fn record(
-        &self,
-        ops: &mut Vec<Op>,
-        b: &DecoderAttentionBuffers,
-        kv: KvView,
-        n: usize,
-        pos0: usize,
-    ) {
-        self.record_qkv(ops, b.x, b.h, b.qkv, n);
-        self.record_attend(ops, b.qkv, 0, b.q, b.att, kv, n, pos0);
-        self.record_out(ops, b.att, b.x, n);
-    }
-
-    /// Norm of `n` rows of `x` into `h`, then the fused q|k|v projection into `qkv`.
-    pub fn record_qkv(&self, ops: &mut Vec<Op>, x: BufferId, h: BufferId, qkv: BufferId, n: usize) {
-        self.norm.record(ops, x, h, n);
+/// `x += W·input` for `n` rows, or `x += norm(W·input)` through `h` (scratch, `n × dim`) when
+/// there is a post-norm.
+fn record_residual(
+    ops: &mut Vec<Op>,
+    w: WeightId,
+    post_norm: Option<Norm>,
+    input: BufferId,
+    x: BufferId,
+    h: BufferId,
+    n: usize,
+) {
+    let Some(norm) = post_norm else {
         ops.push(Op::Linear {
-            w: self.wqkv,
+            w,
             bias: None,
-            x: h,
-            out: qkv,
-            n,
-            accumulate: false,
-        });
-    }
-
-    /// RoPE, KV write and causal attention of `n` fused q|k|v rows starting at row `row0` of
-    /// `qkv`, at positions `pos0 ..` of `kv`: rotated queries go to `q`, the attention output
-    /// to `att` (both from their start). Keys are rotated in place in `qkv`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_attend(
-        &self,
-        ops: &mut Vec<Op>,
-        qkv: BufferId,
-        row0: usize,
-        q: BufferId,
-        att: BufferId,
-        kv: KvView,
-        n: usize,
-        pos0: usize,
-    ) {
-        let h = self.heads;
-        let row = h.qkv_dim();
-        let base = row0 * row;
-        let cols = |col: usize| Cols {
-            buf: qkv,
-            offset: base + col,
-            stride: row,
-        };
-        ops.push(Op::Rope {
-            x: cols(0),
-            out: Cols::dense(q, h.q_dim()),
-            shape: self.rope.shape(n, h.n_heads, h.head_dim, pos0),
-        });
-        let k = cols(h.q_dim());
-        ops.push(Op::Rope {
-            x: k,
-            out: k,
-            shape: self.rope.shape(n, h.n_kv_heads, h.head_dim, pos0),
-        });
-        ops.push(Op::KvWrite {
-            k,
-            v: cols(h.q_dim() + h.kv_dim()),
-            kv,
-            pos0,
-            n_tokens: n,
-        });
-        ops.push(Op::Attention {
-            q,
-            kv,
-            out: att,
-            shape: AttentionShape {
-                n_tokens: n,
-                pos0,
-                kv_len: pos0 + n,
-                n_heads: h.n_heads,
-                scale: h.scale(),
-                mask: Mask::Causal,
-            },
-        });
-    }
-
-    /// The output projection of `n` rows of `att`, added to the residual stream `x`.
-    pub fn record_out(&self, ops: &mut Vec<Op>, att: BufferId, x: BufferId, n: usize) {
-        ops.push(Op::Linear {
-            w: self.wo,
-            bias: None,
-            x: att,
+            x: input,
             out: x,
             n,
             accumulate: true,
         });
-    }
+        return;
+    };
+    ops.push(Op::Linear {
+        w,
+        bias: None,
+        x: input,
+        out: h,
+        n,
+        accumulate: false,
+    });
+    norm.record(ops, h, h, n);
+    ops.push(Op::Add {
+        dst: x,
+        src: h,
+        len: n * norm.dim,
+    });
 }
 
 /// Buffers of [`GatedFfn`] over `n` rows.
@@ -239,11 +153,14 @@ pub struct GatedFfnBuffers {
 }
 
 /// Pre-norm gated feed-forward (SwiGLU, GeGLU): norm → gate|up linear → `act(gate) · up` →
-/// down projection added to the residual stream.
+/// down projection added to the residual stream (normalised first when the block has a
+/// post-norm).
 #[derive(Clone, Copy, Debug)]
 pub struct GatedFfn {
     /// The norm before the block.
     pub norm: Norm,
+    /// Norm of the down projection before the residual add, if any.
+    pub post_norm: Option<Norm>,
     /// Stacked projection, rows `gate (ffn_dim) | up (ffn_dim)`.
     pub w_gate_up: WeightId,
     /// Down projection (`dim × ffn_dim`).
@@ -273,14 +190,7 @@ impl GatedFfn {
             n,
             width: self.ffn_dim,
         });
-        ops.push(Op::Linear {
-            w: self.w_down,
-            bias: None,
-            x: b.ff,
-            out: b.x,
-            n,
-            accumulate: true,
-        });
+        record_residual(ops, self.w_down, self.post_norm, b.ff, b.x, b.h, n);
     }
 }
 
@@ -406,108 +316,4 @@ pub fn record_lm_head(
         n,
         accumulate: false,
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use lowbit_core::DType;
-    use lowbit_core::KvLayout;
-
-    fn attention() -> DecoderAttention {
-        DecoderAttention {
-            norm: Norm {
-                kind: NormKind::Rms,
-                weight: BufferId(90),
-                bias: None,
-                dim: 8,
-                eps: 1e-5,
-            },
-            wqkv: WeightId(1),
-            wo: WeightId(2),
-            heads: Heads {
-                n_heads: 4,
-                n_kv_heads: 2,
-                head_dim: 2,
-            },
-            rope: Rope {
-                theta: 10_000.0,
-                style: RopeStyle::Adjacent,
-            },
-        }
-    }
-
-    fn kv() -> KvView {
-        KvView {
-            k: BufferId(20),
-            v: BufferId(21),
-            layout: KvLayout {
-                n_kv_heads: 2,
-                head_dim: 2,
-                rows: 16,
-                dtype: DType::F32,
-            },
-        }
-    }
-
-    #[test]
-    fn decoder_attention_records_the_llama_sequence_over_qkv_columns() {
-        let bufs = DecoderAttentionBuffers {
-            x: BufferId(10),
-            h: BufferId(11),
-            qkv: BufferId(12),
-            q: BufferId(13),
-            att: BufferId(14),
-        };
-        let mut ops = Vec::new();
-        attention().record(&mut ops, &bufs, kv(), 3, 5);
-        let names: Vec<_> = ops.iter().map(Op::name).collect();
-        let want = [
-            "norm",
-            "linear",
-            "rope",
-            "rope",
-            "kv_write",
-            "attention",
-            "linear",
-        ];
-        assert_eq!(names, want);
-        // q | k | v rows of 8 + 4 + 4 values: keys rotated in place from column 8, values at 12.
-        let Op::Rope { x, out, shape } = &ops[3] else {
-            panic!("{:?}", ops[3])
-        };
-        assert_eq!(
-            (x, out),
-            (&Cols::new(bufs.qkv, 8, 16), &Cols::new(bufs.qkv, 8, 16))
-        );
-        assert_eq!((shape.n_heads, shape.n_tokens, shape.pos0), (2, 3, 5));
-        let Op::KvWrite { v, pos0, .. } = &ops[4] else {
-            panic!("{:?}", ops[4])
-        };
-        assert_eq!((v, *pos0), (&Cols::new(bufs.qkv, 12, 16), 5));
-        let Op::Attention { shape, .. } = &ops[5] else {
-            panic!("{:?}", ops[5])
-        };
-        assert_eq!((shape.kv_len, shape.mask), (8, Mask::Causal));
-        assert!(matches!(ops[6], Op::Linear { accumulate: true, out, .. } if out == bufs.x));
-    }
-
-    #[test]
-    fn one_row_of_a_batch_is_addressed_by_its_row_offset() {
-        let mut ops = Vec::new();
-        let (qkv, q, att) = (BufferId(12), BufferId(13), BufferId(14));
-        attention().record_attend(&mut ops, qkv, 2, q, att, kv(), 1, 7);
-        let Op::Rope { x, out, shape } = &ops[0] else {
-            panic!("{:?}", ops[0])
-        };
-        assert_eq!((x.offset, x.stride, out.offset), (32, 16, 0));
-        assert_eq!(shape.pos0, 7);
-        let Op::KvWrite {
-            k, pos0, n_tokens, ..
-        } = &ops[2]
-        else {
-            panic!("{:?}", ops[2])
-        };
-        assert_eq!((k.offset, *pos0, *n_tokens), (40, 7, 1));
-    }
 }

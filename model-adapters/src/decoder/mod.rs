@@ -1,9 +1,11 @@
-//! A loaded LLaMA-family model: each call records its whole step as one op list through the
-//! shared blocks and runs it with one [`Backend::run`].
+//! A loaded decoder-only text model, whatever its family (LLaMA, Gemma 3): an embedding, a
+//! stack of [`DecoderLayer`]s on the shared blocks and an LM head. Each call records its whole
+//! step as one op list and runs it with one [`Backend::run`]; a family's adapter only reads its
+//! file and says which blocks (and which options of them) its layers are.
 
-use super::Hparams;
 use crate::blocks::{
-    record_lm_head, DecoderAttention, DecoderAttentionBuffers, GatedFfn, GatedFfnBuffers, Norm,
+    record_lm_head, DecoderAttention, DecoderAttentionBuffers, GatedFfn, GatedFfnBuffers, Heads,
+    Norm,
 };
 use crate::loader::WeightTotals;
 use lowbit_core::future::LocalBoxFuture;
@@ -16,29 +18,115 @@ use lowbit_core::{
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-/// One decoder block: the q, k and v projections are stored stacked as one matrix (and gate
-/// and up likewise), so each norm is followed by one matmul instead of three (two): the plan
-/// gives every projection of a layer the same format, so stacking is exact.
-pub(super) struct Layer {
-    pub(super) attn: DecoderAttention,
-    pub(super) ffn: GatedFfn,
+mod gguf;
+
+pub(crate) use gguf::{
+    gguf_decoder_adapter, is_gguf_of, load_gguf, load_lm_head, DecoderSpec, Hparams,
+};
+
+/// One decoder block. Where the plan gives the projections of a layer one format, the q, k and
+/// v projections are stored stacked as one matrix (and gate and up likewise), so each norm is
+/// followed by one matmul instead of three (two): stacking is exact for row-wise formats.
+pub(crate) struct DecoderLayer {
+    pub(crate) attn: DecoderAttention,
+    pub(crate) ffn: GatedFfn,
 }
 
-/// A loaded LLaMA-family model.
-pub struct LlamaModel {
-    pub(super) hp: Hparams,
-    pub(super) config: TextModelConfig,
-    pub(super) tokenizer: Tokenizer,
-    pub(super) backend: Arc<dyn Backend>,
-    pub(super) embedding: WeightId,
-    pub(super) layers: Vec<Layer>,
-    pub(super) output_norm: Norm,
-    pub(super) lm_head: WeightId,
-    pub(super) plan: QuantPlan,
-    pub(super) totals: WeightTotals,
+/// The sizes the model's buffers are made for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct DecoderDims {
+    pub(crate) n_layers: usize,
+    pub(crate) dim: usize,
+    pub(crate) heads: Heads,
+    pub(crate) ffn_dim: usize,
+    pub(crate) vocab: usize,
+}
+
+impl DecoderDims {
+    fn kv_dim(&self) -> usize {
+        self.heads.kv_dim()
+    }
+}
+
+/// Most logit values computed (and held on the device) at once: 128 MiB of f32, WebGPU's
+/// default storage-binding limit. A longer input's logits are made in chunks of rows (Gemma's
+/// 262,144-token vocabulary makes 1 GiB for 1,024 rows).
+const LOGIT_VALUES: usize = 1 << 25;
+
+/// A loaded decoder-only model.
+pub struct DecoderModel {
+    pub(crate) dims: DecoderDims,
+    pub(crate) config: TextModelConfig,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) embedding: WeightId,
+    /// Multiplier of the embedded rows (Gemma: √dim), if any.
+    pub(crate) embed_scale: Option<f32>,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) output_norm: Norm,
+    pub(crate) lm_head: WeightId,
+    pub(crate) plan: QuantPlan,
+    pub(crate) totals: WeightTotals,
     /// Op lists kept for reuse, so recording a step allocates nothing once warm (one per
     /// caller recording at the same time).
-    pub(super) op_lists: Mutex<Vec<Vec<Op>>>,
+    pub(crate) op_lists: Mutex<Vec<Vec<Op>>>,
+}
+
+/// The weights of a [`DecoderModel`], as a family's builder loaded them.
+pub(crate) struct DecoderWeights {
+    pub(crate) embedding: WeightId,
+    /// Multiplier of the embedded rows, if any.
+    pub(crate) embed_scale: Option<f32>,
+    pub(crate) layers: Vec<DecoderLayer>,
+    pub(crate) output_norm: Norm,
+    pub(crate) lm_head: WeightId,
+}
+
+impl DecoderModel {
+    /// The model of `spec` with weights `w` (`n_params` parameters, `totals` as loaded).
+    pub(crate) fn new(
+        spec: DecoderSpec,
+        n_params: usize,
+        backend: Arc<dyn Backend>,
+        plan: &QuantPlan,
+        totals: WeightTotals,
+        w: DecoderWeights,
+    ) -> Self {
+        let hp = &spec.hp;
+        let (name, architecture) = spec.names;
+        let config = TextModelConfig {
+            name,
+            architecture,
+            vocab_size: hp.vocab,
+            context_length: hp.context_length,
+            n_layers: hp.n_layers,
+            dim: hp.dim,
+            n_heads: hp.n_heads,
+            n_kv_heads: hp.n_kv_heads,
+            ffn_dim: hp.ffn_dim,
+            n_params,
+        };
+        DecoderModel {
+            dims: DecoderDims {
+                n_layers: hp.n_layers,
+                dim: hp.dim,
+                heads: hp.heads(),
+                ffn_dim: hp.ffn_dim,
+                vocab: hp.vocab,
+            },
+            config,
+            tokenizer: spec.tokenizer,
+            backend,
+            embedding: w.embedding,
+            embed_scale: w.embed_scale,
+            layers: w.layers,
+            output_norm: w.output_norm,
+            lm_head: w.lm_head,
+            plan: *plan,
+            totals,
+            op_lists: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 // Indices into `KvCache::scratch`.
@@ -49,7 +137,7 @@ const S_X: usize = 0;
 const S_H: usize = 1;
 /// Rotated queries.
 const S_Q: usize = 2;
-/// Fused q|k|v projection.
+/// Fused q|k|v projection (or the keys of separate projections).
 const S_QKV: usize = 3;
 /// Attention output.
 const S_ATT: usize = 4;
@@ -57,7 +145,7 @@ const S_ATT: usize = 4;
 const S_GATE_UP: usize = 5;
 /// SwiGLU output.
 const S_FF: usize = 6;
-/// Logits (an ordinary buffer: read back).
+/// Logits of up to [`LOGIT_VALUES`] values (an ordinary buffer: read back).
 const S_LOGITS: usize = 7;
 /// Two token-id slots of device-side greedy decoding (f32 values; an ordinary buffer).
 const S_TOK: usize = 8;
@@ -65,13 +153,15 @@ const S_TOK: usize = 8;
 const S_ROW_Q: usize = 9;
 /// One attention-output row of batched decoding.
 const S_ROW_ATT: usize = 10;
+/// Values of separate q, k, v projections.
+const S_V: usize = 11;
 /// Scratch buffers per cache.
-const N_SCRATCH: usize = 11;
+const N_SCRATCH: usize = 12;
 
 /// The scratch buffers of one call.
 type Scratch = [BufferId; N_SCRATCH];
 
-impl LlamaModel {
+impl DecoderModel {
     /// Records with `record` into a reused op list and runs it as one [`Backend::run`] call.
     fn run(&self, record: impl FnOnce(&mut Vec<Op>) -> Result<()>) -> Result<()> {
         let mut ops = self
@@ -92,10 +182,10 @@ impl LlamaModel {
 
     /// Errors with `INVALID_CONFIG` naming the first id of `tokens` outside the vocabulary.
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        match tokens.iter().find(|&&t| t as usize >= self.hp.vocab) {
+        match tokens.iter().find(|&&t| t as usize >= self.dims.vocab) {
             Some(t) => Err(Error::invalid_config(format!(
                 "token id {t} is outside the vocabulary ({})",
-                self.hp.vocab
+                self.dims.vocab
             ))),
             None => Ok(()),
         }
@@ -106,6 +196,7 @@ impl LlamaModel {
             x: s[S_X],
             h: s[S_H],
             qkv: s[S_QKV],
+            v: s[S_V],
             q: s[S_Q],
             att: s[S_ATT],
         }
@@ -118,6 +209,77 @@ impl LlamaModel {
             gate_up: s[S_GATE_UP],
             ff: s[S_FF],
         }
+    }
+
+    /// Records the embedding of `ids` into `out` (scaled, for a model that scales it).
+    fn record_embed(&self, ops: &mut Vec<Op>, ids: TokenIds, out: BufferId) {
+        let n = ids.len();
+        ops.push(Op::Embed {
+            table: self.embedding,
+            ids,
+            out,
+        });
+        if let Some(factor) = self.embed_scale {
+            ops.push(Op::Scale {
+                x: out,
+                len: n * self.dims.dim,
+                factor,
+            });
+        }
+    }
+
+    /// Rows of logits made at once (see [`LOGIT_VALUES`]).
+    fn logit_rows(&self) -> usize {
+        (LOGIT_VALUES / self.dims.vocab.max(1)).max(1)
+    }
+
+    /// Records the LM head of the `m` final hidden rows `r0 ..` of `src` into `s[S_LOGITS]`
+    /// (rows past the first are moved to the start of `s[S_Q]` first: ops read from a
+    /// buffer's start).
+    fn record_logits(&self, ops: &mut Vec<Op>, s: &Scratch, src: BufferId, r0: usize, m: usize) {
+        let dim = self.dims.dim;
+        let x = if r0 == 0 {
+            src
+        } else {
+            ops.push(Op::Copy {
+                src,
+                src_offset: r0 * dim,
+                dst: s[S_Q],
+                dst_offset: 0,
+                len: m * dim,
+            });
+            s[S_Q]
+        };
+        record_lm_head(
+            ops,
+            &self.output_norm,
+            self.lm_head,
+            x,
+            s[S_H],
+            s[S_LOGITS],
+            m,
+        );
+    }
+
+    /// The logits of `rows` final hidden rows of `src`, the first chunk of them already
+    /// recorded and run by the caller (with [`DecoderModel::record_logits`] from row 0); the
+    /// rest are made chunk by chunk.
+    async fn read_logits(&self, s: &Scratch, src: BufferId, rows: usize) -> Result<Vec<f32>> {
+        let (vocab, chunk) = (self.dims.vocab, self.logit_rows());
+        let first = rows.min(chunk);
+        let mut out = self.backend.read(s[S_LOGITS], 0, first * vocab).await?;
+        out.reserve((rows - first) * vocab);
+        let mut r0 = first;
+        while r0 < rows {
+            let m = (rows - r0).min(chunk);
+            self.run(|ops| {
+                self.record_logits(ops, s, src, r0, m);
+                Ok(())
+            })?;
+            out.extend(self.backend.read(s[S_LOGITS], 0, m * vocab).await?);
+            r0 += m;
+        }
+        Ok(out)
     }
 
     /// Records every decoder block over the `n` embedded rows in `s[S_X]`, at positions
@@ -151,15 +313,12 @@ impl LlamaModel {
     ) -> Result<ReadFuture> {
         let (src, dst) = (k % 2, (k + 1) % 2);
         self.run(|ops| {
-            ops.push(Op::Embed {
-                table: self.embedding,
-                ids: TokenIds::Device {
-                    buf: s[S_TOK],
-                    offset: src,
-                    n: 1,
-                },
-                out: s[S_X],
-            });
+            let ids = TokenIds::Device {
+                buf: s[S_TOK],
+                offset: src,
+                n: 1,
+            };
+            self.record_embed(ops, ids, s[S_X]);
             self.record_layers(ops, cache, s, 1, pos)?;
             record_lm_head(
                 ops,
@@ -172,7 +331,7 @@ impl LlamaModel {
             );
             ops.push(Op::Argmax {
                 x: s[S_LOGITS],
-                len: self.hp.vocab,
+                len: self.dims.vocab,
                 out: s[S_TOK],
                 out_offset: dst,
             });
@@ -185,8 +344,9 @@ impl LlamaModel {
     ///
     /// Errors with `INVALID_CONFIG` for a cache made by another model.
     fn scratch(&self, cache: &mut KvCache, n: usize) -> Result<Scratch> {
-        let fits = cache.n_layers() == self.hp.n_layers
-            && (self.hp.n_layers == 0 || cache.layer(0)?.layout.row_len() == self.hp.kv_dim());
+        let d = &self.dims;
+        let fits = cache.n_layers() == d.n_layers
+            && (d.n_layers == 0 || cache.layer(0)?.layout.row_len() == d.kv_dim());
         if !fits {
             return Err(Error::invalid_config(
                 "the KV cache was made for another model",
@@ -202,22 +362,23 @@ impl LlamaModel {
 
     /// (Re)allocates the scratch buffers of `cache` for `n` token rows (logits included).
     fn alloc_scratch(&self, cache: &mut KvCache, n: usize) -> Result<()> {
-        let hp = &self.hp;
+        let d = &self.dims;
         let b = &self.backend;
-        let q_dim = hp.n_heads * hp.head_dim;
+        let q_dim = d.heads.q_dim();
         // (values, whether the buffer carries values across runs or to the host)
         let sizes: [(usize, bool); N_SCRATCH] = [
-            (n * hp.dim, true),
-            (n * hp.dim, false),
-            (n * q_dim.max(hp.dim), false),
-            (n * (q_dim + 2 * hp.kv_dim()), false),
+            (n * d.dim, true),
+            (n * d.dim, false),
+            (n * q_dim.max(d.dim), false),
+            (n * d.heads.qkv_dim(), false),
             (n * q_dim, false),
-            (n * 2 * hp.ffn_dim, false),
-            (n * hp.ffn_dim, false),
-            (n * hp.vocab, true),
+            (n * 2 * d.ffn_dim, false),
+            (n * d.ffn_dim, false),
+            (n.min(self.logit_rows()) * d.vocab, true),
             (2, true),
             (q_dim, false),
             (q_dim, false),
+            (n * d.kv_dim(), false),
         ];
         let mut bufs = Vec::with_capacity(sizes.len());
         for (len, kept) in sizes {
@@ -241,7 +402,7 @@ impl LlamaModel {
     }
 }
 
-impl TextModel for LlamaModel {
+impl TextModel for DecoderModel {
     fn config(&self) -> &TextModelConfig {
         &self.config
     }
@@ -252,12 +413,12 @@ impl TextModel for LlamaModel {
 
     fn new_cache(&self, max_seq: usize) -> Result<KvCache> {
         let layout = KvLayout {
-            n_kv_heads: self.hp.n_kv_heads,
-            head_dim: self.hp.head_dim,
+            n_kv_heads: self.dims.heads.n_kv_heads,
+            head_dim: self.dims.heads.head_dim,
             rows: max_seq,
             dtype: DType::F32,
         };
-        KvCache::new(self.backend.clone(), self.hp.n_layers, layout)
+        KvCache::new(self.backend.clone(), self.dims.n_layers, layout)
     }
 
     fn forward<'a>(
@@ -274,36 +435,29 @@ impl TextModel for LlamaModel {
             cache.ensure_room(n)?;
             self.check_tokens(tokens)?;
             let s = self.scratch(cache, n)?;
-            let (dim, vocab) = (self.hp.dim, self.hp.vocab);
+            let dim = self.dims.dim;
             let rows = match logits {
                 Logits::All => n,
                 Logits::Last => 1,
             };
+            // `Logits::Last` normalises and projects only the last row.
+            let src = if rows == n { s[S_X] } else { s[S_Q] };
             self.run(|ops| {
-                ops.push(Op::Embed {
-                    table: self.embedding,
-                    ids: TokenIds::Host(tokens.to_vec()),
-                    out: s[S_X],
-                });
+                self.record_embed(ops, TokenIds::Host(tokens.to_vec()), s[S_X]);
                 self.record_layers(ops, cache, &s, n, cache.pos)?;
-                // `Logits::Last` normalises and projects only the last row.
-                let last = if rows == n {
-                    s[S_X]
-                } else {
+                if rows != n {
                     ops.push(Op::Copy {
                         src: s[S_X],
                         src_offset: (n - 1) * dim,
-                        dst: s[S_Q],
+                        dst: src,
                         dst_offset: 0,
                         len: dim,
                     });
-                    s[S_Q]
-                };
-                let (w, h, out) = (self.lm_head, s[S_H], s[S_LOGITS]);
-                record_lm_head(ops, &self.output_norm, w, last, h, out, rows);
+                }
+                self.record_logits(ops, &s, src, 0, rows.min(self.logit_rows()));
                 Ok(())
             })?;
-            let out = self.backend.read(s[S_LOGITS], 0, rows * vocab).await?;
+            let out = self.read_logits(&s, src, rows).await?;
             cache.pos += n;
             Ok(out)
         })
@@ -339,7 +493,7 @@ impl TextModel for LlamaModel {
                 // Checks each cache fits the model (its own scratch stays unused).
                 self.scratch(c, 1)?;
             }
-            for l in 0..self.hp.n_layers {
+            for l in 0..self.dims.n_layers {
                 for c in caches.iter() {
                     views.push(c.layer(l)?);
                 }
@@ -347,24 +501,21 @@ impl TextModel for LlamaModel {
             let positions: Vec<usize> = caches.iter().map(|c| c.pos).collect();
             // The first cache's scratch serves the whole batch: n rows of every activation.
             let s = self.scratch(caches[0], n)?;
-            let q_dim = self.hp.n_heads * self.hp.head_dim;
-            let vocab = self.hp.vocab;
+            let q_dim = self.dims.heads.q_dim();
+            let vocab = self.dims.vocab;
             self.run(|ops| {
-                ops.push(Op::Embed {
-                    table: self.embedding,
-                    ids: TokenIds::Host(tokens.to_vec()),
-                    out: s[S_X],
-                });
-                let ffn_buffers = Self::ffn_buffers(&s);
+                self.record_embed(ops, TokenIds::Host(tokens.to_vec()), s[S_X]);
+                let (attn_buffers, ffn_buffers) =
+                    (Self::attention_buffers(&s), Self::ffn_buffers(&s));
                 for (l, layer) in self.layers.iter().enumerate() {
                     let attn = &layer.attn;
                     // Every matrix is read once for the whole batch (n activation rows).
-                    attn.record_qkv(ops, s[S_X], s[S_H], s[S_QKV], n);
+                    let rows = attn.record_qkv(ops, &attn_buffers, n);
                     // RoPE, the cache write and attention per sequence, at its own position.
                     for (i, &pos) in positions.iter().enumerate() {
                         let kv = views[l * n + i];
                         let (q, att) = (s[S_ROW_Q], s[S_ROW_ATT]);
-                        attn.record_attend(ops, s[S_QKV], i, q, att, kv, 1, pos);
+                        attn.record_attend(ops, rows, i, q, att, kv, 1, pos);
                         ops.push(Op::Copy {
                             src: att,
                             src_offset: 0,
@@ -373,14 +524,13 @@ impl TextModel for LlamaModel {
                             len: q_dim,
                         });
                     }
-                    attn.record_out(ops, s[S_ATT], s[S_X], n);
+                    attn.record_out(ops, s[S_ATT], s[S_X], s[S_H], n);
                     layer.ffn.record(ops, &ffn_buffers, n);
                 }
-                let (w, h, out) = (self.lm_head, s[S_H], s[S_LOGITS]);
-                record_lm_head(ops, &self.output_norm, w, s[S_X], h, out, n);
+                self.record_logits(ops, &s, s[S_X], 0, n.min(self.logit_rows()));
                 Ok(())
             })?;
-            let all = self.backend.read(s[S_LOGITS], 0, n * vocab).await?;
+            let all = self.read_logits(&s, s[S_X], n).await?;
             for c in caches.iter_mut() {
                 c.pos += 1;
             }
