@@ -257,6 +257,36 @@ fn bad_scales_are_errors_not_garbage() {
     }
 }
 
+/// Found by the ct2 fuzz target (a stack overflow): an alias can name a weight as its own
+/// scale, or two weights as each other's. A scale is read as stored, never dequantized
+/// itself, so neither recurses.
+#[test]
+fn aliased_scales_do_not_recurse() {
+    let m = Ct2Model::from_bytes(ct2(
+        "S",
+        1,
+        &[
+            Var::i8("self/weight", &[1, 1], &[3]),
+            Var::i8("a/weight", &[1, 1], &[4]),
+            Var::i8("b/weight", &[1, 1], &[2]),
+        ],
+        &[
+            ("self/weight_scale", "self/weight"),
+            ("a/weight_scale", "b/weight"),
+            ("b/weight_scale", "a/weight"),
+        ],
+    ))
+    .unwrap();
+    let e = m.variable_f32("self/weight").unwrap_err();
+    assert_eq!(e.code, ErrorCode::ModelLoadingFailed, "{e}");
+    assert!(e.message.contains("itself"), "{e}");
+    // Each divided by the other's stored code.
+    assert_eq!(m.variable_f32("a/weight").unwrap(), [2.0]);
+    assert_eq!(m.variable_f32("b/weight").unwrap(), [0.5]);
+    // The alias itself reads its target, dequantized like it.
+    assert_eq!(m.variable_f32("a/weight_scale").unwrap(), [0.5]);
+}
+
 fn whisper_tiny() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/whisper-tiny.en/model.bin")
 }

@@ -356,8 +356,19 @@ impl Ct2Model {
     pub fn variable_f32(&self, name: &str) -> Result<Vec<f32>> {
         let i = self.require(name)?;
         let var = &self.variables[i];
+        let values = self.converted(i);
+        let quantized = matches!(var.dtype, Ct2Dtype::I8 | Ct2Dtype::I16);
+        // Scales belong to the stored variable: an alias shares its target's scale.
+        if quantized && var.name.ends_with("weight") {
+            return self.dequantize(var, values);
+        }
+        Ok(values)
+    }
+
+    /// Variable `i`'s elements converted to f32 as stored: no scale applied.
+    fn converted(&self, i: usize) -> Vec<f32> {
         let raw = &self.bytes[self.ranges[i].clone()];
-        let values: Vec<f32> = match var.dtype {
+        match self.variables[i].dtype {
             Ct2Dtype::F32 => raw
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
@@ -379,21 +390,24 @@ impl Ct2Model {
                 .chunks_exact(2)
                 .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])))
                 .collect(),
-        };
-        let quantized = matches!(var.dtype, Ct2Dtype::I8 | Ct2Dtype::I16);
-        // Scales belong to the stored variable: an alias shares its target's scale.
-        if quantized && var.name.ends_with("weight") {
-            return self.dequantize(var, values);
         }
-        Ok(values)
     }
 
     /// Divides the integer codes of weight `var` by its scale: per row for int8, one scalar
     /// for int16.
     fn dequantize(&self, var: &Ct2Variable, mut values: Vec<f32>) -> Result<Vec<f32>> {
         let scale_name = format!("{}_scale", var.name);
+        // The scale is read as stored, never dequantized itself: an alias can point a
+        // scale back at a weight (its own or another's), which would otherwise recurse
+        // without end.
         let scales = match self.index(&scale_name) {
-            Some(_) => self.variable_f32(&scale_name)?,
+            Some(s) if self.variables[s].name == var.name => {
+                return Err(fail(format!(
+                    "{scale_name:?} is the weight {:?} itself",
+                    var.name
+                )))
+            }
+            Some(s) => self.converted(s),
             None if var.dtype == Ct2Dtype::I16 => vec![DEFAULT_INT16_SCALE],
             None => {
                 return Err(fail(format!(
