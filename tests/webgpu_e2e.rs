@@ -94,9 +94,14 @@ fn greedy_on(
 /// Perplexity of SmolLM2 on the first two 64-token chunks of the Brown corpus (32 scored
 /// tokens each; small because lavapipe runs every kernel on the CPU).
 fn ppl(backend: &str, quant: &str, text: &str, tuning: &BackendTuning) -> f64 {
-    let model = load(backend, quant, tuning);
+    ppl_with(backend, quant, text, tuning, false)
+}
+
+/// [`ppl`], quantized in a rotated basis when `rotation` is set.
+fn ppl_with(backend: &str, quant: &str, text: &str, tuning: &BackendTuning, rotation: bool) -> f64 {
+    let model = load_with(backend, quant, tuning, rotation);
     perplexity(model.as_ref(), text, 64, 2, &mut |_, _, _| {})
-        .unwrap_or_else(|e| panic!("perplexity {quant} on {backend}: {e}"))
+        .unwrap_or_else(|e| panic!("perplexity {quant} (rotation {rotation}) on {backend}: {e}"))
         .perplexity
 }
 
@@ -168,14 +173,8 @@ fn rotated_weights_match_the_cpu_backend_end_to_end() {
     let mut exact = BackendTuning::default();
     exact.cpu.exact_activations = true;
     let default = BackendTuning::default();
-    let ppl_rot = |backend: &str, tuning: &BackendTuning| {
-        let model = load_with(backend, "int4", tuning, true);
-        perplexity(model.as_ref(), &text, 64, 2, &mut |_, _, _| {})
-            .unwrap_or_else(|e| panic!("rotated perplexity on {backend}: {e}"))
-            .perplexity
-    };
-    let cpu = ppl_rot("cpu", &exact);
-    let gpu = ppl_rot("webgpu", &default);
+    let cpu = ppl_with("cpu", "int4", &text, &exact, true);
+    let gpu = ppl_with("webgpu", "int4", &text, &default, true);
     let rel = (gpu - cpu).abs() / cpu;
     eprintln!(
         "int4 rotated: perplexity cpu {cpu:.4}, webgpu {gpu:.4} ({:.3}%)",

@@ -131,11 +131,22 @@ fn rotated() -> Vec<Case> {
         v.push(b.finish());
     }
     // Device ids; id 100 is outside the table: its row stays as it was, not rotated back.
-    let f = r(3, 32, Sym, 128);
-    let mut b = CaseBuilder::new("embed", "11x256 device ids=[2,7,100,5]", f.name(), DATA);
-    let table = b.weight(f, 11, 256);
+    v.push(embed_device_ids(r(3, 32, Sym, 128), 256));
+    v
+}
+
+/// An embedding of 11 rows of `cols` whose ids `[2, 7, 100, 5]` come from a device buffer at
+/// an offset; id 100 is outside the table, so its output row must stay as it was.
+fn embed_device_ids(f: Format, cols: usize) -> Case {
+    let mut b = CaseBuilder::new(
+        "embed",
+        format!("11x{cols} device ids=[2,7,100,5]"),
+        f.name(),
+        DATA,
+    );
+    let table = b.weight(f, 11, cols);
     let ids = b.data(vec![9.0, 2.0, 7.0, 100.0, 5.0]);
-    let out = b.input(4 * 256);
+    let out = b.input(4 * cols);
     b.op(Op::Embed {
         table,
         ids: TokenIds::Device {
@@ -146,8 +157,7 @@ fn rotated() -> Vec<Case> {
         out,
     });
     b.check_all(out);
-    v.push(b.finish());
-    v
+    b.finish()
 }
 
 fn embed() -> Vec<Case> {
@@ -165,23 +175,10 @@ fn embed() -> Vec<Case> {
         b.check_all(out);
         v.push(b.finish());
     }
-    // Ids from a device buffer at an offset; id 100 is outside the table: its row stays as it was.
-    let f = Format::quant(4, 32, Scheme::Asymmetric);
-    let mut b = CaseBuilder::new("embed", "11x96 device ids=[2,7,100,5]", f.name(), DATA);
-    let table = b.weight(f, 11, 96);
-    let ids = b.data(vec![9.0, 2.0, 7.0, 100.0, 5.0]);
-    let out = b.input(4 * 96);
-    b.op(Op::Embed {
-        table,
-        ids: TokenIds::Device {
-            buf: ids,
-            offset: 1,
-            n: 4,
-        },
-        out,
-    });
-    b.check_all(out);
-    v.push(b.finish());
+    v.push(embed_device_ids(
+        Format::quant(4, 32, Scheme::Asymmetric),
+        96,
+    ));
     v
 }
 
