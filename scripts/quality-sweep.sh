@@ -8,6 +8,7 @@
 # OUT/<job>.md. Then: scripts/quality-plot.py OUT/results.jsonl for the table and the PNG.
 #
 # Usage: scripts/quality-sweep.sh [MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf] [CHUNKS=20]
+#   (a Gemma 3 model, models/gemma-3-270m-q4_k_m.gguf, runs its own job list below)
 # Environment: LOWBIT_BIN (default target/release/lowbit), JOBS (default 1), THREADS (default
 #   nproc / JOBS), OUT (default bench/results/DATE-<nproc>core-ARCH/quality-sweep),
 #   CALIB_CHUNKS (default 32), ONLY (a regex: run only jobs whose name matches).
@@ -23,7 +24,7 @@ calib="--calibrate models/brown-calib.txt --set quantization.calibration.chunks=
 imp="$calib --set quantization.calibration.error_feedback=false"
 emb4="--set quantization.overrides=token_embd.weight=4"
 # name | flags (each job may measure several widths: calibration runs once per job)
-sweep=(
+smollm2_sweep=(
   # First: it measures the sensitivities the other alloc jobs reuse (the longest job).
   "alloc5.0-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 5.0"
   "alloc5.0-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.0"
@@ -31,6 +32,7 @@ sweep=(
   "imp-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $imp"
   "gptq-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib"
   "gptq-rot-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 --rotate $calib"
+  "gptq-rot-g128-sym|--quants int4,int3,int2 --scheme sym --group-size 128 --rotate $calib"
   "gptq-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib"
   "gptq-emb4-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib $emb4"
   "gptq-emb4-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib $emb4"
@@ -44,6 +46,25 @@ sweep=(
   "2:alloc4.3-rot-g32-sym|--quant int3 --scheme sym --group-size 32 --rotate $calib --target-bits 4.3"
   "2:alloc3.6-rot-g32-sym|--quant int2 --scheme sym --group-size 32 --rotate $calib --target-bits 3.6"
 )
+# Gemma 3 270M: the tied 262k×640 embedding is 63% of the weights, so llama.cpp's types land at
+# 6.7 to 7.4 bits/weight (they keep it at Q6_K/Q8_0); the allocated rows aim just under each.
+rot="--scheme sym --group-size 32 --rotate $calib"
+gemma3_sweep=(
+  "alloc6.7-rot-g32-sym|--quant int4 $rot --target-bits 6.7"
+  "fp32-int8|--quants fp32,int8 --scheme sym --group-size 32"
+  "plain-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32"
+  "plain-g32-asym|--quants int4 --scheme asym --group-size 32"
+  "gptq-rot-g32-sym|--quants int4,int3,int2 $rot"
+  "2:alloc6.95-rot-g32-sym|--quant int4 $rot --target-bits 6.95"
+  "2:alloc7.25-rot-g32-sym|--quant int4 $rot --target-bits 7.25"
+  "2:alloc7.35-rot-g32-sym|--quant int4 $rot --target-bits 7.35"
+  "2:alloc5.5-rot-g32-sym|--quant int4 $rot --target-bits 5.5"
+  "2:alloc4.5-rot-g32-sym|--quant int3 $rot --target-bits 4.5"
+)
+case $(basename "$model") in
+  gemma-3*) sweep=("${gemma3_sweep[@]}") ;;
+  *) sweep=("${smollm2_sweep[@]}") ;;
+esac
 run_job() { # name flags
   local name=$1 flags=$2
   [ -s "$out/$name.md" ] && { echo "exists: $out/$name.md" >&2; return; }
