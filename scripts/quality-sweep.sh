@@ -50,14 +50,15 @@ smollm2_sweep=(
 # 6.7 to 7.4 bits/weight (they keep it at Q6_K/Q8_0); the allocated rows aim just under each.
 rot="--scheme sym --group-size 32 --rotate $calib"
 gemma3_sweep=(
+  # First: it measures the sensitivities the allocated rows reuse; then in order of need.
   "alloc6.7-rot-g32-sym|--quant int4 $rot --target-bits 6.7"
-  "fp32-int8|--quants fp32,int8 --scheme sym --group-size 32"
-  "plain-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32"
-  "plain-g32-asym|--quants int4 --scheme asym --group-size 32"
-  "gptq-rot-g32-sym|--quants int4,int3,int2 $rot"
   "2:alloc6.95-rot-g32-sym|--quant int4 $rot --target-bits 6.95"
   "2:alloc7.25-rot-g32-sym|--quant int4 $rot --target-bits 7.25"
+  "2:fp32-int8|--quants fp32,int8 --scheme sym --group-size 32"
+  "2:plain-g32-asym|--quants int4 --scheme asym --group-size 32"
   "2:alloc7.35-rot-g32-sym|--quant int4 $rot --target-bits 7.35"
+  "2:plain-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32"
+  "2:gptq-rot-g32-sym|--quants int4,int3,int2 $rot"
   "2:alloc5.5-rot-g32-sym|--quant int4 $rot --target-bits 5.5"
   "2:alloc4.5-rot-g32-sym|--quant int3 $rot --target-bits 4.5"
 )

@@ -103,6 +103,8 @@ pub struct QuantMethods {
     pub budget_bits: Option<f64>,
     /// Calibration tokens the allocator's sensitivity runs score.
     pub sensitivity_tokens: usize,
+    /// A coarser group size the allocator may also give a unit (2, 3 or 4 bits); 0 = none.
+    pub coarse_group: usize,
 }
 
 impl QuantMethods {
@@ -133,6 +135,15 @@ impl QuantMethods {
                 .then(|| c.int("quantization.adaptive.memory_budget_mb") as f64 * 8e6),
             sensitivity_tokens: c.int("quantization.calibration.sensitivity_tokens").max(16)
                 as usize,
+            coarse_group: {
+                let g = c.int("quantization.target_coarse_group");
+                if g != 0 && g % 32 != 0 {
+                    return Err(lowbit_core::Error::invalid_config(format!(
+                        "quantization.target_coarse_group = {g}: a multiple of 32, or 0 for none"
+                    )));
+                }
+                g as usize
+            },
         })
     }
 
@@ -147,6 +158,9 @@ impl QuantMethods {
         }
         if self.target_bits > 0.0 {
             s.push_str(&format!("+alloc{}", self.target_bits));
+        }
+        if self.coarse_group > 0 && (self.target_bits > 0.0 || self.budget_bits.is_some()) {
+            s.push_str(&format!("/g{}", self.coarse_group));
         }
         if let Some(b) = self.budget_bits {
             s.push_str(&format!("+budget{}MB", (b / 8e6).round()));
@@ -309,23 +323,24 @@ impl RunPlan {
                     "quantization.target_bits needs calibration (--calibrate FILE)",
                 )
             })?;
+            let mut groups = vec![group];
+            if m.coarse_group > 0 && m.coarse_group != group {
+                groups.push(m.coarse_group);
+            }
             let (widths, _) = crate::quantize::allocate_widths(
                 &q,
                 path,
                 text,
                 m.sensitivity_tokens,
                 self.backend.threads,
-                group,
+                &groups,
                 scheme,
                 m.target_bits,
                 m.budget_bits,
                 progress,
             )?;
             // Explicit overrides stay last, so they win.
-            let mut all = widths
-                .into_iter()
-                .map(|(n, b)| Ok((n, WeightPrecision::from_bits(b, group, scheme)?)))
-                .collect::<Result<Vec<_>>>()?;
+            let mut all = widths;
             all.append(&mut q.overrides);
             q.overrides = all;
         }
@@ -538,6 +553,32 @@ mod tests {
         assert_eq!(m.budget_bits, Some(60.0 * 8e6));
         assert_eq!(m.label_suffix(), "+gptq+budget60MB");
         assert!(!m.is_plain());
+    }
+
+    #[test]
+    fn coarse_group_is_a_multiple_of_32_and_labels_the_allocation() {
+        let src = lowbit_core::config::Source::Default;
+        let mut c = Config::default();
+        c.set("quantization.target_coarse_group", 100.into(), src.clone());
+        let e = QuantMethods::from_config(&c).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidConfig);
+        assert!(e.message.contains("multiple of 32"), "{e}");
+        c.set("quantization.target_coarse_group", 128.into(), src.clone());
+        let m = QuantMethods::from_config(&c).unwrap();
+        assert_eq!(m.coarse_group, 128);
+        assert_eq!(
+            m.label_suffix(),
+            "",
+            "no allocation: the key changes nothing"
+        );
+        c.set(
+            "quantization.calibration.file",
+            "calib.txt".into(),
+            src.clone(),
+        );
+        c.set("quantization.target_bits", 4.5.into(), src);
+        let m = QuantMethods::from_config(&c).unwrap();
+        assert_eq!(m.label_suffix(), "+gptq+alloc4.5/g128");
     }
 
     #[test]

@@ -182,7 +182,8 @@ pub fn quantize_model(
     })
 }
 
-/// Measures each weight unit's damage at 2, 3, 4 and 8 bits.
+/// Measures each weight unit's damage at 2, 3, 4 and 8 bits in groups of `groups[0]`, and at
+/// 2, 3 and 4 bits in each further (coarser) group size of `groups`.
 ///
 /// The damage of a unit at a width is its **sensitivity**: the mean KL divergence of the
 /// model's next-token distribution, over the first `tokens` tokens of the calibration text
@@ -203,7 +204,7 @@ pub fn measure_sensitivities(
     text: &Path,
     tokens: usize,
     threads: usize,
-    group: usize,
+    groups: &[usize],
     scheme: lowbit_core::Scheme,
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Vec<Sensitivity>> {
@@ -285,23 +286,39 @@ pub fn measure_sensitivities(
         if cols % 32 != 0 {
             continue;
         }
-        let mut widths = Vec::new();
-        for &bits in &WIDTHS {
-            let p = WeightPrecision::from_bits(bits, group, scheme)?;
-            let q = quantizer.quantize(&names[0], data.clone(), rows, cols, p)?;
-            let cost = q.size_bytes() as f64 * 8.0;
-            if bits == 8 {
-                // Too small to measure on a short text: each extra bit divides a grid's squared
-                // error by about 4, so 8 bits leave about 4⁻⁴ of 4 bits' divergence.
-                let kl4 = widths.last().map_or(0.0, |&(_, _, e): &(u32, f64, f64)| e);
-                widths.push((bits, cost, kl4 / 256.0));
-                continue;
+        let mut widths: Vec<SensitivityWidth> = Vec::new();
+        for (gi, &group) in groups.iter().enumerate() {
+            for &bits in &WIDTHS {
+                if bits == 8 && gi > 0 {
+                    continue;
+                }
+                let p = WeightPrecision::from_bits(bits, group, scheme)?;
+                let q = quantizer.quantize(&names[0], data.clone(), rows, cols, p)?;
+                let cost = q.size_bytes() as f64 * 8.0;
+                if bits == 8 {
+                    // Too small to measure on a short text: each extra bit divides a grid's
+                    // squared error by about 4, so 8 bits leave about 4⁻⁴ of 4 bits'
+                    // divergence.
+                    let kl4 = widths.last().map_or(0.0, |w| w.kl);
+                    widths.push(SensitivityWidth {
+                        bits,
+                        group,
+                        cost,
+                        kl: kl4 / 256.0,
+                    });
+                    continue;
+                }
+                let stand_in = swap.inner().upload_weight(q)?;
+                swap.swap(Some((*id, stand_in)));
+                let out = log_probs(&mut cache);
+                swap.swap(None);
+                widths.push(SensitivityWidth {
+                    bits,
+                    group,
+                    cost,
+                    kl: kl(&out?).max(0.0),
+                });
             }
-            let stand_in = swap.inner().upload_weight(q)?;
-            swap.swap(Some((*id, stand_in)));
-            let out = log_probs(&mut cache);
-            swap.swap(None);
-            widths.push((bits, cost, kl(&out?).max(0.0)));
         }
         table.push(Sensitivity {
             names: names.clone(),
@@ -313,12 +330,14 @@ pub fn measure_sensitivities(
     Ok(table)
 }
 
-/// Chooses each weight unit's width (2, 3, 4 or 8 bits in `group`/`scheme` groups) so the
+/// Chooses each weight unit's width (2, 3, 4 or 8 bits in `groups[0]`-value groups, or 2, 3
+/// or 4 bits in a further group size of `groups`; `scheme` throughout) so the
 /// matrices of the model at `input` average at most `target_bpw` bits per weight (when it is
 /// positive) and take at most `budget_bits` together (when given) with the least
 /// summed sensitivity ([`measure_sensitivities`], kept on disk between runs under
 /// `~/.cache/lowbit/sensitivity` keyed by model, calibration, methods and format; see
-/// [`lowbit_core::quant::allocate`]). Returns `(tensor name, bits)` overrides and the table.
+/// [`lowbit_core::quant::allocate`]). Returns `(tensor name, precision)` overrides and the
+/// table.
 ///
 /// Errors: as [`measure_sensitivities`]; `INVALID_CONFIG` when even 2 bits everywhere exceed
 /// the target or the budget.
@@ -329,7 +348,7 @@ pub fn allocate_widths(
     text: &Path,
     tokens: usize,
     threads: usize,
-    group: usize,
+    groups: &[usize],
     scheme: lowbit_core::Scheme,
     target_bpw: f64,
     budget_bits: Option<f64>,
@@ -338,8 +357,11 @@ pub fn allocate_widths(
     use lowbit_core::quant::allocate::{allocate, Choice, Unit};
     let meta = std::fs::metadata(input)
         .map_err(|e| Error::model_loading(format!("cannot read {}: {e}", input.display())))?;
+    if groups.is_empty() {
+        return Err(Error::invalid_config("width allocation needs a group size"));
+    }
     let key = format!(
-        "v1|{}|{}|{}|{}|{}|{}|{}|{:?}|{}",
+        "v2|{}|{}|{}|{}|{}|{}|{:?}|{:?}|{}",
         std::fs::canonicalize(input)
             .unwrap_or_else(|_| input.to_path_buf())
             .display(),
@@ -351,7 +373,7 @@ pub fn allocate_widths(
         tokens,
         quantizer.tag(),
         quantizer.damp,
-        group,
+        groups,
         scheme,
         text.display()
     );
@@ -371,7 +393,7 @@ pub fn allocate_widths(
         Some(t) => t,
         None => {
             let t = measure_sensitivities(
-                quantizer, input, text, tokens, threads, group, scheme, progress,
+                quantizer, input, text, tokens, threads, groups, scheme, progress,
             )?;
             if let Some(f) = &file {
                 // A cache that cannot be written only costs the next run the measurement.
@@ -394,7 +416,11 @@ pub fn allocate_widths(
             choices: t
                 .widths
                 .iter()
-                .map(|&(bits, cost, error)| Choice { bits, cost, error })
+                .map(|w| Choice {
+                    bits: w.bits,
+                    cost: w.cost,
+                    error: w.kl,
+                })
                 .collect(),
         })
         .collect();
@@ -431,19 +457,30 @@ pub fn allocate_widths(
                 / 8e6
         ))
     })?;
-    let widths = units
-        .iter()
-        .zip(picked)
-        .flat_map(|(u, i)| {
-            let bits = u.choices[i].bits;
-            u.names.iter().map(move |n| (n.clone(), bits))
-        })
-        .collect();
+    let mut widths = Vec::new();
+    for (t, i) in table.iter().zip(picked) {
+        let w = &t.widths[i];
+        let p = WeightPrecision::from_bits(w.bits, w.group, scheme)?;
+        widths.extend(t.names.iter().map(|n| (n.clone(), p)));
+    }
     Ok((widths, table))
 }
 
-/// `(tensor name, bits)` per allocated tensor.
-pub type Widths = Vec<(String, u32)>;
+/// `(tensor name, precision)` per allocated tensor.
+pub type Widths = Vec<(String, WeightPrecision)>;
+
+/// One measured width of a unit (see [`Sensitivity`]).
+#[derive(Clone, Copy, Debug, Serialize, serde::Deserialize)]
+pub struct SensitivityWidth {
+    /// Bits per stored value.
+    pub bits: u32,
+    /// Values per scale.
+    pub group: usize,
+    /// Stored bits of the unit at this width (codes, scales, offsets).
+    pub cost: f64,
+    /// Mean KL divergence of the next-token distribution, in nats.
+    pub kl: f64,
+}
 
 /// One weight unit's measured sensitivity (see [`allocate_widths`]).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -452,8 +489,8 @@ pub struct Sensitivity {
     pub names: Vec<String>,
     /// Values.
     pub params: usize,
-    /// `(bits, stored bits of the unit, mean KL divergence in nats)` per width.
-    pub widths: Vec<(u32, f64, f64)>,
+    /// Each measured width (and group size).
+    pub widths: Vec<SensitivityWidth>,
 }
 
 /// Where measured sensitivities are kept between runs: `LOWBIT_SENSITIVITY_CACHE_DIR`, else

@@ -137,6 +137,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("quantization.calibration.chunks", Kind::Int { min: 1, max: 100000 }, "32", "chunks of 512 tokens of the calibration text to run"),
     key!("quantization.calibration.error_feedback", Kind::Bool, "true", "with calibration: GPTQ-style error-feedback rounding (else importance weights only)"),
     key!("quantization.target_bits", Kind::Float { min: 0.0, max: 32.0 }, "0.0", "with calibration: give each weight unit its own width (2/3/4/8) so the whole model averages at most this many bits per weight, bits going where the measured error is highest; 0 = off"),
+    key!("quantization.target_coarse_group", Kind::Int { min: 0, max: 4096 }, "0", "with target_bits: a second, coarser group size (a multiple of 32, e.g. 128) the allocator may give a unit at 2, 3 or 4 bits (one scale per that many values: at 128 instead of 32, 0.375 bits/weight less, which rotation makes cheap in error); 0 = every unit in group_size groups"),
     key!("quantization.calibration.sensitivity_tokens", Kind::Int { min: 16, max: 512 }, "256", "with target_bits: calibration tokens scored per sensitivity run (one run per weight unit and width)"),
     key!("quantization.overrides", Kind::Text, "\"\"", "per-tensor widths NAME=BITS, comma-separated; NAME a tensor name or its suffix (ffn_down.weight = every layer's)"),
     key!("quantization.layers.embedding", Kind::IntOneOf(WEIGHT_BITS), "8", "bits of the embedding table (method = mixed)"),

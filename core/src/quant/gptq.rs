@@ -212,6 +212,9 @@ fn value_of(q: u8, scale: f32, offset: f32, spec: &QuantSpec) -> f32 {
     }
 }
 
+/// Rows one error-feedback task sweeps together (see [`quantize_gptq`]).
+const ROW_BLOCK: usize = 8;
+
 /// Quantizes a row-major `rows × cols` matrix with error feedback against the input Hessian
 /// `hessian` (`cols × cols`, `E[x xᵀ]` in the basis the matrix is quantized in: rotate it with
 /// [`Hessian::rotated`] when `weights` are rotated). `damp` (e.g. 0.01) is added to the
@@ -255,45 +258,71 @@ pub fn quantize_gptq(
     let groups = cols.div_ceil(spec.group_size);
     let mut data = vec![0u32; rows * row_words];
     let mut params = vec![(f16::ZERO, f16::ZERO); rows * groups];
-    data.par_chunks_mut(row_words)
-        .zip(params.par_chunks_mut(groups))
-        .zip(weights.par_chunks(cols))
+    // Rows are independent: each runs its own column sweep. They go ROW_BLOCK at a time, the
+    // block's working values interleaved column-major (`w[k * ROW_BLOCK + r]`), so each row of
+    // `u` is read once per block and the error-feedback update of column k is one contiguous
+    // run of ROW_BLOCK multiply-adds (vectorised), instead of streaming `u`, cols² f64, once
+    // per row. Every row sees exactly the operations of a row-by-row sweep, in the same order.
+    data.par_chunks_mut(row_words * ROW_BLOCK)
+        .zip(params.par_chunks_mut(groups * ROW_BLOCK))
+        .zip(weights.par_chunks(cols * ROW_BLOCK))
         .for_each_init(
             || {
                 (
-                    vec![0u8; cols],
-                    vec![0f64; cols],
+                    vec![0u8; cols * ROW_BLOCK],
+                    vec![0f64; cols * ROW_BLOCK],
                     vec![0u8; spec.group_size],
+                    vec![0f32; spec.group_size],
                 )
             },
-            |(codes, w, scratch), ((words, params), row)| {
-                for (wi, (&x, &d)) in w.iter_mut().zip(row.iter().zip(&dead)) {
-                    *wi = if d { 0.0 } else { f64::from(x) };
+            |(codes, w, scratch, vals), ((words, params), block)| {
+                let n = block.len() / cols;
+                for (r, row) in block.chunks_exact(cols).enumerate() {
+                    for (c, (&x, &d)) in row.iter().zip(&dead).enumerate() {
+                        w[c * ROW_BLOCK + r] = if d { 0.0 } else { f64::from(x) };
+                    }
                 }
-                let (mut scale, mut offset) = (0.0f32, 0.0f32);
+                let mut gp = [(0.0f32, 0.0f32); ROW_BLOCK];
+                let mut err = [0f64; ROW_BLOCK];
                 for j in 0..cols {
                     if j.is_multiple_of(spec.group_size) {
                         let span = j..cols.min(j + spec.group_size);
-                        let vals: Vec<f32> = w[span.clone()].iter().map(|&v| v as f32).collect();
-                        let (s, o) = quantize_group_weighted(
-                            &vals,
-                            Some(&importance[span]),
-                            &spec,
-                            &mut scratch[..vals.len()],
-                        );
-                        (scale, offset) = (s, o);
-                        params[j / spec.group_size] = (f16::from_f32(s), f16::from_f32(o));
+                        let len = span.len();
+                        for (r, p) in gp.iter_mut().enumerate().take(n) {
+                            for (v, c) in vals[..len].iter_mut().zip(span.clone()) {
+                                *v = w[c * ROW_BLOCK + r] as f32;
+                            }
+                            *p = quantize_group_weighted(
+                                &vals[..len],
+                                Some(&importance[span.clone()]),
+                                &spec,
+                                &mut scratch[..len],
+                            );
+                            params[r * groups + j / spec.group_size] =
+                                (f16::from_f32(p.0), f16::from_f32(p.1));
+                        }
                     }
-                    let q = code_of(w[j] as f32, scale, offset, &spec);
-                    codes[j] = q;
-                    let err =
-                        (w[j] - f64::from(value_of(q, scale, offset, &spec))) / u[j * cols + j];
+                    let ujj = u[j * cols + j];
+                    for r in 0..n {
+                        let (scale, offset) = gp[r];
+                        let wj = w[j * ROW_BLOCK + r];
+                        let q = code_of(wj as f32, scale, offset, &spec);
+                        codes[r * cols + j] = q;
+                        err[r] = (wj - f64::from(value_of(q, scale, offset, &spec))) / ujj;
+                    }
                     let urow = &u[j * cols..(j + 1) * cols];
-                    for (wk, &uk) in w[j + 1..].iter_mut().zip(&urow[j + 1..]) {
-                        *wk -= err * uk;
+                    for (wk, &uk) in w[(j + 1) * ROW_BLOCK..cols * ROW_BLOCK]
+                        .chunks_exact_mut(ROW_BLOCK)
+                        .zip(&urow[j + 1..])
+                    {
+                        for (x, e) in wk.iter_mut().zip(&err) {
+                            *x -= e * uk;
+                        }
                     }
                 }
-                pack_codes(codes, spec.bits, words);
+                for (r, out) in words.chunks_exact_mut(row_words).enumerate() {
+                    pack_codes(&codes[r * cols..(r + 1) * cols], spec.bits, out);
+                }
             },
         );
     Ok(QuantizedMatrix {
@@ -313,7 +342,7 @@ pub fn quantize_gptq(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::quantize_weighted;
+    use crate::quant::{quantize_weighted, unpack_codes};
 
     /// Output error `Σ_x ‖(W − Ŵ) x‖²` over the calibration rows.
     fn output_error(w: &[f32], q: &QuantizedMatrix, xs: &[f32], cols: usize) -> f64 {
@@ -371,6 +400,86 @@ mod tests {
         q.rotation = Some(rot);
         let er = output_error(&w, &q, &xs, cols);
         assert!(er < ep, "rotated error feedback {er} vs plain {ep}");
+    }
+
+    /// The sweep one row at a time, as [`quantize_gptq`] did before it took rows in blocks:
+    /// `(codes, scales, offsets)`.
+    fn row_by_row(
+        weights: &[f32],
+        cols: usize,
+        spec: QuantSpec,
+        h: &[f64],
+        damp: f64,
+    ) -> (Vec<u8>, Vec<f32>, Vec<f32>) {
+        let u = inverse_cholesky_upper(h, cols, damp).unwrap();
+        let importance: Vec<f32> = (0..cols).map(|i| h[i * cols + i] as f32).collect();
+        let (mut codes, mut scales, mut offsets) = (Vec::new(), Vec::new(), Vec::new());
+        let mut scratch = vec![0u8; spec.group_size];
+        for row in weights.chunks_exact(cols) {
+            let mut w: Vec<f64> = row.iter().map(|&x| f64::from(x)).collect();
+            let (mut scale, mut offset) = (0.0f32, 0.0f32);
+            for j in 0..cols {
+                if j % spec.group_size == 0 {
+                    let span = j..cols.min(j + spec.group_size);
+                    let vals: Vec<f32> = w[span.clone()].iter().map(|&v| v as f32).collect();
+                    (scale, offset) = quantize_group_weighted(
+                        &vals,
+                        Some(&importance[span]),
+                        &spec,
+                        &mut scratch[..vals.len()],
+                    );
+                    scales.push(f16::from_f32(scale).to_f32());
+                    offsets.push(f16::from_f32(offset).to_f32());
+                }
+                let q = code_of(w[j] as f32, scale, offset, &spec);
+                codes.push(q);
+                let err = (w[j] - f64::from(value_of(q, scale, offset, &spec))) / u[j * cols + j];
+                for k in j + 1..cols {
+                    w[k] -= err * u[j * cols + k];
+                }
+            }
+        }
+        (codes, scales, offsets)
+    }
+
+    #[test]
+    fn row_blocks_give_exactly_the_row_by_row_sweep() {
+        let mut state = 7u64;
+        let mut rnd = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        };
+        // Row counts below, at and past a block, not multiples of it; a short last group.
+        for (rows, cols, bits, group, scheme) in [
+            (3, 64, 4, 32, Scheme::Symmetric),
+            (8, 96, 3, 64, Scheme::Asymmetric),
+            (21, 96, 2, 32, Scheme::Symmetric),
+            (17, 128, 8, 128, Scheme::Asymmetric),
+        ] {
+            let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
+            let xs: Vec<f32> = (0..cols * 200)
+                .map(|i| rnd() * (1.0 + (i % cols % 5) as f32))
+                .collect();
+            let mut h = Hessian::new(cols);
+            h.add_rows(&xs);
+            let spec = QuantSpec::new(bits, group, scheme).unwrap();
+            let q = quantize_gptq(&w, rows, cols, spec, &h.mean(), 0.01).unwrap();
+            let (codes, scales, offsets) = row_by_row(&w, cols, spec, &h.mean(), 0.01);
+            let mut got = vec![0u8; rows * cols];
+            let row_words = cols * bits as usize / 32;
+            for (r, words) in q.data.chunks_exact(row_words).enumerate() {
+                unpack_codes(words, bits, &mut got[r * cols..(r + 1) * cols]);
+            }
+            assert_eq!(got, codes, "codes, {rows}x{cols} int{bits} g{group}");
+            let qs: Vec<f32> = q.scales.iter().map(|v| v.to_f32()).collect();
+            assert_eq!(qs, scales, "scales, {rows}x{cols}");
+            if scheme == Scheme::Asymmetric {
+                let qo: Vec<f32> = q.offsets.iter().map(|v| v.to_f32()).collect();
+                assert_eq!(qo, offsets, "offsets, {rows}x{cols}");
+            }
+        }
     }
 
     #[test]
