@@ -344,6 +344,17 @@ mod tests {
     use super::*;
     use crate::quant::{quantize_weighted, unpack_codes};
 
+    /// Seeded uniform values in [-1, 1) (a linear congruential generator).
+    fn uniform(seed: u64) -> impl FnMut() -> f32 {
+        let mut state = seed;
+        move || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+        }
+    }
+
     /// Output error `Σ_x ‖(W − Ŵ) x‖²` over the calibration rows.
     fn output_error(w: &[f32], q: &QuantizedMatrix, xs: &[f32], cols: usize) -> f64 {
         let deq = q.dequantize();
@@ -365,13 +376,7 @@ mod tests {
     #[test]
     fn error_feedback_beats_plain_rounding_on_correlated_inputs() {
         let (rows, cols, n) = (16, 64, 512);
-        let mut state = 1u64;
-        let mut rnd = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        };
+        let mut rnd = uniform(1);
         let w: Vec<f32> = (0..rows * cols).map(|_| rnd()).collect();
         // Correlated inputs: a few shared factors plus noise, some columns much larger.
         let mut xs = vec![0f32; n * cols];
@@ -444,13 +449,7 @@ mod tests {
 
     #[test]
     fn row_blocks_give_exactly_the_row_by_row_sweep() {
-        let mut state = 7u64;
-        let mut rnd = || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        };
+        let mut rnd = uniform(7);
         // Row counts below, at and past a block, not multiples of it; a short last group.
         for (rows, cols, bits, group, scheme) in [
             (3, 64, 4, 32, Scheme::Symmetric),
