@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Low-bit quality sweep: perplexity and whole-model bits/weight of lowbit's quantization
 # methods, each as an ablation step (plain search → + calibration importance → + error
-# feedback → + rotation → + mixed-width allocation), on one model and the Brown text
+# feedback → + rotation → + learned grid → + mixed-width allocation), on one model and the Brown text
 # (ctx 512, CHUNKS chunks), calibrated on models/brown-calib.txt (disjoint from the scored
 # text). Runs JOBS lowbit processes of THREADS CPU threads at a time; every row is appended to
 # OUT/results.jsonl as it is measured (`lowbit perplexity --output`), each job's table to
@@ -36,6 +36,17 @@ smollm2_sweep=(
   "gptq-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib"
   "gptq-emb4-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib $emb4"
   "gptq-emb4-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib $emb4"
+  # Learned grids (quantization.grid = learned) on top of each step.
+  "alloc5.0-rot-grid-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate --grid learned $calib --target-bits 5.0"
+  "gptq-rot-grid-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 --rotate --grid learned $calib"
+  "gptq-grid-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 --grid learned $calib"
+  "imp-grid-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 --grid learned $imp"
+  # Without calibration (candidates for the default precision).
+  "plain-g32-asym|--quants int4,int3 --scheme asym --group-size 32"
+  "plain-grid-g32-asym|--quants int4,int3 --scheme asym --group-size 32 --grid learned"
+  "plain-rot-g32-asym|--quants int4,int3 --scheme asym --group-size 32 --rotate"
+  "plain-rot-grid-g32-asym|--quants int4,int3 --scheme asym --group-size 32 --rotate --grid learned"
+  "gptq-rot-grid-g128-sym|--quants int4,int3,int2 --scheme sym --group-size 128 --rotate --grid learned $calib"
   # Phase 2 (after the rest): these reuse the sensitivities alloc5.0 measured (kept on disk).
   "2:alloc4.3-g32-sym|--quant int3 --scheme sym --group-size 32 $calib --target-bits 4.3"
   "2:alloc3.6-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.6"
@@ -45,6 +56,8 @@ smollm2_sweep=(
   "2:alloc4.6-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 4.6"
   "2:alloc4.3-rot-g32-sym|--quant int3 --scheme sym --group-size 32 --rotate $calib --target-bits 4.3"
   "2:alloc3.6-rot-g32-sym|--quant int2 --scheme sym --group-size 32 --rotate $calib --target-bits 3.6"
+  "2:alloc4.3-rot-grid-g32-sym|--quant int3 --scheme sym --group-size 32 --rotate --grid learned $calib --target-bits 4.3"
+  "2:alloc3.6-rot-grid-g32-sym|--quant int2 --scheme sym --group-size 32 --rotate --grid learned $calib --target-bits 3.6"
 )
 # Gemma 3 270M: the tied 262k×640 embedding is 63% of the weights, so llama.cpp's types land at
 # 6.7 to 7.4 bits/weight (they keep it at Q6_K/Q8_0); the allocated rows aim just under each.

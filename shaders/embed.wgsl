@@ -40,6 +40,9 @@ fn embed(inv: Invocation, grp: Group) {
     if tok < p.row_start || tok >= p.row_start + p.rows {
         return;
     }
+#if GRID
+    load_grid();
+#endif
     let w = weights8(tok - p.row_start, c0, p.cols);
     let o = (t * p.cols + c0) / 4u;
     out[o] = vec4<f32>(w[0]);

@@ -304,6 +304,16 @@ fn code3(w: vec4<u32>, m: u32) -> u32 {
     return ((pairs >> (2u * (m % 4u))) & LO_PAIRS) | (((w.z >> m) & 0x01010101u) << 2u);
 }
 
+// A word of four codes as the integer dot products take it: the codes, or (GRID) their levels
+// as signed bytes (2-, 3- and 4-bit codes only).
+fn dot_word(m: u32) -> u32 {
+#if GRID
+    return grid_word(m);
+#else
+    return m;
+#endif
+}
+
 // The bias that pairs with the integer sum of a block's codes: (scale, bias) of its group.
 fn block_bias(sb: vec2<f32>) -> f32 {
     if BITS < 8u {
@@ -394,13 +404,13 @@ fn load_block(x_row: u32, b: u32) -> BlockX {
 }
 #endif
 
-// Σ code · q over one block: 2-, 3- and 4-bit codes go in as they are; 8-bit codes go in as
-// signed bytes code - 128 (`block_bias` adds the 128 back).
+// Σ code · q over one block: 2-, 3- and 4-bit codes go in as they are (GRID: their levels);
+// 8-bit codes go in as signed bytes code - 128 (`block_bias` adds the 128 back).
 fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
     if BITS == 3u {
         var s = 0;
         for (var m = 0u; m < 8u; m++) {
-            s += dot4I8Packed(code3(c[0], m), q[m]);
+            s += dot4I8Packed(dot_word(code3(c[0], m)), q[m]);
         }
         return s;
     }
@@ -409,17 +419,17 @@ fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
         let w = c[0].xy;
         var s = 0;
         for (var k = 0u; k < 4u; k++) {
-            s += dot4I8Packed((w.x >> (2u * k)) & LO_PAIRS, q[k])
-                + dot4I8Packed((w.y >> (2u * k)) & LO_PAIRS, q[4u + k]);
+            s += dot4I8Packed(dot_word((w.x >> (2u * k)) & LO_PAIRS), q[k])
+                + dot4I8Packed(dot_word((w.y >> (2u * k)) & LO_PAIRS), q[4u + k]);
         }
         return s;
     }
     if BITS == 4u {
         let w = c[0];
-        return (dot4I8Packed(w.x & LO_NIBBLES, q[0]) + dot4I8Packed((w.x >> 4u) & LO_NIBBLES, q[1]))
-            + (dot4I8Packed(w.y & LO_NIBBLES, q[2]) + dot4I8Packed((w.y >> 4u) & LO_NIBBLES, q[3]))
-            + (dot4I8Packed(w.z & LO_NIBBLES, q[4]) + dot4I8Packed((w.z >> 4u) & LO_NIBBLES, q[5]))
-            + (dot4I8Packed(w.w & LO_NIBBLES, q[6]) + dot4I8Packed((w.w >> 4u) & LO_NIBBLES, q[7]));
+        return (dot4I8Packed(dot_word(w.x & LO_NIBBLES), q[0]) + dot4I8Packed(dot_word((w.x >> 4u) & LO_NIBBLES), q[1]))
+            + (dot4I8Packed(dot_word(w.y & LO_NIBBLES), q[2]) + dot4I8Packed(dot_word((w.y >> 4u) & LO_NIBBLES), q[3]))
+            + (dot4I8Packed(dot_word(w.z & LO_NIBBLES), q[4]) + dot4I8Packed(dot_word((w.z >> 4u) & LO_NIBBLES), q[5]))
+            + (dot4I8Packed(dot_word(w.w & LO_NIBBLES), q[6]) + dot4I8Packed(dot_word((w.w >> 4u) & LO_NIBBLES), q[7]));
     }
     let wa = c[0] ^ vec4<u32>(SIGN_BYTES);
     let wb = c[CODE_VECS - 1u] ^ vec4<u32>(SIGN_BYTES);
@@ -433,7 +443,7 @@ fn scaled_dot(c: array<vec4<u32>, CODE_VECS>, x: BlockXW) -> f32 {
     if BITS == 3u {
         var s = 0.0;
         for (var m = 0u; m < 8u; m++) {
-            s += x.s[m] * f32(dot4I8Packed(code3(c[0], m), x.q[m]));
+            s += x.s[m] * f32(dot4I8Packed(dot_word(code3(c[0], m)), x.q[m]));
         }
         return s;
     }
@@ -441,17 +451,17 @@ fn scaled_dot(c: array<vec4<u32>, CODE_VECS>, x: BlockXW) -> f32 {
         let w = c[0].xy;
         var s = 0.0;
         for (var k = 0u; k < 4u; k++) {
-            s += x.s[k] * f32(dot4I8Packed((w.x >> (2u * k)) & LO_PAIRS, x.q[k]))
-                + x.s[4u + k] * f32(dot4I8Packed((w.y >> (2u * k)) & LO_PAIRS, x.q[4u + k]));
+            s += x.s[k] * f32(dot4I8Packed(dot_word((w.x >> (2u * k)) & LO_PAIRS), x.q[k]))
+                + x.s[4u + k] * f32(dot4I8Packed(dot_word((w.y >> (2u * k)) & LO_PAIRS), x.q[4u + k]));
         }
         return s;
     }
     if BITS == 4u {
         let w = c[0];
-        return (x.s[0] * f32(dot4I8Packed(w.x & LO_NIBBLES, x.q[0])) + x.s[1] * f32(dot4I8Packed((w.x >> 4u) & LO_NIBBLES, x.q[1])))
-            + (x.s[2] * f32(dot4I8Packed(w.y & LO_NIBBLES, x.q[2])) + x.s[3] * f32(dot4I8Packed((w.y >> 4u) & LO_NIBBLES, x.q[3])))
-            + (x.s[4] * f32(dot4I8Packed(w.z & LO_NIBBLES, x.q[4])) + x.s[5] * f32(dot4I8Packed((w.z >> 4u) & LO_NIBBLES, x.q[5])))
-            + (x.s[6] * f32(dot4I8Packed(w.w & LO_NIBBLES, x.q[6])) + x.s[7] * f32(dot4I8Packed((w.w >> 4u) & LO_NIBBLES, x.q[7])));
+        return (x.s[0] * f32(dot4I8Packed(dot_word(w.x & LO_NIBBLES), x.q[0])) + x.s[1] * f32(dot4I8Packed(dot_word((w.x >> 4u) & LO_NIBBLES), x.q[1])))
+            + (x.s[2] * f32(dot4I8Packed(dot_word(w.y & LO_NIBBLES), x.q[2])) + x.s[3] * f32(dot4I8Packed(dot_word((w.y >> 4u) & LO_NIBBLES), x.q[3])))
+            + (x.s[4] * f32(dot4I8Packed(dot_word(w.z & LO_NIBBLES), x.q[4])) + x.s[5] * f32(dot4I8Packed(dot_word((w.z >> 4u) & LO_NIBBLES), x.q[5])))
+            + (x.s[6] * f32(dot4I8Packed(dot_word(w.w & LO_NIBBLES), x.q[6])) + x.s[7] * f32(dot4I8Packed(dot_word((w.w >> 4u) & LO_NIBBLES), x.q[7])));
     }
     let wa = c[0] ^ vec4<u32>(SIGN_BYTES);
     let wb = c[CODE_VECS - 1u] ^ vec4<u32>(SIGN_BYTES);
@@ -469,6 +479,9 @@ fn matvec(inv: Invocation, grp: Group) {
     if row0 >= p.rows {
         return;
     }
+#if GRID
+    load_grid();
+#endif
     var acc: array<f32, ROWS_PER_WG>;
     let x_row = t * p.cols / 4u;
     var sq = 0.0; // NORM: this lane's share of Σx²

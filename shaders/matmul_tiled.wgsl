@@ -58,6 +58,9 @@ fn coop_fetch(r: u32, t: u32, k: u32) -> CoopStep {
 fn matmul_tiled(inv: Invocation, grp: Group) {
     let r_base = grp.wid.x * TILE_R;
     let t_base = grp.wid.y * TILE_T;
+#if GRID
+    load_grid();
+#endif
     let st = (inv.sg_id / 2u) * 32u;
     let sr = (inv.sg_id % 2u) * 64u;
     var c00 = coop_mat16x16<f32, C>();
@@ -155,7 +158,8 @@ var<workgroup> wp_tile: array<vec2<f32>, TILE_R>; // (group scale, block_bias)
 var<workgroup> xq_tile: array<u32, 8 * TILE_T>;
 var<workgroup> xp_tile: array<vec2<f32>, TILE_T>; // (d, d · Σq)
 
-// The eight code words of block `b` of row `r` (`BITS` words of `w_data`; 3-bit: the planes).
+// The eight code words of block `b` of row `r` (`BITS` words of `w_data`; 3-bit: the planes),
+// as `dot_word` gives them to the integer dot products (GRID: words of levels).
 fn code_words(r: u32, b: u32, cols: u32) -> array<u32, 8> {
     var out: array<u32, 8>;
     let nb = cols / 32u;
@@ -163,7 +167,7 @@ fn code_words(r: u32, b: u32, cols: u32) -> array<u32, 8> {
         let base = 3u * r * nb;
         let w = vec4<u32>(w_data[base + 2u * b], w_data[base + 2u * b + 1u], w_data[base + 2u * nb + b], 0u);
         for (var m = 0u; m < 8u; m++) {
-            out[m] = code3(w, m);
+            out[m] = dot_word(code3(w, m));
         }
         return out;
     }
@@ -172,14 +176,14 @@ fn code_words(r: u32, b: u32, cols: u32) -> array<u32, 8> {
         let wx = w_data[base];
         let wy = w_data[base + 1u];
         for (var k = 0u; k < 4u; k++) {
-            out[k] = (wx >> (2u * k)) & LO_PAIRS;
-            out[4u + k] = (wy >> (2u * k)) & LO_PAIRS;
+            out[k] = dot_word((wx >> (2u * k)) & LO_PAIRS);
+            out[4u + k] = dot_word((wy >> (2u * k)) & LO_PAIRS);
         }
     } else if BITS == 4u {
         for (var k = 0u; k < 4u; k++) {
             let w = w_data[base + k];
-            out[2u * k] = w & LO_NIBBLES;
-            out[2u * k + 1u] = (w >> 4u) & LO_NIBBLES;
+            out[2u * k] = dot_word(w & LO_NIBBLES);
+            out[2u * k + 1u] = dot_word((w >> 4u) & LO_NIBBLES);
         }
     } else {
         for (var k = 0u; k < 8u; k++) {
@@ -195,6 +199,9 @@ fn matmul_tiled(inv: Invocation, grp: Group) {
     let t_base = grp.wid.y * TILE_T;
     let tx = inv.lid % 16u;
     let ty = inv.lid / 16u;
+#if GRID
+    load_grid();
+#endif
     var acc: array<f32, PER_T * PER_R>;
     for (var b = 0u; b < p.cols / 32u; b++) {
         for (var lr = inv.lid; lr < TILE_R; lr += 256u) {
@@ -269,6 +276,9 @@ fn matmul_tiled(inv: Invocation, grp: Group) {
     let t_base = grp.wid.y * TILE_T;
     let tx = inv.lid % 16u;
     let ty = inv.lid / 16u;
+#if GRID
+    load_grid();
+#endif
     var acc: array<f32, PER_T * PER_R>;
     for (var k0 = 0u; k0 < p.cols; k0 += TILE_K) {
         // TILE_R rows × SPANS spans of 8 columns, dequantized once.

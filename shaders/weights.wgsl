@@ -2,7 +2,11 @@
 // `w_data` (not WIDE: the wide matvec reads the codes as vectors, see matmul.wgsl) holds packed codes (WEIGHT_KIND 0), f32 bits (1) or f16 pairs (2) of one row range;
 // `w_params` holds per-group f16 (scale, offset) pairs (asymmetric) or two scales per word
 // (symmetric), indexed from the first row of the range. Every row has `cols` values, a multiple
-// of 32. Needs WEIGHT_KIND, BITS, GROUP_SIZE, ASYMMETRIC, USE_F16 and binds `w_data`, `w_params`.
+// of 32. GRID (codes of 2-4 bits): the codes index a learned table of int8 levels, held in the
+// first GRID_WORDS words of `w_params` (the group parameters follow): `w = scale * level[q] +
+// bias`, bias the offset (asymmetric) or 0 (symmetric, no zero point); every entry point calls
+// `load_grid` first. Needs WEIGHT_KIND, BITS, GROUP_SIZE, ASYMMETRIC, GRID, USE_F16 and binds
+// `w_data`, `w_params`.
 
 const KIND_QUANT: u32 = 0u;
 const KIND_F32: u32 = 1u;
@@ -17,14 +21,63 @@ alias wt = f16;
 alias wt = f32;
 #endif
 
-// `(scale, bias)` of group `g` of row `r`: `w = scale * q + bias`.
+#if GRID
+// Words of the code table before the group parameters (weights.rs `GRID_WORDS`): level q is
+// byte q % 4 of word q / 4 (4, 8 or 16 levels; unused bytes are 0).
+const GRID_WORDS: u32 = 4u;
+// The table, read once per invocation (`load_grid`).
+var<private> grid_tab: vec4<u32>;
+
+fn load_grid() {
+    grid_tab = vec4<u32>(w_params[0], w_params[1], w_params[2], w_params[3]);
+}
+
+// The table words holding the levels of codes `c` (each < 2^BITS): selects, not indexing.
+fn grid_words(c: vec4<u32>) -> vec4<u32> {
+    if BITS == 2u {
+        return vec4<u32>(grid_tab.x);
+    }
+    let odd = (c & vec4<u32>(4u)) != vec4<u32>(0u);
+    let lo = select(vec4<u32>(grid_tab.x), vec4<u32>(grid_tab.y), odd);
+    if BITS == 3u {
+        return lo;
+    }
+    let hi = select(vec4<u32>(grid_tab.z), vec4<u32>(grid_tab.w), odd);
+    return select(lo, hi, c >= vec4<u32>(8u));
+}
+
+// The levels of codes `c` (sign-extended bytes of the table).
+fn grid_levels(c: vec4<u32>) -> vec4<i32> {
+    let sh = vec4<u32>(24u) - 8u * (c & vec4<u32>(3u));
+    return bitcast<vec4<i32>>(grid_words(c) << sh) >> vec4<u32>(24u);
+}
+
+// A word of four codes (one per byte) as the word of their levels (signed bytes), the form
+// the integer dot products take.
+fn grid_word(m: u32) -> u32 {
+    let c = (vec4<u32>(m) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u);
+    let b = (grid_words(c) >> (8u * (c & vec4<u32>(3u)))) & vec4<u32>(255u);
+    return (b.x | (b.y << 8u)) | ((b.z << 16u) | (b.w << 24u));
+}
+#endif
+
+// `(scale, bias)` of group `g` of row `r`: `w = scale * q + bias` (GRID: `scale * level[q] +
+// bias`).
 fn group_params(r: u32, g: u32, cols: u32) -> vec2<f32> {
     let i = r * ((cols + GROUP_SIZE - 1u) / GROUP_SIZE) + g;
+#if GRID
+#if ASYMMETRIC
+    return unpack2x16float(w_params[GRID_WORDS + i]);
+#else
+    return vec2<f32>(unpack2x16float(w_params[GRID_WORDS + (i >> 1u)])[i & 1u], 0.0);
+#endif
+#else
 #if ASYMMETRIC
     return unpack2x16float(w_params[i]);
 #else
     let s = unpack2x16float(w_params[i >> 1u])[i & 1u];
     return vec2<f32>(s, -s * f32(1u << (BITS - 1u)));
+#endif
 #endif
 }
 
@@ -98,6 +151,10 @@ fn weights8(r: u32, c0: u32, cols: u32) -> array<vec4<wt>, 2> {
     let sb = group_params(r, c0 / GROUP_SIZE, cols);
     let s = wt(sb.x);
     let b = wt(sb.y);
+#if GRID
+    return array(vec4<wt>(grid_levels(q[0])) * s + b, vec4<wt>(grid_levels(q[1])) * s + b);
+#else
     return array(vec4<wt>(q[0]) * s + b, vec4<wt>(q[1]) * s + b);
+#endif
 }
 #endif

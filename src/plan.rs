@@ -87,6 +87,8 @@ pub struct RunPlan {
 pub struct QuantMethods {
     /// Quantize in a randomized-Hadamard basis.
     pub rotation: bool,
+    /// Codes of 2-4 bits on learned per-tensor grids (`quantization.grid = learned`).
+    pub learned_grid: bool,
     /// Calibration text, if any.
     pub calibration_file: Option<PathBuf>,
     /// Chunks of the calibration text to run.
@@ -115,6 +117,7 @@ impl QuantMethods {
         let file = c.str("quantization.calibration.file");
         Ok(QuantMethods {
             rotation: c.bool("quantization.rotation"),
+            learned_grid: c.str("quantization.grid") == "learned",
             calibration_file: (!file.is_empty()).then(|| PathBuf::from(&file)),
             calibration_chunks: c.int("quantization.calibration.chunks").max(1) as usize,
             error_feedback: c.bool("quantization.calibration.error_feedback"),
@@ -156,6 +159,9 @@ impl QuantMethods {
         if self.calibration_file.is_some() {
             s.push_str(if self.error_feedback { "+gptq" } else { "+imp" });
         }
+        if self.learned_grid {
+            s.push_str("+grid");
+        }
         if self.target_bits > 0.0 {
             s.push_str(&format!("+alloc{}", self.target_bits));
         }
@@ -174,6 +180,7 @@ impl QuantMethods {
     /// Whether a load needs the quantizer (anything but the plain search at the plan's widths).
     pub fn is_plain(&self) -> bool {
         !self.rotation
+            && !self.learned_grid
             && self.calibration_file.is_none()
             && self.overrides.is_empty()
             && self.target_bits <= 0.0
@@ -312,6 +319,7 @@ impl RunPlan {
         };
         let mut q = Quantizer {
             rotation: m.rotation,
+            grid: m.learned_grid,
             error_feedback: m.error_feedback,
             calibration,
             overrides,
@@ -359,11 +367,15 @@ impl RunPlan {
                 lowbit_models::synthetic::preset(name)?;
                 let backend = create_backend(&self.backend.name, &backend_opts)?;
                 // Random codes are made packed, not quantized: of the methods only the
-                // rotation applies (so decode with and without it can be compared).
+                // rotation and the grid apply (so decode with and without them can be
+                // compared).
                 let model = lowbit_models::synthetic::load_synthetic_with(
                     name,
                     &self.weights,
-                    self.methods.rotation,
+                    lowbit_models::tensor_source::RandomTensors {
+                        rotation: self.methods.rotation,
+                        grid: self.methods.learned_grid,
+                    },
                     backend.clone(),
                     progress,
                 )?;

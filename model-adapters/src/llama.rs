@@ -27,7 +27,7 @@ inventory::submit! { AdapterRegistration(&LlamaAdapter) }
 gguf_decoder_adapter!(LlamaAdapter, "llama", ARCHITECTURES, build_gguf);
 
 /// Builds a model of shape `hp` with random weights (see [`crate::synthetic`]), its integer
-/// matrices in a rotated basis when `rotation` is set.
+/// matrices stored as `methods` says (rotated basis, learned grid).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn build_random(
     hp: Hparams,
@@ -35,7 +35,7 @@ pub(crate) fn build_random(
     tokenizer: Tokenizer,
     name: String,
     plan: &QuantPlan,
-    rotation: bool,
+    methods: RandomTensors,
     backend: Arc<dyn Backend>,
     progress: &mut ProgressFn<'_>,
 ) -> Result<DecoderModel> {
@@ -45,7 +45,7 @@ pub(crate) fn build_random(
         tokenizer,
         names: (name, "llama".to_string()),
     };
-    build(&RandomTensors { rotation }, spec, plan, backend, progress)
+    build(&methods, spec, plan, backend, progress)
 }
 
 /// Loads a GGUF file's tensors and assembles the model.

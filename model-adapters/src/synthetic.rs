@@ -3,6 +3,7 @@
 //! without large files. Speed does not depend on the values; quality figures never come from
 //! these models.
 
+use crate::tensor_source::RandomTensors;
 use lowbit_core::adapter::{ProgressFn, QuantPlan, TextModel};
 use lowbit_core::formats::gguf::GgufValue;
 use lowbit_core::tokenizer::Tokenizer;
@@ -127,18 +128,19 @@ pub fn load_synthetic(
     backend: Arc<dyn Backend>,
     progress: &mut ProgressFn<'_>,
 ) -> Result<Box<dyn TextModel>> {
-    load_synthetic_with(name, plan, false, backend, progress)
+    load_synthetic_with(name, plan, RandomTensors::default(), backend, progress)
 }
 
-/// [`load_synthetic`], with the integer matrices stored in a rotated basis of their input
-/// dimension when `rotation` is set (as `quantization.rotation` makes them: blocks of up to
-/// [`lowbit_core::quant::MAX_ROTATION_BLOCK`] columns), so decode speed with and without the
-/// backend's rotation of the activations can be compared. The model's name then ends in
-/// ` +rot`.
+/// [`load_synthetic`], with the integer matrices stored as `methods` says: in a rotated basis
+/// of their input dimension (as `quantization.rotation` makes them: blocks of up to
+/// [`lowbit_core::quant::MAX_ROTATION_BLOCK`] columns) and/or on a grid of levels (as
+/// `quantization.grid = learned` makes them), so decode speed with and without the backend's
+/// rotation and table lookup can be compared. The model's name then ends in ` +rot` /
+/// ` +grid`.
 pub fn load_synthetic_with(
     name: &str,
     plan: &QuantPlan,
-    rotation: bool,
+    methods: RandomTensors,
     backend: Arc<dyn Backend>,
     progress: &mut ProgressFn<'_>,
 ) -> Result<Box<dyn TextModel>> {
@@ -159,9 +161,13 @@ pub fn load_synthetic_with(
         hp,
         p.tied,
         byte_tokenizer()?,
-        format!("synthetic {name}{}", if rotation { " +rot" } else { "" }),
+        format!(
+            "synthetic {name}{}{}",
+            if methods.rotation { " +rot" } else { "" },
+            if methods.grid { " +grid" } else { "" }
+        ),
         plan,
-        rotation,
+        methods,
         backend,
         progress,
     )?;

@@ -7,7 +7,8 @@ use half::f16;
 use lowbit_core::adapter::{LoadContext, ModelSource, WeightPrecision};
 use lowbit_core::formats::{Ct2Model, GgufFile, HfFolder};
 use lowbit_core::quant::{
-    quantize, QuantizedMatrix, Rotation, Scheme, WeightStore, MAX_ROTATION_BLOCK, ROTATION_SEED,
+    quantize, Grid, QuantizedMatrix, Rotation, Scheme, WeightStore, MAX_ROTATION_BLOCK,
+    ROTATION_SEED,
 };
 use lowbit_core::{Error, Result, WeightId, WeightMatrix};
 use rayon::prelude::*;
@@ -183,6 +184,9 @@ pub struct RandomTensors {
     /// rotation the quantizer would give them (`quantization.rotation`), so the backends'
     /// rotation of the activations is part of what is measured.
     pub rotation: bool,
+    /// Integer matrices of 2-4 bits carry a grid of levels (`quantization.grid = learned`), so
+    /// the backends' table-lookup decode is part of what is measured.
+    pub grid: bool,
 }
 
 impl TensorSource for RandomTensors {
@@ -210,6 +214,21 @@ impl TensorSource for RandomTensors {
                 block,
                 seed: ROTATION_SEED,
             });
+        }
+        if let (true, WeightMatrix::Quantized(q)) = (self.grid, &mut w) {
+            if q.spec.bits <= 4 {
+                // A bell-shaped table like learned ones: levels denser near zero.
+                let n = 1usize << q.spec.bits;
+                let levels = (0..n)
+                    .map(|k| {
+                        let t = (2 * k + 1) as f32 / n as f32 - 1.0;
+                        (127.0 * t * t.abs().sqrt()).round() as i8
+                    })
+                    .collect();
+                q.grid = Some(Grid::new(q.spec.bits, levels)?);
+                let scale = f16::from_f32(1.0 / (cols as f32).sqrt() / 127.0);
+                q.scales.iter_mut().for_each(|s| *s = scale);
+            }
         }
         Ok(w)
     }
@@ -288,6 +307,7 @@ pub(crate) fn random_weight(
                 scales,
                 offsets,
                 rotation: None,
+                grid: None,
             })
         }
     })

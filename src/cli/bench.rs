@@ -34,7 +34,8 @@ pub struct BenchArgs {
     /// Benchmark a synthetic model of this published shape with random weights made in memory
     /// (smollm2-135m, llama-3.2-1b, llama-3-8b) instead of reading --model. With --rotate its
     /// integer matrices are stored in a rotated basis, so the backend rotates the activations
-    /// (the model's name ends in `+rot`).
+    /// (the model's name ends in `+rot`); with --grid learned its 2-4-bit matrices carry a
+    /// table of levels, decoded by lookup (`+grid`).
     #[arg(long)]
     pub synthetic: Option<String>,
     /// Print per-kernel device timings of the tests (GPU timestamp queries around a pass of

@@ -48,6 +48,11 @@ pub struct ModelArgs {
     /// quantization.rotation; default false].
     #[arg(long)]
     pub rotate: bool,
+    /// Code grid of 2-4-bit weights: uniform, or learned (2^bits int8 levels fitted per tensor
+    /// by importance-weighted Lloyd, decoded by table lookup) [config: quantization.grid;
+    /// default uniform].
+    #[arg(long, value_name = "uniform|learned")]
+    pub grid: Option<String>,
     /// Mixed precision: with --calibrate, give each weight unit its own width (2, 3, 4 or 8
     /// bits) so the whole model (embedding and output projection included) averages at most
     /// this many bits per weight, the bits going where the measured error is highest [config:
@@ -153,6 +158,9 @@ impl ModelArgs {
         }
         if let Some(b) = self.target_bits {
             cli.push("quantization.target_bits", b.into(), flag("target-bits"));
+        }
+        if let Some(g) = &self.grid {
+            cli.push("quantization.grid", g.as_str().into(), flag("grid"));
         }
         if self.rotate {
             cli.push("quantization.rotation", true.into(), flag("rotate"));

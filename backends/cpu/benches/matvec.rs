@@ -33,6 +33,7 @@ fn matrix(rows: usize, cols: usize, bits: u8) -> QuantizedMatrix {
             .collect(),
         offsets: Vec::new(),
         rotation: None,
+        grid: None,
     }
 }
 

@@ -41,6 +41,7 @@ fn main() -> lowbit_core::Result<()> {
                     .collect(),
                 offsets: Vec::new(),
                 rotation: None,
+                grid: None,
             };
             let bytes = m.size_bytes();
             for threads in [1usize, 2] {

@@ -100,6 +100,11 @@ fn validate_quantized(m: &QuantizedMatrix) -> Result<()> {
     } else {
         0
     };
+    if let Some(g) = &m.grid {
+        if g.bits() != s.bits {
+            return fail(format!("a {}-bit grid on {}-bit codes", g.bits(), s.bits));
+        }
+    }
     if let Some(rot) = m.rotation {
         rot.check(m.cols)
             .map_err(|e| Error::invalid_config(format!("upload_weight: {}", e.message)))?;

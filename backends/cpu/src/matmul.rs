@@ -31,6 +31,11 @@ pub(crate) fn matmul(
     out: &mut [f32],
 ) {
     let (rows, cols) = w.shape();
+    // Learned grids are decoded by the portable table-lookup kernel (natural value order).
+    let isa = match w {
+        WeightMatrix::Quantized(QuantizedMatrix { grid: Some(_), .. }) => Isa::Scalar,
+        _ => isa,
+    };
     // A matrix stored in a rotated basis multiplies rotated activations (`W x = (W Rᵀ)(R x)`).
     let rotated;
     let x = match w {

@@ -42,6 +42,7 @@ fn random_matrix(rows: usize, cols: usize, bits: u8, seed: u64) -> WeightMatrix 
         scales: vec![f16::from_f32(1e-3); rows * cols / 32],
         offsets: Vec::new(),
         rotation: None,
+        grid: None,
     })
 }
 

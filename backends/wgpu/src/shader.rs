@@ -265,13 +265,26 @@ mod tests {
 
     /// The cooperative-matrix prefill kernel (`COOP_TILED`) runs only on GPUs with
     /// `VK_KHR_cooperative_matrix` (CI's lavapipe has none), so naga's parser and validator check
-    /// every variant here: each weight kind and width, with and without the residual add, at 32
-    /// and 64 columns per step.
+    /// every variant here: each weight kind and width (2-4 bits also on a learned grid), with
+    /// and without the residual add, at 32 and 64 columns per step.
     #[test]
     fn coop_prefill_kernel_validates_in_naga() {
         use wgpu::naga;
-        let kinds = [(0u32, 8u32), (0, 4), (0, 3), (0, 2), (1, 8), (2, 8)];
-        for (kind, bits, tile_k) in kinds.iter().flat_map(|&(k, b)| [(k, b, 32u32), (k, b, 64)]) {
+        let kinds = [
+            (0u32, 8u32, false),
+            (0, 4, false),
+            (0, 3, false),
+            (0, 2, false),
+            (0, 4, true),
+            (0, 3, true),
+            (0, 2, true),
+            (1, 8, false),
+            (2, 8, false),
+        ];
+        let steps = kinds
+            .iter()
+            .flat_map(|&(k, b, g)| [(k, b, g, 32u32), (k, b, g, 64)]);
+        for (kind, bits, grid, tile_k) in steps {
             for accumulate in [false, true] {
                 let d = vec![
                     ("WORKGROUP_SIZE", Define::U32(256)),
@@ -280,6 +293,7 @@ mod tests {
                     ("BITS", Define::U32(bits)),
                     ("GROUP_SIZE", Define::U32(32)),
                     ("ASYMMETRIC", Define::Bool(accumulate)),
+                    ("GRID", Define::Bool(grid)),
                     ("USE_F16", Define::Bool(true)),
                     ("ROWS_PER_WG", Define::U32(4)),
                     ("VEC2", Define::Bool(bits == 2)),
@@ -314,7 +328,7 @@ mod tests {
                 .validate(&module)
                 .unwrap_or_else(|e| {
                     panic!(
-                        "kind {kind} bits {bits} k {tile_k}: {}",
+                        "kind {kind} bits {bits} grid {grid} k {tile_k}: {}",
                         e.emit_to_string(&src)
                     )
                 });

@@ -86,8 +86,8 @@ impl Tuning {
     pub fn wide_shape(&self, limits: &wgpu::Limits, cols: usize, kind: WeightKind) -> (u32, u32) {
         let blocks = (cols / 32) as u32;
         let per_lane = match kind {
-            WeightKind::Quant(s) if matches!(s.bits, 3 | 4) => 2,
-            WeightKind::Quant(s) if s.bits == 2 => 4,
+            WeightKind::Quant { spec: s, .. } if matches!(s.bits, 3 | 4) => 2,
+            WeightKind::Quant { spec: s, .. } if s.bits == 2 => 4,
             _ => 1,
         };
         if let Some(unroll) = self.forced {

@@ -10,8 +10,10 @@ use wgpu::util::DeviceExt;
 /// Storage format of a weight matrix, as the kernels see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum WeightKind {
-    /// Packed codes with f16 group parameters.
-    Quant(QuantSpec),
+    /// Packed codes with f16 group parameters; `grid`: the codes index a learned table of
+    /// int8 levels ([`lowbit_core::quant::Grid`]), held at the start of each piece's params
+    /// (see [`pack_params`]).
+    Quant { spec: QuantSpec, grid: bool },
     /// Dense f32.
     F32,
     /// Dense f16, two per word.
@@ -54,21 +56,44 @@ pub(crate) struct GpuWeight {
     pub bytes: usize,
 }
 
+/// Words of a learned code table at the start of a piece's params (`GRID_WORDS` in
+/// weights.wgsl): up to 16 int8 levels, four per word (level `q` at byte `q % 4` of word
+/// `q / 4`), zero past the grid's `2^bits`.
+pub(crate) const GRID_WORDS: usize = 4;
+
+/// The [`GRID_WORDS`] words of `levels`.
+fn grid_words(levels: &[i8]) -> [u32; GRID_WORDS] {
+    let mut bytes = [0u8; 4 * GRID_WORDS];
+    for (b, &l) in bytes.iter_mut().zip(levels) {
+        *b = l as u8;
+    }
+    std::array::from_fn(|i| u32::from_le_bytes([0, 1, 2, 3].map(|k| bytes[4 * i + k])))
+}
+
 /// Group parameters of `rows` rows starting at `r0`, one u32 per group (asymmetric:
-/// scale | offset << 16) or one per two groups (symmetric: two scales), flat over the rows.
+/// scale | offset << 16) or one per two groups (symmetric: two scales), flat over the rows;
+/// after the grid's [`GRID_WORDS`] when the matrix has one.
 fn pack_params(q: &lowbit_core::QuantizedMatrix, r0: usize, rows: usize) -> Vec<u32> {
     let g = q.groups_per_row();
     let span = r0 * g..(r0 + rows) * g;
     let bits = |v: half::f16| u32::from(v.to_bits());
+    let table = q.grid.as_ref().map(|grid| grid_words(grid.levels()));
+    let table = table.iter().flatten().copied();
     match q.spec.scheme {
-        Scheme::Asymmetric => q.scales[span.clone()]
-            .iter()
-            .zip(&q.offsets[span])
-            .map(|(s, o)| bits(*s) | (bits(*o) << 16))
+        Scheme::Asymmetric => table
+            .chain(
+                q.scales[span.clone()]
+                    .iter()
+                    .zip(&q.offsets[span])
+                    .map(|(s, o)| bits(*s) | (bits(*o) << 16)),
+            )
             .collect(),
-        Scheme::Symmetric => q.scales[span]
-            .chunks(2)
-            .map(|c| bits(c[0]) | c.get(1).map_or(0, |s| bits(*s) << 16))
+        Scheme::Symmetric => table
+            .chain(
+                q.scales[span]
+                    .chunks(2)
+                    .map(|c| bits(c[0]) | c.get(1).map_or(0, |s| bits(*s) << 16)),
+            )
             .collect(),
     }
 }
@@ -128,10 +153,28 @@ pub(crate) fn upload(dev: &GpuDevice, w: WeightMatrix, max_binding: u64) -> Resu
             "the WebGPU backend needs weight matrices with rows and columns (a multiple of 32 when quantized), got {rows}×{cols}"
         )));
     }
+    if let WeightMatrix::Quantized(q) = &w {
+        if let Some(g) = &q.grid {
+            // `Grid` holds 4, 8 or 16 levels; its codes must be the matrix's.
+            if g.bits() != q.spec.bits || g.levels().len() > 4 * GRID_WORDS {
+                return Err(Error::invalid_config(format!(
+                    "a {}-bit grid on a matrix of {}-bit codes",
+                    g.bits(),
+                    q.spec.bits
+                )));
+            }
+        }
+    }
     // Dense rows are padded with zero columns to whole 32-value blocks.
     let stored = cols.next_multiple_of(32);
     let (kind, row_words) = match &w {
-        WeightMatrix::Quantized(q) => (WeightKind::Quant(q.spec), q.row_words()),
+        WeightMatrix::Quantized(q) => (
+            WeightKind::Quant {
+                spec: q.spec,
+                grid: q.grid.is_some(),
+            },
+            q.row_words(),
+        ),
         WeightMatrix::F32 { .. } => (WeightKind::F32, stored),
         WeightMatrix::F16 { .. } => (WeightKind::F16, stored / 2),
     };
@@ -264,6 +307,7 @@ mod tests {
             scales,
             offsets: vec![],
             rotation: None,
+            grid: None,
         };
         let p = pack_params(&q, 1, 2); // scales 3, 4, 5, 6
         let h = |w: u32, i: u32| f16::from_bits((w >> (16 * i)) as u16).to_f32();
@@ -272,5 +316,32 @@ mod tests {
             (h(p[0], 0), h(p[0], 1), h(p[1], 0), h(p[1], 1)),
             (3.0, 4.0, 5.0, 6.0)
         );
+    }
+
+    #[test]
+    fn grid_levels_lead_the_params_as_bytes() {
+        let levels: Vec<i8> = vec![-100, -7, 3, 90, 91, 92, 126, 127];
+        let w = grid_words(&levels);
+        assert_eq!(w, [0x5a03_f99c, 0x7f7e_5c5b, 0, 0]);
+        for (q, &l) in levels.iter().enumerate() {
+            // As weights.wgsl `grid_levels` reads it: byte q % 4 of word q / 4, sign-extended.
+            let got = ((w[q / 4] << (24 - 8 * (q % 4))) as i32) >> 24;
+            assert_eq!(got, i32::from(l), "code {q}");
+        }
+        let spec = QuantSpec::new(3, 32, Scheme::Asymmetric).unwrap();
+        let q = QuantizedMatrix {
+            rows: 2,
+            cols: 32,
+            spec,
+            data: vec![0; 2 * 3],
+            scales: vec![f16::from_f32(2.0), f16::from_f32(3.0)],
+            offsets: vec![f16::from_f32(-1.0), f16::from_f32(0.5)],
+            rotation: None,
+            grid: Some(lowbit_core::quant::Grid::new(3, levels).unwrap()),
+        };
+        let p = pack_params(&q, 1, 1);
+        assert_eq!(p.len(), GRID_WORDS + 1);
+        assert_eq!(p[..GRID_WORDS], w);
+        assert_eq!(p[GRID_WORDS], 0x3800_4200); // 3.0 | 0.5 << 16
     }
 }

@@ -133,6 +133,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("quantization.group_size", Kind::Int { min: 1, max: 4096 }, "32", "values per scale along the reduction dimension: a multiple of 32 (a row whose width it does not divide ends in a shorter group)"),
     key!("quantization.scheme", Kind::Choice(&["symmetric", "asymmetric"]), "\"asymmetric\"", "symmetric (scale) or asymmetric (scale and offset) groups"),
     key!("quantization.rotation", Kind::Bool, "false", "quantize every matrix in a randomized-Hadamard basis of its input (incoherence processing; the CPU and WebGPU backends rotate the activations on the fly)"),
+    key!("quantization.grid", Kind::Choice(&["uniform", "learned"]), "\"uniform\"", "codes of 2-4 bits on the uniform grid, or on a grid of 2^bits int8 levels learned per tensor (importance-weighted Lloyd), decoded by table lookup"),
     key!("quantization.calibration.file", Kind::Text, "\"\"", "text to calibrate on (importance weights, error feedback); empty = no calibration"),
     key!("quantization.calibration.chunks", Kind::Int { min: 1, max: 100000 }, "32", "chunks of 512 tokens of the calibration text to run"),
     key!("quantization.calibration.error_feedback", Kind::Bool, "true", "with calibration: GPTQ-style error-feedback rounding (else importance weights only)"),

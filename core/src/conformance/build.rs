@@ -4,7 +4,9 @@
 use super::{BufferInit, Case, Check, CheckKind};
 use crate::backend::{BufferId, DType, WeightId, WeightMatrix};
 use crate::ops::Op;
-use crate::quant::{quantize, QuantSpec, Rotation, Scheme, ROTATION_SEED};
+use crate::quant::{
+    learn_grid, quantize, quantize_on_grid, QuantSpec, Rotation, Scheme, ROTATION_SEED,
+};
 use half::f16;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,6 +21,10 @@ pub(super) enum Format {
     /// `quantization.rotation` makes matrices: blocks of the largest power of two up to this
     /// many columns (at least 32) that divides the matrix's columns.
     Rotated(QuantSpec, usize),
+    /// On a learned grid ([`crate::quant::Grid`], fitted to the weight as
+    /// `quantization.grid = learned` fits it), rotated as [`Format::Rotated`] when the block is
+    /// not 0.
+    Grid(QuantSpec, usize),
 }
 
 impl Format {
@@ -28,6 +34,8 @@ impl Format {
             Format::F32 => "f32".into(),
             Format::F16 => "f16".into(),
             Format::Rotated(s, block) => format!("{}_rot{block}", Format::Quant(s).name()),
+            Format::Grid(s, 0) => format!("{}_grid", Format::Quant(s).name()),
+            Format::Grid(s, block) => format!("{}_grid_rot{block}", Format::Quant(s).name()),
             Format::Quant(s) => format!(
                 "q{}_{}_g{}",
                 s.bits,
@@ -54,6 +62,15 @@ impl Format {
     pub fn rotated(bits: u8, group: usize, scheme: Scheme, block: usize) -> Format {
         match Format::quant(bits, group, scheme) {
             Format::Quant(s) => Format::Rotated(s, block),
+            f => f,
+        }
+    }
+
+    /// `quant(bits, group, scheme)` on a learned grid, rotated in blocks of up to `block`
+    /// columns unless `block` is 0.
+    pub fn grid(bits: u8, group: usize, scheme: Scheme, block: usize) -> Format {
+        match Format::quant(bits, group, scheme) {
+            Format::Quant(s) => Format::Grid(s, block),
             f => f,
         }
     }
@@ -204,6 +221,31 @@ impl CaseBuilder {
                         WeightMatrix::Quantized(q)
                     }
                     _ => WeightMatrix::F32 {
+                        rows,
+                        cols,
+                        data: Vec::new(),
+                    },
+                }
+            }
+            Format::Grid(spec, max_block) => {
+                let rot = (max_block > 0)
+                    .then(|| Rotation::block_for(cols, max_block))
+                    .flatten()
+                    .map(|block| Rotation {
+                        block,
+                        seed: ROTATION_SEED,
+                    });
+                let mut data = data;
+                if let Some(r) = rot {
+                    r.rotate(&r.signs(cols), &mut data);
+                }
+                let grid = learn_grid(&data, rows, cols, &spec, &|_, o| o.fill(1.0));
+                match quantize_on_grid(&data, rows, cols, spec, None, Some(&grid)) {
+                    Ok(mut q) => {
+                        q.rotation = rot;
+                        WeightMatrix::Quantized(q)
+                    }
+                    Err(_) => WeightMatrix::F32 {
                         rows,
                         cols,
                         data: Vec::new(),

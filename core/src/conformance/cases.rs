@@ -12,6 +12,7 @@ use crate::quant::Scheme;
 pub(super) fn single_ops() -> Vec<Case> {
     let mut v = linear();
     v.extend(rotated());
+    v.extend(grids());
     v.extend(embed());
     v.extend(norm());
     v.extend(activation());
@@ -132,6 +133,53 @@ fn rotated() -> Vec<Case> {
     }
     // Device ids; id 100 is outside the table: its row stays as it was, not rotated back.
     v.push(embed_device_ids(r(3, 32, Sym, 128), 256));
+    v
+}
+
+/// Matrices on learned grids (table-lookup decode): every width that takes one, both schemes,
+/// with and without rotation, at decode, small prefill and a prefill wide enough for tiled
+/// kernels, and as embedding tables.
+fn grids() -> Vec<Case> {
+    use Scheme::{Asymmetric as Asym, Symmetric as Sym};
+    let g = Format::grid;
+    let mut v = Vec::new();
+    for (f, rows, cols) in [
+        (g(2, 32, Sym, 0), 7, 96),
+        (g(2, 64, Asym, 0), 5, 160),
+        (g(3, 32, Sym, 0), 13, 224),
+        (g(3, 128, Asym, 0), 9, 576),
+        (g(4, 32, Sym, 0), 7, 1536),
+        (g(4, 32, Asym, 0), 13, 224),
+        (g(4, 32, Sym, 128), 9, 576),
+        (g(3, 32, Asym, 64), 5, 576),
+        (g(2, 32, Sym, 128), 7, 1536),
+        // Wide enough for the WebGPU wide matvec.
+        (g(4, 32, Asym, 0), 5, 2048),
+        (g(3, 64, Sym, 128), 3, 4096),
+    ] {
+        v.push(linear_case(f, rows, cols, 1, true, false));
+        v.push(linear_case(f, rows, cols, 5, false, true));
+        v.push(linear_case(f, rows, cols, 64, true, false));
+    }
+    for (f, cols, ids) in [
+        (g(4, 32, Asym, 0), 96, vec![3, 0, 10, 3]),
+        (g(2, 32, Sym, 0), 224, vec![10, 1]),
+        (g(3, 64, Sym, 64), 576, vec![2, 9, 2]),
+    ] {
+        let list: Vec<String> = ids.iter().map(u32::to_string).collect();
+        let shape = format!("11x{cols} ids=[{}]", list.join(","));
+        let mut b = CaseBuilder::new("embed", shape, f.name(), DATA);
+        let table = b.weight(f, 11, cols);
+        let out = b.zeros(ids.len() * cols);
+        b.op(Op::Embed {
+            table,
+            ids: TokenIds::Host(ids),
+            out,
+        });
+        b.check_all(out);
+        v.push(b.finish());
+    }
+    v.push(embed_device_ids(g(4, 32, Sym, 0), 160));
     v
 }
 

@@ -9,7 +9,10 @@
 //! importance-weighted search of [`super::quantize_group_weighted`] (importance = `diag H`).
 
 use super::rotation::{rotate_f64, Rotation};
-use super::{pack_codes, quantize_group_weighted, QuantSpec, QuantizedMatrix, Scheme};
+use super::{
+    pack_codes, quantize_group_grid, quantize_group_weighted, Grid, Nearest, QuantSpec,
+    QuantizedMatrix, Scheme,
+};
 use crate::error::{Error, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -184,7 +187,11 @@ fn inverse_cholesky_upper(h: &[f64], d: usize, damp: f64) -> Result<Vec<f64>> {
 }
 
 /// The nearest code of `w` for group parameters `(scale, offset)`.
-fn code_of(w: f32, scale: f32, offset: f32, spec: &QuantSpec) -> u8 {
+fn code_of(w: f32, scale: f32, offset: f32, spec: &QuantSpec, grid: Option<&Nearest>) -> u8 {
+    if let Some(nn) = grid {
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        return nn.code((w - offset) * inv);
+    }
     let max = spec.max_code() as f32;
     let q = match spec.scheme {
         Scheme::Symmetric => {
@@ -205,7 +212,10 @@ fn code_of(w: f32, scale: f32, offset: f32, spec: &QuantSpec) -> u8 {
     q.clamp(0.0, max) as u8
 }
 
-fn value_of(q: u8, scale: f32, offset: f32, spec: &QuantSpec) -> f32 {
+fn value_of(q: u8, scale: f32, offset: f32, spec: &QuantSpec, grid: Option<&Nearest>) -> f32 {
+    if let Some(nn) = grid {
+        return scale * nn.level(q) + offset;
+    }
     match spec.scheme {
         Scheme::Symmetric => scale * (f32::from(q) - spec.sym_zero() as f32),
         Scheme::Asymmetric => scale * f32::from(q) + offset,
@@ -218,10 +228,11 @@ const ROW_BLOCK: usize = 8;
 /// Quantizes a row-major `rows × cols` matrix with error feedback against the input Hessian
 /// `hessian` (`cols × cols`, `E[x xᵀ]` in the basis the matrix is quantized in: rotate it with
 /// [`Hessian::rotated`] when `weights` are rotated). `damp` (e.g. 0.01) is added to the
-/// diagonal as a fraction of its mean, for stability.
+/// diagonal as a fraction of its mean, for stability. With `grid`, codes are its levels (see
+/// [`super::quantize_on_grid`]).
 ///
-/// Errors: `INVALID_CONFIG` as [`super::quantize`], for a Hessian of another size, or one that
-/// stays singular after damping.
+/// Errors: `INVALID_CONFIG` as [`super::quantize`], for a Hessian of another size, a grid of
+/// other bits, or a Hessian that stays singular after damping.
 pub fn quantize_gptq(
     weights: &[f32],
     rows: usize,
@@ -229,6 +240,7 @@ pub fn quantize_gptq(
     spec: QuantSpec,
     hessian: &[f64],
     damp: f64,
+    grid: Option<&Grid>,
 ) -> Result<QuantizedMatrix> {
     let spec = QuantSpec::new(spec.bits, spec.group_size, spec.scheme)?;
     if cols == 0 || !cols.is_multiple_of(32) || rows == 0 || weights.len() != rows * cols {
@@ -243,6 +255,11 @@ pub fn quantize_gptq(
             hessian.len()
         )));
     }
+    if grid.is_some_and(|g| g.bits() != spec.bits) {
+        return Err(Error::invalid_config("a grid of other bits than its codes"));
+    }
+    let nearest = grid.map(Grid::nearest);
+    let nearest = nearest.as_ref();
     // Columns no calibration input ever touched carry no information: pin them.
     let mut h = hessian.to_vec();
     let dead: Vec<bool> = (0..cols).map(|i| h[i * cols + i] <= 0.0).collect();
@@ -292,12 +309,21 @@ pub fn quantize_gptq(
                             for (v, c) in vals[..len].iter_mut().zip(span.clone()) {
                                 *v = w[c * ROW_BLOCK + r] as f32;
                             }
-                            *p = quantize_group_weighted(
-                                &vals[..len],
-                                Some(&importance[span.clone()]),
-                                &spec,
-                                &mut scratch[..len],
-                            );
+                            *p = match nearest {
+                                Some(nn) => quantize_group_grid(
+                                    &vals[..len],
+                                    &importance[span.clone()],
+                                    nn,
+                                    spec.scheme,
+                                    &mut scratch[..len],
+                                ),
+                                None => quantize_group_weighted(
+                                    &vals[..len],
+                                    Some(&importance[span.clone()]),
+                                    &spec,
+                                    &mut scratch[..len],
+                                ),
+                            };
                             params[r * groups + j / spec.group_size] =
                                 (f16::from_f32(p.0), f16::from_f32(p.1));
                         }
@@ -306,9 +332,10 @@ pub fn quantize_gptq(
                     for r in 0..n {
                         let (scale, offset) = gp[r];
                         let wj = w[j * ROW_BLOCK + r];
-                        let q = code_of(wj as f32, scale, offset, &spec);
+                        let q = code_of(wj as f32, scale, offset, &spec, nearest);
                         codes[r * cols + j] = q;
-                        err[r] = (wj - f64::from(value_of(q, scale, offset, &spec))) / ujj;
+                        let v = value_of(q, scale, offset, &spec, nearest);
+                        err[r] = (wj - f64::from(v)) / ujj;
                     }
                     let urow = &u[j * cols..(j + 1) * cols];
                     for (wk, &uk) in w[(j + 1) * ROW_BLOCK..cols * ROW_BLOCK]
@@ -336,6 +363,7 @@ pub fn quantize_gptq(
             Scheme::Asymmetric => params.iter().map(|p| p.1).collect(),
         },
         rotation: None,
+        grid: grid.cloned(),
     })
 }
 
@@ -390,7 +418,7 @@ mod tests {
         h.add_rows(&xs);
         let spec = QuantSpec::new(3, 32, Scheme::Symmetric).unwrap();
         let plain = quantize_weighted(&w, rows, cols, spec, Some(&h.diag())).unwrap();
-        let fed = quantize_gptq(&w, rows, cols, spec, &h.mean(), 0.01).unwrap();
+        let fed = quantize_gptq(&w, rows, cols, spec, &h.mean(), 0.01, None).unwrap();
         let (ep, ef) = (
             output_error(&w, &plain, &xs, cols),
             output_error(&w, &fed, &xs, cols),
@@ -401,7 +429,7 @@ mod tests {
         let signs = rot.signs(cols);
         let mut wr = w.clone();
         rot.rotate(&signs, &mut wr);
-        let mut q = quantize_gptq(&wr, rows, cols, spec, &h.rotated(&rot), 0.01).unwrap();
+        let mut q = quantize_gptq(&wr, rows, cols, spec, &h.rotated(&rot), 0.01, None).unwrap();
         q.rotation = Some(rot);
         let er = output_error(&w, &q, &xs, cols);
         assert!(er < ep, "rotated error feedback {er} vs plain {ep}");
@@ -436,9 +464,10 @@ mod tests {
                     scales.push(f16::from_f32(scale).to_f32());
                     offsets.push(f16::from_f32(offset).to_f32());
                 }
-                let q = code_of(w[j] as f32, scale, offset, &spec);
+                let q = code_of(w[j] as f32, scale, offset, &spec, None);
                 codes.push(q);
-                let err = (w[j] - f64::from(value_of(q, scale, offset, &spec))) / u[j * cols + j];
+                let err =
+                    (w[j] - f64::from(value_of(q, scale, offset, &spec, None))) / u[j * cols + j];
                 for k in j + 1..cols {
                     w[k] -= err * u[j * cols + k];
                 }
@@ -464,7 +493,7 @@ mod tests {
             let mut h = Hessian::new(cols);
             h.add_rows(&xs);
             let spec = QuantSpec::new(bits, group, scheme).unwrap();
-            let q = quantize_gptq(&w, rows, cols, spec, &h.mean(), 0.01).unwrap();
+            let q = quantize_gptq(&w, rows, cols, spec, &h.mean(), 0.01, None).unwrap();
             let (codes, scales, offsets) = row_by_row(&w, cols, spec, &h.mean(), 0.01);
             let mut got = vec![0u8; rows * cols];
             let row_words = cols * bits as usize / 32;

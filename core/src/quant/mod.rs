@@ -19,6 +19,7 @@
 
 pub mod allocate;
 mod gptq;
+mod grid;
 pub mod model_file;
 mod pack;
 mod quantizer;
@@ -29,6 +30,7 @@ mod store;
 mod tests;
 
 pub use gptq::{quantize_gptq, Hessian};
+pub use grid::{learn_grid, quantize_group_grid, Grid, Nearest};
 pub use pack::{pack_codes, unpack_codes};
 pub use quantizer::{parse_overrides, Calibration, Quantizer, MAX_ROTATION_BLOCK, ROTATION_SEED};
 pub use rotation::{fwht, rotate_f64, Rotation};
@@ -58,7 +60,7 @@ pub fn quantize(
 /// with σ² the row's mean square. Large weights are the ones a model is most sensitive to, so
 /// their error counts more (llama.cpp weights its K-quant search the same way); the measured
 /// effect on SmolLM2 at 3 chunks of Brown: int4-g32 perplexity 35.4 → 33.5, int3 72.2 → 62.6.
-fn element_importance(row: &[f32], importance: Option<&[f32]>, out: &mut [f32]) {
+pub(crate) fn element_importance(row: &[f32], importance: Option<&[f32]>, out: &mut [f32]) {
     let sigma2 = row.iter().map(|x| x * x).sum::<f32>() / row.len().max(1) as f32;
     for (c, (o, &x)) in out.iter_mut().zip(row).enumerate() {
         *o = importance.map_or(1.0, |imp| imp[c]) * (sigma2 + x * x).sqrt();
@@ -77,6 +79,21 @@ pub fn quantize_weighted(
     cols: usize,
     spec: QuantSpec,
     importance: Option<&[f32]>,
+) -> Result<QuantizedMatrix> {
+    quantize_on_grid(weights, rows, cols, spec, importance, None)
+}
+
+/// Like [`quantize_weighted`], with codes on `grid`'s levels when one is given (its bits must
+/// be `spec.bits`): `w = scale · level[q] + offset` (offset 0 when symmetric).
+///
+/// Errors as [`quantize_weighted`], and `INVALID_CONFIG` for a grid of other bits.
+pub fn quantize_on_grid(
+    weights: &[f32],
+    rows: usize,
+    cols: usize,
+    spec: QuantSpec,
+    importance: Option<&[f32]>,
+    grid: Option<&Grid>,
 ) -> Result<QuantizedMatrix> {
     // The fields are public: re-validate whatever the caller built.
     let spec = QuantSpec::new(spec.bits, spec.group_size, spec.scheme)?;
@@ -106,6 +123,16 @@ pub fn quantize_weighted(
         }
     }
 
+    if let Some(g) = grid {
+        if g.bits() != spec.bits {
+            return Err(Error::invalid_config(format!(
+                "a {}-bit grid for {}-bit codes",
+                g.bits(),
+                spec.bits
+            )));
+        }
+    }
+    let nearest = grid.map(Grid::nearest);
     let row_words = cols * spec.bits as usize / 32;
     let groups = cols.div_ceil(spec.group_size);
     let mut data = vec![0u32; rows * row_words];
@@ -119,9 +146,21 @@ pub fn quantize_weighted(
                 element_importance(row, importance, elt);
                 for (g, p) in params.iter_mut().enumerate() {
                     let span = g * spec.group_size..cols.min((g + 1) * spec.group_size);
-                    let imp = Some(&elt[span.clone()]);
-                    let (s, o) =
-                        quantize_group_weighted(&row[span.clone()], imp, &spec, &mut codes[span]);
+                    let (s, o) = match &nearest {
+                        Some(nn) => quantize_group_grid(
+                            &row[span.clone()],
+                            &elt[span.clone()],
+                            nn,
+                            spec.scheme,
+                            &mut codes[span],
+                        ),
+                        None => quantize_group_weighted(
+                            &row[span.clone()],
+                            Some(&elt[span.clone()]),
+                            &spec,
+                            &mut codes[span],
+                        ),
+                    };
                     *p = (f16::from_f32(s), f16::from_f32(o));
                 }
                 pack_codes(codes, spec.bits, words);
@@ -140,6 +179,7 @@ pub fn quantize_weighted(
         scales,
         offsets,
         rotation: None,
+        grid: grid.cloned(),
     })
 }
 
@@ -222,6 +262,9 @@ pub struct QuantizedMatrix {
     /// The rotation of the input dimension the codes were made in, if any: the stored rows
     /// are those of `W Rᵀ` (see [`Rotation`]); [`Self::dequantize_row`] rotates them back.
     pub rotation: Option<Rotation>,
+    /// A learned code table (2-4 bits): code `q` stands for `level[q]` instead of `q`, and
+    /// symmetric groups carry no zero point (see [`Grid`]).
+    pub grid: Option<Grid>,
 }
 
 impl QuantizedMatrix {
@@ -235,19 +278,30 @@ impl QuantizedMatrix {
         self.cols.div_ceil(self.spec.group_size)
     }
 
-    /// Real storage cost in bits per weight, counting codes, scales and offsets.
+    /// Real storage cost in bits per weight, counting codes, scales, offsets and the grid.
     pub fn bits_per_weight(&self) -> f64 {
-        let bits = self.data.len() * 32 + (self.scales.len() + self.offsets.len()) * 16;
-        bits as f64 / (self.rows * self.cols) as f64
+        (self.size_bytes() * 8) as f64 / (self.rows * self.cols) as f64
     }
 
-    /// Bytes of packed codes, scales and offsets.
+    /// Bytes of packed codes, scales, offsets and grid levels.
     pub fn size_bytes(&self) -> usize {
-        self.data.len() * 4 + (self.scales.len() + self.offsets.len()) * 2
+        self.data.len() * 4
+            + (self.scales.len() + self.offsets.len()) * 2
+            + self.grid.as_ref().map_or(0, |g| g.levels().len())
+    }
+
+    /// The value code `q` multiplies the scale by: its grid level, else `q` itself.
+    #[inline]
+    pub fn code_value(&self, q: u8) -> f32 {
+        match &self.grid {
+            Some(g) => g.value(q),
+            None => f32::from(q),
+        }
     }
 
     /// The kernel form of group `g` of row `r`: `(scale, bias)` with `w = scale * q + bias` for
     /// the stored code `q`; `bias = -scale * 2^(bits-1)` (symmetric) or the offset (asymmetric).
+    /// With a [`Grid`], `w = scale * level[q] + bias` and a symmetric bias is 0.
     /// Every kernel and [`Self::dequantize_row`] use this one definition. (In f32 the symmetric
     /// form is exact: an f16 scale times an 8-bit code fits the mantissa.)
     ///
@@ -259,6 +313,7 @@ impl QuantizedMatrix {
         let i = r * groups + g;
         let scale = self.scales[i].to_f32();
         let bias = match self.spec.scheme {
+            Scheme::Symmetric if self.grid.is_some() => 0.0,
             Scheme::Symmetric => -scale * self.spec.sym_zero() as f32,
             Scheme::Asymmetric => self.offsets[i].to_f32(),
         };
@@ -298,7 +353,7 @@ impl QuantizedMatrix {
             unpack_codes(&words[b * bits..(b + 1) * bits], self.spec.bits, &mut codes);
             let (scale, bias) = self.group_params(r, b * 32 / self.spec.group_size);
             for (o, &q) in chunk.iter_mut().zip(&codes) {
-                *o = scale * f32::from(q) + bias;
+                *o = scale * self.code_value(q) + bias;
             }
         }
     }

@@ -10,7 +10,7 @@
 //! - every source tensor that was not quantized (norm weights, biases), unchanged;
 //! - for each quantized matrix `NAME`, its GGML-order dimensions as `lowbit.dims.NAME` (so
 //!   shape checks still find them), and all matrices in one tensor `lowbit.weights` (type I8):
-//!   a [`WeightStore`] blob (`LBWS`: per matrix its key, format, rotation, codes, scales and
+//!   a [`WeightStore`] blob (`LBWS`: per matrix its key, format, rotation, grid, codes, scales and
 //!   offsets), whose reader checks every length, and its checksum as
 //!   `lowbit.weights_checksum` ([`checksum`]): a damaged file is `MODEL_LOADING_FAILED`.
 

@@ -3,7 +3,10 @@
 //! rounding, optionally in a rotated basis; and per-tensor widths that override the plan's
 //! roles.
 
-use super::{quantize_gptq, quantize_weighted, Hessian, QuantizedMatrix, Rotation};
+use super::{
+    element_importance, learn_grid, quantize_gptq, quantize_on_grid, Hessian, QuantizedMatrix,
+    Rotation,
+};
 use crate::adapter::WeightPrecision;
 use crate::backend::WeightMatrix;
 use crate::error::{Error, Result};
@@ -43,13 +46,16 @@ pub struct Quantizer {
     pub overrides: Vec<(String, WeightPrecision)>,
     /// Relative damping of error feedback (fraction of the Hessian's mean diagonal).
     pub damp: f64,
+    /// Codes on a learned per-tensor grid (2-4 bits; see [`super::Grid`]) instead of the
+    /// uniform one.
+    pub grid: bool,
 }
 
 impl Quantizer {
     /// Whether this is the plain search with the plan's widths (what a load without options
     /// does).
     pub fn is_plain(&self) -> bool {
-        !self.rotation && self.calibration.is_none() && self.overrides.is_empty()
+        !self.rotation && !self.grid && self.calibration.is_none() && self.overrides.is_empty()
     }
 
     /// A short tag of the methods (`rot+gptq+imp`), part of stored matrices' keys and of
@@ -61,6 +67,9 @@ impl Quantizer {
         }
         if self.calibration.is_some() {
             parts.push(if self.error_feedback { "gptq" } else { "imp" });
+        }
+        if self.grid {
+            parts.push("grid");
         }
         parts.join("+")
     }
@@ -122,26 +131,30 @@ impl Quantizer {
         // A table that is also looked up (a tied embedding) is not fitted to one layer's inputs
         // by error feedback: its rows are read directly too.
         let feedback = self.error_feedback && !name.contains("token_embd");
+        // Importance of each input column: the calibration Hessian's diagonal, in the basis
+        // the matrix is quantized in.
+        let rotated_hessian = match (hessian, rotation) {
+            (Some(h), Some(rot)) => Some(h.rotated(&rot)),
+            _ => None,
+        };
+        let diag: Option<Vec<f32>> = match (&rotated_hessian, hessian) {
+            (Some(r), _) => Some((0..cols).map(|i| r[i * cols + i] as f32).collect()),
+            (None, Some(h)) => Some(h.diag()),
+            (None, None) => None,
+        };
+        let grid = (self.grid && spec.bits <= 4).then(|| {
+            let diag = diag.as_deref();
+            learn_grid(&data, rows, cols, &spec, &|row, out| {
+                element_importance(row, diag, out)
+            })
+        });
         let mut q: QuantizedMatrix = match (hessian, feedback) {
             (Some(h), true) => {
-                let mean = match rotation {
-                    Some(rot) => h.rotated(&rot),
-                    None => h.mean(),
-                };
+                let mean = rotated_hessian.unwrap_or_else(|| h.mean());
                 let damp = if self.damp > 0.0 { self.damp } else { 0.01 };
-                quantize_gptq(&data, rows, cols, spec, &mean, damp)?
+                quantize_gptq(&data, rows, cols, spec, &mean, damp, grid.as_ref())?
             }
-            (Some(h), false) => {
-                let diag = match rotation {
-                    Some(rot) => {
-                        let r = h.rotated(&rot);
-                        (0..cols).map(|i| r[i * cols + i] as f32).collect()
-                    }
-                    None => h.diag(),
-                };
-                quantize_weighted(&data, rows, cols, spec, Some(&diag))?
-            }
-            (None, _) => quantize_weighted(&data, rows, cols, spec, None)?,
+            _ => quantize_on_grid(&data, rows, cols, spec, diag.as_deref(), grid.as_ref())?,
         };
         q.rotation = rotation;
         Ok(WeightMatrix::Quantized(q))

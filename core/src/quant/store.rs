@@ -5,7 +5,7 @@
 //! key (`name|rows x cols|precision`) with its format and arrays, little-endian. Reading
 //! checks every length, so a damaged blob is an error, never a wrong model.
 
-use super::{QuantSpec, QuantizedMatrix, Rotation, Scheme};
+use super::{Grid, QuantSpec, QuantizedMatrix, Rotation, Scheme};
 use crate::backend::WeightMatrix;
 use crate::error::{Error, Result};
 use half::f16;
@@ -125,8 +125,14 @@ impl WeightStore {
                     put_halves(&mut out, data);
                 }
                 WeightMatrix::Quantized(q) => {
-                    // Kind 3 is kind 2 followed by the rotation (block, seed).
-                    out.push(if q.rotation.is_some() { 3 } else { 2 });
+                    // Kind 3 is kind 2 followed by the rotation (block, seed); kind 4 is kind 2
+                    // followed by a rotation flag byte (then the rotation when 1) and the grid
+                    // (level count, then the int8 levels).
+                    out.push(match (&q.grid, q.rotation) {
+                        (Some(_), _) => 4,
+                        (None, Some(_)) => 3,
+                        (None, None) => 2,
+                    });
                     put_u64(&mut out, rows as u64);
                     put_u64(&mut out, cols as u64);
                     out.push(q.spec.bits);
@@ -138,9 +144,16 @@ impl WeightStore {
                         .for_each(|v| out.extend_from_slice(&v.to_le_bytes()));
                     put_halves(&mut out, &q.scales);
                     put_halves(&mut out, &q.offsets);
+                    if q.grid.is_some() {
+                        out.push(u8::from(q.rotation.is_some()));
+                    }
                     if let Some(rot) = q.rotation {
                         put_u64(&mut out, rot.block as u64);
                         put_u64(&mut out, rot.seed);
+                    }
+                    if let Some(g) = &q.grid {
+                        out.push(g.levels().len() as u8);
+                        out.extend(g.levels().iter().map(|&l| l as u8));
                     }
                 }
             }
@@ -198,7 +211,7 @@ impl WeightStore {
                     }
                     WeightMatrix::F16 { rows, cols, data }
                 }
-                2 | 3 => {
+                2..=4 => {
                     let bits = r.take(1)?[0];
                     let group_size = r.size()?;
                     let scheme = if r.take(1)?[0] == 1 {
@@ -220,7 +233,16 @@ impl WeightStore {
                         .collect();
                     let scales = r.halves()?;
                     let offsets = r.halves()?;
-                    let rotation = if kind == 3 {
+                    let rotated = match kind {
+                        3 => true,
+                        4 => match r.take(1)?[0] {
+                            0 => false,
+                            1 => true,
+                            f => return Err(bad(format!("{key}: rotation flag {f}"))),
+                        },
+                        _ => false,
+                    };
+                    let rotation = if rotated {
                         let rot = Rotation {
                             block: r.size()?,
                             seed: r.u64()?,
@@ -228,6 +250,16 @@ impl WeightStore {
                         rot.check(cols)
                             .map_err(|e| bad(format!("{key}: {}", e.message)))?;
                         Some(rot)
+                    } else {
+                        None
+                    };
+                    let grid = if kind == 4 {
+                        let n = usize::from(r.take(1)?[0]);
+                        let levels = r.take(n)?.iter().map(|&b| b as i8).collect();
+                        Some(
+                            Grid::new(bits, levels)
+                                .map_err(|e| bad(format!("{key}: {}", e.message)))?,
+                        )
                     } else {
                         None
                     };
@@ -244,6 +276,7 @@ impl WeightStore {
                         scales,
                         offsets,
                         rotation,
+                        grid,
                     };
                     let groups = rows
                         .checked_mul(q.groups_per_row())
@@ -384,6 +417,14 @@ mod tests {
         .unwrap();
         rotated.rotation = Some(Rotation { block: 64, seed: 9 });
         out.push(("q2-rotated".into(), WeightMatrix::Quantized(rotated)));
+        for (rot, scheme) in [(None, Scheme::Symmetric), (Some(64), Scheme::Asymmetric)] {
+            let spec = QuantSpec::new(3, 32, scheme).unwrap();
+            let grid = crate::quant::learn_grid(&data, 4, 64, &spec, &|_, o| o.fill(1.0));
+            let mut q =
+                crate::quant::quantize_on_grid(&data, 4, 64, spec, None, Some(&grid)).unwrap();
+            q.rotation = rot.map(|block| Rotation { block, seed: 3 });
+            out.push((format!("q3-grid-{rot:?}"), WeightMatrix::Quantized(q)));
+        }
         out.push((
             "f32".into(),
             WeightMatrix::F32 {
@@ -418,7 +459,7 @@ mod tests {
             let got = back.take(&k, 4, 64).expect("stored");
             assert_eq!(format!("{got:?}"), format!("{w:?}"), "{k}");
         }
-        assert_eq!(back.hits, 6);
+        assert_eq!(back.hits, 8);
         assert!(!back.changed());
     }
 
@@ -435,6 +476,15 @@ mod tests {
                 .expect("truncated");
             assert_eq!(e.code, crate::ErrorCode::ModelLoadingFailed);
         }
+        // A grid whose levels are not increasing is damage too.
+        let mut s = WeightStore::recording();
+        let (k, w) = sample().swap_remove(4);
+        s.keep(k, &w);
+        let mut b = s.to_bytes();
+        let n = b.len();
+        b[n - 1] = b[n - 2];
+        let e = WeightStore::from_bytes(&b).err().expect("bad grid");
+        assert_eq!(e.code, crate::ErrorCode::ModelLoadingFailed);
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(WeightStore::from_bytes(&extra).is_err());

@@ -25,8 +25,15 @@ pub(crate) fn dequantize_row(m: &QuantizedMatrix, r: usize, out: &mut [f32]) {
     for (c, o) in out[..m.cols].iter_mut().enumerate() {
         let g = c / m.spec.group_size;
         let scale = m.scales[r * gpr + g].to_f32();
-        let bias = dequant_bias(m.spec.scheme, m.spec.bits, scale, offset_at(m, r * gpr + g));
-        *o = scale * code_at(words, bits, c) as f32 + bias;
+        let q = code_at(words, bits, c) as u8;
+        *o = match &m.grid {
+            Some(grid) => scale * grid.value(q) + offset_at(m, r * gpr + g),
+            None => {
+                let bias =
+                    dequant_bias(m.spec.scheme, m.spec.bits, scale, offset_at(m, r * gpr + g));
+                scale * f32::from(q) + bias
+            }
+        };
     }
 }
 
@@ -38,9 +45,60 @@ pub(crate) fn quantized_rows(
     n: usize,
     out: &mut [f32],
 ) {
+    if let Some(grid) = &m.grid {
+        return grid_rows(m, grid.levels(), first_row, act, n, out);
+    }
     for (i, o) in out.chunks_exact_mut(n).enumerate() {
         for (j, oj) in o.iter_mut().enumerate() {
             *oj = row_dot(m, first_row + i, act.row(j));
+        }
+    }
+}
+
+/// [`quantized_rows`] for a matrix on a learned grid: each weight row is decoded once into its
+/// int8 levels (table lookup), then dotted with every activation row as int8 × int8 blocks
+/// (a loop LLVM vectorises). Activations must be in natural order (scalar quantization).
+fn grid_rows(
+    m: &QuantizedMatrix,
+    levels: &[i8],
+    first_row: usize,
+    act: &Q8Activations,
+    n: usize,
+    out: &mut [f32],
+) {
+    let bits = m.spec.bits as usize;
+    let rw = m.row_words();
+    let gpr = m.groups_per_row();
+    let bpg = m.spec.group_size / BLOCK;
+    let nb = m.cols / BLOCK;
+    let mut row = vec![0i8; m.cols];
+    for (i, o) in out.chunks_exact_mut(n).enumerate() {
+        let r = first_row + i;
+        let words = &m.data[r * rw..(r + 1) * rw];
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = levels[code_at(words, bits, c) as usize];
+        }
+        for (j, oj) in o.iter_mut().enumerate() {
+            let x = act.row(j);
+            let mut total = 0.0f32;
+            for g in 0..gpr {
+                let scale = m.scales[r * gpr + g].to_f32();
+                let mut acc = 0.0f32;
+                for b in g * bpg..((g + 1) * bpg).min(nb) {
+                    let span = b * BLOCK..(b + 1) * BLOCK;
+                    let isum: i32 = row[span.clone()]
+                        .iter()
+                        .zip(&x.qs[span])
+                        .map(|(&w, &a)| i32::from(w) * i32::from(a))
+                        .sum();
+                    acc += x.d[b] * isum as f32;
+                }
+                total += scale * acc;
+                if !x.gsums.is_empty() {
+                    total += offset_at(m, r * gpr + g) * x.gsums[g];
+                }
+            }
+            *oj = total;
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn random_matrix(
         scales,
         offsets,
         rotation: None,
+        grid: None,
     };
     (m, codes)
 }

@@ -119,7 +119,8 @@ impl WgpuBackend {
         let t = self.tuning;
         // Rows of at least 32 values per lane of 2-, 3-, 4- or 8-bit codes (whole blocks per
         // lane, 8-, 12- or 16-byte code reads).
-        let vec_codes = matches!(gw.kind, WeightKind::Quant(s) if matches!(s.bits, 2 | 3 | 4 | 8));
+        let vec_codes =
+            matches!(gw.kind, WeightKind::Quant { spec: s, .. } if matches!(s.bits, 2 | 3 | 4 | 8));
         n == 1 && t.wide_matvec && vec_codes && gw.cols >= 32 * t.matvec_wg as usize
     }
 
@@ -136,7 +137,7 @@ impl WgpuBackend {
         let st = self.lock();
         let gw = weight(&st.weights, w)?;
         // A matrix stored in a rotated basis reads its rows rotated, from f32 rows.
-        let (WeightKind::Quant(spec), true, None) =
+        let (WeightKind::Quant { spec, .. }, true, None) =
             (gw.kind, self.wide_matvec(gw, n), &gw.rotation)
         else {
             return Ok(None);
@@ -389,16 +390,16 @@ impl WgpuBackend {
             ("ROWS_PER_WG", Define::U32(rows_per_wg)),
             (
                 "VEC2",
-                Define::Bool(matches!(gw.kind, WeightKind::Quant(s) if s.bits == 2)),
+                Define::Bool(matches!(gw.kind, WeightKind::Quant { spec: s, .. } if s.bits == 2)),
             ),
             (
                 "CODES3",
-                Define::Bool(matches!(gw.kind, WeightKind::Quant(s) if s.bits == 3)),
+                Define::Bool(matches!(gw.kind, WeightKind::Quant { spec: s, .. } if s.bits == 3)),
             ),
             (
                 "ORDER",
                 Define::U32(match gw.kind {
-                    WeightKind::Quant(s) => code_order(s.bits),
+                    WeightKind::Quant { spec: s, .. } => code_order(s.bits),
                     _ => 0,
                 }),
             ),
@@ -412,7 +413,7 @@ impl WgpuBackend {
                     tiled
                         && !coop
                         && t.int_prefill
-                        && matches!(gw.kind, WeightKind::Quant(s) if matches!(s.bits, 2 | 3 | 4 | 8)),
+                        && matches!(gw.kind, WeightKind::Quant { spec: s, .. } if matches!(s.bits, 2 | 3 | 4 | 8)),
                 ),
             ),
             ("WIDE", Define::Bool(wide)),

@@ -87,16 +87,24 @@ impl WgpuBackend {
     }
 
     pub(crate) fn weight_defines(kind: WeightKind, f16: bool) -> Vec<(&'static str, Define)> {
-        let (k, bits, group, asym) = match kind {
-            WeightKind::Quant(s) => (0, s.bits, s.group_size, s.scheme == Scheme::Asymmetric),
-            WeightKind::F32 => (1, 8, 32, false),
-            WeightKind::F16 => (2, 8, 32, false),
+        let (k, bits, group, asym, grid) = match kind {
+            WeightKind::Quant { spec: s, grid } => (
+                0,
+                s.bits,
+                s.group_size,
+                s.scheme == Scheme::Asymmetric,
+                grid,
+            ),
+            WeightKind::F32 => (1, 8, 32, false, false),
+            WeightKind::F16 => (2, 8, 32, false, false),
         };
         vec![
             ("WEIGHT_KIND", Define::U32(k)),
             ("BITS", Define::U32(u32::from(bits))),
             ("GROUP_SIZE", Define::U32(group as u32)),
             ("ASYMMETRIC", Define::Bool(asym)),
+            // Codes index a learned table of levels (weights.wgsl); compiled out when false.
+            ("GRID", Define::Bool(grid)),
             ("USE_F16", Define::Bool(f16)),
         ]
     }

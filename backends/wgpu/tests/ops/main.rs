@@ -15,6 +15,7 @@ mod calls;
 
 mod device;
 mod epilogues;
+mod grid;
 mod lookup;
 mod matmul;
 mod prefill;
