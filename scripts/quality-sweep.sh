@@ -36,6 +36,8 @@ smollm2_sweep=(
   "gptq-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib"
   "gptq-emb4-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 $calib $emb4"
   "gptq-emb4-g64-asym|--quants int4,int3,int2 --scheme asym --group-size 64 $calib $emb4"
+  # Allocation that may also give a unit groups of 128 (quantization.target_coarse_group).
+  "alloc5.0-rot-cg128-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.0 --set quantization.target_coarse_group=128"
   # Learned grids (quantization.grid = learned) on top of each step.
   "alloc5.0-rot-grid-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate --grid learned $calib --target-bits 5.0"
   "gptq-rot-grid-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32 --rotate --grid learned $calib"
@@ -56,6 +58,8 @@ smollm2_sweep=(
   "2:alloc4.6-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 4.6"
   "2:alloc4.3-rot-g32-sym|--quant int3 --scheme sym --group-size 32 --rotate $calib --target-bits 4.3"
   "2:alloc3.6-rot-g32-sym|--quant int2 --scheme sym --group-size 32 --rotate $calib --target-bits 3.6"
+  "2:alloc4.3-rot-cg128-sym|--quant int3 --scheme sym --group-size 32 --rotate $calib --target-bits 4.3 --set quantization.target_coarse_group=128"
+  "2:alloc3.6-rot-cg128-sym|--quant int2 --scheme sym --group-size 32 --rotate $calib --target-bits 3.6 --set quantization.target_coarse_group=128"
   "2:alloc4.3-rot-grid-g32-sym|--quant int3 --scheme sym --group-size 32 --rotate --grid learned $calib --target-bits 4.3"
   "2:alloc3.6-rot-grid-g32-sym|--quant int2 --scheme sym --group-size 32 --rotate --grid learned $calib --target-bits 3.6"
 )
@@ -69,6 +73,7 @@ gemma3_sweep=(
   "2:alloc7.25-rot-g32-sym|--quant int4 $rot --target-bits 7.25"
   "2:fp32-int8|--quants fp32,int8 --scheme sym --group-size 32"
   "2:plain-g32-asym|--quants int4 --scheme asym --group-size 32"
+  "2:plain-grid-g32-asym|--quants int4 --scheme asym --group-size 32 --grid learned"
   "2:alloc7.35-rot-g32-sym|--quant int4 $rot --target-bits 7.35"
   "2:plain-g32-sym|--quants int4,int3,int2 --scheme sym --group-size 32"
   "2:gptq-rot-g32-sym|--quants int4,int3,int2 $rot"

@@ -304,11 +304,71 @@ fn code3(w: vec4<u32>, m: u32) -> u32 {
     return ((pairs >> (2u * (m % 4u))) & LO_PAIRS) | (((w.z >> m) & 0x01010101u) << 2u);
 }
 
-// A word of four codes as the integer dot products take it: the codes, or (GRID) their levels
-// as signed bytes (2-, 3- and 4-bit codes only).
+#if GRID
+// The integer paths' level table (wide matvec, integer prefill): built once per workgroup by
+// `fill_grid_lut`, indexed by a byte of codes, entries of levels as unsigned bytes (`grid_byte`;
+// L(q) below), laid out so a lookup per code byte and a few shifts give the level words:
+// 4-bit, byte b: L(b & 15) | L(b >> 4) << 16 (`grid_nibble_words`);
+// 2-bit, byte b: L((b >> 2i) & 3) at byte i, i = 0..3 (`grid_pair_words`);
+// 3-bit, index c0 | c1 << 3 (two codes; < 64): L(c0) | L(c1) << 8 (`dot_word`).
+var<workgroup> grid_lut: array<u32, 256>;
+
+// Fills `grid_lut` (after `load_grid`), lane `lid` of `lanes`. Every lane of the workgroup
+// must call it and then reach a workgroupBarrier before the table is read.
+fn fill_grid_lut(lid: u32, lanes: u32) {
+    for (var i = lid; i < 256u; i += lanes) {
+        var e: u32;
+        if BITS == 4u {
+            e = grid_byte(i & 15u) | (grid_byte(i >> 4u) << 16u);
+        } else if BITS == 2u {
+            e = (grid_byte(i & 3u) | (grid_byte((i >> 2u) & 3u) << 8u))
+                | ((grid_byte((i >> 4u) & 3u) << 16u) | (grid_byte(i >> 6u) << 24u));
+        } else {
+            e = grid_byte(i & 7u) | (grid_byte((i >> 3u) & 7u) << 8u);
+        }
+        grid_lut[i] = e;
+    }
+}
+
+// 4-bit: the level words of code word `w`'s even values and its odd ones, the words the
+// uniform path takes as `w & LO_NIBBLES` and `(w >> 4) & LO_NIBBLES`.
+fn grid_nibble_words(w: u32) -> vec2<u32> {
+    // Byte j of s01: L(n0), L(n2), L(n1), L(n3) (n_i: nibble i of w); s23 likewise n4..n7.
+    let s01 = grid_lut[w & 255u] | (grid_lut[(w >> 8u) & 255u] << 8u);
+    let s23 = grid_lut[(w >> 16u) & 255u] | (grid_lut[w >> 24u] << 8u);
+    return vec2<u32>((s01 & 0xffffu) | (s23 << 16u), (s01 >> 16u) | (s23 & 0xffff0000u));
+}
+
+// 2-bit: the level words of code word `w`'s bit pairs k = 0..3, the words the uniform path
+// takes as `(w >> 2k) & LO_PAIRS`: byte k of the lookups of w's bytes 0..3 (a 4 × 4 byte
+// transpose).
+fn grid_pair_words(w: u32) -> vec4<u32> {
+    let t0 = grid_lut[w & 255u];
+    let t1 = grid_lut[(w >> 8u) & 255u];
+    let t2 = grid_lut[(w >> 16u) & 255u];
+    let t3 = grid_lut[w >> 24u];
+    // Bytes 0 and 2 (u0, u2), 1 and 3 (u1, u3) of two lookups, interleaved.
+    let u0 = (t0 & 0x00ff00ffu) | ((t1 << 8u) & 0xff00ff00u);
+    let u1 = ((t0 >> 8u) & 0x00ff00ffu) | (t1 & 0xff00ff00u);
+    let u2 = (t2 & 0x00ff00ffu) | ((t3 << 8u) & 0xff00ff00u);
+    let u3 = ((t2 >> 8u) & 0x00ff00ffu) | (t3 & 0xff00ff00u);
+    return vec4<u32>(
+        (u0 & 0xffffu) | (u2 << 16u),
+        (u1 & 0xffffu) | (u3 << 16u),
+        (u0 >> 16u) | (u2 & 0xffff0000u),
+        (u1 >> 16u) | (u3 & 0xffff0000u),
+    );
+}
+#endif
+
+// A word of four codes as the integer dot products take it: the codes, or (GRID, 3-bit codes
+// only: 2- and 4-bit codes go through `grid_pair_words`, `grid_nibble_words`) their levels as
+// signed bytes.
 fn dot_word(m: u32) -> u32 {
 #if GRID
-    return grid_word(m);
+    // Byte 0 of x: c0 | c1 << 3, byte 2: c2 | c3 << 3 (c_i: byte i of m, < 8).
+    let x = m | (m >> 5u);
+    return grid_lut[x & 63u] | (grid_lut[(x >> 16u) & 63u] << 16u);
 #else
     return m;
 #endif
@@ -417,19 +477,35 @@ fn block_dot(c: array<vec4<u32>, CODE_VECS>, q: array<u32, 8>) -> i32 {
     if BITS == 2u {
         // Bit pair k of both words: values k, k+4, k+8, k+12 of each word's 16.
         let w = c[0].xy;
+#if GRID
+        let a = grid_pair_words(w.x);
+        let b = grid_pair_words(w.y);
+        return ((dot4I8Packed(a.x, q[0]) + dot4I8Packed(b.x, q[4])) + (dot4I8Packed(a.y, q[1]) + dot4I8Packed(b.y, q[5])))
+            + ((dot4I8Packed(a.z, q[2]) + dot4I8Packed(b.z, q[6])) + (dot4I8Packed(a.w, q[3]) + dot4I8Packed(b.w, q[7])));
+#else
         var s = 0;
         for (var k = 0u; k < 4u; k++) {
             s += dot4I8Packed(dot_word((w.x >> (2u * k)) & LO_PAIRS), q[k])
                 + dot4I8Packed(dot_word((w.y >> (2u * k)) & LO_PAIRS), q[4u + k]);
         }
         return s;
+#endif
     }
     if BITS == 4u {
         let w = c[0];
+#if GRID
+        let a = grid_nibble_words(w.x);
+        let b = grid_nibble_words(w.y);
+        let d = grid_nibble_words(w.z);
+        let e = grid_nibble_words(w.w);
+        return (dot4I8Packed(a.x, q[0]) + dot4I8Packed(a.y, q[1])) + (dot4I8Packed(b.x, q[2]) + dot4I8Packed(b.y, q[3]))
+            + (dot4I8Packed(d.x, q[4]) + dot4I8Packed(d.y, q[5])) + (dot4I8Packed(e.x, q[6]) + dot4I8Packed(e.y, q[7]));
+#else
         return (dot4I8Packed(dot_word(w.x & LO_NIBBLES), q[0]) + dot4I8Packed(dot_word((w.x >> 4u) & LO_NIBBLES), q[1]))
             + (dot4I8Packed(dot_word(w.y & LO_NIBBLES), q[2]) + dot4I8Packed(dot_word((w.y >> 4u) & LO_NIBBLES), q[3]))
             + (dot4I8Packed(dot_word(w.z & LO_NIBBLES), q[4]) + dot4I8Packed(dot_word((w.z >> 4u) & LO_NIBBLES), q[5]))
             + (dot4I8Packed(dot_word(w.w & LO_NIBBLES), q[6]) + dot4I8Packed(dot_word((w.w >> 4u) & LO_NIBBLES), q[7]));
+#endif
     }
     let wa = c[0] ^ vec4<u32>(SIGN_BYTES);
     let wb = c[CODE_VECS - 1u] ^ vec4<u32>(SIGN_BYTES);
@@ -449,19 +525,39 @@ fn scaled_dot(c: array<vec4<u32>, CODE_VECS>, x: BlockXW) -> f32 {
     }
     if BITS == 2u {
         let w = c[0].xy;
+#if GRID
+        let a = grid_pair_words(w.x);
+        let b = grid_pair_words(w.y);
+        return ((x.s[0] * f32(dot4I8Packed(a.x, x.q[0])) + x.s[4] * f32(dot4I8Packed(b.x, x.q[4])))
+            + (x.s[1] * f32(dot4I8Packed(a.y, x.q[1])) + x.s[5] * f32(dot4I8Packed(b.y, x.q[5]))))
+            + ((x.s[2] * f32(dot4I8Packed(a.z, x.q[2])) + x.s[6] * f32(dot4I8Packed(b.z, x.q[6])))
+            + (x.s[3] * f32(dot4I8Packed(a.w, x.q[3])) + x.s[7] * f32(dot4I8Packed(b.w, x.q[7]))));
+#else
         var s = 0.0;
         for (var k = 0u; k < 4u; k++) {
             s += x.s[k] * f32(dot4I8Packed(dot_word((w.x >> (2u * k)) & LO_PAIRS), x.q[k]))
                 + x.s[4u + k] * f32(dot4I8Packed(dot_word((w.y >> (2u * k)) & LO_PAIRS), x.q[4u + k]));
         }
         return s;
+#endif
     }
     if BITS == 4u {
         let w = c[0];
+#if GRID
+        let a = grid_nibble_words(w.x);
+        let b = grid_nibble_words(w.y);
+        let d = grid_nibble_words(w.z);
+        let e = grid_nibble_words(w.w);
+        return (x.s[0] * f32(dot4I8Packed(a.x, x.q[0])) + x.s[1] * f32(dot4I8Packed(a.y, x.q[1])))
+            + (x.s[2] * f32(dot4I8Packed(b.x, x.q[2])) + x.s[3] * f32(dot4I8Packed(b.y, x.q[3])))
+            + (x.s[4] * f32(dot4I8Packed(d.x, x.q[4])) + x.s[5] * f32(dot4I8Packed(d.y, x.q[5])))
+            + (x.s[6] * f32(dot4I8Packed(e.x, x.q[6])) + x.s[7] * f32(dot4I8Packed(e.y, x.q[7])));
+#else
         return (x.s[0] * f32(dot4I8Packed(dot_word(w.x & LO_NIBBLES), x.q[0])) + x.s[1] * f32(dot4I8Packed(dot_word((w.x >> 4u) & LO_NIBBLES), x.q[1])))
             + (x.s[2] * f32(dot4I8Packed(dot_word(w.y & LO_NIBBLES), x.q[2])) + x.s[3] * f32(dot4I8Packed(dot_word((w.y >> 4u) & LO_NIBBLES), x.q[3])))
             + (x.s[4] * f32(dot4I8Packed(dot_word(w.z & LO_NIBBLES), x.q[4])) + x.s[5] * f32(dot4I8Packed(dot_word((w.z >> 4u) & LO_NIBBLES), x.q[5])))
             + (x.s[6] * f32(dot4I8Packed(dot_word(w.w & LO_NIBBLES), x.q[6])) + x.s[7] * f32(dot4I8Packed(dot_word((w.w >> 4u) & LO_NIBBLES), x.q[7])));
+#endif
     }
     let wa = c[0] ^ vec4<u32>(SIGN_BYTES);
     let wb = c[CODE_VECS - 1u] ^ vec4<u32>(SIGN_BYTES);
@@ -512,13 +608,24 @@ fn matvec(inv: Invocation, grp: Group) {
 #endif
 #if WIDE
     let nb = p.cols / 32u;
+#if GRID
+    // Steps over a uniform count (lanes past the end take block nb - 1 again, unused), so the
+    // first can build `grid_lut` while its codes are on their way.
+    for (var s0 = 0u; s0 < nb; s0 += UNROLL * WORKGROUP_SIZE) {
+        let b0 = s0 + inv.lid;
+#else
     for (var b0 = inv.lid; b0 < nb; b0 += UNROLL * WORKGROUP_SIZE) {
+#endif
         // Every code and scale of this step first (past the end: block b0 again, unused).
         var codes: array<array<vec4<u32>, CODE_VECS>, UNROLL * ROWS_PER_WG>;
         var sbs: array<vec2<f32>, UNROLL * ROWS_PER_WG>;
         for (var u = 0u; u < UNROLL; u++) {
             var b = b0 + u * WORKGROUP_SIZE;
+#if GRID
+            b = select(min(b0, nb - 1u), b, b < nb);
+#else
             b = select(b0, b, b < nb);
+#endif
             for (var k = 0u; k < ROWS_PER_WG; k++) {
                 let r = rows[k];
                 for (var v = 0u; v < CODE_VECS; v++) {
@@ -527,6 +634,12 @@ fn matvec(inv: Invocation, grp: Group) {
                 sbs[u * ROWS_PER_WG + k] = group_params(r, (32u * b) / GROUP_SIZE, p.cols);
             }
         }
+#if GRID
+        if s0 == 0u {
+            fill_grid_lut(inv.lid, WORKGROUP_SIZE);
+            workgroupBarrier();
+        }
+#endif
         for (var u = 0u; u < UNROLL; u++) {
             let b = b0 + u * WORKGROUP_SIZE;
             if b < nb {

@@ -175,15 +175,27 @@ fn code_words(r: u32, b: u32, cols: u32) -> array<u32, 8> {
     if BITS == 2u {
         let wx = w_data[base];
         let wy = w_data[base + 1u];
+#if GRID
+        let a = grid_pair_words(wx);
+        let c = grid_pair_words(wy);
+        return array(a.x, a.y, a.z, a.w, c.x, c.y, c.z, c.w);
+#else
         for (var k = 0u; k < 4u; k++) {
             out[k] = dot_word((wx >> (2u * k)) & LO_PAIRS);
             out[4u + k] = dot_word((wy >> (2u * k)) & LO_PAIRS);
         }
+#endif
     } else if BITS == 4u {
         for (var k = 0u; k < 4u; k++) {
             let w = w_data[base + k];
+#if GRID
+            let h = grid_nibble_words(w);
+            out[2u * k] = h.x;
+            out[2u * k + 1u] = h.y;
+#else
             out[2u * k] = dot_word(w & LO_NIBBLES);
             out[2u * k + 1u] = dot_word((w >> 4u) & LO_NIBBLES);
+#endif
         }
     } else {
         for (var k = 0u; k < 8u; k++) {
@@ -201,6 +213,8 @@ fn matmul_tiled(inv: Invocation, grp: Group) {
     let ty = inv.lid / 16u;
 #if GRID
     load_grid();
+    fill_grid_lut(inv.lid, 256u);
+    workgroupBarrier();
 #endif
     var acc: array<f32, PER_T * PER_R>;
     for (var b = 0u; b < p.cols / 32u; b++) {

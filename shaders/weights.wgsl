@@ -5,8 +5,8 @@
 // of 32. GRID (codes of 2-4 bits): the codes index a learned table of int8 levels, held in the
 // first GRID_WORDS words of `w_params` (the group parameters follow): `w = scale * level[q] +
 // bias`, bias the offset (asymmetric) or 0 (symmetric, no zero point); every entry point calls
-// `load_grid` first. Needs WEIGHT_KIND, BITS, GROUP_SIZE, ASYMMETRIC, GRID, USE_F16 and binds
-// `w_data`, `w_params`.
+// `load_grid` first (the integer paths of matmul.wgsl then build `grid_lut` from it). Needs
+// WEIGHT_KIND, BITS, GROUP_SIZE, ASYMMETRIC, GRID, USE_F16 and binds `w_data`, `w_params`.
 
 const KIND_QUANT: u32 = 0u;
 const KIND_F32: u32 = 1u;
@@ -52,12 +52,10 @@ fn grid_levels(c: vec4<u32>) -> vec4<i32> {
     return bitcast<vec4<i32>>(grid_words(c) << sh) >> vec4<u32>(24u);
 }
 
-// A word of four codes (one per byte) as the word of their levels (signed bytes), the form
-// the integer dot products take.
-fn grid_word(m: u32) -> u32 {
-    let c = (vec4<u32>(m) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u);
-    let b = (grid_words(c) >> (8u * (c & vec4<u32>(3u)))) & vec4<u32>(255u);
-    return (b.x | (b.y << 8u)) | ((b.z << 16u) | (b.w << 24u));
+// Level `q` (< 2^BITS) as an unsigned byte, the form the integer dot products take (signed
+// bytes); dynamic indexing, for building matmul.wgsl's `grid_lut` only.
+fn grid_byte(q: u32) -> u32 {
+    return (grid_tab[q >> 2u] >> (8u * (q & 3u))) & 255u;
 }
 #endif
 

@@ -149,5 +149,14 @@ pub(super) fn run_config(plan: &RunPlan, a: &BenchArgs, threads: usize) -> Map<S
     c.insert("host_timings".into(), a.host_timings.into());
     c.insert("pipeline_warm_up".into(), plan.warm_up.into());
     c.insert("rotation".into(), plan.methods.rotation.into());
+    c.insert(
+        "grid".into(),
+        if plan.methods.learned_grid {
+            "learned"
+        } else {
+            "uniform"
+        }
+        .into(),
+    );
     c
 }

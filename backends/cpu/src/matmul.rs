@@ -31,11 +31,6 @@ pub(crate) fn matmul(
     out: &mut [f32],
 ) {
     let (rows, cols) = w.shape();
-    // Learned grids are decoded by the portable table-lookup kernel (natural value order).
-    let isa = match w {
-        WeightMatrix::Quantized(QuantizedMatrix { grid: Some(_), .. }) => Isa::Scalar,
-        _ => isa,
-    };
     // A matrix stored in a rotated basis multiplies rotated activations (`W x = (W Rᵀ)(R x)`).
     let rotated;
     let x = match w {
@@ -53,7 +48,8 @@ pub(crate) fn matmul(
     let ops = match w {
         WeightMatrix::Quantized(m) if exact => Operands::Exact(m),
         WeightMatrix::Quantized(m) => {
-            Operands::Quantized(m, kernels::quantize_activations(isa, x, n, cols, m.spec))
+            let act = kernels::quantize_activations(isa, x, n, cols, m.spec, m.grid.is_some());
+            Operands::Quantized(m, act)
         }
         WeightMatrix::F32 { data, .. } => Operands::Dense(DenseRows::F32(data)),
         WeightMatrix::F16 { data, .. } => Operands::Dense(DenseRows::F16(data)),

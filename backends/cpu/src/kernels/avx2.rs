@@ -6,6 +6,13 @@
 //! `_mm256_maddubs_epi16(codes_u8, x_i8)` then `_mm256_madd_epi16(·, 1)` gives eight i32 partial
 //! sums per block. 8-bit codes go through the sign trick instead (`code - 128` as i8), because
 //! u8 × i8 pairs of 255 × 127 would saturate `maddubs`.
+//!
+//! Matrices on a learned grid (`GRID`) map each unpacked code to its i8 level with one
+//! `_mm256_shuffle_epi8` against the (up to 16) levels held in both 128-bit lanes, then multiply
+//! signed × signed like 8-bit codes: `maddubs(|level|, sign(x, level))`. That is exact for every
+//! level, −128 included: `abs_epi8(−128)` is `0x80`, which `maddubs` reads as the unsigned 128,
+//! and `sign_epi8` only ever negates activations, which lie in −127 ..= 127. A pair sums to at
+//! most 2 · 128 · 127 = 32512, so `maddubs` never saturates.
 
 use super::{code_zero, Q8Activations, Q8Row, BLOCK};
 use half::f16;
@@ -140,6 +147,33 @@ unsafe fn decode_block<const BITS: usize>(p: *const u32) -> __m256i {
     }
 }
 
+/// The grid levels of `m` (zero-padded to 16) in both 128-bit lanes, for
+/// `_mm256_shuffle_epi8(lut, codes)`; zero when `m` has no grid.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn level_lut(m: &QuantizedMatrix) -> __m256i {
+    let mut t = [0i8; 16];
+    if let Some(g) = &m.grid {
+        for (tk, &l) in t.iter_mut().zip(g.levels()) {
+            *tk = l;
+        }
+    }
+    _mm256_broadcastsi128_si256(_mm_loadu_si128(t.as_ptr() as *const __m128i))
+}
+
+/// [`decode_block`], then with `GRID` each code replaced by its level from `lut`
+/// ([`level_lut`]; codes are below 16, so the lookup stays within each lane's table).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_block<const BITS: usize, const GRID: bool>(p: *const u32, lut: __m256i) -> __m256i {
+    let c = decode_block::<BITS>(p);
+    if GRID {
+        _mm256_shuffle_epi8(lut, c)
+    } else {
+        c
+    }
+}
+
 /// Runs `step(k, accumulator)` over the blocks `k` of one chunk of up to eight (`left` blocks
 /// remain in the row): in a full chunk even blocks go to accumulator 0 and odd ones to 1 (two
 /// FMA chains hide the latency), in a partial one all go to 0. Every kernel walks its blocks
@@ -178,16 +212,16 @@ unsafe fn block_scales(scales: &Scales, f: RowFormat, b0: usize, d: __m256) -> _
     _mm256_mul_ps(s, d)
 }
 
-/// Integer dot of one block (codes already unpacked) with the activations at `xv`, as eight
-/// f32 partial sums; see [`dot_row`] for `CORR`.
+/// Integer dot of one block (codes already unpacked, or their levels with `GRID`) with the
+/// activations at `xv`, as eight f32 partial sums; see [`dot_row`] for `CORR`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_product<const BITS: usize, const CORR: bool>(
+unsafe fn block_product<const BITS: usize, const CORR: bool, const GRID: bool>(
     c: __m256i,
     xv: __m256i,
     corr: *const i16,
 ) -> __m256 {
-    let mut p16 = if BITS == 8 {
+    let mut p16 = if BITS == 8 || GRID {
         _mm256_maddubs_epi16(_mm256_abs_epi8(c), _mm256_sign_epi8(xv, c))
     } else {
         _mm256_maddubs_epi16(c, xv)
@@ -202,11 +236,12 @@ unsafe fn block_product<const BITS: usize, const CORR: bool>(
 /// correction is shared, and each row keeps its own accumulator.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows2<const BITS: usize, const CORR: bool>(
+unsafe fn dot_rows2<const BITS: usize, const CORR: bool, const GRID: bool>(
     words: [*const u32; 2],
     scales: [&Scales; 2],
     f: RowFormat,
     x: Q8Row<'_>,
+    lut: __m256i,
 ) -> [f32; 2] {
     let qs = x.qs.as_ptr();
     // Per row two accumulators, filled exactly as [`dot_row`] fills its own (even blocks of a
@@ -226,8 +261,8 @@ unsafe fn dot_rows2<const BITS: usize, const CORR: bool>(
             let corr = x.corr.as_ptr().wrapping_add(b * BLOCK / 2);
             let idx = _mm256_set1_epi32(k as i32);
             for r in 0..2 {
-                let c = decode_block::<BITS>(words[r].add(b * BITS));
-                let p = block_product::<BITS, CORR>(c, xv, corr);
+                let c = load_block::<BITS, GRID>(words[r].add(b * BITS), lut);
+                let p = block_product::<BITS, CORR, GRID>(c, xv, corr);
                 let s = _mm256_permutevar8x32_ps(sd[r], idx);
                 acc[r][a] = _mm256_fmadd_ps(p, s, acc[r][a]);
             }
@@ -267,16 +302,23 @@ pub(crate) unsafe fn quantized_rows(
     n: usize,
     out: &mut [f32],
 ) {
-    match m.spec.bits {
-        2 => rows::<2>(m, first_row, act, n, out),
-        3 => rows::<3>(m, first_row, act, n, out),
-        4 => rows::<4>(m, first_row, act, n, out),
-        _ => rows::<8>(m, first_row, act, n, out),
+    match (m.spec.bits, m.grid.is_some()) {
+        (2, false) => rows::<2, false>(m, first_row, act, n, out),
+        (3, false) => rows::<3, false>(m, first_row, act, n, out),
+        (4, false) => rows::<4, false>(m, first_row, act, n, out),
+        (_, false) => rows::<8, false>(m, first_row, act, n, out),
+        (2, true) => rows::<2, true>(m, first_row, act, n, out),
+        (3, true) => rows::<3, true>(m, first_row, act, n, out),
+        (4, true) => rows::<4, true>(m, first_row, act, n, out),
+        // `Grid` rejects 8-bit tables; the natural order of 8-bit activations is also the
+        // portable kernel's.
+        (_, true) => super::scalar::quantized_rows(m, first_row, act, n, out),
     }
 }
 
+/// `GRID`: `m` has a grid (its levels replace the codes, see the module docs).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows<const BITS: usize>(
+unsafe fn rows<const BITS: usize, const GRID: bool>(
     m: &QuantizedMatrix,
     first_row: usize,
     act: &Q8Activations,
@@ -292,9 +334,18 @@ unsafe fn rows<const BITS: usize>(
     assert!(act.qs.len() >= n * m.cols && act.d.len() >= n * act.d_stride);
     let asym = m.spec.scheme == Scheme::Asymmetric;
     assert!(!asym || (m.offsets.len() == m.scales.len() && act.gsums.len() >= n * gpr));
-    let corr = !asym && BITS < 8;
+    assert_eq!(GRID, m.grid.is_some());
+    // Grid levels are signed already: no zero point to correct for.
+    let corr = !GRID && !asym && BITS < 8;
     assert!(!corr || act.corr.len() >= n * m.cols / 2);
-    let zero = code_zero(m.spec.scheme, m.spec.bits) as f32;
+    // On a grid `w = scale · level + offset`: the offset term has no zero point (`code_zero`
+    // is 0 anyway for the asymmetric widths that take a grid).
+    let zero = if GRID {
+        0.0
+    } else {
+        code_zero(m.spec.scheme, m.spec.bits) as f32
+    };
+    let lut = level_lut(m);
     let row = RowFormat {
         nb,
         bpg: m.spec.group_size / BLOCK,
@@ -323,9 +374,9 @@ unsafe fn rows<const BITS: usize>(
                 let w2 = [words, words.add(rw)];
                 let s2 = [&scales, &Scales::new(&m.scales, (r + 1) * gpr)];
                 let v = if corr {
-                    dot_rows2::<BITS, true>(w2, s2, row, x)
+                    dot_rows2::<BITS, true, false>(w2, s2, row, x, lut)
                 } else {
-                    dot_rows2::<BITS, false>(w2, s2, row, x)
+                    dot_rows2::<BITS, false, GRID>(w2, s2, row, x, lut)
                 };
                 out[i + 1] = v[1];
                 if asym {
@@ -333,9 +384,9 @@ unsafe fn rows<const BITS: usize>(
                 }
                 v[0]
             } else if corr {
-                dot_row::<BITS, true>(words, &scales, row, x)
+                dot_row::<BITS, true, false>(words, &scales, row, x, lut)
             } else {
-                dot_row::<BITS, false>(words, &scales, row, x)
+                dot_row::<BITS, false, GRID>(words, &scales, row, x, lut)
             };
             if asym {
                 v += offset_term(m, r * gpr, gpr, zero, x.gsums);
@@ -350,7 +401,7 @@ unsafe fn rows<const BITS: usize>(
         let words = m.data.as_ptr().add(r * rw);
         let scales = Scales::new(&m.scales, r * gpr);
         for b in 0..nb {
-            let c = decode_block::<BITS>(words.add(b * BITS));
+            let c = load_block::<BITS, GRID>(words.add(b * BITS), lut);
             _mm256_storeu_si256(codes.as_mut_ptr().add(b * BLOCK) as *mut __m256i, c);
         }
         // Four activation rows per pass share every code load and scale conversion.
@@ -362,9 +413,9 @@ unsafe fn rows<const BITS: usize>(
                 ($k:literal) => {{
                     let xs: [Q8Row<'_>; $k] = std::array::from_fn(|q| act.row(j + q));
                     let r = if corr {
-                        dot_rows_multi::<BITS, true, $k>(&codes, &scales, row, xs)
+                        dot_rows_multi::<BITS, true, false, $k>(&codes, &scales, row, xs)
                     } else {
-                        dot_rows_multi::<BITS, false, $k>(&codes, &scales, row, xs)
+                        dot_rows_multi::<BITS, false, GRID, $k>(&codes, &scales, row, xs)
                     };
                     v[..$k].copy_from_slice(&r);
                 }};
@@ -387,12 +438,13 @@ unsafe fn rows<const BITS: usize>(
     }
 }
 
-/// [`dot_row`] of one unpacked weight row against `J` activation rows: each code block is
-/// loaded once for all of them, and every (row, activation) pair accumulates exactly as
-/// `dot_row` does (same operations, same order), so results are bit-identical.
+/// [`dot_row`] of one unpacked weight row (codes, or levels with `GRID`) against `J`
+/// activation rows: each block is loaded once for all of them, and every (row, activation)
+/// pair accumulates exactly as `dot_row` does (same operations, same order), so results are
+/// bit-identical.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_rows_multi<const BITS: usize, const CORR: bool, const J: usize>(
+unsafe fn dot_rows_multi<const BITS: usize, const CORR: bool, const GRID: bool, const J: usize>(
     codes: &[u8],
     scales: &Scales,
     f: RowFormat,
@@ -411,7 +463,7 @@ unsafe fn dot_rows_multi<const BITS: usize, const CORR: bool, const J: usize>(
             for q in 0..J {
                 let xv = _mm256_loadu_si256(xs[q].qs.as_ptr().add(b * BLOCK) as *const __m256i);
                 let corr = xs[q].corr.as_ptr().wrapping_add(b * BLOCK / 2);
-                let p = block_product::<BITS, CORR>(c, xv, corr);
+                let p = block_product::<BITS, CORR, GRID>(c, xv, corr);
                 let sq = _mm256_permutevar8x32_ps(sd[q], idx);
                 acc[q][a] = _mm256_fmadd_ps(p, sq, acc[q][a]);
             }
@@ -497,20 +549,22 @@ unsafe fn offset_term(
 /// packed `words` in registers (decode; batches use [`dot_rows_multi`]). The products `scale_b · d_b` are formed
 /// eight blocks at a time and broadcast per block with a lane permute; two accumulators hide
 /// the FMA latency. `CORR` subtracts the precomputed `zero · x_q` pair sums (symmetric weights
-/// under 8 bits; 8-bit codes are already signed).
+/// under 8 bits; 8-bit codes are already signed). `GRID` multiplies the levels `lut` maps the
+/// codes to instead of the codes (never with `CORR`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn dot_row<const BITS: usize, const CORR: bool>(
+unsafe fn dot_row<const BITS: usize, const CORR: bool, const GRID: bool>(
     words: *const u32,
     scales: &Scales,
     f: RowFormat,
     x: Q8Row<'_>,
+    lut: __m256i,
 ) -> f32 {
     let qs = x.qs.as_ptr();
     let block = |b: usize| {
-        let c = decode_block::<BITS>(words.add(b * BITS));
+        let c = load_block::<BITS, GRID>(words.add(b * BITS), lut);
         let xv = _mm256_loadu_si256(qs.add(b * BLOCK) as *const __m256i);
-        block_product::<BITS, CORR>(c, xv, x.corr.as_ptr().wrapping_add(b * BLOCK / 2))
+        block_product::<BITS, CORR, GRID>(c, xv, x.corr.as_ptr().wrapping_add(b * BLOCK / 2))
     };
     let mut acc = [_mm256_setzero_ps(); 2];
     let mut b0 = 0;

@@ -95,8 +95,9 @@ pub(crate) struct Q8Activations {
     pub gsums: Vec<f32>,
     /// Weight groups per row (`gsums` stride).
     pub groups: usize,
-    /// AVX2 only, symmetric weights of fewer than 8 bits: per block, the 16 pairwise sums
-    /// `zero · (x_q[2i] + x_q[2i+1])` that turn `Σ code·x_q` into `Σ (code - zero)·x_q`.
+    /// AVX2 only, symmetric weights of fewer than 8 bits without a grid: per block, the 16
+    /// pairwise sums `zero · (x_q[2i] + x_q[2i+1])` that turn `Σ code·x_q` into
+    /// `Σ (code - zero)·x_q`.
     pub corr: Vec<i16>,
 }
 
@@ -128,13 +129,15 @@ impl Q8Activations {
     }
 }
 
-/// Quantizes `n` rows of `cols` (a multiple of 32) for a weight of format `spec`.
+/// Quantizes `n` rows of `cols` (a multiple of 32) for a weight of format `spec`, on a learned
+/// grid when `grid` (whose levels are signed: no zero-point correction).
 pub(crate) fn quantize_activations(
     isa: Isa,
     x: &[f32],
     n: usize,
     cols: usize,
     spec: QuantSpec,
+    grid: bool,
 ) -> Q8Activations {
     let nb = cols / BLOCK;
     let d_stride = nb.div_ceil(8) * 8;
@@ -159,7 +162,7 @@ pub(crate) fn quantize_activations(
             a.gsums[row * groups + rb / bpg] += xb.iter().sum::<f32>();
         }
     }
-    if isa == Isa::Avx2 && !asym && spec.bits < 8 {
+    if isa == Isa::Avx2 && !asym && !grid && spec.bits < 8 {
         let zero = code_zero(spec.scheme, spec.bits) as i16;
         a.corr =
             a.qs.chunks_exact(2)
@@ -192,7 +195,8 @@ fn quantize_block(isa: Isa, xb: &[f32], order: &[u8; 32], q: &mut [i8]) -> f32 {
     }
 }
 
-/// Identity order of a block (the scalar and simd128 kernels unpack codes in natural order).
+/// Identity order of a block (the scalar and simd128 kernels unpack codes in natural order, and
+/// so does the scalar grid kernel simd128 hands grid matrices to).
 const NATURAL: [u8; 32] = {
     let mut o = [0u8; 32];
     let mut i = 0;
@@ -268,8 +272,9 @@ pub(crate) fn quantized_rows(
         // SAFETY: an `Avx2` backend is only built after `avx2::available()` said yes.
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => unsafe { avx2::quantized_rows(m, first_row, act, n, out) },
+        // Grid matrices go to the portable table-lookup kernel (natural order, like simd128's).
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        Isa::Simd128 => simd128::quantized_rows(m, first_row, act, n, out),
+        Isa::Simd128 if m.grid.is_none() => simd128::quantized_rows(m, first_row, act, n, out),
         _ => scalar::quantized_rows(m, first_row, act, n, out),
     }
 }
