@@ -55,6 +55,7 @@ smollm2_sweep=(
   "2:alloc3.3-g32-sym|--quant int2 --scheme sym --group-size 32 $calib --target-bits 3.3"
   "2:alloc5.3-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.3"
   "2:alloc5.9-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.9"
+  "2:alloc6.1-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 6.1"
   "2:alloc4.6-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 4.6"
   "2:alloc4.3-rot-g32-sym|--quant int3 --scheme sym --group-size 32 --rotate $calib --target-bits 4.3"
   "2:alloc3.6-rot-g32-sym|--quant int2 --scheme sym --group-size 32 --rotate $calib --target-bits 3.6"
