@@ -210,52 +210,79 @@ pub fn quantize_group_grid(
         return (0.0, 0.0);
     }
     let sym = scheme == Scheme::Symmetric;
-    let mut cands: Vec<(f32, f32)> = Vec::with_capacity(16);
+    // The uniform search's candidates (`super::search`): symmetric, the largest value on either
+    // end of the table clipped from 1.0 down to 0.5 of it; asymmetric, up to 22% of the range cut
+    // at either end. Every candidate is scored at the f16 parameters actually stored.
+    let mut cands: Vec<(f32, f32)> = Vec::with_capacity(4 * SYM_RATIOS);
     if sym {
-        for k in 0..4 {
-            let r = 1.0 - 0.1 * k as f32;
-            if hi > 0.0 {
-                cands.push((max.max(0.0) * r / hi, 0.0));
-            }
-            if lo < 0.0 {
-                cands.push((min.min(0.0) * r / lo, 0.0));
+        // Either extreme on either end of the table: a negative scale mirrors it, so the
+        // larger magnitude can take the longer side (as the uniform search's −2^(b−1) level).
+        for k in 0..SYM_RATIOS {
+            let r = 1.0 - 0.5 * k as f32 / (SYM_RATIOS - 1) as f32;
+            for v in [max, min] {
+                for end in [lo, hi] {
+                    if v != 0.0 && end != 0.0 {
+                        cands.push((v * r / end, 0.0));
+                    }
+                }
             }
         }
     } else {
         let range = max - min;
-        for a in [0.0, 0.06, 0.13] {
-            for b in [0.0, 0.06, 0.13] {
+        for a in ASYM_SHRINK {
+            for b in ASYM_SHRINK {
                 let (l, h) = (min + a * range, max - b * range);
                 let s = (h - l) / (hi - lo);
                 cands.push((s, l - s * lo));
             }
         }
     }
-    let mut best = (f32::INFINITY, 0.0f32, 0.0f32);
-    for (mut s, mut o) in cands {
-        if !(s.is_finite() && s > 0.0) {
-            continue;
-        }
-        let mut err = assign_error(x, e, nn, s, o, codes);
-        if let Some((s2, o2)) = refit(x, e, codes, nn, sym) {
-            if s2.is_finite() && s2 > 0.0 && o2.is_finite() {
-                let err2 = assign_error(x, e, nn, s2, o2, codes);
-                if err2 < err {
-                    (s, o, err) = (s2, o2, err2);
-                }
+    let to_f16 = |v: f32| f16::from_f32(v).to_f32();
+    let mut scored: Vec<(f32, f32, f32)> = cands
+        .into_iter()
+        .map(|(s, o)| (to_f16(s), to_f16(o)))
+        .filter(|&(s, o)| s.is_finite() && s != 0.0 && o.is_finite())
+        .map(|(s, o)| (assign_error(x, e, nn, s, o, codes), s, o))
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let Some(&first) = scored.first() else {
+        let q = nn.code(0.0);
+        codes.fill(q);
+        return (0.0, 0.0);
+    };
+    // The two best candidates refined by least-squares refits of their codes.
+    let mut best = first;
+    for &(mut err, mut s, mut o) in scored.iter().take(2) {
+        for _ in 0..REFIT_PASSES {
+            assign(x, nn, s, o, codes);
+            let Some((s2, o2)) = refit(x, e, codes, nn, sym) else {
+                break;
+            };
+            let (s2, o2) = (to_f16(s2), to_f16(o2));
+            if !(s2.is_finite() && s2 != 0.0 && o2.is_finite()) || (s2, o2) == (s, o) {
+                break;
             }
+            let err2 = assign_error(x, e, nn, s2, o2, codes);
+            if err2 >= err {
+                break;
+            }
+            (err, s, o) = (err2, s2, o2);
         }
         if err < best.0 {
             best = (err, s, o);
         }
     }
-    let (s, o) = (
-        f16::from_f32(best.1).to_f32(),
-        f16::from_f32(best.2).to_f32(),
-    );
+    let (_, s, o) = best;
     assign(x, nn, s, o, codes);
     (s, o)
 }
+
+/// Symmetric scale candidates per group (clip ratios from 1.0 down to 0.5, on either end).
+const SYM_RATIOS: usize = 16;
+/// Asymmetric candidates: fractions of the range cut off at the bottom and at the top.
+const ASYM_SHRINK: [f32; 4] = [0.0, 0.06, 0.13, 0.22];
+/// Least-squares refit passes on the best candidates.
+const REFIT_PASSES: usize = 3;
 
 /// Weights of a tensor the levels are fitted on (whole rows, evenly spaced): 16 levels at most
 /// need far fewer samples, and this keeps fitting within a fraction of the quantization time.
@@ -441,8 +468,34 @@ mod tests {
                 };
                 let learned = learn_grid(&w, rows, cols, &spec, &ones);
                 let (eu, el) = (err(&Grid::uniform(&spec)), err(&learned));
-                eprintln!("{spec:?}: learned {el} vs uniform {eu} ({:.3})", el / eu);
+                // The uniform integer grid's own search (what runs without `grid`).
+                let z = match scheme {
+                    Scheme::Symmetric => spec.sym_zero() as f32,
+                    Scheme::Asymmetric => 0.0,
+                };
+                let mut codes = vec![0u8; 32];
+                let es: f64 = w
+                    .chunks(32)
+                    .map(|x| {
+                        let (s, o) = super::super::quantize_group(x, &spec, &mut codes);
+                        x.iter()
+                            .zip(&codes)
+                            .map(|(&v, &q)| f64::from(v - (s * (f32::from(q) - z) + o)).powi(2))
+                            .sum::<f64>()
+                    })
+                    .sum();
+                eprintln!(
+                    "{spec:?}: learned {el} vs uniform table {eu} ({:.3}) vs uniform search {es} ({:.3})",
+                    el / eu,
+                    el / es
+                );
                 assert!(el < eu * 0.99, "{spec:?}: learned {el} vs uniform {eu}");
+                // The same candidates as the uniform search: on its table, as good within 2%.
+                assert!(
+                    eu < es * 1.02,
+                    "{spec:?}: uniform table {eu} vs search {es}"
+                );
+                assert!(el < es * 0.99, "{spec:?}: learned {el} vs search {es}");
             }
         }
     }
