@@ -5,6 +5,7 @@
 //! predict the tokens after them.
 
 use lowbit_core::adapter::{Logits, TextModel};
+use lowbit_core::backend::DType;
 use lowbit_core::{block_on, Error, Result};
 use serde::Serialize;
 
@@ -23,6 +24,8 @@ pub struct PerplexityResult {
     pub text_tokens: usize,
     /// Context length per chunk.
     pub ctx: usize,
+    /// Bytes the KV cache keeps per token (keys and values, all layers).
+    pub kv_bytes_per_token: f64,
 }
 
 /// Log-softmax probability of `target` in one row of logits (computed in f64).
@@ -39,6 +42,20 @@ pub fn perplexity(
     text: &str,
     ctx: usize,
     n_chunks: usize,
+    progress: &mut dyn FnMut(usize, usize, f64),
+) -> Result<PerplexityResult> {
+    perplexity_kv(model, text, ctx, n_chunks, DType::F32, progress)
+}
+
+/// [`perplexity`] with keys and values cached as `kv` (`DType::QBlock` for a quantized KV
+/// cache: every chunk's keys and values are written quantized and attention reads them so,
+/// as generation would).
+pub fn perplexity_kv(
+    model: &dyn TextModel,
+    text: &str,
+    ctx: usize,
+    n_chunks: usize,
+    kv: DType,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult> {
     if ctx < 4 {
@@ -72,7 +89,7 @@ pub fn perplexity(
     let bos = tok.bos_id();
     let first = ctx / 2;
     let vocab = model.config().vocab_size;
-    let mut cache = model.new_cache(ctx)?;
+    let mut cache = model.new_cache_as(ctx, kv)?;
     let (mut nll, mut nll2, mut count) = (0.0f64, 0.0f64, 0usize);
     for i in 0..n {
         let mut chunk = tokens[i * ctx..(i + 1) * ctx].to_vec();
@@ -100,5 +117,6 @@ pub fn perplexity(
         scored_tokens: count,
         text_tokens: tokens.len(),
         ctx,
+        kv_bytes_per_token: cache.bytes() as f64 / ctx as f64,
     })
 }

@@ -40,9 +40,24 @@ pub enum ModelChoice {
 pub struct KvCachePolicy {
     /// Bits per cached key/value (`kv_cache.bits`; 16 = f16).
     pub bits: u8,
+    /// Values per scale of a quantized cache (`kv_cache.group_size`).
+    pub group_size: usize,
     /// Tokens one request's cache holds, prompt and generated (`kv_cache.max_seq_len`),
     /// clamped to the model's trained context when the model is loaded.
     pub max_seq_len: usize,
+}
+
+impl KvCachePolicy {
+    /// How keys and values are stored: f32 at 16 bits, else `bits`-bit blocks of
+    /// `group_size` values (narrowed to the head dimension by the model where wider).
+    ///
+    /// Errors with `INVALID_CONFIG` for a width or group the store does not take.
+    pub fn dtype(&self) -> Result<lowbit_core::backend::DType> {
+        if self.bits >= 16 {
+            return Ok(lowbit_core::backend::DType::F32);
+        }
+        lowbit_core::backend::DType::q_block(self.bits, self.group_size)
+    }
 }
 
 /// Which backend runs the model, and its switches.
@@ -214,9 +229,14 @@ impl RunPlan {
                 ModelChoice::File(PathBuf::from(model))
             },
             weights: weights_from_config(c)?,
-            kv_cache: KvCachePolicy {
-                bits: c.int("kv_cache.bits").clamp(2, 16) as u8,
-                max_seq_len: c.int("kv_cache.max_seq_len").max(2) as usize,
+            kv_cache: {
+                let kv = KvCachePolicy {
+                    bits: c.int("kv_cache.bits").clamp(2, 16) as u8,
+                    group_size: c.int("kv_cache.group_size").max(32) as usize,
+                    max_seq_len: c.int("kv_cache.max_seq_len").max(2) as usize,
+                };
+                kv.dtype()?;
+                kv
             },
             backend: BackendPlan {
                 name: c.str("runtime.backend"),

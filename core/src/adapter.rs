@@ -393,8 +393,22 @@ pub trait TextModel: MaybeSend + MaybeSync {
     fn config(&self) -> &TextModelConfig;
     /// The model's tokenizer.
     fn tokenizer(&self) -> &Tokenizer;
-    /// A fresh cache for up to `max_seq` tokens.
+    /// A fresh cache for up to `max_seq` tokens (f32 keys and values).
     fn new_cache(&self, max_seq: usize) -> Result<KvCache>;
+    /// A fresh cache for up to `max_seq` tokens whose keys and values are stored as `dtype`
+    /// (`DType::F32`, or `DType::QBlock` for a quantized cache).
+    ///
+    /// Errors with `UNSUPPORTED` where the model or its backend cannot keep that type.
+    fn new_cache_as(&self, max_seq: usize, dtype: crate::backend::DType) -> Result<KvCache> {
+        if dtype == crate::backend::DType::F32 {
+            return self.new_cache(max_seq);
+        }
+        Err(crate::error::Error::unsupported(format!(
+            "{} keeps its KV cache in f32 only; a {} cache was asked",
+            self.config().name,
+            dtype.name()
+        )))
+    }
     /// Runs `tokens` at positions `cache.pos..`, appends them to the cache, returns logits
     /// (`vocab_size` per returned row).
     fn forward<'a>(

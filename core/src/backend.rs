@@ -24,14 +24,40 @@ pub enum DType {
     /// 8-bit blocks of 32 values: 32 signed codes (8 little-endian u32 words, value `j` in
     /// byte `j`), then the block's f32 scale; value = code × scale. 36 bytes per block.
     Q8Block,
+    /// Asymmetric `bits`-bit blocks of `group` values (a quantized KV cache): per block,
+    /// `group × bits / 32` little-endian u32 words of codes (value `j` at bit `j × bits` of the
+    /// block's bit stream), then its f16 scale and f16 minimum in one word; value = code ×
+    /// scale + minimum. `bits` is 2, 3, 4 or 8; `group` a positive multiple of 32.
+    QBlock {
+        /// Bits per code.
+        bits: u8,
+        /// Values per block.
+        group: u16,
+    },
 }
 
 impl DType {
+    /// The quantized-KV block type of `bits` (2, 3, 4, 8) in groups of `group` values (a
+    /// positive multiple of 32), or `INVALID_CONFIG`.
+    pub fn q_block(bits: u8, group: usize) -> crate::error::Result<DType> {
+        if !matches!(bits, 2 | 3 | 4 | 8) || group == 0 || !group.is_multiple_of(32) || group > 4096 {
+            return Err(crate::error::Error::invalid_config(format!(
+                "a quantized block needs 2, 3, 4 or 8 bits and a group of a multiple of 32 up to \
+                 4096 values; got {bits} bits in groups of {group}"
+            )));
+        }
+        Ok(DType::QBlock {
+            bits,
+            group: group as u16,
+        })
+    }
+
     /// Values per block (1 for plain floats).
     pub fn block(self) -> usize {
         match self {
             DType::F32 | DType::F16 => 1,
             DType::Q8Block => 32,
+            DType::QBlock { group, .. } => usize::from(group).max(1),
         }
     }
 
@@ -41,15 +67,20 @@ impl DType {
             DType::F32 => 4 * len,
             DType::F16 => 2 * len,
             DType::Q8Block => len.div_ceil(32) * 36,
+            DType::QBlock { bits, group } => {
+                let g = usize::from(group).max(1);
+                len.div_ceil(g) * (g * usize::from(bits) / 8 + 4)
+            }
         }
     }
 
-    /// Stable name (`f32`, `f16`, `q8_block`).
+    /// Stable name (`f32`, `f16`, `q8_block`, `q_block`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::Q8Block => "q8_block",
+            DType::QBlock { .. } => "q_block",
         }
     }
 }

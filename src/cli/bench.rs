@@ -122,10 +122,11 @@ fn bench_model(
     a: &BenchArgs,
     threads: usize,
     positions: usize,
+    kv: lowbit_core::backend::DType,
     sink: &mut RowSink,
 ) -> Result<(Vec<Row>, usize)> {
     let vocab = model.config().vocab_size;
-    let mut cache = model.new_cache(positions)?;
+    let mut cache = model.new_cache_as(positions, kv)?;
     let mut rows = Vec::new();
     let base = |test: String, (tps, sd): (f64, f64), bw: Option<f64>| Row {
         engine: "lowbit".into(),
@@ -324,7 +325,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let w = lowbit::plan::warm_up(model.as_ref(), backend.as_ref())?;
             let n = a.prompt_tokens.max(1);
             let toks = random_tokens(n, model.config().vocab_size, 3);
-            let mut cache = model.new_cache(n + 1)?;
+            let mut cache = model.new_cache_as(n + 1, plan.kv_cache.dtype()?)?;
             let t = Instant::now();
             let logits = block_on(model.forward(&mut cache, &toks, Logits::Last))?;
             let _first = lowbit::core::generate::argmax(&logits);
@@ -359,7 +360,14 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         }
         backend_info = Some(backend.info());
         backend.reset_kernel_timings();
-        let (r, kv) = bench_model(model.as_ref(), a, threads, positions, &mut sink)?;
+        let (r, kv) = bench_model(
+            model.as_ref(),
+            a,
+            threads,
+            positions,
+            plan.kv_cache.dtype()?,
+            &mut sink,
+        )?;
         rows.extend(r);
         kv_bytes = kv;
         if a.kernel_timings || a.host_timings {

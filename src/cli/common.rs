@@ -59,6 +59,11 @@ pub struct ModelArgs {
     /// quantization.target_bits; default 0 = off].
     #[arg(long, value_name = "BITS")]
     pub target_bits: Option<f64>,
+    /// KV-cache precision: 16 (f32 keys and values) or 8, 4, 3, 2 bits in blocks of
+    /// kv_cache.group_size values (narrowed to the head dimension), min–max per block; CPU
+    /// backend only so far [config: kv_cache.bits; default 16].
+    #[arg(long, value_name = "BITS")]
+    pub kv_bits: Option<u32>,
     /// Backend: auto | webgpu | cpu [config: runtime.backend; default auto].
     #[arg(long)]
     pub backend: Option<String>,
@@ -155,6 +160,9 @@ impl ModelArgs {
                 f.display().to_string().into(),
                 flag("calibrate"),
             );
+        }
+        if let Some(b) = self.kv_bits {
+            cli.push("kv_cache.bits", i64::from(b).into(), flag("kv-bits"));
         }
         if let Some(b) = self.target_bits {
             cli.push("quantization.target_bits", b.into(), flag("target-bits"));

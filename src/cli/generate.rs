@@ -66,7 +66,10 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
         tok.encode(&a.prompt, true)?
     };
     let ctx = plan.kv_cache.max_seq_len;
-    let mut cache = model.new_cache(ctx.min(model.config().context_length.max(1)))?;
+    let mut cache = model.new_cache_as(
+        ctx.min(model.config().context_length.max(1)),
+        plan.kv_cache.dtype()?,
+    )?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,
         sampling: SamplingParams {

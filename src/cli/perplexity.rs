@@ -3,7 +3,7 @@
 use super::common::ModelArgs;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use lowbit::perplexity::perplexity;
+use lowbit::perplexity::perplexity_kv;
 use lowbit::results;
 use lowbit::{Error, Result};
 use std::path::PathBuf;
@@ -56,11 +56,12 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
-        let r = perplexity(
+        let r = perplexity_kv(
             model.as_ref(),
             &text,
             a.ctx,
             a.chunks,
+            plan.kv_cache.dtype()?,
             &mut |done, total, ppl| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
@@ -68,7 +69,15 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             },
         )?;
         bar.finish_and_clear();
-        let label = format!("{}{}", model.plan().label(), plan.methods.label_suffix());
+        let kv = match plan.kv_cache.dtype()? {
+            lowbit_core::backend::DType::QBlock { bits, group } => format!(" kv{bits}-g{group}"),
+            _ => String::new(),
+        };
+        let label = format!(
+            "{}{}{kv}",
+            model.plan().label(),
+            plan.methods.label_suffix()
+        );
         if !a.model.json {
             println!(
                 "| {label} | {:.3} | {:.1} | {:.4} | {:.4} | {} | {} |",
@@ -98,6 +107,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
                 "chunks": r.chunks,
                 "scored_tokens": r.scored_tokens,
                 "text_tokens": r.text_tokens,
+                "kv_bytes_per_token": r.kv_bytes_per_token,
             }))?;
         }
         rows.push(serde_json::json!({

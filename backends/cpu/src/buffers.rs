@@ -2,6 +2,7 @@
 //! Ops compute on f32 buffers; f16 and int8-block buffers store what [`BufferSlab::write_values`]
 //! converts and [`BufferSlab::read_values`] converts back.
 
+use crate::ops::qblock::QStore;
 use half::f16;
 use lowbit_core::backend::{BufferId, DType};
 use lowbit_core::error::{Error, Result};
@@ -19,6 +20,37 @@ pub(crate) enum Storage {
         codes: Vec<i8>,
         scales: Vec<f32>,
     },
+    /// Asymmetric blocks of 2-8 bit codes (a quantized KV cache).
+    QBlock(QStore),
+}
+
+/// A read view of one buffer for ops that take stored rows as they are (attention over a
+/// quantized KV cache): f32 values, or quantized blocks read a range at a time.
+pub(crate) enum View<'a> {
+    F32(&'a [f32]),
+    Q(&'a QStore),
+}
+
+impl View<'_> {
+    /// Values the view holds.
+    pub fn len(&self) -> usize {
+        match self {
+            View::F32(v) => v.len(),
+            View::Q(q) => q.len,
+        }
+    }
+
+    /// Values `from .. from + buf.len()`: a slice of the buffer, or decoded into `buf`.
+    #[inline]
+    pub fn get<'b>(&'b self, from: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        match self {
+            View::F32(v) => &v[from..from + buf.len()],
+            View::Q(q) => {
+                q.read(from, buf);
+                buf
+            }
+        }
+    }
 }
 
 impl Storage {
@@ -43,6 +75,9 @@ impl Storage {
                 codes: zeros(len).ok_or_else(oom)?,
                 scales: zeros(len.div_ceil(Q8)).ok_or_else(oom)?,
             },
+            DType::QBlock { bits, group } => Storage::QBlock(
+                QStore::zeroed(u32::from(bits), usize::from(group).max(1), len).ok_or_else(oom)?,
+            ),
         })
     }
 
@@ -51,6 +86,10 @@ impl Storage {
             Storage::F32(_) => DType::F32,
             Storage::F16(_) => DType::F16,
             Storage::Q8Block { .. } => DType::Q8Block,
+            Storage::QBlock(q) => DType::QBlock {
+                bits: q.bits as u8,
+                group: q.group as u16,
+            },
         }
     }
 
@@ -59,6 +98,16 @@ impl Storage {
             Storage::F32(v) => v.len(),
             Storage::F16(v) => v.len(),
             Storage::Q8Block { codes, .. } => codes.len(),
+            Storage::QBlock(q) => q.len,
+        }
+    }
+
+    /// The view ops that read stored rows take.
+    fn view(&self, id: BufferId) -> Result<View<'_>> {
+        match self {
+            Storage::F32(v) => Ok(View::F32(v)),
+            Storage::QBlock(q) => Ok(View::Q(q)),
+            other => Err(not_f32(id, other.dtype())),
         }
     }
 
@@ -181,6 +230,11 @@ impl BufferSlab {
             Storage::Q8Block { codes, scales } => (offset..end)
                 .map(|i| f32::from(codes[i]) * scales[i / Q8])
                 .collect(),
+            Storage::QBlock(q) => {
+                let mut out = vec![0f32; end - offset];
+                q.read(offset, &mut out);
+                out
+            }
         })
     }
 
@@ -213,8 +267,33 @@ impl BufferSlab {
                         quantize_block(block, &mut codes[first..first + block.len()]);
                 }
             }
+            Storage::QBlock(q) => {
+                let g = q.group;
+                if !offset.is_multiple_of(g) || !(end.is_multiple_of(g) || end == len) {
+                    return Err(Error::invalid_config(format!(
+                        "write: CPU buffer {} holds blocks of {g} values; values {offset}..{end} \
+                         are not whole blocks",
+                        id.0
+                    )));
+                }
+                q.write(offset, data);
+            }
         }
         Ok(())
+    }
+
+    /// Values of buffer `id` as ops that read stored rows see them (f32 or quantized blocks).
+    pub fn view_len(&self, id: BufferId) -> Result<usize> {
+        let c = self.get(id)?;
+        let g = read_lock(&c);
+        Ok(g.view(id)?.len())
+    }
+
+    /// The dtype of buffer `id`.
+    pub fn dtype(&self, id: BufferId) -> Result<DType> {
+        let c = self.get(id)?;
+        let g = read_lock(&c);
+        Ok(g.dtype())
     }
 
     /// Runs `f` on a read view of f32 buffer `id`.
@@ -232,6 +311,25 @@ impl BufferSlab {
         inputs: &[BufferId],
         output: BufferId,
         f: impl FnOnce(&[&[f32]], &mut [f32]) -> Result<R>,
+    ) -> Result<R> {
+        self.with_views(inputs, output, |views, out| {
+            let mut f32s: Vec<&[f32]> = Vec::with_capacity(views.len());
+            for (v, id) in views.iter().zip(inputs) {
+                match v {
+                    View::F32(x) => f32s.push(x),
+                    View::Q(_) => return Err(not_f32(*id, self.dtype(*id)?)),
+                }
+            }
+            f(&f32s, out)
+        })
+    }
+
+    /// [`Self::with`], with each input as a [`View`] (f32 or quantized blocks).
+    pub fn with_views<R>(
+        &self,
+        inputs: &[BufferId],
+        output: BufferId,
+        f: impl FnOnce(&[View<'_>], &mut [f32]) -> Result<R>,
     ) -> Result<R> {
         let out_cell = self.get(output)?;
         let mut ins: Vec<(BufferId, Cell)> = Vec::with_capacity(inputs.len());
@@ -255,12 +353,12 @@ impl BufferSlab {
             reads.push((*id, read_lock(cell)));
         }
         let mut write = write.unwrap_or_else(|| write_lock(&out_cell));
-        let mut views: Vec<&[f32]> = Vec::with_capacity(inputs.len());
+        let mut views: Vec<View<'_>> = Vec::with_capacity(inputs.len());
         for id in inputs {
             if *id == output {
-                views.push(snapshot.as_deref().unwrap_or(&[]));
+                views.push(View::F32(snapshot.as_deref().unwrap_or(&[])));
             } else if let Some((_, g)) = reads.iter().find(|(i, _)| i == id) {
-                views.push(g.f32(*id)?);
+                views.push(g.view(*id)?);
             }
         }
         f(&views, write.f32_mut(output)?)

@@ -2,12 +2,13 @@
 //! op writes nothing), then the kernels of [`crate::ops`] and [`crate::matmul`] run.
 
 use crate::backend::{ensure, span, CpuBackend};
+use crate::buffers::View;
 use crate::kernels::scalar;
 use crate::ops::attention::Geometry;
 use crate::ops::norm::NormParams;
 use crate::{matmul, ops};
 use half::f16;
-use lowbit_core::backend::{BufferId, WeightId, WeightMatrix};
+use lowbit_core::backend::{BufferId, DType, WeightId, WeightMatrix};
 use lowbit_core::error::{Error, Result};
 use lowbit_core::kv::KvView;
 use lowbit_core::ops::{AttentionShape, Cols, Im2col, Mask, NormKind, Op, RopeShape, TokenIds};
@@ -385,9 +386,24 @@ impl CpuBackend {
                 self.buffers.f32_len(src.buf)?,
                 cols_need(OP, src, n, row)?,
             )?;
-            ensure(OP, "cache", self.buffers.f32_len(dst)?, end)?;
+            ensure(OP, "cache", self.buffers.view_len(dst)?, end)?;
         }
         for (src, dst, _) in parts {
+            if let DType::QBlock { group, .. } = self.buffers.dtype(dst)? {
+                // Quantized rows: gathered, then written whole blocks at a time.
+                require(OP, row.is_multiple_of(usize::from(group).max(1)), || {
+                    format!("rows of {row} values do not hold whole blocks of {group}")
+                })?;
+                let rows = self.buffers.read(src.buf, |x| {
+                    let mut rows = Vec::with_capacity(n * row);
+                    for r in 0..n {
+                        rows.extend_from_slice(&x[src.at(r, 0)..src.at(r, 0) + row]);
+                    }
+                    Ok(rows)
+                })?;
+                self.buffers.write_values(dst, start, &rows)?;
+                continue;
+            }
             self.buffers.with(&[src.buf], dst, |ins, d| {
                 for (r, dr) in d[start..end].chunks_exact_mut(row.max(1)).enumerate() {
                     dr.copy_from_slice(&ins[0][src.at(r, 0)..src.at(r, 0) + row]);
@@ -425,8 +441,8 @@ impl CpuBackend {
         let need_q = span(OP, &[s.n_tokens, s.n_heads, hd])?;
         let need_kv = span(OP, &[s.kv_len, n_kv, hd])?;
         ensure(OP, "q", self.buffers.f32_len(q)?, need_q)?;
-        ensure(OP, "keys", self.buffers.f32_len(kv.k)?, need_kv)?;
-        ensure(OP, "values", self.buffers.f32_len(kv.v)?, need_kv)?;
+        ensure(OP, "keys", self.buffers.view_len(kv.k)?, need_kv)?;
+        ensure(OP, "values", self.buffers.view_len(kv.v)?, need_kv)?;
         if need_q == 0 {
             return Ok(());
         }
@@ -435,10 +451,13 @@ impl CpuBackend {
             n_kv_heads: n_kv,
             head_dim: hd,
         };
-        self.buffers.with(&[q, kv.k, kv.v], out, |ins, o| {
+        self.buffers.with_views(&[q, kv.k, kv.v], out, |ins, o| {
             ensure(OP, "output buffer", o.len(), need_q)?;
+            let View::F32(qv) = &ins[0] else {
+                return Err(Error::invalid_config("attention: queries must be f32"));
+            };
             let pool = &self.pool;
-            ops::attention::attention(pool, self.isa, ins[0], ins[1], ins[2], o, &g);
+            ops::attention::attention(pool, self.isa, qv, &ins[1], &ins[2], o, &g);
             Ok(())
         })
     }

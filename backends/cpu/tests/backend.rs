@@ -241,3 +241,117 @@ fn inconsistent_weights_are_refused() {
     m.offsets.pop();
     assert!(b.upload_weight(WeightMatrix::Quantized(m)).is_err());
 }
+
+/// A quantized KV store (`DType::QBlock`) holds what the reference quantizer gives, and
+/// attention over it equals attention over an f32 store holding those same values: the kernel
+/// reads the blocks as stored, nothing else differs.
+#[test]
+fn quantized_kv_attention_reads_the_stored_values() {
+    let b = CpuBackend::new(2).unwrap();
+    let (n_kv, hd, rows, n_heads) = (2usize, 64usize, 8usize, 4usize);
+    let row = n_kv * hd;
+    let n = 5;
+    let src: Vec<f32> = (0..n * row)
+        .map(|i| ((i * 7919 % 613) as f32 / 306.0 - 1.0) * (1.0 + (i % 7) as f32 * 0.3))
+        .collect();
+    let vsrc: Vec<f32> = src.iter().rev().map(|x| 0.5 * x + 0.1).collect();
+    let (ks, vs) = (b.upload(&src).unwrap(), b.upload(&vsrc).unwrap());
+    for bits in [8u8, 4, 3, 2] {
+        let dtype = DType::q_block(bits, 32).unwrap();
+        let (kq, vq) = (
+            b.alloc(dtype, rows * row).unwrap(),
+            b.alloc(dtype, rows * row).unwrap(),
+        );
+        let layout = lowbit_core::kv::KvLayout {
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            rows,
+            dtype,
+        };
+        let qkv = KvView {
+            k: kq,
+            v: vq,
+            layout,
+        };
+        // Two writes (prefill, then decode-like rows) at their cache positions.
+        for (pos0, first, count) in [(0usize, 0usize, 3usize), (3, 3, 2)] {
+            b.run(&[Op::KvWrite {
+                k: Cols::new(ks, first * row, row),
+                v: Cols::new(vs, first * row, row),
+                kv: qkv,
+                pos0,
+                n_tokens: count,
+            }])
+            .unwrap();
+        }
+        let (kback, vback) = (read(&b, kq, n * row), read(&b, vq, n * row));
+        let want = lowbit_core::conformance::reference::stored(dtype, &src);
+        for (i, (g, w)) in kback.iter().zip(&want).enumerate() {
+            assert!(
+                (f64::from(*g) - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{bits} bits, key {i}: {g} vs {w}"
+            );
+        }
+        let (kf, vf) = (
+            b.upload(&[kback.clone(), vec![0.0; (rows - n) * row]].concat())
+                .unwrap(),
+            b.upload(&[vback, vec![0.0; (rows - n) * row]].concat())
+                .unwrap(),
+        );
+        let fkv = KvView::over(kf, vf, n_kv, hd, rows);
+        let q: Vec<f32> = (0..2 * n_heads * hd)
+            .map(|i| (i * 31 % 97) as f32 / 48.0 - 1.0)
+            .collect();
+        let qb = b.upload(&q).unwrap();
+        let att = |kv: KvView, out: BufferId| Op::Attention {
+            q: qb,
+            kv,
+            out,
+            shape: AttentionShape {
+                n_tokens: 2,
+                pos0: 3,
+                kv_len: n,
+                n_heads,
+                scale: 0.125,
+                mask: Mask::Causal,
+            },
+        };
+        let (oq, of) = (
+            b.alloc(DType::F32, 2 * n_heads * hd).unwrap(),
+            b.alloc(DType::F32, 2 * n_heads * hd).unwrap(),
+        );
+        b.run(&[att(qkv, oq), att(fkv, of)]).unwrap();
+        let (a, c) = (
+            read(&b, oq, 2 * n_heads * hd),
+            read(&b, of, 2 * n_heads * hd),
+        );
+        for (i, (x, y)) in a.iter().zip(&c).enumerate() {
+            assert!((x - y).abs() <= 1e-5, "{bits} bits, output {i}: {x} vs {y}");
+        }
+        // Rows that do not hold whole blocks are refused, the store untouched.
+        let odd = DType::q_block(bits, 96).unwrap();
+        let (ko, vo) = (
+            b.alloc(odd, rows * row).unwrap(),
+            b.alloc(odd, rows * row).unwrap(),
+        );
+        let bad = KvView {
+            k: ko,
+            v: vo,
+            layout: lowbit_core::kv::KvLayout {
+                dtype: odd,
+                ..layout
+            },
+        };
+        let msg = refused(
+            &b,
+            Op::KvWrite {
+                k: Cols::new(ks, 0, row),
+                v: Cols::new(vs, 0, row),
+                kv: bad,
+                pos0: 0,
+                n_tokens: 1,
+            },
+        );
+        assert!(msg.contains("whole blocks"), "{msg}");
+    }
+}

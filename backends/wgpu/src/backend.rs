@@ -331,6 +331,12 @@ impl Backend for WgpuBackend {
     }
 
     fn alloc(&self, dtype: DType, len: usize) -> Result<BufferId> {
+        if let DType::QBlock { bits, .. } = dtype {
+            return Err(Error::unsupported(format!(
+                "a {bits}-bit KV cache (kv_cache.bits) runs on the CPU backend only so far; \
+                 use kv_cache.bits = 16 with the WebGPU backend"
+            )));
+        }
         self.create_buffer(dtype, len, None, false)
     }
 

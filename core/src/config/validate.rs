@@ -180,10 +180,13 @@ impl Checker<'_> {
             );
             self.reset(key);
         }
-        if self.v.corrected.int("kv_cache.bits") < 16 {
+        if self.v.corrected.int("kv_cache.bits") < 16
+            && self.v.corrected.str("runtime.backend") != "cpu"
+        {
             self.warn(
                 "kv_cache.bits",
-                "a quantized KV cache is not implemented yet: keys and values stay f16",
+                "a quantized KV cache runs on the CPU backend only so far: the WebGPU backend \
+                 refuses it (UNSUPPORTED); set runtime.backend = \"cpu\" or kv_cache.bits = 16",
             );
         }
     }

@@ -48,6 +48,30 @@ pub fn stored(dtype: DType, data: &[f32]) -> Vec<f64> {
             }
             out
         }
+        DType::QBlock { bits, group } => {
+            // Per block: min–max over its values, minimum and scale rounded to f16, each value
+            // at the nearest code.
+            let levels = ((1u32 << bits) - 1) as f32;
+            let mut out = Vec::with_capacity(data.len());
+            for block in data.chunks(usize::from(group).max(1)) {
+                let (mut lo, mut hi) = block
+                    .iter()
+                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                        (l.min(v), h.max(v))
+                    });
+                if !(lo.is_finite() && hi.is_finite()) {
+                    (lo, hi) = (0.0, 0.0);
+                }
+                let m = half::f16::from_f32(lo).to_f32();
+                let s = half::f16::from_f32((hi - m) / levels).to_f32();
+                let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+                out.extend(block.iter().map(|&v| {
+                    let q = ((v - m) * inv).round().clamp(0.0, levels);
+                    f64::from(q * s + m)
+                }));
+            }
+            out
+        }
     }
 }
 

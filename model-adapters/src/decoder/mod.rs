@@ -412,11 +412,28 @@ impl TextModel for DecoderModel {
     }
 
     fn new_cache(&self, max_seq: usize) -> Result<KvCache> {
+        self.new_cache_as(max_seq, DType::F32)
+    }
+
+    fn new_cache_as(&self, max_seq: usize, dtype: DType) -> Result<KvCache> {
+        let hd = self.dims.heads.head_dim;
+        // Blocks never straddle two heads: a group wider than a head shrinks to the head.
+        let dtype = match dtype {
+            DType::QBlock { bits, group } if usize::from(group) > hd => DType::q_block(bits, hd)?,
+            d => d,
+        };
+        if let DType::QBlock { group, .. } = dtype {
+            if !hd.is_multiple_of(usize::from(group)) {
+                return Err(Error::invalid_config(format!(
+                    "kv_cache.group_size = {group} does not divide the head dimension {hd}"
+                )));
+            }
+        }
         let layout = KvLayout {
             n_kv_heads: self.dims.heads.n_kv_heads,
-            head_dim: self.dims.heads.head_dim,
+            head_dim: hd,
             rows: max_seq,
-            dtype: DType::F32,
+            dtype,
         };
         KvCache::new(self.backend.clone(), self.dims.n_layers, layout)
     }

@@ -1,5 +1,6 @@
 //! Scaled dot-product attention over a KV view, grouped-query, with every [`Mask`].
 
+use crate::buffers::View;
 use crate::kernels::{self, Isa};
 use crate::pool::{SharedMut, SpinPool};
 use lowbit_core::ops::AttentionShape;
@@ -19,8 +20,8 @@ pub(crate) fn attention(
     pool: &SpinPool,
     isa: Isa,
     q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    k: &View<'_>,
+    v: &View<'_>,
     out: &mut [f32],
     g: &Geometry,
 ) {
@@ -34,6 +35,8 @@ pub(crate) fn attention(
     let per_task = pairs.div_ceil(pool.threads() * 4).max(1);
     pool.run(pairs.div_ceil(per_task), &|t| {
         let mut scores: Vec<f32> = Vec::with_capacity(p.kv_len);
+        // A quantized store's head slice is decoded here, one row at a time.
+        let mut row = vec![0f32; hd];
         for idx in t * per_task..((t + 1) * per_task).min(pairs) {
             // SAFETY: pair `idx` owns `out[idx * hd ..][..hd]`; `out` outlives `run`.
             let o = unsafe { shared.slice(idx * hd, hd) };
@@ -47,7 +50,7 @@ pub(crate) fn attention(
             }
             scores.clear();
             scores.extend((start..end).map(|t| {
-                let kt = &k[t * kv_row + kv_off..t * kv_row + kv_off + hd];
+                let kt = k.get(t * kv_row + kv_off, &mut row);
                 kernels::dot(isa, qv, kt) * p.scale
             }));
             // Subtracting the max keeps exp() finite for any score range.
@@ -59,7 +62,7 @@ pub(crate) fn attention(
             }
             let inv = 1.0 / sum;
             for (t, s) in (start..end).zip(&scores) {
-                let vt = &v[t * kv_row + kv_off..t * kv_row + kv_off + hd];
+                let vt = v.get(t * kv_row + kv_off, &mut row);
                 kernels::axpy(isa, s * inv, vt, o);
             }
         }

@@ -3,4 +3,5 @@
 pub(crate) mod attention;
 pub(crate) mod elementwise;
 pub(crate) mod norm;
+pub(crate) mod qblock;
 pub(crate) mod rope;
