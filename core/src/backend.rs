@@ -40,7 +40,8 @@ impl DType {
     /// The quantized-KV block type of `bits` (2, 3, 4, 8) in groups of `group` values (a
     /// positive multiple of 32), or `INVALID_CONFIG`.
     pub fn q_block(bits: u8, group: usize) -> crate::error::Result<DType> {
-        if !matches!(bits, 2 | 3 | 4 | 8) || group == 0 || !group.is_multiple_of(32) || group > 4096 {
+        if !matches!(bits, 2 | 3 | 4 | 8) || group == 0 || !group.is_multiple_of(32) || group > 4096
+        {
             return Err(crate::error::Error::invalid_config(format!(
                 "a quantized block needs 2, 3, 4 or 8 bits and a group of a multiple of 32 up to \
                  4096 values; got {bits} bits in groups of {group}"

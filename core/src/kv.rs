@@ -21,6 +21,11 @@ pub struct KvLayout {
     pub rows: usize,
     /// Element type of the stored rows.
     pub dtype: DType,
+    /// Each head's keys and values are stored rotated by the orthonormal Hadamard transform
+    /// `H / √head_dim` (head_dim a power of two): it spreads outlier channels over the head, so
+    /// a quantized store loses far less. Attention rotates the queries alike (`q·k` is
+    /// unchanged) and its output back, so readers of the op see no difference.
+    pub rotated: bool,
 }
 
 impl KvLayout {
@@ -59,6 +64,7 @@ impl KvView {
                 head_dim,
                 rows,
                 dtype: DType::F32,
+                rotated: false,
             },
         }
     }

@@ -389,18 +389,30 @@ impl CpuBackend {
             ensure(OP, "cache", self.buffers.view_len(dst)?, end)?;
         }
         for (src, dst, _) in parts {
+            let quantized = matches!(self.buffers.dtype(dst)?, DType::QBlock { .. });
             if let DType::QBlock { group, .. } = self.buffers.dtype(dst)? {
-                // Quantized rows: gathered, then written whole blocks at a time.
                 require(OP, row.is_multiple_of(usize::from(group).max(1)), || {
                     format!("rows of {row} values do not hold whole blocks of {group}")
                 })?;
-                let rows = self.buffers.read(src.buf, |x| {
+            }
+            let hd = kv.layout.head_dim;
+            if kv.layout.rotated {
+                require(OP, hd.is_power_of_two(), || {
+                    format!("a rotated cache needs a power-of-two head_dim, not {hd}")
+                })?;
+            }
+            if quantized || kv.layout.rotated {
+                // Rows gathered (and each head rotated), then written whole blocks at a time.
+                let mut rows = self.buffers.read(src.buf, |x| {
                     let mut rows = Vec::with_capacity(n * row);
                     for r in 0..n {
                         rows.extend_from_slice(&x[src.at(r, 0)..src.at(r, 0) + row]);
                     }
                     Ok(rows)
                 })?;
+                if kv.layout.rotated {
+                    rows.chunks_exact_mut(hd).for_each(ops::attention::rotate);
+                }
                 self.buffers.write_values(dst, start, &rows)?;
                 continue;
             }
@@ -446,10 +458,16 @@ impl CpuBackend {
         if need_q == 0 {
             return Ok(());
         }
+        if kv.layout.rotated {
+            require(OP, hd.is_power_of_two(), || {
+                format!("a rotated cache needs a power-of-two head_dim, not {hd}")
+            })?;
+        }
         let g = Geometry {
             shape: *s,
             n_kv_heads: n_kv,
             head_dim: hd,
+            rotated: kv.layout.rotated,
         };
         self.buffers.with_views(&[q, kv.k, kv.v], out, |ins, o| {
             ensure(OP, "output buffer", o.len(), need_q)?;

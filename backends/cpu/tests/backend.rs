@@ -267,6 +267,7 @@ fn quantized_kv_attention_reads_the_stored_values() {
             head_dim: hd,
             rows,
             dtype,
+            rotated: false,
         };
         let qkv = KvView {
             k: kq,
@@ -354,4 +355,74 @@ fn quantized_kv_attention_reads_the_stored_values() {
         );
         assert!(msg.contains("whole blocks"), "{msg}");
     }
+}
+
+/// A rotated KV layout (each head stored as `H x / √head_dim`) gives the attention of the
+/// unrotated one: exactly up to rounding in f32, and within the quantization's error in 8-bit
+/// blocks (where rotation is what makes narrow widths usable).
+#[test]
+fn rotated_kv_attention_equals_the_plain_one() {
+    let b = CpuBackend::new(2).unwrap();
+    let (n_kv, hd, rows, n_heads, n) = (2usize, 64usize, 6usize, 4usize, 6usize);
+    let row = n_kv * hd;
+    let src: Vec<f32> = (0..n * row)
+        .map(|i| ((i * 7919 % 613) as f32 / 306.0 - 1.0) + if i % 64 == 5 { 6.0 } else { 0.0 })
+        .collect();
+    let vsrc: Vec<f32> = src.iter().rev().map(|x| 0.5 * x + 0.1).collect();
+    let (ks, vs) = (b.upload(&src).unwrap(), b.upload(&vsrc).unwrap());
+    let q: Vec<f32> = (0..n * n_heads * hd)
+        .map(|i| (i * 31 % 97) as f32 / 48.0 - 1.0)
+        .collect();
+    let qb = b.upload(&q).unwrap();
+    let attend = |dtype: DType, rotated: bool| -> Vec<f32> {
+        let layout = lowbit_core::kv::KvLayout {
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            rows,
+            dtype,
+            rotated,
+        };
+        let kv = KvView {
+            k: b.alloc(dtype, rows * row).unwrap(),
+            v: b.alloc(dtype, rows * row).unwrap(),
+            layout,
+        };
+        let out = b.alloc(DType::F32, n * n_heads * hd).unwrap();
+        b.run(&[
+            Op::KvWrite {
+                k: Cols::dense(ks, row),
+                v: Cols::dense(vs, row),
+                kv,
+                pos0: 0,
+                n_tokens: n,
+            },
+            Op::Attention {
+                q: qb,
+                kv,
+                out,
+                shape: AttentionShape {
+                    n_tokens: n,
+                    pos0: 0,
+                    kv_len: n,
+                    n_heads,
+                    scale: 0.125,
+                    mask: Mask::Causal,
+                },
+            },
+        ])
+        .unwrap();
+        read(&b, out, n * n_heads * hd)
+    };
+    let plain = attend(DType::F32, false);
+    let max_diff = |a: &[f32]| {
+        a.iter()
+            .zip(&plain)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    assert!(max_diff(&attend(DType::F32, true)) < 1e-5);
+    let q8 = DType::q_block(8, 32).unwrap();
+    let (rot, unrot) = (max_diff(&attend(q8, true)), max_diff(&attend(q8, false)));
+    assert!(rot < 0.05, "8-bit rotated: {rot}");
+    assert!(unrot < 0.1, "8-bit: {unrot}");
 }

@@ -103,6 +103,7 @@ fn layer(b: &mut CaseBuilder, f: Format) -> Layer {
                 head_dim: HEAD_DIM,
                 rows: CACHE_ROWS,
                 dtype: DType::F32,
+                rotated: false,
             },
         },
     }

@@ -87,6 +87,7 @@ pub(super) fn kv_write() -> Vec<Case> {
                 head_dim: hd,
                 rows,
                 dtype: DType::F32,
+                rotated: false,
             },
         };
         b.op(Op::KvWrite {

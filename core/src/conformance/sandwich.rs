@@ -84,6 +84,7 @@ fn layer(b: &mut CaseBuilder, f: Format, local: bool) -> Layer {
                 head_dim: HEAD_DIM,
                 rows: CACHE_ROWS,
                 dtype: DType::F32,
+                rotated: false,
             },
         },
         mask,

@@ -268,6 +268,7 @@ mod tests {
                 head_dim: 2,
                 rows: 16,
                 dtype: DType::F32,
+                rotated: false,
             },
         }
     }

@@ -434,6 +434,8 @@ impl TextModel for DecoderModel {
             head_dim: hd,
             rows: max_seq,
             dtype,
+            // A quantized cache keeps each head rotated where the transform exists.
+            rotated: matches!(dtype, DType::QBlock { .. }) && hd.is_power_of_two(),
         };
         KvCache::new(self.backend.clone(), self.dims.n_layers, layout)
     }

@@ -10,6 +10,15 @@ pub(crate) struct Geometry {
     pub shape: AttentionShape,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// Keys and values are stored rotated ([`lowbit_core::kv::KvLayout::rotated`]).
+    pub rotated: bool,
+}
+
+/// `x ← H x / √n`: the orthonormal (and self-inverse) Hadamard transform of one head.
+pub(crate) fn rotate(x: &mut [f32]) {
+    lowbit_core::quant::fwht(x);
+    let s = 1.0 / (x.len() as f32).sqrt();
+    x.iter_mut().for_each(|v| *v *= s);
 }
 
 /// Writes `softmax(q·Kᵀ·scale)·V` per (query row, head) to `out`, over the key rows the mask
@@ -37,12 +46,19 @@ pub(crate) fn attention(
         let mut scores: Vec<f32> = Vec::with_capacity(p.kv_len);
         // A quantized store's head slice is decoded here, one row at a time.
         let mut row = vec![0f32; hd];
+        let mut qrot = vec![0f32; if g.rotated { hd } else { 0 }];
         for idx in t * per_task..((t + 1) * per_task).min(pairs) {
             // SAFETY: pair `idx` owns `out[idx * hd ..][..hd]`; `out` outlives `run`.
             let o = unsafe { shared.slice(idx * hd, hd) };
             let (i, h) = (idx / p.n_heads, idx % p.n_heads);
             let kv_off = (h / group) * hd;
-            let qv = &q[idx * hd..(idx + 1) * hd];
+            let mut qv = &q[idx * hd..(idx + 1) * hd];
+            if g.rotated {
+                // (H q)·(H k) = q·k: the query meets the keys in their rotated basis.
+                qrot.copy_from_slice(qv);
+                rotate(&mut qrot);
+                qv = &qrot;
+            }
             let (start, end) = p.mask.keys(p.pos0, i, p.kv_len);
             o.fill(0.0);
             if start >= end {
@@ -64,6 +80,10 @@ pub(crate) fn attention(
             for (t, s) in (start..end).zip(&scores) {
                 let vt = v.get(t * kv_row + kv_off, &mut row);
                 kernels::axpy(isa, s * inv, vt, o);
+            }
+            if g.rotated {
+                // Σ p·(H v) = H (Σ p·v): rotated back.
+                rotate(o);
             }
         }
     });

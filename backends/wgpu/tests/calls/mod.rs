@@ -106,6 +106,7 @@ pub fn kv_view(
             head_dim,
             rows,
             dtype: DType::F32,
+            rotated: false,
         },
     }
 }
