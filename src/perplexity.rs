@@ -5,7 +5,7 @@
 //! predict the tokens after them.
 
 use lowbit_core::adapter::{Logits, TextModel};
-use lowbit_core::backend::DType;
+use lowbit_core::kv::KvFormat;
 use lowbit_core::{block_on, Error, Result};
 use serde::Serialize;
 
@@ -44,18 +44,17 @@ pub fn perplexity(
     n_chunks: usize,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult> {
-    perplexity_kv(model, text, ctx, n_chunks, DType::F32, progress)
+    perplexity_kv(model, text, ctx, n_chunks, KvFormat::F32, progress)
 }
 
-/// [`perplexity`] with keys and values cached as `kv` (`DType::QBlock` for a quantized KV
-/// cache: every chunk's keys and values are written quantized and attention reads them so,
+/// [`perplexity`] with keys and values cached as `kv` (a quantized KV cache: every chunk's keys and values are written quantized and attention reads them so,
 /// as generation would).
 pub fn perplexity_kv(
     model: &dyn TextModel,
     text: &str,
     ctx: usize,
     n_chunks: usize,
-    kv: DType,
+    kv: KvFormat,
     progress: &mut dyn FnMut(usize, usize, f64),
 ) -> Result<PerplexityResult> {
     if ctx < 4 {

@@ -42,6 +42,11 @@ pub struct KvCachePolicy {
     pub bits: u8,
     /// Values per scale of a quantized cache (`kv_cache.group_size`).
     pub group_size: usize,
+    /// Recent tokens each query of a quantized cache sees at full precision
+    /// (`kv_cache.recent_window`).
+    pub recent_window: usize,
+    /// Leading tokens a quantized cache keeps at full precision (`kv_cache.sink_tokens`).
+    pub sink_tokens: usize,
     /// Tokens one request's cache holds, prompt and generated (`kv_cache.max_seq_len`),
     /// clamped to the model's trained context when the model is loaded.
     pub max_seq_len: usize,
@@ -57,6 +62,19 @@ impl KvCachePolicy {
             return Ok(lowbit_core::backend::DType::F32);
         }
         lowbit_core::backend::DType::q_block(self.bits, self.group_size)
+    }
+
+    /// [`Self::dtype`] with the full-precision sinks and recent window of a quantized cache.
+    ///
+    /// Errors as [`Self::dtype`].
+    pub fn format(&self) -> Result<lowbit_core::kv::KvFormat> {
+        let dtype = self.dtype()?;
+        let quantized = dtype != lowbit_core::backend::DType::F32;
+        Ok(lowbit_core::kv::KvFormat {
+            dtype,
+            sinks: if quantized { self.sink_tokens } else { 0 },
+            window: if quantized { self.recent_window } else { 0 },
+        })
     }
 }
 
@@ -233,6 +251,8 @@ impl RunPlan {
                 let kv = KvCachePolicy {
                     bits: c.int("kv_cache.bits").clamp(2, 16) as u8,
                     group_size: c.int("kv_cache.group_size").max(32) as usize,
+                    recent_window: c.int("kv_cache.recent_window").max(0) as usize,
+                    sink_tokens: c.int("kv_cache.sink_tokens").max(0) as usize,
                     max_seq_len: c.int("kv_cache.max_seq_len").max(2) as usize,
                 };
                 kv.dtype()?;

@@ -395,18 +395,18 @@ pub trait TextModel: MaybeSend + MaybeSync {
     fn tokenizer(&self) -> &Tokenizer;
     /// A fresh cache for up to `max_seq` tokens (f32 keys and values).
     fn new_cache(&self, max_seq: usize) -> Result<KvCache>;
-    /// A fresh cache for up to `max_seq` tokens whose keys and values are stored as `dtype`
-    /// (`DType::F32`, or `DType::QBlock` for a quantized cache).
+    /// A fresh cache for up to `max_seq` tokens kept as `kv` says (`KvFormat::F32`, or
+    /// quantized rows with full-precision sinks and a recent window).
     ///
-    /// Errors with `UNSUPPORTED` where the model or its backend cannot keep that type.
-    fn new_cache_as(&self, max_seq: usize, dtype: crate::backend::DType) -> Result<KvCache> {
-        if dtype == crate::backend::DType::F32 {
+    /// Errors with `UNSUPPORTED` where the model or its backend cannot keep that format.
+    fn new_cache_as(&self, max_seq: usize, kv: crate::kv::KvFormat) -> Result<KvCache> {
+        if kv == crate::kv::KvFormat::F32 {
             return self.new_cache(max_seq);
         }
         Err(crate::error::Error::unsupported(format!(
             "{} keeps its KV cache in f32 only; a {} cache was asked",
             self.config().name,
-            dtype.name()
+            kv.dtype.name()
         )))
     }
     /// Runs `tokens` at positions `cache.pos..`, appends them to the cache, returns logits

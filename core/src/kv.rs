@@ -40,6 +40,45 @@ impl KvLayout {
     }
 }
 
+/// Full-precision copies of some rows of a quantized store: the first `sinks` rows (attention
+/// sinks) and a ring of the most recent rows. Attention reads key row `t` for a query at
+/// position `p` from here when `t < sinks` or `p − t < window` (the KIVI residual window, as
+/// seen by every query, prefill included), from the quantized store otherwise.
+///
+/// Row `t < sinks` is side row `t`; every row `t` is also ring row `sinks + t mod 2·window`, so
+/// a write of at most `window` rows keeps every row a query of that write needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KvSide {
+    /// Key rows (f32, `rows()` of them, stored in the layout's basis).
+    pub k: BufferId,
+    /// Value rows.
+    pub v: BufferId,
+    /// Leading rows kept.
+    pub sinks: usize,
+    /// Recent rows each query sees at full precision.
+    pub window: usize,
+}
+
+impl KvSide {
+    /// Rows the side buffers hold.
+    pub fn rows(&self) -> usize {
+        self.sinks + 2 * self.window
+    }
+
+    /// The side row holding cache row `t` for a query at position `query`, if it is read at
+    /// full precision.
+    #[inline]
+    pub fn row_for(&self, t: usize, query: usize) -> Option<usize> {
+        if t < self.sinks {
+            Some(t)
+        } else if self.window > 0 && t <= query && query - t < self.window {
+            Some(self.sinks + t % (2 * self.window))
+        } else {
+            None
+        }
+    }
+}
+
 /// Keys and values an attention op reads: row `r` of `k` (and `v`) holds
 /// [`KvLayout::row_len`] values, heads one after another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -50,6 +89,29 @@ pub struct KvView {
     pub v: BufferId,
     /// Their layout.
     pub layout: KvLayout,
+    /// Full-precision sinks and recent rows of a quantized store.
+    pub side: Option<KvSide>,
+}
+
+/// How a cache keeps keys and values: the stored type and, for a quantized one, the rows kept
+/// at full precision besides ([`KvSide`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KvFormat {
+    /// Stored type of the rows (`DType::F32`, or `DType::QBlock`).
+    pub dtype: DType,
+    /// Leading tokens kept at full precision (quantized stores only).
+    pub sinks: usize,
+    /// Recent tokens each query sees at full precision (quantized stores only).
+    pub window: usize,
+}
+
+impl KvFormat {
+    /// f32 keys and values.
+    pub const F32: KvFormat = KvFormat {
+        dtype: DType::F32,
+        sinks: 0,
+        window: 0,
+    };
 }
 
 impl KvView {
@@ -66,6 +128,7 @@ impl KvView {
                 dtype: DType::F32,
                 rotated: false,
             },
+            side: None,
         }
     }
 }
@@ -91,6 +154,19 @@ impl KvCache {
     ///
     /// Errors with the backend's allocation error (`OUT_OF_MEMORY` where a device refuses).
     pub fn new(backend: Arc<dyn Backend>, n_layers: usize, layout: KvLayout) -> Result<Self> {
+        Self::with_side(backend, n_layers, layout, 0, 0)
+    }
+
+    /// [`Self::new`], plus per layer f32 side stores of the first `sinks` rows and a ring of
+    /// the last `window` rows ([`KvSide`]; none when both are 0). With a window, one forward
+    /// writes at most `window` rows ([`Self::max_write`]).
+    pub fn with_side(
+        backend: Arc<dyn Backend>,
+        n_layers: usize,
+        layout: KvLayout,
+        sinks: usize,
+        window: usize,
+    ) -> Result<Self> {
         let mut cache = KvCache {
             pos: 0,
             max_seq: layout.rows,
@@ -110,9 +186,44 @@ impl KvCache {
                     return Err(e);
                 }
             };
-            cache.layers.push(KvView { k, v, layout });
+            cache.layers.push(KvView {
+                k,
+                v,
+                layout,
+                side: None,
+            });
+            if sinks + window > 0 {
+                let rows = sinks + 2 * window;
+                let side_len = rows * layout.row_len();
+                let sk = cache.backend.alloc(DType::F32, side_len)?;
+                let sv = match cache.backend.alloc(DType::F32, side_len) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        cache.backend.free(sk);
+                        return Err(e);
+                    }
+                };
+                if let Some(l) = cache.layers.last_mut() {
+                    l.side = Some(KvSide {
+                        k: sk,
+                        v: sv,
+                        sinks,
+                        window,
+                    });
+                }
+            }
         }
         Ok(cache)
+    }
+
+    /// The most rows one forward may write (`None`: no limit): a recent window of `W` rows
+    /// takes at most `W` at a time, so a model splits longer prompts.
+    pub fn max_write(&self) -> Option<usize> {
+        self.layers
+            .first()
+            .and_then(|l| l.side)
+            .filter(|s| s.window > 0)
+            .map(|s| s.window)
     }
 
     /// The view of layer `l`.
@@ -132,9 +243,15 @@ impl KvCache {
         self.layers.len()
     }
 
-    /// Bytes held by keys and values.
+    /// Bytes held by keys and values (full-precision side rows included).
     pub fn bytes(&self) -> usize {
-        self.layers.iter().map(|l| 2 * l.layout.store_bytes()).sum()
+        self.layers
+            .iter()
+            .map(|l| {
+                let side = l.side.map_or(0, |s| 4 * s.rows() * l.layout.row_len());
+                2 * (l.layout.store_bytes() + side)
+            })
+            .sum()
     }
 
     /// Replaces the scratch buffers (the old ones are freed).
@@ -170,6 +287,10 @@ impl Drop for KvCache {
         for l in &self.layers {
             self.backend.free(l.k);
             self.backend.free(l.v);
+            if let Some(s) = l.side {
+                self.backend.free(s.k);
+                self.backend.free(s.v);
+            }
         }
         for b in &self.scratch {
             self.backend.free(*b);

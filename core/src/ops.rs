@@ -538,7 +538,11 @@ impl Op {
             | Op::Softmax { x, .. } => vec![*x],
             Op::Rope { x, .. } => vec![x.buf],
             Op::KvWrite { k, v, .. } => vec![k.buf, v.buf],
-            Op::Attention { q, kv, .. } => vec![*q, kv.k, kv.v],
+            Op::Attention { q, kv, .. } => {
+                let mut r = vec![*q, kv.k, kv.v];
+                r.extend(kv.side.iter().flat_map(|s| [s.k, s.v]));
+                r
+            }
             Op::Add { dst, src, .. } => vec![*dst, *src],
             Op::Argmax { x, .. } => vec![*x],
             Op::Copy { src, .. } => vec![*src],
@@ -558,7 +562,11 @@ impl Op {
             | Op::Argmax { out, .. }
             | Op::Im2col { out, .. } => vec![*out],
             Op::Rope { out, .. } => vec![out.buf],
-            Op::KvWrite { kv, .. } => vec![kv.k, kv.v],
+            Op::KvWrite { kv, .. } => {
+                let mut w = vec![kv.k, kv.v];
+                w.extend(kv.side.iter().flat_map(|s| [s.k, s.v]));
+                w
+            }
             Op::Add { dst, .. } => vec![*dst],
             Op::Scale { x, .. } | Op::Softmax { x, .. } => vec![*x],
             Op::Copy { dst, .. } => vec![*dst],

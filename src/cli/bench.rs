@@ -122,7 +122,7 @@ fn bench_model(
     a: &BenchArgs,
     threads: usize,
     positions: usize,
-    kv: lowbit_core::backend::DType,
+    kv: lowbit_core::kv::KvFormat,
     sink: &mut RowSink,
 ) -> Result<(Vec<Row>, usize)> {
     let vocab = model.config().vocab_size;
@@ -325,7 +325,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let w = lowbit::plan::warm_up(model.as_ref(), backend.as_ref())?;
             let n = a.prompt_tokens.max(1);
             let toks = random_tokens(n, model.config().vocab_size, 3);
-            let mut cache = model.new_cache_as(n + 1, plan.kv_cache.dtype()?)?;
+            let mut cache = model.new_cache_as(n + 1, plan.kv_cache.format()?)?;
             let t = Instant::now();
             let logits = block_on(model.forward(&mut cache, &toks, Logits::Last))?;
             let _first = lowbit::core::generate::argmax(&logits);
@@ -365,7 +365,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             a,
             threads,
             positions,
-            plan.kv_cache.dtype()?,
+            plan.kv_cache.format()?,
             &mut sink,
         )?;
         rows.extend(r);

@@ -64,6 +64,10 @@ pub struct ModelArgs {
     /// backend only so far [config: kv_cache.bits; default 16].
     #[arg(long, value_name = "BITS")]
     pub kv_bits: Option<u32>,
+    /// With --kv-bits below 16: the most recent tokens every query sees at full precision
+    /// [config: kv_cache.recent_window; default 128].
+    #[arg(long, value_name = "TOKENS")]
+    pub kv_window: Option<usize>,
     /// Backend: auto | webgpu | cpu [config: runtime.backend; default auto].
     #[arg(long)]
     pub backend: Option<String>,
@@ -163,6 +167,13 @@ impl ModelArgs {
         }
         if let Some(b) = self.kv_bits {
             cli.push("kv_cache.bits", i64::from(b).into(), flag("kv-bits"));
+        }
+        if let Some(w) = self.kv_window {
+            cli.push(
+                "kv_cache.recent_window",
+                (w as i64).into(),
+                flag("kv-window"),
+            );
         }
         if let Some(b) = self.target_bits {
             cli.push("quantization.target_bits", b.into(), flag("target-bits"));

@@ -68,7 +68,7 @@ pub fn run(a: &GenerateArgs) -> Result<()> {
     let ctx = plan.kv_cache.max_seq_len;
     let mut cache = model.new_cache_as(
         ctx.min(model.config().context_length.max(1)),
-        plan.kv_cache.dtype()?,
+        plan.kv_cache.format()?,
     )?;
     let opts = GenerateOptions {
         max_tokens: a.max_tokens,

@@ -61,7 +61,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             &text,
             a.ctx,
             a.chunks,
-            plan.kv_cache.dtype()?,
+            plan.kv_cache.format()?,
             &mut |done, total, ppl| {
                 bar.set_length(total as u64);
                 bar.set_position(done as u64);
@@ -69,8 +69,21 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
             },
         )?;
         bar.finish_and_clear();
-        let kv = match plan.kv_cache.dtype()? {
-            lowbit_core::backend::DType::QBlock { bits, group } => format!(" kv{bits}-g{group}"),
+        let f = plan.kv_cache.format()?;
+        let kv = match f.dtype {
+            lowbit_core::backend::DType::QBlock { bits, group } => format!(
+                " kv{bits}-g{group}{}{}",
+                if f.window > 0 {
+                    format!("-w{}", f.window)
+                } else {
+                    String::new()
+                },
+                if f.sinks > 0 {
+                    format!("-s{}", f.sinks)
+                } else {
+                    String::new()
+                }
+            ),
             _ => String::new(),
         };
         let label = format!(

@@ -9,8 +9,9 @@ use super::stats::StatsAccumulator;
 use super::{Completion, InferenceConfig, TokenEvent, Usage};
 use lowbit_core::adapter::TextModel;
 use lowbit_core::generate::{FinishReason, GenerateOptions, Sequence, StepOutput};
+use lowbit_core::kv::KvFormat;
 use lowbit_core::Error;
-use lowbit_core::{block_on, DType, KvCache};
+use lowbit_core::{block_on, KvCache};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
@@ -121,9 +122,9 @@ pub(crate) fn run(
         .max(2);
     // KV bytes grow linearly with capacity: measure one token's worth once.
     // The plan checked its KV format when it was made.
-    let kv_dtype = config.plan.kv_cache.dtype().unwrap_or(DType::F32);
+    let kv_format = config.plan.kv_cache.format().unwrap_or(KvFormat::F32);
     let kv_per_token = model
-        .new_cache_as(16, kv_dtype)
+        .new_cache_as(16, kv_format)
         .map(|c| c.bytes().div_ceil(16))
         .unwrap_or(0);
     let mut waiting: VecDeque<Job> = VecDeque::new();
@@ -204,7 +205,7 @@ pub(crate) fn run(
                 break;
             }
             let mut job = waiting.pop_front().expect("front exists");
-            let started = model.new_cache_as(max_seq, kv_dtype).and_then(|cache| {
+            let started = model.new_cache_as(max_seq, kv_format).and_then(|cache| {
                 Sequence::new(&cache, job.prompt.clone(), job.opts.clone()).map(|s| (s, cache))
             });
             match started {

@@ -26,6 +26,7 @@ pub(crate) enum Storage {
 
 /// A read view of one buffer for ops that take stored rows as they are (attention over a
 /// quantized KV cache): f32 values, or quantized blocks read a range at a time.
+#[derive(Clone)]
 pub(crate) enum View<'a> {
     F32(&'a [f32]),
     Q(&'a QStore),

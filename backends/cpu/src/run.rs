@@ -388,7 +388,24 @@ impl CpuBackend {
             )?;
             ensure(OP, "cache", self.buffers.view_len(dst)?, end)?;
         }
-        for (src, dst, _) in parts {
+        if let Some(side) = kv.side {
+            require(OP, side.window == 0 || n <= side.window, || {
+                format!(
+                    "a cache with a {}-row recent window takes at most that many rows a write, not {n}",
+                    side.window
+                )
+            })?;
+            for b in [side.k, side.v] {
+                ensure(
+                    OP,
+                    "side store",
+                    self.buffers.f32_len(b)?,
+                    side.rows() * row,
+                )?;
+            }
+        }
+        let sides = kv.side.map(|s| [s.k, s.v]);
+        for (i, (src, dst, _)) in parts.into_iter().enumerate() {
             let quantized = matches!(self.buffers.dtype(dst)?, DType::QBlock { .. });
             if let DType::QBlock { group, .. } = self.buffers.dtype(dst)? {
                 require(OP, row.is_multiple_of(usize::from(group).max(1)), || {
@@ -401,7 +418,7 @@ impl CpuBackend {
                     format!("a rotated cache needs a power-of-two head_dim, not {hd}")
                 })?;
             }
-            if quantized || kv.layout.rotated {
+            if quantized || kv.layout.rotated || kv.side.is_some() {
                 // Rows gathered (and each head rotated), then written whole blocks at a time.
                 let mut rows = self.buffers.read(src.buf, |x| {
                     let mut rows = Vec::with_capacity(n * row);
@@ -414,6 +431,22 @@ impl CpuBackend {
                     rows.chunks_exact_mut(hd).for_each(ops::attention::rotate);
                 }
                 self.buffers.write_values(dst, start, &rows)?;
+                if let (Some(side), Some(bufs)) = (kv.side, sides) {
+                    // Full-precision copies: sinks at their row, every row in the ring.
+                    self.buffers.write(bufs[i], |d| {
+                        for (r, x) in rows.chunks_exact(row.max(1)).enumerate() {
+                            let t = pos0 + r;
+                            if t < side.sinks {
+                                d[t * row..(t + 1) * row].copy_from_slice(x);
+                            }
+                            if side.window > 0 {
+                                let at = side.sinks + t % (2 * side.window);
+                                d[at * row..(at + 1) * row].copy_from_slice(x);
+                            }
+                        }
+                        Ok(())
+                    })?;
+                }
                 continue;
             }
             self.buffers.with(&[src.buf], dst, |ins, d| {
@@ -469,13 +502,34 @@ impl CpuBackend {
             head_dim: hd,
             rotated: kv.layout.rotated,
         };
-        self.buffers.with_views(&[q, kv.k, kv.v], out, |ins, o| {
+        let mut inputs = vec![q, kv.k, kv.v];
+        if let Some(side) = kv.side {
+            for b in [side.k, side.v] {
+                ensure(
+                    OP,
+                    "side store",
+                    self.buffers.f32_len(b)?,
+                    side.rows() * n_kv * hd,
+                )?;
+            }
+            inputs.extend([side.k, side.v]);
+        }
+        self.buffers.with_views(&inputs, out, |ins, o| {
             ensure(OP, "output buffer", o.len(), need_q)?;
             let View::F32(qv) = &ins[0] else {
                 return Err(Error::invalid_config("attention: queries must be f32"));
             };
+            let side = match (kv.side, ins.get(3), ins.get(4)) {
+                (Some(s), Some(View::F32(k)), Some(View::F32(v))) => Some((s, *k, *v)),
+                _ => None,
+            };
+            let rows = ops::attention::KvRows {
+                k: ins[1].clone(),
+                v: ins[2].clone(),
+                side,
+            };
             let pool = &self.pool;
-            ops::attention::attention(pool, self.isa, qv, &ins[1], &ins[2], o, &g);
+            ops::attention::attention(pool, self.isa, qv, &rows, o, &g);
             Ok(())
         })
     }

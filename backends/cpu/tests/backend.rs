@@ -273,6 +273,7 @@ fn quantized_kv_attention_reads_the_stored_values() {
             k: kq,
             v: vq,
             layout,
+            side: None,
         };
         // Two writes (prefill, then decode-like rows) at their cache positions.
         for (pos0, first, count) in [(0usize, 0usize, 3usize), (3, 3, 2)] {
@@ -342,6 +343,7 @@ fn quantized_kv_attention_reads_the_stored_values() {
                 dtype: odd,
                 ..layout
             },
+            side: None,
         };
         let msg = refused(
             &b,
@@ -386,6 +388,7 @@ fn rotated_kv_attention_equals_the_plain_one() {
             k: b.alloc(dtype, rows * row).unwrap(),
             v: b.alloc(dtype, rows * row).unwrap(),
             layout,
+            side: None,
         };
         let out = b.alloc(DType::F32, n * n_heads * hd).unwrap();
         b.run(&[
@@ -425,4 +428,97 @@ fn rotated_kv_attention_equals_the_plain_one() {
     let (rot, unrot) = (max_diff(&attend(q8, true)), max_diff(&attend(q8, false)));
     assert!(rot < 0.05, "8-bit rotated: {rot}");
     assert!(unrot < 0.1, "8-bit: {unrot}");
+}
+
+/// A quantized cache with full-precision sinks and a recent window: a query whose keys all lie
+/// in the window (or the sinks) attends exactly as over f32 rows, even at 2 bits; writes
+/// longer than the window are refused.
+#[test]
+fn recent_window_rows_are_read_at_full_precision() {
+    let b: std::sync::Arc<dyn Backend> = std::sync::Arc::new(CpuBackend::new(2).unwrap());
+    let (n_kv, hd, rows, n_heads) = (1usize, 64usize, 12usize, 2usize);
+    let row = n_kv * hd;
+    let src: Vec<f32> = (0..rows * row)
+        .map(|i| (i * 7919 % 613) as f32 / 306.0 - 1.0)
+        .collect();
+    let ks = b.upload(&src).unwrap();
+    let vs = b
+        .upload(&src.iter().map(|x| x * 0.5).collect::<Vec<_>>())
+        .unwrap();
+    let q: Vec<f32> = (0..n_heads * hd)
+        .map(|i| (i * 31 % 97) as f32 / 48.0 - 1.0)
+        .collect();
+    let qb = b.upload(&q).unwrap();
+    // Attention of one query at position `pos` over a cache written `step` rows at a time.
+    let attend = |dtype: DType, sinks: usize, window: usize, pos: usize, step: usize| {
+        let layout = lowbit_core::kv::KvLayout {
+            n_kv_heads: n_kv,
+            head_dim: hd,
+            rows,
+            dtype,
+            rotated: dtype != DType::F32,
+        };
+        let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, sinks, window).unwrap();
+        let kv = cache.layer(0).unwrap();
+        for p0 in (0..=pos).step_by(step) {
+            let count = step.min(pos + 1 - p0);
+            b.run(&[Op::KvWrite {
+                k: Cols::new(ks, p0 * row, row),
+                v: Cols::new(vs, p0 * row, row),
+                kv,
+                pos0: p0,
+                n_tokens: count,
+            }])
+            .unwrap();
+        }
+        let out = b.alloc(DType::F32, n_heads * hd).unwrap();
+        b.run(&[Op::Attention {
+            q: qb,
+            kv,
+            out,
+            shape: AttentionShape {
+                n_tokens: 1,
+                pos0: pos,
+                kv_len: pos + 1,
+                n_heads,
+                scale: 0.125,
+                mask: Mask::Causal,
+            },
+        }])
+        .unwrap();
+        block_on(b.read(out, 0, n_heads * hd)).unwrap()
+    };
+    let q2 = DType::q_block(2, 32).unwrap();
+    let diff = |a: &[f32], c: &[f32]| {
+        a.iter()
+            .zip(c)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+    };
+    // Query at 9: the window of 10 covers rows 0..=9.
+    let exact = attend(DType::F32, 0, 0, 9, 3);
+    assert!(diff(&attend(q2, 0, 10, 9, 3), &exact) < 1e-5);
+    // Sinks 0..4 and a window of 6 (rows 4..=9) cover all too.
+    assert!(diff(&attend(q2, 4, 6, 9, 3), &exact) < 1e-5);
+    // A window of 3 leaves rows 0..=6 at 2 bits: no longer exact.
+    assert!(diff(&attend(q2, 0, 3, 9, 3), &exact) > 1e-3);
+    // A write of more rows than the window is refused.
+    let layout = lowbit_core::kv::KvLayout {
+        n_kv_heads: n_kv,
+        head_dim: hd,
+        rows,
+        dtype: q2,
+        rotated: true,
+    };
+    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, 2).unwrap();
+    let e = b
+        .run(&[Op::KvWrite {
+            k: Cols::new(ks, 0, row),
+            v: Cols::new(vs, 0, row),
+            kv: cache.layer(0).unwrap(),
+            pos0: 0,
+            n_tokens: 3,
+        }])
+        .unwrap_err();
+    assert!(e.message.contains("at most"), "{e}");
 }

@@ -105,6 +105,7 @@ fn layer(b: &mut CaseBuilder, f: Format) -> Layer {
                 dtype: DType::F32,
                 rotated: false,
             },
+            side: None,
         },
     }
 }

@@ -89,6 +89,7 @@ pub(super) fn kv_write() -> Vec<Case> {
                 dtype: DType::F32,
                 rotated: false,
             },
+            side: None,
         };
         b.op(Op::KvWrite {
             k: Cols::new(qkv, q_dim, row),

@@ -23,6 +23,11 @@ pub(super) fn remap(op: &Op, bufs: &[BufferId], weights: &[WeightId]) -> Op {
         k: b(v.k),
         v: b(v.v),
         layout: v.layout,
+        side: v.side.map(|s| crate::kv::KvSide {
+            k: b(s.k),
+            v: b(s.v),
+            ..s
+        }),
     };
     match op.clone() {
         Op::Embed { table, ids, out } => Op::Embed {

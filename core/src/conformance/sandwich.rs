@@ -86,6 +86,7 @@ fn layer(b: &mut CaseBuilder, f: Format, local: bool) -> Layer {
                 dtype: DType::F32,
                 rotated: false,
             },
+            side: None,
         },
         mask,
         theta,

@@ -270,6 +270,7 @@ mod tests {
                 dtype: DType::F32,
                 rotated: false,
             },
+            side: None,
         }
     }
 

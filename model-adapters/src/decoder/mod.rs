@@ -9,6 +9,7 @@ use crate::blocks::{
 };
 use crate::loader::WeightTotals;
 use lowbit_core::future::LocalBoxFuture;
+use lowbit_core::kv::KvFormat;
 use lowbit_core::ops::TokenIds;
 use lowbit_core::tokenizer::Tokenizer;
 use lowbit_core::{
@@ -412,10 +413,11 @@ impl TextModel for DecoderModel {
     }
 
     fn new_cache(&self, max_seq: usize) -> Result<KvCache> {
-        self.new_cache_as(max_seq, DType::F32)
+        self.new_cache_as(max_seq, KvFormat::F32)
     }
 
-    fn new_cache_as(&self, max_seq: usize, dtype: DType) -> Result<KvCache> {
+    fn new_cache_as(&self, max_seq: usize, kv: KvFormat) -> Result<KvCache> {
+        let dtype = kv.dtype;
         let hd = self.dims.heads.head_dim;
         // Blocks never straddle two heads: a group wider than a head shrinks to the head.
         let dtype = match dtype {
@@ -437,7 +439,19 @@ impl TextModel for DecoderModel {
             // A quantized cache keeps each head rotated where the transform exists.
             rotated: matches!(dtype, DType::QBlock { .. }) && hd.is_power_of_two(),
         };
-        KvCache::new(self.backend.clone(), self.dims.n_layers, layout)
+        let quantized = matches!(dtype, DType::QBlock { .. });
+        let (sinks, window) = if quantized {
+            (kv.sinks.min(max_seq), kv.window.min(max_seq))
+        } else {
+            (0, 0)
+        };
+        KvCache::with_side(
+            self.backend.clone(),
+            self.dims.n_layers,
+            layout,
+            sinks,
+            window,
+        )
     }
 
     fn forward<'a>(
@@ -453,6 +467,24 @@ impl TextModel for DecoderModel {
             }
             cache.ensure_room(n)?;
             self.check_tokens(tokens)?;
+            if let Some(m) = cache.max_write().filter(|&m| n > m) {
+                // A cache with a recent window takes at most `m` rows a write: the prompt in
+                // pieces (attention is exact across them).
+                let mut out = Vec::new();
+                let pieces = n.div_ceil(m);
+                for (k, piece) in tokens.chunks(m).enumerate() {
+                    let want = if logits == Logits::All || k + 1 == pieces {
+                        logits
+                    } else {
+                        Logits::Last
+                    };
+                    let l = self.forward(cache, piece, want).await?;
+                    if logits == Logits::All || k + 1 == pieces {
+                        out.extend(l);
+                    }
+                }
+                return Ok(out);
+            }
             let s = self.scratch(cache, n)?;
             let dim = self.dims.dim;
             let rows = match logits {

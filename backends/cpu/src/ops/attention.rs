@@ -3,6 +3,7 @@
 use crate::buffers::View;
 use crate::kernels::{self, Isa};
 use crate::pool::{SharedMut, SpinPool};
+use lowbit_core::kv::KvSide;
 use lowbit_core::ops::AttentionShape;
 
 /// The geometry of one attention call: `shape` plus the view's head layout.
@@ -12,6 +13,14 @@ pub(crate) struct Geometry {
     pub head_dim: usize,
     /// Keys and values are stored rotated ([`lowbit_core::kv::KvLayout::rotated`]).
     pub rotated: bool,
+}
+
+/// The stored rows attention reads: keys, values, and the full-precision side rows of a
+/// quantized cache with the side's geometry.
+pub(crate) struct KvRows<'a> {
+    pub k: View<'a>,
+    pub v: View<'a>,
+    pub side: Option<(KvSide, &'a [f32], &'a [f32])>,
 }
 
 /// `x ← H x / √n`: the orthonormal (and self-inverse) Hadamard transform of one head.
@@ -29,11 +38,11 @@ pub(crate) fn attention(
     pool: &SpinPool,
     isa: Isa,
     q: &[f32],
-    k: &View<'_>,
-    v: &View<'_>,
+    kv: &KvRows<'_>,
     out: &mut [f32],
     g: &Geometry,
 ) {
+    let (k, v, side) = (&kv.k, &kv.v, kv.side);
     let p = &g.shape;
     let hd = g.head_dim;
     let kv_row = g.n_kv_heads * hd;
@@ -66,7 +75,11 @@ pub(crate) fn attention(
             }
             scores.clear();
             scores.extend((start..end).map(|t| {
-                let kt = k.get(t * kv_row + kv_off, &mut row);
+                let kt = match side.and_then(|(s, sk, _)| s.row_for(t, p.pos0 + i).map(|r| (r, sk)))
+                {
+                    Some((r, sk)) => &sk[r * kv_row + kv_off..r * kv_row + kv_off + hd],
+                    None => k.get(t * kv_row + kv_off, &mut row),
+                };
                 kernels::dot(isa, qv, kt) * p.scale
             }));
             // Subtracting the max keeps exp() finite for any score range.
@@ -78,7 +91,11 @@ pub(crate) fn attention(
             }
             let inv = 1.0 / sum;
             for (t, s) in (start..end).zip(&scores) {
-                let vt = v.get(t * kv_row + kv_off, &mut row);
+                let vt =
+                    match side.and_then(|(sd, _, sv)| sd.row_for(t, p.pos0 + i).map(|r| (r, sv))) {
+                        Some((r, sv)) => &sv[r * kv_row + kv_off..r * kv_row + kv_off + hd],
+                        None => v.get(t * kv_row + kv_off, &mut row),
+                    };
                 kernels::axpy(isa, s * inv, vt, o);
             }
             if g.rotated {

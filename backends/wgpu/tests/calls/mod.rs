@@ -108,5 +108,6 @@ pub fn kv_view(
             dtype: DType::F32,
             rotated: false,
         },
+        side: None,
     }
 }
