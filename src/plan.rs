@@ -47,6 +47,10 @@ pub struct KvCachePolicy {
     pub recent_window: usize,
     /// Leading tokens a quantized cache keeps at full precision (`kv_cache.sink_tokens`).
     pub sink_tokens: usize,
+    /// Keys quantized per channel (`kv_cache.key_grouping = "channel"`) or per token.
+    pub key_channels: bool,
+    /// Heads stored Hadamard-rotated (`kv_cache.rotate`).
+    pub rotate: bool,
     /// Tokens one request's cache holds, prompt and generated (`kv_cache.max_seq_len`),
     /// clamped to the model's trained context when the model is loaded.
     pub max_seq_len: usize,
@@ -74,6 +78,8 @@ impl KvCachePolicy {
             dtype,
             sinks: if quantized { self.sink_tokens } else { 0 },
             window: if quantized { self.recent_window } else { 0 },
+            key_channels: quantized && self.key_channels,
+            rotate: quantized && self.rotate,
         })
     }
 }
@@ -253,6 +259,8 @@ impl RunPlan {
                     group_size: c.int("kv_cache.group_size").max(32) as usize,
                     recent_window: c.int("kv_cache.recent_window").max(0) as usize,
                     sink_tokens: c.int("kv_cache.sink_tokens").max(0) as usize,
+                    key_channels: c.str("kv_cache.key_grouping") == "channel",
+                    rotate: c.bool("kv_cache.rotate"),
                     max_seq_len: c.int("kv_cache.max_seq_len").max(2) as usize,
                 };
                 kv.dtype()?;

@@ -57,6 +57,10 @@ pub struct KvSide {
     pub sinks: usize,
     /// Recent rows each query sees at full precision.
     pub window: usize,
+    /// Keys are quantized per channel (KIVI): block `b` of the key store holds channel
+    /// `b mod row_len` of the `group` tokens `(b / row_len) · group ..`, written when the last
+    /// of them is (they are in the ring until then; `window ≥ group`). Values stay per token.
+    pub key_channels: bool,
 }
 
 impl KvSide {
@@ -103,6 +107,10 @@ pub struct KvFormat {
     pub sinks: usize,
     /// Recent tokens each query sees at full precision (quantized stores only).
     pub window: usize,
+    /// Keys quantized per channel in groups of tokens ([`KvSide::key_channels`]).
+    pub key_channels: bool,
+    /// Heads stored rotated ([`KvLayout::rotated`]; quantized stores only).
+    pub rotate: bool,
 }
 
 impl KvFormat {
@@ -111,6 +119,8 @@ impl KvFormat {
         dtype: DType::F32,
         sinks: 0,
         window: 0,
+        key_channels: false,
+        rotate: false,
     };
 }
 
@@ -154,7 +164,7 @@ impl KvCache {
     ///
     /// Errors with the backend's allocation error (`OUT_OF_MEMORY` where a device refuses).
     pub fn new(backend: Arc<dyn Backend>, n_layers: usize, layout: KvLayout) -> Result<Self> {
-        Self::with_side(backend, n_layers, layout, 0, 0)
+        Self::with_side(backend, n_layers, layout, 0, 0, false)
     }
 
     /// [`Self::new`], plus per layer f32 side stores of the first `sinks` rows and a ring of
@@ -166,7 +176,15 @@ impl KvCache {
         layout: KvLayout,
         sinks: usize,
         window: usize,
+        key_channels: bool,
     ) -> Result<Self> {
+        let group = layout.dtype.block();
+        if key_channels && (window < group || group == 1) {
+            return Err(Error::invalid_config(format!(
+                "keys quantized per channel need a quantized store and a recent window of at \
+                 least its group ({group} tokens); the window is {window}"
+            )));
+        }
         let mut cache = KvCache {
             pos: 0,
             max_seq: layout.rows,
@@ -176,9 +194,15 @@ impl KvCache {
             backend,
         };
         let len = layout.rows * layout.row_len();
+        // Per-channel key blocks cover whole groups of tokens.
+        let k_len = if key_channels {
+            layout.rows.next_multiple_of(group) * layout.row_len()
+        } else {
+            len
+        };
         for _ in 0..n_layers {
             // Pushed one by one so a failure frees what was made (drop).
-            let k = cache.backend.alloc(layout.dtype, len)?;
+            let k = cache.backend.alloc(layout.dtype, k_len)?;
             let v = match cache.backend.alloc(layout.dtype, len) {
                 Ok(v) => v,
                 Err(e) => {
@@ -209,6 +233,7 @@ impl KvCache {
                         v: sv,
                         sinks,
                         window,
+                        key_channels,
                     });
                 }
             }

@@ -430,7 +430,10 @@ impl CpuBackend {
                 if kv.layout.rotated {
                     rows.chunks_exact_mut(hd).for_each(ops::attention::rotate);
                 }
-                self.buffers.write_values(dst, start, &rows)?;
+                let per_channel = i == 0 && kv.side.is_some_and(|s| s.key_channels);
+                if !per_channel {
+                    self.buffers.write_values(dst, start, &rows)?;
+                }
                 if let (Some(side), Some(bufs)) = (kv.side, sides) {
                     // Full-precision copies: sinks at their row, every row in the ring.
                     self.buffers.write(bufs[i], |d| {
@@ -446,6 +449,9 @@ impl CpuBackend {
                         }
                         Ok(())
                     })?;
+                    if per_channel {
+                        self.key_channel_blocks(dst, bufs[0], &side, row, pos0, n)?;
+                    }
                 }
                 continue;
             }
@@ -455,6 +461,42 @@ impl CpuBackend {
                 }
                 Ok(())
             })?;
+        }
+        Ok(())
+    }
+
+    /// Keys per channel: each group of `G` tokens completed by rows `pos0 .. pos0 + n` is
+    /// quantized from the ring, channel by channel (block `(t / G) · row + c` holds channel
+    /// `c` of those tokens).
+    fn key_channel_blocks(
+        &self,
+        dst: BufferId,
+        ring: BufferId,
+        side: &lowbit_core::kv::KvSide,
+        row: usize,
+        pos0: usize,
+        n: usize,
+    ) -> Result<()> {
+        let DType::QBlock { group, .. } = self.buffers.dtype(dst)? else {
+            return Ok(());
+        };
+        let g = usize::from(group).max(1);
+        for t in pos0..pos0 + n {
+            if (t + 1) % g != 0 {
+                continue;
+            }
+            let first = t + 1 - g;
+            let block = self.buffers.read(ring, |d| {
+                let mut b = vec![0f32; row * g];
+                for j in 0..g {
+                    let at = side.sinks + (first + j) % (2 * side.window);
+                    for c in 0..row {
+                        b[c * g + j] = d[at * row + c];
+                    }
+                }
+                Ok(b)
+            })?;
+            self.buffers.write_values(dst, first * row, &block)?;
         }
         Ok(())
     }
@@ -527,6 +569,10 @@ impl CpuBackend {
                 k: ins[1].clone(),
                 v: ins[2].clone(),
                 side,
+                key_group: match (kv.side, kv.layout.dtype) {
+                    (Some(s), DType::QBlock { group, .. }) if s.key_channels => usize::from(group),
+                    _ => 0,
+                },
             };
             let pool = &self.pool;
             ops::attention::attention(pool, self.isa, qv, &rows, o, &g);

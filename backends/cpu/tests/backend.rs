@@ -458,7 +458,8 @@ fn recent_window_rows_are_read_at_full_precision() {
             dtype,
             rotated: dtype != DType::F32,
         };
-        let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, sinks, window).unwrap();
+        let cache =
+            lowbit_core::KvCache::with_side(b.clone(), 1, layout, sinks, window, false).unwrap();
         let kv = cache.layer(0).unwrap();
         for p0 in (0..=pos).step_by(step) {
             let count = step.min(pos + 1 - p0);
@@ -510,7 +511,7 @@ fn recent_window_rows_are_read_at_full_precision() {
         dtype: q2,
         rotated: true,
     };
-    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, 2).unwrap();
+    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, 2, false).unwrap();
     let e = b
         .run(&[Op::KvWrite {
             k: Cols::new(ks, 0, row),
@@ -521,4 +522,95 @@ fn recent_window_rows_are_read_at_full_precision() {
         }])
         .unwrap_err();
     assert!(e.message.contains("at most"), "{e}");
+}
+
+/// Keys quantized per channel (KIVI): a query reads its window at full precision and older
+/// keys as each channel's block of `group` tokens was quantized, values per token, exactly as
+/// the reference quantizer gives them.
+#[test]
+fn keys_per_channel_are_quantized_in_token_groups() {
+    let b: std::sync::Arc<dyn Backend> = std::sync::Arc::new(CpuBackend::new(2).unwrap());
+    let (hd, rows, n_heads, g, window) = (64usize, 80usize, 2usize, 32usize, 32usize);
+    let src: Vec<f32> = (0..rows * hd)
+        .map(|i| (i * 7919 % 613) as f32 / 306.0 - 1.0 + if i % hd == 3 { 4.0 } else { 0.0 })
+        .collect();
+    let vsrc: Vec<f32> = src.iter().map(|x| x * 0.5 - 0.2).collect();
+    let (ks, vs) = (b.upload(&src).unwrap(), b.upload(&vsrc).unwrap());
+    let q: Vec<f32> = (0..n_heads * hd)
+        .map(|i| (i * 31 % 97) as f32 / 48.0 - 1.0)
+        .collect();
+    let qb = b.upload(&q).unwrap();
+    let dtype = DType::q_block(4, g).unwrap();
+    let layout = lowbit_core::kv::KvLayout {
+        n_kv_heads: 1,
+        head_dim: hd,
+        rows,
+        dtype,
+        rotated: false,
+    };
+    assert!(lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, g - 1, true).is_err());
+    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, window, true).unwrap();
+    let kv = cache.layer(0).unwrap();
+    let pos = rows - 1;
+    for p0 in (0..rows).step_by(20) {
+        b.run(&[Op::KvWrite {
+            k: Cols::new(ks, p0 * hd, hd),
+            v: Cols::new(vs, p0 * hd, hd),
+            kv,
+            pos0: p0,
+            n_tokens: 20,
+        }])
+        .unwrap();
+    }
+    let att = |kv: KvView, out: BufferId| Op::Attention {
+        q: qb,
+        kv,
+        out,
+        shape: AttentionShape {
+            n_tokens: 1,
+            pos0: pos,
+            kv_len: rows,
+            n_heads,
+            scale: 0.125,
+            mask: Mask::Causal,
+        },
+    };
+    let out = b.alloc(DType::F32, n_heads * hd).unwrap();
+    b.run(&[att(kv, out)]).unwrap();
+    let got = block_on(b.read(out, 0, n_heads * hd)).unwrap();
+    // The expected rows: keys older than the window per channel over token groups, values per
+    // token, the window exact.
+    let old = pos + 1 - window;
+    let (mut k_exp, mut v_exp) = (src.clone(), vsrc.clone());
+    // (a group is quantized over all its tokens, some of which may still be in the window)
+    for grp in 0..old.div_ceil(g) {
+        for c in 0..hd {
+            let col: Vec<f32> = (0..g).map(|j| src[(grp * g + j) * hd + c]).collect();
+            for (j, v) in lowbit_core::conformance::reference::stored(dtype, &col)
+                .into_iter()
+                .enumerate()
+            {
+                if grp * g + j < old {
+                    k_exp[(grp * g + j) * hd + c] = v as f32;
+                }
+            }
+        }
+    }
+    let v_q = lowbit_core::conformance::reference::stored(dtype, &vsrc[..old * hd]);
+    for (d, v) in v_exp.iter_mut().zip(v_q) {
+        *d = v as f32;
+    }
+    let fkv = KvView::over(
+        b.upload(&k_exp).unwrap(),
+        b.upload(&v_exp).unwrap(),
+        1,
+        hd,
+        rows,
+    );
+    let want_buf = b.alloc(DType::F32, n_heads * hd).unwrap();
+    b.run(&[att(fkv, want_buf)]).unwrap();
+    let want = block_on(b.read(want_buf, 0, n_heads * hd)).unwrap();
+    for (i, (x, y)) in got.iter().zip(&want).enumerate() {
+        assert!((x - y).abs() <= 1e-5, "output {i}: {x} vs {y}");
+    }
 }

@@ -437,7 +437,7 @@ impl TextModel for DecoderModel {
             rows: max_seq,
             dtype,
             // A quantized cache keeps each head rotated where the transform exists.
-            rotated: matches!(dtype, DType::QBlock { .. }) && hd.is_power_of_two(),
+            rotated: kv.rotate && matches!(dtype, DType::QBlock { .. }) && hd.is_power_of_two(),
         };
         let quantized = matches!(dtype, DType::QBlock { .. });
         let (sinks, window) = if quantized {
@@ -451,6 +451,7 @@ impl TextModel for DecoderModel {
             layout,
             sinks,
             window,
+            quantized && kv.key_channels,
         )
     }
 

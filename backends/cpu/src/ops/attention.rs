@@ -21,6 +21,8 @@ pub(crate) struct KvRows<'a> {
     pub k: View<'a>,
     pub v: View<'a>,
     pub side: Option<(KvSide, &'a [f32], &'a [f32])>,
+    /// Keys quantized per channel in groups of this many tokens (0: per token).
+    pub key_group: usize,
 }
 
 /// `x ← H x / √n`: the orthonormal (and self-inverse) Hadamard transform of one head.
@@ -78,7 +80,18 @@ pub(crate) fn attention(
                 let kt = match side.and_then(|(s, sk, _)| s.row_for(t, p.pos0 + i).map(|r| (r, sk)))
                 {
                     Some((r, sk)) => &sk[r * kv_row + kv_off..r * kv_row + kv_off + hd],
-                    None => k.get(t * kv_row + kv_off, &mut row),
+                    None => match (k, kv.key_group) {
+                        (View::Q(store), g) if g > 0 => {
+                            // Channel c of token t: block (t / g) · kv_row + c, slot t mod g.
+                            store.read_strided(
+                                ((t / g) * kv_row + kv_off) * g + t % g,
+                                g,
+                                &mut row,
+                            );
+                            &row
+                        }
+                        _ => k.get(t * kv_row + kv_off, &mut row),
+                    },
                 };
                 kernels::dot(isa, qv, kt) * p.scale
             }));

@@ -79,6 +79,28 @@ impl QStore {
         }
     }
 
+    /// Writes values `first, first + stride, …` (`out.len()` of them) to `out`.
+    pub fn read_strided(&self, first: usize, stride: usize, out: &mut [f32]) {
+        let bw = self.block_words();
+        let mask = (1u64 << self.bits) - 1;
+        let bits = self.bits as usize;
+        for (k, o) in out.iter_mut().enumerate() {
+            let i = first + k * stride;
+            let bi = i / self.group;
+            let (scale, min) = self.params[bi];
+            let bit = (i - bi * self.group) * bits;
+            let words = &self.words[bi * bw..(bi + 1) * bw];
+            let (w, sh) = (bit / 32, bit % 32);
+            let lo = u64::from(words[w]);
+            let hi = if sh + bits > 32 {
+                u64::from(words[w + 1]) << 32
+            } else {
+                0
+            };
+            *o = (((lo | hi) >> sh) & mask) as f32 * scale.to_f32() + min.to_f32();
+        }
+    }
+
     /// Writes values `from .. from + out.len()` to `out`.
     pub fn read(&self, from: usize, out: &mut [f32]) {
         let bw = self.block_words();
