@@ -72,7 +72,7 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         let f = plan.kv_cache.format()?;
         let kv = match f.dtype {
             lowbit_core::backend::DType::QBlock { bits, group } => format!(
-                " kv{bits}-g{group}{}{}",
+                " kv{bits}-g{group}{}{}{}",
                 if f.window > 0 {
                     format!("-w{}", f.window)
                 } else {
@@ -82,6 +82,12 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
                     format!("-s{}", f.sinks)
                 } else {
                     String::new()
+                },
+                match (f.key_channels, f.rotate) {
+                    (true, true) => "-kc",
+                    (true, false) => "-kc-norot",
+                    (false, true) => "",
+                    (false, false) => "-norot",
                 }
             ),
             _ => String::new(),

@@ -49,23 +49,16 @@ pub fn stored(dtype: DType, data: &[f32]) -> Vec<f64> {
             out
         }
         DType::QBlock { bits, group } => {
-            // Per block: min–max over its values, minimum and scale rounded to f16, each value
-            // at the nearest code.
+            // Per block: the parameters `kv_block_params` chooses, each value at the nearest
+            // code.
             let levels = ((1u32 << bits) - 1) as f32;
             let mut out = Vec::with_capacity(data.len());
             for block in data.chunks(usize::from(group).max(1)) {
-                let (mut lo, mut hi) = block
-                    .iter()
-                    .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
-                        (l.min(v), h.max(v))
-                    });
-                if !(lo.is_finite() && hi.is_finite()) {
-                    (lo, hi) = (0.0, 0.0);
-                }
-                let m = half::f16::from_f32(lo).to_f32();
-                let s = half::f16::from_f32((hi - m) / levels).to_f32();
+                let (scale, min) = crate::quant::kv_block_params(block, u32::from(bits));
+                let (m, s) = (min.to_f32(), scale.to_f32());
                 let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
                 out.extend(block.iter().map(|&v| {
+                    let v = if v.is_finite() { v } else { 0.0 };
                     let q = ((v - m) * inv).round().clamp(0.0, levels);
                     f64::from(q * s + m)
                 }));

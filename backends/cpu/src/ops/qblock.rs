@@ -45,28 +45,20 @@ impl QStore {
     }
 
     /// Quantizes `x` into the blocks from value `offset` (a multiple of `group`; `x` ends on a
-    /// block boundary or at the end of the store, which the caller checked). Min–max rounding
-    /// to the nearest code, the parameters rounded to f16 first so the codes match them.
+    /// block boundary or at the end of the store, which the caller checked): each block's
+    /// parameters from [`lowbit_core::quant::kv_block_params`], each value at its nearest code.
     pub fn write(&mut self, offset: usize, x: &[f32]) {
         let bw = self.block_words();
         let levels = ((1u32 << self.bits) - 1) as f32;
         for (b, block) in x.chunks(self.group).enumerate() {
             let bi = offset / self.group + b;
-            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-            for &v in block {
-                lo = lo.min(v);
-                hi = hi.max(v);
-            }
-            if !(lo.is_finite() && hi.is_finite()) {
-                (lo, hi) = (0.0, 0.0);
-            }
-            let min = f16::from_f32(lo);
-            let scale = f16::from_f32((hi - min.to_f32()) / levels);
+            let (scale, min) = lowbit_core::quant::kv_block_params(block, self.bits);
             let (m, s) = (min.to_f32(), scale.to_f32());
             let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
             let words = &mut self.words[bi * bw..(bi + 1) * bw];
             words.fill(0);
             for (j, &v) in block.iter().enumerate() {
+                let v = if v.is_finite() { v } else { 0.0 };
                 let q = ((v - m) * inv).round().clamp(0.0, levels) as u64;
                 let bit = j * self.bits as usize;
                 let (w, sh) = (bit / 32, bit % 32);
@@ -149,17 +141,28 @@ mod tests {
                 let mut back = vec![0f32; len];
                 q.read(0, &mut back);
                 for (b, (xb, yb)) in x.chunks(group).zip(back.chunks(group)).enumerate() {
+                    // No worse than plain min–max rounding (one of the candidates).
                     let (lo, hi) = xb
                         .iter()
                         .fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-                    let step = (hi - lo) / ((1u32 << bits) - 1) as f32;
-                    for (a, c) in xb.iter().zip(yb) {
-                        // Half a step, plus the f16 rounding of the parameters.
-                        assert!(
-                            (a - c).abs() <= 0.5 * step + 2e-3 * hi.abs().max(lo.abs()),
-                            "{bits} bits, group {group}, block {b}: {a} vs {c}"
-                        );
-                    }
+                    let m = f16::from_f32(lo).to_f32();
+                    let st = f16::from_f32((hi - m) / ((1u32 << bits) - 1) as f32).to_f32();
+                    let plain: f32 = xb
+                        .iter()
+                        .map(|&v| {
+                            let q = ((v - m) / st)
+                                .round()
+                                .clamp(0.0, ((1u32 << bits) - 1) as f32);
+                            (v - (q * st + m)).powi(2)
+                        })
+                        .sum();
+                    let got: f32 = xb.iter().zip(yb).map(|(a, c)| (a - c).powi(2)).sum();
+                    assert!(
+                        got <= plain * 1.0001 + 1e-9,
+                        "{bits} bits, group {group}, block {b}: {got} vs min-max {plain}"
+                    );
+                    // And within the range of the block's values plus a step.
+                    assert!(yb.iter().all(|&v| v >= lo - st && v <= hi + st));
                 }
                 // A range inside and across blocks reads the same values.
                 let mut part = vec![0f32; group + 5];
