@@ -78,7 +78,8 @@ impl KvCachePolicy {
             dtype,
             sinks: if quantized { self.sink_tokens } else { 0 },
             window: if quantized { self.recent_window } else { 0 },
-            key_channels: quantized && self.key_channels,
+            // Per-channel key blocks are quantized from the window as they fill.
+            key_channels: quantized && self.key_channels && self.recent_window >= self.group_size,
             rotate: quantized && self.rotate,
         })
     }

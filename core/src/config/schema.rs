@@ -161,7 +161,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("kv_cache.max_seq_len", Kind::Int { min: 1, max: 1 << 24 }, "4096", "tokens the cache holds; at most the model's context"),
     key!("kv_cache.progressive_precision", Kind::Bool, "true", "recent tokens kept at higher precision"),
     key!("kv_cache.recent_window", Kind::Int { min: 0, max: 1 << 24 }, "128", "with bits < 16: the most recent tokens every query sees at full precision (a ring of twice as many f32 rows; prompts are written that many tokens at a time); 0 = none"),
-    key!("kv_cache.key_grouping", Kind::Choice(&["token", "channel"]), "token", "with bits < 16: keys quantized per token (blocks along the head) or per channel (blocks of group_size tokens, KIVI; needs recent_window >= group_size)"),
+    key!("kv_cache.key_grouping", Kind::Choice(&["token", "channel"]), "channel", "with bits < 16: keys quantized per channel (blocks of group_size tokens, KIVI; with recent_window >= group_size, else per token) or per token (blocks along the head)"),
     key!("kv_cache.rotate", Kind::Bool, "true", "with bits < 16: store each head rotated by a Hadamard transform (power-of-two head dimensions)"),
     key!("kv_cache.sink_tokens", Kind::Int { min: 0, max: 1 << 24 }, "0", "with bits < 16: the first tokens (attention sinks) kept at full precision"),
     key!("kv_cache.sliding_window", Kind::Int { min: 0, max: 1 << 24 }, "0", "attend to the last N tokens only; 0 = off"),

@@ -180,6 +180,17 @@ impl Checker<'_> {
             );
             self.reset(key);
         }
+        let c = &self.v.corrected;
+        if c.int("kv_cache.bits") < 16
+            && c.str("kv_cache.key_grouping") == "channel"
+            && c.int("kv_cache.recent_window") < c.int("kv_cache.group_size")
+        {
+            self.warn(
+                "kv_cache.key_grouping",
+                "keys per channel need kv_cache.recent_window >= kv_cache.group_size: \
+                 they are quantized per token",
+            );
+        }
         if self.v.corrected.int("kv_cache.bits") < 16
             && self.v.corrected.str("runtime.backend") != "cpu"
         {
