@@ -42,5 +42,8 @@ fn quantized_kv_keeps_perplexity_close_to_f32() {
     assert!(q4 / base - 1.0 < 0.02, "4-bit: {q4} vs {base}");
     assert!(q2 / base - 1.0 < 0.15, "2-bit: {q2} vs {base}");
     // Narrower is not better than wider by more than noise, and 2 bits do cost something.
-    assert!(q2 > q4 * 0.99 && q2 > base, "2-bit {q2}, 4-bit {q4}, f32 {base}");
+    assert!(
+        q2 > q4 * 0.99 && q2 > base,
+        "2-bit {q2}, 4-bit {q4}, f32 {base}"
+    );
 }
