@@ -197,7 +197,7 @@ impl Checker<'_> {
             self.warn(
                 "kv_cache.bits",
                 "a quantized KV cache runs on the CPU backend only so far: the WebGPU backend \
-                 refuses it (UNSUPPORTED); set runtime.backend = \"cpu\" or kv_cache.bits = 16",
+                 refuses it (UNSUPPORTED_MODEL); set runtime.backend = \"cpu\" or kv_cache.bits = 16",
             );
         }
     }
