@@ -89,6 +89,8 @@ fn hi3_bit(v: u32) -> u32 {
 #if !WIDE
 // Codes of values `c0 .. c0 + 8` of row `r` (`c0` a multiple of 8). The span of 8 codes is
 // 8 * BITS bits and lies within two words; the upload pads one word so `hi` is always readable.
+// (5- and 6-bit matrices are read here only: the wide matvec and the integer prefill take
+// 2, 3, 4 and 8 bits.)
 fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
     if BITS == 3u {
         let nb = cols / 32u;
@@ -109,9 +111,9 @@ fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
     let bit0 = c0 * BITS;
     let wi = r * (cols * BITS / 32u) + (bit0 >> 5u);
     let lo = w_data[wi];
-    // Only 8-bit spans need the next word.
+    // Only 5-, 6- and 8-bit spans need the next word.
     var hi = 0u;
-    if BITS == 8u {
+    if BITS >= 5u {
         hi = w_data[wi + 1u];
     }
     if BITS == 8u {
@@ -121,8 +123,18 @@ fn codes8(r: u32, c0: u32, cols: u32) -> array<vec4<u32>, 2> {
             (vec4<u32>(hi) >> vec4<u32>(0u, 8u, 16u, 24u)) & m,
         );
     }
-    // 2- and 4-bit: 8 codes fit one 32-bit window starting at bit0.
     let s = bit0 & 31u;
+    if BITS == 5u || BITS == 6u {
+        // The 8 codes span 40 or 48 bits from bit s (0, 8, 16 or 24) of `lo`: codes 0..4 lie in
+        // the 32-bit window at s, codes 4..8 in the window 4 * BITS bits further on.
+        let w0 = select((lo >> s) | (hi << (32u - s)), lo, s == 0u);
+        // (Masked shift amounts: this branch is compiled, not taken, for the other widths.)
+        let w1 = (w0 >> ((4u * BITS) & 31u)) | ((hi >> s) << ((32u - 4u * BITS) & 31u));
+        let sh = vec4<u32>(0u, 1u, 2u, 3u) * BITS;
+        let m = vec4<u32>(MASK);
+        return array((vec4<u32>(w0) >> sh) & m, (vec4<u32>(w1) >> sh) & m);
+    }
+    // 2- and 4-bit: 8 codes fit one 32-bit window starting at bit0.
     let win = lo >> s;
     let sh = vec4<u32>(0u, 1u, 2u, 3u) * SUB_BITS;
     let m = vec4<u32>(MASK);

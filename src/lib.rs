@@ -1,4 +1,4 @@
-//! lowbit: ultra-low-precision (2/3/4/8-bit) quantized transformer inference on WebGPU and a
+//! lowbit: ultra-low-precision (2- to 8-bit) quantized transformer inference on WebGPU and a
 //! SIMD CPU backend, streaming output token by token.
 //!
 //! This facade re-exports the core crate and adds what applications use directly: loading a

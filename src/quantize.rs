@@ -182,16 +182,21 @@ pub fn quantize_model(
     })
 }
 
-/// Measures each weight unit's damage at 2, 3, 4 and 8 bits in groups of `groups[0]`, and at
-/// 2, 3 and 4 bits in each further (coarser) group size of `groups`.
+/// The widths whose sensitivity is measured ([`measure_sensitivities`]); 8 bits is derived.
+pub const MEASURED_WIDTHS: [u32; 5] = [2, 3, 4, 5, 6];
+
+/// Measures each weight unit's damage at 2, 3, 4, 5, 6 and 8 bits in groups of `groups[0]`,
+/// and at 2 to 6 bits in each further (coarser) group size of `groups`. Widths already in
+/// `known` (an earlier table of the same model, calibration and methods) are taken from it,
+/// so a table measured before a width existed only gains the new widths.
 ///
 /// The damage of a unit at a width is its **sensitivity**: the mean KL divergence of the
 /// model's next-token distribution, over the first `tokens` tokens of the calibration text
 /// `text`, when that unit alone is quantized at that width (with `quantizer`'s methods: rotation,
 /// importance, error feedback) and everything else stays f32. One f32 model is loaded on the CPU
 /// backend ([`SwappingBackend`] swaps one unit for its quantized stand-in per run), so this
-/// costs one forward pass per unit and width (2, 3 and 4 bits; 8 bits, too small to measure on
-/// a short text, is taken as 4 bits' divergence / 256, a grid's squared error falling about 4×
+/// costs one forward pass per unit and width (2 to 6 bits; 8 bits, too small to measure on
+/// a short text, is taken as 6 bits' divergence / 16, a grid's squared error falling about 4×
 /// per bit). KL divergences of separate small changes add up
 /// to first order, which is what the allocator's sum assumes.
 ///
@@ -206,6 +211,7 @@ pub fn measure_sensitivities(
     threads: usize,
     groups: &[usize],
     scheme: lowbit_core::Scheme,
+    known: &[Sensitivity],
     progress: &mut dyn FnMut(usize, usize, &str),
 ) -> Result<Vec<Sensitivity>> {
     use lowbit_core::adapter::Logits;
@@ -275,7 +281,6 @@ pub fn measure_sensitivities(
             .sum::<f64>()
             / rows as f64
     };
-    const WIDTHS: [u32; 4] = [2, 3, 4, 8];
     let mut table = Vec::new();
     let total = ctx.uploads.len();
     for (k, (id, names)) in ctx.uploads.iter().enumerate() {
@@ -286,28 +291,37 @@ pub fn measure_sensitivities(
         if cols % 32 != 0 {
             continue;
         }
+        let earlier = known.iter().find(|t| t.names == *names);
         let mut widths: Vec<SensitivityWidth> = Vec::new();
         for (gi, &group) in groups.iter().enumerate() {
-            for &bits in &WIDTHS {
-                if bits == 8 && gi > 0 {
+            for &bits in MEASURED_WIDTHS
+                .iter()
+                .chain(if gi == 0 { &[8][..] } else { &[] })
+            {
+                if bits == 8 {
+                    let p = WeightPrecision::from_bits(bits, group, scheme)?;
+                    let q = quantizer.quantize(&names[0], data.clone(), rows, cols, p)?;
+                    // Too small to measure on a short text: each extra bit divides a grid's
+                    // squared error by about 4, so 8 bits leave about 4⁻² of 6 bits'
+                    // divergence.
+                    let kl6 = widths.last().map_or(0.0, |w| w.kl);
+                    widths.push(SensitivityWidth {
+                        bits,
+                        group,
+                        cost: q.size_bytes() as f64 * 8.0,
+                        kl: kl6 / 16.0,
+                    });
+                    continue;
+                }
+                if let Some(w) = earlier
+                    .and_then(|t| t.widths.iter().find(|w| w.bits == bits && w.group == group))
+                {
+                    widths.push(*w);
                     continue;
                 }
                 let p = WeightPrecision::from_bits(bits, group, scheme)?;
                 let q = quantizer.quantize(&names[0], data.clone(), rows, cols, p)?;
                 let cost = q.size_bytes() as f64 * 8.0;
-                if bits == 8 {
-                    // Too small to measure on a short text: each extra bit divides a grid's
-                    // squared error by about 4, so 8 bits leave about 4⁻⁴ of 4 bits'
-                    // divergence.
-                    let kl4 = widths.last().map_or(0.0, |w| w.kl);
-                    widths.push(SensitivityWidth {
-                        bits,
-                        group,
-                        cost,
-                        kl: kl4 / 256.0,
-                    });
-                    continue;
-                }
                 let stand_in = swap.inner().upload_weight(q)?;
                 swap.swap(Some((*id, stand_in)));
                 let out = log_probs(&mut cache);
@@ -330,8 +344,8 @@ pub fn measure_sensitivities(
     Ok(table)
 }
 
-/// Chooses each weight unit's width (2, 3, 4 or 8 bits in `groups[0]`-value groups, or 2, 3
-/// or 4 bits in a further group size of `groups`; `scheme` throughout) so the
+/// Chooses each weight unit's width (2, 3, 4, 5, 6 or 8 bits in `groups[0]`-value groups, or
+/// 2 to 6 bits in a further group size of `groups`; `scheme` throughout) so the
 /// matrices of the model at `input` average at most `target_bpw` bits per weight (when it is
 /// positive) and take at most `budget_bits` together (when given) with the least
 /// summed sensitivity ([`measure_sensitivities`], kept on disk between runs under
@@ -389,11 +403,29 @@ pub fn allocate_widths(
         .and_then(|b| serde_json::from_slice::<(String, Vec<Sensitivity>)>(&b).ok())
         .filter(|(k, _)| *k == key)
         .map(|(_, t)| t);
+    // A table missing a width (measured before it existed) gains just that width.
+    let complete = |t: &[Sensitivity]| {
+        t.iter().all(|u| {
+            groups.iter().all(|&g| {
+                MEASURED_WIDTHS
+                    .iter()
+                    .all(|&b| u.widths.iter().any(|w| w.bits == b && w.group == g))
+            })
+        })
+    };
     let table = match cached {
-        Some(t) => t,
-        None => {
+        Some(t) if complete(&t) => t,
+        earlier => {
             let t = measure_sensitivities(
-                quantizer, input, text, tokens, threads, groups, scheme, progress,
+                quantizer,
+                input,
+                text,
+                tokens,
+                threads,
+                groups,
+                scheme,
+                earlier.as_deref().unwrap_or(&[]),
+                progress,
             )?;
             if let Some(f) = &file {
                 // A cache that cannot be written only costs the next run the measurement.

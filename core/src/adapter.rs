@@ -72,7 +72,7 @@ impl WeightPrecision {
         Self::from_bits(bits, group, scheme)
     }
 
-    /// The precision of `bits` per weight: 32 and 16 are dense floats, 2, 3, 4 and 8 packed
+    /// The precision of `bits` per weight: 32 and 16 are dense floats, 2, 3, 4, 5, 6 and 8 packed
     /// integers in groups of `group_size` (the bit widths of `quantization.layers.*`).
     ///
     /// Errors: `INVALID_CONFIG` for any other width or a group size that is not a positive
@@ -84,7 +84,7 @@ impl WeightPrecision {
             b => WeightPrecision::Quant(QuantSpec::new(
                 u8::try_from(b).map_err(|_| {
                     Error::invalid_config(format!(
-                        "weight bits must be 2, 3, 4, 8, 16 or 32, got {b}"
+                        "weight bits must be 2, 3, 4, 5, 6, 8, 16 or 32, got {b}"
                     ))
                 })?,
                 group_size,
@@ -106,7 +106,9 @@ impl WeightPrecision {
 /// The names of `quantization.method`: a uniform width (`fp32` … `int2`) for the attention and
 /// feed-forward matrices, or `mixed` (bits per role from `quantization.layers`). The one table
 /// of precision names: the config schema, the CLI and the plan all read it.
-pub const METHODS: &[&str] = &["fp32", "fp16", "int8", "int4", "int3", "int2", "mixed"];
+pub const METHODS: &[&str] = &[
+    "fp32", "fp16", "int8", "int6", "int5", "int4", "int3", "int2", "mixed",
+];
 
 /// The bits of a uniform method name (`int4` → 4, `fp16` → 16); `None` for `mixed` and
 /// unknown names.

@@ -192,10 +192,10 @@ impl ProfileData {
             .into_iter()
             .map(|b| b as u8)
             .collect::<Vec<_>>();
-        if let Some(b) = supported_bits.iter().find(|b| !matches!(b, 2 | 3 | 4 | 8)) {
+        if let Some(b) = supported_bits.iter().find(|b| !matches!(b, 2..=6 | 8)) {
             return Err(err(
                 "bits.supported",
-                &format!("a subset of 2, 3, 4, 8 (got {b})"),
+                &format!("a subset of 2, 3, 4, 5, 6, 8 (got {b})"),
             ));
         }
         let mut config = Vec::new();

@@ -21,7 +21,7 @@ pub struct ModelArgs {
     /// ./models or $LOWBIT_MODELS_DIR (fetch it with scripts/fetch-models.sh smollm2).
     #[arg(long, short = 'm')]
     pub model: Option<PathBuf>,
-    /// Weight precision: fp32 | fp16 | int8 | int4 | int3 | int2 | mixed [config:
+    /// Weight precision: fp32 | fp16 | int8 | int6 | int5 | int4 | int3 | int2 | mixed [config:
     /// quantization.method; default int4]. Integer formats quantize the attention and
     /// feed-forward matrices to that width (the embedding and output projection to 8 bits)
     /// with an error-minimising scale search; mixed takes each role's bits from
@@ -53,7 +53,7 @@ pub struct ModelArgs {
     /// default uniform].
     #[arg(long, value_name = "uniform|learned")]
     pub grid: Option<String>,
-    /// Mixed precision: with --calibrate, give each weight unit its own width (2, 3, 4 or 8
+    /// Mixed precision: with --calibrate, give each weight unit its own width (2, 3, 4, 5, 6 or 8
     /// bits) so the whole model (embedding and output projection included) averages at most
     /// this many bits per weight, the bits going where the measured error is highest [config:
     /// quantization.target_bits; default 0 = off].

@@ -15,7 +15,7 @@ mod serve;
 
 use clap::{Parser, Subcommand};
 
-/// lowbit: run quantized (2/3/4/8-bit) transformer models on WebGPU or a SIMD CPU backend,
+/// lowbit: run quantized (2- to 8-bit) transformer models on WebGPU or a SIMD CPU backend,
 /// streaming their output token by token.
 #[derive(Parser)]
 #[command(name = "lowbit", version, about, long_about = None, max_term_width = 100)]

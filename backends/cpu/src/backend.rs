@@ -75,7 +75,7 @@ fn validate_weight(w: &WeightMatrix) -> Result<()> {
 fn validate_quantized(m: &QuantizedMatrix) -> Result<()> {
     let fail = |msg: String| Err(Error::invalid_config(format!("upload_weight: {msg}")));
     let s = m.spec;
-    if !matches!(s.bits, 2 | 3 | 4 | 8) || s.group_size == 0 || !s.group_size.is_multiple_of(32) {
+    if !matches!(s.bits, 2..=6 | 8) || s.group_size == 0 || !s.group_size.is_multiple_of(32) {
         return fail(format!(
             "unsupported format: {} bits, group size {}",
             s.bits, s.group_size

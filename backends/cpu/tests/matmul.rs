@@ -117,7 +117,7 @@ fn check(got: &[f32], want: &[f32], tol: &[f64], what: &str) {
 fn quantized_matmul_matches_dequantized_reference() {
     let mut rng = rng(1);
     let backends = backends();
-    for bits in [8u8, 4, 3, 2] {
+    for bits in [8u8, 6, 5, 4, 3, 2] {
         for gs in [32usize, 64, 128] {
             for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
                 for (rows, cols) in SHAPES {
@@ -167,7 +167,7 @@ fn simd_matches_scalar() {
     let mut rng = rng(2);
     for isa in simd {
         let fast = CpuBackend::with_isa(2, isa).unwrap();
-        for bits in [8u8, 4, 3, 2] {
+        for bits in [8u8, 6, 5, 4, 3, 2] {
             for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
                 let (m, codes) = random_matrix(&mut rng, 29, 576, bits, 128, scheme);
                 for n in [1, 17] {
@@ -241,7 +241,7 @@ fn dense_matmul_f32_and_f16() {
 fn batched_rows_equal_single_rows_bit_for_bit() {
     let mut rng = rng(4);
     for b in backends() {
-        for bits in [8u8, 4, 3, 2] {
+        for bits in [8u8, 6, 5, 4, 3, 2] {
             for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
                 for (rows, cols, group) in [(37usize, 576usize, 32usize), (9, 1536, 128)] {
                     let (m, _) = random_matrix(&mut rng, rows, cols, bits, group, scheme);

@@ -1,5 +1,5 @@
 //! lowbit-wgpu: the WebGPU backend. WGSL kernels (`shaders/`, specialised per bit width, group
-//! size, workgroup size, f16 and subgroup support) compute directly on the packed 2/3/4/8-bit
+//! size, workgroup size, f16 and subgroup support) compute directly on the packed 2- to 8-bit
 //! weights uploaded once; every operation is recorded into one command encoder, so a decode step
 //! is one submission whose only readback is the logits.
 //!

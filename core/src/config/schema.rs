@@ -90,9 +90,9 @@ pub fn parse_literal(text: &str) -> Option<toml::Value> {
 /// Weight precisions of `quantization.method` (the one table, in the adapter module).
 pub use crate::adapter::METHODS;
 /// Bit widths of per-role weights.
-pub const WEIGHT_BITS: &[i64] = &[2, 3, 4, 8, 16, 32];
+pub const WEIGHT_BITS: &[i64] = &[2, 3, 4, 5, 6, 8, 16, 32];
 /// Widths a per-matrix role key (`quantization.layers.attn_q`, …) takes: 0 = unset.
-pub const ROLE_BITS: &[i64] = &[0, 2, 3, 4, 8, 16, 32];
+pub const ROLE_BITS: &[i64] = &[0, 2, 3, 4, 5, 6, 8, 16, 32];
 /// The per-matrix role keys under `quantization.layers` and the tensor-name suffix each sets.
 pub const ROLE_KEYS: &[(&str, &str)] = &[
     ("quantization.layers.attn_q", "attn_q.weight"),
@@ -137,7 +137,7 @@ pub const KEYS: &[KeySpec] = &[
     key!("quantization.calibration.file", Kind::Text, "\"\"", "text to calibrate on (importance weights, error feedback); empty = no calibration"),
     key!("quantization.calibration.chunks", Kind::Int { min: 1, max: 100000 }, "32", "chunks of 512 tokens of the calibration text to run"),
     key!("quantization.calibration.error_feedback", Kind::Bool, "true", "with calibration: GPTQ-style error-feedback rounding (else importance weights only)"),
-    key!("quantization.target_bits", Kind::Float { min: 0.0, max: 32.0 }, "0.0", "with calibration: give each weight unit its own width (2/3/4/8) so the whole model averages at most this many bits per weight, bits going where the measured error is highest; 0 = off"),
+    key!("quantization.target_bits", Kind::Float { min: 0.0, max: 32.0 }, "0.0", "with calibration: give each weight unit its own width (2/3/4/5/6/8) so the whole model averages at most this many bits per weight, bits going where the measured error is highest; 0 = off"),
     key!("quantization.target_coarse_group", Kind::Int { min: 0, max: 4096 }, "0", "with target_bits: a second, coarser group size (a multiple of 32, e.g. 128) the allocator may give a unit at 2, 3 or 4 bits (one scale per that many values: at 128 instead of 32, 0.375 bits/weight less, which rotation makes cheap in error); 0 = every unit in group_size groups"),
     key!("quantization.calibration.sensitivity_tokens", Kind::Int { min: 16, max: 512 }, "256", "with target_bits: calibration tokens scored per sensitivity run (one run per weight unit and width)"),
     key!("quantization.overrides", Kind::Text, "\"\"", "per-tensor widths NAME=BITS, comma-separated; NAME a tensor name or its suffix (ffn_down.weight = every layer's)"),

@@ -48,7 +48,7 @@ impl Format {
         }
     }
 
-    /// A quantized format (`bits` 2, 3, 4 or 8; `group` a multiple of 32).
+    /// A quantized format (`bits` 2 to 6 or 8; `group` a multiple of 32).
     pub fn quant(bits: u8, group: usize, scheme: Scheme) -> Format {
         Format::Quant(QuantSpec {
             bits,
@@ -75,10 +75,10 @@ impl Format {
         }
     }
 
-    /// F32, F16 and every quantized format: ints 2/3/4/8, sym and asym, groups 32/64/128.
+    /// F32, F16 and every quantized format: ints 2/3/4/5/6/8, sym and asym, groups 32/64/128.
     pub fn all() -> Vec<Format> {
         let mut v = vec![Format::F32, Format::F16];
-        for bits in [2, 3, 4, 8] {
+        for bits in [2, 3, 4, 5, 6, 8] {
             for scheme in [Scheme::Symmetric, Scheme::Asymmetric] {
                 for group in [32, 64, 128] {
                     v.push(Format::quant(bits, group, scheme));

@@ -11,7 +11,7 @@
 /// One candidate width of a unit: its bits in all and the error it leaves.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Choice {
-    /// The width (bits per stored value: 2, 3, 4, 8).
+    /// The width (bits per stored value: 2, 3, 4, 5, 6, 8).
     pub bits: u32,
     /// Stored bits of the unit at this width (codes, scales, offsets).
     pub cost: f64,

@@ -205,7 +205,7 @@ impl Scheme {
 /// A quantization format: bit width, group size and scheme.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct QuantSpec {
-    /// 2, 3, 4 or 8.
+    /// 2, 3, 4, 5, 6 or 8.
     pub bits: u8,
     /// Values per scale along the reduction dimension: a multiple of 32 (32, 64, 128 usual).
     pub group_size: usize,
@@ -216,9 +216,9 @@ pub struct QuantSpec {
 impl QuantSpec {
     /// Validates and builds a spec.
     pub fn new(bits: u8, group_size: usize, scheme: Scheme) -> Result<Self> {
-        if !matches!(bits, 2 | 3 | 4 | 8) {
+        if !matches!(bits, 2..=6 | 8) {
             return Err(Error::invalid_config(format!(
-                "quantization bits must be 2, 3, 4 or 8, got {bits}"
+                "quantization bits must be 2, 3, 4, 5, 6 or 8, got {bits}"
             )));
         }
         if group_size == 0 || !group_size.is_multiple_of(32) {

@@ -6,7 +6,7 @@
 /// Packs `codes` (each `< 2^bits`; higher bits are ignored) LSB-first into `out`.
 ///
 /// Writes `ceil(codes.len() * bits / 32)` words; bits past the last code in the final word are
-/// zero. `bits` is 1..=8 (the formats use 2, 3, 4 and 8).
+/// zero. `bits` is 1..=8 (the formats use 2 to 6 and 8).
 ///
 /// # Panics
 /// If `out` is shorter than `ceil(codes.len() * bits / 32)` words (a caller bug: the sizes come

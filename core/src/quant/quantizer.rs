@@ -170,7 +170,7 @@ pub const ROTATION_SEED: u64 = 0x6c6f_7762_6974_0001;
 /// `NAME` a tensor name or a `*`-free suffix such as `ffn_down.weight` matching every layer's.
 /// Returns `(pattern, bits)` pairs in order; later pairs win.
 ///
-/// Errors: `INVALID_CONFIG` for a malformed pair or a width other than 2, 3, 4, 8, 16, 32.
+/// Errors: `INVALID_CONFIG` for a malformed pair or a width other than 2, 3, 4, 5, 6, 8, 16, 32.
 pub fn parse_overrides(text: &str) -> Result<Vec<(String, u32)>> {
     let mut out = Vec::new();
     for item in text
@@ -188,9 +188,9 @@ pub fn parse_overrides(text: &str) -> Result<Vec<(String, u32)>> {
         let bits: u32 = bits.trim().parse().map_err(|_| {
             Error::invalid_config(format!("width override `{item}`: BITS must be a number"))
         })?;
-        if !matches!(bits, 2 | 3 | 4 | 8 | 16 | 32) {
+        if !matches!(bits, 2..=6 | 8 | 16 | 32) {
             return Err(Error::invalid_config(format!(
-                "width override `{item}`: bits must be 2, 3, 4, 8, 16 or 32"
+                "width override `{item}`: bits must be 2, 3, 4, 5, 6, 8, 16 or 32"
             )));
         }
         out.push((name.trim().to_string(), bits));

@@ -70,11 +70,57 @@ const ORDER8: [u8; 32] = super::NATURAL;
 pub(crate) fn block_order(bits: u8) -> &'static [u8; 32] {
     match bits {
         2 => &ORDER2,
-        3 => &ORDER3,
+        3 | 5 | 6 => &ORDER3,
         4 => &ORDER4,
         _ => &ORDER8,
     }
 }
+
+/// 5- and 6-bit unpacking, the 3-bit method with two loads: register `h` (0, 1) gathers the
+/// 16-bit lanes of columns `16h .. 16h + 16` (8 per 128-bit lane) from a 16-byte load at byte
+/// `base(h)` of the block (0, and the last 16 bytes of the block for `h = 1`, so no load reads
+/// past the block); a lane whose second byte lies outside its load holds a code that ends
+/// within its first byte, so that byte is shuffled in as zero (`0x80`). The codes then come out
+/// in [`ORDER3`].
+const fn wide_shuffle(bits: usize) -> [[u8; 32]; 2] {
+    let mut t = [[0u8; 32]; 2];
+    let mut h = 0;
+    while h < 2 {
+        let base = if h == 0 { 0 } else { 4 * bits - 16 };
+        let mut lane = 0;
+        while lane < 16 {
+            let v = 16 * h + lane;
+            let k = bits * v / 8 - base;
+            t[h][2 * lane] = k as u8;
+            t[h][2 * lane + 1] = if k + 1 < 16 { (k + 1) as u8 } else { 0x80 };
+            lane += 1;
+        }
+        h += 1;
+    }
+    t
+}
+
+/// Multipliers matching [`wide_shuffle`]: `2^(16 - bits - offset)` puts each code in the top
+/// `bits` bits of its lane.
+const fn wide_mul(bits: usize) -> [[i16; 16]; 2] {
+    let mut t = [[0i16; 16]; 2];
+    let mut h = 0;
+    while h < 2 {
+        let mut lane = 0;
+        while lane < 16 {
+            let v = 16 * h + lane;
+            t[h][lane] = (1u32 << (16 - bits - (bits * v) % 8)) as u16 as i16;
+            lane += 1;
+        }
+        h += 1;
+    }
+    t
+}
+
+const SHUF5: [[u8; 32]; 2] = wide_shuffle(5);
+const MUL5: [[i16; 16]; 2] = wide_mul(5);
+const SHUF6: [[u8; 32]; 2] = wide_shuffle(6);
+const MUL6: [[i16; 16]; 2] = wide_mul(6);
 
 /// 3-bit unpacking: for each column `v` the two bytes holding bits `3v .. 3v+3` form a 16-bit
 /// lane; multiplying by `2^(13 - 3v % 8)` and shifting right by 13 extracts the code.
@@ -132,6 +178,25 @@ unsafe fn decode_block<const BITS: usize>(p: *const u32) -> __m256i {
             let w = (p as *const i64).read_unaligned();
             let v = _mm256_srlv_epi64(_mm256_set1_epi64x(w), _mm256_set_epi64x(6, 4, 2, 0));
             _mm256_and_si256(v, _mm256_set1_epi8(0x03))
+        }
+        5 | 6 => {
+            let (shuf, mul) = if BITS == 5 {
+                (&SHUF5, &MUL5)
+            } else {
+                (&SHUF6, &MUL6)
+            };
+            let bytes = p as *const u8;
+            let lo = _mm256_broadcastsi128_si256(_mm_loadu_si128(bytes as *const __m128i));
+            let hi = _mm256_broadcastsi128_si256(_mm_loadu_si128(
+                bytes.add(4 * BITS - 16) as *const __m128i
+            ));
+            let a = _mm256_shuffle_epi8(lo, _mm256_loadu_si256(shuf[0].as_ptr() as *const _));
+            let b = _mm256_shuffle_epi8(hi, _mm256_loadu_si256(shuf[1].as_ptr() as *const _));
+            let a = _mm256_mullo_epi16(a, _mm256_loadu_si256(mul[0].as_ptr() as *const _));
+            let b = _mm256_mullo_epi16(b, _mm256_loadu_si256(mul[1].as_ptr() as *const _));
+            // Logical shifts: the code's top bit may be the lane's sign bit.
+            let sh = _mm_cvtsi32_si128(16 - BITS as i32);
+            _mm256_packus_epi16(_mm256_srl_epi16(a, sh), _mm256_srl_epi16(b, sh))
         }
         _ => {
             // Exactly 12 bytes: never reads past the row (or the matrix).
@@ -306,6 +371,8 @@ pub(crate) unsafe fn quantized_rows(
         (2, false) => rows::<2, false>(m, first_row, act, n, out),
         (3, false) => rows::<3, false>(m, first_row, act, n, out),
         (4, false) => rows::<4, false>(m, first_row, act, n, out),
+        (5, false) => rows::<5, false>(m, first_row, act, n, out),
+        (6, false) => rows::<6, false>(m, first_row, act, n, out),
         (_, false) => rows::<8, false>(m, first_row, act, n, out),
         (2, true) => rows::<2, true>(m, first_row, act, n, out),
         (3, true) => rows::<3, true>(m, first_row, act, n, out),
