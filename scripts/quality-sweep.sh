@@ -56,6 +56,9 @@ smollm2_sweep=(
   "2:alloc5.3-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.3"
   "2:alloc5.9-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.9"
   "2:alloc6.1-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 6.1"
+  # At llama.cpp's Q4_K_S and Q4_K_M sizes on this model (5.962, 6.165 bits/weight).
+  "2:alloc5.96-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 5.96"
+  "2:alloc6.16-rot-g32-sym|--quant int4 --scheme sym --group-size 32 --rotate $calib --target-bits 6.16"
   "2:alloc4.6-g32-sym|--quant int4 --scheme sym --group-size 32 $calib --target-bits 4.6"
   "2:alloc4.3-rot-g32-sym|--quant int3 --scheme sym --group-size 32 --rotate $calib --target-bits 4.3"
   "2:alloc3.6-rot-g32-sym|--quant int2 --scheme sym --group-size 32 --rotate $calib --target-bits 3.6"

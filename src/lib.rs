@@ -24,6 +24,7 @@
 //! ```
 
 pub mod calibrate;
+pub mod passkey;
 pub mod perplexity;
 pub mod plan;
 pub mod quantize;

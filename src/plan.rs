@@ -51,6 +51,9 @@ pub struct KvCachePolicy {
     pub key_channels: bool,
     /// Heads stored Hadamard-rotated (`kv_cache.rotate`).
     pub rotate: bool,
+    /// Sliding window: each query sees the sinks and the last this many tokens, kept in a ring
+    /// (`kv_cache.sliding_window`; 0 = off).
+    pub sliding_window: usize,
     /// Tokens one request's cache holds, prompt and generated (`kv_cache.max_seq_len`),
     /// clamped to the model's trained context when the model is loaded.
     pub max_seq_len: usize,
@@ -81,6 +84,12 @@ impl KvCachePolicy {
             // Per-channel key blocks are quantized from the window as they fill.
             key_channels: quantized && self.key_channels && self.recent_window >= self.group_size,
             rotate: quantized && self.rotate,
+            sliding: self.sliding_window,
+            ring_sinks: if self.sliding_window > 0 {
+                self.sink_tokens
+            } else {
+                0
+            },
         })
     }
 }
@@ -262,6 +271,7 @@ impl RunPlan {
                     sink_tokens: c.int("kv_cache.sink_tokens").max(0) as usize,
                     key_channels: c.str("kv_cache.key_grouping") == "channel",
                     rotate: c.bool("kv_cache.rotate"),
+                    sliding_window: c.int("kv_cache.sliding_window").max(0) as usize,
                     max_seq_len: c.int("kv_cache.max_seq_len").max(2) as usize,
                 };
                 kv.dtype()?;

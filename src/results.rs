@@ -154,7 +154,20 @@ pub fn load_config(plan: &RunPlan) -> Map<String, Value> {
     c.insert("feedforward".into(), w.feedforward.label().into());
     c.insert("embedding".into(), w.embedding.label().into());
     c.insert("lm_head".into(), w.lm_head.label().into());
-    c.insert("kv_cache_bits".into(), plan.kv_cache.bits.into());
+    let kv = &plan.kv_cache;
+    c.insert("kv_cache_bits".into(), kv.bits.into());
+    if kv.bits < 16 {
+        c.insert("kv_group_size".into(), kv.group_size.into());
+        c.insert("kv_recent_window".into(), kv.recent_window.into());
+        c.insert("kv_sink_tokens".into(), kv.sink_tokens.into());
+        // As stored: per-channel keys need a window of at least a group.
+        let channels = kv.format().is_ok_and(|f| f.key_channels);
+        c.insert(
+            "kv_key_grouping".into(),
+            if channels { "channel" } else { "token" }.into(),
+        );
+        c.insert("kv_rotate".into(), kv.rotate.into());
+    }
     c.insert("requested_backend".into(), plan.backend.name.clone().into());
     c.insert("threads".into(), plan.backend.threads.into());
     c.insert("profile".into(), plan.backend.profile.clone().into());

@@ -99,7 +99,7 @@ fn truncated_model_gives_model_loading_failed_as_json() {
 #[test]
 fn bad_flag_values_are_invalid_config() {
     for args in [
-        vec!["--quant", "int5"],
+        vec!["--quant", "int7"],
         vec!["--temperature=-1"],
         vec!["--top-p", "1.5"],
     ] {

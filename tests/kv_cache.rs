@@ -17,6 +17,7 @@ fn kv(bits: u8, group: usize, window: usize) -> KvFormat {
         sink_tokens: 0,
         key_channels: true,
         rotate: true,
+        sliding_window: 0,
         max_seq_len: 512,
     }
     .format()

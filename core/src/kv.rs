@@ -83,6 +83,67 @@ impl KvSide {
     }
 }
 
+/// A store kept as a ring (a sliding window with attention sinks, StreamingLLM): the first
+/// `sinks` tokens keep their rows, token `t ≥ sinks` lives in row
+/// `sinks + (t − sinks) mod period`, and a query at position `p` attends to the sinks and the
+/// last `window` tokens `p + 1 − window ..= p` only, so a sequence runs past the store's rows
+/// in constant memory. Positions (RoPE) stay the tokens' own.
+///
+/// `period ≥ window + max_write − 1`, so no write overwrites a row a query of the same write
+/// still needs; one forward writes at most [`KvRing::max_write`] rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct KvRing {
+    /// Leading tokens kept (attention sinks).
+    pub sinks: usize,
+    /// Recent tokens each query sees.
+    pub window: usize,
+    /// Rows the recent part cycles through.
+    pub period: usize,
+}
+
+impl KvRing {
+    /// A ring of `sinks` kept tokens and a `window`-token window, writing at most `max_write`
+    /// rows a forward; sinks and period rounded up to multiples of `align` (a quantized store's
+    /// group of tokens, 1 for none).
+    pub fn new(sinks: usize, window: usize, max_write: usize, align: usize) -> Self {
+        let align = align.max(1);
+        KvRing {
+            sinks: sinks.next_multiple_of(align),
+            window: window.max(1),
+            period: (window.max(1) + max_write.max(1)).next_multiple_of(align),
+        }
+    }
+
+    /// Rows the store holds.
+    pub fn rows(&self) -> usize {
+        self.sinks + self.period
+    }
+
+    /// The row holding token `t`.
+    #[inline]
+    pub fn row(&self, t: usize) -> usize {
+        if t < self.sinks {
+            t
+        } else {
+            self.sinks + (t - self.sinks) % self.period
+        }
+    }
+
+    /// The most rows one forward may write.
+    pub fn max_write(&self) -> usize {
+        self.period + 1 - self.window
+    }
+
+    /// The tokens a query sees within the mask's range `start .. end` (`end` = its position
+    /// + 1): the sinks, then the window, as two ranges (either may be empty).
+    #[inline]
+    pub fn ranges(&self, start: usize, end: usize) -> [(usize, usize); 2] {
+        let sinks_end = self.sinks.min(end);
+        let recent = start.max(self.sinks).max(end.saturating_sub(self.window));
+        [(start.min(sinks_end), sinks_end), (recent.min(end), end)]
+    }
+}
+
 /// Keys and values an attention op reads: row `r` of `k` (and `v`) holds
 /// [`KvLayout::row_len`] values, heads one after another.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -95,6 +156,24 @@ pub struct KvView {
     pub layout: KvLayout,
     /// Full-precision sinks and recent rows of a quantized store.
     pub side: Option<KvSide>,
+    /// The store is a ring (a sliding window): row of token `t` is [`KvRing::row`], and
+    /// queries see only [`KvRing::ranges`]; `None`: token `t` is row `t`.
+    pub ring: Option<KvRing>,
+}
+
+impl KvView {
+    /// The row holding token `t`.
+    #[inline]
+    pub fn row(&self, t: usize) -> usize {
+        self.ring.map_or(t, |r| r.row(t))
+    }
+
+    /// The key ranges a query sees within the mask's `start .. end`.
+    #[inline]
+    pub fn ranges(&self, start: usize, end: usize) -> [(usize, usize); 2] {
+        self.ring
+            .map_or([(start, end), (end, end)], |r| r.ranges(start, end))
+    }
 }
 
 /// How a cache keeps keys and values: the stored type and, for a quantized one, the rows kept
@@ -111,9 +190,46 @@ pub struct KvFormat {
     pub key_channels: bool,
     /// Heads stored rotated ([`KvLayout::rotated`]; quantized stores only).
     pub rotate: bool,
+    /// Sliding window: each query sees the first `ring_sinks` tokens and the last `sliding`
+    /// ones, kept in a ring ([`KvRing`]) so the sequence runs past the cache's capacity in
+    /// constant memory; 0 = off.
+    pub sliding: usize,
+    /// Attention sinks a sliding window keeps.
+    pub ring_sinks: usize,
 }
 
 impl KvFormat {
+    /// A short name: `f32`, or e.g. `kv2-g32-w128-s4-kc` (bits, group, recent window, sinks,
+    /// keys per channel; `-norot` for an unrotated store), `-sw1024` with a sliding window.
+    pub fn label(&self) -> String {
+        let mut s = match self.dtype {
+            DType::QBlock { bits, group } => {
+                let mut s = format!("kv{bits}-g{group}");
+                if self.window > 0 {
+                    s.push_str(&format!("-w{}", self.window));
+                }
+                if self.sinks > 0 {
+                    s.push_str(&format!("-s{}", self.sinks));
+                }
+                s.push_str(match (self.key_channels, self.rotate) {
+                    (true, true) => "-kc",
+                    (true, false) => "-kc-norot",
+                    (false, true) => "",
+                    (false, false) => "-norot",
+                });
+                s
+            }
+            d => d.name().to_string(),
+        };
+        if self.sliding > 0 {
+            s.push_str(&format!("-sw{}", self.sliding));
+            if self.ring_sinks > 0 {
+                s.push_str(&format!("+{}", self.ring_sinks));
+            }
+        }
+        s
+    }
+
     /// f32 keys and values.
     pub const F32: KvFormat = KvFormat {
         dtype: DType::F32,
@@ -121,6 +237,8 @@ impl KvFormat {
         window: 0,
         key_channels: false,
         rotate: false,
+        sliding: 0,
+        ring_sinks: 0,
     };
 }
 
@@ -139,6 +257,7 @@ impl KvView {
                 rotated: false,
             },
             side: None,
+            ring: None,
         }
     }
 }
@@ -164,12 +283,14 @@ impl KvCache {
     ///
     /// Errors with the backend's allocation error (`OUT_OF_MEMORY` where a device refuses).
     pub fn new(backend: Arc<dyn Backend>, n_layers: usize, layout: KvLayout) -> Result<Self> {
-        Self::with_side(backend, n_layers, layout, 0, 0, false)
+        Self::with_side(backend, n_layers, layout, 0, 0, false, None)
     }
 
     /// [`Self::new`], plus per layer f32 side stores of the first `sinks` rows and a ring of
     /// the last `window` rows ([`KvSide`]; none when both are 0). With a window, one forward
-    /// writes at most `window` rows ([`Self::max_write`]).
+    /// writes at most `window` rows ([`Self::max_write`]). With a `ring` the stores are a
+    /// sliding window ([`KvRing`]; `layout.rows` must be its rows) and the cache takes any
+    /// number of tokens.
     pub fn with_side(
         backend: Arc<dyn Backend>,
         n_layers: usize,
@@ -177,6 +298,7 @@ impl KvCache {
         sinks: usize,
         window: usize,
         key_channels: bool,
+        ring: Option<KvRing>,
     ) -> Result<Self> {
         let group = layout.dtype.block();
         if key_channels && (window < group || group == 1) {
@@ -185,9 +307,27 @@ impl KvCache {
                  least its group ({group} tokens); the window is {window}"
             )));
         }
+        if let Some(r) = ring {
+            if r.rows() != layout.rows || (key_channels && (r.sinks % group + r.period % group) != 0)
+            {
+                return Err(Error::invalid_config(format!(
+                    "a sliding-window ring of {} rows (sinks {}, period {}) does not fit a store of \
+                     {} rows in groups of {group} tokens",
+                    r.rows(),
+                    r.sinks,
+                    r.period,
+                    layout.rows
+                )));
+            }
+        }
         let mut cache = KvCache {
             pos: 0,
-            max_seq: layout.rows,
+            // A ring takes any number of tokens (positions are bounded only by usize).
+            max_seq: if ring.is_some() {
+                usize::MAX / 2
+            } else {
+                layout.rows
+            },
             layers: Vec::with_capacity(n_layers),
             scratch: Vec::new(),
             scratch_rows: 0,
@@ -215,6 +355,7 @@ impl KvCache {
                 v,
                 layout,
                 side: None,
+                ring,
             });
             if sinks + window > 0 {
                 let rows = sinks + 2 * window;
@@ -244,11 +385,18 @@ impl KvCache {
     /// The most rows one forward may write (`None`: no limit): a recent window of `W` rows
     /// takes at most `W` at a time, so a model splits longer prompts.
     pub fn max_write(&self) -> Option<usize> {
-        self.layers
-            .first()
-            .and_then(|l| l.side)
-            .filter(|s| s.window > 0)
-            .map(|s| s.window)
+        let l = self.layers.first()?;
+        let side = l.side.filter(|s| s.window > 0).map(|s| s.window);
+        let ring = l.ring.map(|r| r.max_write());
+        match (side, ring) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The sliding-window ring of the stores, if they are one.
+    pub fn ring(&self) -> Option<KvRing> {
+        self.layers.first().and_then(|l| l.ring)
     }
 
     /// The view of layer `l`.

@@ -68,6 +68,12 @@ pub struct ModelArgs {
     /// [config: kv_cache.recent_window; default 128].
     #[arg(long, value_name = "TOKENS")]
     pub kv_window: Option<usize>,
+    /// Sliding window: each token attends to the first kv_cache.sink_tokens tokens (default 4)
+    /// and the last TOKENS only, kept in a ring, so generation runs past the context in
+    /// constant memory; CPU backend only so far [config: kv_cache.sliding_window; default 0 =
+    /// off].
+    #[arg(long, value_name = "TOKENS")]
+    pub kv_sliding: Option<usize>,
     /// Backend: auto | webgpu | cpu [config: runtime.backend; default auto].
     #[arg(long)]
     pub backend: Option<String>,
@@ -173,6 +179,13 @@ impl ModelArgs {
                 "kv_cache.recent_window",
                 (w as i64).into(),
                 flag("kv-window"),
+            );
+        }
+        if let Some(w) = self.kv_sliding {
+            cli.push(
+                "kv_cache.sliding_window",
+                (w as i64).into(),
+                flag("kv-sliding"),
             );
         }
         if let Some(b) = self.target_bits {

@@ -9,6 +9,7 @@ mod config;
 mod conformance;
 mod doctor;
 mod generate;
+mod passkey;
 mod perplexity;
 mod quantize;
 mod serve;
@@ -30,6 +31,9 @@ enum Command {
     Generate(generate::GenerateArgs),
     /// Measure perplexity on a text file, by the same method as llama.cpp's llama-perplexity.
     Perplexity(perplexity::PerplexityArgs),
+    /// Passkey retrieval: hide a number at several depths of a long filler text, ask for it,
+    /// and count how often the model answers it, with the configured KV cache beside f32.
+    Passkey(passkey::PasskeyArgs),
     /// Quantize a model once (optionally calibrated, rotated, with per-tensor widths) into a
     /// quantized model file that later runs load directly; --report prints each tensor's width
     /// and measured error.
@@ -65,6 +69,7 @@ pub fn run() -> i32 {
     let (result, json) = match &cli.command {
         Command::Generate(a) => (generate::run(a), a.model.json),
         Command::Perplexity(a) => (perplexity::run(a), a.model.json),
+        Command::Passkey(a) => (passkey::run(a), a.model.json),
         Command::Quantize(a) => (quantize::run(a), a.model.json),
         Command::Bench(a) => (bench::run(a), a.model.json),
         Command::Serve(a) => (serve::run(a), a.model.json),

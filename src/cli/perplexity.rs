@@ -70,27 +70,10 @@ pub fn run(a: &PerplexityArgs) -> Result<()> {
         )?;
         bar.finish_and_clear();
         let f = plan.kv_cache.format()?;
-        let kv = match f.dtype {
-            lowbit_core::backend::DType::QBlock { bits, group } => format!(
-                " kv{bits}-g{group}{}{}{}",
-                if f.window > 0 {
-                    format!("-w{}", f.window)
-                } else {
-                    String::new()
-                },
-                if f.sinks > 0 {
-                    format!("-s{}", f.sinks)
-                } else {
-                    String::new()
-                },
-                match (f.key_channels, f.rotate) {
-                    (true, true) => "-kc",
-                    (true, false) => "-kc-norot",
-                    (false, true) => "",
-                    (false, false) => "-norot",
-                }
-            ),
-            _ => String::new(),
+        let kv = if f == lowbit_core::kv::KvFormat::F32 {
+            String::new()
+        } else {
+            format!(" {}", f.label())
         };
         let label = format!(
             "{}{}{kv}",

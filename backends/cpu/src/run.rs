@@ -370,14 +370,24 @@ impl CpuBackend {
         const OP: &str = "kv_write";
         let row = span(OP, &[kv.layout.n_kv_heads, kv.layout.head_dim])?;
         let end_row = pos0.saturating_add(n);
-        require(OP, end_row <= kv.layout.rows, || {
-            format!(
-                "rows {pos0}..{end_row} are past the cache's {} rows",
-                kv.layout.rows
-            )
-        })?;
-        let start = span(OP, &[pos0, row])?;
-        let end = span(OP, &[end_row, row])?;
+        match kv.ring {
+            Some(r) => require(OP, n <= r.max_write() && r.rows() <= kv.layout.rows, || {
+                format!(
+                    "a sliding-window ring of {} rows takes at most {} rows a write, not {n}",
+                    r.rows(),
+                    r.max_write()
+                )
+            })?,
+            None => require(OP, end_row <= kv.layout.rows, || {
+                format!(
+                    "rows {pos0}..{end_row} are past the cache's {} rows",
+                    kv.layout.rows
+                )
+            })?,
+        }
+        // Stored rows (a ring maps token t to row `ring.row(t)`); `end` bounds the store.
+        let start = span(OP, &[kv.row(pos0), row])?;
+        let end = span(OP, &[if kv.ring.is_some() { kv.layout.rows } else { end_row }, row])?;
         let parts = [(k, kv.k, "keys"), (v, kv.v, "values")];
         for (src, dst, what) in parts {
             ensure(
@@ -418,7 +428,7 @@ impl CpuBackend {
                     format!("a rotated cache needs a power-of-two head_dim, not {hd}")
                 })?;
             }
-            if quantized || kv.layout.rotated || kv.side.is_some() {
+            if quantized || kv.layout.rotated || kv.side.is_some() || kv.ring.is_some() {
                 // Rows gathered (and each head rotated), then written whole blocks at a time.
                 let mut rows = self.buffers.read(src.buf, |x| {
                     let mut rows = Vec::with_capacity(n * row);
@@ -432,7 +442,21 @@ impl CpuBackend {
                 }
                 let per_channel = i == 0 && kv.side.is_some_and(|s| s.key_channels);
                 if !per_channel {
-                    self.buffers.write_values(dst, start, &rows)?;
+                    // Runs of consecutive stored rows (a ring wraps).
+                    let mut r = 0;
+                    while r < n {
+                        let at = kv.row(pos0 + r);
+                        let mut len = 1;
+                        while r + len < n && kv.row(pos0 + r + len) == at + len {
+                            len += 1;
+                        }
+                        self.buffers.write_values(
+                            dst,
+                            at * row,
+                            &rows[r * row..(r + len) * row],
+                        )?;
+                        r += len;
+                    }
                 }
                 if let (Some(side), Some(bufs)) = (kv.side, sides) {
                     // Full-precision copies: sinks at their row, every row in the ring.
@@ -450,7 +474,7 @@ impl CpuBackend {
                         Ok(())
                     })?;
                     if per_channel {
-                        self.key_channel_blocks(dst, bufs[0], &side, row, pos0, n)?;
+                        self.key_channel_blocks(dst, bufs[0], &side, kv, row, pos0, n)?;
                     }
                 }
                 continue;
@@ -473,6 +497,7 @@ impl CpuBackend {
         dst: BufferId,
         ring: BufferId,
         side: &lowbit_core::kv::KvSide,
+        kv: &KvView,
         row: usize,
         pos0: usize,
         n: usize,
@@ -496,7 +521,8 @@ impl CpuBackend {
                 }
                 Ok(b)
             })?;
-            self.buffers.write_values(dst, first * row, &block)?;
+            // A ring keeps groups whole (its sinks and period are multiples of the group).
+            self.buffers.write_values(dst, kv.row(first) * row, &block)?;
         }
         Ok(())
     }
@@ -514,7 +540,8 @@ impl CpuBackend {
             )
             },
         )?;
-        require(OP, s.kv_len <= kv.layout.rows, || {
+        // A ring holds any number of tokens in its rows.
+        require(OP, s.kv_len <= kv.layout.rows || kv.ring.is_some(), || {
             format!(
                 "kv_len {} is past the view's {} rows",
                 s.kv_len, kv.layout.rows
@@ -526,7 +553,11 @@ impl CpuBackend {
             })?;
         }
         let need_q = span(OP, &[s.n_tokens, s.n_heads, hd])?;
-        let need_kv = span(OP, &[s.kv_len, n_kv, hd])?;
+        let stored = match kv.ring {
+            Some(r) => r.rows().min(kv.layout.rows),
+            None => s.kv_len,
+        };
+        let need_kv = span(OP, &[stored, n_kv, hd])?;
         ensure(OP, "q", self.buffers.f32_len(q)?, need_q)?;
         ensure(OP, "keys", self.buffers.view_len(kv.k)?, need_kv)?;
         ensure(OP, "values", self.buffers.view_len(kv.v)?, need_kv)?;
@@ -569,6 +600,7 @@ impl CpuBackend {
                 k: ins[1].clone(),
                 v: ins[2].clone(),
                 side,
+                view: *kv,
                 key_group: match (kv.side, kv.layout.dtype) {
                     (Some(s), DType::QBlock { group, .. }) if s.key_channels => usize::from(group),
                     _ => 0,

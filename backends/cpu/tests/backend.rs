@@ -274,6 +274,7 @@ fn quantized_kv_attention_reads_the_stored_values() {
             v: vq,
             layout,
             side: None,
+            ring: None,
         };
         // Two writes (prefill, then decode-like rows) at their cache positions.
         for (pos0, first, count) in [(0usize, 0usize, 3usize), (3, 3, 2)] {
@@ -344,6 +345,7 @@ fn quantized_kv_attention_reads_the_stored_values() {
                 ..layout
             },
             side: None,
+            ring: None,
         };
         let msg = refused(
             &b,
@@ -389,6 +391,7 @@ fn rotated_kv_attention_equals_the_plain_one() {
             v: b.alloc(dtype, rows * row).unwrap(),
             layout,
             side: None,
+            ring: None,
         };
         let out = b.alloc(DType::F32, n * n_heads * hd).unwrap();
         b.run(&[
@@ -459,7 +462,7 @@ fn recent_window_rows_are_read_at_full_precision() {
             rotated: dtype != DType::F32,
         };
         let cache =
-            lowbit_core::KvCache::with_side(b.clone(), 1, layout, sinks, window, false).unwrap();
+            lowbit_core::KvCache::with_side(b.clone(), 1, layout, sinks, window, false, None).unwrap();
         let kv = cache.layer(0).unwrap();
         for p0 in (0..=pos).step_by(step) {
             let count = step.min(pos + 1 - p0);
@@ -511,7 +514,7 @@ fn recent_window_rows_are_read_at_full_precision() {
         dtype: q2,
         rotated: true,
     };
-    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, 2, false).unwrap();
+    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, 2, false, None).unwrap();
     let e = b
         .run(&[Op::KvWrite {
             k: Cols::new(ks, 0, row),
@@ -548,8 +551,8 @@ fn keys_per_channel_are_quantized_in_token_groups() {
         dtype,
         rotated: false,
     };
-    assert!(lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, g - 1, true).is_err());
-    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, window, true).unwrap();
+    assert!(lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, g - 1, true, None).is_err());
+    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, window, true, None).unwrap();
     let kv = cache.layer(0).unwrap();
     let pos = rows - 1;
     for p0 in (0..rows).step_by(20) {

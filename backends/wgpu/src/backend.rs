@@ -401,6 +401,15 @@ impl Backend for WgpuBackend {
     }
 
     fn run(&self, ops: &[Op]) -> Result<()> {
+        for op in ops {
+            if let Op::KvWrite { kv, .. } | Op::Attention { kv, .. } = op {
+                if kv.ring.is_some() {
+                    return Err(crate::ops::not_yet(
+                        "a sliding-window KV cache (kv_cache.sliding_window)",
+                    ));
+                }
+            }
+        }
         self.run_planned(ops)
     }
 

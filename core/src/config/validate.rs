@@ -200,6 +200,15 @@ impl Checker<'_> {
                  refuses it (UNSUPPORTED_MODEL); set runtime.backend = \"cpu\" or kv_cache.bits = 16",
             );
         }
+        if self.v.corrected.int("kv_cache.sliding_window") > 0
+            && self.v.corrected.str("runtime.backend") != "cpu"
+        {
+            self.warn(
+                "kv_cache.sliding_window",
+                "a sliding-window KV cache runs on the CPU backend only so far: the WebGPU \
+                 backend refuses it (UNSUPPORTED_MODEL); set runtime.backend = \"cpu\"",
+            );
+        }
     }
 
     fn error(&mut self, key: &str, message: impl Into<String>) {

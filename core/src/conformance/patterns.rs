@@ -106,6 +106,7 @@ fn layer(b: &mut CaseBuilder, f: Format) -> Layer {
                 rotated: false,
             },
             side: None,
+            ring: None,
         },
     }
 }

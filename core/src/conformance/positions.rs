@@ -90,6 +90,7 @@ pub(super) fn kv_write() -> Vec<Case> {
                 rotated: false,
             },
             side: None,
+            ring: None,
         };
         b.op(Op::KvWrite {
             k: Cols::new(qkv, q_dim, row),

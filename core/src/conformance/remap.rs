@@ -28,6 +28,7 @@ pub(super) fn remap(op: &Op, bufs: &[BufferId], weights: &[WeightId]) -> Op {
             v: b(s.v),
             ..s
         }),
+        ring: v.ring,
     };
     match op.clone() {
         Op::Embed { table, ids, out } => Op::Embed {

@@ -87,6 +87,7 @@ fn layer(b: &mut CaseBuilder, f: Format, local: bool) -> Layer {
                 rotated: false,
             },
             side: None,
+            ring: None,
         },
         mask,
         theta,

@@ -271,6 +271,7 @@ mod tests {
                 rotated: false,
             },
             side: None,
+            ring: None,
         }
     }
 

@@ -9,7 +9,7 @@ use crate::blocks::{
 };
 use crate::loader::WeightTotals;
 use lowbit_core::future::LocalBoxFuture;
-use lowbit_core::kv::KvFormat;
+use lowbit_core::kv::{KvFormat, KvRing};
 use lowbit_core::ops::TokenIds;
 use lowbit_core::tokenizer::Tokenizer;
 use lowbit_core::{
@@ -431,19 +431,30 @@ impl TextModel for DecoderModel {
                 )));
             }
         }
-        let layout = KvLayout {
-            n_kv_heads: self.dims.heads.n_kv_heads,
-            head_dim: hd,
-            rows: max_seq,
-            dtype,
-            // A quantized cache keeps each head rotated where the transform exists.
-            rotated: kv.rotate && matches!(dtype, DType::QBlock { .. }) && hd.is_power_of_two(),
-        };
         let quantized = matches!(dtype, DType::QBlock { .. });
         let (sinks, window) = if quantized {
             (kv.sinks.min(max_seq), kv.window.min(max_seq))
         } else {
             (0, 0)
+        };
+        let key_channels = quantized && kv.key_channels;
+        // A sliding window keeps its tokens in a ring: prompts are written in pieces of at most
+        // the recent window (quantized stores) or 512 rows, so the ring stays small.
+        let ring = (kv.sliding > 0).then(|| {
+            let max_write = if window > 0 { window } else { kv.sliding.min(512) };
+            let align = match dtype {
+                DType::QBlock { group, .. } if key_channels => usize::from(group),
+                _ => 1,
+            };
+            KvRing::new(kv.ring_sinks, kv.sliding, max_write, align)
+        });
+        let layout = KvLayout {
+            n_kv_heads: self.dims.heads.n_kv_heads,
+            head_dim: hd,
+            rows: ring.map_or(max_seq, |r| r.rows()),
+            dtype,
+            // A quantized cache keeps each head rotated where the transform exists.
+            rotated: kv.rotate && matches!(dtype, DType::QBlock { .. }) && hd.is_power_of_two(),
         };
         KvCache::with_side(
             self.backend.clone(),
@@ -451,7 +462,8 @@ impl TextModel for DecoderModel {
             layout,
             sinks,
             window,
-            quantized && kv.key_channels,
+            key_channels,
+            ring,
         )
     }
 

@@ -3,7 +3,7 @@
 use crate::buffers::View;
 use crate::kernels::{self, Isa};
 use crate::pool::{SharedMut, SpinPool};
-use lowbit_core::kv::KvSide;
+use lowbit_core::kv::{KvSide, KvView};
 use lowbit_core::ops::AttentionShape;
 
 /// The geometry of one attention call: `shape` plus the view's head layout.
@@ -21,6 +21,8 @@ pub(crate) struct KvRows<'a> {
     pub k: View<'a>,
     pub v: View<'a>,
     pub side: Option<(KvSide, &'a [f32], &'a [f32])>,
+    /// The view: its ring (a sliding window) maps tokens to rows and narrows what a query sees.
+    pub view: KvView,
     /// Keys quantized per channel in groups of this many tokens (0: per token).
     pub key_group: usize,
 }
@@ -72,25 +74,29 @@ pub(crate) fn attention(
             }
             let (start, end) = p.mask.keys(p.pos0, i, p.kv_len);
             o.fill(0.0);
-            if start >= end {
+            // Without a ring one range; with one, the sinks and the recent window.
+            let [a, b] = kv.view.ranges(start, end);
+            let keys = || (a.0..a.1).chain(b.0..b.1);
+            if a.0 >= a.1 && b.0 >= b.1 {
                 continue;
             }
             scores.clear();
-            scores.extend((start..end).map(|t| {
+            scores.extend(keys().map(|t| {
+                let r = kv.view.row(t);
                 let kt = match side.and_then(|(s, sk, _)| s.row_for(t, p.pos0 + i).map(|r| (r, sk)))
                 {
-                    Some((r, sk)) => &sk[r * kv_row + kv_off..r * kv_row + kv_off + hd],
+                    Some((sr, sk)) => &sk[sr * kv_row + kv_off..sr * kv_row + kv_off + hd],
                     None => match (k, kv.key_group) {
                         (View::Q(store), g) if g > 0 => {
-                            // Channel c of token t: block (t / g) · kv_row + c, slot t mod g.
+                            // Channel c of stored row r: block (r / g) · kv_row + c, slot r mod g.
                             store.read_strided(
-                                ((t / g) * kv_row + kv_off) * g + t % g,
+                                ((r / g) * kv_row + kv_off) * g + r % g,
                                 g,
                                 &mut row,
                             );
                             &row
                         }
-                        _ => k.get(t * kv_row + kv_off, &mut row),
+                        _ => k.get(r * kv_row + kv_off, &mut row),
                     },
                 };
                 kernels::dot(isa, qv, kt) * p.scale
@@ -103,11 +109,11 @@ pub(crate) fn attention(
                 sum += *s;
             }
             let inv = 1.0 / sum;
-            for (t, s) in (start..end).zip(&scores) {
+            for (t, s) in keys().zip(&scores) {
                 let vt =
                     match side.and_then(|(sd, _, sv)| sd.row_for(t, p.pos0 + i).map(|r| (r, sv))) {
                         Some((r, sv)) => &sv[r * kv_row + kv_off..r * kv_row + kv_off + hd],
-                        None => v.get(t * kv_row + kv_off, &mut row),
+                        None => v.get(kv.view.row(t) * kv_row + kv_off, &mut row),
                     };
                 kernels::axpy(isa, s * inv, vt, o);
             }

@@ -109,5 +109,6 @@ pub fn kv_view(
             rotated: false,
         },
         side: None,
+        ring: None,
     }
 }
