@@ -470,3 +470,46 @@ impl Drop for KvCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::KvRing;
+
+    /// Within one write of at most `max_write` rows, no token's row is shared with another
+    /// token that some query of the write still sees.
+    #[test]
+    fn ring_rows_never_collide_within_what_queries_see() {
+        for (sinks, window, max_write, align) in [(0, 5, 3, 1), (4, 128, 512, 32), (3, 7, 1, 4)] {
+            let r = KvRing::new(sinks, window, max_write, align);
+            assert_eq!(r.sinks % align, 0);
+            assert!(r.max_write() >= max_write);
+            for p0 in 0..3 * r.rows() {
+                let end = p0 + r.max_write();
+                // Tokens alive after the write: those some query p0..end sees.
+                let mut owner = vec![usize::MAX; r.rows()];
+                for q in p0..end {
+                    for (a, b) in r.ranges(0, q + 1) {
+                        for t in a..b {
+                            let row = r.row(t);
+                            assert!(row < r.rows());
+                            assert!(
+                                owner[row] == usize::MAX || owner[row] == t,
+                                "{r:?}: row {row} holds {} and {t}",
+                                owner[row]
+                            );
+                            owner[row] = t;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ring_ranges_are_the_sinks_and_the_window() {
+        let r = KvRing::new(2, 4, 1, 1);
+        assert_eq!(r.ranges(0, 3), [(0, 2), (2, 3)]);
+        assert_eq!(r.ranges(0, 10), [(0, 2), (6, 10)]);
+        assert_eq!(r.ranges(0, 1), [(0, 1), (1, 1)]);
+    }
+}

@@ -374,7 +374,7 @@ mod tests {
             "name = 'x'\n[features]\nf16 = 'yes'",
             "name = 'x'\n[workgroups]\nmatmul = [8]",
             "name = 'x'\n[workgroups]\ntile = [20, 64]",
-            "name = 'x'\n[bits]\nsupported = [5]",
+            "name = 'x'\n[bits]\nsupported = [7]",
             "name = [",
         ] {
             let e = ProfileData::from_toml(bad).unwrap_err();

@@ -617,3 +617,123 @@ fn keys_per_channel_are_quantized_in_token_groups() {
         assert!((x - y).abs() <= 1e-5, "output {i}: {x} vs {y}");
     }
 }
+
+/// A sliding-window ring (StreamingLLM: `sinks` leading tokens plus the last `window`) gives,
+/// write after write past its rows, the attention over exactly those tokens, computed here by
+/// hand; a write larger than the ring allows is refused.
+#[test]
+fn sliding_window_ring_attends_to_sinks_and_the_window() {
+    use lowbit_core::kv::{KvLayout, KvRing};
+    let b = CpuBackend::new(2).unwrap();
+    let (n_kv, hd, n_heads) = (2usize, 16usize, 4usize);
+    let row = n_kv * hd;
+    let n = 40;
+    for sinks in [0usize, 3] {
+        let ring = KvRing::new(sinks, 5, 3, 1);
+        assert!(ring.rows() < n / 2, "the ring must be much shorter than the sequence");
+        let kvals: Vec<f32> = (0..n * row)
+            .map(|i| ((i * 7919 % 613) as f32 / 306.0 - 1.0) * 0.8)
+            .collect();
+        let vvals: Vec<f32> = (0..n * row)
+            .map(|i| (i * 104_729 % 401) as f32 / 200.0 - 1.0)
+            .collect();
+        let qvals: Vec<f32> = (0..n * n_heads * hd)
+            .map(|i| (i * 31 % 97) as f32 / 48.0 - 1.0)
+            .collect();
+        let (ks, vs, qs) = (
+            b.upload(&kvals).unwrap(),
+            b.upload(&vvals).unwrap(),
+            b.upload(&qvals).unwrap(),
+        );
+        let rows = ring.rows();
+        let kv = KvView {
+            k: b.alloc(DType::F32, rows * row).unwrap(),
+            v: b.alloc(DType::F32, rows * row).unwrap(),
+            layout: KvLayout {
+                n_kv_heads: n_kv,
+                head_dim: hd,
+                rows,
+                dtype: DType::F32,
+                rotated: false,
+            },
+            side: None,
+            ring: Some(ring),
+        };
+        let out = b.alloc(DType::F32, 3 * n_heads * hd).unwrap();
+        let (mut pos0, mut step) = (0usize, 0usize);
+        while pos0 < n {
+            let count = [3usize, 1, 2][step % 3].min(n - pos0);
+            step += 1;
+            b.run(&[
+                Op::KvWrite {
+                    k: Cols::new(ks, pos0 * row, row),
+                    v: Cols::new(vs, pos0 * row, row),
+                    kv,
+                    pos0,
+                    n_tokens: count,
+                },
+                Op::Attention {
+                    q: b.upload(&qvals[pos0 * n_heads * hd..(pos0 + count) * n_heads * hd])
+                        .unwrap(),
+                    kv,
+                    out,
+                    shape: AttentionShape {
+                        n_tokens: count,
+                        pos0,
+                        kv_len: pos0 + count,
+                        n_heads,
+                        scale: 0.25,
+                        mask: Mask::Causal,
+                    },
+                },
+            ])
+            .unwrap();
+            let got = read(&b, out, count * n_heads * hd);
+            for i in 0..count {
+                let p = pos0 + i;
+                let seen: Vec<usize> = (0..=p)
+                    .filter(|&t| t < sinks || t + 5 > p)
+                    .collect();
+                for h in 0..n_heads {
+                    let g = h / (n_heads / n_kv);
+                    let q = &qvals[(p * n_heads + h) * hd..][..hd];
+                    let logits: Vec<f32> = seen
+                        .iter()
+                        .map(|&t| {
+                            let k = &kvals[t * row + g * hd..][..hd];
+                            0.25 * q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>()
+                        })
+                        .collect();
+                    let m = logits.iter().cloned().fold(f32::MIN, f32::max);
+                    let w: Vec<f32> = logits.iter().map(|l| (l - m).exp()).collect();
+                    let z: f32 = w.iter().sum();
+                    for d in 0..hd {
+                        let want: f32 = seen
+                            .iter()
+                            .zip(&w)
+                            .map(|(&t, wt)| wt * vvals[t * row + g * hd + d])
+                            .sum::<f32>()
+                            / z;
+                        let have = got[(i * n_heads + h) * hd + d];
+                        assert!(
+                            (have - want).abs() <= 1e-5,
+                            "sinks {sinks}, position {p}, head {h}, dim {d}: {have} vs {want}"
+                        );
+                    }
+                }
+            }
+            pos0 += count;
+        }
+        let msg = refused(
+            &b,
+            Op::KvWrite {
+                k: Cols::new(ks, 0, row),
+                v: Cols::new(vs, 0, row),
+                kv,
+                pos0: n,
+                n_tokens: ring.max_write() + 1,
+            },
+        );
+        assert!(msg.contains("at most"), "{msg}");
+    }
+}

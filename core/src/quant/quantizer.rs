@@ -240,7 +240,7 @@ mod tests {
                 .unwrap();
         assert_eq!(o.len(), 3);
         assert_eq!(o[1], ("blk.0.attn_q.weight".into(), 8));
-        assert!(parse_overrides("x=5").is_err());
+        assert!(parse_overrides("x=7").is_err());
         let p = |b| WeightPrecision::from_bits(b, 32, Scheme::Symmetric).unwrap();
         let q = Quantizer {
             overrides: vec![

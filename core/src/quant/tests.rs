@@ -194,7 +194,7 @@ fn invalid_inputs_are_config_errors() {
     let ok = QuantSpec::new(4, 32, Scheme::Symmetric).unwrap();
     let code = |r: Result<QuantizedMatrix>| r.map(|_| ()).unwrap_err().code;
     assert_eq!(
-        QuantSpec::new(5, 32, Scheme::Symmetric).unwrap_err().code,
+        QuantSpec::new(7, 32, Scheme::Symmetric).unwrap_err().code,
         ErrorCode::InvalidConfig
     );
     assert_eq!(
