@@ -97,15 +97,12 @@ pub fn trial(
     let logits = block_on(model.forward(&mut cache, &ids, Logits::Last))?;
     let first = lowbit_core::generate::argmax(&logits);
     let mut out = vec![first];
-    block_on(model.decode_greedy(
-        &mut cache,
-        first,
-        ANSWER_TOKENS - 1,
-        &mut |t| {
+    block_on(
+        model.decode_greedy(&mut cache, first, ANSWER_TOKENS - 1, &mut |t| {
             out.push(t);
             true
-        },
-    ))?;
+        }),
+    )?;
     let answer = model.tokenizer().decode(&out);
     let number: String = answer
         .chars()

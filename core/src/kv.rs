@@ -308,7 +308,8 @@ impl KvCache {
             )));
         }
         if let Some(r) = ring {
-            if r.rows() != layout.rows || (key_channels && (r.sinks % group + r.period % group) != 0)
+            if r.rows() != layout.rows
+                || (key_channels && (r.sinks % group + r.period % group) != 0)
             {
                 return Err(Error::invalid_config(format!(
                     "a sliding-window ring of {} rows (sinks {}, period {}) does not fit a store of \

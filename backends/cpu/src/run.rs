@@ -387,7 +387,17 @@ impl CpuBackend {
         }
         // Stored rows (a ring maps token t to row `ring.row(t)`); `end` bounds the store.
         let start = span(OP, &[kv.row(pos0), row])?;
-        let end = span(OP, &[if kv.ring.is_some() { kv.layout.rows } else { end_row }, row])?;
+        let end = span(
+            OP,
+            &[
+                if kv.ring.is_some() {
+                    kv.layout.rows
+                } else {
+                    end_row
+                },
+                row,
+            ],
+        )?;
         let parts = [(k, kv.k, "keys"), (v, kv.v, "values")];
         for (src, dst, what) in parts {
             ensure(
@@ -522,7 +532,8 @@ impl CpuBackend {
                 Ok(b)
             })?;
             // A ring keeps groups whole (its sinks and period are multiples of the group).
-            self.buffers.write_values(dst, kv.row(first) * row, &block)?;
+            self.buffers
+                .write_values(dst, kv.row(first) * row, &block)?;
         }
         Ok(())
     }

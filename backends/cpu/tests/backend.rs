@@ -462,7 +462,8 @@ fn recent_window_rows_are_read_at_full_precision() {
             rotated: dtype != DType::F32,
         };
         let cache =
-            lowbit_core::KvCache::with_side(b.clone(), 1, layout, sinks, window, false, None).unwrap();
+            lowbit_core::KvCache::with_side(b.clone(), 1, layout, sinks, window, false, None)
+                .unwrap();
         let kv = cache.layer(0).unwrap();
         for p0 in (0..=pos).step_by(step) {
             let count = step.min(pos + 1 - p0);
@@ -552,7 +553,8 @@ fn keys_per_channel_are_quantized_in_token_groups() {
         rotated: false,
     };
     assert!(lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, g - 1, true, None).is_err());
-    let cache = lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, window, true, None).unwrap();
+    let cache =
+        lowbit_core::KvCache::with_side(b.clone(), 1, layout, 0, window, true, None).unwrap();
     let kv = cache.layer(0).unwrap();
     let pos = rows - 1;
     for p0 in (0..rows).step_by(20) {
@@ -630,7 +632,10 @@ fn sliding_window_ring_attends_to_sinks_and_the_window() {
     let n = 40;
     for sinks in [0usize, 3] {
         let ring = KvRing::new(sinks, 5, 3, 1);
-        assert!(ring.rows() < n / 2, "the ring must be much shorter than the sequence");
+        assert!(
+            ring.rows() < n / 2,
+            "the ring must be much shorter than the sequence"
+        );
         let kvals: Vec<f32> = (0..n * row)
             .map(|i| ((i * 7919 % 613) as f32 / 306.0 - 1.0) * 0.8)
             .collect();
@@ -691,9 +696,7 @@ fn sliding_window_ring_attends_to_sinks_and_the_window() {
             let got = read(&b, out, count * n_heads * hd);
             for i in 0..count {
                 let p = pos0 + i;
-                let seen: Vec<usize> = (0..=p)
-                    .filter(|&t| t < sinks || t + 5 > p)
-                    .collect();
+                let seen: Vec<usize> = (0..=p).filter(|&t| t < sinks || t + 5 > p).collect();
                 for h in 0..n_heads {
                     let g = h / (n_heads / n_kv);
                     let q = &qvals[(p * n_heads + h) * hd..][..hd];

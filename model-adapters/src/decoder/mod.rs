@@ -441,7 +441,11 @@ impl TextModel for DecoderModel {
         // A sliding window keeps its tokens in a ring: prompts are written in pieces of at most
         // the recent window (quantized stores) or 512 rows, so the ring stays small.
         let ring = (kv.sliding > 0).then(|| {
-            let max_write = if window > 0 { window } else { kv.sliding.min(512) };
+            let max_write = if window > 0 {
+                window
+            } else {
+                kv.sliding.min(512)
+            };
             let align = match dtype {
                 DType::QBlock { group, .. } if key_channels => usize::from(group),
                 _ => 1,
