@@ -484,7 +484,7 @@ impl CpuBackend {
                         Ok(())
                     })?;
                     if per_channel {
-                        self.key_channel_blocks(dst, bufs[0], &side, kv, row, pos0, n)?;
+                        self.key_channel_blocks(dst, bufs[0], &side, kv, row, pos0..pos0 + n)?;
                     }
                 }
                 continue;
@@ -509,14 +509,13 @@ impl CpuBackend {
         side: &lowbit_core::kv::KvSide,
         kv: &KvView,
         row: usize,
-        pos0: usize,
-        n: usize,
+        tokens: std::ops::Range<usize>,
     ) -> Result<()> {
         let DType::QBlock { group, .. } = self.buffers.dtype(dst)? else {
             return Ok(());
         };
         let g = usize::from(group).max(1);
-        for t in pos0..pos0 + n {
+        for t in tokens {
             if (t + 1) % g != 0 {
                 continue;
             }

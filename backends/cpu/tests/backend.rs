@@ -645,11 +645,7 @@ fn sliding_window_ring_attends_to_sinks_and_the_window() {
         let qvals: Vec<f32> = (0..n * n_heads * hd)
             .map(|i| (i * 31 % 97) as f32 / 48.0 - 1.0)
             .collect();
-        let (ks, vs, qs) = (
-            b.upload(&kvals).unwrap(),
-            b.upload(&vvals).unwrap(),
-            b.upload(&qvals).unwrap(),
-        );
+        let (ks, vs) = (b.upload(&kvals).unwrap(), b.upload(&vvals).unwrap());
         let rows = ring.rows();
         let kv = KvView {
             k: b.alloc(DType::F32, rows * row).unwrap(),
