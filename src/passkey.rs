@@ -17,10 +17,8 @@ const QUESTION: &str = "What is the pass key? The pass key is";
 /// The five-digit key of trial `seed` (deterministic, so runs are comparable).
 pub fn passkey(seed: u64) -> u32 {
     // SplitMix64: well spread for consecutive seeds.
-    let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    10_000 + ((z ^ (z >> 31)) % 90_000) as u32
+    let mut state = seed;
+    10_000 + (lowbit_core::quant::splitmix64(&mut state) % 90_000) as u32
 }
 
 /// The prompt: the introduction, `repeats` filler sentences with the key's sentence inserted

@@ -625,7 +625,7 @@ fn keys_per_channel_are_quantized_in_token_groups() {
 /// hand; a write larger than the ring allows is refused.
 #[test]
 fn sliding_window_ring_attends_to_sinks_and_the_window() {
-    use lowbit_core::kv::{KvLayout, KvRing};
+    use lowbit_core::kv::KvRing;
     let b = CpuBackend::new(2).unwrap();
     let (n_kv, hd, n_heads) = (2usize, 16usize, 4usize);
     let row = n_kv * hd;
@@ -648,17 +648,14 @@ fn sliding_window_ring_attends_to_sinks_and_the_window() {
         let (ks, vs) = (b.upload(&kvals).unwrap(), b.upload(&vvals).unwrap());
         let rows = ring.rows();
         let kv = KvView {
-            k: b.alloc(DType::F32, rows * row).unwrap(),
-            v: b.alloc(DType::F32, rows * row).unwrap(),
-            layout: KvLayout {
-                n_kv_heads: n_kv,
-                head_dim: hd,
-                rows,
-                dtype: DType::F32,
-                rotated: false,
-            },
-            side: None,
             ring: Some(ring),
+            ..KvView::over(
+                b.alloc(DType::F32, rows * row).unwrap(),
+                b.alloc(DType::F32, rows * row).unwrap(),
+                n_kv,
+                hd,
+                rows,
+            )
         };
         let out = b.alloc(DType::F32, 3 * n_heads * hd).unwrap();
         let (mut pos0, mut step) = (0usize, 0usize);

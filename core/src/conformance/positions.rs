@@ -4,8 +4,7 @@
 use super::build::CaseBuilder;
 use super::tolerance::{DATA, F32_MATH};
 use super::Case;
-use crate::backend::DType;
-use crate::kv::{KvLayout, KvView};
+use crate::kv::KvView;
 use crate::ops::{AttentionShape, Cols, Mask, Op, RopeShape, RopeStyle};
 
 /// A RoPE case: `src` and `dst` are `(offset, stride)` of column views (`dst` `None`: in place).
@@ -79,19 +78,7 @@ pub(super) fn kv_write() -> Vec<Case> {
         // Rows already in the cache must stay as they are.
         let k = b.input(rows * kv_dim);
         let vv = b.input(rows * kv_dim);
-        let kv = KvView {
-            k,
-            v: vv,
-            layout: KvLayout {
-                n_kv_heads: n_kv,
-                head_dim: hd,
-                rows,
-                dtype: DType::F32,
-                rotated: false,
-            },
-            side: None,
-            ring: None,
-        };
+        let kv = KvView::over(k, vv, n_kv, hd, rows);
         b.op(Op::KvWrite {
             k: Cols::new(qkv, q_dim, row),
             v: Cols::new(qkv, q_dim + kv_dim, row),

@@ -33,7 +33,7 @@ pub use gptq::{quantize_gptq, Hessian};
 pub use grid::{learn_grid, quantize_group_grid, Grid, Nearest};
 pub use pack::{pack_codes, unpack_codes};
 pub use quantizer::{parse_overrides, Calibration, Quantizer, MAX_ROTATION_BLOCK, ROTATION_SEED};
-pub use rotation::{fwht, rotate_f64, Rotation};
+pub use rotation::{fwht, rotate_f64, splitmix64, Rotation};
 pub use search::{quantize_group, quantize_group_weighted};
 pub use store::WeightStore;
 

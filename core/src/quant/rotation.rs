@@ -25,8 +25,9 @@ pub struct Rotation {
     pub seed: u64,
 }
 
-/// splitmix64: a tiny, well-mixed generator, so every backend derives the same signs.
-fn splitmix64(state: &mut u64) -> u64 {
+/// splitmix64: a tiny, well-mixed generator advancing `state`, so every backend derives the same
+/// rotation signs (and `lowbit passkey` the same keys).
+pub fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -458,7 +458,7 @@ impl TextModel for DecoderModel {
             rows: ring.map_or(max_seq, |r| r.rows()),
             dtype,
             // A quantized cache keeps each head rotated where the transform exists.
-            rotated: kv.rotate && matches!(dtype, DType::QBlock { .. }) && hd.is_power_of_two(),
+            rotated: kv.rotate && quantized && hd.is_power_of_two(),
         };
         KvCache::with_side(
             self.backend.clone(),
